@@ -1,0 +1,178 @@
+// Raw file I/O: open/close/read/write/pread/pwrite/fcntl/pipe2/fallocate/fsync with exact flags
+// and errno (no Node fs layer), offsets as bigint. Interrupted calls are retried, except close(2)
+// (on Linux the fd is gone even when close reports EINTR).
+
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+
+#include "async.h"
+#include "common.h"
+
+namespace criu {
+
+namespace {
+
+template <class F>
+long Retry(F&& f, int* err) {
+  long r;
+  do {
+    r = f();
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) *err = errno;
+  return r;
+}
+
+Napi::Value Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = ArgString(info, 0, "path");
+  int flags = ArgInt32(info, 1, "flags");
+  uint32_t mode = ArgUint32(info, 2, "mode");
+  int err = 0;
+  long fd = Retry([&] { return open(path.c_str(), flags, mode); }, &err);
+  if (fd < 0) ThrowSyscall(env, "open", err, {path, flags});
+  return Napi::Number::New(env, static_cast<double>(fd));
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  if (close(fd) < 0 && errno != EINTR) ThrowSyscall(env, "close", errno, {fd});
+  return env.Undefined();
+}
+
+// A transfer between an fd and buf[offset, offset + len).
+struct Transfer {
+  int fd = 0;
+  uint8_t* ptr = nullptr;
+  size_t len = 0;
+  int64_t pos = -1;  // -1: read/write at the file position
+  bool write = false;
+
+  long Run(int* err) const {
+    return Retry(
+        [&]() -> long {
+          if (pos < 0) return write ? ::write(fd, ptr, len) : ::read(fd, ptr, len);
+          return write ? ::pwrite(fd, ptr, len, pos) : ::pread(fd, ptr, len, pos);
+        },
+        err);
+  }
+
+  std::string Name() const {
+    if (pos < 0) return write ? "write" : "read";
+    return write ? "pwrite" : "pread";
+  }
+
+  ErrArgs Args() const {
+    if (pos < 0) return {fd, static_cast<long>(len)};
+    return {fd, static_cast<long>(len), static_cast<uint64_t>(pos)};
+  }
+};
+
+Transfer ReadTransfer(const Napi::CallbackInfo& info, bool write, bool positioned) {
+  Napi::Env env = info.Env();
+  Transfer t;
+  t.write = write;
+  t.fd = ArgInt32(info, 0, "fd");
+  Napi::Buffer<uint8_t> buf = ArgBuffer(info, 1, "buf");
+  int64_t offset = ArgInt64Number(info, 2, "offset");
+  int64_t len = ArgInt64Number(info, 3, "len");
+  CheckRange(env, buf.Length(), offset, len, write ? "write" : "read");
+  t.ptr = buf.Data() + offset;
+  t.len = static_cast<size_t>(len);
+  if (positioned) {
+    t.pos = ArgBigInt64(info, 4, "pos");
+    if (t.pos < 0) throw Napi::RangeError::New(env, "pos must not be negative");
+  }
+  return t;
+}
+
+Napi::Value SyncTransfer(const Napi::CallbackInfo& info, bool write, bool positioned) {
+  Transfer t = ReadTransfer(info, write, positioned);
+  int err = 0;
+  long r = t.Run(&err);
+  if (r < 0) ThrowSyscall(info.Env(), t.Name(), err, t.Args());
+  return Napi::Number::New(info.Env(), static_cast<double>(r));
+}
+
+Napi::Value AsyncTransfer(const Napi::CallbackInfo& info, bool write) {
+  auto t = std::make_shared<Transfer>(ReadTransfer(info, write, true));
+  auto* w = new PromiseWorker(
+      info.Env(), t->Name(), t->Args(), {info[1]}, [t](int* err) { return t->Run(err); },
+      NumberResult);
+  return PromiseWorker::Start(w);
+}
+
+Napi::Value Read(const Napi::CallbackInfo& info) { return SyncTransfer(info, false, false); }
+Napi::Value Write(const Napi::CallbackInfo& info) { return SyncTransfer(info, true, false); }
+Napi::Value Pread(const Napi::CallbackInfo& info) { return SyncTransfer(info, false, true); }
+Napi::Value Pwrite(const Napi::CallbackInfo& info) { return SyncTransfer(info, true, true); }
+Napi::Value PreadAsync(const Napi::CallbackInfo& info) { return AsyncTransfer(info, false); }
+Napi::Value PwriteAsync(const Napi::CallbackInfo& info) { return AsyncTransfer(info, true); }
+
+Napi::Value Fcntl(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  int cmd = ArgInt32(info, 1, "cmd");
+  int arg = ArgInt32(info, 2, "arg");
+  int err = 0;
+  long r = Retry([&] { return fcntl(fd, cmd, arg); }, &err);
+  if (r < 0) ThrowSyscall(env, "fcntl", err, {fd, cmd, arg});
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
+Napi::Value Pipe2(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int flags = ArgInt32(info, 0, "flags");
+  int fds[2];
+  if (pipe2(fds, flags) < 0) ThrowSyscall(env, "pipe2", errno, {flags});
+  Napi::Array a = Napi::Array::New(env, 2);
+  a.Set(0u, Napi::Number::New(env, fds[0]));
+  a.Set(1u, Napi::Number::New(env, fds[1]));
+  return a;
+}
+
+Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  int mode = ArgInt32(info, 1, "mode");
+  int64_t offset = ArgBigInt64(info, 2, "offset");
+  int64_t len = ArgBigInt64(info, 3, "len");
+  int err = 0;
+  long r = Retry([&] { return fallocate(fd, mode, offset, len); }, &err);
+  if (r < 0) {
+    ThrowSyscall(env, "fallocate", err,
+                 {fd, mode, static_cast<uint64_t>(offset), static_cast<uint64_t>(len)});
+  }
+  return env.Undefined();
+}
+
+Napi::Value Fsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  int err = 0;
+  if (Retry([&] { return fsync(fd); }, &err) < 0) ThrowSyscall(env, "fsync", err, {fd});
+  return env.Undefined();
+}
+
+}  // namespace
+
+void InitFileIo(Napi::Env env, Napi::Object exports) {
+  exports.Set("open", Napi::Function::New(env, Open, "open"));
+  exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("read", Napi::Function::New(env, Read, "read"));
+  exports.Set("write", Napi::Function::New(env, Write, "write"));
+  exports.Set("pread", Napi::Function::New(env, Pread, "pread"));
+  exports.Set("preadAsync", Napi::Function::New(env, PreadAsync, "preadAsync"));
+  exports.Set("pwrite", Napi::Function::New(env, Pwrite, "pwrite"));
+  exports.Set("pwriteAsync", Napi::Function::New(env, PwriteAsync, "pwriteAsync"));
+  exports.Set("fcntl", Napi::Function::New(env, Fcntl, "fcntl"));
+  exports.Set("pipe2", Napi::Function::New(env, Pipe2, "pipe2"));
+  exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
+  exports.Set("fsync", Napi::Function::New(env, Fsync, "fsync"));
+}
+
+}  // namespace criu

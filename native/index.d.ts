@@ -1,0 +1,281 @@
+/**
+ * The whole surface of criu-ts's native addon (build/Release/criu_native.node).
+ *
+ * The addon is a thin syscall layer: one function per system call or ioctl, plain values in, raw
+ * results out (Buffers holding kernel structs are decoded in TypeScript under src/sys/). It has no
+ * policy, no parsing and no loops over processes. Only src/sys/ imports it.
+ *
+ * Errors: a failing call throws an instance of the class handed to `setErrorClass` (SyscallError
+ * from src/errors.ts), constructed as `new ErrorClass(syscall, errno, errnoCode, args)`, for example
+ * `("ptrace(PTRACE_SEIZE)", 1, "EPERM", [1234])`. Argument errors (wrong JS types) throw TypeError.
+ *
+ * Threads:
+ * - Every `ptrace*` and `wait*` function runs on one dedicated tracer thread, because a tracee can
+ *   only be driven by the thread that seized it. The synchronous forms block the calling JS thread
+ *   until the tracer thread has run the call (a few microseconds). Calls run in the order made.
+ * - `*Async` functions return a Promise and do not block the JS thread. Bulk copies (`*Async` of
+ *   process_vm_readv/writev, pread/pwrite, splice) run on the libuv thread pool; the Buffers passed
+ *   must not be touched until the Promise settles. `waitpidAsync`/`waitidAsync` run on the tracer
+ *   thread but poll, so they never hold up the other tracer calls.
+ *
+ * 64-bit addresses, offsets and masks are bigint; counts and fds are number.
+ */
+
+/** The constructor native errors are made with. */
+export type NativeErrorClass = new (
+  syscall: string,
+  errno: number,
+  errnoCode: string,
+  args: (number | bigint | string)[],
+) => Error;
+
+/** Must be called once, before any other function. */
+export function setErrorClass(ctor: NativeErrorClass): void;
+
+// ---------------------------------------------------------------------------------------------
+// ptrace(2): all run on the tracer thread.
+
+/** PTRACE_SEIZE with the given PTRACE_O_* options. */
+export function ptraceSeize(pid: number, options: number): void;
+/** PTRACE_INTERRUPT. */
+export function ptraceInterrupt(pid: number): void;
+/** PTRACE_CONT, delivering `sig` (0 for none). */
+export function ptraceCont(pid: number, sig: number): void;
+/** PTRACE_SYSCALL: continue to the next syscall entry or exit stop. */
+export function ptraceSyscall(pid: number, sig: number): void;
+/** PTRACE_DETACH, delivering `sig` (0 for none). */
+export function ptraceDetach(pid: number, sig: number): void;
+/** PTRACE_LISTEN: let a group-stopped tracee wait for a SIGCONT without leaving the stop. */
+export function ptraceListen(pid: number): void;
+/**
+ * PTRACE_GETREGSET for regset `type` (NT_PRSTATUS 1, NT_PRFPREG 2, NT_X86_XSTATE 0x202).
+ * `size` is the buffer size offered; the returned Buffer has the length the kernel filled in.
+ */
+export function ptraceGetRegset(pid: number, type: number, size: number): Buffer;
+/** PTRACE_SETREGSET for regset `type` with the whole of `data`. */
+export function ptraceSetRegset(pid: number, type: number, data: Buffer): void;
+/** PTRACE_GETSIGINFO: the 128-byte siginfo of the current signal stop. */
+export function ptraceGetSiginfo(pid: number): Buffer;
+/** PTRACE_SETSIGINFO. */
+export function ptraceSetSiginfo(pid: number, siginfo: Buffer): void;
+/**
+ * PTRACE_PEEKSIGINFO: up to `nr` pending signals starting at `offset`, from the thread's queue or
+ * (shared) the process's. Returns nr×128 bytes, as many siginfos as there were.
+ */
+export function ptracePeekSiginfo(pid: number, offset: number, nr: number, shared: boolean): Buffer;
+/** PTRACE_GETSIGMASK: the blocked-signal mask (bit n-1 for signal n). */
+export function ptraceGetSigmask(pid: number): bigint;
+/** PTRACE_SETSIGMASK. */
+export function ptraceSetSigmask(pid: number, mask: bigint): void;
+/** PTRACE_GETEVENTMSG. */
+export function ptraceGetEventMsg(pid: number): bigint;
+/**
+ * PTRACE_SECCOMP_GET_FILTER: the classic BPF program of filter `index` (0 = most recent) as
+ * struct sock_filter[] (8 bytes each). Throws ENOENT past the last filter.
+ */
+export function ptraceSeccompGetFilter(pid: number, index: number): Buffer;
+/** PTRACE_GET_RSEQ_CONFIGURATION: struct ptrace_rseq_configuration (24 bytes). */
+export function ptraceGetRseqConfiguration(pid: number): Buffer;
+/** PTRACE_PEEKDATA: one word of the tracee's memory (ignores page protections). */
+export function ptracePeekData(pid: number, addr: bigint): bigint;
+/** PTRACE_POKEDATA: write one word (ignores page protections). */
+export function ptracePokeData(pid: number, addr: bigint, word: bigint): void;
+
+// ---------------------------------------------------------------------------------------------
+// wait(2): on the tracer thread.
+
+export interface WaitpidResult {
+  /** The pid that changed state. */
+  pid: number;
+  /** The raw wait status (decode with src/sys/wait.ts). */
+  status: number;
+}
+
+/**
+ * waitpid(pid, options | __WALL implied by the caller). `timeoutMs`: -1 blocks until a change,
+ * 0 behaves as WNOHANG, a positive value polls for at most that long. Returns null when nothing
+ * changed in time.
+ */
+export function waitpid(pid: number, options: number, timeoutMs: number): WaitpidResult | null;
+/** The same without blocking the JS thread. */
+export function waitpidAsync(pid: number, options: number, timeoutMs: number): Promise<WaitpidResult | null>;
+
+export interface WaitidResult {
+  pid: number;
+  /** si_signo (SIGCHLD). */
+  signo: number;
+  /** si_code: CLD_EXITED, CLD_KILLED, CLD_DUMPED, CLD_TRAPPED, CLD_STOPPED, CLD_CONTINUED. */
+  code: number;
+  /** si_status: exit code or signal. */
+  status: number;
+}
+
+/** waitid(idtype, id, &info, options) with the same timeout rules as waitpid. */
+export function waitid(idtype: number, id: number, options: number, timeoutMs: number): WaitidResult | null;
+export function waitidAsync(
+  idtype: number,
+  id: number,
+  options: number,
+  timeoutMs: number,
+): Promise<WaitidResult | null>;
+
+// ---------------------------------------------------------------------------------------------
+// Cross-process memory.
+
+/**
+ * process_vm_readv(pid, [dst], remote): `remote` holds (addr, len) pairs. Reads into `dst` from
+ * byte `dstOffset` on. Returns the bytes read (short on a partially unmapped range).
+ */
+export function processVmReadv(pid: number, dst: Buffer, dstOffset: number, remote: BigUint64Array): number;
+export function processVmReadvAsync(
+  pid: number,
+  dst: Buffer,
+  dstOffset: number,
+  remote: BigUint64Array,
+): Promise<number>;
+/** process_vm_writev(pid, [src], remote). Returns the bytes written. */
+export function processVmWritev(pid: number, src: Buffer, srcOffset: number, remote: BigUint64Array): number;
+export function processVmWritevAsync(
+  pid: number,
+  src: Buffer,
+  srcOffset: number,
+  remote: BigUint64Array,
+): Promise<number>;
+
+// ---------------------------------------------------------------------------------------------
+// pidfd.
+
+export function pidfdOpen(pid: number, flags: number): number;
+/** pidfd_getfd: a duplicate, in this process, of fd `targetFd` of the pidfd's process. */
+export function pidfdGetfd(pidfd: number, targetFd: number, flags: number): number;
+export function pidfdSendSignal(pidfd: number, sig: number, flags: number): void;
+
+// ---------------------------------------------------------------------------------------------
+// Raw file I/O (no Node fs layer: exact flags, exact errors, offsets as bigint).
+
+export function open(path: string, flags: number, mode: number): number;
+export function close(fd: number): void;
+export function read(fd: number, buf: Buffer, offset: number, len: number): number;
+export function write(fd: number, buf: Buffer, offset: number, len: number): number;
+/** pread(fd, buf + offset, len, pos). */
+export function pread(fd: number, buf: Buffer, offset: number, len: number, pos: bigint): number;
+export function preadAsync(fd: number, buf: Buffer, offset: number, len: number, pos: bigint): Promise<number>;
+export function pwrite(fd: number, buf: Buffer, offset: number, len: number, pos: bigint): number;
+export function pwriteAsync(fd: number, buf: Buffer, offset: number, len: number, pos: bigint): Promise<number>;
+/** fcntl(fd, cmd, arg) for integer-argument commands. */
+export function fcntl(fd: number, cmd: number, arg: number): number;
+/** pipe2(flags): [readFd, writeFd]. */
+export function pipe2(flags: number): [number, number];
+/** fallocate(fd, mode, offset, len): FALLOC_FL_PUNCH_HOLE for dedup. */
+export function fallocate(fd: number, mode: number, offset: bigint, len: bigint): void;
+/** fsync(fd). */
+export function fsync(fd: number): void;
+
+// ---------------------------------------------------------------------------------------------
+// ioctls.
+
+export interface PagemapScanArg {
+  start: bigint;
+  end: bigint;
+  /** PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC */
+  flags: bigint;
+  categoryInverted: bigint;
+  categoryMask: bigint;
+  categoryAnyofMask: bigint;
+  returnMask: bigint;
+  /** 0 for no limit. */
+  maxPages: bigint;
+}
+
+export interface PagemapScanResult {
+  /** Number of struct page_region filled in `vec` (3 u64 each: start, end, categories). */
+  nrRegions: number;
+  /** Where the walk stopped (equals `end` when it walked the whole range). */
+  walkEnd: bigint;
+}
+
+/** ioctl(fd, PAGEMAP_SCAN, &arg) on an open /proc/PID/pagemap. `vec` receives the regions. */
+export function pagemapScan(fd: number, arg: PagemapScanArg, vec: BigUint64Array): PagemapScanResult;
+export function pagemapScanAsync(fd: number, arg: PagemapScanArg, vec: BigUint64Array): Promise<PagemapScanResult>;
+
+/** userfaultfd(flags) in this process (used by `check`; trackers create theirs in the target). */
+export function userfaultfd(flags: number): number;
+/** UFFDIO_API with the requested features; returns what the kernel grants. */
+export function uffdioApi(fd: number, features: bigint): { features: bigint; ioctls: bigint };
+/** UFFDIO_REGISTER; returns the ioctls allowed on the range. */
+export function uffdioRegister(fd: number, start: bigint, len: bigint, mode: bigint): bigint;
+export function uffdioUnregister(fd: number, start: bigint, len: bigint): void;
+/** UFFDIO_WRITEPROTECT (mode UFFDIO_WRITEPROTECT_MODE_WP to protect, 0 to unprotect). */
+export function uffdioWriteprotect(fd: number, start: bigint, len: bigint, mode: bigint): void;
+
+// ---------------------------------------------------------------------------------------------
+// Pipes and page movement.
+
+/** splice(2). `offIn`/`offOut` null for pipes. Returns bytes moved. */
+export function splice(
+  fdIn: number,
+  offIn: bigint | null,
+  fdOut: number,
+  offOut: bigint | null,
+  len: number,
+  flags: number,
+): number;
+export function spliceAsync(
+  fdIn: number,
+  offIn: bigint | null,
+  fdOut: number,
+  offOut: bigint | null,
+  len: number,
+  flags: number,
+): Promise<number>;
+/** vmsplice(2) of this process's Buffers into a pipe. The Buffers must stay untouched until read. */
+export function vmsplice(fd: number, bufs: Buffer[], flags: number): number;
+/** tee(2). */
+export function tee(fdIn: number, fdOut: number, len: number, flags: number): number;
+
+// ---------------------------------------------------------------------------------------------
+// Task state readable from outside.
+
+export interface Rlimit {
+  cur: bigint;
+  max: bigint;
+}
+/** prlimit(pid, resource, newLimit, &old): returns the old limit; null newLimit only reads. */
+export function prlimit(pid: number, resource: number, newLimit: Rlimit | null): Rlimit;
+/** get_robust_list(pid): the robust futex list head and its size. */
+export function getRobustList(pid: number): { head: bigint; len: bigint };
+/** kcmp(pid1, pid2, type, idx1, idx2): 0 equal, 1 less, 2 greater, 3 not equal (unordered). */
+export function kcmp(pid1: number, pid2: number, type: number, idx1: bigint, idx2: bigint): number;
+
+// ---------------------------------------------------------------------------------------------
+// Processes and signals.
+
+export function kill(pid: number, sig: number): void;
+export function tgkill(tgid: number, tid: number, sig: number): void;
+/** gettid() of the calling JS thread. */
+export function gettid(): number;
+
+export interface Clone3ExecArgs {
+  /** CLONE_* flags (no CLONE_VM / CLONE_THREAD: the child execs at once). */
+  flags: bigint;
+  /** Signal sent to the parent when the child exits (SIGCHLD). */
+  exitSignal: number;
+  /** PIDs wanted, innermost namespace first; empty for any. */
+  setTid: number[];
+  path: string;
+  argv: string[];
+  envp: string[];
+}
+/**
+ * clone3(2) then, in the child, execve(2) at once (a copy of this multi-threaded process can do
+ * nothing else safely); the child exits with 127 if execve fails. Runs on the tracer thread, so
+ * the child is this thread's to seize. Returns the child's pid.
+ */
+export function clone3Exec(args: Clone3ExecArgs): number;
+
+// ---------------------------------------------------------------------------------------------
+// Sockets (probes such as TCP_REPAIR).
+
+export function socket(domain: number, type: number, protocol: number): number;
+export function setsockopt(fd: number, level: number, name: number, value: Buffer): void;
+export function getsockopt(fd: number, level: number, name: number, size: number): Buffer;

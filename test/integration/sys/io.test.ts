@@ -1,0 +1,195 @@
+/**
+ * Raw file I/O, pipes (splice, tee, vmsplice) and socket options through the addon, on real files
+ * and pipes in a test directory.
+ */
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import {
+  close,
+  fallocate,
+  fcntl,
+  fsync,
+  getsockopt,
+  open,
+  pipe2,
+  pread,
+  preadAsync,
+  pwrite,
+  pwriteAsync,
+  read,
+  setsockopt,
+  socket,
+  splice,
+  spliceAsync,
+  tee,
+  vmsplice,
+  write,
+} from '../../../src/sys/native.js';
+import {
+  AF_INET,
+  F_GETFD,
+  F_GETPIPE_SZ,
+  F_SETPIPE_SZ,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FD_CLOEXEC,
+  O_CLOEXEC,
+  O_CREAT,
+  O_NONBLOCK,
+  O_RDONLY,
+  O_RDWR,
+  SOCK_STREAM,
+  SOL_TCP,
+  SPLICE_F_NONBLOCK,
+  TCP_REPAIR,
+} from '../../../src/kernel/constants.js';
+import { SyscallError } from '../../../src/errors.js';
+
+function caught(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (e) {
+    return e;
+  }
+  return undefined;
+}
+
+t.test('open, pwrite, pread, read, write, fsync, close', async (t) => {
+  const path = join(t.testdir(), 'f');
+  const fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600);
+  t.teardown(() => close(fd));
+  t.equal(fcntl(fd, F_GETFD, 0) & FD_CLOEXEC, FD_CLOEXEC);
+  t.equal(statSync(path).mode & 0o777, 0o600);
+
+  t.equal(pwrite(fd, Buffer.from('..hello..'), 2, 5, 10n), 5);
+  t.equal(await pwriteAsync(fd, Buffer.from('world'), 0, 5, 4096n), 5);
+  fsync(fd);
+  const file = readFileSync(path);
+  t.equal(file.length, 4101);
+  t.equal(file.subarray(10, 15).toString(), 'hello');
+  t.equal(file.subarray(4096).toString(), 'world');
+
+  const buf = Buffer.alloc(16, 0x2e);
+  t.equal(pread(fd, buf, 1, 5, 10n), 5);
+  t.equal(buf.subarray(0, 7).toString(), '.hello.');
+  t.equal(await preadAsync(fd, buf, 0, 16, 4096n), 5, 'short read at the end of the file');
+  t.equal(buf.subarray(0, 5).toString(), 'world');
+
+  t.equal(write(fd, Buffer.from('abc'), 0, 3), 3, 'write at the file position (0)');
+  const head = Buffer.alloc(3);
+  t.equal(pread(fd, head, 0, 3, 0n), 3);
+  t.equal(head.toString(), 'abc');
+  t.equal(read(fd, head, 0, 3), 3, 'read continues at the file position');
+  t.same([...head], [0, 0, 0]);
+
+  t.throws(() => pread(fd, buf, 10, 10, 0n), RangeError, 'buffer bounds checked');
+  t.throws(() => pread(fd, buf, 0, 1, -1n), RangeError);
+  await t.rejects(preadAsync(999, buf, 0, 1, 0n), {
+    code: 'ESYSCALL',
+    errnoCode: 'EBADF',
+    syscall: 'pread',
+    args: [999, 1, 0n],
+  });
+});
+
+t.test('open errors name the path', async (t) => {
+  const missing = join(t.testdir(), 'missing');
+  const e = caught(() => open(missing, O_RDONLY, 0));
+  t.ok(e instanceof SyscallError);
+  t.match(e, { errno: 2, errnoCode: 'ENOENT', syscall: 'open', args: [missing, O_RDONLY] });
+  t.equal((e as Error).message, `open(${missing}, 0): ENOENT`);
+  t.match(
+    caught(() => close(-1)),
+    { errnoCode: 'EBADF', syscall: 'close' },
+  );
+});
+
+t.test('fallocate punches a hole', async (t) => {
+  const path = join(t.testdir(), 'holes');
+  writeFileSync(path, Buffer.alloc(3 * 4096, 0x41));
+  const fd = open(path, O_RDWR, 0);
+  t.teardown(() => close(fd));
+  try {
+    fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4096n, 4096n);
+  } catch (e) {
+    if (e instanceof SyscallError && e.errnoCode === 'EOPNOTSUPP') {
+      t.pass('FALLOC_FL_PUNCH_HOLE', { skip: 'not supported by this file system' });
+      return;
+    }
+    throw e;
+  }
+  const data = readFileSync(path);
+  t.equal(data.length, 3 * 4096, 'size kept');
+  t.ok(
+    data.subarray(4096, 8192).every((b) => b === 0),
+    'hole reads as zeros',
+  );
+  t.ok(
+    data.subarray(0, 4096).every((b) => b === 0x41),
+    'data around the hole kept',
+  );
+});
+
+t.test('vmsplice, tee and splice move bytes through pipes', async (t) => {
+  const [r1, w1] = pipe2(O_CLOEXEC);
+  const [r2, w2] = pipe2(O_CLOEXEC | O_NONBLOCK);
+  t.teardown(() => [r1, w1, r2, w2].forEach((fd) => close(fd)));
+  t.ok(fcntl(r1, F_GETPIPE_SZ, 0) >= 4096);
+  t.equal(fcntl(w1, F_SETPIPE_SZ, 65536), 65536);
+
+  const page = Buffer.alloc(4096, 0x61);
+  const tail = Buffer.from('the end');
+  t.equal(vmsplice(w1, [page, tail], 0), 4096 + tail.length);
+  t.equal(tee(r1, w2, 1 << 20, 0), 4096 + tail.length, 'tee copies without consuming');
+
+  const path = join(t.testdir(), 'spliced');
+  const fd = open(path, O_RDWR | O_CREAT, 0o600);
+  t.teardown(() => close(fd));
+  t.equal(splice(r1, null, fd, 100n, 4096, 0), 4096);
+  t.equal(await spliceAsync(r1, null, fd, 4196n, 100, 0), tail.length);
+  const file = readFileSync(path);
+  t.equal(file.length, 4196 + tail.length);
+  t.ok(file.subarray(100, 4196).every((b) => b === 0x61));
+  t.equal(file.subarray(4196).toString(), 'the end');
+
+  // The tee'd copy is still in the second pipe.
+  const out = Buffer.alloc(8192);
+  t.equal(read(r2, out, 0, out.length), 4096 + tail.length);
+  t.equal(out.subarray(4096, 4096 + tail.length).toString(), 'the end');
+  t.match(
+    caught(() => read(r2, out, 0, 1)),
+    { errnoCode: 'EAGAIN', syscall: 'read' },
+  );
+
+  // From a file back into a pipe at an offset.
+  t.equal(splice(fd, 4196n, w2, null, 3, 0), 3);
+  t.equal(read(r2, out, 0, 10), 3);
+  t.equal(out.subarray(0, 3).toString(), 'the');
+  t.match(
+    caught(() => splice(r1, null, fd, null, 1, SPLICE_F_NONBLOCK)),
+    { errnoCode: 'EAGAIN', syscall: 'splice', args: [r1, fd, 1] },
+    'empty pipe, SPLICE_F_NONBLOCK',
+  );
+});
+
+t.test('socket options: TCP_REPAIR', async (t) => {
+  const fd = socket(AF_INET, SOCK_STREAM, 0);
+  t.teardown(() => close(fd));
+  const one = Buffer.alloc(4);
+  one.writeInt32LE(1);
+  try {
+    setsockopt(fd, SOL_TCP, TCP_REPAIR, one);
+  } catch (e) {
+    if (e instanceof SyscallError && e.errnoCode === 'EPERM') {
+      t.pass('TCP_REPAIR', { skip: 'needs CAP_NET_ADMIN' });
+      return;
+    }
+    throw e;
+  }
+  t.equal(getsockopt(fd, SOL_TCP, TCP_REPAIR, 4).readInt32LE(0), 1);
+  t.match(
+    caught(() => getsockopt(fd, 999, 1, 4)),
+    { syscall: 'getsockopt', args: [fd, 999, 1] },
+  );
+});
