@@ -1,0 +1,100 @@
+/**
+ * The protobuf schema of CRIU's images, loaded at run time with protobufjs from proto/*.proto
+ * (our own proto2 files, wire-compatible with CRIU's). The proto directory is found relative to the
+ * package root (the nearest ancestor holding package.json), so this works from src/ under tsx and
+ * from dist/src/ after tsc.
+ *
+ * Touches no kernel interface; every image kind's message type is looked up here.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import protobuf from 'protobufjs';
+
+export type PbType = protobuf.Type;
+export type PbField = protobuf.Field;
+export type PbEnum = protobuf.Enum;
+
+/** The criu custom field options (proto/opts.proto, extension 1018 of FieldOptions). */
+export interface CriuFieldOptions {
+  readonly hex: boolean;
+  readonly ipadd: boolean;
+  readonly flags: string | undefined;
+  readonly dev: boolean;
+  readonly odev: boolean;
+  readonly dict: string | undefined;
+  readonly conv: string | undefined;
+}
+
+function findPackageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'proto'))) return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new Error('Cannot find the proto/ directory above ' + fileURLToPath(import.meta.url));
+    dir = up;
+  }
+}
+
+/** Absolute path of the proto/ directory. */
+export const protoDir: string = join(findPackageRoot(), 'proto');
+
+let root: protobuf.Root | undefined;
+
+/** The root namespace with every message of proto/ loaded and resolved (loaded once, lazily). */
+export function schemaRoot(): protobuf.Root {
+  if (root !== undefined) return root;
+  const require = createRequire(import.meta.url);
+  // protobufjs ships google/protobuf/descriptor.proto, which opts.proto extends.
+  const pbDir = dirname(require.resolve('protobufjs/package.json'));
+  const r = new protobuf.Root();
+  r.resolvePath = (_origin, target) =>
+    target.startsWith('google/protobuf/') ? join(pbDir, target) : join(protoDir, target);
+  const files = readdirSync(protoDir)
+    .filter((f) => f.endsWith('.proto'))
+    .sort();
+  // keepCase: field names stay snake_case, as on the wire and in crit's JSON.
+  r.loadSync(files, { keepCase: true });
+  r.resolveAll();
+  root = r;
+  return r;
+}
+
+/** The message type named `name` (CRIU's global message names, e.g. "pagemap_entry"). */
+export function messageType(name: string): PbType {
+  return schemaRoot().lookupType(name);
+}
+
+const optionsCache = new WeakMap<PbField, CriuFieldOptions>();
+
+/** The criu options of a field (all false/undefined when it has none). */
+export function criuOptions(field: PbField): CriuFieldOptions {
+  const cached = optionsCache.get(field);
+  if (cached !== undefined) return cached;
+  const o = (field.options ?? {}) as Record<string, unknown>;
+  const str = (k: string): string | undefined => (typeof o[k] === 'string' ? (o[k] as string) : undefined);
+  const opts: CriuFieldOptions = {
+    hex: o['(criu).hex'] === true,
+    ipadd: o['(criu).ipadd'] === true,
+    flags: str('(criu).flags'),
+    dev: o['(criu).dev'] === true,
+    odev: o['(criu).odev'] === true,
+    dict: str('(criu).dict'),
+    conv: str('(criu).conv'),
+  };
+  optionsCache.set(field, opts);
+  return opts;
+}
+
+/** Fields of a message type in field-number order (the order protobuf-c writes and crit prints). */
+export function fieldsByNumber(type: PbType): readonly PbField[] {
+  let sorted = sortedCache.get(type);
+  if (sorted === undefined) {
+    sorted = [...type.fieldsArray].sort((a, b) => a.id - b.id);
+    for (const f of sorted) f.resolve();
+    sortedCache.set(type, sorted);
+  }
+  return sorted;
+}
+const sortedCache = new WeakMap<PbType, readonly PbField[]>();
