@@ -1,0 +1,67 @@
+import t from 'tap';
+
+import { formatCheck } from '../../../src/cli/check.js';
+import type { Kerndat, ProbeResult } from '../../../src/kerndat/index.js';
+
+function kd(probes: ProbeResult[], over: Partial<Kerndat> = {}): Kerndat {
+  return {
+    hasPtraceSeize: true,
+    hasProcessVmReadv: true,
+    hasPidfd: true,
+    hasClone3SetTid: true,
+    hasPagemapScan: true,
+    uffdFeatures: 0x1ffffn,
+    hasUffdWpAsync: true,
+    hasUffdWpUnpopulated: true,
+    hasSoftDirty: false,
+    hasTcpRepair: true,
+    vdso: null,
+    caps: null,
+    namespaces: [],
+    probes,
+    ...over,
+  };
+}
+
+const ptrace: ProbeResult = { id: 'ptrace', title: 'ptrace', isRequired: true, isOk: true, detail: 'fine' };
+const softDirty: ProbeResult = {
+  id: 'soft-dirty',
+  title: 'soft-dirty tracking',
+  isRequired: false,
+  isOk: false,
+  detail: 'off',
+};
+
+t.test('all required present: the lines, the tracker, Looks good', async (t) => {
+  const r = formatCheck(kd([ptrace, softDirty]), { all: false, tracker: 'auto' });
+  t.equal(r.isOk, true);
+  t.equal(r.stdout, 'ptrace: yes (fine)\nMemory tracker: uffd-wp (userfaultfd WP_ASYNC + PAGEMAP_SCAN)\nLooks good.\n');
+  t.equal(r.stderr, '');
+  const all = formatCheck(kd([ptrace, softDirty]), { all: true, tracker: 'auto' });
+  t.match(all.stdout, /^soft-dirty tracking: no \(off\)$/m);
+  t.equal(all.isOk, true, 'an optional feature missing does not fail check');
+});
+
+t.test('a missing required feature: one error line each, no Looks good', async (t) => {
+  const bad: ProbeResult = {
+    id: 'clone3-set-tid',
+    title: 'clone3 with set_tid',
+    isRequired: true,
+    isOk: false,
+    detail: 'EPERM',
+  };
+  const r = formatCheck(kd([ptrace, bad]), { all: false, tracker: 'auto' });
+  t.equal(r.isOk, false);
+  t.match(r.stdout, /^clone3 with set_tid: NO \(EPERM\)$/m);
+  t.notMatch(r.stdout, /Looks good/);
+  t.equal(r.stderr, 'Error (criu): missing kernel feature: clone3 with set_tid: EPERM\n');
+});
+
+t.test('without uffd-wp the tracker falls back, and a forced one can fail', async (t) => {
+  const r = formatCheck(kd([ptrace], { hasUffdWpAsync: false }), { all: false, tracker: 'auto' });
+  t.match(r.stdout, /^Memory tracker: none/m);
+  t.equal(r.isOk, true);
+  const forced = formatCheck(kd([ptrace]), { all: false, tracker: 'soft-dirty' });
+  t.equal(forced.isOk, false);
+  t.match(forced.stderr, /Cannot use the soft-dirty memory tracker/);
+});
