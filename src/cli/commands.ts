@@ -1,0 +1,37 @@
+/**
+ * The command table of `criu`: one handler per command, taking the Options and returning the exit
+ * code. The CLI dispatches through this table only; wiring a new command is one line here.
+ * Commands not built yet throw NotImplementedError (exit 2, one line).
+ */
+
+import { NotImplementedError } from '../errors.js';
+import type { CommandName, Options } from './options.js';
+
+/** Where a command prints its results (stdout) and its one-line errors (stderr). */
+export interface CliIo {
+  stdout(text: string): void;
+  stderr(text: string): void;
+}
+
+export type CommandHandler = (opts: Options, io: CliIo) => Promise<number>;
+
+const notImplemented =
+  (name: CommandName): CommandHandler =>
+  () =>
+    Promise.reject(new NotImplementedError(name));
+
+export const COMMAND_HANDLERS: Record<CommandName, CommandHandler> = {
+  'pre-dump': notImplemented('pre-dump'),
+  dump: notImplemented('dump'),
+  restore: notImplemented('restore'),
+  show: async (opts, io) => (await import('./show.js')).runShow(opts, io),
+  // show and check are loaded on use: they pull in the image layer and the native addon, which
+  // --help and usage errors do not need (and which must not break them when missing).
+  check: async (opts, io) => (await import('./check.js')).runCheck(opts, io),
+  'page-server': notImplemented('page-server'),
+  exec: async (opts, io) => (await import('./exec.js')).runExec(opts, io),
+  service: notImplemented('service'),
+  dedup: notImplemented('dedup'),
+  'cpuinfo dump': notImplemented('cpuinfo dump'),
+  'cpuinfo check': notImplemented('cpuinfo check'),
+};

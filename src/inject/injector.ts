@@ -1,0 +1,443 @@
+/**
+ * Syscall injection: run single system calls inside a stopped task, from outside.
+ *
+ * This is criu-ts's replacement for CRIU's parasite (compel): the dumper, the restorer and
+ * `criu exec` all use it. Kernel interfaces: ptrace(2) SEIZE/INTERRUPT/SYSCALL/GETREGSET/SETREGSET/
+ * GETSIGMASK/SETSIGMASK/DETACH, waitpid(2) with __WALL, process_vm_readv/writev, /proc/PID/maps.
+ *
+ * How one call is made (no byte of the task's code is changed):
+ *   1. The task is seized and interrupted; its registers and blocked-signal mask are saved, and every
+ *      signal is blocked so that no handler can run on our borrowed registers.
+ *   2. The registers are set to {rax = nr, rdi, rsi, rdx, r10, r8, r9 = args, rip = an existing
+ *      `syscall` instruction (0f 05) in the vDSO, orig_rax = -1}, orig_rax = -1 keeping the kernel from
+ *      treating the interrupted syscall's restart code as ours.
+ *   3. PTRACE_SYSCALL runs the task to the syscall-entry stop, and again to the exit stop, where rax
+ *      holds the result.
+ *
+ * Putting the task back (release): at the last exit stop the saved registers are set again, then
+ * PTRACE_INTERRUPT + PTRACE_CONT send the task through the kernel's signal path into an interrupt
+ * stop. From there, PTRACE_DETACH lets the kernel itself apply the restart rules to the saved
+ * registers (-ERESTARTSYS, -ERESTARTNOHAND, -ERESTARTNOINTR, -ERESTART_RESTARTBLOCK), deliver any
+ * signal that arrived meanwhile with its handler's SA_RESTART semantics, or re-enter a group stop:
+ * exactly what would have happened had we never injected anything.
+ *
+ * Threads: an Injector drives one thread; other threads of the process keep running unless the
+ * caller stopped them. All ptrace calls go through src/sys/native.ts, which runs them on its one
+ * tracer thread, so the Injector can be used from any JS code.
+ *
+ * A wait that Linux would end with a spurious EINTR because of our stop (epoll_wait, sigtimedwait)
+ * is restarted instead: see restart.ts.
+ *
+ * If criu-ts is killed with SIGKILL in the middle of a call, the kernel detaches the task with our
+ * registers in place; nothing can prevent that from outside the task. Every other failure path
+ * (errors, SIGINT, SIGTERM at the CLI) releases the task first.
+ */
+
+import { SyscallError, TaskError, UnsupportedError, isErrno } from '../errors.js';
+import { readMaps } from '../proc/maps.js';
+import { listThreads, readStatus } from '../proc/status.js';
+import * as sys from '../sys/native.js';
+import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
+import { errnoName } from '../kernel/errno.js';
+import { NT_PRSTATUS, PTRACE_EVENT_STOP, PTRACE_O_TRACESYSGOOD, USER_REGS_SIZE, __WALL } from '../kernel/constants.js';
+import { decodeUserRegs, encodeUserRegs, type UserRegs } from '../sys/regs.js';
+import { restartInterruptedWait } from './restart.js';
+import { decodeWaitStatus, describeWaitStatus, isGroupStop, type WaitStatus } from '../sys/wait.js';
+
+const ALL_SIGNALS = 0xffff_ffff_ffff_ffffn;
+const PAGE_SIZE = 4096n;
+const MMAP_PROT_RW = 0x1n | 0x2n;
+const MAP_PRIVATE_ANON = 0x02n | 0x20n;
+
+export interface InjectorOptions {
+  /** How long to wait for each stop of the task before giving up (default 5000 ms). */
+  timeoutMs?: number;
+  /** Address of a `syscall` instruction to use instead of searching the vDSO. */
+  syscallSite?: bigint;
+}
+
+/** How the task was stopped when we seized it. */
+export type SeizeState = 'running' | 'group-stop';
+
+/** A thread seized for injection. Create with `Injector.attach`, always end with `release()`. */
+export class Injector {
+  /** The process (thread group). */
+  readonly pid: number;
+  /** The thread the calls run in. */
+  readonly tid: number;
+  /** Whether the task was already stopped by a job-control signal when seized. */
+  readonly seizeState: SeizeState;
+
+  private readonly savedRegs: Buffer;
+  private readonly savedRegsDecoded: UserRegs;
+  private savedMask: bigint;
+  private readonly site: bigint;
+  private readonly timeoutMs: number;
+  /** True once registers were changed: release must then go through the interrupt dance. */
+  private isDirty = false;
+  private isReleased = false;
+  /** Job-control stop signals that arrived while we ran calls; re-sent before detaching. */
+  private readonly deferredSignals: number[] = [];
+  private scratch: { addr: bigint; sizeBytes: bigint; used: bigint } | null = null;
+
+  private constructor(
+    pid: number,
+    tid: number,
+    state: SeizeState,
+    regs: Buffer,
+    mask: bigint,
+    site: bigint,
+    timeoutMs: number,
+  ) {
+    this.pid = pid;
+    this.tid = tid;
+    this.seizeState = state;
+    this.savedRegs = regs;
+    this.savedRegsDecoded = decodeUserRegs(regs);
+    this.savedMask = mask;
+    this.site = site;
+    this.timeoutMs = timeoutMs;
+  }
+
+  /**
+   * Seize thread `tid` (default: the process's main thread, or its first live thread if the main
+   * one has exited) of process `pid` and stop it for injection.
+   */
+  static attach(pid: number, options: InjectorOptions & { tid?: number } = {}): Injector {
+    const timeoutMs = options.timeoutMs ?? 5000;
+    const tid = options.tid ?? pickThread(pid);
+    const site = options.syscallSite ?? findSyscallSite(pid);
+    try {
+      sys.ptraceSeize(tid, PTRACE_O_TRACESYSGOOD);
+    } catch (err) {
+      throw seizeError(pid, tid, err);
+    }
+    let state: SeizeState;
+    try {
+      sys.ptraceInterrupt(tid);
+      state = waitForInterruptStop(pid, tid, timeoutMs);
+    } catch (err) {
+      bestEffortDetach(tid);
+      throw err;
+    }
+    try {
+      let regs = sys.ptraceGetRegset(tid, NT_PRSTATUS, USER_REGS_SIZE);
+      const restarted = restartInterruptedWait(decodeUserRegs(regs), readBeforeRip(pid, decodeUserRegs(regs).rip));
+      if (restarted !== null) regs = encodeUserRegs(restarted);
+      const mask = sys.ptraceGetSigmask(tid);
+      sys.ptraceSetSigmask(tid, ALL_SIGNALS);
+      const injector = new Injector(pid, tid, state, regs, mask, site, timeoutMs);
+      // Changed registers must be put back even if no call is made.
+      if (restarted !== null) injector.isDirty = true;
+      return injector;
+    } catch (err) {
+      bestEffortDetach(tid);
+      throw taskGoneOr(pid, err);
+    }
+  }
+
+  /** The registers as they were when the task was seized (a copy). */
+  get registers(): UserRegs {
+    return { ...this.savedRegsDecoded };
+  }
+
+  /** The blocked-signal mask the task had (and gets back on release). */
+  get signalMask(): bigint {
+    return this.savedMask;
+  }
+
+  /**
+   * Run syscall `nr` with up to six arguments in the task; returns the raw result as a signed
+   * 64-bit value (-4095..-1 are -errno). Throws TaskError if the task dies meanwhile.
+   */
+  syscall(nr: number, args: readonly bigint[] = []): bigint {
+    this.assertUsable();
+    return this.rawSyscall(nr, args);
+  }
+
+  private rawSyscall(nr: number, args: readonly bigint[]): bigint {
+    if (args.length > 6) throw new RangeError('A syscall takes at most six arguments');
+    const regs: UserRegs = { ...this.savedRegsDecoded, rax: BigInt(nr), orig_rax: -1n, rip: this.site };
+    const argRegs = ['rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9'] as const;
+    argRegs.forEach((name, i) => (regs[name] = args[i] ?? 0n));
+    this.isDirty = true;
+    try {
+      sys.ptraceSetRegset(this.tid, NT_PRSTATUS, encodeUserRegs(regs));
+      sys.ptraceSyscall(this.tid, 0);
+      this.waitForSyscallStop('entry', nr);
+      sys.ptraceSyscall(this.tid, 0);
+      this.waitForSyscallStop('exit', nr);
+      const after = sys.ptraceGetRegset(this.tid, NT_PRSTATUS, USER_REGS_SIZE);
+      const result = BigInt.asIntN(64, decodeUserRegs(after).rax);
+      if (nr === SYSCALLS_X86_64.rt_sigprocmask && result === 0n) {
+        // The caller changed the mask on purpose: keep the new one instead of restoring the old.
+        this.savedMask = sys.ptraceGetSigmask(this.tid);
+        sys.ptraceSetSigmask(this.tid, ALL_SIGNALS);
+      }
+      return result;
+    } catch (err) {
+      throw taskGoneOr(this.pid, err);
+    }
+  }
+
+  /** Like `syscall`, but a -errno result throws a SyscallError naming the call inside the task. */
+  syscallOrThrow(name: keyof typeof SYSCALLS_X86_64, args: readonly bigint[] = []): bigint {
+    const ret = this.syscall(SYSCALLS_X86_64[name], args);
+    if (ret < 0n && ret >= -4095n) {
+      const errno = Number(-ret);
+      throw new SyscallError(
+        `${name} in task ${this.pid}`,
+        errno,
+        errnoName(errno),
+        args.map((a) => `0x${a.toString(16)}`),
+      );
+    }
+    return ret;
+  }
+
+  /**
+   * Copy `data` into a scratch mapping inside the task (created on first use, removed on
+   * release) and return its address there. Each call gets fresh, 16-byte aligned space.
+   */
+  pushData(data: Buffer): bigint {
+    this.assertUsable();
+    const needed = (BigInt(data.length) + 15n) & ~15n;
+    if (this.scratch === null || this.scratch.used + needed > this.scratch.sizeBytes) this.growScratch(needed);
+    const scratch = this.scratch as NonNullable<Injector['scratch']>;
+    const addr = scratch.addr + scratch.used;
+    scratch.used += needed;
+    this.writeMemory(addr, data);
+    return addr;
+  }
+
+  /** Write bytes into the task's memory (must be mapped writable). */
+  writeMemory(addr: bigint, data: Buffer): void {
+    if (data.length === 0) return;
+    const done = sys.processVmWritev(this.pid, data, 0, new BigUint64Array([addr, BigInt(data.length)]));
+    if (done !== data.length)
+      throw new TaskError(
+        this.pid,
+        `Cannot write ${data.length} bytes at 0x${addr.toString(16)} in task ${this.pid}: only ${done} written`,
+      );
+  }
+
+  /** Read bytes from the task's memory. */
+  readMemory(addr: bigint, len: number): Buffer {
+    const buf = Buffer.alloc(len);
+    if (len === 0) return buf;
+    const done = sys.processVmReadv(this.pid, buf, 0, new BigUint64Array([addr, BigInt(len)]));
+    if (done !== len)
+      throw new TaskError(
+        this.pid,
+        `Cannot read ${len} bytes at 0x${addr.toString(16)} in task ${this.pid}: only ${done} read`,
+      );
+    return buf;
+  }
+
+  /**
+   * Remove the scratch mapping, put the registers and signal mask back and detach. Safe to call
+   * more than once and after the task died. Throws only if the task is alive but could not be put
+   * back as it was.
+   */
+  release(): void {
+    if (this.isReleased) return;
+    this.isReleased = true;
+    if (!isAlive(this.pid, this.tid)) {
+      reapTraced(this.tid);
+      return;
+    }
+    try {
+      if (this.scratch !== null) {
+        const { addr, sizeBytes } = this.scratch;
+        this.scratch = null;
+        this.rawSyscall(SYSCALLS_X86_64.munmap, [addr, sizeBytes]);
+      }
+      if (this.isDirty) {
+        sys.ptraceSetRegset(this.tid, NT_PRSTATUS, this.savedRegs);
+        sys.ptraceInterrupt(this.tid);
+        sys.ptraceCont(this.tid, 0);
+        this.waitForInterruptStop();
+      }
+      sys.ptraceSetSigmask(this.tid, this.savedMask);
+      for (const sig of this.deferredSignals) sys.tgkill(this.pid, this.tid, sig);
+      sys.ptraceDetach(this.tid, 0);
+    } catch (err) {
+      if (!isAlive(this.pid, this.tid)) return;
+      bestEffortDetach(this.tid);
+      throw new TaskError(this.pid, `Cannot release task ${this.pid} after syscall injection`, { cause: err });
+    }
+  }
+
+  private assertUsable(): void {
+    if (this.isReleased) throw new Error('Injector used after release');
+  }
+
+  private growScratch(needed: bigint): void {
+    const old = this.scratch;
+    const sizeBytes = ((needed + (old?.used ?? 0n) + PAGE_SIZE - 1n) / PAGE_SIZE) * PAGE_SIZE;
+    const addr = this.syscallOrThrow('mmap', [0n, sizeBytes, MMAP_PROT_RW, MAP_PRIVATE_ANON, ALL_SIGNALS, 0n]);
+    if (old !== null) this.syscallOrThrow('munmap', [old.addr, old.sizeBytes]);
+    this.scratch = { addr, sizeBytes, used: 0n };
+  }
+
+  private waitForSyscallStop(which: 'entry' | 'exit', nr: number): void {
+    for (;;) {
+      const stop = waitStop(this.pid, this.tid, this.timeoutMs);
+      if (stop.kind === 'stopped' && stop.isSyscallStop) return;
+      if (stop.kind === 'stopped') {
+        // Only signals that cannot be blocked get here (SIGSTOP and its group stop): keep going,
+        // and send the stop signal again once the task is back as it was.
+        if (stop.event === 0 || isGroupStop(stop)) this.deferredSignals.push(stop.signal);
+        sys.ptraceSyscall(this.tid, 0);
+        continue;
+      }
+      throw new TaskError(
+        this.pid,
+        `Task ${this.pid} ${describeWaitStatus(stop)} during injected syscall ${nr} (${which})`,
+      );
+    }
+  }
+
+  private waitForInterruptStop(): void {
+    waitForInterruptStop(this.pid, this.tid, this.timeoutMs);
+  }
+}
+
+/**
+ * Run one syscall in a task and let it go: attach, call, release. The task keeps running unharmed.
+ * `data` arguments are copied into a scratch mapping in the task and passed as pointers.
+ */
+export function injectSyscall(
+  pid: number,
+  nr: number,
+  args: readonly (bigint | Buffer)[],
+  options: InjectorOptions = {},
+): bigint {
+  const injector = Injector.attach(pid, options);
+  try {
+    const raw = args.map((a) => (Buffer.isBuffer(a) ? injector.pushData(a) : a));
+    return injector.syscall(nr, raw);
+  } finally {
+    injector.release();
+  }
+}
+
+// -------------------------------------------------------------------------------------------------
+
+function waitStop(pid: number, tid: number, timeoutMs: number): WaitStatus {
+  const res = sys.waitpid(tid, __WALL, timeoutMs);
+  if (res === null) {
+    if (!isAlive(pid, tid)) throw new TaskError(pid, `Task ${pid} exited while being seized`);
+    throw new TaskError(pid, `Task ${pid} did not stop within ${timeoutMs} ms`);
+  }
+  return decodeWaitStatus(res.status);
+}
+
+/** Wait for the stop that PTRACE_INTERRUPT asked for, passing on signals met on the way. */
+function waitForInterruptStop(pid: number, tid: number, timeoutMs: number): SeizeState {
+  for (;;) {
+    const stop = waitStop(pid, tid, timeoutMs);
+    if (stop.kind !== 'stopped') throw new TaskError(pid, `Task ${pid} ${describeWaitStatus(stop)} while being seized`);
+    if (isGroupStop(stop)) return 'group-stop';
+    if (stop.event === PTRACE_EVENT_STOP) return 'running';
+    // A signal was being delivered (event 0): let it go as it would have; the interrupt stays
+    // pending, so the next stop is ours. Other events cannot happen without their options.
+    sys.ptraceCont(tid, stop.event === 0 && !stop.isSyscallStop ? stop.signal : 0);
+  }
+}
+
+function pickThread(pid: number): number {
+  const status = readStatus(pid);
+  if (status === null) throw new TaskError(pid, `Cannot seize task ${pid}: no such process`);
+  if (status.tgid !== pid)
+    throw new TaskError(pid, `Cannot seize task ${pid}: it is a thread of process ${status.tgid}`);
+  if (status.state !== 'Z') return pid;
+  // The main thread exited (pthread_exit) while others run: use the first live one.
+  for (const tid of listThreads(pid) ?? []) {
+    const st = readStatus(pid, tid);
+    if (st !== null && st.state !== 'Z' && st.state !== 'X') return tid;
+  }
+  throw new TaskError(pid, `Cannot seize task ${pid}: it is a zombie`);
+}
+
+function seizeError(pid: number, tid: number, err: unknown): Error {
+  if (isErrno(err, 'ESRCH')) return new TaskError(pid, `Cannot seize task ${pid}: no such process`, { cause: err });
+  if (isErrno(err, 'EPERM')) {
+    const tracer = readStatus(pid, tid)?.tracerPid ?? 0;
+    const why = tracer !== 0 ? `it is already traced by process ${tracer}` : 'permission denied';
+    return new TaskError(pid, `Cannot seize task ${pid}: ${why}`, { cause: err });
+  }
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+function taskGoneOr(pid: number, err: unknown): Error {
+  if (isErrno(err, 'ESRCH') && !isAlive(pid))
+    return new TaskError(pid, `Task ${pid} exited during syscall injection`, { cause: err });
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+function isAlive(pid: number, tid: number = pid): boolean {
+  const st = readStatus(pid, tid);
+  return st !== null && st.state !== 'Z' && st.state !== 'X';
+}
+
+/**
+ * A traced task that died stays a zombie until its tracer has seen its end: collect that, so its
+ * real parent can reap it. (The tracer of a task that is not its child only observes the exit.)
+ */
+function reapTraced(tid: number): void {
+  try {
+    sys.waitpid(tid, __WALL, 1000);
+  } catch {
+    // ECHILD: already seen, or no longer ours.
+  }
+}
+
+function bestEffortDetach(tid: number): void {
+  try {
+    sys.ptraceDetach(tid, 0);
+  } catch {
+    // Already gone or not stopped: nothing more can be done from here.
+  }
+}
+
+/** The two bytes before `rip` (empty if unreadable). */
+function readBeforeRip(pid: number, rip: bigint): Buffer {
+  const buf = Buffer.alloc(2);
+  try {
+    return sys.processVmReadv(pid, buf, 0, new BigUint64Array([rip - 2n, 2n])) === 2 ? buf : Buffer.alloc(0);
+  } catch {
+    return Buffer.alloc(0);
+  }
+}
+
+/**
+ * The address of a `syscall` instruction (bytes 0f 05) in the task's vDSO, or failing that in
+ * any executable mapping it can read. The bytes need not start a real instruction there: the CPU
+ * decodes from wherever rip points.
+ */
+export function findSyscallSite(pid: number): bigint {
+  const maps = readMaps(pid);
+  if (maps === null) throw new TaskError(pid, `Cannot seize task ${pid}: no such process`);
+  const candidates = [
+    ...maps.filter((m) => m.path === '[vdso]'),
+    ...maps.filter((m) => m.isExec && m.isRead && m.path !== '[vdso]'),
+  ];
+  for (const m of candidates) {
+    const len = Number(m.end - m.start);
+    const buf = Buffer.alloc(Math.min(len, 1 << 20));
+    let got: number;
+    try {
+      got = sys.processVmReadv(pid, buf, 0, new BigUint64Array([m.start, BigInt(buf.length)]));
+    } catch {
+      continue;
+    }
+    for (let i = 0; i + 1 < got; i++) {
+      if (buf[i] === 0x0f && buf[i + 1] === 0x05) return m.start + BigInt(i);
+    }
+  }
+  throw new UnsupportedError(
+    'syscall-site',
+    `Cannot inject into task ${pid}: no syscall instruction found in its executable mappings`,
+  );
+}

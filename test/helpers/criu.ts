@@ -1,0 +1,43 @@
+/**
+ * Running the built `criu` executable (bin/criu.js over dist/) as a user would.
+ */
+import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { ROOT } from './fixture.js';
+
+const BIN = path.join(ROOT, 'bin/criu.js');
+
+function assertBuilt(): void {
+  if (!existsSync(path.join(ROOT, 'dist/src/cli/criu.js')))
+    throw new Error('dist/ is not built: run "npm run build:ts" (npm test does it)');
+}
+
+/** Run `criu ARGS...` to completion. */
+export function criu(
+  args: readonly string[],
+  options: { cwd?: string; timeoutMs?: number } = {},
+): SpawnSyncReturns<string> {
+  assertBuilt();
+  return spawnSync('node', [BIN, ...args], {
+    cwd: options.cwd ?? ROOT,
+    encoding: 'utf8',
+    timeout: options.timeoutMs ?? 60_000,
+  });
+}
+
+/** Run `criu ARGS...` without blocking the event loop (fixtures keep talking meanwhile). */
+export function criuAsync(
+  args: readonly string[],
+  options: { cwd?: string } = {},
+): Promise<{ status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+  assertBuilt();
+  return new Promise((resolve) => {
+    const child = spawn('node', [BIN, ...args], { cwd: options.cwd ?? ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+    child.on('close', (status, signal) => resolve({ status, signal, stdout, stderr }));
+  });
+}

@@ -1,0 +1,100 @@
+/**
+ * Starting C fixtures (test/fixtures/bin) for integration tests.
+ *
+ * A fixture is started through `sh -c '... & wait'`, so that its parent is that shell and not this
+ * Node process: libuv reaps its own children with waitpid(), and for a child that is also traced by
+ * this process that would steal the ptrace stop notifications the injection engine waits for.
+ * (A background job of a non-interactive shell gets /dev/null as stdin unless redirected: hence
+ * the detour through fd 3.)
+ */
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const FIXTURES_BIN = path.join(ROOT, 'test/fixtures/bin');
+
+export function fixturePath(name: string): string {
+  const p = path.join(FIXTURES_BIN, name);
+  if (!existsSync(p)) throw new Error(`Fixture ${name} is not built: run "npm run build:fixtures"`);
+  return p;
+}
+
+export interface Fixture {
+  /** The workload's pid (not the shell's). */
+  pid: number;
+  /** Everything the workload printed so far. */
+  output(): string;
+  /** Resolves when the output contains `text`; rejects after timeoutMs. */
+  waitFor(text: string, timeoutMs?: number): Promise<void>;
+  write(text: string): void;
+  /** Resolves with the workload's exit code (the shell passes it on) and its whole output. */
+  exited(timeoutMs?: number): Promise<{ code: number | null; output: string }>;
+  kill(): void;
+  child: ChildProcess;
+}
+
+/** Start a fixture (a program under test/fixtures/bin, or any program when `name` is a path). */
+export async function startFixture(name: string, args: readonly string[] = [], timeoutMs = 10_000): Promise<Fixture> {
+  const program = name.includes('/') ? name : fixturePath(name);
+  const child = spawn(
+    'sh',
+    ['-c', 'exec 3<&0; "$0" "$@" <&3 3<&- & exec 3<&-; echo "PID $!"; wait $!', program, ...args],
+    {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    },
+  );
+  let out = '';
+  const waiters: Array<() => void> = [];
+  child.stdout?.setEncoding('utf8');
+  child.stdout?.on('data', (chunk: string) => {
+    out += chunk;
+    for (const w of waiters.splice(0)) w();
+  });
+  const exitPromise = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const waitFor = (text: string, ms = timeoutMs): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`Fixture ${name}: no "${text}" within ${ms} ms; output: ${out}`)),
+        ms,
+      );
+      const check = (): void => {
+        if (out.includes(text)) {
+          clearTimeout(timer);
+          resolve();
+        } else if (child.exitCode !== null) {
+          clearTimeout(timer);
+          reject(new Error(`Fixture ${name} exited (${child.exitCode}) before "${text}"; output: ${out}`));
+        } else waiters.push(check);
+      };
+      check();
+      void exitPromise.then(() => check());
+    });
+  await waitFor('PID ');
+  await waitFor('\n');
+  const m = /PID (\d+)/.exec(out);
+  if (m === null) throw new Error(`Fixture ${name}: no pid in ${out}`);
+  const pid = Number(m[1]);
+  return {
+    pid,
+    output: () => out,
+    waitFor,
+    write: (text) => child.stdin?.write(text),
+    exited: async (ms = timeoutMs) => {
+      const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), ms).unref());
+      const code = await Promise.race([exitPromise, timer]);
+      if (code === 'timeout') throw new Error(`Fixture ${name} did not exit within ${ms} ms; output: ${out}`);
+      return { code, output: out };
+    },
+    kill: () => {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    },
+    child,
+  };
+}
