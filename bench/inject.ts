@@ -12,7 +12,9 @@ export async function injectionBench(opts: BenchOptions): Promise<BenchResult> {
   const calls = opts.isQuick ? 2_000 : 20_000;
   // `sleep` started through a shell, so that it is not a child libuv would reap.
   const sh = spawn('sh', ['-c', 'sleep 60 & echo $!; wait'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const pid = await new Promise<number>((resolve) => sh.stdout.once('data', (d: Buffer) => resolve(Number(String(d).trim()))));
+  const pid = await new Promise<number>((resolve) =>
+    sh.stdout.once('data', (d: Buffer) => resolve(Number(String(d).trim()))),
+  );
   try {
     const inj = Injector.attach(pid);
     let injectedNs: number;

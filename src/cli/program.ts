@@ -313,7 +313,6 @@ export function buildProgram(io: CliIo, onCommand: (parsed: Parsed) => void): Co
   return program;
 }
 
-
 /** Default stdout/stderr writers. */
 export const PROCESS_IO: CliIo = {
   stdout: (s) => void process.stdout.write(s),
