@@ -1,0 +1,117 @@
+/**
+ * The contract between the files orchestrator (src/files/index.ts: walks a task's fd table on
+ * dump, rebuilds it on restore) and the fd kind modules (one per kind: src/files/<kind>.ts, each
+ * with its dump and restore halves, registered in src/files/registry.ts).
+ *
+ * Images: `files.img` holds one `file_entry` per open file description (fd_types `type`, a unique
+ * `id`, and the kind's sub-message: `reg`, `pipe`, `efd`, ...); `fdinfo-<files_id>.img` holds one
+ * `fdinfo_entry {id, flags (FD_CLOEXEC), type, fd}` per fd. Several fds may share one description
+ * (dup, fork): the orchestrator finds those with kcmp(KCMP_FILE) and dumps the description once.
+ * Extra images (pipes-data, fifo-data, ...) are written through the context.
+ */
+
+import type { BigIntStats } from 'node:fs';
+import type { ImageEntry } from '../images/index.js';
+import type { Injector } from '../inject/injector.js';
+
+/** fd_types of proto/fdinfo.proto (CRIU's numbering). */
+export const FD_TYPES = {
+  UND: 0,
+  REG: 1,
+  PIPE: 2,
+  FIFO: 3,
+  INETSK: 4,
+  UNIXSK: 5,
+  EVENTFD: 6,
+  EVENTPOLL: 7,
+  INOTIFY: 8,
+  SIGNALFD: 9,
+  PACKETSK: 10,
+  TTY: 11,
+  FANOTIFY: 12,
+  NETLINKSK: 13,
+  NS: 14,
+  TUNF: 15,
+  EXT: 16,
+  TIMERFD: 17,
+  MEMFD: 18,
+  BPFMAP: 19,
+} as const;
+
+export type FdTypeName = keyof typeof FD_TYPES;
+
+/** /proc/PID/fdinfo/FD: the common fields, and every "key: value" line for the kind modules. */
+export interface FdInfo {
+  pos: bigint;
+  /** Open flags (octal in the file): O_ACCMODE, O_APPEND, O_NONBLOCK, O_DIRECT, O_CLOEXEC... */
+  flags: number;
+  mntId: number;
+  ino: bigint;
+  /** The whole text, for kinds with several lines of the same key (epoll "tfd:", inotify "inotify wd:"). */
+  raw: string;
+}
+
+/** One fd of the dumped task, as the orchestrator found it. */
+export interface FdDumpInput {
+  pid: number;
+  fd: number;
+  /** readlink(/proc/PID/fd/FD): a path, "pipe:[123]", "anon_inode:[eventfd]", "socket:[4]"... */
+  link: string;
+  fdinfo: FdInfo;
+  /** fstat of `localFd`. */
+  stat: BigIntStats;
+  /**
+   * A duplicate of the fd in criu's own process (pidfd_getfd): the same open file description,
+   * so reading its state from here (tee of a pipe, timerfd_gettime, ...) needs no injection. The
+   * orchestrator closes it. Never read from it in a way that consumes data.
+   */
+  localFd: number;
+}
+
+export interface FileDumpContext {
+  pid: number;
+  /** A new file id, unique within files.img. */
+  allocId(): number;
+  /** Append an entry (and its raw payload) to the image of another kind, e.g. "PIPES_DATA". */
+  addEntry(kindName: string, entry: ImageEntry, extra?: Uint8Array): Promise<void>;
+  /** Attached to the (stopped) task, for what only the task can tell. */
+  injector: Injector;
+  /** State shared between the fds of one dump, for kind modules (e.g. pipe data dumped once). */
+  shared: Map<string, unknown>;
+}
+
+export interface FileRestoreContext {
+  pid: number;
+  /** Attached to the task being rebuilt: every fd is created by calls run inside it. */
+  injector: Injector;
+  imagesDir: string;
+  /** The entries of another image kind of this dump, e.g. "PIPES_DATA" (empty if none). */
+  entriesOf(kindName: string): Promise<readonly { entry: ImageEntry; extra?: Uint8Array }[]>;
+  /** Where a file id's description is open in the target (any one of its fds), once restored. */
+  fdOfFileId(id: number): number | undefined;
+  /** State shared between the files of one restore, for kind modules. */
+  shared: Map<string, unknown>;
+}
+
+export interface FdKindModule {
+  /** file_entry.type. */
+  readonly type: number;
+  /** Short name for logs and errors: "reg", "pipe", "eventfd"... */
+  readonly name: string;
+  /** Restore order, lowest first: files an epoll or a signal owner refers to come before it. */
+  readonly restoreOrder: number;
+  /** True when this module handles the fd. The orchestrator asks the modules in table order. */
+  matches(input: FdDumpInput): boolean;
+  /**
+   * Dump one open file description: return the `file_entry` (type, id = ctx.allocId() already
+   * given in `id`, and the kind's sub-message). Throws UnsupportedError for a variant it cannot
+   * handle (the dump then fails before anything changed).
+   */
+  dump(input: FdDumpInput, id: number, ctx: FileDumpContext): Promise<ImageEntry>;
+  /**
+   * Create the description inside the target and return the fd number it got there (any free
+   * number: the orchestrator moves it to each fd of the description with dup3 and sets
+   * FD_CLOEXEC). Called once per file id.
+   */
+  restore(entry: ImageEntry, ctx: FileRestoreContext): Promise<number>;
+}
