@@ -78,7 +78,7 @@ class FileSink {
   write(line: string): void {
     if (this.isClosed) return;
     if (this.fd === null) {
-      mkdirSync(dirname(this.path), { recursive: true });
+      mkdirSync(dirname(this.path), { recursive: true, mode: 0o700 });
       this.fd = openSync(this.path, 'a', 0o600);
     }
     writeSync(this.fd, line);
@@ -87,7 +87,7 @@ class FileSink {
   /** Create the file now (empty if nothing is logged), so `-o name` always leaves a file. */
   touch(): void {
     if (this.fd === null && !this.isClosed) {
-      mkdirSync(dirname(this.path), { recursive: true });
+      mkdirSync(dirname(this.path), { recursive: true, mode: 0o700 });
       this.fd = openSync(this.path, 'a', 0o600);
     }
   }

@@ -22,8 +22,8 @@ const notImplemented =
 
 export const COMMAND_HANDLERS: Record<CommandName, CommandHandler> = {
   'pre-dump': notImplemented('pre-dump'),
-  dump: notImplemented('dump'),
-  restore: notImplemented('restore'),
+  dump: async (opts, io) => (await import('./dump.js')).runDump(opts, io),
+  restore: async (opts, io) => (await import('./restore.js')).runRestore(opts, io),
   show: async (opts, io) => (await import('./show.js')).runShow(opts, io),
   // show and check are loaded on use: they pull in the image layer and the native addon, which
   // --help and usage errors do not need (and which must not break them when missing).
@@ -32,6 +32,6 @@ export const COMMAND_HANDLERS: Record<CommandName, CommandHandler> = {
   exec: async (opts, io) => (await import('./exec.js')).runExec(opts, io),
   service: notImplemented('service'),
   dedup: notImplemented('dedup'),
-  'cpuinfo dump': notImplemented('cpuinfo dump'),
-  'cpuinfo check': notImplemented('cpuinfo check'),
+  'cpuinfo dump': async (opts, io) => (await import('../cpuinfo/cli.js')).runCpuinfoDump(opts, io),
+  'cpuinfo check': async (opts, io) => (await import('../cpuinfo/cli.js')).runCpuinfoCheck(opts, io),
 };

@@ -114,4 +114,9 @@ export interface FdKindModule {
    * FD_CLOEXEC). Called once per file id.
    */
   restore(entry: ImageEntry, ctx: FileRestoreContext): Promise<number>;
+  /**
+   * Called once after every file was restored: close what the module kept open in the target
+   * for later files (the unused end of a pipe, say). Optional.
+   */
+  finishRestore?(ctx: FileRestoreContext): Promise<void>;
 }

@@ -54,6 +54,8 @@ export interface InjectorOptions {
   timeoutMs?: number;
   /** Address of a `syscall` instruction to use instead of searching the vDSO. */
   syscallSite?: bigint;
+  /** PTRACE_O_* options besides TRACESYSGOOD (restore adds PTRACE_O_TRACECLONE). */
+  ptraceOptions?: number;
 }
 
 /** How the task was stopped when we seized it. */
@@ -68,17 +70,17 @@ export class Injector {
   /** Whether the task was already stopped by a job-control signal when seized. */
   readonly seizeState: SeizeState;
 
-  private readonly savedRegs: Buffer;
-  private readonly savedRegsDecoded: UserRegs;
+  private savedRegs: Buffer;
+  private savedRegsDecoded: UserRegs;
   private savedMask: bigint;
-  private readonly site: bigint;
+  private site: bigint;
   private readonly timeoutMs: number;
   /** True once registers were changed: release must then go through the interrupt dance. */
   private isDirty = false;
   private isReleased = false;
   /** Job-control stop signals that arrived while we ran calls; re-sent before detaching. */
   private readonly deferredSignals: number[] = [];
-  private scratch: { addr: bigint; sizeBytes: bigint; used: bigint } | null = null;
+  private scratch: { addr: bigint; sizeBytes: bigint; used: bigint; isOwned: boolean } | null = null;
 
   private constructor(
     pid: number,
@@ -108,7 +110,7 @@ export class Injector {
     const tid = options.tid ?? pickThread(pid);
     const site = options.syscallSite ?? findSyscallSite(pid);
     try {
-      sys.ptraceSeize(tid, PTRACE_O_TRACESYSGOOD);
+      sys.ptraceSeize(tid, PTRACE_O_TRACESYSGOOD | (options.ptraceOptions ?? 0));
     } catch (err) {
       throw seizeError(pid, tid, err);
     }
@@ -120,6 +122,18 @@ export class Injector {
       bestEffortDetach(tid);
       throw err;
     }
+    return Injector.take(pid, tid, state, site, timeoutMs);
+  }
+
+  /**
+   * Take over thread `tid`, already traced by this process and in a ptrace stop (a thread the
+   * kernel attached by PTRACE_O_TRACECLONE, say), with `site` as the syscall instruction.
+   */
+  static adopt(pid: number, tid: number, site: bigint, options: { timeoutMs?: number } = {}): Injector {
+    return Injector.take(pid, tid, 'running', site, options.timeoutMs ?? 5000);
+  }
+
+  private static take(pid: number, tid: number, state: SeizeState, site: bigint, timeoutMs: number): Injector {
     try {
       let regs = sys.ptraceGetRegset(tid, NT_PRSTATUS, USER_REGS_SIZE);
       const restarted = restartInterruptedWait(decodeUserRegs(regs), readBeforeRip(pid, decodeUserRegs(regs).rip));
@@ -144,6 +158,48 @@ export class Injector {
   /** The blocked-signal mask the task had (and gets back on release). */
   get signalMask(): bigint {
     return this.savedMask;
+  }
+
+  /** Replace the mask the thread gets on release (restore sets the dumped one). */
+  set signalMask(mask: bigint) {
+    this.savedMask = mask;
+  }
+
+  /** The address of the `syscall` instruction calls go through. */
+  get syscallSite(): bigint {
+    return this.site;
+  }
+
+  /**
+   * Run later calls through another `syscall` instruction (restore moves it out of the stub's
+   * mappings before removing them).
+   */
+  set syscallSite(addr: bigint) {
+    this.site = addr;
+  }
+
+  /**
+   * Replace the registers the thread resumes with on release (restore sets the dumped ones).
+   * `regs` must be the complete NT_PRSTATUS set.
+   */
+  setResumeRegisters(regs: UserRegs): void {
+    this.assertUsable();
+    this.savedRegs = encodeUserRegs(regs);
+    this.savedRegsDecoded = { ...regs };
+    this.isDirty = true;
+  }
+
+  /**
+   * Use [addr, addr+sizeBytes) of the task, already mapped read-write, for pushData instead of a
+   * mapping of our own; it is not removed on release.
+   */
+  useScratch(addr: bigint, sizeBytes: bigint): void {
+    this.scratch = { addr, sizeBytes, used: 0n, isOwned: false };
+  }
+
+  /** Forget data pushed so far: the scratch space is reused from its start. */
+  resetScratch(): void {
+    if (this.scratch !== null) this.scratch.used = 0n;
   }
 
   /**
@@ -202,7 +258,11 @@ export class Injector {
   pushData(data: Buffer): bigint {
     this.assertUsable();
     const needed = (BigInt(data.length) + 15n) & ~15n;
-    if (this.scratch === null || this.scratch.used + needed > this.scratch.sizeBytes) this.growScratch(needed);
+    if (this.scratch === null || this.scratch.used + needed > this.scratch.sizeBytes) {
+      if (this.scratch !== null && !this.scratch.isOwned)
+        throw new RangeError(`Scratch space of ${this.scratch.sizeBytes} bytes is full`);
+      this.growScratch(needed);
+    }
     const scratch = this.scratch as NonNullable<Injector['scratch']>;
     const addr = scratch.addr + scratch.used;
     scratch.used += needed;
@@ -248,9 +308,9 @@ export class Injector {
     }
     try {
       if (this.scratch !== null) {
-        const { addr, sizeBytes } = this.scratch;
+        const { addr, sizeBytes, isOwned } = this.scratch;
         this.scratch = null;
-        this.rawSyscall(SYSCALLS_X86_64.munmap, [addr, sizeBytes]);
+        if (isOwned) this.rawSyscall(SYSCALLS_X86_64.munmap, [addr, sizeBytes]);
       }
       if (this.isDirty) {
         sys.ptraceSetRegset(this.tid, NT_PRSTATUS, this.savedRegs);
@@ -276,8 +336,8 @@ export class Injector {
     const old = this.scratch;
     const sizeBytes = ((needed + (old?.used ?? 0n) + PAGE_SIZE - 1n) / PAGE_SIZE) * PAGE_SIZE;
     const addr = this.syscallOrThrow('mmap', [0n, sizeBytes, MMAP_PROT_RW, MAP_PRIVATE_ANON, ALL_SIGNALS, 0n]);
-    if (old !== null) this.syscallOrThrow('munmap', [old.addr, old.sizeBytes]);
-    this.scratch = { addr, sizeBytes, used: 0n };
+    if (old !== null && old.isOwned) this.syscallOrThrow('munmap', [old.addr, old.sizeBytes]);
+    this.scratch = { addr, sizeBytes, used: 0n, isOwned: true };
   }
 
   private waitForSyscallStop(which: 'entry' | 'exit', nr: number): void {

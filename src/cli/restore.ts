@@ -1,0 +1,19 @@
+/**
+ * `criu restore -D DIR [-d] [--pidfile F]`: maps the options to the restore library call. Without
+ * -d criu stays the restored task's parent and exits with its exit status (128 + the signal when
+ * it was killed), as CRIU does.
+ */
+
+import { restore } from '../restore/index.js';
+import type { CliIo } from './commands.js';
+import type { Options } from './options.js';
+
+export async function runRestore(opts: Options, _io: CliIo): Promise<number> {
+  const result = await restore({
+    imagesDir: opts.imagesDir,
+    isDetached: opts.restoreDetached,
+    ...(opts.pidfile === undefined ? {} : { pidfile: opts.pidfile }),
+  });
+  if (result.exit === undefined) return 0;
+  return 'code' in result.exit ? result.exit.code : 128 + result.exit.signal;
+}

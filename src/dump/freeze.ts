@@ -1,0 +1,107 @@
+/**
+ * Freezing a process for dump: every thread seized and stopped (PTRACE_SEIZE + PTRACE_INTERRUPT),
+ * each with its own Injector, so per-thread state can be read from outside or by injection.
+ *
+ * Threads can be created while we seize: the thread list is read again until a pass finds no new
+ * one (a seized, stopped thread cannot clone, so this ends). Threads that exit meanwhile are
+ * dropped. Kernel interfaces: ptrace(2), /proc/PID/task.
+ */
+
+import { TaskError } from '../errors.js';
+import { Injector, findSyscallSite } from '../inject/injector.js';
+import { listThreads, readStatus } from '../proc/status.js';
+import * as sys from '../sys/native.js';
+import { SIGKILL, SIGSTOP, __WALL } from '../kernel/constants.js';
+
+export interface FrozenProcess {
+  pid: number;
+  /** Every thread, leader first when alive, then by tid. */
+  threads: Injector[];
+  /** The injector of the thread group leader (or the first live thread). */
+  leader: Injector;
+}
+
+/** Seize and stop every thread of `pid`. On failure nothing stays seized. */
+export function freezeProcess(pid: number, options: { timeoutMs?: number } = {}): FrozenProcess {
+  const status = readStatus(pid);
+  if (status === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
+  if (status.tgid !== pid)
+    throw new TaskError(pid, `Cannot dump task ${pid}: it is a thread of process ${status.tgid}`);
+  const site = findSyscallSite(pid);
+  const seized = new Map<number, Injector>();
+  try {
+    for (let pass = 0; pass < 100; pass++) {
+      const tids = listThreads(pid);
+      if (tids === null) throw new TaskError(pid, `Task ${pid} exited while being frozen`);
+      const fresh = tids.filter((tid) => !seized.has(tid));
+      if (fresh.length === 0) break;
+      for (const tid of fresh) {
+        const st = readStatus(pid, tid);
+        if (st === null || st.state === 'Z' || st.state === 'X') continue;
+        try {
+          const opts =
+            options.timeoutMs === undefined
+              ? { tid, syscallSite: site }
+              : { tid, syscallSite: site, timeoutMs: options.timeoutMs };
+          seized.set(tid, Injector.attach(pid, opts));
+        } catch (err) {
+          // A thread that ended between listing and seizing is not an error.
+          const again = readStatus(pid, tid);
+          if (again === null || again.state === 'Z' || again.state === 'X') continue;
+          throw err;
+        }
+      }
+    }
+  } catch (err) {
+    for (const inj of seized.values()) safely(() => inj.release());
+    throw err;
+  }
+  const threads = [...seized.values()].sort((a, b) => (a.tid === pid ? -1 : b.tid === pid ? 1 : a.tid - b.tid));
+  const leader = threads[0];
+  if (leader === undefined) throw new TaskError(pid, `Task ${pid} has no live thread to dump`);
+  return { pid, threads, leader };
+}
+
+/** Put every thread back as it was and let the process run on. */
+export function resumeProcess(frozen: FrozenProcess): void {
+  const errors: unknown[] = [];
+  for (const inj of frozen.threads) {
+    try {
+      inj.release();
+    } catch (err) {
+      errors.push(err);
+    }
+  }
+  if (errors.length > 0) throw errors[0];
+}
+
+/** Leave the process stopped (SIGSTOP queued before the threads are let go). */
+export function stopProcess(frozen: FrozenProcess): void {
+  sys.kill(frozen.pid, SIGSTOP);
+  resumeProcess(frozen);
+}
+
+/** Kill the dumped process (the default end of `criu dump`) and wait until it is gone. */
+export function killProcess(frozen: FrozenProcess): void {
+  sys.kill(frozen.pid, SIGKILL);
+  for (const inj of frozen.threads) {
+    // Collect each traced thread's end, so its parent can reap the process.
+    for (let i = 0; i < 50; i++) {
+      try {
+        const res = sys.waitpid(inj.tid, __WALL, 100);
+        if (res === null) continue;
+        if ((res.status & 0x7f) !== 0x7f) break; // exited or killed
+      } catch {
+        break; // ECHILD: gone
+      }
+    }
+  }
+}
+
+function safely(f: () => void): void {
+  try {
+    f();
+  } catch {
+    // best effort on a failure path
+  }
+}

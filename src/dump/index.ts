@@ -1,0 +1,262 @@
+/**
+ * `criu dump`: checkpoint one running process (all its threads) into CRIU-format images.
+ *
+ * Steps, in order; any failure before the images are complete puts the process back exactly as
+ * it was (threads resumed, registers and masks restored, no scratch mapping, not traced) and
+ * removes what was written:
+ *   1. check: the task exists, has no children, and every fd is of a supported kind
+ *   2. freeze: seize and stop every thread
+ *   3. collect: mm and VMAs, fds, per-thread cores, fs, ids (in memory)
+ *   4. memory: present pages copied into pages-1.img, pagemap-<pid>.img
+ *   5. write the images (temporary names, renamed on completion), inventory.img last
+ *   6. end: kill the task (default), leave it running (-R) or stopped (-s)
+ *   7. stats-dump
+ */
+
+import { mkdir, readdir, unlink } from 'node:fs/promises';
+import { readlinkSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { TaskError, UnsupportedError } from '../errors.js';
+import { writeImage, PAGE_SIZE, type ImageEntry } from '../images/index.js';
+import { log } from '../log.js';
+import { readChildren, scanChildren } from '../proc/children.js';
+import { readStat } from '../proc/stat.js';
+import { checkFds, dumpFiles } from '../files/index.js';
+import { findPageRuns, writePages } from '../mem/dump-pages.js';
+import { dumpTaskCore, dumpThread } from './core.js';
+import { freezeProcess, killProcess, resumeProcess, stopProcess, type FrozenProcess } from './freeze.js';
+import { dumpMm, readUmask } from './mm.js';
+
+export interface DumpOptions {
+  pid: number;
+  imagesDir: string;
+  /** What happens to the task once the images are complete. */
+  end: 'kill' | 'leave-running' | 'leave-stopped';
+  /** Aborted by SIGINT/SIGTERM: the dump stops and the task is resumed. */
+  signal?: AbortSignal;
+  /** Called with bytes of memory written so far (progress). */
+  onProgress?: (what: string, done: number, total: number) => void;
+}
+
+export interface DumpStats {
+  freezingTimeUs: number;
+  frozenTimeUs: number;
+  memdumpTimeUs: number;
+  memwriteTimeUs: number;
+  pagesScanned: number;
+  pagesWritten: number;
+}
+
+const O_DIRECTORY = 0o200000;
+const FD_TYPE_REG = 1;
+
+function nowUs(): number {
+  return Number(process.hrtime.bigint() / 1000n);
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted === true) throw new TaskError(0, 'Dump interrupted', { cause: signal.reason });
+}
+
+/** Dump process `pid` into `imagesDir`. Returns the statistics written to stats-dump. */
+export async function dump(opts: DumpOptions): Promise<DumpStats> {
+  const { pid } = opts;
+  const stat = readStat(pid);
+  if (stat === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
+  const children = readChildren(pid) ?? scanChildren(pid);
+  if (children.length > 0)
+    throw new UnsupportedError(
+      'process-tree',
+      `Cannot dump task ${pid}: it has children (${children.join(', ')}); process trees are not supported yet`,
+    );
+  checkFds(pid);
+  await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
+  const dir = opts.imagesDir;
+  const written: string[] = [];
+  const write = async (
+    name: string,
+    kind: string,
+    entries: ImageEntry[],
+    extras?: (Uint8Array | undefined)[],
+  ): Promise<void> => {
+    await writeImage(
+      path.join(dir, name),
+      kind,
+      entries.map((entry, i) => {
+        const extra = extras?.[i];
+        return extra === undefined ? { entry } : { entry, extra };
+      }),
+    );
+    written.push(name);
+  };
+
+  const t0 = nowUs();
+  let frozen: FrozenProcess | null = freezeProcess(pid);
+  const tFrozen = nowUs();
+  log().info(`Frozen ${frozen.threads.length} thread(s) of ${pid} in ${tFrozen - t0} us`);
+  const stats: DumpStats = {
+    freezingTimeUs: tFrozen - t0,
+    frozenTimeUs: 0,
+    memdumpTimeUs: 0,
+    memwriteTimeUs: 0,
+    pagesScanned: 0,
+    pagesWritten: 0,
+  };
+  try {
+    throwIfAborted(opts.signal);
+    let nextId = 1;
+    const allocId = (): number => nextId++;
+    const extraImages = new Map<string, { entry: ImageEntry; extra?: Uint8Array }[]>();
+
+    const mm = dumpMm(pid, frozen.leader, allocId);
+    const dirEntry = (p: string): number => {
+      const id = allocId();
+      const st = statSync(`/proc/${pid}/root${p}`, { bigint: true });
+      mm.files.push({
+        type: FD_TYPE_REG,
+        id,
+        reg: {
+          id,
+          flags: O_DIRECTORY,
+          pos: 0n,
+          fown: { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 },
+          name: p,
+          mode: Number(st.mode),
+        },
+      });
+      return id;
+    };
+    const fsEntry = {
+      cwd_id: dirEntry(readlinkSync(`/proc/${pid}/cwd`)),
+      root_id: dirEntry(readlinkSync(`/proc/${pid}/root`)),
+      umask: readUmask(pid),
+    };
+    const files = await dumpFiles(pid, frozen.leader, {
+      allocId,
+      addEntry: async (kind, entry, extra) => {
+        if (kind === 'FILES') {
+          mm.files.push(entry); // a file entry another refers to (a FIFO's path, say)
+          return;
+        }
+        const list = extraImages.get(kind) ?? [];
+        list.push(extra === undefined ? { entry } : { entry, extra });
+        extraImages.set(kind, list);
+      },
+    });
+    throwIfAborted(opts.signal);
+
+    const taskCore = dumpTaskCore(pid, frozen.leader);
+    const cores = frozen.threads.map((inj) => {
+      const t = dumpThread(pid, inj);
+      const core: ImageEntry = { mtype: 1, thread_info: t.thread_info, thread_core: t.thread_core };
+      if (inj.tid === frozen?.leader.tid) core['tc'] = taskCore;
+      return { tid: inj.tid, core };
+    });
+
+    const tMem = nowUs();
+    const { runs, pagesScanned } = findPageRuns(pid, mm.vmas);
+    const totalBytes = runs.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
+    const pages = await writePages(pid, runs, dir, 1, (done) => opts.onProgress?.('memory', done, totalBytes));
+    written.push('pages-1.img');
+    stats.memdumpTimeUs = nowUs() - tMem;
+    stats.pagesScanned = pagesScanned;
+    stats.pagesWritten = pages.pagesWritten;
+    throwIfAborted(opts.signal);
+
+    const tWrite = nowUs();
+    await write(`pagemap-${pid}.img`, 'PAGEMAP', [{ pages_id: 1 }, ...pages.entries]);
+    await write(`mm-${pid}.img`, 'MM', [mm.entry]);
+    for (const { tid, core } of cores) await write(`core-${tid}.img`, 'CORE', [core]);
+    await write('files.img', 'FILES', [...mm.files, ...files.files]);
+    await write('fdinfo-2.img', 'FDINFO', files.fdinfo);
+    for (const [kind, list] of extraImages) {
+      const name = imageNameOf(kind);
+      await write(
+        name,
+        kind,
+        list.map((e) => e.entry),
+        list.map((e) => e.extra),
+      );
+    }
+    await write(`fs-${pid}.img`, 'FS', [fsEntry]);
+    const ids = { vm_id: 2, files_id: 2, fs_id: 2, sighand_id: 2 };
+    await write(`ids-${pid}.img`, 'IDS', [ids]);
+    await write('pstree.img', 'PSTREE', [
+      {
+        pid,
+        ppid: 0,
+        pgid: stat.pgrp,
+        sid: stat.session,
+        threads: frozen.threads.map((t) => t.tid).sort((a, b) => (a === pid ? -1 : b === pid ? 1 : a - b)),
+      },
+    ]);
+    await write('seccomp.img', 'SECCOMP', [{}]);
+    stats.memwriteTimeUs = nowUs() - tWrite;
+    // Last: the inventory makes the directory a complete dump.
+    await write('inventory.img', 'INVENTORY', [
+      {
+        img_version: 2,
+        fdinfo_per_id: true,
+        root_ids: ids,
+        ns_per_id: true,
+        lsmtype: 0,
+        dump_criu_run_id: `criu-ts-${process.pid}-${Date.now()}`,
+      },
+    ]);
+    stats.frozenTimeUs = nowUs() - tFrozen;
+
+    const ending = frozen;
+    frozen = null;
+    if (opts.end === 'leave-running') resumeProcess(ending);
+    else if (opts.end === 'leave-stopped') stopProcess(ending);
+    else killProcess(ending);
+  } catch (err) {
+    if (frozen !== null) {
+      try {
+        resumeProcess(frozen);
+      } catch (resumeErr) {
+        log().error(`Cannot resume task ${pid} after a failed dump: ${String(resumeErr)}`);
+      }
+    }
+    await removeImages(dir, written);
+    throw err;
+  }
+  await writeImage(path.join(dir, 'stats-dump'), 'STATS', [
+    {
+      entry: {
+        dump: {
+          freezing_time: stats.freezingTimeUs,
+          frozen_time: stats.frozenTimeUs,
+          memdump_time: stats.memdumpTimeUs,
+          memwrite_time: stats.memwriteTimeUs,
+          pages_scanned: stats.pagesScanned,
+          pages_skipped_parent: 0,
+          pages_written: stats.pagesWritten,
+          pages_lazy: 0,
+        },
+      },
+    },
+  ]);
+  return stats;
+}
+
+function imageNameOf(kind: string): string {
+  const names: Record<string, string> = {
+    PIPES_DATA: 'pipes-data.img',
+    FIFO_DATA: 'fifo-data.img',
+    MEMFD_INODE: 'memfd.img',
+    REMAP_FPATH: 'remap-fpath.img',
+  };
+  const name = names[kind];
+  if (name !== undefined) return name;
+  if (kind.startsWith('GHOST_FILE:')) return `ghost-file-${kind.slice('GHOST_FILE:'.length)}.img`;
+  return `${kind.toLowerCase().replace(/_/g, '-')}.img`;
+}
+
+/** Remove the images a failed dump wrote, and any temporary files of ours. */
+async function removeImages(dir: string, names: readonly string[]): Promise<void> {
+  for (const name of names) await unlink(path.join(dir, name)).catch(() => undefined);
+  const left = await readdir(dir).catch(() => [] as string[]);
+  for (const name of left)
+    if (name.includes(`.tmp-${process.pid}`)) await unlink(path.join(dir, name)).catch(() => undefined);
+}

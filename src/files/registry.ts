@@ -1,0 +1,12 @@
+/**
+ * Every fd kind criu-ts can dump and restore, in the order the orchestrator asks them whether
+ * they handle an fd (the more specific first). Adding a kind: a module in this directory and one
+ * line here.
+ */
+
+import { memfdFile } from './memfd.js';
+import { pipeFile } from './pipe.js';
+import { regFile } from './reg.js';
+import type { FdKindModule } from './types.js';
+
+export const FD_KINDS: readonly FdKindModule[] = [memfdFile, pipeFile, regFile];

@@ -1,0 +1,135 @@
+/**
+ * Starting the restore stub (native/stub/stub.S) with the dumped PID, and preparing it to be
+ * rebuilt by injection:
+ *   1. clone3(set_tid = [pid]) + execve of the stub, from the tracer thread (so criu is its parent);
+ *   2. the stub stops itself (SIGSTOP); we seize it with PTRACE_O_TRACECLONE (threads made later
+ *      are attached at birth);
+ *   3. a scratch region is mapped in a hole of the dumped layout: its first page holds the
+ *      `syscall` instruction all later calls go through, the rest carries call arguments;
+ *   4. every other mapping of the stub (its code, stack, vDSO) is removed, and its fds closed.
+ * After that the task is an empty shell: only the scratch region is mapped.
+ */
+
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { TaskError, isErrno } from '../errors.js';
+import { Injector } from '../inject/injector.js';
+import { PTRACE_O_TRACECLONE, SIGCHLD, SIGCONT, SIGKILL, __WALL, WUNTRACED } from '../kernel/constants.js';
+import { readMaps } from '../proc/maps.js';
+import * as sys from '../sys/native.js';
+
+const PAGE = 4096n;
+export const SCRATCH_BYTES = 1024n * 1024n;
+const TASK_SIZE = 0x7fff_ffff_f000n;
+const MMAP_MIN = 0x10000n;
+
+function stubPath(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    const candidate = path.join(dir, 'native/stub/criu-stub');
+    if (existsSync(candidate)) return candidate;
+    dir = path.dirname(dir);
+  }
+  throw new TaskError(0, 'The restore stub is not built: run "npm run build:stub"');
+}
+
+/** The highest gap of `size` bytes below TASK_SIZE that no range in `used` touches. */
+export function findHole(used: readonly { start: bigint; end: bigint }[], size: bigint): bigint {
+  const sorted = [...used].sort((a, b) => (a.start < b.start ? 1 : -1)); // descending
+  let top = TASK_SIZE - PAGE * 16n;
+  for (const r of sorted) {
+    if (r.start >= top) {
+      top = r.start < top ? r.start : top;
+      continue;
+    }
+    if (r.end <= top - size) return top - size;
+    top = r.start < top ? r.start : top;
+  }
+  if (top - size >= MMAP_MIN) return top - size;
+  throw new TaskError(0, 'No room for the restore scratch area in the dumped address space');
+}
+
+export interface Stub {
+  pid: number;
+  injector: Injector;
+  scratch: bigint;
+}
+
+/**
+ * Start the stub as `pid` and empty it. `layout` are the dumped VMAs: the scratch region goes in
+ * a hole among them. On failure the stub is killed.
+ */
+export function startStub(pid: number, layout: readonly { start: bigint; end: bigint }[]): Stub {
+  let child: number;
+  try {
+    child = sys.clone3Exec({
+      flags: 0n,
+      exitSignal: SIGCHLD,
+      setTid: [pid],
+      path: stubPath(),
+      argv: ['criu-stub'],
+      envp: [],
+    });
+  } catch (err) {
+    if (isErrno(err, 'EEXIST'))
+      throw new TaskError(pid, `Cannot restore task ${pid}: PID ${pid} is in use`, { cause: err });
+    throw new TaskError(pid, `Cannot create task ${pid}`, { cause: err });
+  }
+  try {
+    const st = sys.waitpid(child, WUNTRACED | __WALL, 5000);
+    if (st === null || (st.status & 0xff) !== 0x7f)
+      throw new TaskError(pid, `The restore stub ${child} did not start (status ${st?.status ?? 'none'})`);
+    // Out of its stop first (SIGCONT with the default action is not queued), so that the task
+    // is not left in a group stop when it is let go.
+    sys.kill(child, SIGCONT);
+    const injector = Injector.attach(child, { ptraceOptions: PTRACE_O_TRACECLONE });
+    try {
+      const stubMaps = readMaps(child) ?? [];
+      const scratch = findHole([...layout, ...stubMaps], SCRATCH_BYTES);
+      const MAP_FIXED_NOREPLACE = 0x100000n;
+      const addr = injector.syscallOrThrow('mmap', [
+        scratch,
+        SCRATCH_BYTES,
+        3n /* RW */,
+        0x22n | MAP_FIXED_NOREPLACE,
+        -1n,
+        0n,
+      ]);
+      if (addr !== scratch)
+        throw new TaskError(pid, `The scratch area landed at 0x${addr.toString(16)}, not 0x${scratch.toString(16)}`);
+      // Page 0: `syscall; int3` (int3 is never reached: calls stop at syscall exit).
+      injector.writeMemory(scratch, Buffer.from([0x0f, 0x05, 0xcc, 0xcc]));
+      injector.syscallOrThrow('mprotect', [scratch, PAGE, 5n /* R-X */]);
+      injector.syscallSite = scratch;
+      injector.useScratch(scratch + PAGE, SCRATCH_BYTES - PAGE);
+      for (const m of stubMaps.filter((v) => v.start < TASK_SIZE))
+        injector.syscallOrThrow('munmap', [m.start, m.end - m.start]);
+      injector.syscallOrThrow('close_range', [0n, 0xffff_ffffn, 0n]);
+      return { pid: child, injector, scratch };
+    } catch (err) {
+      injector.release();
+      throw err;
+    }
+  } catch (err) {
+    killStub(child);
+    throw err;
+  }
+}
+
+/** Kill a stub (or a half-restored task) and reap it. */
+export function killStub(pid: number): void {
+  try {
+    sys.kill(pid, SIGKILL);
+  } catch {
+    return;
+  }
+  for (let i = 0; i < 20; i++) {
+    try {
+      const r = sys.waitpid(pid, __WALL, 250);
+      if (r !== null && (r.status & 0x7f) !== 0x7f) return;
+    } catch {
+      return;
+    }
+  }
+}
