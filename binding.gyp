@@ -13,7 +13,8 @@
         "native/ioctl.cc",
         "native/pipes.cc",
         "native/task.cc",
-        "native/sockets.cc"
+        "native/sockets.cc",
+        "native/cpuid.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],

@@ -16,6 +16,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitPipes(env, exports);
   InitTask(env, exports);
   InitSockets(env, exports);
+  InitCpuid(env, exports);
   return exports;
 }
 

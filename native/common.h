@@ -74,6 +74,7 @@ void InitIoctl(Napi::Env env, Napi::Object exports);
 void InitPipes(Napi::Env env, Napi::Object exports);
 void InitTask(Napi::Env env, Napi::Object exports);
 void InitSockets(Napi::Env env, Napi::Object exports);
+void InitCpuid(Napi::Env env, Napi::Object exports);
 
 }  // namespace criu
 

@@ -1,9 +1,10 @@
-// Raw file I/O: open/close/read/write/pread/pwrite/fcntl/pipe2/fallocate/fsync with exact flags
-// and errno (no Node fs layer), offsets as bigint. Interrupted calls are retried, except close(2)
-// (on Linux the fd is gone even when close reports EINTR).
+// Raw file I/O: open/close/read/write/pread/pwrite/fcntl/pipe2/fallocate/fsync/open_by_handle_at
+// with exact flags and errno (no Node fs layer), offsets as bigint. Interrupted calls are
+// retried, except close(2) (on Linux the fd is gone even when close reports EINTR).
 
 #include <errno.h>
 #include <fcntl.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <memory>
@@ -158,6 +159,29 @@ Napi::Value Fsync(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// open_by_handle_at(mount_fd, {handle_bytes, handle_type, f_handle}, flags): the handle's bytes
+// come as a Buffer, its type as a number (the two fields of struct file_handle besides the bytes).
+Napi::Value OpenByHandleAt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int mount_fd = ArgInt32(info, 0, "mountFd");
+  int type = ArgInt32(info, 1, "handleType");
+  Napi::Buffer<uint8_t> bytes = ArgBuffer(info, 2, "handle");
+  int flags = ArgInt32(info, 3, "flags");
+  if (bytes.Length() > MAX_HANDLE_SZ) {
+    Napi::RangeError::New(env, "handle: longer than MAX_HANDLE_SZ").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::unique_ptr<uint8_t[]> storage(new uint8_t[sizeof(struct file_handle) + MAX_HANDLE_SZ]);
+  auto* fh = reinterpret_cast<struct file_handle*>(storage.get());
+  fh->handle_bytes = static_cast<unsigned>(bytes.Length());
+  fh->handle_type = type;
+  memcpy(fh->f_handle, bytes.Data(), bytes.Length());
+  int err = 0;
+  long fd = Retry([&] { return open_by_handle_at(mount_fd, fh, flags); }, &err);
+  if (fd < 0) ThrowSyscall(env, "open_by_handle_at", err, {mount_fd, type, flags});
+  return Napi::Number::New(env, static_cast<double>(fd));
+}
+
 }  // namespace
 
 void InitFileIo(Napi::Env env, Napi::Object exports) {
@@ -173,6 +197,7 @@ void InitFileIo(Napi::Env env, Napi::Object exports) {
   exports.Set("pipe2", Napi::Function::New(env, Pipe2, "pipe2"));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("fsync", Napi::Function::New(env, Fsync, "fsync"));
+  exports.Set("openByHandleAt", Napi::Function::New(env, OpenByHandleAt, "openByHandleAt"));
 }
 
 }  // namespace criu

@@ -170,6 +170,14 @@ export function pipe2(flags: number): [number, number];
 export function fallocate(fd: number, mode: number, offset: bigint, len: bigint): void;
 /** fsync(fd). */
 export function fsync(fd: number): void;
+/**
+ * open_by_handle_at(mountFd, handle, flags): open the file a file handle (name_to_handle_at,
+ * or an inotify/fanotify mark's fdinfo "f_handle") names, on the filesystem `mountFd` is on (any
+ * fd there, but not an O_PATH one: the kernel answers EBADF). `handle` is the handle's f_handle
+ * bytes (at most MAX_HANDLE_SZ, 128), `handleType` its handle_type; `flags` are open flags for
+ * the result (O_PATH allowed). Needs CAP_DAC_READ_SEARCH.
+ */
+export function openByHandleAt(mountFd: number, handleType: number, handle: Buffer, flags: number): number;
 
 // ---------------------------------------------------------------------------------------------
 // ioctls.
@@ -279,3 +287,19 @@ export function clone3Exec(args: Clone3ExecArgs): number;
 export function socket(domain: number, type: number, protocol: number): number;
 export function setsockopt(fd: number, level: number, name: number, value: Buffer): void;
 export function getsockopt(fd: number, level: number, name: number, size: number): Buffer;
+
+// ---------------------------------------------------------------------------------------------
+// CPU identification (not system calls: instructions only native code can execute).
+
+/**
+ * The cpuid instruction for `leaf` (EAX) and `subleaf` (ECX): [eax, ebx, ecx, edx] as unsigned
+ * 32-bit numbers. A leaf above the CPU's maximum returns what the CPU returns for it (Intel: the
+ * highest basic leaf's data), so callers check the maximum leaf (leaf 0 / 0x80000000) first.
+ */
+export function cpuid(leaf: number, subleaf: number): [number, number, number, number];
+/**
+ * xgetbv: extended control register `index` (0 = XCR0, the XSAVE features the OS enabled;
+ * 1 = XINUSE). Throws Error when the OS has not enabled XSAVE (CPUID.1:ECX.OSXSAVE clear) and
+ * RangeError for a register the CPU lacks, instead of letting the CPU fault.
+ */
+export function xgetbv(index: number): bigint;

@@ -96,6 +96,7 @@ export const {
   pipe2,
   fallocate,
   fsync,
+  openByHandleAt,
   pagemapScan,
   pagemapScanAsync,
   userfaultfd,
@@ -117,4 +118,6 @@ export const {
   socket,
   setsockopt,
   getsockopt,
+  cpuid,
+  xgetbv,
 } = native;
