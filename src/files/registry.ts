@@ -4,9 +4,25 @@
  * line here.
  */
 
+import { eventfdFile } from './eventfd.js';
+import { eventpollFile } from './eventpoll.js';
+import { fifoFile } from './fifo.js';
+import { inotifyFile } from './inotify.js';
 import { memfdFile } from './memfd.js';
 import { pipeFile } from './pipe.js';
 import { regFile } from './reg.js';
+import { signalfdFile } from './signalfd.js';
+import { timerfdFile } from './timerfd.js';
 import type { FdKindModule } from './types.js';
 
-export const FD_KINDS: readonly FdKindModule[] = [memfdFile, pipeFile, regFile];
+export const FD_KINDS: readonly FdKindModule[] = [
+  memfdFile,
+  pipeFile,
+  fifoFile,
+  eventfdFile,
+  eventpollFile,
+  signalfdFile,
+  timerfdFile,
+  inotifyFile,
+  regFile,
+];

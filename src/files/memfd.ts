@@ -1,0 +1,253 @@
+/**
+ * The MEMFD fd kind: fds of memfd_create(2) files ("/memfd:NAME (deleted)"), as CRIU 4.2 dumps
+ * them:
+ *
+ *   files.img   file_entry {type MEMFD, memfd: memfd_file_entry {id, flags, pos, fown, inode_id}}
+ *   memfd.img   memfd_inode_entry {name (without "memfd:"), uid, gid, size, shmid (the inode
+ *               number), seals (F_GET_SEALS), inode_id, mode}: once per memfd inode
+ *   pagemap-shmem-<shmid>.img + pages-<n>.img: the contents, as CRIU stores shmem: one
+ *               PE_PRESENT pagemap entry per run of non-zero pages, vaddr = the byte offset
+ *
+ * The simplest CRIU-compatible way to save the contents: read them with pread(2) through criu's
+ * duplicate of the fd (no position change, no mapping, no injection) and store every page that is
+ * not all zeros; zero pages and holes read back as zeros from the truncated file. (CRIU itself
+ * asks mincore(2) of a mapping which pages exist; a page of zeros written by the task becomes a
+ * hole here: the contents are equal, only its block allocation differs.)
+ *
+ * Restore: memfd_create(name, MFD_ALLOW_SEALING) injected into the task; then, from criu's side
+ * through a pidfd_getfd duplicate: ftruncate to size, pwrite of the pages, fchown, fchmod and
+ * F_ADD_SEALS (last, as seals may forbid writing). A description whose flags differ from what
+ * memfd_create gives (O_RDWR | O_LARGEFILE), and every further description of the same inode, is
+ * opened through /proc/self/fd, as CRIU does. Then lseek and fown as for regular files.
+ *
+ * Not supported: hugetlbfs memfds (MFD_HUGETLB): refused at dump. Shared mappings of a memfd
+ * (memory dump) must use the same inode ids: see `memfdInodeId`.
+ */
+
+import { existsSync, fchmodSync, fchownSync, ftruncateSync } from 'node:fs';
+import { join } from 'node:path';
+import { ImageError, UnsupportedError } from '../errors.js';
+import { PAGE_SIZE, PE_PRESENT, PagesReader, imageFileName, readPagemap, type ImageEntry } from '../images/index.js';
+import { O_CLOEXEC, O_LARGEFILE, O_RDWR } from '../kernel/constants.js';
+import { SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
+import * as sys from '../sys/native.js';
+import { dumpFown, restoreFown } from './fown.js';
+import { imageSinkOf, shmemPagemapFileName, type ShmemRun } from './image-sink.js';
+import { DELETED_SUFFIX } from './ghost.js';
+import { isMemfdLink } from './reg.js';
+import { closeInTask, openInTask, reopenFlags, seekInTask, taskSyscallError } from './task-io.js';
+import {
+  FD_TYPES,
+  type FdDumpInput,
+  type FdKindModule,
+  type FileDumpContext,
+  type FileRestoreContext,
+} from './types.js';
+
+/** fcntl(2) seal commands. uapi/linux/fcntl.h. */
+export const F_ADD_SEALS = 1033;
+export const F_GET_SEALS = 1034;
+/** memfd_create(2) flags. uapi/linux/memfd.h. */
+export const MFD_ALLOW_SEALING = 2;
+
+const MEMFD_PREFIX = '/memfd:';
+
+/** The memfd name of a link "/memfd:NAME (deleted)". */
+export function memfdName(link: string): string {
+  return link.slice(MEMFD_PREFIX.length, link.length - DELETED_SUFFIX.length);
+}
+
+interface DumpedInode {
+  inodeId: number;
+}
+
+/**
+ * The memfd_inode_entry id of the memfd behind `input`: dumps the inode (memfd.img entry and
+ * contents) the first time it is seen in this dump.
+ */
+export async function memfdInodeId(input: FdDumpInput, ctx: FileDumpContext): Promise<number> {
+  let inodes = ctx.shared.get('memfd.inodes') as Map<bigint, DumpedInode> | undefined;
+  if (inodes === undefined) {
+    inodes = new Map();
+    ctx.shared.set('memfd.inodes', inodes);
+  }
+  const known = inodes.get(input.stat.ino);
+  if (known !== undefined) return known.inodeId;
+  const st = input.stat;
+  if (st.blksize !== BigInt(PAGE_SIZE))
+    throw new UnsupportedError(
+      'memfd-hugetlb',
+      `Cannot dump fd ${input.fd} of task ${input.pid} (${input.link}): hugetlbfs memfds are not supported`,
+    );
+  const inodeId = inodes.size + 1;
+  inodes.set(st.ino, { inodeId });
+  const size = Number(st.size);
+  await imageSinkOf(ctx).writeShmemPages(st.ino, readNonZeroPages(input.localFd, size));
+  await ctx.addEntry('MEMFD_INODE', {
+    name: memfdName(input.link),
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    size: st.size,
+    shmid: Number(st.ino),
+    seals: sys.fcntl(input.localFd, F_GET_SEALS, 0),
+    inode_id: BigInt(inodeId),
+    mode: Number(st.mode),
+  });
+  return inodeId;
+}
+
+/** The non-zero pages of the first `size` bytes of `fd`, merged into runs. */
+export function readNonZeroPages(fd: number, size: number): ShmemRun[] {
+  const runs: ShmemRun[] = [];
+  const chunkPages = 256;
+  const buf = Buffer.alloc(chunkPages * PAGE_SIZE);
+  let pending: { pageIndex: number; pages: Buffer[] } | null = null;
+  const flush = (): void => {
+    if (pending !== null) runs.push({ pageIndex: pending.pageIndex, data: Buffer.concat(pending.pages) });
+    pending = null;
+  };
+  for (let off = 0; off < size; off += buf.length) {
+    const want = Math.min(buf.length, size - off);
+    buf.fill(0);
+    let got = 0;
+    while (got < want) {
+      const n = sys.pread(fd, buf, got, want - got, BigInt(off + got));
+      if (n === 0) break;
+      got += n;
+    }
+    for (let p = 0; p * PAGE_SIZE < want; p++) {
+      const page = buf.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE);
+      const index = off / PAGE_SIZE + p;
+      if (isZero(page)) {
+        flush();
+        continue;
+      }
+      if (pending === null) pending = { pageIndex: index, pages: [] };
+      pending.pages.push(Buffer.from(page));
+    }
+  }
+  flush();
+  return runs;
+}
+
+function isZero(b: Buffer): boolean {
+  const words = new BigUint64Array(b.buffer, b.byteOffset, b.length / 8);
+  for (const w of words) if (w !== 0n) return false;
+  return true;
+}
+
+export const memfdFile: FdKindModule = {
+  type: FD_TYPES.MEMFD,
+  name: 'memfd',
+  restoreOrder: 0,
+
+  matches(input: FdDumpInput): boolean {
+    return isMemfdLink(input.link) && (Number(input.stat.mode) & 0o170000) === 0o100000;
+  },
+
+  async dump(input: FdDumpInput, id: number, ctx: FileDumpContext): Promise<ImageEntry> {
+    const memfd: ImageEntry = {
+      id,
+      flags: input.fdinfo.flags & ~O_CLOEXEC,
+      pos: input.fdinfo.pos,
+      fown: dumpFown(input, ctx),
+      inode_id: await memfdInodeId(input, ctx),
+    };
+    return { type: FD_TYPES.MEMFD, id, memfd };
+  },
+
+  async restore(entry: ImageEntry, ctx: FileRestoreContext): Promise<number> {
+    const memfd = entry['memfd'] as ImageEntry | undefined;
+    if (memfd === undefined)
+      throw new ImageError('files.img', `file ${String(entry['id'])} of type MEMFD has no memfd entry`);
+    const id = Number(memfd['id']);
+    const flags = Number(memfd['flags']);
+    const inodeId = Number(memfd['inode_id']);
+    const byInode = sharedMap(ctx.shared, 'memfd.firstFileId');
+    const first = byInode.get(inodeId);
+    const firstFd = first === undefined ? undefined : ctx.fdOfFileId(first);
+    let fd: number;
+    if (firstFd !== undefined) fd = openInTask(ctx.injector, `/proc/self/fd/${firstFd}`, flags);
+    else {
+      fd = await createMemfd(inodeId, ctx);
+      if (reopenFlags(flags) !== (O_RDWR | O_LARGEFILE)) {
+        try {
+          const again = openInTask(ctx.injector, `/proc/self/fd/${fd}`, flags);
+          closeInTask(ctx.injector, fd);
+          fd = again;
+        } catch (err) {
+          closeInTask(ctx.injector, fd);
+          throw err;
+        }
+      }
+      byInode.set(inodeId, id);
+    }
+    try {
+      seekInTask(ctx.injector, fd, BigInt(memfd['pos'] as bigint));
+      restoreFown(ctx.injector, fd, memfd['fown'] as ImageEntry | undefined);
+    } catch (err) {
+      closeInTask(ctx.injector, fd);
+      throw err;
+    }
+    return fd;
+  },
+};
+
+/** Create memfd inode `inodeId` in the task with its contents and attributes; returns its fd there. */
+async function createMemfd(inodeId: number, ctx: FileRestoreContext): Promise<number> {
+  const inode = (await ctx.entriesOf('MEMFD_INODE')).find((r) => Number(r.entry['inode_id']) === inodeId)?.entry;
+  if (inode === undefined) throw new ImageError('memfd.img', `no memfd inode ${inodeId}`);
+  const name = String(inode['name']);
+  const nameAddr = ctx.injector.pushData(Buffer.from(`${name}\0`));
+  const ret = ctx.injector.syscall(NR.memfd_create, [nameAddr, BigInt(MFD_ALLOW_SEALING)]);
+  if (ret < 0n && ret >= -4095n) throw taskSyscallError('memfd_create', ret, [`"${name}"`, MFD_ALLOW_SEALING]);
+  const fd = Number(ret);
+  const pidfd = sys.pidfdOpen(ctx.pid, 0);
+  let local = -1;
+  try {
+    local = sys.pidfdGetfd(pidfd, fd, 0);
+    await fillShmem(local, ctx.imagesDir, BigInt(inode['shmid'] as number));
+    // After the pages: the last one may reach past the size.
+    ftruncateSync(local, Number(inode['size']));
+    fchownSync(local, Number(inode['uid']), Number(inode['gid']));
+    if (inode['mode'] !== undefined) fchmodSync(local, Number(inode['mode']) & 0o7777);
+    const seals = Number(inode['seals'] ?? 0);
+    if (seals !== 0) sys.fcntl(local, F_ADD_SEALS, seals);
+  } catch (err) {
+    closeInTask(ctx.injector, fd);
+    throw err;
+  } finally {
+    if (local >= 0) sys.close(local);
+    sys.close(pidfd);
+  }
+  return fd;
+}
+
+/** Write the pages of pagemap-shmem-<shmid>.img into `fd` (no image: an all-zero memfd). */
+async function fillShmem(fd: number, dir: string, shmid: bigint): Promise<void> {
+  const pagemapPath = join(dir, shmemPagemapFileName(shmid));
+  if (!existsSync(pagemapPath)) return;
+  const pagemap = await readPagemap(pagemapPath);
+  const pages = await PagesReader.open(join(dir, imageFileName('PAGES', pagemap.pagesId)));
+  try {
+    let pageInFile = 0;
+    for (const run of pagemap.runs) {
+      if ((run.flags & PE_PRESENT) === 0) continue;
+      const data = await pages.read(pageInFile, run.nrPages);
+      pageInFile += run.nrPages;
+      for (let done = 0; done < data.length;)
+        done += sys.pwrite(fd, data, done, data.length - done, run.vaddr + BigInt(done));
+    }
+  } finally {
+    await pages.close();
+  }
+}
+
+function sharedMap(shared: Map<string, unknown>, key: string): Map<number, number> {
+  let m = shared.get(key) as Map<number, number> | undefined;
+  if (m === undefined) {
+    m = new Map();
+    shared.set(key, m);
+  }
+  return m;
+}
