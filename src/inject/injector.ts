@@ -45,6 +45,8 @@ import { restartInterruptedWait } from './restart.js';
 import { decodeWaitStatus, describeWaitStatus, isGroupStop, type WaitStatus } from '../sys/wait.js';
 
 const ALL_SIGNALS = 0xffff_ffff_ffff_ffffn;
+/** SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV: synchronous faults of the thread itself. */
+const FAULT_SIGNALS: ReadonlySet<number> = new Set([4, 5, 7, 8, 11]);
 const PAGE_SIZE = 4096n;
 const MMAP_PROT_RW = 0x1n | 0x2n;
 const MAP_PRIVATE_ANON = 0x02n | 0x20n;
@@ -344,6 +346,13 @@ export class Injector {
     for (;;) {
       const stop = waitStop(this.pid, this.tid, this.timeoutMs);
       if (stop.kind === 'stopped' && stop.isSyscallStop) return;
+      if (stop.kind === 'stopped' && stop.event === 0 && FAULT_SIGNALS.has(stop.signal)) {
+        // The call could not even be made (its syscall instruction is gone, say): never retry.
+        throw new TaskError(
+          this.pid,
+          `Task ${this.pid} faulted (signal ${stop.signal}) running injected syscall ${nr} (${which})`,
+        );
+      }
       if (stop.kind === 'stopped') {
         // Only signals that cannot be blocked get here (SIGSTOP and its group stop): keep going,
         // and send the stop signal again once the task is back as it was.

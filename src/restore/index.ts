@@ -25,7 +25,7 @@ import { __WALL } from '../kernel/constants.js';
 import { restoreFiles } from '../files/index.js';
 import { loadImages } from './images.js';
 import { dumpedVmas, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
-import { SCRATCH_BYTES, killStub, startStub } from './stub.js';
+import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES } from './stub.js';
 import {
   dumpedRegisters,
   restoreFpu,
@@ -82,26 +82,40 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (err instanceof TaskError) throw err;
   }
 
-  const stub = startStub(pid, dumpedVmas(img.mm));
+  const stub = startStub(pid, dumpedVmas(img.mm), img.threads.length);
   const leader = stub.injector;
   const threads: Injector[] = [];
   let pagesRestored: number;
   try {
+    log().debug('restore: memory');
     pagesRestored = restoreMemory(leader, img.mm, img.pagemap, img.dir, img.pagesId, fileName).pagesRestored;
+    log().debug('restore: vdso');
     restoreVdso(leader, img.mm, pid);
+    log().debug('restore: mm fields');
     restoreMmFields(leader, img.mm, fileName(Number(img.mm['exe_file_id'])));
-    await restoreFiles(leader, img.files, img.fdinfo, { pid, imagesDir: img.dir, entriesOf: img.extras });
+    log().debug('restore: files');
+    await restoreFiles(leader, img.files, img.fdinfo, {
+      pid,
+      imagesDir: img.dir,
+      entriesOf: async (kind) => (kind === 'FILES' ? img.files.map((entry) => ({ entry })) : img.extras(kind)),
+    });
+    log().debug('restore: fs and misc');
     restoreProcessMisc(leader, tc, img.fs, fileName);
     if (Number(img.pstree['sid']) === pid) leader.syscallOrThrow('setsid', []);
     else if (Number(img.pstree['pgid']) === pid) leader.syscallOrThrow('setpgid', [0n, 0n]);
+    log().debug('restore: signals');
     restoreSigactions(leader, tc);
     restoreTimers(leader, tc);
     restoreRlimits(pid, tc);
 
+    log().debug('restore: threads');
     for (const tid of img.threads) {
       if (tid === pid) continue;
-      threads.push(createThread(leader, pid, tid));
+      const inj = createThread(leader, pid, tid);
+      inj.useScratch(threadScratch(stub.scratch, threads.length), THREAD_SCRATCH_BYTES);
+      threads.push(inj);
     }
+    log().debug('restore: per-thread state');
     const all = [leader, ...threads];
     for (const inj of all) {
       const core = img.cores.get(inj.tid) as ImageEntry;
@@ -115,7 +129,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     restorePendingSignals(leader, tc['signals_s'] as ImageEntry | undefined, true);
     // Last call through the scratch area: remove it (the call returns into nothing, but the
     // thread is stopped at the syscall exit and gets its own registers before it runs).
-    leader.syscallOrThrow('munmap', [stub.scratch + PAGE, SCRATCH_BYTES - PAGE]);
+    log().debug('restore: scratch removal');
+    leader.syscallOrThrow('munmap', [stub.scratch + PAGE, stub.scratchBytes - PAGE]);
     leader.syscallOrThrow('munmap', [stub.scratch, PAGE]);
     for (const inj of all) {
       const core = img.cores.get(inj.tid) as ImageEntry;
@@ -137,7 +152,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     killStub(pid);
     throw err;
   }
-  for (const inj of [...threads, leader]) inj.release();
+  for (const inj of [...threads, leader]) {
+    log().debug(`restore: letting thread ${inj.tid} go at rip 0x${inj.registers.rip.toString(16)}`);
+    inj.release();
+  }
   const restoreUs = nowUs() - t0;
   log().info(`Restored task ${pid} (${img.threads.length} thread(s), ${pagesRestored} pages) in ${restoreUs} us`);
   if (opts.pidfile !== undefined) await writeFile(opts.pidfile, `${pid}\n`);

@@ -20,7 +20,16 @@ import { readMaps } from '../proc/maps.js';
 import * as sys from '../sys/native.js';
 
 const PAGE = 4096n;
-export const SCRATCH_BYTES = 1024n * 1024n;
+/** The scratch area: a code page, 512 KiB for the leader's call arguments, 16 KiB per thread. */
+export const THREAD_SCRATCH_BYTES = 16n * 1024n;
+const LEADER_SCRATCH_BYTES = 512n * 1024n;
+export function scratchBytes(nrThreads: number): bigint {
+  return PAGE + LEADER_SCRATCH_BYTES + BigInt(nrThreads) * THREAD_SCRATCH_BYTES;
+}
+/** Where thread number `i` (0 = the first non-leader thread) keeps its call arguments. */
+export function threadScratch(scratch: bigint, i: number): bigint {
+  return scratch + PAGE + LEADER_SCRATCH_BYTES + BigInt(i) * THREAD_SCRATCH_BYTES;
+}
 const TASK_SIZE = 0x7fff_ffff_f000n;
 const MMAP_MIN = 0x10000n;
 
@@ -54,13 +63,15 @@ export interface Stub {
   pid: number;
   injector: Injector;
   scratch: bigint;
+  scratchBytes: bigint;
 }
 
 /**
  * Start the stub as `pid` and empty it. `layout` are the dumped VMAs: the scratch region goes in
  * a hole among them. On failure the stub is killed.
  */
-export function startStub(pid: number, layout: readonly { start: bigint; end: bigint }[]): Stub {
+export function startStub(pid: number, layout: readonly { start: bigint; end: bigint }[], nrThreads: number): Stub {
+  const SCRATCH_BYTES = scratchBytes(nrThreads);
   let child: number;
   try {
     child = sys.clone3Exec({
@@ -102,11 +113,11 @@ export function startStub(pid: number, layout: readonly { start: bigint; end: bi
       injector.writeMemory(scratch, Buffer.from([0x0f, 0x05, 0xcc, 0xcc]));
       injector.syscallOrThrow('mprotect', [scratch, PAGE, 5n /* R-X */]);
       injector.syscallSite = scratch;
-      injector.useScratch(scratch + PAGE, SCRATCH_BYTES - PAGE);
+      injector.useScratch(scratch + PAGE, LEADER_SCRATCH_BYTES);
       for (const m of stubMaps.filter((v) => v.start < TASK_SIZE))
         injector.syscallOrThrow('munmap', [m.start, m.end - m.start]);
       injector.syscallOrThrow('close_range', [0n, 0xffff_ffffn, 0n]);
-      return { pid: child, injector, scratch };
+      return { pid: child, injector, scratch, scratchBytes: SCRATCH_BYTES };
     } catch (err) {
       injector.release();
       throw err;

@@ -119,12 +119,12 @@ t.test('the log goes to -W (else -D) under the -o name, filtered by -v', { skip:
   t.notOk(existsSync(join(images, 'quiet.log')), '-W wins over -D');
 });
 
-t.test('dump is not implemented yet: exit 2, one line, and dump.log in the images dir', async (t) => {
+t.test('pre-dump is not implemented yet: exit 2, one line, and pre-dump.log in the images dir', async (t) => {
   const dir = t.testdir();
-  const r = criu(['dump', '-D', dir, '-t', String(process.pid), '-vvvv']);
+  const r = criu(['pre-dump', '-D', dir, '-t', String(process.pid), '-vvvv']);
   t.equal(r.status, 2);
-  t.equal(r.stderr, 'criu: dump is not implemented yet\n');
-  t.match(readFileSync(join(dir, 'dump.log'), 'utf8'), /criu-ts .*: dump/);
+  t.equal(r.stderr, 'criu: pre-dump is not implemented yet\n');
+  t.match(readFileSync(join(dir, 'pre-dump.log'), 'utf8'), /criu-ts .*: pre-dump/);
 });
 
 t.test('usage error: one line, exit 1', async (t) => {

@@ -19,13 +19,9 @@ async function run(argv: string[]): Promise<{ code: number; stdout: string; stde
 
 const NOT_IMPLEMENTED: { argv: string[]; name: string }[] = [
   { argv: ['pre-dump', '-t', '1'], name: 'pre-dump' },
-  { argv: ['dump', '-t', '1'], name: 'dump' },
-  { argv: ['restore'], name: 'restore' },
   { argv: ['page-server', '--port', '1234'], name: 'page-server' },
   { argv: ['service'], name: 'service' },
   { argv: ['dedup'], name: 'dedup' },
-  { argv: ['cpuinfo', 'dump'], name: 'cpuinfo dump' },
-  { argv: ['cpuinfo', 'check'], name: 'cpuinfo check' },
 ];
 
 t.test('commands not built yet exit 2 with exactly one line and no stack', async (t) => {
@@ -41,22 +37,22 @@ t.test('commands not built yet exit 2 with exactly one line and no stack', async
 t.test('options are accepted before and after the command', async (t) => {
   const dir = t.testdir();
   for (const argv of [
-    ['-D', dir, 'dump', '-t', '1'],
-    ['dump', '-D', dir, '-t', '1'],
-    ['-D', dir, '-t', '1', 'dump'],
-    ['-vvvv', '-o', 'x.log', 'dump', '-D', dir, '-t', '1', '--tcp-established', '-j'],
+    ['-D', dir, 'pre-dump', '-t', '1'],
+    ['pre-dump', '-D', dir, '-t', '1'],
+    ['-D', dir, '-t', '1', 'pre-dump'],
+    ['-vvvv', '-o', 'x.log', 'pre-dump', '-D', dir, '-t', '1', '--tcp-established', '-j'],
   ]) {
     const r = await run(argv);
     t.equal(r.code, 2, argv.join(' '));
-    t.equal(r.stderr, 'criu: dump is not implemented yet\n', argv.join(' '));
+    t.equal(r.stderr, 'criu: pre-dump is not implemented yet\n', argv.join(' '));
   }
   t.ok(existsSync(join(dir, 'x.log')), '-o name is created in -D');
 });
 
-t.test('the log of dump defaults to dump.log in -W, else -D', async (t) => {
-  const dir = t.testdir({ w: {} });
-  await run(['dump', '-D', dir, '-t', '1']);
-  t.ok(existsSync(join(dir, 'dump.log')));
+t.test('the log of pre-dump defaults to pre-dump.log in -W, else -D', async (t) => {
+  const dir = t.testdir({ d: {}, w: {} });
+  await run(['pre-dump', '-D', join(dir, 'd'), '-t', '1']);
+  t.ok(existsSync(join(dir, 'd', 'pre-dump.log')));
   await run(['pre-dump', '-D', dir, '-W', join(dir, 'w'), '-t', '1']);
   t.ok(existsSync(join(dir, 'w', 'pre-dump.log')));
   t.notOk(existsSync(join(dir, 'pre-dump.log')));
@@ -168,10 +164,10 @@ t.test('normalizeArgv spells the getopt forms of -v and --cpu-cap for commander'
 
 t.test('the -v level filters the log file', async (t) => {
   const dir = t.testdir();
-  await run(['dump', '-D', dir, '-t', '1', '-o', 'quiet.log']);
-  await run(['dump', '-D', dir, '-t', '1', '-o', 'loud.log', '-v4']);
+  await run(['pre-dump', '-D', dir, '-t', '1', '-o', 'quiet.log']);
+  await run(['pre-dump', '-D', dir, '-t', '1', '-o', 'loud.log', '-v4']);
   t.equal(readFileSync(join(dir, 'quiet.log'), 'utf8'), '', 'level 2 writes no info line');
-  t.match(readFileSync(join(dir, 'loud.log'), 'utf8'), /^\(\d\d\.\d{6}\) criu-ts \S+: dump/);
+  t.match(readFileSync(join(dir, 'loud.log'), 'utf8'), /^\(\d\d\.\d{6}\) criu-ts \S+: pre-dump/);
 });
 
 t.test('show and check keep no log file unless -o is given', async (t) => {
