@@ -6,6 +6,7 @@
 
 import { injectionBench } from './inject.js';
 import { memcpyBaseline } from './baseline.js';
+import { pagemapBench } from './pagemap.js';
 
 export interface BenchOptions {
   isQuick: boolean;
@@ -20,6 +21,7 @@ export interface BenchResult {
 const BENCHES: Record<string, (opts: BenchOptions) => Promise<BenchResult>> = {
   memcpy: memcpyBaseline,
   inject: injectionBench,
+  pagemap: pagemapBench,
 };
 
 const args = process.argv.slice(2);

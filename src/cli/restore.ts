@@ -12,6 +12,7 @@ export async function runRestore(opts: Options, _io: CliIo): Promise<number> {
   const result = await restore({
     imagesDir: opts.imagesDir,
     isDetached: opts.restoreDetached,
+    cpuCap: opts.cpuCap,
     ...(opts.pidfile === undefined ? {} : { pidfile: opts.pidfile }),
   });
   if (result.exit === undefined) return 0;

@@ -84,8 +84,11 @@ export function stopProcess(frozen: FrozenProcess): void {
 /** Kill the dumped process (the default end of `criu dump`) and wait until it is gone. */
 export function killProcess(frozen: FrozenProcess): void {
   sys.kill(frozen.pid, SIGKILL);
-  for (const inj of frozen.threads) {
-    // Collect each traced thread's end, so its parent can reap the process.
+  // Collect each traced thread's end, so its parent can reap the process. The leader last: its
+  // exit is not reported while other threads of its group are still unreaped zombies, so
+  // waiting for it first would only time out.
+  const leaderLast = [...frozen.threads].sort((a, b) => (a.tid === frozen.pid ? 1 : b.tid === frozen.pid ? -1 : 0));
+  for (const inj of leaderLast) {
     for (let i = 0; i < 50; i++) {
       try {
         const res = sys.waitpid(inj.tid, __WALL, 100);

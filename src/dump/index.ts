@@ -22,10 +22,12 @@ import { log } from '../log.js';
 import { readChildren, scanChildren } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
 import { checkFds, dumpFiles } from '../files/index.js';
+import { localImageSink } from '../files/image-sink.js';
+import { dumpCpuinfo } from '../cpuinfo/index.js';
 import { findPageRuns, writePages } from '../mem/dump-pages.js';
 import { dumpTaskCore, dumpThread } from './core.js';
 import { freezeProcess, killProcess, resumeProcess, stopProcess, type FrozenProcess } from './freeze.js';
-import { dumpMm, readUmask } from './mm.js';
+import { dumpMm, dumpMmShmem, readUmask } from './mm.js';
 
 export interface DumpOptions {
   pid: number;
@@ -72,7 +74,11 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
   checkFds(pid);
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
+  const before = new Set(await readdir(dir));
   const written: string[] = [];
+  let nextPagesId = 2; // pages-1.img holds the task's memory
+  await dumpCpuinfo(dir);
+  written.push('cpuinfo.img');
   const write = async (
     name: string,
     kind: string,
@@ -108,6 +114,7 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     const allocId = (): number => nextId++;
     const extraImages = new Map<string, { entry: ImageEntry; extra?: Uint8Array }[]>();
 
+    log().debug('dump: mm');
     const mm = dumpMm(pid, frozen.leader, allocId);
     const dirEntry = (p: string): number => {
       const id = allocId();
@@ -131,8 +138,11 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
       root_id: dirEntry(readlinkSync(`/proc/${pid}/root`)),
       umask: readUmask(pid),
     };
+    log().debug('dump: files');
+    const images = localImageSink(dir, () => nextPagesId++);
     const files = await dumpFiles(pid, frozen.leader, {
       allocId,
+      images,
       addEntry: async (kind, entry, extra) => {
         if (kind === 'FILES') {
           mm.files.push(entry); // a file entry another refers to (a FIFO's path, say)
@@ -143,9 +153,17 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
         extraImages.set(kind, list);
       },
     });
+    // Shared memory contents, after the fds: a mapped memfd may be open as an fd too.
+    const memfdInodes = extraImages.get('MEMFD_INODE') ?? [];
+    const inodeEntries = memfdInodes.map((e) => e.entry);
+    await dumpMmShmem(pid, mm, { allocId, images, memfdInodes: inodeEntries });
+    for (const entry of inodeEntries.slice(memfdInodes.length)) memfdInodes.push({ entry });
+    if (memfdInodes.length > 0) extraImages.set('MEMFD_INODE', memfdInodes);
     throwIfAborted(opts.signal);
 
+    log().debug('dump: task core');
     const taskCore = dumpTaskCore(pid, frozen.leader);
+    log().debug('dump: thread cores');
     const cores = frozen.threads.map((inj) => {
       const t = dumpThread(pid, inj);
       const core: ImageEntry = { mtype: 1, thread_info: t.thread_info, thread_core: t.thread_core };
@@ -153,6 +171,7 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
       return { tid: inj.tid, core };
     });
 
+    log().debug('dump: memory');
     const tMem = nowUs();
     const { runs, pagesScanned } = findPageRuns(pid, mm.vmas);
     const totalBytes = runs.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
@@ -163,6 +182,7 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     stats.pagesWritten = pages.pagesWritten;
     throwIfAborted(opts.signal);
 
+    log().debug('dump: images');
     const tWrite = nowUs();
     await write(`pagemap-${pid}.img`, 'PAGEMAP', [{ pages_id: 1 }, ...pages.entries]);
     await write(`mm-${pid}.img`, 'MM', [mm.entry]);
@@ -218,7 +238,7 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
         log().error(`Cannot resume task ${pid} after a failed dump: ${String(resumeErr)}`);
       }
     }
-    await removeImages(dir, written);
+    await removeImages(dir, written, before);
     throw err;
   }
   await writeImage(path.join(dir, 'stats-dump'), 'STATS', [
@@ -253,10 +273,12 @@ function imageNameOf(kind: string): string {
   return `${kind.toLowerCase().replace(/_/g, '-')}.img`;
 }
 
-/** Remove the images a failed dump wrote, and any temporary files of ours. */
-async function removeImages(dir: string, names: readonly string[]): Promise<void> {
-  for (const name of names) await unlink(path.join(dir, name)).catch(() => undefined);
+/** Remove what a failed dump wrote: every file that was not in the directory before it began. */
+async function removeImages(dir: string, names: readonly string[], before: ReadonlySet<string>): Promise<void> {
+  for (const name of names) if (!before.has(name)) await unlink(path.join(dir, name)).catch(() => undefined);
   const left = await readdir(dir).catch(() => [] as string[]);
-  for (const name of left)
-    if (name.includes(`.tmp-${process.pid}`)) await unlink(path.join(dir, name)).catch(() => undefined);
+  for (const name of left) {
+    if (before.has(name) || name.endsWith('.log')) continue;
+    await unlink(path.join(dir, name)).catch(() => undefined);
+  }
 }

@@ -5,11 +5,22 @@
  *
  * File-backed VMAs refer to a reg_file_entry in files.img by id (vma.shmid), as CRIU does; those
  * entries are made here, one per path and open mode.
+ *
+ * Shared memory (dumpMmShmem, after the fds, as its memfd inodes may be open as fds too): the
+ * contents of each shmem object are read through /proc/PID/map_files/START-END (a file of our own
+ * on the object: no injection, no change to the task) and stored as CRIU does, in
+ * pagemap-shmem-<inode>.img + a pages-<n>.img, only the non-zero pages:
+ *   - MAP_SHARED | MAP_ANONYMOUS (status ANON_SHARED): vma.shmid = the inode number;
+ *   - a memfd mapped shared (status FILE_SHARED | MEMFD): vma.shmid = the id of a MEMFD
+ *     file_entry naming its memfd.img inode (the fd's own when the memfd is open as an fd).
  */
 
-import { readFileSync, readlinkSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { TaskError, UnsupportedError } from '../errors.js';
-import type { ImageEntry } from '../images/index.js';
+import { PAGE_SIZE, type ImageEntry } from '../images/index.js';
+import type { FileImageSink } from '../files/image-sink.js';
+import { F_GET_SEALS, memfdName, readNonZeroPages } from '../files/memfd.js';
+import * as sys from '../sys/native.js';
 import type { Injector } from '../inject/injector.js';
 import { readAuxv, toSavedAuxv } from '../proc/auxv.js';
 import { readSmaps } from '../proc/smaps.js';
@@ -69,19 +80,25 @@ export function dumpMm(pid: number, leader: Injector, allocId: () => number): Mm
   for (const v of vmas) {
     if (v.isDeleted && v.path !== undefined && !v.path.startsWith('/memfd:'))
       throw new UnsupportedError('vma-deleted', `Cannot dump the mapping of deleted file "${v.path}" yet`);
-    if ((v.status & VMA_AREA.MEMFD) !== 0)
-      throw new UnsupportedError('vma-memfd', `Cannot dump the shared memfd mapping "${v.path}" yet`);
+    const isMemfd = (v.status & VMA_AREA.MEMFD) !== 0;
+    const isAnonShared = (v.status & VMA_AREA.ANON_SHARED) !== 0;
+    // A memfd's shmid is the id of its MEMFD file entry, made by dumpMmShmem once the fds are
+    // dumped (the same inode may be open as an fd too); shared anonymous memory's is its inode.
+    let shmid = 0n;
+    if (isAnonShared) shmid = BigInt(v.inode);
+    else if (v.path !== undefined && !isMemfd) shmid = BigInt(fileId(v.path, v.fdflags));
     const e: ImageEntry = {
       start: v.start,
       end: v.end,
       pgoff: v.pgoff,
-      shmid: v.path === undefined ? 0n : BigInt(fileId(v.path, v.fdflags)),
+      shmid,
       prot: v.prot,
       flags: v.flags,
       status: v.status,
       fd: -1n,
     };
     if (v.path !== undefined) e['fdflags'] = v.fdflags;
+    if (isAnonShared) checkShmemGroup(vmas, v);
     if (v.madv !== 0n) e['madv'] = v.madv;
     vmaEntries.push(e);
   }
@@ -119,4 +136,104 @@ export function dumpMm(pid: number, leader: Injector, allocId: () => number): Mm
 export function readUmask(pid: number): number {
   const m = /^Umask:\s*([0-7]+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m === null ? 0o22 : parseInt(m[1] as string, 8);
+}
+
+/**
+ * The VMAs of one shared anonymous object must be one contiguous piece of it (as an mprotect
+ * split leaves it): restore maps it once and splits it again. Mapped twice elsewhere: refused.
+ */
+function checkShmemGroup(vmas: readonly VmaInfo[], v: VmaInfo): void {
+  const group = vmas.filter((o) => o.inode === v.inode && (o.status & VMA_AREA.ANON_SHARED) !== 0);
+  for (let i = 1; i < group.length; i++) {
+    const prev = group[i - 1] as VmaInfo;
+    const cur = group[i] as VmaInfo;
+    if (cur.start !== prev.end || cur.start - cur.pgoff !== prev.start - prev.pgoff)
+      throw new UnsupportedError(
+        'vma-anon-shared-layout',
+        `Cannot dump shared anonymous memory mapped twice (at 0x${prev.start.toString(16)} and 0x${cur.start.toString(16)})`,
+      );
+  }
+}
+
+export interface ShmemDumpContext {
+  allocId(): number;
+  images: FileImageSink;
+  /**
+   * The MEMFD_INODE entries of this dump so far (the fds' memfds), which new ones are appended
+   * to; the fds' files dump must be complete.
+   */
+  memfdInodes: ImageEntry[];
+}
+
+const FD_TYPE_MEMFD = 18;
+
+/**
+ * Dump the contents of the shared memory mappings of `mm` (see the header) and complete the
+ * memfd VMAs' shmid. Adds MEMFD file entries to mm.files.
+ */
+export async function dumpMmShmem(pid: number, mm: MmDump, ctx: ShmemDumpContext): Promise<void> {
+  const vmaEntries = mm.entry['vmas'] as ImageEntry[];
+  const dumpedInodes = new Set<number>();
+  const memfdFileIds = new Map<number, number>();
+  for (let i = 0; i < mm.vmas.length; i++) {
+    const v = mm.vmas[i] as VmaInfo;
+    const isMemfd = (v.status & VMA_AREA.MEMFD) !== 0;
+    if (!isMemfd && (v.status & VMA_AREA.ANON_SHARED) === 0) continue;
+    const knownFileId = memfdFileIds.get(v.inode);
+    if (knownFileId !== undefined) {
+      (vmaEntries[i] as ImageEntry)['shmid'] = BigInt(knownFileId);
+      continue;
+    }
+    if (!isMemfd && dumpedInodes.has(v.inode)) continue;
+    const mapFile = `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
+    let fd: number;
+    try {
+      fd = openSync(mapFile, 'r');
+    } catch (err) {
+      throw new UnsupportedError('vma-shmem', `Cannot read the shared memory at 0x${v.start.toString(16)}: ${mapFile}`, {
+        cause: err,
+      });
+    }
+    try {
+      const st = fstatSync(fd, { bigint: true });
+      if (Number(st.ino) !== v.inode)
+        throw new TaskError(pid, `The shared memory at 0x${v.start.toString(16)} changed while being dumped`);
+      if (st.blksize !== BigInt(PAGE_SIZE))
+        throw new UnsupportedError('vma-hugetlb', `Cannot dump hugetlb shared memory at 0x${v.start.toString(16)}`);
+      let inodeId = 0;
+      const known = ctx.memfdInodes.find((e) => Number(e['shmid']) === v.inode);
+      if (known !== undefined) inodeId = Number(known['inode_id']);
+      else {
+        // Shared anonymous memory: the object is as large as its mappings reach.
+        const size = isMemfd ? Number(st.size) : Math.max(Number(st.size), Number(v.pgoff + v.end - v.start));
+        await ctx.images.writeShmemPages(BigInt(v.inode), readNonZeroPages(fd, size));
+        dumpedInodes.add(v.inode);
+        if (isMemfd) {
+          inodeId = ctx.memfdInodes.reduce((m, e) => Math.max(m, Number(e['inode_id'])), 0) + 1;
+          ctx.memfdInodes.push({
+            name: memfdName(`${v.path ?? ''} (deleted)`),
+            uid: Number(st.uid),
+            gid: Number(st.gid),
+            size: st.size,
+            shmid: v.inode,
+            seals: sys.fcntl(fd, F_GET_SEALS, 0),
+            inode_id: BigInt(inodeId),
+            mode: Number(st.mode),
+          });
+        }
+      }
+      if (isMemfd) {
+        const id = ctx.allocId();
+        mm.files.push({
+          type: FD_TYPE_MEMFD,
+          id,
+          memfd: { id, flags: 0, pos: 0n, fown: { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 }, inode_id: BigInt(inodeId) },
+        });
+        memfdFileIds.set(v.inode, id);
+        (vmaEntries[i] as ImageEntry)['shmid'] = BigInt(id);
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
 }

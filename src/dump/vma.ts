@@ -76,6 +76,8 @@ export interface VmaInfo {
   pages: PagesPolicy;
   /** Special kernel areas: "[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", or "". */
   special: string;
+  /** The backing inode number (shmem objects: shared anonymous memory and memfds), else 0. */
+  inode: number;
 }
 
 const DELETED = ' (deleted)';
@@ -88,7 +90,7 @@ export function classifyVma(e: SmapsEntry): VmaInfo {
   let madv = 0n;
   for (const [flag, advice] of MADVISE_BY_FLAG) if (f.has(flag)) madv |= 1n << BigInt(advice);
   const extra = (f.has('gd') ? MAP.GROWSDOWN : 0) | (f.has('nr') ? MAP.NORESERVE : 0);
-  const base = { start: e.start, end: e.end, prot, pgoff: m.offset, madv, fdflags: 0, isDeleted: false };
+  const base = { start: e.start, end: e.end, prot, pgoff: m.offset, madv, fdflags: 0, isDeleted: false, inode: m.inode };
   const where = `VMA ${m.start.toString(16)}-${m.end.toString(16)} ${m.path}`;
   switch (m.path) {
     case '[vdso]':
@@ -157,10 +159,24 @@ export function classifyVma(e: SmapsEntry): VmaInfo {
     throw new UnsupportedError('vma-special', `Cannot dump ${where}: unknown special mapping`);
   const isDeleted = m.path.endsWith(DELETED);
   const path = isDeleted ? m.path.slice(0, -DELETED.length) : m.path;
-  if (isShared && (path === '/dev/zero' || path.startsWith('/SYSV')))
-    throw new UnsupportedError('vma-anon-shared', `Cannot dump ${where}: shared anonymous memory is not supported yet`);
+  if (isShared && path.startsWith('/SYSV'))
+    throw new UnsupportedError('vma-sysvipc', `Cannot dump ${where}: System V shared memory is not supported yet`);
+  if (isShared && path === '/dev/zero' && isDeleted) {
+    // MAP_SHARED | MAP_ANONYMOUS: a shmem object of its own; CRIU's shmid is its inode number and
+    // its pages go into pagemap-shmem-<shmid>.img.
+    return {
+      ...base,
+      flags: MAP.SHARED | MAP.ANONYMOUS | extra,
+      status: VMA_AREA.REGULAR | VMA_AREA.ANON_SHARED,
+      path: undefined,
+      pages: 'none',
+      special: '',
+    };
+  }
+  const isMemfd = path.startsWith('/memfd:') && isDeleted;
+  if (isMemfd && !isShared)
+    throw new UnsupportedError('vma-memfd-private', `Cannot dump ${where}: private mappings of a memfd are not supported yet`);
   if (isShared) {
-    const isMemfd = path.startsWith('/memfd:');
     const status = VMA_AREA.REGULAR | VMA_AREA.FILE_SHARED | (isMemfd ? VMA_AREA.MEMFD : 0);
     return {
       ...base,

@@ -47,7 +47,7 @@ export interface FileImageSink {
 
 /** The sink of a dump context; throws when the orchestrator gave none. */
 export function imageSinkOf(ctx: FileDumpContext): FileImageSink {
-  const sink = (ctx as FileDumpContext & { images?: FileImageSink }).images;
+  const sink = ctx.images;
   if (sink === undefined) throw new Error('The files dump context has no image sink (ctx.images) for per-id images');
   return sink;
 }

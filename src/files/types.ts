@@ -13,6 +13,7 @@
 import type { BigIntStats } from 'node:fs';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
+import type { FileImageSink } from './image-sink.js';
 
 /** fd_types of proto/fdinfo.proto (CRIU's numbering). */
 export const FD_TYPES = {
@@ -78,6 +79,8 @@ export interface FileDumpContext {
   injector: Injector;
   /** State shared between the fds of one dump, for kind modules (e.g. pipe data dumped once). */
   shared: Map<string, unknown>;
+  /** Where per-object images go (ghost files, memfd contents). */
+  images?: FileImageSink;
 }
 
 export interface FileRestoreContext {

@@ -16,7 +16,9 @@
 
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { ImageError, TaskError } from '../errors.js';
+import { existsSync } from 'node:fs';
+import { ImageError, TaskError, UnsupportedError } from '../errors.js';
+import { checkCpuinfoDir } from '../cpuinfo/index.js';
 import { writeImage, type ImageEntry } from '../images/index.js';
 import { Injector } from '../inject/injector.js';
 import { log } from '../log.js';
@@ -39,6 +41,8 @@ import {
 
 export interface RestoreOptions {
   imagesDir: string;
+  /** --cpu-cap: how the dumped CPU features must match this CPU (default fpu). */
+  cpuCap?: readonly string[];
   /** --restore-detached: return once the task runs, instead of waiting for it. */
   isDetached: boolean;
   pidfile?: string;
@@ -63,6 +67,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const t0 = nowUs();
   const img = await loadImages(opts.imagesDir);
   const { pid } = img;
+  if (existsSync(path.join(img.dir, 'cpuinfo.img'))) {
+    const mismatches = await checkCpuinfoDir(img.dir, opts.cpuCap ?? ['fpu']);
+    if (mismatches.length > 0)
+      throw new UnsupportedError('cpu', `Cannot restore on this CPU (--cpu-cap=${(opts.cpuCap ?? ['fpu']).join(',')}): ${mismatches.slice(0, 3).join('; ')}`);
+  }
   const leaderCore = img.cores.get(pid) as ImageEntry;
   const tc = leaderCore['tc'] as ImageEntry;
   const regNames = new Map<number, string>();
