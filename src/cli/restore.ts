@@ -4,12 +4,17 @@
  * it was killed), as CRIU does.
  */
 
+import { UsageError } from '../errors.js';
 import { restore } from '../restore/index.js';
 import type { CliIo } from './commands.js';
 import type { Options } from './options.js';
 
 export async function runRestore(opts: Options, _io: CliIo): Promise<number> {
+  if (opts.restoreSibling && !opts.restoreDetached)
+    throw new UsageError('-S/--restore-sibling needs -d/--restore-detached: criu cannot wait for a sibling');
   const result = await restore({
+    isSibling: opts.restoreSibling,
+    inheritFds: opts.inheritFds,
     imagesDir: opts.imagesDir,
     isDetached: opts.restoreDetached,
     cpuCap: opts.cpuCap,

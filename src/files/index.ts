@@ -116,11 +116,24 @@ export async function dumpFiles(
  * Rebuild the fd table inside a task being restored (whose own fds were closed before), from
  * files.img entries and the task's fdinfo entries.
  */
+/** What --inherit-fd fd[N]:KEY keys a file by: "pipe:[ID]" for pipes, the path for files. */
+export function inheritKeyOf(entry: ImageEntry): string[] {
+  const pipe = entry['pipe'] as ImageEntry | undefined;
+  if (pipe !== undefined) return [`pipe:[${String(pipe['pipe_id'])}]`];
+  const reg = entry['reg'] as ImageEntry | undefined;
+  if (reg !== undefined) {
+    const name = String(reg['name']);
+    return [name, name.replace(/^\//, '')];
+  }
+  return [];
+}
+
 export async function restoreFiles(
   injector: Injector,
   files: readonly ImageEntry[],
   fdinfo: readonly ImageEntry[],
   ctx: Omit<FileRestoreContext, 'injector' | 'fdOfFileId' | 'shared'>,
+  inheritFds: readonly { fd: number; key: string }[] = [],
 ): Promise<void> {
   const byId = new Map(files.map((f) => [Number(f['id']), f]));
   const fdsOf = new Map<number, ImageEntry[]>();
@@ -141,7 +154,18 @@ export async function restoreFiles(
         'fd-kind',
         `Cannot restore file ${id}: fd type ${String(entry['type'])} is not supported`,
       );
-    const tmp = await mod.restore(entry, full);
+    const inherited = inheritFds.find((i) => inheritKeyOf(entry).includes(i.key));
+    const tmp =
+      inherited === undefined
+        ? await mod.restore(entry, full)
+        : Number(
+            injector.syscallOrThrow('openat', [
+              -100n,
+              injector.pushData(Buffer.from(`/proc/${process.pid}/fd/${inherited.fd}\0`)),
+              BigInt(inheritOpenFlags(entry)),
+              0n,
+            ]),
+          );
     const targets = (fdsOf.get(id) ?? []).map((e) => ({
       fd: Number(e['fd']),
       isCloexec: (Number(e['flags']) & FD_CLOEXEC) !== 0,
@@ -156,6 +180,12 @@ export async function restoreFiles(
     injector.resetScratch();
   }
   for (const mod of FD_KINDS) await mod.finishRestore?.(full);
+}
+
+/** Open flags for an inherited fd: the dumped access mode and status flags, without O_CLOEXEC. */
+function inheritOpenFlags(entry: ImageEntry): number {
+  const sub = (entry['pipe'] ?? entry['reg']) as ImageEntry | undefined;
+  return Number(sub?.['flags'] ?? 0) & ~O_CLOEXEC;
 }
 
 function order(entry: ImageEntry | undefined): number {

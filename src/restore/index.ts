@@ -26,7 +26,7 @@ import * as sys from '../sys/native.js';
 import { __WALL } from '../kernel/constants.js';
 import { restoreFiles } from '../files/index.js';
 import { loadImages } from './images.js';
-import { dumpedVmas, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
+import { dumpedVmas, restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
 import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES } from './stub.js';
 import {
   dumpedRegisters,
@@ -45,6 +45,10 @@ export interface RestoreOptions {
   cpuCap?: readonly string[];
   /** --restore-detached: return once the task runs, instead of waiting for it. */
   isDetached: boolean;
+  /** --restore-sibling: the task becomes a child of criu's parent, not of criu (needs isDetached). */
+  isSibling?: boolean;
+  /** --inherit-fd fd[N]:KEY: criu's fd N stands for the dumped file KEY ("pipe:[ID]" or a path). */
+  inheritFds?: readonly { fd: number; key: string }[];
   pidfile?: string;
   /** Called once the task runs (before waiting for it). */
   onRunning?: (pid: number) => void;
@@ -70,7 +74,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   if (existsSync(path.join(img.dir, 'cpuinfo.img'))) {
     const mismatches = await checkCpuinfoDir(img.dir, opts.cpuCap ?? ['fpu']);
     if (mismatches.length > 0)
-      throw new UnsupportedError('cpu', `Cannot restore on this CPU (--cpu-cap=${(opts.cpuCap ?? ['fpu']).join(',')}): ${mismatches.slice(0, 3).join('; ')}`);
+      throw new UnsupportedError(
+        'cpu',
+        `Cannot restore on this CPU (--cpu-cap=${(opts.cpuCap ?? ['fpu']).join(',')}): ${mismatches.slice(0, 3).join('; ')}`,
+      );
   }
   const leaderCore = img.cores.get(pid) as ImageEntry;
   const tc = leaderCore['tc'] as ImageEntry;
@@ -91,23 +98,31 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (err instanceof TaskError) throw err;
   }
 
-  const stub = startStub(pid, dumpedVmas(img.mm), img.threads.length);
+  const stub = startStub(pid, dumpedVmas(img.mm), img.threads.length, { isSibling: opts.isSibling === true });
   const leader = stub.injector;
   const threads: Injector[] = [];
   let pagesRestored: number;
   try {
     log().debug('restore: memory');
-    pagesRestored = restoreMemory(leader, img.mm, img.pagemap, img.dir, img.pagesId, fileName).pagesRestored;
+    pagesRestored = (await restoreMemory(leader, img.mm, img.pagemap, img.dir, img.pagesId, fileName)).pagesRestored;
     log().debug('restore: vdso');
     restoreVdso(leader, img.mm, pid);
     log().debug('restore: mm fields');
     restoreMmFields(leader, img.mm, fileName(Number(img.mm['exe_file_id'])));
     log().debug('restore: files');
-    await restoreFiles(leader, img.files, img.fdinfo, {
-      pid,
-      imagesDir: img.dir,
-      entriesOf: async (kind) => (kind === 'FILES' ? img.files.map((entry) => ({ entry })) : img.extras(kind)),
-    });
+    await restoreFiles(
+      leader,
+      img.files,
+      img.fdinfo,
+      {
+        pid,
+        imagesDir: img.dir,
+        entriesOf: async (kind) => (kind === 'FILES' ? img.files.map((entry) => ({ entry })) : img.extras(kind)),
+      },
+      opts.inheritFds ?? [],
+    );
+    log().debug('restore: memfd mappings');
+    await restoreMemfdMappings(leader, pid, img.mm, img.files, img.fdinfo, img.dir, (kind) => img.extras(kind));
     log().debug('restore: fs and misc');
     restoreProcessMisc(leader, tc, img.fs, fileName);
     if (Number(img.pstree['sid']) === pid) leader.syscallOrThrow('setsid', []);

@@ -31,6 +31,8 @@ export function threadScratch(scratch: bigint, i: number): bigint {
   return scratch + PAGE + LEADER_SCRATCH_BYTES + BigInt(i) * THREAD_SCRATCH_BYTES;
 }
 const TASK_SIZE = 0x7fff_ffff_f000n;
+/** The new task becomes a child of criu's parent (--restore-sibling). */
+const CLONE_PARENT = 0x8000n;
 const MMAP_MIN = 0x10000n;
 
 function stubPath(): string {
@@ -70,12 +72,17 @@ export interface Stub {
  * Start the stub as `pid` and empty it. `layout` are the dumped VMAs: the scratch region goes in
  * a hole among them. On failure the stub is killed.
  */
-export function startStub(pid: number, layout: readonly { start: bigint; end: bigint }[], nrThreads: number): Stub {
+export function startStub(
+  pid: number,
+  layout: readonly { start: bigint; end: bigint }[],
+  nrThreads: number,
+  options: { isSibling?: boolean } = {},
+): Stub {
   const SCRATCH_BYTES = scratchBytes(nrThreads);
   let child: number;
   try {
     child = sys.clone3Exec({
-      flags: 0n,
+      flags: options.isSibling === true ? CLONE_PARENT : 0n,
       exitSignal: SIGCHLD,
       setTid: [pid],
       path: stubPath(),
