@@ -11,7 +11,7 @@ import { TaskError } from '../errors.js';
 import { Injector, findSyscallSite } from '../inject/injector.js';
 import { listThreads, readStatus } from '../proc/status.js';
 import * as sys from '../sys/native.js';
-import { SIGKILL, SIGSTOP, __WALL } from '../kernel/constants.js';
+import { PTRACE_O_SUSPEND_SECCOMP, SIGKILL, SIGSTOP, __WALL } from '../kernel/constants.js';
 
 export interface FrozenProcess {
   pid: number;
@@ -39,10 +39,9 @@ export function freezeProcess(pid: number, options: { timeoutMs?: number } = {})
         const st = readStatus(pid, tid);
         if (st === null || st.state === 'Z' || st.state === 'X') continue;
         try {
-          const opts =
-            options.timeoutMs === undefined
-              ? { tid, syscallSite: site }
-              : { tid, syscallSite: site, timeoutMs: options.timeoutMs };
+          // Seccomp suspended: the task's filters must not judge (or kill for) our injected calls.
+          const base = { tid, syscallSite: site, ptraceOptions: PTRACE_O_SUSPEND_SECCOMP };
+          const opts = options.timeoutMs === undefined ? base : { ...base, timeoutMs: options.timeoutMs };
           seized.set(tid, Injector.attach(pid, opts));
         } catch (err) {
           // A thread that ended between listing and seizing is not an error.

@@ -22,6 +22,8 @@ export interface RestoreImages {
   files: ImageEntry[];
   fdinfo: ImageEntry[];
   fs: ImageEntry;
+  /** seccomp_entry.seccomp_filters (empty when none). */
+  seccompFilters: ImageEntry[];
   /** Entries (with raw payloads) of other kinds, loaded on demand. */
   extras(kind: string): Promise<{ entry: ImageEntry; extra?: Uint8Array }[]>;
 }
@@ -81,6 +83,10 @@ export async function loadImages(dir: string): Promise<RestoreImages> {
   const fdinfoName = `fdinfo-${Number(ids['files_id'] ?? 2)}.img`;
   const fdinfo = existsSync(path.join(dir, fdinfoName)) ? await entries(dir, fdinfoName, 'FDINFO') : [];
   const fs = await single(dir, `fs-${pid}.img`, 'FS');
+  const seccompFile = path.join(dir, 'seccomp.img');
+  const seccompFilters = existsSync(seccompFile)
+    ? (((await single(dir, 'seccomp.img', 'SECCOMP'))['seccomp_filters'] as ImageEntry[] | undefined) ?? [])
+    : [];
   const extraCache = new Map<string, { entry: ImageEntry; extra?: Uint8Array }[]>();
   return {
     dir,
@@ -94,6 +100,7 @@ export async function loadImages(dir: string): Promise<RestoreImages> {
     files,
     fdinfo,
     fs,
+    seccompFilters,
     extras: async (kind) => {
       const known = extraCache.get(kind);
       if (known !== undefined) return known;

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TaskError, isErrno } from '../errors.js';
 import { Injector } from '../inject/injector.js';
-import { PTRACE_O_TRACECLONE, SIGCHLD, SIGCONT, SIGKILL, __WALL, WUNTRACED } from '../kernel/constants.js';
+import { PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACECLONE, SIGCHLD, SIGCONT, SIGKILL, __WALL, WUNTRACED } from '../kernel/constants.js';
 import { readMaps } from '../proc/maps.js';
 import * as sys from '../sys/native.js';
 
@@ -101,7 +101,7 @@ export function startStub(
     // Out of its stop first (SIGCONT with the default action is not queued), so that the task
     // is not left in a group stop when it is let go.
     sys.kill(child, SIGCONT);
-    const injector = Injector.attach(child, { ptraceOptions: PTRACE_O_TRACECLONE });
+    const injector = Injector.attach(child, { ptraceOptions: PTRACE_O_TRACECLONE | PTRACE_O_SUSPEND_SECCOMP });
     try {
       const stubMaps = readMaps(child) ?? [];
       const scratch = findHole([...layout, ...stubMaps], SCRATCH_BYTES);
