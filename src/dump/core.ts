@@ -245,12 +245,14 @@ function sigactions(inj: Injector): ImageEntry[] {
   return out;
 }
 
-function rlimits(pid: number): ImageEntry {
+/** rlimits, read by the task itself (prlimit on another task needs CAP_SYS_RESOURCE when its uids differ). */
+function rlimits(inj: Injector): ImageEntry {
   const list: ImageEntry[] = [];
   for (let res = 0; res < 16; res++) {
-    const r = sys.prlimit(pid, res, null);
-    list.push({ cur: r.cur, max: r.max });
+    const b = outCall(inj, 'prlimit64', 16, (out) => [0n, BigInt(res), 0n, out]);
+    list.push({ cur: b.readBigUInt64LE(0), max: b.readBigUInt64LE(8) });
   }
+  inj.resetScratch();
   return { rlimits: list };
 }
 
@@ -285,7 +287,7 @@ export function dumpTaskCore(pid: number, leader: Injector): ImageEntry {
     blk_sigset: leader.signalMask,
     comm: readComm(pid, pid),
     timers,
-    rlimits: rlimits(pid),
+    rlimits: rlimits(leader),
     signals_s: pendingSignals(leader.tid, true),
     loginuid: readNumber(`/proc/${pid}/loginuid`, 0xffffffff),
     oom_score_adj: readNumber(`/proc/${pid}/oom_score_adj`, 0),

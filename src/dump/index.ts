@@ -28,6 +28,7 @@ import { findPageRuns, writePages } from '../mem/dump-pages.js';
 import { dumpTaskCore, dumpThread } from './core.js';
 import { freezeProcess, killProcess, resumeProcess, stopProcess, type FrozenProcess } from './freeze.js';
 import { dumpMm, dumpMmShmem, readUmask } from './mm.js';
+import { dumpSeccomp } from './seccomp.js';
 
 export interface DumpOptions {
   pid: number;
@@ -164,8 +165,17 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     log().debug('dump: task core');
     const taskCore = dumpTaskCore(pid, frozen.leader);
     log().debug('dump: thread cores');
+    const seccomp = dumpSeccomp(
+      pid,
+      frozen.threads.map((t) => t.tid),
+    );
     const cores = frozen.threads.map((inj) => {
       const t = dumpThread(pid, inj);
+      const sc = seccomp.threads.get(inj.tid);
+      if (sc !== undefined && sc.mode !== 0) {
+        t.thread_core['seccomp_mode'] = sc.mode;
+        if (sc.newest !== undefined) t.thread_core['seccomp_filter'] = sc.newest;
+      }
       const core: ImageEntry = { mtype: 1, thread_info: t.thread_info, thread_core: t.thread_core };
       if (inj.tid === frozen?.leader.tid) core['tc'] = taskCore;
       return { tid: inj.tid, core };
@@ -210,7 +220,7 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
         threads: frozen.threads.map((t) => t.tid).sort((a, b) => (a === pid ? -1 : b === pid ? 1 : a - b)),
       },
     ]);
-    await write('seccomp.img', 'SECCOMP', [{}]);
+    await write('seccomp.img', 'SECCOMP', [seccomp.filters.length > 0 ? { seccomp_filters: seccomp.filters } : {}]);
     stats.memwriteTimeUs = nowUs() - tWrite;
     // Last: the inventory makes the directory a complete dump.
     await write('inventory.img', 'INVENTORY', [

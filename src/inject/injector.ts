@@ -243,12 +243,10 @@ export class Injector {
     const ret = this.syscall(SYSCALLS_X86_64[name], args);
     if (ret < 0n && ret >= -4095n) {
       const errno = Number(-ret);
-      throw new SyscallError(
-        `${name} in task ${this.pid}`,
-        errno,
-        errnoName(errno),
-        args.map((a) => `0x${a.toString(16)}`),
-      );
+      throw new SyscallError(name, errno, errnoName(errno), [
+        `task ${this.pid}`,
+        ...args.map((a) => `0x${a.toString(16)}`),
+      ]);
     }
     return ret;
   }

@@ -26,6 +26,8 @@ import * as sys from '../sys/native.js';
 import { __WALL } from '../kernel/constants.js';
 import { restoreFiles } from '../files/index.js';
 import { loadImages } from './images.js';
+import { restoreSeccomp } from './seccomp.js';
+import { restoreCreds } from './creds.js';
 import { dumpedVmas, restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
 import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES } from './stub.js';
 import {
@@ -151,6 +153,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       );
     }
     restorePendingSignals(leader, tc['signals_s'] as ImageEntry | undefined, true);
+    // Seccomp last: suspended for the tracer (PTRACE_O_SUSPEND_SECCOMP) until the task is let go.
+    for (const inj of all)
+      restoreSeccomp(inj, img.cores.get(inj.tid)?.['thread_core'] as ImageEntry | undefined, img.seccompFilters);
+    // Credentials after everything that needs root in the task.
+    for (const inj of all)
+      restoreCreds(
+        inj,
+        (img.cores.get(inj.tid)?.['thread_core'] as ImageEntry | undefined)?.['creds'] as ImageEntry | undefined,
+      );
     // Last call through the scratch area: remove it (the call returns into nothing, but the
     // thread is stopped at the syscall exit and gets its own registers before it runs).
     log().debug('restore: scratch removal');

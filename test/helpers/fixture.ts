@@ -53,7 +53,8 @@ export async function startFixture(name: string, args: readonly string[] = [], t
     out += chunk;
     for (const w of waiters.splice(0)) w();
   });
-  const exitPromise = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  // 'close', not 'exit': the output must be read to its end before the verdict is looked at.
+  const exitPromise = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
   const waitFor = (text: string, ms = timeoutMs): Promise<void> =>
     new Promise((resolve, reject) => {
       const timer = setTimeout(
