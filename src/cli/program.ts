@@ -14,7 +14,7 @@
  * missing); 2 a command that is accepted but not implemented yet.
  */
 
-import { readFileSync } from 'node:fs';
+import { closeSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, Option } from 'commander';
@@ -380,6 +380,14 @@ export async function runCli(argv: readonly string[], io: CliIo = PROCESS_IO): P
     return EXIT_FAILURE;
   }
 
+  // --close FD: criu's own fds, closed before anything else (as CRIU does).
+  for (const fd of opts.closeFds) {
+    try {
+      closeSync(fd);
+    } catch {
+      // not open: nothing to close
+    }
+  }
   let logger: Logger | null = null;
   try {
     logger = setUpLog(opts, io);
