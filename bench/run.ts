@@ -7,6 +7,7 @@
 import { injectionBench } from './inject.js';
 import { memcpyBaseline } from './baseline.js';
 import { pagemapBench } from './pagemap.js';
+import { dumpRestoreBench } from './dump-restore.js';
 
 export interface BenchOptions {
   isQuick: boolean;
@@ -22,6 +23,7 @@ const BENCHES: Record<string, (opts: BenchOptions) => Promise<BenchResult>> = {
   memcpy: memcpyBaseline,
   inject: injectionBench,
   pagemap: pagemapBench,
+  'dump-restore': dumpRestoreBench,
 };
 
 const args = process.argv.slice(2);

@@ -190,9 +190,13 @@ export async function dumpMmShmem(pid: number, mm: MmDump, ctx: ShmemDumpContext
     try {
       fd = openSync(mapFile, 'r');
     } catch (err) {
-      throw new UnsupportedError('vma-shmem', `Cannot read the shared memory at 0x${v.start.toString(16)}: ${mapFile}`, {
-        cause: err,
-      });
+      throw new UnsupportedError(
+        'vma-shmem',
+        `Cannot read the shared memory at 0x${v.start.toString(16)}: ${mapFile}`,
+        {
+          cause: err,
+        },
+      );
     }
     try {
       const st = fstatSync(fd, { bigint: true });
@@ -227,7 +231,13 @@ export async function dumpMmShmem(pid: number, mm: MmDump, ctx: ShmemDumpContext
         mm.files.push({
           type: FD_TYPE_MEMFD,
           id,
-          memfd: { id, flags: 0, pos: 0n, fown: { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 }, inode_id: BigInt(inodeId) },
+          memfd: {
+            id,
+            flags: 0,
+            pos: 0n,
+            fown: { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 },
+            inode_id: inodeId,
+          },
         });
         memfdFileIds.set(v.inode, id);
         (vmaEntries[i] as ImageEntry)['shmid'] = BigInt(id);

@@ -90,7 +90,16 @@ export function classifyVma(e: SmapsEntry): VmaInfo {
   let madv = 0n;
   for (const [flag, advice] of MADVISE_BY_FLAG) if (f.has(flag)) madv |= 1n << BigInt(advice);
   const extra = (f.has('gd') ? MAP.GROWSDOWN : 0) | (f.has('nr') ? MAP.NORESERVE : 0);
-  const base = { start: e.start, end: e.end, prot, pgoff: m.offset, madv, fdflags: 0, isDeleted: false, inode: m.inode };
+  const base = {
+    start: e.start,
+    end: e.end,
+    prot,
+    pgoff: m.offset,
+    madv,
+    fdflags: 0,
+    isDeleted: false,
+    inode: m.inode,
+  };
   const where = `VMA ${m.start.toString(16)}-${m.end.toString(16)} ${m.path}`;
   switch (m.path) {
     case '[vdso]':
@@ -175,7 +184,10 @@ export function classifyVma(e: SmapsEntry): VmaInfo {
   }
   const isMemfd = path.startsWith('/memfd:') && isDeleted;
   if (isMemfd && !isShared)
-    throw new UnsupportedError('vma-memfd-private', `Cannot dump ${where}: private mappings of a memfd are not supported yet`);
+    throw new UnsupportedError(
+      'vma-memfd-private',
+      `Cannot dump ${where}: private mappings of a memfd are not supported yet`,
+    );
   if (isShared) {
     const status = VMA_AREA.REGULAR | VMA_AREA.FILE_SHARED | (isMemfd ? VMA_AREA.MEMFD : 0);
     return {

@@ -1,9 +1,9 @@
 /**
  * Copying a stopped task's memory into `pagemap-<pid>.img` + `pages-<id>.img`.
  *
- * Which pages: /proc/PID/pagemap (8 bytes per page: bit 63 present, 62 swapped, 61 file page or
- * shared anonymous) tells, per VMA policy (src/dump/vma.ts): every present or swapped page of
- * private anonymous memory; only the copied-on-write pages of private file mappings.
+ * Which pages: /proc/PID/pagemap (src/proc/pagemap.ts: PAGEMAP_SCAN, or reading it) tells, per
+ * VMA policy (src/dump/vma.ts): every present or swapped page of private anonymous memory; only
+ * the copied-on-write pages of private file mappings.
  * How: process_vm_readv in large batches (up to IOV_MAX runs, `CHUNK_BYTES` at a time) on the
  * thread pool, double-buffered against the writes of the previous batch, so copying and writing
  * overlap and criu's memory use stays bounded whatever the size of the task.
@@ -13,7 +13,8 @@
 
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { TaskError } from '../errors.js';
+import { CriuError, ImageError, TaskError, isErrno } from '../errors.js';
+import { openPagemap, readPagemapRuns, scanPagemapRuns } from '../proc/pagemap.js';
 import { PAGE_SIZE, PE_PRESENT, type ImageEntry } from '../images/index.js';
 import * as sys from '../sys/native.js';
 import type { PagesPolicy } from '../dump/vma.js';
@@ -21,10 +22,6 @@ import type { PagesPolicy } from '../dump/vma.js';
 const PAGE = BigInt(PAGE_SIZE);
 const CHUNK_BYTES = 8 << 20;
 const IOV_MAX = 1024;
-const PM_PRESENT = 1n << 63n;
-const PM_SWAP = 1n << 62n;
-const PM_FILE = 1n << 61n;
-const PAGEMAP_BATCH_PAGES = 1 << 18; // 2 MiB of pagemap per pread
 
 export interface DumpRange {
   start: bigint;
@@ -45,37 +42,38 @@ export interface PagesDumpResult {
   pagesWritten: number;
 }
 
-/** The runs of pages to dump in the given ranges, from the task's pagemap. */
+/**
+ * The runs of pages to dump in the given ranges, from the task's pagemap: by ioctl(PAGEMAP_SCAN)
+ * (6.7+: the kernel filters, no per-page data crosses), else by reading it.
+ */
 export function findPageRuns(pid: number, ranges: readonly DumpRange[]): { runs: PageRun[]; pagesScanned: number } {
-  const fd = sys.open(`/proc/${pid}/pagemap`, 0, 0);
-  const runs: PageRun[] = [];
+  const fd = openPagemap(pid);
+  if (fd === null) throw new TaskError(pid, `Task ${pid} exited while being dumped`);
+  const flat: number[] = [];
   let scanned = 0;
+  let canScan = true;
   try {
     for (const r of ranges) {
       if (r.pages === 'none') continue;
-      const needsAnon = r.pages === 'cow';
-      for (let page = r.start / PAGE; page < r.end / PAGE;) {
-        const count = Math.min(PAGEMAP_BATCH_PAGES, Number(r.end / PAGE - page));
-        const buf = Buffer.alloc(count * 8);
-        const got = sys.pread(fd, buf, 0, buf.length, page * 8n);
-        const words = new BigUint64Array(buf.buffer, buf.byteOffset, Math.floor(got / 8));
-        scanned += words.length;
-        for (let i = 0; i < words.length; i++) {
-          const w = words[i] as bigint;
-          const take = (w & PM_SWAP) !== 0n || ((w & PM_PRESENT) !== 0n && (!needsAnon || (w & PM_FILE) === 0n));
-          if (!take) continue;
-          const vaddr = (page + BigInt(i)) * PAGE;
-          const last = runs[runs.length - 1];
-          if (last !== undefined && last.vaddr + BigInt(last.nrPages) * PAGE === vaddr) last.nrPages++;
-          else runs.push({ vaddr, nrPages: 1 });
+      const filter = { skipFilePages: r.pages === 'cow' };
+      scanned += Number((r.end - r.start) / PAGE);
+      if (canScan) {
+        try {
+          scanPagemapRuns(fd, r.start, r.end, filter, flat);
+          continue;
+        } catch (err) {
+          if (!isErrno(err, 'ENOTTY', 'EINVAL', 'EOPNOTSUPP')) throw err;
+          canScan = false; // a kernel without PAGEMAP_SCAN
         }
-        if (words.length < count) break; // the range ended early (unmapped meanwhile)
-        page += BigInt(count);
       }
+      readPagemapRuns(fd, r.start, r.end, filter, flat);
     }
   } finally {
     sys.close(fd);
   }
+  const runs: PageRun[] = [];
+  for (let i = 0; i < flat.length; i += 2)
+    runs.push({ vaddr: BigInt(flat[i] as number) * PAGE, nrPages: flat[i + 1] as number });
   return { runs, pagesScanned: scanned };
 }
 
@@ -135,7 +133,9 @@ export async function writePages(
       if (got !== bytes)
         throw new TaskError(pid, `Cannot read the memory of task ${pid}: got ${got} of ${bytes} bytes`);
       await pending;
-      pending = fh.write(buf, 0, bytes);
+      pending = writeAll(fh, buf, bytes);
+      // Its failure is awaited at the next turn; meanwhile it must not count as unhandled.
+      pending.catch(() => undefined);
       written += bytes;
       onProgress?.(written);
     }
@@ -144,9 +144,11 @@ export async function writePages(
     await fh.close();
     await rename(tmp, final);
   } catch (err) {
+    await pending.catch(() => undefined); // no write may still run on the closed handle
     await fh.close().catch(() => undefined);
     await unlink(tmp).catch(() => undefined);
-    throw err;
+    if (err instanceof CriuError) throw err; // the task's memory could not be read
+    throw new ImageError(final, 'cannot write the image', undefined, { cause: err });
   }
   const entries = runs.map((r) => ({
     vaddr: r.vaddr,
@@ -155,4 +157,16 @@ export async function writePages(
     nr_pages: BigInt(r.nrPages),
   }));
   return { entries, pagesWritten: written / PAGE_SIZE };
+}
+
+/**
+ * write(2) may write less than asked (a full disk, RLIMIT_FSIZE): go on until all is written, so
+ * that the error comes from the write that cannot go on, instead of a short image.
+ */
+async function writeAll(fh: FileHandle, buf: Buffer, len: number): Promise<void> {
+  for (let off = 0; off < len;) {
+    const { bytesWritten } = await fh.write(buf, off, len - off);
+    if (bytesWritten <= 0) throw new Error(`write returned ${bytesWritten} at ${off} of ${len} bytes`);
+    off += bytesWritten;
+  }
 }
