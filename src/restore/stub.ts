@@ -15,7 +15,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TaskError, isErrno } from '../errors.js';
 import { Injector } from '../inject/injector.js';
-import { PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACECLONE, SIGCHLD, SIGCONT, SIGKILL, __WALL, WUNTRACED } from '../kernel/constants.js';
+import {
+  PTRACE_O_SUSPEND_SECCOMP,
+  PTRACE_O_TRACECLONE,
+  SIGCHLD,
+  SIGCONT,
+  SIGKILL,
+  __WALL,
+  WUNTRACED,
+} from '../kernel/constants.js';
 import { readMaps } from '../proc/maps.js';
 import * as sys from '../sys/native.js';
 
