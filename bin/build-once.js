@@ -9,6 +9,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const outputs = ['build/Release/criu_native.node', 'native/stub/criu-stub', 'dist/src/cli/criu.js', 'test/fixtures/bin/cr_basic'];
+const outputs = [
+  'build/Release/criu_native.node',
+  'native/stub/criu-stub',
+  'dist/src/cli/criu.js',
+  'test/fixtures/bin/cr_basic',
+];
 if (process.env.CRIU_TS_FORCE_BUILD === undefined && outputs.every((p) => existsSync(join(root, p)))) process.exit(0);
 execFileSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit' });
