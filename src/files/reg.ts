@@ -14,7 +14,8 @@
  * its name would open something else), fown (fown.ts). Restore injects openat(2), lseek(2) (also
  * for O_APPEND files, as CRIU) and the fown fcntls into the task, then checks what it opened
  * (stat of /proc/PID/fd/N): same file type, and for a regular file the same size as at dump: a
- * file that changed size is refused, as CRIU does ("File ... has bad size").
+ * file that changed size is refused, as CRIU does ("File ... has bad size"), except a write-only
+ * O_APPEND one (a log: CRIU records no size for it either).
  *
  * Directories are opened with their own flags: O_DIRECTORY is not added, so that F_GETFL reads as
  * before; the type check makes sure the path is still a directory.
@@ -25,7 +26,7 @@
 import { statSync, constants as fsc, type BigIntStats } from 'node:fs';
 import { ImageError, UnsupportedError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
-import { O_CLOEXEC } from '../kernel/constants.js';
+import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_WRONLY } from '../kernel/constants.js';
 import { devMajor } from './dev.js';
 import { dumpFown, restoreFown } from './fown.js';
 import { DELETED_SUFFIX, dumpGhost, ghostIdOf, restoreGhost } from './ghost.js';
@@ -110,7 +111,10 @@ export const regFile: FdKindModule = {
       fown: dumpFown(input, ctx),
       name,
     };
-    if (fileType(input.stat.mode) === fsc.S_IFREG) reg['size'] = input.stat.size;
+    // As CRIU (should_check_size): no size for a write-only O_APPEND file (a log the task, or
+    // anyone else, appends to), so that it may grow between dump and restore.
+    const isLog = (input.fdinfo.flags & O_ACCMODE) === O_WRONLY && (input.fdinfo.flags & O_APPEND) !== 0;
+    if (fileType(input.stat.mode) === fsc.S_IFREG && !isLog) reg['size'] = input.stat.size;
     reg['mode'] = Number(input.stat.mode);
     if (ghost) await dumpGhost(input, id, ctx);
     return { type: FD_TYPES.REG, id, reg };

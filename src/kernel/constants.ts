@@ -316,6 +316,7 @@ export const KCMP_SYSVSEM = 6;
 export const KCMP_EPOLL_TFD = 7;
 
 /** open(2) flags, x86_64. uapi/asm-generic/fcntl.h. */
+export const O_ACCMODE = 3;
 export const O_RDONLY = 0;
 export const O_WRONLY = 1;
 export const O_RDWR = 2;

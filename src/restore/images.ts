@@ -4,10 +4,10 @@
  * that leaves nothing behind.
  */
 
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { ImageError, UnsupportedError } from '../errors.js';
-import { readImage, type ImageEntry } from '../images/index.js';
+import { pagemapRun, PAGE_SIZE, PE_PARENT, PE_PRESENT, readImage, type ImageEntry } from '../images/index.js';
 
 export interface RestoreImages {
   dir: string;
@@ -49,6 +49,30 @@ const EXTRA_FILES: Record<string, string> = {
   REMAP_FPATH: 'remap-fpath.img',
 };
 
+/**
+ * The pages image a pagemap reads from must exist and hold every page the pagemap says it does
+ * (else the restore would stop half-way, with the process already created). Pages in a parent
+ * image are refused here too, for the same reason.
+ */
+function checkPagesImage(dir: string, pagemapName: string, runs: readonly ImageEntry[], pagesId: number): void {
+  const pagesName = `pages-${pagesId}.img`;
+  let bytes = 0;
+  for (const e of runs) {
+    const run = pagemapRun(e);
+    if ((run.flags & PE_PARENT) !== 0)
+      throw new UnsupportedError('parent-images', `Cannot restore pages from a parent image yet (${pagemapName})`);
+    if ((run.flags & PE_PRESENT) !== 0) bytes += run.nrPages * PAGE_SIZE;
+  }
+  const file = path.join(dir, pagesName);
+  if (!existsSync(file)) {
+    if (bytes === 0) return;
+    throw new ImageError(pagesName, 'the pages image is missing');
+  }
+  const size = statSync(file).size;
+  if (size < bytes)
+    throw new ImageError(pagesName, `the file has ${size} bytes, ${pagemapName} needs ${bytes}: it is truncated`);
+}
+
 export async function loadImages(dir: string): Promise<RestoreImages> {
   if (!existsSync(path.join(dir, 'inventory.img')))
     throw new ImageError('inventory.img', `no complete dump in "${dir}" (inventory.img is missing)`);
@@ -76,8 +100,11 @@ export async function loadImages(dir: string): Promise<RestoreImages> {
   const head = pagemapAll[0];
   if (head === undefined) throw new ImageError(`pagemap-${pid}.img`, 'the pagemap head is missing');
   const pagesId = Number(head['pages_id']);
-  if (!existsSync(path.join(dir, `pages-${pagesId}.img`)))
-    throw new ImageError(`pages-${pagesId}.img`, 'the pages image is missing');
+  checkPagesImage(dir, `pagemap-${pid}.img`, pagemapAll.slice(1), pagesId);
+  for (const name of readdirSync(dir).filter((n) => /^pagemap-shmem-\d+\.img$/.test(n))) {
+    const shmem = await entries(dir, name, 'PAGEMAP');
+    checkPagesImage(dir, name, shmem.slice(1), Number(shmem[0]?.['pages_id']));
+  }
   const ids = await single(dir, `ids-${pid}.img`, 'IDS');
   const files = await entries(dir, 'files.img', 'FILES');
   const fdinfoName = `fdinfo-${Number(ids['files_id'] ?? 2)}.img`;

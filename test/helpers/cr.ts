@@ -4,7 +4,8 @@
  * read its verdict.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { criuAsync } from './criu.js';
 import { fixturePath, ROOT } from './fixture.js';
@@ -33,7 +34,12 @@ async function poll(check: () => boolean, what: string, timeoutMs: number): Prom
  * Start `program ARGS... OUTFILE` (a fixture name or a path) under a shell that waits for it, so
  * it is reaped as soon as it ends; the workload writes "READY <pid>" to OUTFILE.
  */
-export async function startWorkload(program: string, dir: string, args: readonly string[] = []): Promise<Workload> {
+export async function startWorkload(
+  program: string,
+  dir: string,
+  args: readonly string[] = [],
+  readyTimeoutMs = 10_000,
+): Promise<Workload> {
   const outFile = path.join(dir, 'report.txt');
   const bin = program.includes('/') ? program : fixturePath(program);
   const sh = spawn('sh', ['-c', '"$@" </dev/null >/dev/null 2>&1 & wait', 'sh', bin, ...args, outFile], {
@@ -42,7 +48,7 @@ export async function startWorkload(program: string, dir: string, args: readonly
   });
   sh.unref();
   const report = (): string => (existsSync(outFile) ? readFileSync(outFile, 'utf8') : '');
-  await poll(() => /READY (\d+)/.test(report()), `${program} to be READY`, 10_000);
+  await poll(() => /READY (\d+)/.test(report()), `${program} to be READY`, readyTimeoutMs);
   const pid = Number(/READY (\d+)/.exec(report())?.[1]);
   return {
     pid,
@@ -65,3 +71,202 @@ export async function waitGone(pid: number, timeoutMs = 10_000): Promise<void> {
 }
 
 export { criuAsync, ROOT };
+
+/** Wait until a process with this pid exists (a restored task is back). */
+export async function waitPid(pid: number, timeoutMs = 10_000): Promise<void> {
+  await poll(() => existsSync(`/proc/${pid}`), `pid ${pid} to exist`, timeoutMs);
+}
+
+/** What a failed dump must leave unchanged in a task, read from outside. */
+export interface TaskSnapshot {
+  /** TracerPid of every thread ("tid:tracer"). */
+  tracers: string[];
+  maps: string;
+  /** "fd -> target" for every fd. */
+  fds: string[];
+  threads: number[];
+}
+
+export function taskSnapshot(pid: number): TaskSnapshot {
+  const threads = readdirSync(`/proc/${pid}/task`)
+    .map(Number)
+    .sort((a, b) => a - b);
+  const tracers = threads.map((tid) => {
+    const status = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
+    return `${tid}:${/^TracerPid:\s*(\d+)/m.exec(status)?.[1] ?? '?'}`;
+  });
+  const fds = readdirSync(`/proc/${pid}/fd`)
+    .map(Number)
+    .sort((a, b) => a - b)
+    .map((fd) => {
+      try {
+        return `${fd} -> ${readlinkSync(`/proc/${pid}/fd/${fd}`)}`;
+      } catch {
+        return `${fd} -> ?`;
+      }
+    });
+  return { tracers, maps: readFileSync(`/proc/${pid}/maps`, 'utf8'), fds, threads };
+}
+
+/** The one-letter state of a task (R, S, T, t, Z...), or undefined when it is gone. */
+export function taskState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The system call number thread `tid` of `pid` is blocked in (/proc/.../syscall), or undefined. */
+export function blockedSyscall(pid: number, tid = pid): number | undefined {
+  try {
+    const first = readFileSync(`/proc/${pid}/task/${tid}/syscall`, 'utf8').split(' ')[0] ?? '';
+    return /^\d+$/.test(first) ? Number(first) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Wait until the main thread of `pid` sleeps in one of the system calls `nrs`. */
+export async function waitInSyscall(pid: number, nrs: readonly number[], timeoutMs = 10_000): Promise<void> {
+  await poll(
+    () => {
+      const nr = blockedSyscall(pid);
+      return nr !== undefined && nrs.includes(nr) && taskState(pid) === 'S';
+    },
+    `pid ${pid} to block in syscall ${nrs.join('/')}`,
+    timeoutMs,
+  );
+}
+
+/** sha256 of every file in `dir`, by name (to prove a failed restore left the images as they were). */
+export function dirDigest(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name of readdirSync(dir).sort())
+    out[name] = createHash('sha256')
+      .update(readFileSync(path.join(dir, name)))
+      .digest('hex');
+  return out;
+}
+
+/**
+ * Watch for `pid` to appear, polling /proc on every turn of the event loop until `stop()` is
+ * called; `stop()` says whether it was ever seen.
+ */
+export function watchForPid(pid: number): { stop(): boolean } {
+  let seen = false;
+  let running = true;
+  const tick = (): void => {
+    if (!running) return;
+    if (existsSync(`/proc/${pid}`)) seen = true;
+    setImmediate(tick);
+  };
+  tick();
+  return {
+    stop: () => {
+      running = false;
+      if (existsSync(`/proc/${pid}`)) seen = true;
+      return seen;
+    },
+  };
+}
+
+/** Send `signal` to `pid`, ignoring a task already gone. */
+export function signalTask(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // gone
+  }
+}
+
+export { sleep, poll };
+
+export interface WatchedRun {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  /** Every process criu had as a child at any moment of its run. */
+  children: number[];
+  /** Whether `watchPid` existed at any moment of the run. */
+  sawPid: boolean;
+  /** Whether `watchPid` had a tracer at any moment of the run. */
+  wasTraced: boolean;
+}
+
+/**
+ * Start `criu ARGS...` while watching, on every turn of the event loop, which children it has
+ * (/proc/CRIU/task/N/children) and whether `watchPid` exists (to prove a failing restore created
+ * no process at all) and whether `watchPid` is traced (to prove a refused dump never touched it).
+ */
+export function startCriu(args: readonly string[], watchPid?: number): { pid: number; done: Promise<WatchedRun> } {
+  const child = spawn('node', [path.join(ROOT, 'bin/criu.js'), ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const children = new Set<number>();
+  let sawPid = false;
+  let wasTraced = false;
+  let running = true;
+  const look = (): void => {
+    if (!running) return;
+    if (watchPid !== undefined) {
+      try {
+        const status = readFileSync(`/proc/${watchPid}/status`, 'utf8');
+        sawPid = true;
+        if (!/^TracerPid:\s*0$/m.test(status)) wasTraced = true;
+      } catch {
+        // not there
+      }
+    }
+    try {
+      for (const tid of readdirSync(`/proc/${child.pid}/task`)) {
+        const list = readFileSync(`/proc/${child.pid}/task/${tid}/children`, 'utf8').trim();
+        for (const c of list.split(/\s+/).filter((x) => x !== '')) children.add(Number(c));
+      }
+    } catch {
+      // criu is exiting
+    }
+    setImmediate(look);
+  };
+  look();
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (x: string) => (stdout += x));
+  child.stderr.setEncoding('utf8').on('data', (x: string) => (stderr += x));
+  const done = new Promise<WatchedRun>((resolve) => {
+    child.on('close', (status, signal) => {
+      running = false;
+      resolve({ status, signal, stdout, stderr, children: [...children], sawPid, wasTraced });
+    });
+  });
+  return { pid: child.pid ?? -1, done };
+}
+
+/** `startCriu(...).done`. */
+export function criuWatched(args: readonly string[], watchPid?: number): Promise<WatchedRun> {
+  return startCriu(args, watchPid).done;
+}
+
+/**
+ * Start `criu restore ARGS... --pidfile PIDFILE` and resolve once the restored task runs (criu
+ * writes the pidfile after letting it go); `done` is criu's end.
+ */
+export async function startRestore(
+  args: readonly string[],
+  pidfile: string,
+  timeoutMs = 20_000,
+): Promise<{ pid: number; done: Promise<{ status: number | null; stderr: string }> }> {
+  let ended: { status: number | null; stderr: string } | undefined;
+  const done = criuAsync(['restore', ...args, '--pidfile', pidfile]).then((r) => (ended = r));
+  await poll(
+    () => ended !== undefined || (existsSync(pidfile) && readFileSync(pidfile, 'utf8').endsWith('\n')),
+    `the pidfile ${pidfile}`,
+    timeoutMs,
+  );
+  if (!existsSync(pidfile))
+    throw new Error(`criu restore ended (${ended?.status}) without a pidfile: ${ended?.stderr}`);
+  return { pid: Number(readFileSync(pidfile, 'utf8')), done };
+}

@@ -1,0 +1,381 @@
+/**
+ * Every failure path of dump and restore (issue "Reliability"):
+ * - a dump refused (an fd of an unsupported kind, a task with children) or failed (disk full) or
+ *   interrupted (SIGINT, SIGTERM) leaves the task exactly as it was: not traced, same maps, same
+ *   fds, same threads, and its own check (test/fixtures/cr_state.c) passes afterwards; the images
+ *   dir holds no inventory.img and no temporary file; criu says why in one line and exits non-zero;
+ * - a restore whose PID is taken, or whose images are corrupt, truncated or missing, fails with
+ *   one line naming the reason (the file), creates no process at all (criu's children and the
+ *   PID are watched while it runs) and leaves the images byte for byte as they were;
+ * - dump of a missing PID, restore from an empty or missing dir: one line, non-zero.
+ */
+import { execFileSync } from 'node:child_process';
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import {
+  criuAsync,
+  criuWatched,
+  dirDigest,
+  poll,
+  signalTask,
+  sleep,
+  startCriu,
+  startRestore,
+  startWorkload,
+  taskSnapshot,
+  waitGone,
+  waitPid,
+  type WatchedRun,
+  type Workload,
+} from '../../helpers/cr.js';
+
+const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
+
+/** The error line: exactly one line on stderr, in criu's form. */
+function oneErrorLine(t: Test, r: { stderr: string }, what: RegExp): void {
+  const lines = r.stderr.trim().split('\n');
+  t.equal(lines.length, 1, `one line on stderr: ${r.stderr}`);
+  t.match(lines[0] ?? '', /^Error \(criu\): /);
+  t.match(lines[0] ?? '', what);
+}
+
+/** Files a failed dump may leave in its images dir: its log, nothing else. */
+function leftovers(dir: string): string[] {
+  return existsSync(dir) ? readdirSync(dir).filter((n) => n !== 'dump.log') : [];
+}
+
+/** SIGTERM the workload and wait for its verdict. */
+async function verdict(t: Test, w: Workload): Promise<void> {
+  signalTask(w.pid, 'SIGTERM');
+  await w.waitFor('PASS', 10_000).catch(() => undefined);
+  t.match(w.report(), /PASS/, `the task's own check passes: ${w.report()}`);
+  t.notMatch(w.report(), /FAIL/);
+}
+
+/** Prove the task is as before: untraced, same maps, fds and threads. */
+function sameTask(t: Test, pid: number, before: ReturnType<typeof taskSnapshot>): void {
+  const after = taskSnapshot(pid);
+  t.ok(
+    after.tracers.every((x) => x.endsWith(':0')),
+    `no thread is traced (${after.tracers.join(' ')})`,
+  );
+  t.equal(after.maps, before.maps, 'same maps');
+  t.same(after.fds, before.fds, 'same fds');
+  t.same(after.threads, before.threads, 'same threads');
+}
+
+t.test('dump refuses a task holding an fd of an unsupported kind', { skip: needsRoot }, async (t) => {
+  for (const kind of ['socketpair', 'tcp']) {
+    await t.test(kind, async (t) => {
+      const dir = t.testdir();
+      const w = await startWorkload('cr_state', dir, [kind]);
+      t.teardown(() => w.kill());
+      const before = taskSnapshot(w.pid);
+      const sockets = before.fds.filter((f) => f.includes('socket:['));
+      t.ok(sockets.length > 0, `the task holds a socket (${sockets.join(', ')})`);
+      const first = Number(sockets[0]?.split(' ')[0]);
+      const images = path.join(dir, 'img');
+      const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images], w.pid);
+      t.equal(r.status, 1, 'dump exits 1');
+      oneErrorLine(t, r, new RegExp(`fd ${first}\\b.*socket`));
+      t.notOk(r.wasTraced, 'the task was never seized');
+      sameTask(t, w.pid, before);
+      t.same(leftovers(images), [], 'no image is left');
+      await verdict(t, w);
+    });
+  }
+});
+
+t.test('dump refuses a task with children before touching it', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_state', dir, ['child']);
+  t.teardown(() => w.kill());
+  const before = taskSnapshot(w.pid);
+  const images = path.join(dir, 'img');
+  const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images], w.pid);
+  t.equal(r.status, 1, 'dump exits 1');
+  oneErrorLine(t, r, /children/);
+  t.notOk(r.wasTraced, 'the task was never seized');
+  sameTask(t, w.pid, before);
+  t.same(leftovers(images), [], 'no image is left');
+  await verdict(t, w);
+});
+
+/** Mount a tmpfs of `size` on `dir`; the reason it cannot, or undefined. */
+function mountTmpfs(dir: string, size: string): string | undefined {
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { stdio: 'pipe' });
+    return undefined;
+  } catch (err) {
+    return `needs a tmpfs mount (${String(err).split('\n')[0]})`;
+  }
+}
+const canMountTmpfs = ((): string | false => {
+  if (needsRoot !== false) return needsRoot;
+  const probe = mkdtempSync(path.join(tmpdir(), 'criu-ts-tmpfs-'));
+  const why = mountTmpfs(probe, '64k');
+  if (why === undefined) execFileSync('umount', [probe]);
+  rmSync(probe, { recursive: true });
+  return why ?? false;
+})();
+
+t.test('dump on a full disk fails and leaves the task intact', { skip: canMountTmpfs }, async (t) => {
+  const dir = t.testdir();
+  // Outside the test dir: tap removes that before our teardown could unmount.
+  const images = mkdtempSync(path.join(tmpdir(), 'criu-ts-full-'));
+  const why = mountTmpfs(images, '256k');
+  if (why !== undefined) throw new Error(why);
+  t.teardown(() => {
+    execFileSync('umount', ['-l', images]);
+    rmSync(images, { recursive: true });
+  });
+  const w = await startWorkload('cr_state', dir, ['mem=8']);
+  t.teardown(() => w.kill());
+  const before = taskSnapshot(w.pid);
+  const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images, '-o', path.join(dir, 'dump.log')], w.pid);
+  t.equal(r.status, 1, 'dump exits 1');
+  oneErrorLine(t, r, /ENOSPC|no space/i);
+  t.ok(r.wasTraced, 'the dump did get as far as seizing the task');
+  sameTask(t, w.pid, before);
+  t.same(readdirSync(images), [], 'nothing is left on the full disk: no inventory.img, no temporary file');
+  await verdict(t, w);
+});
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  for (const when of ['seized', 'writing pages'] as const) {
+    t.test(`dump interrupted by ${signal} once ${when} leaves the task intact`, { skip: needsRoot }, async (t) => {
+      const dir = t.testdir();
+      const w = await startWorkload('cr_state', dir, ['mem=512'], 60_000);
+      t.teardown(() => w.kill());
+      const before = taskSnapshot(w.pid);
+      const images = path.join(dir, 'img');
+      const criu = startCriu(['dump', '-t', String(w.pid), '-D', images], w.pid);
+      t.teardown(() => signalTask(criu.pid, 'SIGKILL'));
+      const traced = (): boolean => /^TracerPid:\s*[1-9]/m.test(readFileSync(`/proc/${w.pid}/status`, 'utf8'));
+      if (when === 'seized') await poll(traced, 'the task to be seized', 20_000);
+      else
+        await poll(
+          () => existsSync(images) && readdirSync(images).some((n) => n.startsWith('.pages-')),
+          'the pages image to be started',
+          20_000,
+        );
+      signalTask(criu.pid, signal);
+      const r: WatchedRun = await criu.done;
+      t.ok(r.status !== 0 && r.status !== null, `criu exits non-zero (${r.status})`);
+      oneErrorLine(t, r, /interrupted/i);
+      sameTask(t, w.pid, before);
+      t.same(leftovers(images), [], 'no image is left (no inventory.img, no temporary file)');
+      await verdict(t, w);
+    });
+  }
+}
+
+t.test('restore refuses a PID in use, and creates nothing', { skip: needsRoot }, async (t) => {
+  await t.test('the original still runs after dump -R', async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_state', dir);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '-R']);
+    t.equal(dump.status, 0, dump.stderr);
+    const before = taskSnapshot(w.pid);
+    const digest = dirDigest(images);
+    const r = await criuWatched(['restore', '-D', images, '-o', path.join(dir, 'restore.log')]);
+    t.equal(r.status, 1, 'restore exits 1');
+    oneErrorLine(t, r, new RegExp(`${w.pid}.*in use`));
+    t.same(r.children, [], 'criu created no process');
+    sameTask(t, w.pid, before);
+    t.same(dirDigest(images), digest, 'images unchanged');
+    await verdict(t, w);
+  });
+  await t.test('restored twice', async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_state', dir);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
+    t.equal(dump.status, 0, dump.stderr);
+    await waitGone(w.pid);
+    const first = await criuAsync(['restore', '-D', images, '-d']);
+    t.equal(first.status, 0, `the first restore succeeds: ${first.stderr}`);
+    await waitPid(w.pid);
+    const before = taskSnapshot(w.pid);
+    const r = await criuWatched(['restore', '-D', images]);
+    t.equal(r.status, 1, 'the second restore exits 1');
+    oneErrorLine(t, r, new RegExp(`${w.pid}.*in use`));
+    t.same(r.children, [], 'criu created no process');
+    sameTask(t, w.pid, before);
+    await verdict(t, w);
+  });
+});
+
+interface Corruption {
+  name: string;
+  /** The file the error must name. */
+  file: (pid: number) => string;
+  apply: (dir: string, pid: number) => void;
+}
+
+const flipBytes = (file: string, from: number, to: number): void => {
+  const b = readFileSync(file);
+  for (let i = from; i < Math.min(to, b.length); i++) b[i] = (b[i] ?? 0) ^ 0xff;
+  writeFileSync(file, b);
+};
+
+const corruptions: Corruption[] = [
+  {
+    name: 'core-PID.img truncated',
+    file: (pid) => `core-${pid}.img`,
+    apply: (dir, pid) => {
+      const f = path.join(dir, `core-${pid}.img`);
+      truncateSync(f, Math.floor(readFileSync(f).length / 2));
+    },
+  },
+  {
+    name: 'mm-PID.img garbled',
+    file: (pid) => `mm-${pid}.img`,
+    apply: (dir, pid) => {
+      const f = path.join(dir, `mm-${pid}.img`);
+      const b = readFileSync(f);
+      b.fill(0xff, 12); // after the magics and the entry size: no valid protobuf field
+      writeFileSync(f, b);
+    },
+  },
+  {
+    name: 'pages-1.img deleted',
+    file: () => 'pages-1.img',
+    apply: (dir) => rmSync(path.join(dir, 'pages-1.img')),
+  },
+  {
+    name: 'pages-1.img truncated',
+    file: () => 'pages-1.img',
+    apply: (dir) => {
+      const f = path.join(dir, 'pages-1.img');
+      truncateSync(f, readFileSync(f).length - 8192);
+    },
+  },
+  {
+    name: 'pagemap-PID.img truncated',
+    file: (pid) => `pagemap-${pid}.img`,
+    apply: (dir, pid) => {
+      const f = path.join(dir, `pagemap-${pid}.img`);
+      truncateSync(f, readFileSync(f).length - 3);
+    },
+  },
+  {
+    name: 'pstree.img with a wrong magic',
+    file: () => 'pstree.img',
+    apply: (dir) => flipBytes(path.join(dir, 'pstree.img'), 4, 8),
+  },
+  {
+    name: 'inventory.img with a wrong magic',
+    file: () => 'inventory.img',
+    apply: (dir) => flipBytes(path.join(dir, 'inventory.img'), 0, 4),
+  },
+  {
+    name: 'files.img deleted',
+    file: () => 'files.img',
+    apply: (dir) => rmSync(path.join(dir, 'files.img')),
+  },
+];
+
+t.test('restore of corrupt images fails before any process exists', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_state', dir);
+  t.teardown(() => w.kill());
+  const good = path.join(dir, 'img');
+  const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', good]);
+  t.equal(dump.status, 0, dump.stderr);
+  await waitGone(w.pid);
+  rmSync(path.join(good, 'dump.log'));
+  for (const c of corruptions) {
+    await t.test(c.name, async (t) => {
+      const images = path.join(dir, c.name.replace(/\W+/g, '-'));
+      cpSync(good, images, { recursive: true });
+      c.apply(images, w.pid);
+      const digest = dirDigest(images);
+      const r = await criuWatched(
+        ['restore', '-D', images, '-o', path.join(dir, `${path.basename(images)}.log`)],
+        w.pid,
+      );
+      t.equal(r.status, 1, 'restore exits 1');
+      oneErrorLine(t, r, new RegExp(c.file(w.pid).replace(/\./g, '\\.')));
+      t.notOk(r.sawPid, `PID ${w.pid} never appeared`);
+      t.same(r.children, [], 'criu created no process');
+      t.same(dirDigest(images), digest, 'the images are unchanged, byte for byte');
+      signalTask(w.pid, 'SIGKILL');
+    });
+  }
+  // The untouched images do restore: the failures above came from the damage alone.
+  const r = await startRestore(['-D', good], path.join(dir, 'good.pid'));
+  t.teardown(() => signalTask(w.pid, 'SIGKILL'));
+  await verdict(t, w);
+  t.equal((await r.done).status, 0, 'the intact images restore');
+});
+
+t.test('dump of a missing PID, restore from an empty or missing dir', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  let free = 30_000;
+  while (existsSync(`/proc/${free}`)) free++;
+  const dump = await criuAsync(['dump', '-t', String(free), '-D', path.join(dir, 'img')]);
+  t.equal(dump.status, 1, 'dump of a missing pid exits 1');
+  oneErrorLine(t, dump, new RegExp(`${free}.*no such process`));
+  t.same(leftovers(path.join(dir, 'img')), [], 'and writes no image');
+
+  const empty = path.join(dir, 'empty');
+  mkdirSync(empty);
+  const r1 = await criuAsync(['restore', '-D', empty]);
+  t.equal(r1.status, 1, 'restore from an empty dir exits 1');
+  oneErrorLine(t, r1, /inventory\.img/);
+
+  const r2 = await criuAsync(['restore', '-D', path.join(dir, 'missing')]);
+  t.equal(r2.status, 1, 'restore from a missing dir exits 1');
+  oneErrorLine(t, r2, /missing/);
+});
+
+t.test(
+  'a SIGTERM sent to the task while it is being restored is not lost',
+  {
+    skip: needsRoot,
+  },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_state', dir);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
+    t.equal(dump.status, 0, dump.stderr);
+    await waitGone(w.pid);
+    for (const delayMs of [0, 50, 100, 150, 200, 300, 500]) {
+      const criu = startCriu(['restore', '-D', images, '-o', path.join(dir, `restore-${delayMs}.log`)]);
+      await waitPid(w.pid).catch(() => undefined);
+      await sleep(delayMs);
+      signalTask(w.pid, 'SIGTERM');
+      const timeout = sleep(20_000).then(() => 'hung' as const);
+      const r = await Promise.race([criu.done, timeout]);
+      if (r === 'hung') {
+        signalTask(w.pid, 'SIGKILL');
+        await criu.done;
+        t.fail(`SIGTERM ${delayMs} ms after the PID appeared was lost: the task ran on`);
+      } else {
+        // Either the half-restored task died of it (restore fails, exit 1) or it ran and handled
+        // it (exit 0, its check passed).
+        t.ok(r.status === 0 || r.status === 1, `criu restore ends (${r.status}) after SIGTERM at ${delayMs} ms`);
+      }
+      signalTask(w.pid, 'SIGKILL');
+      await waitGone(w.pid).catch(() => undefined);
+    }
+  },
+);
