@@ -273,6 +273,12 @@ export interface Clone3ExecArgs {
   path: string;
   argv: string[];
   envp: string[];
+  /**
+   * The blocked-signal mask the child execs with (default: none blocked). Until then every
+   * signal is blocked, so a signal sent to the new pid stays pending instead of reaching a copy
+   * of one of Node's handlers.
+   */
+  signalMask?: bigint;
 }
 /**
  * clone3(2) then, in the child, execve(2) at once (a copy of this multi-threaded process can do

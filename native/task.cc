@@ -151,16 +151,17 @@ constexpr uint64_t kCloneVfork = 0x00004000;
 constexpr int kNsig = 64;
 
 // In the child, between clone3 and execve: raw system calls only.
-[[noreturn]] void ExecChild(const char* path, char* const* argv, char* const* envp) {
-  // Node ignores SIGPIPE and the tracer thread blocks every signal; the child must not inherit
-  // either (execve keeps ignored dispositions and the mask).
+[[noreturn]] void ExecChild(const char* path, char* const* argv, char* const* envp, uint64_t mask) {
+  // Node ignores SIGPIPE and has its own handlers; the child must not inherit them (execve keeps
+  // ignored dispositions). It runs with the tracer thread's mask (every signal blocked) until it
+  // sets `mask`, the one it execs with: a signal sent meanwhile stays pending, never reaching a
+  // handler of Node's copied into the child.
   KernelSigaction dfl = {SIG_DFL, 0, nullptr, 0};
   for (int sig = 1; sig <= kNsig; sig++) {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
     syscall(SYS_rt_sigaction, sig, &dfl, nullptr, sizeof(uint64_t));
   }
-  uint64_t empty = 0;
-  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, nullptr, sizeof(uint64_t));
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &mask, nullptr, sizeof(uint64_t));
   syscall(SYS_execve, path, argv, envp);
   syscall(SYS_exit_group, 127);
   __builtin_unreachable();
@@ -204,6 +205,8 @@ Napi::Value Clone3Exec(const Napi::CallbackInfo& info) {
   std::string path = ValueString(env, o.Get("path"), "args.path");
   std::vector<std::string> argv_s = StringArray(env, o.Get("argv"), "args.argv");
   std::vector<std::string> envp_s = StringArray(env, o.Get("envp"), "args.envp");
+  Napi::Value mask_v = o.Get("signalMask");
+  uint64_t mask = mask_v.IsUndefined() ? 0 : ValueBigUint64(env, mask_v, "args.signalMask");
   std::vector<char*> argv = CStrings(argv_s);
   std::vector<char*> envp = CStrings(envp_s);
 
@@ -220,7 +223,7 @@ Napi::Value Clone3Exec(const Napi::CallbackInfo& info) {
   char* const* cenvp = envp.data();
   RunOnTracer([&] {
     r = syscall(SYS_clone3, &ca, sizeof(ca));
-    if (r == 0) ExecChild(cpath, cargv, cenvp);
+    if (r == 0) ExecChild(cpath, cargv, cenvp, mask);
     if (r < 0) err = errno;
   });
   if (r < 0) {

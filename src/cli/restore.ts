@@ -14,6 +14,7 @@ export async function runRestore(opts: Options, _io: CliIo): Promise<number> {
     throw new UsageError('-S/--restore-sibling needs -d/--restore-detached: criu cannot wait for a sibling');
   const result = await restore({
     isSibling: opts.restoreSibling,
+    isLeftStopped: opts.leaveStopped,
     inheritFds: opts.inheritFds,
     imagesDir: opts.imagesDir,
     isDetached: opts.restoreDetached,

@@ -23,7 +23,7 @@ import { writeImage, type ImageEntry } from '../images/index.js';
 import { Injector } from '../inject/injector.js';
 import { log } from '../log.js';
 import * as sys from '../sys/native.js';
-import { __WALL } from '../kernel/constants.js';
+import { SIGSTOP, __WALL } from '../kernel/constants.js';
 import { restoreFiles } from '../files/index.js';
 import { loadImages } from './images.js';
 import { restoreSeccomp } from './seccomp.js';
@@ -31,7 +31,9 @@ import { restoreCreds } from './creds.js';
 import { dumpedVmas, restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
 import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES } from './stub.js';
 import {
+  dumpedOrigRax,
   dumpedRegisters,
+  resumeInSyscall,
   restoreFpu,
   restorePendingSignals,
   restoreProcessMisc,
@@ -47,6 +49,8 @@ export interface RestoreOptions {
   cpuCap?: readonly string[];
   /** --restore-detached: return once the task runs, instead of waiting for it. */
   isDetached: boolean;
+  /** -s/--leave-stopped: the restored task is left stopped (SIGSTOP), to be continued by SIGCONT. */
+  isLeftStopped?: boolean;
   /** --restore-sibling: the task becomes a child of criu's parent, not of criu (needs isDetached). */
   isSibling?: boolean;
   /** --inherit-fd fd[N]:KEY: criu's fd N stands for the dumped file KEY ("pipe:[ID]" or a path). */
@@ -170,7 +174,14 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const inj of all) {
       const core = img.cores.get(inj.tid) as ImageEntry;
       restoreFpu(inj.tid, core);
-      inj.setResumeRegisters(dumpedRegisters(core));
+      const regs = dumpedRegisters(core);
+      let insn: Buffer = Buffer.alloc(0);
+      try {
+        insn = inj.readMemory(regs.rip, 2);
+      } catch {
+        // rip in memory we cannot read: not on a syscall instruction either
+      }
+      inj.setResumeRegisters(resumeInSyscall(regs, dumpedOrigRax(core), insn));
       const tcore = core['thread_core'] as ImageEntry | undefined;
       inj.signalMask = BigInt(
         (tcore?.['blk_sigset'] as bigint | undefined) ?? (tc['blk_sigset'] as bigint | undefined) ?? 0n,
@@ -187,7 +198,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     killStub(pid);
     throw err;
   }
-  for (const inj of [...threads, leader]) {
+  // -s/--leave-stopped: the stop is queued before the threads go, so they stop at once.
+  if (opts.isLeftStopped === true) sys.kill(pid, SIGSTOP);
+  // The leader first: a process-directed signal that came during the restore (blocked until now
+  // in every thread) then goes to it, as the kernel prefers the main thread for such signals.
+  for (const inj of [leader, ...threads]) {
     log().debug(`restore: letting thread ${inj.tid} go at rip 0x${inj.registers.rip.toString(16)}`);
     inj.release();
   }

@@ -25,6 +25,7 @@ import {
   WUNTRACED,
 } from '../kernel/constants.js';
 import { readMaps } from '../proc/maps.js';
+import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import * as sys from '../sys/native.js';
 
 const PAGE = 4096n;
@@ -96,6 +97,8 @@ export function startStub(
       path: stubPath(),
       argv: ['criu-stub'],
       envp: [],
+      // Every signal stays blocked (and pending) until the restored task's own mask is set.
+      signalMask: 0xffff_ffff_ffff_ffffn,
     });
   } catch (err) {
     if (isErrno(err, 'EEXIST'))
@@ -129,6 +132,13 @@ export function startStub(
       injector.syscallOrThrow('mprotect', [scratch, PAGE, 5n /* R-X */]);
       injector.syscallSite = scratch;
       injector.useScratch(scratch + PAGE, LEADER_SCRATCH_BYTES);
+      // Our SIGCONT is pending (the stub blocks everything): take it back, so the restored task
+      // does not get a SIGCONT nobody sent it. Signals others sent meanwhile stay pending.
+      const set = Buffer.alloc(8);
+      set.writeBigUInt64LE(1n << BigInt(SIGCONT - 1), 0);
+      const zero = Buffer.alloc(16);
+      injector.syscall(SYSCALLS_X86_64.rt_sigtimedwait, [injector.pushData(set), 0n, injector.pushData(zero), 8n]);
+      injector.resetScratch();
       for (const m of stubMaps.filter((v) => v.start < TASK_SIZE))
         injector.syscallOrThrow('munmap', [m.start, m.end - m.start]);
       injector.syscallOrThrow('close_range', [0n, 0xffff_ffffn, 0n]);

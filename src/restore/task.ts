@@ -12,6 +12,7 @@ import * as sys from '../sys/native.js';
 import type { UserRegs } from '../sys/regs.js';
 import { encodeXsave } from '../dump/xsave.js';
 import { openInTask } from '../files/task-io.js';
+import { SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
 
 const NT_X86_XSTATE = 0x202;
 
@@ -166,6 +167,51 @@ export function restorePendingSignals(inj: Injector, queue: ImageEntry | undefin
     else inj.syscallOrThrow('rt_tgsigqueueinfo', [BigInt(inj.pid), BigInt(inj.tid), BigInt(signo), addr]);
     inj.resetScratch();
   }
+}
+
+/**
+ * System calls that Linux ends with -ERESTARTNOHAND (or an equivalent): restarted when no signal
+ * handler runs, EINTR when one does. Every other interrupted call is given -ERESTARTSYS: restarted
+ * unless a handler without SA_RESTART runs. Relative sleeps (ERESTART_RESTARTBLOCK in the kernel)
+ * behave as NOHAND here, since the restart block does not survive a restore.
+ */
+const RESTART_NOHAND: ReadonlySet<number> = new Set([
+  NR.pause,
+  NR.rt_sigsuspend,
+  NR.select,
+  NR.pselect6,
+  NR.poll,
+  NR.ppoll,
+  NR.epoll_wait,
+  NR.epoll_pwait,
+  NR.epoll_pwait2,
+  NR.nanosleep,
+  NR.clock_nanosleep,
+  NR.rt_sigtimedwait,
+]);
+const ERESTARTSYS = 512n;
+const ERESTARTNOHAND = 514n;
+
+/**
+ * A thread the dump caught inside a system call is stored as CRIU stores it: rip on the `syscall`
+ * instruction, rax = the call number, so that it is simply made again. Restoring exactly that
+ * would restart the call even when a signal handler runs first, where Linux returns EINTR (a
+ * pause() loop waiting for a handler's flag would never wake). So the thread is put back inside
+ * the call instead (rip after the instruction, orig_rax = the call, rax = the restart code), and
+ * the kernel's own signal path decides, as for a task that was never dumped. `insn` holds the two
+ * bytes at the dumped rip.
+ */
+export function resumeInSyscall(regs: UserRegs, dumpedOrigRax: bigint, insn: Buffer): UserRegs {
+  const nr = BigInt.asIntN(64, dumpedOrigRax);
+  if (nr < 0n || regs.rax !== dumpedOrigRax || insn.length !== 2 || insn[0] !== 0x0f || insn[1] !== 0x05) return regs;
+  const code = RESTART_NOHAND.has(Number(nr)) ? ERESTARTNOHAND : ERESTARTSYS;
+  return { ...regs, rip: regs.rip + 2n, orig_rax: dumpedOrigRax, rax: BigInt.asUintN(64, -code) };
+}
+
+/** The dumped orig_rax of a core (the call a thread was in, or -1). */
+export function dumpedOrigRax(core: ImageEntry): bigint {
+  const g = (core['thread_info'] as ImageEntry)['gpregs'] as ImageEntry;
+  return num(g['orig_ax']);
 }
 
 /** The registers the thread resumes with: the dumped ones, not in any syscall. */

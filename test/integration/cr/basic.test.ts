@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { criuAsync, startWorkload, waitGone } from '../../helpers/cr.js';
+import { criuAsync, startRestore, startWorkload, waitGone } from '../../helpers/cr.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
 
@@ -39,21 +39,11 @@ for (const mode of ['dump', 'leave-running'] as const) {
     }
     t.equal(statSync(images).mode & 0o777, 0o700, 'the images dir is 0700');
 
-    const restored = criuAsync(['restore', '-D', images, '-v4']);
-    await w.waitFor('READY', 5000);
-    // The restored task is the same PID: wait until it is back, then ask it to check itself.
-    const until = Date.now() + 10_000;
-    while (Date.now() < until) {
-      try {
-        process.kill(w.pid, 0);
-        break;
-      } catch {
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    }
-    await new Promise((r) => setTimeout(r, 300));
+    // Wait for the pidfile: the task is whole only once criu has written it.
+    const restored = await startRestore(['-D', images, '-v4'], path.join(dir, 'restored.pid'));
+    t.equal(restored.pid, w.pid, 'restored with its PID');
     process.kill(w.pid, 'SIGTERM');
-    const r = await restored;
+    const r = await restored.done;
     t.match(w.report(), /PASS/, w.report());
     t.notMatch(w.report(), /FAIL/);
     t.equal(r.status, 0, `criu restore exits with the task's status (${r.stderr})`);
