@@ -13,7 +13,9 @@
  * Registers are stored as the task must resume: a task stopped inside an interrupted system
  * call gets rip moved back onto its `syscall` instruction and rax = the call number, so the call
  * is made again on restore (CRIU does the same, but turns -ERESTART_RESTARTBLOCK into EINTR; we
- * restart those too: a relative nanosleep sleeps its whole time again).
+ * restart those too: a relative nanosleep sleeps its whole time again). criu-ts's restore puts
+ * such a thread back inside the call so that a signal handler running first still gets EINTR
+ * semantics (src/restore/task.ts resumeInSyscall).
  */
 
 import { readFileSync } from 'node:fs';
