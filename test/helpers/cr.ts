@@ -9,6 +9,7 @@ import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { criuAsync } from './criu.js';
 import { fixturePath, ROOT } from './fixture.js';
+import type { Test } from 'tap';
 
 export interface Workload {
   pid: number;
@@ -269,4 +270,23 @@ export async function startRestore(
   if (!existsSync(pidfile))
     throw new Error(`criu restore ended (${ended?.status}) without a pidfile: ${ended?.stderr}`);
   return { pid: Number(readFileSync(pidfile, 'utf8')), done };
+}
+
+/**
+ * The plain round trip of a self-checking workload: start it, dump it (killed), restore it, wait
+ * for the pidfile, SIGTERM it, and expect PASS in its report and criu exiting 0.
+ */
+export async function dumpRestoreCheck(t: Test, program: string): Promise<void> {
+  const dir = t.testdir();
+  const w = await startWorkload(program, dir);
+  t.teardown(() => w.kill());
+  const images = path.join(dir, 'img');
+  const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
+  t.equal(dump.status, 0, dump.stderr);
+  await waitGone(w.pid);
+  const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
+  process.kill(w.pid, 'SIGTERM');
+  const r = await restored.done;
+  t.match(w.report(), /PASS/, w.report());
+  t.equal(r.status, 0, r.stderr);
 }
