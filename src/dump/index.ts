@@ -185,7 +185,14 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     const tMem = nowUs();
     const { runs, pagesScanned } = findPageRuns(pid, mm.vmas);
     const totalBytes = runs.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
-    const pages = await writePages(pid, runs, dir, 1, (done) => opts.onProgress?.('memory', done, totalBytes));
+    const pages = await writePages(
+      pid,
+      runs,
+      dir,
+      1,
+      (done) => opts.onProgress?.('memory', done, totalBytes),
+      opts.signal,
+    );
     written.push('pages-1.img');
     stats.memdumpTimeUs = nowUs() - tMem;
     stats.pagesScanned = pagesScanned;

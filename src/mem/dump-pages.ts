@@ -110,6 +110,7 @@ export async function writePages(
   dir: string,
   pagesId: number,
   onProgress?: (bytesDone: number) => void,
+  signal?: AbortSignal,
 ): Promise<{ entries: ImageEntry[]; pagesWritten: number }> {
   const final = path.join(dir, `pages-${pagesId}.img`);
   const tmp = path.join(dir, `.pages-${pagesId}.img.tmp-${process.pid}`);
@@ -120,6 +121,8 @@ export async function writePages(
   let turn = 0;
   try {
     for (const batch of batches(runs)) {
+      // An interrupted dump stops here, between two batches, not only after the whole copy.
+      if (signal?.aborted === true) throw new TaskError(pid, 'Dump interrupted', { cause: signal.reason });
       const buf = buffers[turn++ % 2] as Buffer;
       const iov = new BigUint64Array(batch.length * 2);
       let bytes = 0;
