@@ -65,9 +65,14 @@ export class ImageError extends CriuError {
   readonly file: string;
   readonly offset: number | undefined;
 
-  constructor(file: string, reason: string, offset?: number, options?: { cause?: unknown }) {
+  constructor(file: string, reason: string, offset?: number, options?: { cause?: unknown; isWrite?: boolean }) {
     const where = offset === undefined ? '' : ` at offset ${offset}`;
-    super('EIMAGE', `Cannot read image "${file}"${where}: ${reason}`, options);
+    const verb = options?.isWrite === true ? 'write' : 'read';
+    super(
+      'EIMAGE',
+      `Cannot ${verb} image "${file}"${where}: ${reason}`,
+      options?.cause === undefined ? undefined : { cause: options.cause },
+    );
     this.file = file;
     this.offset = offset;
   }

@@ -38,7 +38,7 @@ export class ImageWriter {
     const tmpPath = join(dirname(path), `.${basename(path)}.tmp-${process.pid}.${tmpSeq++}`);
     const mode = opts.mode ?? 0o600;
     const fh = await open(tmpPath, 'wx', mode).catch((err: unknown) => {
-      throw new ImageError(path, 'cannot create the temporary file', undefined, { cause: err });
+      throw new ImageError(path, 'cannot create the temporary file', undefined, { cause: err, isWrite: true });
     });
     await fh.chmod(mode); // the umask must not widen or narrow what was asked
     const w = new ImageWriter(path, k, tmpPath, fh);
@@ -113,7 +113,7 @@ export class ImageWriter {
       this.state = 'committed';
     } catch (err) {
       await this.abort();
-      throw new ImageError(this.path, 'cannot write the image', undefined, { cause: err });
+      throw new ImageError(this.path, 'the file system refused it', undefined, { cause: err, isWrite: true });
     }
     await syncDir(dirname(this.path));
   }

@@ -151,7 +151,7 @@ export async function writePages(
     await fh.close().catch(() => undefined);
     await unlink(tmp).catch(() => undefined);
     if (err instanceof CriuError) throw err; // the task's memory could not be read
-    throw new ImageError(final, 'cannot write the image', undefined, { cause: err });
+    throw new ImageError(final, 'the file system refused it', undefined, { cause: err, isWrite: true });
   }
   const entries = runs.map((r) => ({
     vaddr: r.vaddr,
