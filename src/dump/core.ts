@@ -18,12 +18,15 @@
  * semantics (src/restore/task.ts resumeInSyscall).
  */
 
-import { readFileSync } from 'node:fs';
+import { TaskError } from '../errors.js';
 import { ERESTART } from '../kernel/errno.js';
 import { type SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
+import { readLoginuid, readOomScoreAdj, readPersonality } from '../proc/misc.js';
+import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
+import { readTimers } from '../proc/timers.js';
 import * as sys from '../sys/native.js';
 import type { UserRegs } from '../sys/regs.js';
 import { decodeXsave } from './xsave.js';
@@ -92,33 +95,25 @@ function u32Words(mask: bigint): number[] {
 
 function credsEntry(pid: number, tid: number, inj: Injector): ImageEntry {
   const st = readStatus(pid, tid);
-  if (st === null) throw new Error(`Task ${tid} vanished`);
-  const four = (key: string): number[] => (st.fields.get(key) ?? '0 0 0 0').split(/\s+/).map(Number);
-  const [uid = 0, euid = 0, suid = 0, fsuid = 0] = four('Uid');
-  const [gid = 0, egid = 0, sgid = 0, fsgid = 0] = four('Gid');
-  const cap = (key: string): number[] => u32Words(BigInt(`0x${st.fields.get(key) ?? '0'}`));
-  const groups = (st.fields.get('Groups') ?? '')
-    .split(/\s+/)
-    .filter((s) => s !== '')
-    .map(Number);
+  if (st === null) throw new TaskError(pid, `Thread ${tid} of task ${pid} vanished while being dumped`);
   const PR_GET_SECUREBITS = 27n;
   const secbits = Number(inj.syscallOrThrow('prctl', [PR_GET_SECUREBITS, 0n, 0n, 0n, 0n]));
   return {
-    uid,
-    gid,
-    euid,
-    egid,
-    suid,
-    sgid,
-    fsuid,
-    fsgid,
-    cap_inh: cap('CapInh'),
-    cap_prm: cap('CapPrm'),
-    cap_eff: cap('CapEff'),
-    cap_bnd: cap('CapBnd'),
+    uid: st.uid.real,
+    gid: st.gid.real,
+    euid: st.uid.effective,
+    egid: st.gid.effective,
+    suid: st.uid.saved,
+    sgid: st.gid.saved,
+    fsuid: st.uid.fs,
+    fsgid: st.gid.fs,
+    cap_inh: u32Words(st.capInh),
+    cap_prm: u32Words(st.capPrm),
+    cap_eff: u32Words(st.capEff),
+    cap_bnd: u32Words(st.capBnd),
     secbits,
-    groups,
-    cap_amb: cap('CapAmb'),
+    groups: st.groups,
+    cap_amb: u32Words(st.capAmb),
   };
 }
 
@@ -130,10 +125,6 @@ function pendingSignals(tid: number, shared: boolean): ImageEntry {
     if (buf.length < 32 * 128) break;
   }
   return { signals };
-}
-
-function readComm(pid: number, tid: number): string {
-  return readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').replace(/\n$/, '');
 }
 
 /** The per-thread part, and the thread_info (registers). */
@@ -149,22 +140,20 @@ export function dumpThread(pid: number, inj: Injector): { thread_info: ImageEntr
   // stack_t { void *ss_sp; int ss_flags; size_t ss_size; } = 24 bytes
   const sas = outCall(inj, 'sigaltstack', 24, (out) => [0n, out]);
   const robust = sys.getRobustList(tid);
-  const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const nice = Number(fields[16] ?? 0); // field 19 of proc(5)
-  const policy = Number(fields[38] ?? 0); // field 41
+  const stat = readStat(pid, tid);
+  if (stat === null) throw new TaskError(pid, `Thread ${tid} of task ${pid} vanished while being dumped`);
   const rseq = sys.ptraceGetRseqConfiguration(tid);
   const threadCore: ImageEntry = {
     futex_rla: robust.head,
     futex_rla_len: Number(robust.len),
-    sched_nice: nice,
-    sched_policy: policy,
+    sched_nice: stat.nice,
+    sched_policy: stat.policy,
     blk_sigset: inj.signalMask,
     sas: { ss_sp: sas.readBigUInt64LE(0), ss_size: sas.readBigUInt64LE(16), ss_flags: sas.readInt32LE(8) },
     pdeath_sig: pdeath,
     signals_p: pendingSignals(tid, false),
     creds: credsEntry(pid, tid, inj),
-    comm: readComm(pid, tid),
+    comm: stat.comm,
   };
   // struct ptrace_rseq_configuration { u64 rseq_abi_pointer; u32 rseq_abi_size; u32 signature; u32 flags; u32 pad; }
   if (rseq.length >= 16 && rseq.readBigUInt64LE(0) !== 0n) {
@@ -191,49 +180,40 @@ function itimer(inj: Injector, which: bigint): ImageEntry {
   };
 }
 
-/** /proc/PID/timers: "ID: n", "signal: n/ptr", "notify: thread/signal/none/tid", "ClockID: n". */
+/** POSIX timers: /proc/PID/timers says what each is; timer_gettime, injected, when it fires. */
 function posixTimers(pid: number, inj: Injector): ImageEntry[] {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/timers`, 'utf8');
-  } catch {
-    return [];
-  }
-  const timers: ImageEntry[] = [];
-  for (const block of text.split(/(?=^ID:)/m)) {
-    const id = /^ID: (\d+)/m.exec(block);
-    if (id === null) continue;
-    const sig = /^signal: (\d+)\/([0-9a-f]+)/m.exec(block);
-    const notify = /^notify: (\w+)\/(?:pid|tid)\.(\d+)/m.exec(block);
-    const clock = /^ClockID: (\d+)/m.exec(block);
-    const itId = BigInt(id[1] as string);
+  const SIGEV_NUMBER = { signal: 0, none: 1, thread: 2 } as const;
+  const SIGEV_THREAD_ID = 4;
+  return (readTimers(pid) ?? []).map((t) => {
+    const itId = BigInt(t.id);
     // struct itimerspec { timespec it_interval; timespec it_value; }
     const spec = outCall(inj, 'timer_gettime', 32, (out) => [itId, out]);
-    const overrun = Number(inj.syscallOrThrow('timer_getoverrun', [itId]));
-    const notifyKind = notify?.[1] ?? 'signal';
-    const SIGEV = { signal: 0, none: 1, thread: 2 } as Record<string, number>;
+    inj.resetScratch();
     const timer: ImageEntry = {
-      it_id: Number(itId),
-      clock_id: Number(clock?.[1] ?? 0),
-      si_signo: Number(sig?.[1] ?? 0),
-      it_sigev_notify: notifyKind === 'thread' ? (SIGEV['signal'] as number) | 4 : (SIGEV[notifyKind] ?? 0),
-      sival_ptr: BigInt(`0x${sig?.[2] ?? '0'}`),
-      overrun,
+      it_id: t.id,
+      clock_id: t.clockId,
+      si_signo: t.signo,
+      it_sigev_notify: SIGEV_NUMBER[t.notify] | (t.isThreadId ? SIGEV_THREAD_ID : 0),
+      sival_ptr: t.sigevValue,
+      overrun: Number(inj.syscallOrThrow('timer_getoverrun', [itId])),
       isec: spec.readBigUInt64LE(0),
       insec: spec.readBigUInt64LE(8),
       vsec: spec.readBigUInt64LE(16),
       vnsec: spec.readBigUInt64LE(24),
     };
-    if (notifyKind === 'thread' && notify?.[2] !== undefined) timer['notify_thread_id'] = Number(notify[2]);
-    timers.push(timer);
-  }
-  return timers;
+    if (t.isThreadId) timer['notify_thread_id'] = t.notifyPid;
+    return timer;
+  });
 }
+
+/** The signals core.tc.sigactions lists, in order: 1..64 but SIGKILL and SIGSTOP (no action). */
+export const SIGACTION_SIGNALS: readonly number[] = Array.from({ length: 64 }, (_, i) => i + 1).filter(
+  (sig) => sig !== 9 && sig !== 19,
+);
 
 function sigactions(inj: Injector): ImageEntry[] {
   const out: ImageEntry[] = [];
-  for (let sig = 1; sig <= 64; sig++) {
-    if (sig === 9 || sig === 19) continue; // SIGKILL, SIGSTOP: no action to keep
+  for (const sig of SIGACTION_SIGNALS) {
     // struct kernel_sigaction { handler; flags; restorer; mask } = 32 bytes
     const b = outCall(inj, 'rt_sigaction', 32, (o) => [BigInt(sig), 0n, o, 8n]);
     out.push({
@@ -258,19 +238,12 @@ function rlimits(inj: Injector): ImageEntry {
   return { rlimits: list };
 }
 
-function readNumber(path: string, fallback: number): number {
-  try {
-    return Number(readFileSync(path, 'utf8').trim());
-  } catch {
-    return fallback;
-  }
-}
-
 /** The process-wide part (`tc`), from the leader. */
 export function dumpTaskCore(pid: number, leader: Injector): ImageEntry {
   leader.resetScratch();
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const stat = readStat(pid);
+  const personality = readPersonality(pid);
+  if (stat === null || personality === null) throw new TaskError(pid, `Task ${pid} exited while being dumped`);
   const PR_GET_CHILD_SUBREAPER = 37n;
   const subreaper = outCall(leader, 'prctl', 4, (out) => [PR_GET_CHILD_SUBREAPER, out, 0n, 0n, 0n]).readInt32LE(0);
   const sigs = sigactions(leader);
@@ -284,15 +257,15 @@ export function dumpTaskCore(pid: number, leader: Injector): ImageEntry {
   return {
     task_state: 1, // TASK_ALIVE
     exit_code: 0,
-    personality: parseInt(readFileSync(`/proc/${pid}/personality`, 'utf8').trim(), 16),
-    flags: Number(fields[6] ?? 0),
+    personality,
+    flags: stat.flags,
     blk_sigset: leader.signalMask,
-    comm: readComm(pid, pid),
+    comm: stat.comm,
     timers,
     rlimits: rlimits(leader),
     signals_s: pendingSignals(leader.tid, true),
-    loginuid: readNumber(`/proc/${pid}/loginuid`, 0xffffffff),
-    oom_score_adj: readNumber(`/proc/${pid}/oom_score_adj`, 0),
+    loginuid: readLoginuid(pid) ?? 0xffffffff,
+    oom_score_adj: readOomScoreAdj(pid) ?? 0,
     sigactions: sigs,
     child_subreaper: subreaper !== 0,
   };

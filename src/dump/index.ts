@@ -17,17 +17,18 @@ import { mkdir, readdir, unlink } from 'node:fs/promises';
 import { readlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { TaskError, UnsupportedError } from '../errors.js';
-import { writeImage, PAGE_SIZE, type ImageEntry } from '../images/index.js';
+import { imageFileName, writeImage, PAGE_SIZE, type ImageEntry } from '../images/index.js';
 import { log } from '../log.js';
 import { readChildren, scanChildren } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
+import { readStatus } from '../proc/status.js';
 import { checkFds, dumpFiles } from '../files/index.js';
 import { localImageSink } from '../files/image-sink.js';
 import { dumpCpuinfo } from '../cpuinfo/index.js';
 import { findPageRuns, writePages } from '../mem/dump-pages.js';
 import { dumpTaskCore, dumpThread } from './core.js';
 import { freezeProcess, killProcess, resumeProcess, stopProcess, type FrozenProcess } from './freeze.js';
-import { dumpMm, dumpMmShmem, readUmask } from './mm.js';
+import { dumpMm, dumpMmShmem, pathFileEntry } from './mm.js';
 import { dumpSeccomp } from './seccomp.js';
 
 export interface DumpOptions {
@@ -51,7 +52,6 @@ export interface DumpStats {
 }
 
 const O_DIRECTORY = 0o200000;
-const FD_TYPE_REG = 1;
 
 function nowUs(): number {
   return Number(process.hrtime.bigint() / 1000n);
@@ -119,25 +119,13 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     const mm = dumpMm(pid, frozen.leader, allocId);
     const dirEntry = (p: string): number => {
       const id = allocId();
-      const st = statSync(`/proc/${pid}/root${p}`, { bigint: true });
-      mm.files.push({
-        type: FD_TYPE_REG,
-        id,
-        reg: {
-          id,
-          flags: O_DIRECTORY,
-          pos: 0n,
-          fown: { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 },
-          name: p,
-          mode: Number(st.mode),
-        },
-      });
+      mm.files.push(pathFileEntry(id, p, O_DIRECTORY, statSync(`/proc/${pid}/root${p}`, { bigint: true })));
       return id;
     };
     const fsEntry = {
       cwd_id: dirEntry(readlinkSync(`/proc/${pid}/cwd`)),
       root_id: dirEntry(readlinkSync(`/proc/${pid}/root`)),
-      umask: readUmask(pid),
+      umask: readStatus(pid)?.umask ?? 0o22,
     };
     log().debug('dump: files');
     const images = localImageSink(dir, () => nextPagesId++);
@@ -207,7 +195,7 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     await write('files.img', 'FILES', [...mm.files, ...files.files]);
     await write('fdinfo-2.img', 'FDINFO', files.fdinfo);
     for (const [kind, list] of extraImages) {
-      const name = imageNameOf(kind);
+      const name = imageFileName(kind);
       await write(
         name,
         kind,
@@ -275,19 +263,6 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     },
   ]);
   return stats;
-}
-
-function imageNameOf(kind: string): string {
-  const names: Record<string, string> = {
-    PIPES_DATA: 'pipes-data.img',
-    FIFO_DATA: 'fifo-data.img',
-    MEMFD_INODE: 'memfd.img',
-    REMAP_FPATH: 'remap-fpath.img',
-  };
-  const name = names[kind];
-  if (name !== undefined) return name;
-  if (kind.startsWith('GHOST_FILE:')) return `ghost-file-${kind.slice('GHOST_FILE:'.length)}.img`;
-  return `${kind.toLowerCase().replace(/_/g, '-')}.img`;
 }
 
 /** Remove what a failed dump wrote: every file that was not in the directory before it began. */

@@ -15,7 +15,7 @@
  *     file_entry naming its memfd.img inode (the fd's own when the memfd is open as an fd).
  */
 
-import { closeSync, fstatSync, openSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readlinkSync, statSync, type BigIntStats } from 'node:fs';
 import { TaskError, UnsupportedError } from '../errors.js';
 import { PAGE_SIZE, type ImageEntry } from '../images/index.js';
 import type { FileImageSink } from '../files/image-sink.js';
@@ -59,19 +59,7 @@ export function dumpMm(pid: number, leader: Injector, allocId: () => number): Mm
     }
     const id = allocId();
     fileIds.set(key, id);
-    files.push({
-      type: FD_TYPE_REG,
-      id,
-      reg: {
-        id,
-        flags,
-        pos: 0n,
-        fown: { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 },
-        name: path,
-        size: st.size,
-        mode: Number(st.mode),
-      },
-    });
+    files.push(pathFileEntry(id, path, flags, st));
     return id;
   };
 
@@ -132,10 +120,15 @@ export function dumpMm(pid: number, leader: Injector, allocId: () => number): Mm
   return { entry, vmas, files };
 }
 
-/** The umask, from /proc/PID/status (kernel >= 4.7). */
-export function readUmask(pid: number): number {
-  const m = /^Umask:\s*([0-7]+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m === null ? 0o22 : parseInt(m[1] as string, 8);
+/**
+ * A files.img entry (REG) for a file known by path only, not by an fd: a mapped file, the exe,
+ * the cwd or root directory. No fown, position 0; the size only for regular files.
+ */
+export function pathFileEntry(id: number, path: string, flags: number, st: BigIntStats): ImageEntry {
+  const reg: ImageEntry = { id, flags, pos: 0n, fown: { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 }, name: path };
+  if (st.isFile()) reg['size'] = st.size;
+  reg['mode'] = Number(st.mode);
+  return { type: FD_TYPE_REG, id, reg };
 }
 
 /**

@@ -13,6 +13,7 @@ import * as sys from '../sys/native.js';
 
 export const SECCOMP_MODE_STRICT = 1;
 export const SECCOMP_MODE_FILTER = 2;
+const SECCOMP_MODES = { disabled: 0, strict: SECCOMP_MODE_STRICT, filter: SECCOMP_MODE_FILTER } as const;
 
 export interface SeccompDump {
   /** seccomp_entry.seccomp_filters */
@@ -39,7 +40,7 @@ export function dumpSeccomp(pid: number, tids: readonly number[]): SeccompDump {
   const known = new Map<string, number>(); // chain prefix key -> index of its last filter
   const threads = new Map<number, { mode: number; newest?: number }>();
   for (const tid of tids) {
-    const mode = Number(readStatus(pid, tid)?.fields.get('Seccomp') ?? '0');
+    const mode = SECCOMP_MODES[readStatus(pid, tid)?.seccompMode ?? 'disabled'];
     if (mode !== SECCOMP_MODE_FILTER) {
       threads.set(tid, { mode });
       continue;

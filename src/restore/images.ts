@@ -7,7 +7,15 @@
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { ImageError, UnsupportedError } from '../errors.js';
-import { pagemapRun, PAGE_SIZE, PE_PARENT, PE_PRESENT, readImage, type ImageEntry } from '../images/index.js';
+import {
+  imageFileName,
+  pagemapRun,
+  PAGE_SIZE,
+  PE_PARENT,
+  PE_PRESENT,
+  readImage,
+  type ImageEntry,
+} from '../images/index.js';
 
 export interface RestoreImages {
   dir: string;
@@ -41,13 +49,6 @@ async function single(dir: string, name: string, kind: string): Promise<ImageEnt
   if (first === undefined) throw new ImageError(name, 'the image has no entry');
   return first;
 }
-
-const EXTRA_FILES: Record<string, string> = {
-  PIPES_DATA: 'pipes-data.img',
-  FIFO_DATA: 'fifo-data.img',
-  MEMFD_INODE: 'memfd.img',
-  REMAP_FPATH: 'remap-fpath.img',
-};
 
 /**
  * The pages image a pagemap reads from must exist and hold every page the pagemap says it does
@@ -131,7 +132,7 @@ export async function loadImages(dir: string): Promise<RestoreImages> {
     extras: async (kind) => {
       const known = extraCache.get(kind);
       if (known !== undefined) return known;
-      const name = EXTRA_FILES[kind] ?? `${kind.toLowerCase().replace(/_/g, '-')}.img`;
+      const name = imageFileName(kind);
       const file = path.join(dir, name);
       const list = existsSync(file)
         ? (await readImage(file, kind)).records.map((r) =>

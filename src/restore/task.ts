@@ -11,6 +11,7 @@ import { log } from '../log.js';
 import * as sys from '../sys/native.js';
 import type { UserRegs } from '../sys/regs.js';
 import { encodeXsave } from '../dump/xsave.js';
+import { SIGACTION_SIGNALS } from '../dump/core.js';
 import { openInTask } from '../files/task-io.js';
 import { SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
 
@@ -20,11 +21,9 @@ const num = (v: unknown): bigint => BigInt((v as bigint | number | undefined) ??
 
 export function restoreSigactions(inj: Injector, tc: ImageEntry): void {
   const list = (tc['sigactions'] as ImageEntry[] | undefined) ?? [];
-  let sig = 0;
-  for (const sa of list) {
-    sig++;
-    if (sig === 9 || sig === 19) sig++; // SIGKILL and SIGSTOP are not in the list
-    if (sig === 9 || sig === 19) sig++;
+  for (const [i, sa] of list.entries()) {
+    const sig = SIGACTION_SIGNALS[i];
+    if (sig === undefined) break;
     const handler = num(sa['sigaction']);
     const flags = num(sa['flags']);
     if (handler === 0n && flags === 0n && num(sa['mask']) === 0n) continue; // default
