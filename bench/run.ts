@@ -8,6 +8,7 @@ import { injectionBench } from './inject.js';
 import { memcpyBaseline } from './baseline.js';
 import { pagemapBench } from './pagemap.js';
 import { dumpRestoreBench } from './dump-restore.js';
+import { preDumpBench } from './pre-dump.js';
 
 export interface BenchOptions {
   isQuick: boolean;
@@ -24,6 +25,7 @@ const BENCHES: Record<string, (opts: BenchOptions) => Promise<BenchResult>> = {
   inject: injectionBench,
   pagemap: pagemapBench,
   'dump-restore': dumpRestoreBench,
+  'pre-dump': preDumpBench,
 };
 
 const args = process.argv.slice(2);

@@ -12,6 +12,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const outputs = [
   'build/Release/criu_native.node',
   'native/stub/criu-stub',
+  'native/stub/track-holder',
   'dist/src/cli/criu.js',
   'test/fixtures/bin/cr_basic',
 ];

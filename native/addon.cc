@@ -6,6 +6,8 @@
 
 namespace criu {
 
+void InitNet(Napi::Env env, Napi::Object exports);  // net.cc
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitErrors(env, exports);
   InitPtrace(env, exports);
@@ -17,6 +19,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitTask(env, exports);
   InitSockets(env, exports);
   InitCpuid(env, exports);
+  InitNet(env, exports);
   return exports;
 }
 

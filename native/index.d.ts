@@ -309,3 +309,50 @@ export function cpuid(leaf: number, subleaf: number): [number, number, number, n
  * RangeError for a register the CPU lacks, instead of letting the CPU fault.
  */
 export function xgetbv(index: number): bigint;
+
+// ---------------------------------------------------------------------------------------------
+// TCP (net.cc): the page server and its client. Sockets are plain blocking fds made with
+// `socket()`; whatever may block runs on the thread pool. Addresses are IPv4/IPv6 text.
+
+export interface SockAddr {
+  /** 4 or 6 (0 for another family). */
+  family: number;
+  address: string;
+  port: number;
+}
+
+/** bind(fd, address:port). */
+export function bind(fd: number, address: string, port: number): void;
+/** listen(fd, backlog). */
+export function listen(fd: number, backlog: number): void;
+/** accept4(fd, NULL, NULL, flags): the connected fd. shutdown(fd, SHUT_RD) wakes it with EINVAL. */
+export function accept4Async(fd: number, flags: number): Promise<number>;
+/** connect(fd, address:port) on a blocking socket; an interrupted connect is waited for. */
+export function connectAsync(fd: number, address: string, port: number): Promise<void>;
+/** shutdown(fd, how): SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2. */
+export function shutdown(fd: number, how: number): void;
+export function getsockname(fd: number): SockAddr;
+export function getpeername(fd: number): SockAddr;
+/** recv(fd, buf + offset, len, flags) (MSG_WAITALL 0x100 waits for all of len). 0 = end of stream. */
+export function recvAsync(fd: number, buf: Buffer, offset: number, len: number, flags: number): Promise<number>;
+/**
+ * writev(fd, bufs) repeated until every byte of every Buffer is written (a blocking socket may
+ * still write short when a signal arrives). Resolves with the total. The Buffers must stay
+ * untouched until it settles.
+ */
+export function writevAllAsync(fd: number, bufs: Buffer[]): Promise<number>;
+/**
+ * Move `len` bytes from `fdIn` (a socket) into `fdOut` at `offOut` through the pipe
+ * (`pipeRead`, `pipeWrite`), `chunk` bytes per splice at most, without copying them through
+ * user space. Resolves with the bytes moved: fewer than `len` only when fdIn reached end of
+ * stream. After a rejection the pipe may hold data: discard it.
+ */
+export function spliceAllAsync(
+  fdIn: number,
+  pipeRead: number,
+  pipeWrite: number,
+  fdOut: number,
+  offOut: bigint,
+  len: number,
+  chunk: number,
+): Promise<number>;

@@ -21,17 +21,17 @@ const notImplemented =
     Promise.reject(new NotImplementedError(name));
 
 export const COMMAND_HANDLERS: Record<CommandName, CommandHandler> = {
-  'pre-dump': notImplemented('pre-dump'),
+  'pre-dump': async (opts, io) => (await import('./dump.js')).runPreDump(opts, io),
   dump: async (opts, io) => (await import('./dump.js')).runDump(opts, io),
   restore: async (opts, io) => (await import('./restore.js')).runRestore(opts, io),
   show: async (opts, io) => (await import('./show.js')).runShow(opts, io),
   // show and check are loaded on use: they pull in the image layer and the native addon, which
   // --help and usage errors do not need (and which must not break them when missing).
   check: async (opts, io) => (await import('./check.js')).runCheck(opts, io),
-  'page-server': notImplemented('page-server'),
+  'page-server': async (opts, io) => (await import('./page-server-cmd.js')).runPageServerCmd(opts, io),
   exec: async (opts, io) => (await import('./exec.js')).runExec(opts, io),
   service: notImplemented('service'),
-  dedup: notImplemented('dedup'),
+  dedup: async (opts, io) => (await import('./dump.js')).runDedup(opts, io),
   'cpuinfo dump': async (opts, io) => (await import('../cpuinfo/cli.js')).runCpuinfoDump(opts, io),
   'cpuinfo check': async (opts, io) => (await import('../cpuinfo/cli.js')).runCpuinfoCheck(opts, io),
 };

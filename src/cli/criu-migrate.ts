@@ -1,7 +1,8 @@
 /**
  * Entry point of `criu-migrate` (bin/criu-migrate.js): live migration of a process tree from this
  * host to another, driving pre-dumps, a page server and a restore on the other side through an
- * agent. Only the command line exists yet: both forms say "not implemented yet" and exit 2.
+ * agent. The agent runs (migrate/agent.ts); the migration itself says "not implemented yet" and
+ * exits 2.
  *
  *   criu-migrate [options] SRC DST PID
  *   criu-migrate agent --listen ADDR:PORT --token-file F
@@ -9,7 +10,9 @@
 
 import { Command } from 'commander';
 
-import { NotImplementedError } from '../errors.js';
+import { runAgent } from '../../migrate/agent.js';
+import { NotImplementedError, UsageError } from '../errors.js';
+import { parseLogLevel } from '../log.js';
 import type { CliIo } from './commands.js';
 import { exitOnClosedStdout, isMainModule } from './launch.js';
 import { criuVersion, PROCESS_IO } from './program.js';
@@ -35,9 +38,18 @@ export function buildMigrateProgram(io: CliIo): Command {
     .description('run the agent that criu-migrate drives on a host')
     .requiredOption('--listen <ADDR:PORT>', 'address and port to listen on')
     .requiredOption('--token-file <file>', 'pre-shared token (first line of file)')
-    .option('-D, --images-dir <path>', 'directory for images the agent receives')
-    .action(() => {
-      throw new NotImplementedError('criu-migrate agent');
+    .option('-D, --images-dir <path>', 'directory for images the agent receives (default /var/lib/criu-ts/agent)')
+    .option('-v, --verbosity [num]', 'log level 0..4 (default 2), to stderr')
+    .action(async (o: { listen: string; tokenFile: string; imagesDir?: string; verbosity?: string | true }) => {
+      const level = o.verbosity === undefined ? undefined : parseLogLevel(o.verbosity === true ? 1 : o.verbosity);
+      if (level === null) throw new UsageError(`Invalid -v level "${String(o.verbosity)}"`);
+      await runAgent({
+        listen: o.listen,
+        tokenFile: o.tokenFile,
+        out: (text) => io.stdout(text),
+        ...(o.imagesDir === undefined ? {} : { imagesDir: o.imagesDir }),
+        ...(level === undefined ? {} : { logLevel: level }),
+      });
     });
   return program;
 }

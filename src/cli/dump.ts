@@ -1,29 +1,84 @@
 /**
- * `criu dump -t PID -D DIR [-R | -s]`: maps the options to the dump library call.
+ * `criu dump -t PID -D DIR [-R | -s] [--prev-images-dir D] [--track-mem] [--auto-dedup]
+ * [--page-server --address A --port N]` and `criu pre-dump` with the same memory options: map the
+ * options to the dump library calls.
  */
 
 import { UsageError } from '../errors.js';
 import { dump } from '../dump/index.js';
+import { preDump } from '../dump/pre-dump.js';
+import type { PageSink } from '../dump/page-sink.js';
 import type { CliIo } from './commands.js';
 import { interruptSignal } from './launch.js';
 import type { Options } from './options.js';
 import { progressReporter } from './progress.js';
 
+function treeOf(opts: Options, command: string): number {
+  if (opts.tree === undefined) throw new UsageError(`${command} needs the task to checkpoint: -t/--tree PID`);
+  return opts.tree;
+}
+
+/** --page-server: the sink that sends the pages there, connected. */
+async function pageServerSink(opts: Options): Promise<PageSink | undefined> {
+  if (!opts.pageServer) return undefined;
+  if (opts.port === undefined) throw new UsageError('--page-server needs --port');
+  const { connectPageServerSink } = await import('../dump/page-server-sink.js');
+  return connectPageServerSink({
+    address: opts.address ?? '127.0.0.1',
+    port: opts.port,
+    ...(opts.token === undefined ? {} : { token: opts.token }),
+  });
+}
+
 export async function runDump(opts: Options, io: CliIo): Promise<number> {
-  if (opts.tree === undefined) throw new UsageError('dump needs the task to checkpoint: -t/--tree PID');
+  const pid = treeOf(opts, 'dump');
   if (opts.leaveRunning && opts.leaveStopped)
     throw new UsageError('-R/--leave-running and -s/--leave-stopped exclude each other');
+  const sink = await pageServerSink(opts);
   const progress = progressReporter(io);
   try {
     await dump({
-      pid: opts.tree,
+      pid,
       imagesDir: opts.imagesDir,
       end: opts.leaveRunning ? 'leave-running' : opts.leaveStopped ? 'leave-stopped' : 'kill',
       signal: interruptSignal,
       onProgress: progress.update,
+      trackMem: opts.trackMem,
+      tracker: opts.tracker,
+      autoDedup: opts.autoDedup,
+      fileOptions: { isShellJob: opts.shellJob, isLinkRemap: opts.linkRemap, isEvasiveDevices: opts.evasiveDevices },
+      ...(opts.prevImagesDir === undefined ? {} : { prevImagesDir: opts.prevImagesDir }),
+      ...(sink === undefined ? {} : { sink }),
     });
   } finally {
     progress.done();
   }
+  return 0;
+}
+
+export async function runPreDump(opts: Options, io: CliIo): Promise<number> {
+  const pid = treeOf(opts, 'pre-dump');
+  const sink = await pageServerSink(opts);
+  const progress = progressReporter(io);
+  try {
+    await preDump({
+      pid,
+      imagesDir: opts.imagesDir,
+      tracker: opts.tracker,
+      signal: interruptSignal,
+      onProgress: progress.update,
+      ...(opts.prevImagesDir === undefined ? {} : { prevImagesDir: opts.prevImagesDir }),
+      ...(sink === undefined ? {} : { sink }),
+    });
+  } finally {
+    progress.done();
+  }
+  return 0;
+}
+
+/** `criu dedup -D DIR`: silent like CRIU's (the log says how much was punched). */
+export async function runDedup(opts: Options, _io: CliIo): Promise<number> {
+  const { dedupChain } = await import('../mem/dedup.js');
+  await dedupChain(opts.imagesDir);
   return 0;
 }

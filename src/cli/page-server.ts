@@ -1,40 +1,123 @@
 /**
  * Entry point of `page-server` (bin/page-server.js): a stand-alone page server that receives the
  * pages of a dump or pre-dump over TCP and writes them into an images directory, as
- * `criu page-server` does. Only the command line exists yet: it says "not implemented yet" and
- * exits 2.
+ * `criu page-server` does (the engine is src/cli/page-server-cmd.ts; the protocol
+ * src/pageserver/).
  *
- *   page-server --port N [--address A] -D DIR
+ *   page-server --port N [--address A] -D DIR [-d] [--pidfile F] [--token T | --token-file F]
+ *               [--prev-images-dir D] [-o LOG] [-v N]
+ *
+ * Exit 0 once a client's session CLOSEd and every image is in place; 1 on any error.
+ * --daemon-child (hidden) is how -d starts the background copy: it reports over the IPC channel.
  */
 
-import { Command } from 'commander';
+import { statSync } from 'node:fs';
 
-import { NotImplementedError } from '../errors.js';
+import { Command, Option } from 'commander';
+
+import { ImageError, UsageError, describeError } from '../errors.js';
+import { createLogger, parseLogLevel, resolveLogFile, setLogger, DEFAULT_LOG_LEVEL } from '../log.js';
 import type { CliIo } from './commands.js';
 import { exitOnClosedStdout, isMainModule } from './launch.js';
+import { TOKEN_ENV, readToken, runPageServer, type PageServerRun } from './page-server-cmd.js';
 import { criuVersion, PROCESS_IO } from './program.js';
 import { configureSmallProgram, runSmallProgram } from './small-program.js';
 
-export function buildPageServerProgram(io: CliIo): Command {
+interface RawOpts {
+  port: string;
+  address?: string;
+  imagesDir: string;
+  daemon?: boolean;
+  daemonChild?: boolean;
+  pidfile?: string;
+  token?: string;
+  tokenFile?: string;
+  prevImagesDir?: string;
+  logFile?: string;
+  verbosity?: string | boolean;
+}
+
+function parsePort(text: string): number {
+  if (!/^\d+$/.test(text) || Number(text) > 65535)
+    throw new UsageError(`Invalid value for --port: "${text}" is not a port number 0..65535`);
+  return Number(text);
+}
+
+export function buildPageServerProgram(io: CliIo, onDone: (code: number) => void = () => undefined): Command {
   return configureSmallProgram(new Command('page-server'), io)
     .description('receive dumped pages over TCP and write them into an images directory')
     .usage('--port N [--address A] -D DIR [options]')
     .version(`Version: ${criuVersion()}`, '-V, --version', 'print program version')
-    .requiredOption('--port <number>', 'port to listen on')
-    .option('--address <address>', 'address to listen on (default: all)')
+    .requiredOption('--port <number>', 'port to listen on (0: any free port, printed)')
+    .option('--address <address>', 'address to listen on (default: 127.0.0.1)')
     .requiredOption('-D, --images-dir <path>', 'directory the images are written to')
-    .option('-d, --daemon', 'run in the background')
+    .option('-d, --daemon', 'run in the background once listening')
+    .option('--pidfile <file>', "write the page server's pid into file")
     .option('--token <token>', 'pre-shared token the client must present')
     .option('--token-file <file>', 'read the token from the first line of file')
+    .option('--prev-images-dir <dir>', 'parent images, relative to the images directory')
     .option('-o, --log-file <file>', 'log file in the images directory (default page-server.log)')
     .option('-v, --verbosity [num]', 'log level 0..4 (default 2)')
-    .action(() => {
-      throw new NotImplementedError('page-server');
+    .addOption(new Option('--daemon-child').hideHelp())
+    .action(async (raw: RawOpts) => {
+      onDone(await runStandalone(raw, io));
     });
 }
 
-export function runPageServerCli(argv: readonly string[], io: CliIo = PROCESS_IO): Promise<number> {
-  return runSmallProgram('page-server', buildPageServerProgram(io), argv, io);
+async function runStandalone(raw: RawOpts, io: CliIo): Promise<number> {
+  const isChild = raw.daemonChild === true;
+  const report = (msg: object): void => {
+    if (isChild && process.send !== undefined) process.send(msg);
+  };
+  const level =
+    raw.verbosity === undefined || raw.verbosity === false
+      ? DEFAULT_LOG_LEVEL
+      : raw.verbosity === true
+        ? 1
+        : parseLogLevel(raw.verbosity);
+  if (level === null) throw new UsageError(`Invalid value for -v: "${String(raw.verbosity)}" is not a level 0..4`);
+  // Before the logger: it would create the directory for its file.
+  if (!statSync(raw.imagesDir, { throwIfNoEntry: false })?.isDirectory())
+    throw new ImageError(raw.imagesDir, 'the images directory does not exist', undefined, { isWrite: true });
+  const logger = createLogger({
+    level,
+    file: resolveLogFile('page-server', raw.logFile, raw.imagesDir),
+    isPerPid: false,
+    stderrWrite: io.stderr,
+  });
+  setLogger(logger);
+  try {
+    const token = isChild ? process.env[TOKEN_ENV] : await readToken(raw.token, raw.tokenFile);
+    const run: PageServerRun = {
+      imagesDir: raw.imagesDir,
+      port: parsePort(raw.port),
+      isDaemon: raw.daemon === true && !isChild,
+      logFile: logger.file,
+      logLevel: level,
+    };
+    if (raw.address !== undefined) run.address = raw.address;
+    if (token !== undefined && token !== '') run.token = token;
+    if (raw.prevImagesDir !== undefined) run.prevImagesDir = raw.prevImagesDir;
+    if (raw.pidfile !== undefined && !isChild) run.pidfile = raw.pidfile;
+    return await runPageServer(run, io, (port) => {
+      report({ port });
+      if (isChild) process.disconnect();
+    });
+  } catch (err) {
+    report({ error: describeError(err) });
+    // Into the log file only (the caller prints the one line on stderr).
+    if (logger.file !== null && logger.file !== '-') logger.msg(`Error (page-server): ${describeError(err)}`);
+    throw err;
+  } finally {
+    setLogger(null);
+    logger.close();
+  }
+}
+
+export async function runPageServerCli(argv: readonly string[], io: CliIo = PROCESS_IO): Promise<number> {
+  let code = 0;
+  const failed = await runSmallProgram('page-server', buildPageServerProgram(io, (c) => (code = c)), argv, io);
+  return failed !== 0 ? failed : code;
 }
 
 /** Run as the `page-server` executable: parse process.argv and set the exit code. */

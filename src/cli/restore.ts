@@ -19,6 +19,8 @@ export async function runRestore(opts: Options, _io: CliIo): Promise<number> {
     imagesDir: opts.imagesDir,
     isDetached: opts.restoreDetached,
     cpuCap: opts.cpuCap,
+    isShellJob: opts.shellJob,
+    autoDedup: opts.autoDedup,
     ...(opts.pidfile === undefined ? {} : { pidfile: opts.pidfile }),
   });
   if (result.exit === undefined) return 0;

@@ -7,29 +7,37 @@
  *   1. check: the task exists, has no children, and every fd is of a supported kind
  *   2. freeze: seize and stop every thread
  *   3. collect: mm and VMAs, fds, per-thread cores, fs, ids (in memory)
- *   4. memory: present pages copied into pages-1.img, pagemap-<pid>.img
+ *   4. memory: present pages copied into pages-1.img, pagemap-<pid>.img (or sent to a page
+ *      server); with a tracker and a parent image, unchanged pages are left to the parent
  *   5. write the images (temporary names, renamed on completion), inventory.img last
  *   6. end: kill the task (default), leave it running (-R) or stopped (-s)
  *   7. stats-dump
  */
 
 import { mkdir, readdir, unlink } from 'node:fs/promises';
-import { readlinkSync, statSync } from 'node:fs';
+import { existsSync, readlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { TaskError, UnsupportedError } from '../errors.js';
-import { imageFileName, writeImage, PAGE_SIZE, type ImageEntry } from '../images/index.js';
+import { imageFileName, writeImage, writeParentLink, PAGE_SIZE, type ImageEntry } from '../images/index.js';
 import { log } from '../log.js';
 import { readChildren, scanChildren } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
 import { checkFds, dumpFiles } from '../files/index.js';
 import { localImageSink } from '../files/image-sink.js';
+import type { FileOptions } from '../files/types.js';
+import { dumpDeletedMappings } from '../files/vma-ghost.js';
+import { removeLinkRemaps } from '../files/link-remap.js';
 import { dumpCpuinfo } from '../cpuinfo/index.js';
-import { findPageRuns, writePages } from '../mem/dump-pages.js';
+import type { DirtyTracker } from '../mem/track/index.js';
+import { dedupChain } from '../mem/dedup.js';
+import type { TrackerChoice } from '../kerndat/tracker.js';
 import { dumpTaskCore, dumpThread } from './core.js';
 import { freezeProcess, killProcess, resumeProcess, stopProcess, type FrozenProcess } from './freeze.js';
 import { dumpMm, dumpMmShmem, pathFileEntry } from './mm.js';
 import { dumpSeccomp } from './seccomp.js';
+import { decodeKnown, planMemory } from './memory.js';
+import { localPageSink, parentKnown, type PageSink } from './page-sink.js';
 
 export interface DumpOptions {
   pid: number;
@@ -40,6 +48,17 @@ export interface DumpOptions {
   signal?: AbortSignal;
   /** Called with bytes of memory written so far (progress). */
   onProgress?: (what: string, done: number, total: number) => void;
+  /** --prev-images-dir: the previous (pre-)dump, relative to imagesDir or absolute. */
+  prevImagesDir?: string;
+  /** --track-mem: use the memory tracker (also used when pre-dumps left one running). */
+  trackMem?: boolean;
+  tracker?: TrackerChoice;
+  /** --auto-dedup: punch the pages this dump supersedes out of the parent images. */
+  autoDedup?: boolean;
+  /** Where the task's pages go (default: files in imagesDir). */
+  sink?: PageSink;
+  /** -j/--shell-job, --link-remap, --evasive-devices: how the fd kinds treat terminals, unlinked files, devices. */
+  fileOptions?: FileOptions;
 }
 
 export interface DumpStats {
@@ -48,6 +67,7 @@ export interface DumpStats {
   memdumpTimeUs: number;
   memwriteTimeUs: number;
   pagesScanned: number;
+  pagesSkippedParent: number;
   pagesWritten: number;
 }
 
@@ -72,7 +92,7 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
       'process-tree',
       `Cannot dump task ${pid}: it has children (${children.join(', ')}); process trees are not supported yet`,
     );
-  checkFds(pid);
+  checkFds(pid, opts.fileOptions ?? {});
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
@@ -107,8 +127,14 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     memdumpTimeUs: 0,
     memwriteTimeUs: 0,
     pagesScanned: 0,
+    pagesSkippedParent: 0,
     pagesWritten: 0,
   };
+  const sink = opts.sink ?? localPageSink(dir);
+  let tracker: DirtyTracker | null = null;
+  // The files' shared state: one ghost table for the fds and the mappings (a deleted file open
+  // and mapped is one ghost), and the --link-remap links a failed dump removes.
+  const filesShared = new Map<string, unknown>();
   try {
     throwIfAborted(opts.signal);
     let nextId = 1;
@@ -129,18 +155,31 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     };
     log().debug('dump: files');
     const images = localImageSink(dir, () => nextPagesId++);
+    const addEntry = async (kind: string, entry: ImageEntry, extra?: Uint8Array): Promise<void> => {
+      if (kind === 'FILES') {
+        mm.files.push(entry); // a file entry another refers to (a FIFO's path, say)
+        return;
+      }
+      const list = extraImages.get(kind) ?? [];
+      list.push(extra === undefined ? { entry } : { entry, extra });
+      extraImages.set(kind, list);
+    };
+    const fileOptions = opts.fileOptions ?? {};
     const files = await dumpFiles(pid, frozen.leader, {
       allocId,
       images,
-      addEntry: async (kind, entry, extra) => {
-        if (kind === 'FILES') {
-          mm.files.push(entry); // a file entry another refers to (a FIFO's path, say)
-          return;
-        }
-        const list = extraImages.get(kind) ?? [];
-        list.push(extra === undefined ? { entry } : { entry, extra });
-        extraImages.set(kind, list);
-      },
+      options: fileOptions,
+      shared: filesShared,
+      addEntry,
+    });
+    await dumpDeletedMappings(pid, mm.deleted, {
+      pid,
+      injector: frozen.leader,
+      allocId,
+      images,
+      options: fileOptions,
+      shared: filesShared,
+      addEntry,
     });
     // Shared memory contents, after the fds: a mapped memfd may be open as an fd too.
     const memfdInodes = extraImages.get('MEMFD_INODE') ?? [];
@@ -171,25 +210,31 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
 
     log().debug('dump: memory');
     const tMem = nowUs();
-    const { runs, pagesScanned } = findPageRuns(pid, mm.vmas);
-    const totalBytes = runs.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
-    const pages = await writePages(
-      pid,
-      runs,
-      dir,
-      1,
-      (done) => opts.onProgress?.('memory', done, totalBytes),
-      opts.signal,
-    );
-    written.push('pages-1.img');
+    if (opts.trackMem === true || mayBeTracked(pid)) {
+      const track = await import('../mem/track/index.js');
+      if (opts.trackMem === true || track.trackingKept(pid) !== null)
+        tracker = await track.openTracker({ pid, injector: frozen.leader, choice: opts.tracker ?? 'auto' });
+    }
+    const hasParent = await sink.open(pid, opts.prevImagesDir);
+    const known =
+      hasParent && tracker !== null ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
+    const plan = await planMemory(pid, mm.vmas, tracker, known);
+    const totalBytes = plan.copy.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
+    const pages = await sink.writePages(pid, plan, {
+      running: false,
+      signal: opts.signal,
+      onProgress: (done) => opts.onProgress?.('memory', done, totalBytes),
+    });
     stats.memdumpTimeUs = nowUs() - tMem;
-    stats.pagesScanned = pagesScanned;
+    stats.pagesScanned = plan.pagesScanned;
+    stats.pagesSkippedParent = plan.pagesInParent;
     stats.pagesWritten = pages.pagesWritten;
     throwIfAborted(opts.signal);
 
     log().debug('dump: images');
     const tWrite = nowUs();
-    await write(`pagemap-${pid}.img`, 'PAGEMAP', [{ pages_id: 1 }, ...pages.entries]);
+    await sink.commit();
+    if (opts.prevImagesDir !== undefined && sink.isLocal) await writeParentLink(dir, opts.prevImagesDir);
     await write(`mm-${pid}.img`, 'MM', [mm.entry]);
     for (const { tid, core } of cores) await write(`core-${tid}.img`, 'CORE', [core]);
     await write('files.img', 'FILES', [...mm.files, ...files.files]);
@@ -230,12 +275,19 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     ]);
     stats.frozenTimeUs = nowUs() - tFrozen;
 
+    // Tracking ends with the final dump: the task is left as it was before the first pre-dump.
+    if (tracker !== null) await tracker.end();
+    tracker = null;
     const ending = frozen;
     frozen = null;
     if (opts.end === 'leave-running') resumeProcess(ending);
     else if (opts.end === 'leave-stopped') stopProcess(ending);
     else killProcess(ending);
   } catch (err) {
+    removeLinkRemaps(filesShared);
+    // collect re-armed the tracker: its state no longer describes the images, so it is dropped.
+    if (tracker !== null) await tracker.end().catch(() => undefined);
+    await sink.abort();
     if (frozen !== null) {
       try {
         resumeProcess(frozen);
@@ -255,14 +307,26 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
           memdump_time: stats.memdumpTimeUs,
           memwrite_time: stats.memwriteTimeUs,
           pages_scanned: stats.pagesScanned,
-          pages_skipped_parent: 0,
+          pages_skipped_parent: stats.pagesSkippedParent,
           pages_written: stats.pagesWritten,
           pages_lazy: 0,
         },
       },
     },
   ]);
+  if (opts.autoDedup === true && sink.isLocal && opts.prevImagesDir !== undefined) {
+    const saved = await dedupChain(dir);
+    log().info(`auto-dedup: ${saved} bytes punched out of the parent images`);
+  }
   return stats;
+}
+
+/**
+ * Whether pre-dumps may have left a tracker for `pid` (its state file exists): the tracker module
+ * is only loaded then.
+ */
+function mayBeTracked(pid: number): boolean {
+  return existsSync(`/run/criu-ts/track/${pid}.json`);
 }
 
 /** Remove what a failed dump wrote: every file that was not in the directory before it began. */

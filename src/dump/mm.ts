@@ -25,6 +25,7 @@ import type { Injector } from '../inject/injector.js';
 import { readAuxv, toSavedAuxv } from '../proc/auxv.js';
 import { readSmaps } from '../proc/smaps.js';
 import { readStat } from '../proc/stat.js';
+import type { DeletedMapping } from '../files/vma-ghost.js';
 import { classifyVma, VMA_AREA, type VmaInfo } from './vma.js';
 
 export interface MmDump {
@@ -32,6 +33,8 @@ export interface MmDump {
   vmas: VmaInfo[];
   /** reg file entries (file_entry with type REG) for the mapped files and the exe. */
   files: ImageEntry[];
+  /** Mappings of unlinked files: their reg entries need a ghost (src/files/vma-ghost.ts). */
+  deleted: DeletedMapping[];
 }
 
 const FD_TYPE_REG = 1;
@@ -63,17 +66,39 @@ export function dumpMm(pid: number, leader: Injector, allocId: () => number): Mm
     return id;
   };
 
+  // An unlinked mapped file has no path to stat: its inode is reached through map_files, and
+  // its contents are saved as a ghost once the fds are dumped (one reg entry per inode and mode).
+  const deleted: DeletedMapping[] = [];
+  const deletedFileId = (v: VmaInfo & { path: string }): number => {
+    const mapFile = `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
+    let st;
+    try {
+      st = statSync(mapFile, { bigint: true });
+    } catch (err) {
+      throw new UnsupportedError('vma-file', `Cannot dump the mapping of deleted file "${v.path}": ${mapFile}`, {
+        cause: err,
+      });
+    }
+    const key = `${v.fdflags}:deleted:${st.dev}:${st.ino}`;
+    const known = fileIds.get(key);
+    if (known !== undefined) return known;
+    const id = allocId();
+    fileIds.set(key, id);
+    files.push(pathFileEntry(id, v.path, v.fdflags, st));
+    deleted.push({ fileId: id, start: v.start, end: v.end, path: v.path });
+    return id;
+  };
+
   const vmas = smaps.map(classifyVma);
   const vmaEntries: ImageEntry[] = [];
   for (const v of vmas) {
-    if (v.isDeleted && v.path !== undefined && !v.path.startsWith('/memfd:'))
-      throw new UnsupportedError('vma-deleted', `Cannot dump the mapping of deleted file "${v.path}" yet`);
     const isMemfd = (v.status & VMA_AREA.MEMFD) !== 0;
     const isAnonShared = (v.status & VMA_AREA.ANON_SHARED) !== 0;
     // A memfd's shmid is the id of its MEMFD file entry, made by dumpMmShmem once the fds are
     // dumped (the same inode may be open as an fd too); shared anonymous memory's is its inode.
     let shmid = 0n;
     if (isAnonShared) shmid = BigInt(v.inode);
+    else if (v.path !== undefined && !isMemfd && v.isDeleted) shmid = BigInt(deletedFileId({ ...v, path: v.path }));
     else if (v.path !== undefined && !isMemfd) shmid = BigInt(fileId(v.path, v.fdflags));
     const e: ImageEntry = {
       start: v.start,
@@ -117,7 +142,7 @@ export function dumpMm(pid: number, leader: Injector, allocId: () => number): Mm
     dumpable,
     thp_disabled: thpDisabled,
   };
-  return { entry, vmas, files };
+  return { entry, vmas, files, deleted };
 }
 
 /**

@@ -17,7 +17,7 @@
  * descriptions of the same ghost are opened through /proc/self/fd of the first one.
  *
  * Limits, as CRIU's --ghost-limit default: contents up to 1 MiB; other file types (devices,
- * sockets, FIFOs) and files unlinked but still linked elsewhere (CRIU's --link-remap) are refused.
+ * sockets, FIFOs) are refused; files unlinked but still linked elsewhere need --link-remap (link-remap.ts).
  *
  * Kernel interfaces: pread(2) on the duplicate; open/pwrite/fchown/fchmod/futimes/unlink/mkdir/
  * rmdir from criu's process; openat(2) injected into the task.
@@ -48,6 +48,8 @@ import type { FdDumpInput, FileDumpContext, FileRestoreContext } from './types.j
 export const GHOST_LIMIT_BYTES = 1 << 20;
 /** remap_type.GHOST of proto/remap-file-path.proto. */
 export const REMAP_TYPE_GHOST = 1;
+/** remap_type.LINKED (link-remap.ts). */
+const REMAP_TYPE_LINKED = 0;
 
 const BLOCK = 4096;
 
@@ -80,9 +82,17 @@ export function dataChunks(data: Buffer): { off: number; len: number }[] {
 export async function dumpGhost(input: FdDumpInput, regId: number, ctx: FileDumpContext): Promise<void> {
   const st = input.stat;
   const type = Number(st.mode) & fsc.S_IFMT;
-  const what = `fd ${input.fd} of task ${input.pid} (${input.link})`;
+  const what =
+    input.fd < 0
+      ? `the mapping of ${input.link} in task ${input.pid}`
+      : `fd ${input.fd} of task ${input.pid} (${input.link})`;
   if (type !== fsc.S_IFREG && type !== fsc.S_IFDIR)
-    throw new UnsupportedError('ghost-file', `Cannot dump ${what}: an unlinked file of this type is not supported`);
+    throw new UnsupportedError(
+      'ghost-file',
+      type === fsc.S_IFCHR || type === fsc.S_IFBLK
+        ? `Cannot dump ${what}: the device node was deleted (use --evasive-devices)`
+        : `Cannot dump ${what}: an unlinked file of this type is not supported`,
+    );
   if (type === fsc.S_IFREG && st.size > BigInt(GHOST_LIMIT_BYTES))
     throw new UnsupportedError(
       'ghost-file',
@@ -131,8 +141,13 @@ function ghostRecords(input: FdDumpInput): ImageRecordOut[] {
 export async function ghostIdOf(regId: number, ctx: FileRestoreContext): Promise<number | undefined> {
   for (const { entry } of await ctx.entriesOf('REMAP_FPATH')) {
     if (Number(entry['orig_id']) !== regId) continue;
-    if (Number(entry['remap_type'] ?? 0) !== REMAP_TYPE_GHOST)
-      throw new UnsupportedError('link-remap', `Cannot restore reg file ${regId}: only ghost remaps are supported`);
+    const type = Number(entry['remap_type'] ?? 0);
+    if (type === REMAP_TYPE_LINKED) continue; // link-remap.ts
+    if (type !== REMAP_TYPE_GHOST)
+      throw new UnsupportedError(
+        'remap-procfs',
+        `Cannot restore reg file ${regId}: remaps of /proc files are not supported`,
+      );
     return Number(entry['remap_id']);
   }
   return undefined;
@@ -153,14 +168,14 @@ export async function restoreGhost(
   const first = firstOwners.get(ghostId);
   const firstFd = first === undefined ? undefined : ctx.fdOfFileId(first);
   if (firstFd !== undefined) return openInTask(ctx.injector, `/proc/self/fd/${firstFd}`, flags);
-
-  const file = imageFileName('GHOST_FILE', ghostId);
-  const { records } = await readImage(join(ctx.imagesDir, file), 'GHOST_FILE');
-  const [head, ...chunks] = records;
-  if (head === undefined) throw new ImageError(file, 'the ghost file image has no head entry', 8);
-  const mode = Number(head.entry['mode']);
-  const isDir = (mode & fsc.S_IFMT) === fsc.S_IFDIR;
-  const created = isDir ? createGhostDir(path, ghostId, mode) : createGhostFile(path, ghostId, head, chunks, file);
+  // Recreated already for a mapping (vma-ghost.ts), which removes it once every file is open.
+  const materialized = sharedMap<number, string>(ctx.shared, GHOSTS_MATERIALIZED).get(ghostId);
+  if (materialized !== undefined) {
+    const fd = openInTask(ctx.injector, materialized, flags);
+    firstOwners.set(ghostId, regId);
+    return fd;
+  }
+  const { created, isDir } = await createGhost(ghostId, path, ctx.imagesDir);
   try {
     const fd = await openInTask(ctx.injector, created, flags);
     firstOwners.set(ghostId, regId);
@@ -169,6 +184,28 @@ export async function restoreGhost(
     if (isDir) rmdirSync(created);
     else unlinkSync(created);
   }
+}
+
+/** shared-map key: ghost id → the path it was recreated at and left for others to open. */
+export const GHOSTS_MATERIALIZED = 'ghost.materialized';
+
+/**
+ * Recreate ghost `ghostId` (originally at `path`) from its image in `imagesDir`; returns the path
+ * used and whether it is a directory. The caller removes it.
+ */
+export async function createGhost(
+  ghostId: number,
+  path: string,
+  imagesDir: string,
+): Promise<{ created: string; isDir: boolean }> {
+  const file = imageFileName('GHOST_FILE', ghostId);
+  const { records } = await readImage(join(imagesDir, file), 'GHOST_FILE');
+  const [head, ...chunks] = records;
+  if (head === undefined) throw new ImageError(file, 'the ghost file image has no head entry', 8);
+  const mode = Number(head.entry['mode']);
+  const isDir = (mode & fsc.S_IFMT) === fsc.S_IFDIR;
+  const created = isDir ? createGhostDir(path, ghostId, mode) : createGhostFile(path, ghostId, head, chunks, file);
+  return { created, isDir };
 }
 
 /** Create the file at `path`, or at CRIU's ghost name when taken; returns the path used. */
@@ -231,7 +268,7 @@ function applyAttrs(fd: number, head: ImageEntry): void {
   if (atime !== undefined && mtime !== undefined) futimesSync(fd, atime, mtime);
 }
 
-function sharedMap<K, V>(shared: Map<string, unknown>, key: string): Map<K, V> {
+export function sharedMap<K, V>(shared: Map<string, unknown>, key: string): Map<K, V> {
   let m = shared.get(key) as Map<K, V> | undefined;
   if (m === undefined) {
     m = new Map<K, V>();

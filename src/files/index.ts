@@ -12,7 +12,7 @@ import type { Injector } from '../inject/injector.js';
 import * as sys from '../sys/native.js';
 import { listFds, readFdInput } from './collect.js';
 import { FD_KINDS } from './registry.js';
-import type { FdDumpInput, FdKindModule, FileDumpContext, FileRestoreContext } from './types.js';
+import type { FdDumpInput, FdKindModule, FileDumpContext, FileOptions, FileRestoreContext } from './types.js';
 
 const O_CLOEXEC = 0o2000000;
 const KCMP_FILE = 0;
@@ -33,7 +33,7 @@ function moduleFor(input: FdDumpInput): FdKindModule | undefined {
  * Check that every fd of the task is of a kind criu-ts can dump, without changing anything.
  * Throws UnsupportedError naming the first fd that is not.
  */
-export function checkFds(pid: number): void {
+export function checkFds(pid: number, options: FileOptions = {}): void {
   const pidfd = sys.pidfdOpen(pid, 0);
   try {
     for (const fd of listFds(pid)) {
@@ -44,11 +44,14 @@ export function checkFds(pid: number): void {
         continue; // closed meanwhile
       }
       try {
-        if (moduleFor(input) === undefined)
+        const mod = moduleFor(input);
+        if (mod === undefined)
           throw new UnsupportedError(
             'fd-kind',
             `Cannot dump fd ${fd} of task ${pid}: ${describeFdLink(input.link)} is not supported`,
           );
+        const refusal = mod.refusal?.(input, options);
+        if (refusal !== undefined) throw new UnsupportedError(`fd-kind-${mod.name}`, refusal);
       } finally {
         sys.close(input.localFd);
       }
@@ -69,13 +72,14 @@ export interface FilesDump {
 export async function dumpFiles(
   pid: number,
   injector: Injector,
-  ctx: Omit<FileDumpContext, 'injector' | 'pid' | 'shared'>,
+  ctx: Omit<FileDumpContext, 'injector' | 'pid' | 'shared'> & { shared?: Map<string, unknown> },
 ): Promise<FilesDump> {
   const pidfd = sys.pidfdOpen(pid, 0);
   const files: ImageEntry[] = [];
   const fdinfo: ImageEntry[] = [];
   const seen: { input: FdDumpInput; id: number; type: number }[] = [];
-  const full: FileDumpContext = { ...ctx, pid, injector, shared: new Map() };
+  // `shared` may come from the caller: the mm dump saves deleted mapped files as ghosts too.
+  const full: FileDumpContext = { ...ctx, pid, injector, shared: ctx.shared ?? new Map() };
   try {
     for (const fd of listFds(pid)) {
       const input = readFdInput(pid, pidfd, fd);
@@ -86,6 +90,11 @@ export async function dumpFiles(
           'fd-kind',
           `Cannot dump fd ${fd} of task ${pid}: ${describeFdLink(input.link)} is not supported`,
         );
+      }
+      const refusal = mod.refusal?.(input, ctx.options ?? {});
+      if (refusal !== undefined) {
+        sys.close(input.localFd);
+        throw new UnsupportedError(`fd-kind-${mod.name}`, refusal);
       }
       const same = seen.find(
         (s) =>
@@ -132,7 +141,7 @@ export async function restoreFiles(
   injector: Injector,
   files: readonly ImageEntry[],
   fdinfo: readonly ImageEntry[],
-  ctx: Omit<FileRestoreContext, 'injector' | 'fdOfFileId' | 'shared'>,
+  ctx: Omit<FileRestoreContext, 'injector' | 'fdOfFileId' | 'shared'> & { shared?: Map<string, unknown> },
   inheritFds: readonly { fd: number; key: string }[] = [],
 ): Promise<void> {
   const byId = new Map(files.map((f) => [Number(f['id']), f]));
@@ -142,7 +151,12 @@ export async function restoreFiles(
     fdsOf.set(id, [...(fdsOf.get(id) ?? []), e]);
   }
   const placed = new Map<number, number>();
-  const full: FileRestoreContext = { ...ctx, injector, fdOfFileId: (id) => placed.get(id), shared: new Map() };
+  const full: FileRestoreContext = {
+    ...ctx,
+    injector,
+    fdOfFileId: (id) => placed.get(id),
+    shared: ctx.shared ?? new Map(),
+  };
   const ids = [...fdsOf.keys()].sort((a, b) => order(byId.get(a)) - order(byId.get(b)) || a - b);
   for (const id of ids) {
     const entry = byId.get(id);

@@ -7,7 +7,9 @@
  *                    O_NONBLOCK, O_DIRECT, O_LARGEFILE...), pos, fown, name (the path, as in the
  *                    task's root), size (regular files only), mode (st_mode) }
  *
- * Unlinked files ("<path> (deleted)" with no link left) are dumped as ghosts: see ghost.ts.
+ * Unlinked files ("<path> (deleted)" with no link left) are dumped as ghosts: see ghost.ts; with
+ * --link-remap, linked back under a hidden name (link-remap.ts). With --evasive-devices a device
+ * node that was deleted or replaced is dumped by another path to the device (evasive.ts).
  *
  * Dump reads everything from outside: readlink and fdinfo (given), stat of the path through
  * /proc/PID/root to check that the name still leads to the same inode (else the fd is refused:
@@ -28,8 +30,10 @@ import { ImageError, UnsupportedError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_WRONLY } from '../kernel/constants.js';
 import { devMajor } from './dev.js';
+import { evasiveDeviceName } from './evasive.js';
 import { dumpFown, restoreFown } from './fown.js';
 import { DELETED_SUFFIX, dumpGhost, ghostIdOf, restoreGhost } from './ghost.js';
+import { dumpLinkRemap, finishLinkRemaps, linkedRemapOf, restoreLinked } from './link-remap.js';
 import { closeInTask, openInTask, seekInTask } from './task-io.js';
 import {
   FD_TYPES,
@@ -58,20 +62,24 @@ export function isRegKind(stat: BigIntStats): boolean {
   return type === fsc.S_IFCHR && !isTtyRdev(stat.rdev);
 }
 
+const isDeviceNode = (st: BigIntStats): boolean =>
+  fileType(st.mode) === fsc.S_IFCHR || fileType(st.mode) === fsc.S_IFBLK;
+
 /** A memfd's link: "/memfd:NAME (deleted)" (memfd.ts handles those). */
 export function isMemfdLink(link: string): boolean {
   return link.startsWith('/memfd:') && link.endsWith(DELETED_SUFFIX);
 }
 
 /** Is this fd an unlinked file? Throws for an unlinked name whose inode is still linked elsewhere. */
-function isGhost(input: FdDumpInput): boolean {
+function isGhost(input: FdDumpInput, isLinkRemap: boolean): boolean {
   if (!input.link.endsWith(DELETED_SUFFIX)) return false;
   // A real name may end in " (deleted)" too: believe the link count, then the name.
   if (input.stat.nlink === 0n) return true;
   if (sameInode(input, input.link)) return false;
+  if (isLinkRemap) return true;
   throw new UnsupportedError(
     'link-remap',
-    `Cannot dump fd ${input.fd} of task ${input.pid}: "${input.link}" was unlinked but still has other links (needs --link-remap, not supported)`,
+    `Cannot dump fd ${input.fd} of task ${input.pid}: "${input.link}" was unlinked but still has other links (use --link-remap)`,
   );
 }
 
@@ -97,12 +105,14 @@ export const regFile: FdKindModule = {
   },
 
   async dump(input: FdDumpInput, id: number, ctx: FileDumpContext): Promise<ImageEntry> {
-    const ghost = isGhost(input);
-    const name = ghost ? input.link.slice(0, -DELETED_SUFFIX.length) : input.link;
-    if (!ghost && !sameInode(input, name))
+    // --evasive-devices: a device node deleted or replaced is dumped by another path to the device.
+    const evasive = evasiveDeviceName(input, ctx.options ?? {});
+    const ghost = evasive === undefined && isGhost(input, ctx.options?.isLinkRemap === true);
+    const name = evasive ?? (ghost ? input.link.slice(0, -DELETED_SUFFIX.length) : input.link);
+    if (evasive === undefined && !ghost && !sameInode(input, name))
       throw new UnsupportedError(
         'reg-file-path',
-        `Cannot dump fd ${input.fd} of task ${input.pid}: "${name}" no longer leads to the open file (renamed over or mounted over)`,
+        `Cannot dump fd ${input.fd} of task ${input.pid}: "${name}" no longer leads to the open file (renamed over or mounted over)${isDeviceNode(input.stat) ? '; use --evasive-devices' : ''}`,
       );
     const reg: ImageEntry = {
       id,
@@ -116,7 +126,9 @@ export const regFile: FdKindModule = {
     const isLog = (input.fdinfo.flags & O_ACCMODE) === O_WRONLY && (input.fdinfo.flags & O_APPEND) !== 0;
     if (fileType(input.stat.mode) === fsc.S_IFREG && !isLog) reg['size'] = input.stat.size;
     reg['mode'] = Number(input.stat.mode);
-    if (ghost) await dumpGhost(input, id, ctx);
+    // --link-remap: linked back under a hidden name when the kernel allows (link-remap.ts), else a copy.
+    const isLinked = ghost && ctx.options?.isLinkRemap === true && (await dumpLinkRemap(input, id, name, ctx));
+    if (ghost && !isLinked) await dumpGhost(input, id, ctx);
     return { type: FD_TYPES.REG, id, reg };
   },
 
@@ -127,9 +139,14 @@ export const regFile: FdKindModule = {
     const id = Number(reg['id']);
     const name = String(reg['name']);
     const flags = Number(reg['flags']);
-    const ghostId = await ghostIdOf(id, ctx);
+    const linked = await linkedRemapOf(id, ctx);
+    const ghostId = linked === undefined ? await ghostIdOf(id, ctx) : undefined;
     const fd =
-      ghostId === undefined ? openInTask(ctx.injector, name, flags) : await restoreGhost(id, ghostId, name, flags, ctx);
+      linked !== undefined
+        ? restoreLinked(id, linked, name, flags, ctx)
+        : ghostId === undefined
+          ? openInTask(ctx.injector, name, flags)
+          : await restoreGhost(id, ghostId, name, flags, ctx);
     try {
       checkOpened(ctx.pid, fd, reg, ghostId !== undefined);
       seekInTask(ctx.injector, fd, BigInt(reg['pos'] as bigint));
@@ -139,6 +156,10 @@ export const regFile: FdKindModule = {
       throw err;
     }
     return fd;
+  },
+
+  async finishRestore(ctx: FileRestoreContext): Promise<void> {
+    finishLinkRemaps(ctx);
   },
 };
 

@@ -13,6 +13,7 @@ import { pipeFile } from './pipe.js';
 import { regFile } from './reg.js';
 import { signalfdFile } from './signalfd.js';
 import { timerfdFile } from './timerfd.js';
+import { ttyFile } from './tty.js';
 import type { FdKindModule } from './types.js';
 
 export const FD_KINDS: readonly FdKindModule[] = [
@@ -24,5 +25,6 @@ export const FD_KINDS: readonly FdKindModule[] = [
   signalfdFile,
   timerfdFile,
   inotifyFile,
+  ttyFile,
   regFile,
 ];

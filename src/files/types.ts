@@ -69,8 +69,20 @@ export interface FdDumpInput {
   localFd: number;
 }
 
+/** The CLI options the fd kind modules act on (dump and restore). */
+export interface FileOptions {
+  /** -j/--shell-job: terminals are the shell's, recorded on dump and taken from criu's stdin on restore. */
+  isShellJob?: boolean;
+  /** --link-remap: an unlinked file is linked back under a hidden name instead of copied. */
+  isLinkRemap?: boolean;
+  /** --evasive-devices: a device file whose path no longer leads to it is dumped by any path to the device. */
+  isEvasiveDevices?: boolean;
+}
+
 export interface FileDumpContext {
   pid: number;
+  /** The options of this dump (absent: all off). */
+  options?: FileOptions;
   /** A new file id, unique within files.img. */
   allocId(): number;
   /** Append an entry (and its raw payload) to the image of another kind, e.g. "PIPES_DATA". */
@@ -85,6 +97,8 @@ export interface FileDumpContext {
 
 export interface FileRestoreContext {
   pid: number;
+  /** The options of this restore (absent: all off). */
+  options?: FileOptions;
   /** Attached to the task being rebuilt: every fd is created by calls run inside it. */
   injector: Injector;
   imagesDir: string;
@@ -105,6 +119,11 @@ export interface FdKindModule {
   readonly restoreOrder: number;
   /** True when this module handles the fd. The orchestrator asks the modules in table order. */
   matches(input: FdDumpInput): boolean;
+  /**
+   * Why this fd cannot be dumped with these options (one line naming the fd and its kind), or
+   * undefined when it can. Asked before the task is frozen, so a refusal changes nothing. Optional.
+   */
+  refusal?(input: FdDumpInput, options: FileOptions): string | undefined;
   /**
    * Dump one open file description: return the `file_entry` (type, id = ctx.allocId() already
    * given in `id`, and the kind's sub-message). Throws UnsupportedError for a variant it cannot

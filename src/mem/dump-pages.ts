@@ -111,13 +111,16 @@ export async function writePages(
   pagesId: number,
   onProgress?: (bytesDone: number) => void,
   signal?: AbortSignal,
-): Promise<{ entries: ImageEntry[]; pagesWritten: number }> {
+  /** The task runs meanwhile (pre-dump): pages unmapped since the plan are written as zeros. */
+  tolerateGone = false,
+): Promise<{ entries: ImageEntry[]; pagesWritten: number; pagesGone: number }> {
   const final = path.join(dir, `pages-${pagesId}.img`);
   const tmp = path.join(dir, `.pages-${pagesId}.img.tmp-${process.pid}`);
   const fh: FileHandle = await open(tmp, 'wx', 0o600);
   const buffers = [Buffer.allocUnsafe(CHUNK_BYTES), Buffer.allocUnsafe(CHUNK_BYTES)];
   let pending: Promise<unknown> = Promise.resolve();
   let written = 0;
+  let gone = 0;
   let turn = 0;
   try {
     for (const batch of batches(runs)) {
@@ -132,9 +135,15 @@ export async function writePages(
         bytes += r.nrPages * PAGE_SIZE;
       });
       // The previous write must be done before its buffer is refilled (two turns later).
-      const got = await sys.processVmReadvAsync(pid, buf, 0, iov);
-      if (got !== bytes)
-        throw new TaskError(pid, `Cannot read the memory of task ${pid}: got ${got} of ${bytes} bytes`);
+      const got = await sys.processVmReadvAsync(pid, buf, 0, iov).catch((err: unknown) => {
+        if (tolerateGone && isErrno(err, 'EFAULT', 'ENOMEM')) return 0;
+        throw err;
+      });
+      if (got !== bytes) {
+        if (!tolerateGone)
+          throw new TaskError(pid, `Cannot read the memory of task ${pid}: got ${got} of ${bytes} bytes`);
+        gone += readPageByPage(pid, buf, batch, got);
+      }
       await pending;
       pending = writeAll(fh, buf, bytes);
       // Its failure is awaited at the next turn; meanwhile it must not count as unhandled.
@@ -159,7 +168,37 @@ export async function writePages(
     flags: PE_PRESENT,
     nr_pages: BigInt(r.nrPages),
   }));
-  return { entries, pagesWritten: written / PAGE_SIZE };
+  return { entries, pagesWritten: written / PAGE_SIZE, pagesGone: gone };
+}
+
+/**
+ * After a short process_vm_readv of a running task (a range was unmapped meanwhile), read the rest
+ * of the batch page by page from byte `from` on; pages that cannot be read are zeroed. Their
+ * contents do not matter: the range is gone or mapped anew, which the next collect reports whole.
+ * Returns the pages zeroed.
+ */
+function readPageByPage(pid: number, buf: Buffer, batch: readonly PageRun[], from: number): number {
+  let zeroed = 0;
+  let off = 0;
+  const iov = new BigUint64Array(2);
+  for (const r of batch) {
+    for (let i = 0; i < r.nrPages; i++, off += PAGE_SIZE) {
+      if (off < from) continue;
+      iov[0] = r.vaddr + BigInt(i) * PAGE;
+      iov[1] = PAGE;
+      let n = 0;
+      try {
+        n = sys.processVmReadv(pid, buf.subarray(off, off + PAGE_SIZE), 0, iov);
+      } catch (err) {
+        if (!isErrno(err, 'EFAULT', 'ENOMEM')) throw err;
+      }
+      if (n !== PAGE_SIZE) {
+        buf.fill(0, off, off + PAGE_SIZE);
+        zeroed++;
+      }
+    }
+  }
+  return zeroed;
 }
 
 /**

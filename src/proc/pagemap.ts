@@ -52,6 +52,11 @@ import * as sys from '../sys/native.js';
 const HI_PRESENT = 1 << 31;
 const HI_SWAP = 1 << 30;
 const HI_FILE = 1 << 29;
+/** Bit 57: the page (or the pte marker of an empty page) is uffd write-protected. */
+const HI_UFFD_WP = 1 << 25;
+/** A swap entry's type (bits 0-4); pte markers use the last type, which no swap device gets. */
+const SWP_TYPE_MASK = 0x1f;
+const SWP_PTE_MARKER = 0x1f;
 /** PFN bits 32-54 live in the low 23 bits of the high word. */
 const HI_PFN_MASK = 0x7fffff;
 
@@ -111,6 +116,10 @@ export function appendPagemapRuns(
   for (let i = 0; i < nrEntries; i++) {
     const hi = words[2 * i + 1] as number;
     let isWanted = (hi & (HI_PRESENT | HI_SWAP)) !== 0;
+    // A uffd-wp pte marker (a tracked task's empty page) reads as a swap entry: no data there.
+    if (isWanted && (hi & (HI_PRESENT | HI_SWAP | HI_UFFD_WP)) === (HI_SWAP | HI_UFFD_WP)) {
+      if (((words[2 * i] as number) & SWP_TYPE_MASK) === SWP_PTE_MARKER) isWanted = false;
+    }
     if (isWanted && skipFile && (hi & HI_FILE) !== 0) isWanted = false;
     if (
       isWanted &&
@@ -252,6 +261,15 @@ export function scanPagemapRuns(
     for (let r = 0; r < res.nrRegions; r++) {
       let first = ((halves[r * W + 1] as number) * 0x100000000 + (halves[r * W] as number)) / PAGE_SIZE;
       const last = ((halves[r * W + 3] as number) * 0x100000000 + (halves[r * W + 2] as number)) / PAGE_SIZE;
+      // Swapped without being present: real swap, or the uffd-wp pte markers a dirty-memory
+      // tracker leaves on empty pages, which the scan cannot tell apart. The entries can.
+      if (((halves[r * W + 4] as number) & Number(PAGE_IS_PRESENT)) === 0) {
+        const n = runs.length;
+        if (n >= 2) first = Math.max(first, (runs[n - 2] as number) + (runs[n - 1] as number));
+        if (last > first)
+          readPagemapRuns(fd, BigInt(first) * BigInt(PAGE_SIZE), BigInt(last) * BigInt(PAGE_SIZE), filter, runs);
+        continue;
+      }
       // A full vector may end past walkEnd (see the header): keep only what is new.
       const n = runs.length;
       if (n >= 2) first = Math.max(first, (runs[n - 2] as number) + (runs[n - 1] as number));

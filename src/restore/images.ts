@@ -4,18 +4,11 @@
  * that leaves nothing behind.
  */
 
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { ImageError, UnsupportedError } from '../errors.js';
-import {
-  imageFileName,
-  pagemapRun,
-  PAGE_SIZE,
-  PE_PARENT,
-  PE_PRESENT,
-  readImage,
-  type ImageEntry,
-} from '../images/index.js';
+import { imageFileName, readImage, type ImageEntry } from '../images/index.js';
+import { PageChain, type PageSource } from '../mem/page-chain.js';
 
 export interface RestoreImages {
   dir: string;
@@ -25,8 +18,10 @@ export interface RestoreImages {
   cores: Map<number, ImageEntry>;
   threads: number[];
   mm: ImageEntry;
-  pagemap: ImageEntry[];
-  pagesId: number;
+  /** Where each dumped page of the task is (this image or a parent), in address order. */
+  pages: PageSource[];
+  /** The same for each pagemap-shmem-<shmid>.img, by file name. */
+  shmemPages: Map<string, PageSource[]>;
   files: ImageEntry[];
   fdinfo: ImageEntry[];
   fs: ImageEntry;
@@ -51,27 +46,12 @@ async function single(dir: string, name: string, kind: string): Promise<ImageEnt
 }
 
 /**
- * The pages image a pagemap reads from must exist and hold every page the pagemap says it does
- * (else the restore would stop half-way, with the process already created). Pages in a parent
- * image are refused here too, for the same reason.
+ * Where the pages of a pagemap are, across the parent chain: every pages file must exist and
+ * hold every page its pagemap says, and every PE_PARENT page must be found further back (else
+ * the restore would stop half-way, with the process already created).
  */
-function checkPagesImage(dir: string, pagemapName: string, runs: readonly ImageEntry[], pagesId: number): void {
-  const pagesName = `pages-${pagesId}.img`;
-  let bytes = 0;
-  for (const e of runs) {
-    const run = pagemapRun(e);
-    if ((run.flags & PE_PARENT) !== 0)
-      throw new UnsupportedError('parent-images', `Cannot restore pages from a parent image yet (${pagemapName})`);
-    if ((run.flags & PE_PRESENT) !== 0) bytes += run.nrPages * PAGE_SIZE;
-  }
-  const file = path.join(dir, pagesName);
-  if (!existsSync(file)) {
-    if (bytes === 0) return;
-    throw new ImageError(pagesName, 'the pages image is missing');
-  }
-  const size = statSync(file).size;
-  if (size < bytes)
-    throw new ImageError(pagesName, `the file has ${size} bytes, ${pagemapName} needs ${bytes}: it is truncated`);
+async function pageSources(dir: string, pagemapName: string): Promise<PageSource[]> {
+  return (await PageChain.open(dir, pagemapName)).sources();
 }
 
 export async function loadImages(dir: string): Promise<RestoreImages> {
@@ -97,15 +77,12 @@ export async function loadImages(dir: string): Promise<RestoreImages> {
   }
   if (cores.get(pid)?.['tc'] === undefined) throw new ImageError(`core-${pid}.img`, 'the task core (tc) is missing');
   const mm = await single(dir, `mm-${pid}.img`, 'MM');
-  const pagemapAll = await entries(dir, `pagemap-${pid}.img`, 'PAGEMAP');
-  const head = pagemapAll[0];
-  if (head === undefined) throw new ImageError(`pagemap-${pid}.img`, 'the pagemap head is missing');
-  const pagesId = Number(head['pages_id']);
-  checkPagesImage(dir, `pagemap-${pid}.img`, pagemapAll.slice(1), pagesId);
-  for (const name of readdirSync(dir).filter((n) => /^pagemap-shmem-\d+\.img$/.test(n))) {
-    const shmem = await entries(dir, name, 'PAGEMAP');
-    checkPagesImage(dir, name, shmem.slice(1), Number(shmem[0]?.['pages_id']));
-  }
+  const pagemapName = `pagemap-${pid}.img`;
+  if (!existsSync(path.join(dir, pagemapName))) throw new ImageError(pagemapName, 'the image is missing');
+  const pages = await pageSources(dir, pagemapName);
+  const shmemPages = new Map<string, PageSource[]>();
+  for (const name of readdirSync(dir).filter((n) => /^pagemap-shmem-\d+\.img$/.test(n)))
+    shmemPages.set(name, await pageSources(dir, name));
   const ids = await single(dir, `ids-${pid}.img`, 'IDS');
   const files = await entries(dir, 'files.img', 'FILES');
   const fdinfoName = `fdinfo-${Number(ids['files_id'] ?? 2)}.img`;
@@ -123,8 +100,8 @@ export async function loadImages(dir: string): Promise<RestoreImages> {
     cores,
     threads,
     mm,
-    pagemap: pagemapAll.slice(1),
-    pagesId,
+    pages,
+    shmemPages,
     files,
     fdinfo,
     fs,

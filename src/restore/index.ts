@@ -25,9 +25,12 @@ import { log } from '../log.js';
 import * as sys from '../sys/native.js';
 import { SIGSTOP, __WALL } from '../kernel/constants.js';
 import { restoreFiles } from '../files/index.js';
+import { checkTtyRestore } from '../files/tty.js';
+import { prepareDeletedMappings, removeMaterializedGhosts } from '../files/vma-ghost.js';
 import { loadImages } from './images.js';
 import { restoreSeccomp } from './seccomp.js';
 import { restoreCreds } from './creds.js';
+import { punchRestored } from '../mem/dedup.js';
 import { dumpedVmas, restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
 import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES } from './stub.js';
 import {
@@ -56,8 +59,12 @@ export interface RestoreOptions {
   /** --inherit-fd fd[N]:KEY: criu's fd N stands for the dumped file KEY ("pipe:[ID]" or a path). */
   inheritFds?: readonly { fd: number; key: string }[];
   pidfile?: string;
+  /** -j/--shell-job: terminals come from criu's stdin; the task stays in criu's session. */
+  isShellJob?: boolean;
   /** Called once the task runs (before waiting for it). */
   onRunning?: (pid: number) => void;
+  /** --auto-dedup: once the task runs, its pages are punched out of the images (they are spent). */
+  autoDedup?: boolean;
 }
 
 export interface RestoreResult {
@@ -97,6 +104,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (name === undefined) throw new ImageError('files.img', `file ${id} is missing`);
     return name;
   };
+  checkTtyRestore(img.files, { isShellJob: opts.isShellJob === true });
   try {
     sys.kill(pid, 0);
     throw new TaskError(pid, `Cannot restore task ${pid}: PID ${pid} is in use`);
@@ -108,13 +116,28 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const leader = stub.injector;
   const threads: Injector[] = [];
   let pagesRestored: number;
+  // The files' shared state, from before the memory: deleted mapped files are recreated for the
+  // VMAs and opened by the fds of the same ghost, then removed (vma-ghost.ts).
+  const filesShared = new Map<string, unknown>();
   try {
+    const ghostPaths = await prepareDeletedMappings(
+      img.mm,
+      await img.extras('REMAP_FPATH'),
+      regNames,
+      img.dir,
+      filesShared,
+    );
     log().debug('restore: memory');
-    pagesRestored = (await restoreMemory(leader, img.mm, img.pagemap, img.dir, img.pagesId, fileName)).pagesRestored;
+    pagesRestored = (
+      await restoreMemory(leader, img.mm, img.pages, img.dir, (id) => ghostPaths.get(id) ?? fileName(id))
+    ).pagesRestored;
     log().debug('restore: vdso');
     restoreVdso(leader, img.mm, pid);
     log().debug('restore: mm fields');
     restoreMmFields(leader, img.mm, fileName(Number(img.mm['exe_file_id'])));
+    // The session before the files: a terminal's foreground group (tty.ts) needs the task's own.
+    if (Number(img.pstree['sid']) === pid) leader.syscallOrThrow('setsid', []);
+    else if (Number(img.pstree['pgid']) === pid) leader.syscallOrThrow('setpgid', [0n, 0n]);
     log().debug('restore: files');
     await restoreFiles(
       leader,
@@ -123,16 +146,17 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       {
         pid,
         imagesDir: img.dir,
+        options: { isShellJob: opts.isShellJob === true },
+        shared: filesShared,
         entriesOf: async (kind) => (kind === 'FILES' ? img.files.map((entry) => ({ entry })) : img.extras(kind)),
       },
       opts.inheritFds ?? [],
     );
+    removeMaterializedGhosts(filesShared);
     log().debug('restore: memfd mappings');
     await restoreMemfdMappings(leader, pid, img.mm, img.files, img.fdinfo, img.dir, (kind) => img.extras(kind));
     log().debug('restore: fs and misc');
     restoreProcessMisc(leader, tc, img.fs, fileName);
-    if (Number(img.pstree['sid']) === pid) leader.syscallOrThrow('setsid', []);
-    else if (Number(img.pstree['pgid']) === pid) leader.syscallOrThrow('setpgid', [0n, 0n]);
     log().debug('restore: signals');
     restoreSigactions(leader, tc);
     restoreTimers(leader, tc);
@@ -196,6 +220,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       }
     }
     killStub(pid);
+    removeMaterializedGhosts(filesShared);
     throw err;
   }
   // -s/--leave-stopped: the stop is queued before the threads go, so they stop at once.
@@ -222,6 +247,13 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       },
     },
   ]).catch((err: unknown) => log().warn(`Cannot write stats-restore: ${String(err)}`));
+  if (opts.autoDedup === true) {
+    try {
+      log().info(`auto-dedup: ${punchRestored(img.pages)} bytes of restored pages punched out of the images`);
+    } catch (err) {
+      log().warn(`auto-dedup: cannot punch the restored pages: ${String(err)}`);
+    }
+  }
   opts.onRunning?.(pid);
   if (opts.isDetached) return { pid };
   const res = await sys.waitpidAsync(pid, 0, -1);

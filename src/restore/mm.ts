@@ -13,7 +13,8 @@
 import { existsSync, fchmodSync, fchownSync, ftruncateSync } from 'node:fs';
 import path from 'node:path';
 import { ImageError, UnsupportedError } from '../errors.js';
-import { PE_PARENT, PE_PRESENT, PagesReader, pagemapRun, readPagemap, type ImageEntry } from '../images/index.js';
+import { PE_PRESENT, PagesReader, readPagemap, type ImageEntry } from '../images/index.js';
+import type { PageSource } from '../mem/page-chain.js';
 import type { Injector } from '../inject/injector.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import { log } from '../log.js';
@@ -71,13 +72,11 @@ export function dumpedVmas(mm: ImageEntry): { start: bigint; end: bigint }[] {
 }
 
 /** Which VMAs (by index) get pages from the pagemap: they are mapped writable while filled. */
-function vmasWithPages(vmas: readonly Vma[], pagemap: readonly ImageEntry[]): Set<number> {
+function vmasWithPages(vmas: readonly Vma[], pages: readonly PageSource[]): Set<number> {
   const out = new Set<number>();
   const order = vmas.map((_, i) => i).sort((a, b) => ((vmas[a] as Vma).start < (vmas[b] as Vma).start ? -1 : 1));
   let k = 0;
-  for (const e of pagemap) {
-    const run = pagemapRun(e);
-    if ((run.flags & PE_PRESENT) === 0) continue;
+  for (const run of pages) {
     const end = run.vaddr + BigInt(run.nrPages) * PAGE;
     while (k < order.length && (vmas[order[k] as number] as Vma).end <= run.vaddr) k++;
     for (let j = k; j < order.length && (vmas[order[j] as number] as Vma).start < end; j++) out.add(order[j] as number);
@@ -85,34 +84,48 @@ function vmasWithPages(vmas: readonly Vma[], pagemap: readonly ImageEntry[]): Se
   return out;
 }
 
-/** pread64 the runs of `runs` (in image order) from a pages file open in the task as `fd`. */
-function fillRuns(
-  inj: Injector,
-  fd: bigint,
-  pagesName: string,
-  runs: readonly { vaddr: bigint; nrPages: number; fileOffset: bigint }[],
-): number {
-  let pages = 0;
+/**
+ * pread64 each run into place from its pages file, opened in the task (one open per file: a
+ * chain of pre-dumps spreads the pages over several). Returns the pages filled.
+ */
+function fillRuns(inj: Injector, runs: readonly PageSource[]): number {
+  const byFile = new Map<string, PageSource[]>();
   for (const r of runs) {
-    const len = BigInt(r.nrPages) * PAGE;
-    // Faulting the pages in one call first is several times faster than letting the copy fault
-    // them one by one (measured here: 1 GiB in 1.3-4.2 s instead of 5.6-10.5 s); worth its
-    // injected call on large runs only. Kernels before 5.14 refuse it (EINVAL): then the copy
-    // faults them, as before.
-    if (r.nrPages >= POPULATE_MIN_PAGES) inj.syscall(SYSCALLS_X86_64.madvise, [r.vaddr, len, MADV_POPULATE_WRITE]);
-    for (let done = 0n; done < len;) {
-      const n = inj.syscallOrThrow('pread64', [fd, r.vaddr + done, len - done, r.fileOffset + done]);
-      if (n === 0n)
-        throw new ImageError(
-          pagesName,
-          `the file ends before page 0x${(r.vaddr + done).toString(16)}`,
-          Number(r.fileOffset + done),
-        );
-      done += n;
+    const list = byFile.get(r.file);
+    if (list === undefined) byFile.set(r.file, [r]);
+    else list.push(r);
+  }
+  let pages = 0;
+  for (const [file, list] of byFile) {
+    const fd = BigInt(openInTask(inj, path.resolve(file), O_RDONLY));
+    inj.resetScratch();
+    try {
+      for (const r of list) pages += fillRun(inj, fd, path.basename(file), r);
+    } finally {
+      inj.syscallOrThrow('close', [fd]);
     }
-    pages += r.nrPages;
   }
   return pages;
+}
+
+function fillRun(inj: Injector, fd: bigint, pagesName: string, r: PageSource): number {
+  const len = BigInt(r.nrPages) * PAGE;
+  // Faulting the pages in one call first is several times faster than letting the copy fault
+  // them one by one (measured here: 1 GiB in 1.3-4.2 s instead of 5.6-10.5 s); worth its
+  // injected call on large runs only. Kernels before 5.14 refuse it (EINVAL): then the copy
+  // faults them, as before.
+  if (r.nrPages >= POPULATE_MIN_PAGES) inj.syscall(SYSCALLS_X86_64.madvise, [r.vaddr, len, MADV_POPULATE_WRITE]);
+  for (let done = 0n; done < len;) {
+    const n = inj.syscallOrThrow('pread64', [fd, r.vaddr + done, len - done, r.fileOffset + done]);
+    if (n === 0n)
+      throw new ImageError(
+        pagesName,
+        `the file ends before page 0x${(r.vaddr + done).toString(16)}`,
+        Number(r.fileOffset + done),
+      );
+    done += n;
+  }
+  return r.nrPages;
 }
 
 /**
@@ -130,8 +143,8 @@ async function fillShmemMapping(
   const pagemapPath = path.join(imagesDir, shmemPagemapFileName(shmid));
   if (!existsSync(pagemapPath)) return 0; // all zeros
   const { pagesId, runs } = await readPagemap(pagemapPath);
-  const pagesName = `pages-${pagesId}.img`;
-  const wanted: { vaddr: bigint; nrPages: number; fileOffset: bigint }[] = [];
+  const file = path.resolve(imagesDir, `pages-${pagesId}.img`);
+  const wanted: PageSource[] = [];
   let fileOffset = 0n;
   for (const r of runs) {
     if ((r.flags & PE_PRESENT) === 0) continue;
@@ -143,17 +156,11 @@ async function fillShmemMapping(
         vaddr: start + (from - objOffset),
         nrPages: Number((to - from) / PAGE),
         fileOffset: fileOffset + (from - r.vaddr),
+        file,
       });
     fileOffset += BigInt(r.nrPages) * PAGE;
   }
-  if (wanted.length === 0) return 0;
-  const fd = BigInt(openInTask(inj, path.resolve(imagesDir, pagesName), O_RDONLY));
-  try {
-    return fillRuns(inj, fd, pagesName, wanted);
-  } finally {
-    inj.syscallOrThrow('close', [fd]);
-    inj.resetScratch();
-  }
+  return fillRuns(inj, wanted);
 }
 
 /**
@@ -167,13 +174,12 @@ async function fillShmemMapping(
 export async function restoreMemory(
   inj: Injector,
   mm: ImageEntry,
-  pagemap: readonly ImageEntry[],
+  pages: readonly PageSource[],
   imagesDir: string,
-  pagesId: number,
   fileName: (id: number) => string,
 ): Promise<{ pagesRestored: number }> {
   const vmas = ((mm['vmas'] as ImageEntry[] | undefined) ?? []).map(toVma);
-  const withPages = vmasWithPages(vmas, pagemap);
+  const withPages = vmasWithPages(vmas, pages);
   const mappedProt = new Map<number, bigint>();
   let restored = 0;
   // 1. map (and fill shared anonymous memory, whose pages are not in the task's pagemap)
@@ -200,27 +206,8 @@ export async function restoreMemory(
       inj.resetScratch();
     }
   }
-  // 2. fill: one pread64 per pagemap run, straight from the pages file into place
-  const pagesName = `pages-${pagesId}.img`;
-  const runs: { vaddr: bigint; nrPages: number; fileOffset: bigint }[] = [];
-  let offset = 0n;
-  for (const e of pagemap) {
-    const run = pagemapRun(e);
-    if ((run.flags & PE_PARENT) !== 0)
-      throw new UnsupportedError('parent-images', 'Cannot restore pages from a parent image yet');
-    if ((run.flags & PE_PRESENT) === 0) continue;
-    runs.push({ vaddr: run.vaddr, nrPages: run.nrPages, fileOffset: offset });
-    offset += BigInt(run.nrPages) * PAGE;
-  }
-  if (runs.length > 0) {
-    const pagesFd = BigInt(openInTask(inj, path.resolve(imagesDir, pagesName), O_RDONLY));
-    inj.resetScratch();
-    try {
-      restored += fillRuns(inj, pagesFd, pagesName, runs);
-    } finally {
-      inj.syscallOrThrow('close', [pagesFd]);
-    }
-  }
+  // 2. fill: one pread64 per run, straight from the pages files (this image's and its parents') into place
+  restored += fillRuns(inj, pages);
   // 3. protections and advice
   for (let i = 0; i < vmas.length; i++) {
     const v = vmas[i] as Vma;

@@ -21,6 +21,7 @@ export type {
   Rlimit,
   WaitidResult,
   WaitpidResult,
+  SockAddr,
 } from '../../native/index.js';
 
 /** The build outputs tried, in order, below the package root. */
@@ -120,4 +121,14 @@ export const {
   getsockopt,
   cpuid,
   xgetbv,
+  bind,
+  listen,
+  accept4Async,
+  connectAsync,
+  shutdown,
+  getsockname,
+  getpeername,
+  recvAsync,
+  writevAllAsync,
+  spliceAllAsync,
 } = native;

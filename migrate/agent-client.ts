@@ -1,0 +1,235 @@
+/**
+ * The controller's end of the control channel (protocol.ts): connect to an agent, prove the token
+ * and check the agent's proof, then typed requests (agent-api.ts) with per-request timeouts.
+ *
+ * A dead agent is noticed two ways: a closed connection rejects every pending request at once,
+ * and a ping every `keepaliveMs` without a pong before the next one cuts a connection whose peer
+ * vanished without a FIN (a host whose network went away). Either way the error is a
+ * ProtocolError naming the agent and the operation that was pending.
+ */
+
+import WebSocket from 'ws';
+
+import { CriuError, ProtocolError, type ErrorCode } from '../src/errors.js';
+import { AgentBase, type AgentOp } from './agent-api.js';
+import {
+  MAX_MESSAGE_BYTES,
+  PROTOCOL_VERSION,
+  clientMac,
+  decodeMessage,
+  encodeMessage,
+  macEqual,
+  makeNonce,
+  parseHostPort,
+  serverMac,
+  type OpName,
+  type ParamsOf,
+  type ResultOf,
+} from './protocol.js';
+
+const ERROR_CODES: readonly string[] = [
+  'ESYSCALL',
+  'EIMAGE',
+  'EPROTOCOL',
+  'EUNSUPPORTED',
+  'EUSAGE',
+  'ETASK',
+  'ENOTIMPL',
+] satisfies ErrorCode[];
+
+/** An operation the agent ran and that failed there: the agent's code and message. */
+export class AgentError extends CriuError {
+  readonly agent: string;
+  readonly op: string;
+
+  constructor(agent: string, op: string, code: string, message: string) {
+    super(ERROR_CODES.includes(code) ? (code as ErrorCode) : 'EPROTOCOL', `Agent ${agent}: ${op} failed: ${message}`);
+    this.agent = agent;
+    this.op = op;
+  }
+}
+
+export interface ConnectOptions {
+  /** Connecting and authenticating; default 10 s. */
+  connectTimeoutMs?: number;
+  /** Default per-request timeout (0: none); default 60 s. */
+  requestTimeoutMs?: number;
+  /** Ping interval; a missing pong by the next one drops the connection. Default 5 s. */
+  keepaliveMs?: number;
+}
+
+interface Pending {
+  op: OpName;
+  resolve: (result: unknown) => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout | undefined;
+}
+
+export class AgentClient extends AgentBase {
+  readonly name: string;
+  private readonly ws: WebSocket;
+  private readonly pending = new Map<number, Pending>();
+  private readonly requestTimeoutMs: number;
+  private nextId = 1;
+  private closedReason: string | null = null;
+  private keepalive: NodeJS.Timeout | undefined;
+
+  private constructor(name: string, ws: WebSocket, opts: ConnectOptions) {
+    super();
+    this.name = name;
+    this.ws = ws;
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? 60_000;
+  }
+
+  /** Connect to the agent at `target` ("ADDR:PORT") and authenticate with `token`. */
+  static async connect(target: string, token: string, opts: ConnectOptions = {}): Promise<AgentClient> {
+    const where = parseHostPort(target);
+    if (typeof where === 'string') throw new CriuError('EUSAGE', `Invalid agent address: ${where}`);
+    const host = where.address.includes(':') ? `[${where.address}]` : where.address;
+    const timeoutMs = opts.connectTimeoutMs ?? 10_000;
+    const ws = new WebSocket(`ws://${host}:${where.port}/`, {
+      maxPayload: MAX_MESSAGE_BYTES,
+      handshakeTimeout: timeoutMs,
+    });
+    const client = new AgentClient(target, ws, opts);
+    const challenge = new Promise<Uint8Array>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new ProtocolError(target, `no challenge within ${timeoutMs} ms`, 'connect'));
+        ws.terminate();
+      }, timeoutMs);
+      ws.once('message', (data: WebSocket.RawData) => {
+        clearTimeout(timer);
+        const msg = decodeMessage(toBuffer(data));
+        if (typeof msg === 'string' || msg.kind !== 'challenge')
+          return reject(new ProtocolError(target, 'the first message is not a challenge', 'connect'));
+        if (msg.protocol !== PROTOCOL_VERSION)
+          return reject(
+            new ProtocolError(
+              target,
+              `protocol version ${msg.protocol}, this controller speaks ${PROTOCOL_VERSION}`,
+              'connect',
+            ),
+          );
+        resolve(msg.nonce);
+        ws.on('message', (d: WebSocket.RawData) => client.onMessage(d));
+      });
+      ws.once('error', (err) => {
+        clearTimeout(timer);
+        reject(new ProtocolError(target, `cannot connect: ${err.message}`, 'connect', { cause: err }));
+      });
+      ws.once('close', (code) => {
+        clearTimeout(timer);
+        reject(new ProtocolError(target, `the agent closed the connection (${code})`, 'connect'));
+      });
+    });
+    ws.on('close', (code, reason) => client.onClose(`the agent closed the connection (${code} ${reason.toString()})`));
+    ws.on('error', (err) => client.onClose(`connection error: ${err.message}`));
+    let agentNonce: Uint8Array;
+    try {
+      agentNonce = await challenge;
+    } catch (err) {
+      ws.terminate();
+      throw err;
+    }
+    const nonce = makeNonce();
+    try {
+      const { mac } = await client.send('auth', { mac: clientMac(token, agentNonce), nonce }, timeoutMs);
+      if (!macEqual(mac, serverMac(token, nonce)))
+        throw new ProtocolError(target, 'the agent does not know the token (its proof is wrong)', 'auth');
+    } catch (err) {
+      ws.terminate();
+      if (err instanceof AgentError)
+        throw new ProtocolError(target, 'the agent refused the token', 'auth', { cause: err });
+      throw err;
+    }
+    client.startKeepalive(opts.keepaliveMs ?? 5000);
+    return client;
+  }
+
+  call<K extends AgentOp>(op: K, params: ParamsOf<K>, timeoutMs?: number): Promise<ResultOf<K>> {
+    return this.send(op, params, timeoutMs ?? this.requestTimeoutMs);
+  }
+
+  async close(): Promise<void> {
+    if (this.keepalive !== undefined) clearInterval(this.keepalive);
+    if (this.ws.readyState === WebSocket.CLOSED) return;
+    await new Promise<void>((done) => {
+      const timer = setTimeout(() => this.ws.terminate(), 1000);
+      this.ws.once('close', () => {
+        clearTimeout(timer);
+        done();
+      });
+      this.ws.close(1000, 'done');
+    });
+  }
+
+  private send<K extends OpName>(op: K, params: ParamsOf<K>, timeoutMs: number): Promise<ResultOf<K>> {
+    if (this.closedReason !== null) return Promise.reject(new ProtocolError(this.name, this.closedReason, op));
+    const id = this.nextId++;
+    return new Promise<ResultOf<K>>((resolve, reject) => {
+      const timer =
+        timeoutMs > 0
+          ? setTimeout(() => {
+              this.pending.delete(id);
+              reject(new ProtocolError(this.name, `no answer within ${timeoutMs} ms`, op));
+            }, timeoutMs)
+          : undefined;
+      this.pending.set(id, { op, resolve: resolve as (r: unknown) => void, reject, timer });
+      this.ws.send(encodeMessage({ kind: 'request', id, op, params }), (err) => {
+        if (err !== undefined && err !== null)
+          this.settle(id, new ProtocolError(this.name, `cannot send: ${err.message}`, op));
+      });
+    });
+  }
+
+  private onMessage(data: WebSocket.RawData): void {
+    const msg = decodeMessage(toBuffer(data));
+    if (typeof msg === 'string' || msg.kind !== 'response') {
+      this.onClose(`the agent broke the protocol: ${typeof msg === 'string' ? msg : `unexpected ${msg.kind}`}`);
+      this.ws.terminate();
+      return;
+    }
+    const p = this.pending.get(msg.id);
+    if (p === undefined) return; // timed out already
+    if (msg.ok) this.settle(msg.id, null, msg.result);
+    else this.settle(msg.id, new AgentError(this.name, p.op, msg.error.code, msg.error.message));
+  }
+
+  private settle(id: number, err: Error | null, result?: unknown): void {
+    const p = this.pending.get(id);
+    if (p === undefined) return;
+    this.pending.delete(id);
+    if (p.timer !== undefined) clearTimeout(p.timer);
+    if (err === null) p.resolve(result);
+    else p.reject(err);
+  }
+
+  /** The connection is gone: every pending request fails, naming its op. */
+  private onClose(reason: string): void {
+    this.closedReason ??= reason;
+    if (this.keepalive !== undefined) clearInterval(this.keepalive);
+    for (const [id, p] of [...this.pending])
+      this.settle(id, new ProtocolError(this.name, `${reason} while waiting`, p.op));
+  }
+
+  private startKeepalive(intervalMs: number): void {
+    let isAlive = true;
+    this.ws.on('pong', () => (isAlive = true));
+    this.keepalive = setInterval(() => {
+      if (!isAlive) {
+        this.onClose(`no answer to a ping within ${intervalMs} ms (the agent or its host is gone)`);
+        this.ws.terminate();
+        return;
+      }
+      isAlive = false;
+      this.ws.ping();
+    }, intervalMs);
+    this.keepalive.unref();
+  }
+}
+
+function toBuffer(data: WebSocket.RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}

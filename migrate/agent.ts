@@ -1,0 +1,243 @@
+/**
+ * The agent: `criu-migrate agent --listen ADDR:PORT --token-file F [-D DIR]`. It runs on each
+ * host of a migration and does there what the controller asks (agent-ops.ts: page servers,
+ * restores, small image files), over the WebSocket control channel of protocol.ts.
+ *
+ * Security: the listen address is always explicit (0.0.0.0 only when given as such); a client
+ * must pass the challenge-response of protocol.ts before any other request, or the agent answers
+ * with an error and closes the connection; MACs are compared in constant time; the token is never
+ * logged, and reaches page servers through a file, never an argv. Whoever holds the token can make
+ * the agent restore any images, that is run any code as the agent's user (root): treat the token
+ * like a root password, and the control channel as unencrypted (run it on a trusted network or a
+ * tunnel; the token itself never crosses the wire).
+ *
+ * SIGTERM/SIGINT: stop listening, close every connection, stop the page servers and restores this
+ * agent started (restored tasks keep running), exit 0.
+ */
+
+import { readFile } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { resolve } from 'node:path';
+import { WebSocketServer, type RawData, type WebSocket } from 'ws';
+
+import { CriuError, ProtocolError, UsageError, describeError } from '../src/errors.js';
+import { createLogger, log, setLogger, type LogLevel } from '../src/log.js';
+import { AgentOps, DEFAULT_IMAGES_ROOT } from './agent-ops.js';
+import {
+  CLOSE_AUTH,
+  CLOSE_PROTOCOL,
+  MAX_MESSAGE_BYTES,
+  PROTOCOL_VERSION,
+  clientMac,
+  decodeMessage,
+  encodeMessage,
+  macEqual,
+  makeNonce,
+  parseHostPort,
+  serverMac,
+  type AuthParams,
+  type Message,
+  type RequestMessage,
+} from './protocol.js';
+
+/** A client that has not authenticated within this long is dropped. */
+const AUTH_TIMEOUT_MS = 10_000;
+
+export interface AgentServerOptions {
+  address: string;
+  /** 0 picks a free port. */
+  port: number;
+  token: string;
+  imagesRoot: string;
+  /** Handed to page servers as --token-file. */
+  tokenFile?: string;
+  /** argv of criu before its subcommand (tests); default the repo's bin/criu.js. */
+  criuCommand?: readonly string[];
+  authTimeoutMs?: number;
+}
+
+export class AgentServer {
+  readonly address: string;
+  readonly port: number;
+  private readonly wss: WebSocketServer;
+  private readonly ops: AgentOps;
+  private readonly token: string;
+  private readonly authTimeoutMs: number;
+
+  private constructor(wss: WebSocketServer, ops: AgentOps, opts: AgentServerOptions) {
+    this.wss = wss;
+    this.ops = ops;
+    this.token = opts.token;
+    this.authTimeoutMs = opts.authTimeoutMs ?? AUTH_TIMEOUT_MS;
+    const info = wss.address() as AddressInfo;
+    this.address = info.address;
+    this.port = info.port;
+    wss.on('connection', (ws, req) => this.serve(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
+  }
+
+  /** Create the images root and listen; resolves once listening. */
+  static async listen(opts: AgentServerOptions): Promise<AgentServer> {
+    if (opts.token === '') throw new UsageError('The agent token is empty');
+    const ops = new AgentOps({
+      imagesRoot: opts.imagesRoot,
+      pageServerAddress: opts.address,
+      ...(opts.tokenFile === undefined ? {} : { tokenFile: opts.tokenFile }),
+      ...(opts.criuCommand === undefined ? {} : { criuCommand: opts.criuCommand }),
+    });
+    await ops.init();
+    const wss = await new Promise<WebSocketServer>((done, fail) => {
+      const s = new WebSocketServer({ host: opts.address, port: opts.port, maxPayload: MAX_MESSAGE_BYTES });
+      s.once('listening', () => done(s));
+      s.once('error', (err) =>
+        fail(new CriuError('EUSAGE', `Cannot listen on ${opts.address}:${opts.port}: ${err.message}`, { cause: err })),
+      );
+    });
+    return new AgentServer(wss, ops, opts);
+  }
+
+  /** Stop listening, drop every client, stop the page servers and restores in flight. */
+  async close(): Promise<void> {
+    for (const ws of this.wss.clients) ws.close(1001, 'agent shutting down');
+    const closed = new Promise<void>((done) => this.wss.close(() => done()));
+    await this.ops.close();
+    // Clients that do not finish the closing handshake in time are cut.
+    const timer = setTimeout(() => {
+      for (const ws of this.wss.clients) ws.terminate();
+    }, 1000);
+    await closed;
+    clearTimeout(timer);
+  }
+
+  private serve(ws: WebSocket, peer: string): void {
+    const nonce = makeNonce();
+    let isAuthenticated = false;
+    log().info(`agent: connection from ${peer}`);
+    const send = (msg: Message): void => {
+      if (ws.readyState === ws.OPEN) ws.send(encodeMessage(msg));
+    };
+    const refuse = (id: number, reason: string): void => {
+      log().warn(`agent: refused ${peer}: ${reason}`);
+      send({ kind: 'response', id, ok: false, error: { code: 'EPROTOCOL', message: reason } });
+      ws.close(CLOSE_AUTH, 'authentication failed');
+    };
+    const authTimer = setTimeout(() => {
+      if (!isAuthenticated) {
+        log().warn(`agent: ${peer} did not authenticate in time`);
+        ws.close(CLOSE_AUTH, 'authentication timeout');
+      }
+    }, this.authTimeoutMs);
+    ws.on('close', () => clearTimeout(authTimer));
+    ws.on('error', (err) => log().warn(`agent: connection ${peer}: ${err.message}`));
+
+    ws.on('message', (data: RawData, isBinary: boolean) => {
+      const msg = isBinary ? decodeMessage(toBuffer(data)) : 'a text frame';
+      if (typeof msg === 'string' || msg.kind !== 'request') {
+        const why = typeof msg === 'string' ? msg : `unexpected ${msg.kind} message`;
+        log().warn(`agent: ${peer} broke the protocol: ${why}`);
+        ws.close(isAuthenticated ? CLOSE_PROTOCOL : CLOSE_AUTH, why.slice(0, 120));
+        return;
+      }
+      if (!isAuthenticated) {
+        if (msg.op !== 'auth') return refuse(msg.id, `Authenticate first: "${msg.op}" before auth`);
+        const params = msg.params as AuthParams;
+        // The MAC is checked in constant time; the token is never logged, even on failure.
+        if (!macEqual(params.mac, clientMac(this.token, nonce))) return refuse(msg.id, 'The token is wrong');
+        isAuthenticated = true;
+        clearTimeout(authTimer);
+        log().info(`agent: ${peer} authenticated`);
+        send({ kind: 'response', id: msg.id, ok: true, result: { mac: serverMac(this.token, params.nonce) } });
+        return;
+      }
+      if (msg.op === 'auth') {
+        send({
+          kind: 'response',
+          id: msg.id,
+          ok: false,
+          error: { code: 'EPROTOCOL', message: 'Already authenticated' },
+        });
+        return;
+      }
+      void this.run(msg, send);
+    });
+
+    send({ kind: 'challenge', protocol: PROTOCOL_VERSION, nonce });
+  }
+
+  private async run(msg: RequestMessage, send: (m: Message) => void): Promise<void> {
+    const op = msg.op as Exclude<typeof msg.op, 'auth'>;
+    try {
+      const result = await this.ops.handle(op, msg.params as never);
+      send({ kind: 'response', id: msg.id, ok: true, result });
+    } catch (err) {
+      const code = err instanceof CriuError ? err.code : 'EPROTOCOL';
+      const message =
+        err instanceof CriuError ? describeError(err) : `The agent failed on ${op}: ${describeError(err)}`;
+      log().warn(`agent: ${op} failed: ${message}`);
+      send({ kind: 'response', id: msg.id, ok: false, error: { code, message } });
+    }
+  }
+}
+
+function toBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+/** The first line of a token file; the error never quotes the file's content. */
+export async function readTokenFile(file: string): Promise<string> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`Cannot read --token-file "${file}": ${(err as Error).message}`);
+  }
+  const token = text.split('\n')[0]?.replace(/\r$/, '') ?? '';
+  if (token === '') throw new UsageError(`Invalid --token-file "${file}": its first line is empty`);
+  return token;
+}
+
+export interface RunAgentOptions {
+  /** ADDR:PORT, as given to --listen. */
+  listen: string;
+  tokenFile: string;
+  imagesDir?: string;
+  logLevel?: LogLevel;
+  /** Where the "listening" line goes (stdout). */
+  out?: (text: string) => void;
+}
+
+/**
+ * `criu-migrate agent`: listen, print "Agent listening on ADDR:PORT", serve until SIGTERM or
+ * SIGINT, return the exit code.
+ */
+export async function runAgent(opts: RunAgentOptions): Promise<number> {
+  const where = parseHostPort(opts.listen);
+  if (typeof where === 'string') throw new UsageError(`Invalid --listen: ${where}`);
+  const tokenFile = resolve(opts.tokenFile);
+  const token = await readTokenFile(tokenFile);
+  if (opts.logLevel !== undefined) setLogger(createLogger({ level: opts.logLevel, file: '-', isPerPid: false }));
+  const server = await AgentServer.listen({
+    address: where.address,
+    port: where.port,
+    token,
+    tokenFile,
+    imagesRoot: opts.imagesDir ?? DEFAULT_IMAGES_ROOT,
+  });
+  const shown = server.address.includes(':') ? `[${server.address}]` : server.address;
+  (opts.out ?? ((s: string) => process.stdout.write(s)))(`Agent listening on ${shown}:${server.port}\n`);
+  await new Promise<void>((done) => {
+    const stop = (sig: NodeJS.Signals): void => {
+      log().info(`agent: ${sig}: shutting down`);
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      done();
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+  await server.close().catch((err: unknown) => {
+    throw new ProtocolError('agent', describeError(err));
+  });
+  return 0;
+}

@@ -1,0 +1,140 @@
+/**
+ * `criu page-server -D DIR --port N [--address A] [-d] [--pidfile F] [--prev-images-dir D]
+ * [--token T | --token-file F]`, and the engine the standalone `page-server` shares: listen, serve
+ * one client until CLOSE (src/pageserver/server.ts), exit 0 once every image is in place.
+ *
+ * -d/--daemon: the command returns only once the server listens (a script may connect as soon as
+ * it returns): it starts a detached copy of the standalone `page-server` that listens, reports
+ * ready over an IPC channel, and serves on alone; the command then writes --pidfile with that
+ * copy's pid and exits 0. The token reaches the copy through its environment, not its argv.
+ */
+
+import { spawn } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { UsageError } from '../errors.js';
+import { log, resolveLogFile, type LogLevel } from '../log.js';
+import { PageServer } from '../pageserver/server.js';
+import type { CliIo } from './commands.js';
+import type { Options } from './options.js';
+
+/** The environment variable a daemon copy receives its token in. */
+export const TOKEN_ENV = 'CRIU_TS_PAGE_SERVER_TOKEN';
+
+/** Everything a page-server run needs, whichever command line it came from. */
+export interface PageServerRun {
+  imagesDir: string;
+  address?: string;
+  port: number;
+  token?: string;
+  prevImagesDir?: string;
+  isDaemon: boolean;
+  pidfile?: string;
+  /** Absolute log path, '-' for stderr, null for none: handed to a daemon copy. */
+  logFile: string | null;
+  logLevel: LogLevel;
+}
+
+/** --token, or the first line of --token-file. */
+export async function readToken(token: string | undefined, tokenFile: string | undefined): Promise<string | undefined> {
+  if (token !== undefined && tokenFile !== undefined)
+    throw new UsageError('Options --token and --token-file exclude each other');
+  if (tokenFile === undefined) {
+    if (token === '') throw new UsageError('Invalid value for --token: the token is empty');
+    return token;
+  }
+  const text = await readFile(tokenFile, 'utf8').catch((err: unknown) => {
+    throw new UsageError(`Cannot read --token-file "${tokenFile}": ${(err as Error).message}`);
+  });
+  const line = text.split('\n')[0]?.replace(/\r$/, '') ?? '';
+  if (line === '') throw new UsageError(`Invalid --token-file "${tokenFile}": its first line is empty`);
+  return line;
+}
+
+/** `criu page-server`: the Options of criu(8) mapped to a run. */
+export async function runPageServerCmd(opts: Options, io: CliIo): Promise<number> {
+  if (opts.port === undefined) throw new UsageError('page-server needs a port: --port N (0 picks a free one)');
+  const token = await readToken(opts.token, opts.tokenFile);
+  const run: PageServerRun = {
+    imagesDir: opts.imagesDir,
+    port: opts.port,
+    isDaemon: opts.daemon,
+    logFile: resolveLogFile('page-server', opts.logFile, opts.workDir),
+    logLevel: opts.logLevel,
+  };
+  if (opts.address !== undefined) run.address = opts.address;
+  if (token !== undefined) run.token = token;
+  if (opts.prevImagesDir !== undefined) run.prevImagesDir = opts.prevImagesDir;
+  if (opts.pidfile !== undefined) run.pidfile = resolve(opts.workDir, opts.pidfile);
+  return runPageServer(run, io);
+}
+
+/** Serve one session (or, with isDaemon, start a copy that does and return once it listens). */
+export async function runPageServer(run: PageServerRun, io: CliIo, onListening?: (port: number) => void): Promise<number> {
+  if (run.isDaemon) return startDaemon(run, io);
+  const server = await PageServer.listen({
+    imagesDir: run.imagesDir,
+    port: run.port,
+    ...(run.address === undefined ? {} : { address: run.address }),
+    ...(run.token === undefined ? {} : { token: run.token }),
+    ...(run.prevImagesDir === undefined ? {} : { prevImagesDir: run.prevImagesDir }),
+  });
+  if (run.port === 0) io.stdout(`Page server listening on ${server.address}:${server.port}\n`);
+  if (run.pidfile !== undefined) await writeFile(run.pidfile, `${process.pid}\n`);
+  onListening?.(server.port);
+  const summary = await server.serve();
+  log().info(
+    `page-server: stored ${summary.files.join(', ')} (${summary.nrPagesReceived} pages with data, ` +
+      `${summary.nrPagesRecorded} without, ${summary.bytesReceived} bytes)`,
+  );
+  return 0;
+}
+
+/** The standalone page-server's entry module, as a command for node (under tsx when run from src). */
+function daemonCommand(): { execArgv: string[]; script: string } {
+  const self = fileURLToPath(import.meta.url);
+  const isTs = self.endsWith('.ts');
+  const script = self.replace(/page-server-cmd\.(ts|js)$/, isTs ? 'page-server.ts' : 'page-server.js');
+  return { execArgv: isTs ? ['--import', 'tsx'] : [], script };
+}
+
+/** Start a detached page server, wait until it listens, write the pidfile, return 0. */
+async function startDaemon(run: PageServerRun, io: CliIo): Promise<number> {
+  const { execArgv, script } = daemonCommand();
+  const args = ['-D', resolve(run.imagesDir), '--port', String(run.port), '-v', String(run.logLevel), '--daemon-child'];
+  if (run.address !== undefined) args.push('--address', run.address);
+  if (run.prevImagesDir !== undefined) args.push('--prev-images-dir', run.prevImagesDir);
+  if (run.logFile !== null && run.logFile !== '-') args.push('-o', run.logFile);
+  const env = { ...process.env };
+  delete env[TOKEN_ENV];
+  if (run.token !== undefined) env[TOKEN_ENV] = run.token;
+  // The copy's stdout and stderr are /dev/null (it outlives this command's terminal); until it
+  // listens it reports over the IPC channel: {port} when ready, {error} when it cannot start.
+  const child = spawn(process.execPath, [...execArgv, script, ...args], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
+    env,
+  });
+  const ready = await new Promise<{ port: number } | { error: string }>((resolveReady) => {
+    child.on('message', (m: unknown) => {
+      const msg = m as { port?: unknown; error?: unknown };
+      if (typeof msg.port === 'number') resolveReady({ port: msg.port });
+      else resolveReady({ error: typeof msg.error === 'string' ? msg.error : 'it sent a bad message' });
+    });
+    child.on('exit', (code, sig) => resolveReady({ error: `it exited (${sig ?? code ?? '?'}) before listening` }));
+    child.on('error', (err) => resolveReady({ error: err.message }));
+  });
+  if ('error' in ready) {
+    child.kill('SIGKILL');
+    io.stderr(`Error (criu): The page server did not start: ${ready.error}\n`);
+    return 1;
+  }
+  if (run.pidfile !== undefined) await writeFile(run.pidfile, `${child.pid}\n`);
+  if (run.port === 0) io.stdout(`Page server listening on port ${ready.port}\n`);
+  // Let the copy live on alone: no channel, no reference keeping this process up.
+  child.disconnect();
+  child.unref();
+  return 0;
+}

@@ -1,0 +1,44 @@
+/**
+ * `criu dump|pre-dump --page-server`: the task's pages go to a page server (ours or CRIU's) over
+ * its TCP protocol (src/pageserver/client.ts) instead of into pages-1.img; the other images stay
+ * local, as in CRIU. The server writes pagemap-<pid>.img and pages-<n>.img into its own
+ * directory and keeps the parent chain (its --prev-images-dir); OPEN2 tells whether it has one.
+ */
+
+import { log } from '../log.js';
+import { PageServerClient } from '../pageserver/client.js';
+import { pageServerDest } from './memory.js';
+import type { PageSink } from './page-sink.js';
+
+export interface PageServerTarget {
+  address: string;
+  port: number;
+  token?: string;
+  timeoutMs?: number;
+}
+
+export async function connectPageServerSink(target: PageServerTarget): Promise<PageSink> {
+  const client = await PageServerClient.connect(target);
+  log().info(`Sending pages to the page server at ${client.peer}`);
+  return {
+    isLocal: false,
+    async open(pid) {
+      return (await client.open({ type: 'task', id: pid })).hasParent;
+    },
+    async writePages(pid, plan, opts) {
+      const res = await client.sendPagemap(pid, plan.entries, {
+        isRunning: opts.running,
+        ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+        ...(opts.onProgress === undefined ? {} : { onProgress: opts.onProgress }),
+      });
+      if (res.nrPagesGone > 0) log().info(`${res.nrPagesGone} pages were unmapped during the copy (zeros sent)`);
+      return { pagesWritten: res.nrPagesSent };
+    },
+    commit: () => client.close(),
+    abort: () => {
+      client.abort();
+      return Promise.resolve();
+    },
+    destination: () => pageServerDest(target.address, target.port),
+  };
+}

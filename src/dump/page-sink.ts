@@ -1,0 +1,105 @@
+/**
+ * Where a (pre-)dump's task pages go: files in the images directory (pagemap-<pid>.img and
+ * pages-1.img), or a page server (src/pageserver/client.ts) that writes them into its own
+ * directory. The dumper plans the pagemap (src/dump/memory.ts) and hands it to a sink; nothing
+ * is complete before commit(), and abort() leaves no trace.
+ */
+
+import { existsSync } from 'node:fs';
+import { readdir, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import { pagemapEntry, writeImage } from '../images/index.js';
+import { log } from '../log.js';
+import { writePages } from '../mem/dump-pages.js';
+import { localDest, type KnownState, type MemoryPlan } from './memory.js';
+
+export interface WritePagesOptions {
+  /** The task runs during the copy (pre-dump). */
+  running: boolean;
+  signal?: AbortSignal | undefined;
+  onProgress?: (bytesDone: number) => void;
+}
+
+export interface PageSink {
+  readonly isLocal: boolean;
+  /** Begin the task's pagemap; true when the destination has the parent image pages may refer to. */
+  open(pid: number, prevImagesDir: string | undefined): Promise<boolean>;
+  /** Copy the planned pages from the task and record the whole pagemap. */
+  writePages(pid: number, plan: MemoryPlan, opts: WritePagesOptions): Promise<{ pagesWritten: number }>;
+  /** Make the pages part of the image (rename into place; page server: CLOSE and its reply). */
+  commit(): Promise<void>;
+  /** Forget everything written since open. */
+  abort(): Promise<void>;
+  /** The destination's name for the tracker's known state. */
+  destination(dir: string): string;
+}
+
+/** Pages as files in `dir`: pages-1.img (copied data) and pagemap-<pid>.img (written on commit). */
+export function localPageSink(dir: string): PageSink {
+  let pending: { pid: number; plan: MemoryPlan } | null = null;
+  const written: string[] = [];
+  return {
+    isLocal: true,
+    open(_pid, prev) {
+      if (prev === undefined) return Promise.resolve(false);
+      const parent = path.resolve(dir, prev);
+      const ok = existsSync(path.join(parent, 'inventory.img'));
+      if (!ok) log().warn(`The previous images directory ${parent} holds no dump: every page is copied`);
+      return Promise.resolve(ok);
+    },
+    async writePages(pid, plan, opts) {
+      const res = await writePages(pid, plan.copy, dir, 1, opts.onProgress, opts.signal, opts.running);
+      written.push('pages-1.img');
+      if (res.pagesGone > 0) log().info(`${res.pagesGone} pages were unmapped during the copy (zeros written)`);
+      pending = { pid, plan };
+      return { pagesWritten: res.pagesWritten };
+    },
+    async commit() {
+      if (pending === null) return;
+      const name = `pagemap-${pending.pid}.img`;
+      await writeImage(path.join(dir, name), 'PAGEMAP', [
+        { entry: { pages_id: 1 } },
+        ...pending.plan.entries.map((r) => ({ entry: pagemapEntry(r) })),
+      ]);
+      written.push(name);
+      pending = null;
+    },
+    async abort() {
+      for (const name of written) await unlink(path.join(dir, name)).catch(() => undefined);
+    },
+    destination: (d) => localDest(d) ?? `dir:${path.resolve(d)}`,
+  };
+}
+
+/**
+ * The known state, if it is valid for the parent this dump continues: for local images, made by
+ * the iteration that wrote exactly that directory; for a page server, made by an iteration that
+ * sent to a page server (which said it has the parent).
+ */
+export function parentKnown(
+  state: KnownState | null,
+  sink: PageSink,
+  prevImagesDir: string | undefined,
+  dir: string,
+): KnownState | null {
+  if (state === null) return null;
+  if (sink.isLocal) {
+    if (prevImagesDir === undefined) return null;
+    const want = localDest(path.resolve(dir, prevImagesDir));
+    if (want !== state.dest) {
+      log().warn('The memory tracker was last used for another image: every present page is copied');
+      return null;
+    }
+    return state;
+  }
+  return state.dest.startsWith('ps:') ? state : null;
+}
+
+/** Remove what a failed dump wrote: every file that was not in the directory before it began. */
+export async function removeNew(dir: string, before: ReadonlySet<string>): Promise<void> {
+  const left = await readdir(dir).catch(() => [] as string[]);
+  for (const name of left) {
+    if (before.has(name) || name.endsWith('.log')) continue;
+    await unlink(path.join(dir, name)).catch(() => undefined);
+  }
+}

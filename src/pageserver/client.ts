@@ -1,0 +1,361 @@
+/**
+ * The sending side of the page server (`criu dump|pre-dump --page-server`): connects to a page
+ * server (ours or CRIU's), opens a pagemap per task, sends its page records, and ends with CLOSE.
+ *
+ * Data path: pages are read from the target with process_vm_readv into two pooled native Buffers
+ * (CHUNK_BYTES each) on the thread pool, and each batch goes out with a single writev of its
+ * headers and data, also on the thread pool, while the next batch is being read. Memory use is
+ * 2 × CHUNK_BYTES whatever the size of the target; no page byte is touched by JavaScript.
+ *
+ * Kernel interfaces: process_vm_readv(2), socket/connect/writev/recv (native/net.cc).
+ *
+ * Not for concurrent use: one call at a time (await each), as the protocol is a single stream.
+ */
+
+import { ProtocolError, TaskError, isErrno } from '../errors.js';
+import { PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT } from '../images/index.js';
+import * as sys from '../sys/native.js';
+import {
+  AUTH_ACCEPTED,
+  PS_IOV_SIZE,
+  addIov,
+  closeIov,
+  controlIov,
+  decodeI32Reply,
+  decodeOpen2Reply,
+  encodeAuth,
+  encodeIov,
+  type Dst,
+} from './protocol.js';
+import { Connection, DEFAULT_ADDRESS } from './socket.js';
+
+/** Bytes read from the target per batch (and size of each of the two pooled buffers). */
+export const CHUNK_BYTES = 4 << 20;
+/** Runs per batch at most (IOV_MAX of process_vm_readv and writev). */
+const MAX_RUNS = 512;
+/** Pages per ADD_F record at most (1 GiB): the server merges consecutive records anyway. */
+const MAX_RECORD_PAGES = 1 << 18;
+
+/** A run of pages: [vaddr, vaddr + nrPages × 4096). Same shape as src/mem's PageRun. */
+export interface PageRunLike {
+  readonly vaddr: bigint;
+  readonly nrPages: number;
+}
+
+/** One pagemap record to send: PE_PRESENT (data read from the task), PE_PARENT or PE_LAZY. */
+export interface PageRecord extends PageRunLike {
+  readonly flags: number;
+}
+
+export interface SendProgress {
+  /** Called after each batch with the page bytes sent so far by this call. */
+  onProgress?: (bytesDone: number) => void;
+  /** Stops between two batches (the session is then unusable: abort() it). */
+  signal?: AbortSignal;
+}
+
+/**
+ * Where a dump's pages go, as an interface the dump code can hold instead of local files. The
+ * contract: open() a pagemap, then give its records in increasing address order (present runs,
+ * parent runs, lazy runs, any mix, never overlapping), then open() the next one; close() once at
+ * the end commits everything. Until close() resolves nothing counts as stored; after any
+ * rejection the sink is broken: call abort().
+ */
+export interface PageSink {
+  /** Start the pagemap of `dst` (a task: its id in the images; shmem: the shmid). */
+  open(dst: Dst): Promise<{ hasParent: boolean }>;
+  /**
+   * A whole pagemap (or the next part of it) in address order: PE_PRESENT records with data read
+   * straight from process `pid` (the real pid), PE_PARENT / PE_LAZY records without data.
+   */
+  sendPagemap(
+    pid: number,
+    runs: readonly PageRecord[],
+    progress?: SendProgress & { isRunning?: boolean },
+  ): Promise<{ nrPagesSent: number; nrPagesGone: number }>;
+  /** Present pages of process `pid` only (sendPagemap with PE_PRESENT runs). */
+  addPresentRuns(pid: number, runs: readonly PageRunLike[], progress?: SendProgress): Promise<void>;
+  /** Present pages whose bytes are at hand (a pages image on disk, a test). */
+  addPresentBytes(vaddr: bigint, data: Buffer): Promise<void>;
+  /** Pages unchanged since the parent image (PE_PARENT): a record, no data. */
+  addParent(vaddr: bigint, nrPages: number): Promise<void>;
+  /** Pages to be restored lazily (PE_LAZY), without data. */
+  addLazy(vaddr: bigint, nrPages: number): Promise<void>;
+  /** Commit: resolves once the other side has stored everything. */
+  close(): Promise<void>;
+  /** Give up without committing (nothing is stored on the other side). Idempotent. */
+  abort(): void;
+}
+
+export interface PageServerClientOptions {
+  /** Default 127.0.0.1. */
+  address?: string;
+  port: number;
+  /** The page server's pre-shared token (protocol.ts, "Token step"); omit for a plain CRIU server. */
+  token?: string;
+  /** Fail when the server accepts nothing or answers nothing for this long (default: wait). */
+  timeoutMs?: number;
+}
+
+export class PageServerClient implements PageSink {
+  private dst: Dst | null = null;
+  private buffers: [Buffer, Buffer] | null = null;
+  private isDone = false;
+  /** Page bytes sent (data only). */
+  bytesSent = 0;
+
+  private constructor(private readonly conn: Connection) {}
+
+  /** Connect (and present the token, if one is given). */
+  static async connect(opts: PageServerClientOptions): Promise<PageServerClient> {
+    const conn = await Connection.connect(opts.address ?? DEFAULT_ADDRESS, opts.port);
+    const client = new PageServerClient(conn);
+    try {
+      if (opts.timeoutMs !== undefined && opts.timeoutMs > 0) conn.setTimeouts(opts.timeoutMs);
+      if (opts.token !== undefined) {
+        await conn.writeAll([encodeAuth(opts.token)], 'the token step');
+        const reply = Buffer.alloc(4);
+        const hungUp = (cause?: unknown): ProtocolError =>
+          new ProtocolError(
+            conn.peer,
+            'the page server hung up on the token (it expects none, or speaks another protocol)',
+            'the token step',
+            { cause },
+          );
+        const got = await conn.readFully(reply, 0, 4, 'the token step').catch((err: unknown) => {
+          throw hungUp(err);
+        });
+        if (got < 4) throw hungUp();
+        if (decodeI32Reply(reply) !== AUTH_ACCEPTED) throw new ProtocolError(conn.peer, 'the page server refused the token');
+      }
+    } catch (err) {
+      client.abort();
+      throw err;
+    }
+    return client;
+  }
+
+  /** "address:port" of the server. */
+  get peer(): string {
+    return this.conn.peer;
+  }
+
+  /** OPEN2: start the pagemap of `dst`; the server says whether it holds a parent image for it. */
+  async open(dst: Dst): Promise<{ hasParent: boolean }> {
+    this.assertLive();
+    await this.conn.writeAll([encodeIov(controlIov('OPEN2', dst))], 'OPEN2');
+    const reply = await this.conn.readExact(1, "OPEN2's answer", 'OPEN2');
+    this.dst = dst;
+    return { hasParent: decodeOpen2Reply(reply) };
+  }
+
+  /** PARENT: does the server hold a parent image for `dst`? (No pagemap is opened.) */
+  async hasParent(dst: Dst): Promise<boolean> {
+    this.assertLive();
+    await this.conn.writeAll([encodeIov(controlIov('PARENT', dst))], 'PARENT');
+    return decodeI32Reply(await this.conn.readExact(4, "PARENT's answer", 'PARENT')) !== 0;
+  }
+
+  /** One run of present pages read from process `pid`. */
+  async addPresent(pid: number, vaddr: bigint, nrPages: number): Promise<void> {
+    await this.addPresentRuns(pid, [{ vaddr, nrPages }]);
+  }
+
+  async addPresentRuns(pid: number, runs: readonly PageRunLike[], progress: SendProgress = {}): Promise<void> {
+    await this.sendPagemap(
+      pid,
+      runs.map((r) => ({ vaddr: r.vaddr, nrPages: r.nrPages, flags: PE_PRESENT })),
+      progress,
+    );
+  }
+
+  /**
+   * A whole pagemap in address order: PE_PRESENT runs with their data read from process `pid`,
+   * the others (PE_PARENT, PE_LAZY) as records without data, in one pipelined stream. With
+   * `isRunning` (pre-dump: the task runs) pages that vanish during the copy are sent as zeros
+   * (as the local writer does) instead of failing. Resolves with the pages sent with data and
+   * how many of them were gone.
+   */
+  async sendPagemap(
+    pid: number,
+    runs: readonly PageRecord[],
+    progress: SendProgress & { isRunning?: boolean } = {},
+  ): Promise<{ nrPagesSent: number; nrPagesGone: number }> {
+    const dst = this.currentDst();
+    this.buffers ??= [Buffer.allocUnsafeSlow(CHUNK_BYTES), Buffer.allocUnsafeSlow(CHUNK_BYTES)];
+    const buffers = this.buffers;
+    let sending: Promise<void> = Promise.resolve();
+    let turn = 0;
+    let done = 0;
+    let gone = 0;
+    try {
+      for (const batch of batches(runs)) {
+        if (progress.signal?.aborted === true)
+          throw new TaskError(pid, 'Page transfer interrupted', { cause: progress.signal.reason });
+        const buf = buffers[turn++ % 2] as Buffer;
+        const data = batch.filter((p) => (p.flags & PE_PRESENT) !== 0);
+        const bytes = data.reduce((n, p) => n + p.nrPages * PAGE_SIZE, 0);
+        // This buffer was last sent two turns ago; that send finished before the last one began.
+        if (bytes > 0) gone += await readPieces(pid, buf, data, bytes, progress.isRunning === true);
+        // A run longer than a batch goes out as one record: its header with the first piece, the
+        // rest of its data in the following batches (the server then splices it in one go).
+        const heads = Buffer.alloc(batch.length * PS_IOV_SIZE);
+        const iov: Buffer[] = [];
+        let off = 0;
+        batch.forEach((piece, i) => {
+          if (piece.runPages > 0) {
+            encodeIov(addIov(dst, piece.vaddr, piece.runPages, piece.flags), heads, i * PS_IOV_SIZE);
+            iov.push(heads.subarray(i * PS_IOV_SIZE, (i + 1) * PS_IOV_SIZE));
+          }
+          if ((piece.flags & PE_PRESENT) === 0) return;
+          iov.push(buf.subarray(off, off + piece.nrPages * PAGE_SIZE));
+          off += piece.nrPages * PAGE_SIZE;
+        });
+        await sending;
+        sending = this.conn.writeAll(iov, 'ADD_F');
+        sending.catch(() => undefined); // awaited at the next turn or below
+        done += bytes;
+        this.bytesSent += bytes;
+        progress.onProgress?.(done);
+      }
+      await sending;
+    } catch (err) {
+      await sending.catch(() => undefined); // the buffers must be free before anyone reuses them
+      throw err;
+    }
+    return { nrPagesSent: done / PAGE_SIZE, nrPagesGone: gone };
+  }
+
+  async addPresentBytes(vaddr: bigint, data: Buffer): Promise<void> {
+    const dst = this.currentDst();
+    if (data.length === 0 || data.length % PAGE_SIZE !== 0)
+      throw new RangeError(`Page data must be a positive multiple of ${PAGE_SIZE} bytes, got ${data.length}`);
+    await this.conn.writeAll([encodeIov(addIov(dst, vaddr, data.length / PAGE_SIZE, PE_PRESENT)), data], 'ADD_F');
+    this.bytesSent += data.length;
+  }
+
+  async addParent(vaddr: bigint, nrPages: number): Promise<void> {
+    await this.conn.writeAll([encodeIov(addIov(this.currentDst(), vaddr, nrPages, PE_PARENT))], 'ADD_F');
+  }
+
+  async addLazy(vaddr: bigint, nrPages: number): Promise<void> {
+    await this.conn.writeAll([encodeIov(addIov(this.currentDst(), vaddr, nrPages, PE_LAZY))], 'ADD_F');
+  }
+
+  /** CLOSE, then the server's i32 status: 0 means every image is stored. */
+  async close(): Promise<void> {
+    this.assertLive();
+    try {
+      await this.conn.writeAll([encodeIov(closeIov())], 'CLOSE');
+      const status = decodeI32Reply(await this.conn.readExact(4, "CLOSE's answer", 'CLOSE'));
+      if (status !== 0)
+        throw new ProtocolError(this.conn.peer, `the page server could not store the pages (status ${status})`, 'CLOSE');
+    } finally {
+      this.abort();
+    }
+  }
+
+  abort(): void {
+    if (this.isDone) return;
+    this.isDone = true;
+    this.conn.close();
+  }
+
+  private currentDst(): Dst {
+    this.assertLive();
+    if (this.dst === null) throw new Error('PageServerClient: open() a pagemap before sending pages');
+    return this.dst;
+  }
+
+  private assertLive(): void {
+    if (this.isDone) throw new Error('PageServerClient: the session is closed');
+  }
+}
+
+/** Runs cut to at most MAX_RECORD_PAGES (nr_pages is a u32 on the wire). */
+function* records(runs: readonly PageRecord[]): Generator<PageRecord> {
+  for (const run of runs) {
+    for (let done = 0; done < run.nrPages; done += MAX_RECORD_PAGES)
+      yield {
+        vaddr: run.vaddr + BigInt(done * PAGE_SIZE),
+        nrPages: Math.min(MAX_RECORD_PAGES, run.nrPages - done),
+        flags: run.flags,
+      };
+  }
+}
+
+/** A piece of a record read in one batch; `runPages` > 0 on a record's first piece (its header goes first). */
+interface Piece extends PageRecord {
+  runPages: number;
+}
+
+/**
+ * Split records into batches of at most CHUNK_BYTES of data and MAX_RUNS pieces (long present
+ * runs are cut; records without data take no room but a piece).
+ */
+function* batches(runs: readonly PageRecord[]): Generator<Piece[]> {
+  let batch: Piece[] = [];
+  let bytes = 0;
+  for (const record of records(runs)) {
+    let { vaddr, nrPages } = record;
+    const { flags } = record;
+    const hasData = (flags & PE_PRESENT) !== 0;
+    let runPages = nrPages;
+    while (nrPages > 0) {
+      const take = hasData ? Math.min(Math.floor((CHUNK_BYTES - bytes) / PAGE_SIZE), nrPages) : nrPages;
+      batch.push({ vaddr, nrPages: take, flags, runPages });
+      runPages = 0;
+      if (hasData) bytes += take * PAGE_SIZE;
+      vaddr += BigInt(take * PAGE_SIZE);
+      nrPages -= take;
+      if (bytes >= CHUNK_BYTES || batch.length >= MAX_RUNS) {
+        yield batch;
+        batch = [];
+        bytes = 0;
+      }
+    }
+  }
+  if (batch.length > 0) yield batch;
+}
+
+/**
+ * process_vm_readv of the pieces into buf. A short read fails, unless the task runs (pre-dump):
+ * then each piece is read alone and what cannot be read (unmapped meanwhile) becomes zeros.
+ * Returns the pages that were gone.
+ */
+async function readPieces(pid: number, buf: Buffer, pieces: readonly Piece[], bytes: number, isRunning: boolean): Promise<number> {
+  const remote = new BigUint64Array(pieces.length * 2);
+  pieces.forEach((p, i) => {
+    remote[2 * i] = p.vaddr;
+    remote[2 * i + 1] = BigInt(p.nrPages * PAGE_SIZE);
+  });
+  const got = await readv(pid, buf, 0, remote);
+  if (got === bytes) return 0;
+  if (!isRunning) throw new TaskError(pid, `Cannot read the memory of task ${pid}: got ${got} of ${bytes} bytes`);
+  let gone = 0;
+  let off = 0;
+  for (const p of pieces) {
+    const len = p.nrPages * PAGE_SIZE;
+    for (let at = 0; at < len; at += PAGE_SIZE) {
+      // Page by page: one unmapped page must not take its neighbours with it.
+      const n = await readv(pid, buf, off + at, new BigUint64Array([p.vaddr + BigInt(at), BigInt(PAGE_SIZE)]));
+      if (n < PAGE_SIZE) {
+        buf.fill(0, off + at, off + at + PAGE_SIZE);
+        gone++;
+      }
+    }
+    off += len;
+  }
+  return gone;
+}
+
+/** process_vm_readv; a task that is gone altogether (ESRCH) is a TaskError, EFAULT a short read. */
+async function readv(pid: number, buf: Buffer, offset: number, remote: BigUint64Array): Promise<number> {
+  try {
+    return await sys.processVmReadvAsync(pid, buf, offset, remote);
+  } catch (err) {
+    if (isErrno(err, 'EFAULT', 'ENOMEM')) return 0;
+    if (isErrno(err, 'ESRCH')) throw new TaskError(pid, `Task ${pid} exited while its pages were sent`, { cause: err });
+    throw err;
+  }
+}

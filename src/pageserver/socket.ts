@@ -1,0 +1,195 @@
+/**
+ * The TCP connection both ends of the page server use: a blocking socket fd driven from the
+ * thread pool through the native net calls (native/net.cc), so that page data moves between
+ * socket, pipe and file in native code and never through the JS heap.
+ *
+ * Why not node:net: its sockets are non-blocking fds owned by libuv's event loop; splice(2) and
+ * writev(2) on them from another thread would race libuv and fail with EAGAIN. A plain blocking fd
+ * lets one native call move megabytes. Kernel interfaces: socket/bind/listen/accept4/connect,
+ * recv(MSG_WAITALL), writev, splice, setsockopt (SO_REUSEADDR, TCP_NODELAY, SO_RCVTIMEO,
+ * SO_SNDTIMEO).
+ */
+
+import { ProtocolError, SyscallError } from '../errors.js';
+import { AF_INET, AF_INET6, SOCK_CLOEXEC, SOCK_STREAM, SOL_SOCKET, SOL_TCP } from '../kernel/constants.js';
+import * as sys from '../sys/native.js';
+
+/** socket(7), tcp(7), recv(2), shutdown(2) numbers not in src/kernel/constants.ts. */
+const SO_REUSEADDR = 2;
+const SO_RCVTIMEO = 20;
+const SO_SNDTIMEO = 21;
+const TCP_NODELAY = 1;
+const MSG_WAITALL = 0x100;
+export const SHUT_RD = 0;
+export const SHUT_WR = 1;
+export const SHUT_RDWR = 2;
+
+/** The loopback address a page server listens on unless told otherwise. */
+export const DEFAULT_ADDRESS = '127.0.0.1';
+
+function familyOf(address: string): number {
+  return address.includes(':') ? AF_INET6 : AF_INET;
+}
+
+function setInt(fd: number, level: number, name: number, value: number): void {
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(value, 0);
+  sys.setsockopt(fd, level, name, b);
+}
+
+function setTimeout(fd: number, name: number, timeoutMs: number): void {
+  const tv = Buffer.alloc(16);
+  tv.writeBigInt64LE(BigInt(Math.floor(timeoutMs / 1000)), 0);
+  tv.writeBigInt64LE(BigInt((timeoutMs % 1000) * 1000), 8);
+  sys.setsockopt(fd, SOL_SOCKET, name, tv);
+}
+
+/** A listening socket. */
+export class Listener {
+  private isClosed = false;
+
+  private constructor(
+    readonly fd: number,
+    readonly address: string,
+    readonly port: number,
+  ) {}
+
+  /** socket + SO_REUSEADDR + bind + listen(1). Port 0 picks a free one (see `.port`). */
+  static open(address: string, port: number): Listener {
+    const fd = sys.socket(familyOf(address), SOCK_STREAM | SOCK_CLOEXEC, 0);
+    try {
+      setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+      sys.bind(fd, address, port);
+      sys.listen(fd, 1);
+      const name = sys.getsockname(fd);
+      return new Listener(fd, name.address, name.port);
+    } catch (err) {
+      sys.close(fd);
+      throw err;
+    }
+  }
+
+  /** Wait for one client. Rejects (EINVAL) when close() is called meanwhile. */
+  async accept(): Promise<Connection> {
+    const fd = await sys.accept4Async(this.fd, SOCK_CLOEXEC);
+    const peer = sys.getpeername(fd);
+    return new Connection(fd, peer.family === 6 ? `[${peer.address}]:${peer.port}` : `${peer.address}:${peer.port}`);
+  }
+
+  /** Stop listening; a pending accept() wakes up with an error. Idempotent. */
+  close(): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    try {
+      sys.shutdown(this.fd, SHUT_RDWR); // wakes a blocked accept4 on another thread
+    } catch {
+      // not connected: nothing to wake
+    }
+    sys.close(this.fd);
+  }
+}
+
+/** One connected stream socket. Calls must not overlap (one reader, one writer at a time). */
+export class Connection {
+  private isClosed = false;
+  /** Bytes read and written through this connection (headers and data). */
+  bytesIn = 0;
+  bytesOut = 0;
+
+  constructor(
+    readonly fd: number,
+    /** "address:port" of the other end, for messages. */
+    readonly peer: string,
+  ) {}
+
+  /** Connect to address:port (blocking connect on the thread pool). */
+  static async connect(address: string, port: number): Promise<Connection> {
+    const fd = sys.socket(familyOf(address), SOCK_STREAM | SOCK_CLOEXEC, 0);
+    try {
+      await sys.connectAsync(fd, address, port);
+      setInt(fd, SOL_TCP, TCP_NODELAY, 1); // replies must not wait for Nagle (CRIU does the same)
+    } catch (err) {
+      sys.close(fd);
+      throw err;
+    }
+    return new Connection(fd, address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
+  }
+
+  /** SO_RCVTIMEO and SO_SNDTIMEO: a blocked read or write fails with EAGAIN after timeoutMs. */
+  setTimeouts(timeoutMs: number): void {
+    setTimeout(this.fd, SO_RCVTIMEO, timeoutMs);
+    setTimeout(this.fd, SO_SNDTIMEO, timeoutMs);
+  }
+
+  /**
+   * Read exactly `len` bytes into `buf` at `offset`. Returns the bytes read: `len`, or fewer when
+   * the peer closed the connection first (0 when it closed before the first byte).
+   */
+  async readFully(buf: Buffer, offset: number, len: number, command?: string): Promise<number> {
+    let done = 0;
+    while (done < len) {
+      let got: number;
+      try {
+        got = await sys.recvAsync(this.fd, buf, offset + done, len - done, MSG_WAITALL);
+      } catch (err) {
+        throw this.ioError(err, 'cannot read', command);
+      }
+      if (got === 0) break;
+      done += got;
+    }
+    this.bytesIn += done;
+    return done;
+  }
+
+  /** Read exactly `len` bytes or fail with a ProtocolError that names what was being read. */
+  async readExact(len: number, what: string, command?: string): Promise<Buffer> {
+    const buf = Buffer.alloc(len);
+    const got = await this.readFully(buf, 0, len, command);
+    if (got < len) {
+      throw new ProtocolError(
+        this.peer,
+        got === 0
+          ? `the connection closed instead of ${what}`
+          : `the connection closed after ${got} of the ${len} bytes of ${what}`,
+        command,
+      );
+    }
+    return buf;
+  }
+
+  /** Write every byte of `bufs` (one writev per call, repeated on short writes). */
+  async writeAll(bufs: Buffer[], command?: string): Promise<void> {
+    try {
+      this.bytesOut += await sys.writevAllAsync(this.fd, bufs);
+    } catch (err) {
+      throw this.ioError(err, 'cannot send', command);
+    }
+  }
+
+  /** shutdown(how), ignoring a peer that is already gone. */
+  shutdown(how: number): void {
+    try {
+      sys.shutdown(this.fd, how);
+    } catch {
+      // ENOTCONN: the peer is gone already
+    }
+  }
+
+  close(): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    sys.close(this.fd);
+  }
+
+  /** A socket error as a ProtocolError naming the peer (the SyscallError is its cause). */
+  ioError(err: unknown, action: string, command?: string): Error {
+    if (!(err instanceof SyscallError)) return err as Error;
+    const why =
+      err.errnoCode === 'EAGAIN'
+        ? 'the peer sent nothing within the timeout'
+        : err.errnoCode === 'ECONNRESET' || err.errnoCode === 'EPIPE'
+          ? 'the connection was reset'
+          : err.message;
+    return new ProtocolError(this.peer, `${action}: ${why}`, command, { cause: err });
+  }
+}
