@@ -8,6 +8,7 @@ import { injectionBench } from './inject.js';
 import { memcpyBaseline } from './baseline.js';
 import { pagemapBench } from './pagemap.js';
 import { dumpRestoreBench } from './dump-restore.js';
+import { pageServerBench } from './page-server.js';
 import { preDumpBench } from './pre-dump.js';
 
 export interface BenchOptions {
@@ -25,6 +26,7 @@ const BENCHES: Record<string, (opts: BenchOptions) => Promise<BenchResult>> = {
   inject: injectionBench,
   pagemap: pagemapBench,
   'dump-restore': dumpRestoreBench,
+  'page-server': pageServerBench,
   'pre-dump': preDumpBench,
 };
 

@@ -24,14 +24,14 @@ import { TaskError, UnsupportedError } from '../errors.js';
 import { writeImage, writeParentLink, type ImageEntry } from '../images/index.js';
 import { log } from '../log.js';
 import { readChildren, scanChildren } from '../proc/children.js';
-import { readMaps } from '../proc/maps.js';
+import { readMaps, type MapsEntry } from '../proc/maps.js';
 import { SMAPS_SIZE_KEYS, type SmapsEntry } from '../proc/smaps.js';
 import { readStat } from '../proc/stat.js';
 import { checkFds } from '../files/index.js';
 import { countPages } from '../mem/runs.js';
 import type { TrackerChoice } from '../kerndat/tracker.js';
 import { freezeProcess, resumeProcess, type FrozenProcess } from './freeze.js';
-import { classifyVma } from './vma.js';
+import { PROT, VMA_AREA, classifyVma } from './vma.js';
 import { decodeKnown, encodeKnown, planMemory, type MemoryPlan } from './memory.js';
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
 import { openTracker } from '../mem/track/index.js';
@@ -57,9 +57,19 @@ export interface PreDumpStats {
   pagesSkippedParent: number;
   pagesWritten: number;
   tracker: string;
+  /** The task's writable private anonymous VMAs at this pre-dump (what a Skeleton maps). */
+  anonVmas: { start: bigint; end: bigint }[];
 }
 
-const NO_FLAGS: ReadonlySet<string> = new Set();
+/** The VmFlags a maps line tells (protections and sharing); the madvise ones it cannot. */
+function mapsFlags(m: MapsEntry): ReadonlySet<string> {
+  const f = new Set<string>();
+  if (m.isRead) f.add('rd');
+  if (m.isWrite) f.add('wr');
+  if (m.isExec) f.add('ex');
+  if (m.isShared) f.add('sh');
+  return f;
+}
 const NO_BYTES = Object.fromEntries(SMAPS_SIZE_KEYS.map((k) => [k, 0])) as SmapsEntry['bytes'];
 
 function nowUs(): number {
@@ -89,6 +99,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   let frozen: FrozenProcess | null = freezeProcess(pid);
   const tFrozen = nowUs();
   let plan: MemoryPlan;
+  let anonVmas: { start: bigint; end: bigint }[] = [];
   let tracker: Awaited<ReturnType<typeof openTracker>> | null = null;
   let resumedAt: number;
   try {
@@ -98,12 +109,22 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
       const maps = readMaps(pid);
       if (maps === null) throw new TaskError(pid, `Task ${pid} exited while being dumped`);
       const vmas = maps.map((map) =>
-        classifyVma({ map, start: map.start, end: map.end, vmFlags: NO_FLAGS, bytes: NO_BYTES, isThpEligible: false }),
+        classifyVma({
+          map,
+          start: map.start,
+          end: map.end,
+          vmFlags: mapsFlags(map),
+          bytes: NO_BYTES,
+          isThpEligible: false,
+        }),
       );
       tracker = await openTracker({ pid, injector: frozen.leader, choice: opts.tracker });
       const parent = await sink.open(pid, opts.prevImagesDir);
       const known = parent ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
       plan = await planMemory(pid, vmas, tracker, known);
+      anonVmas = vmas
+        .filter((v) => (v.status & VMA_AREA.ANON_PRIVATE) !== 0 && (v.prot & PROT.WRITE) !== 0)
+        .map((v) => ({ start: v.start, end: v.end }));
     } finally {
       // Running again from here on, whatever happened.
       const f = frozen;
@@ -139,6 +160,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
       pagesSkippedParent: plan.pagesInParent,
       pagesWritten: written.pagesWritten,
       tracker: trackerKind,
+      anonVmas,
     };
     await writeImage(path.join(dir, 'stats-dump'), 'STATS', [{ entry: { dump: dumpStatsEntry(stats) } }]);
     return stats;

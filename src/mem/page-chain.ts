@@ -222,3 +222,32 @@ export function punchPages(file: string, runs: readonly Run[]): number {
 export function unreferenced(nrPages: number, keep: readonly Run[]): Run[] {
   return subtract([{ start: 0, end: nrPages }], keep);
 }
+
+/** The parts of `sources` inside `allowed` (normalized page runs), in order. */
+export function clipSources(sources: readonly PageSource[], allowed: readonly Run[]): PageSource[] {
+  const out: PageSource[] = [];
+  let j = 0;
+  for (const s of sources) {
+    const start = pageIndex(s.vaddr);
+    const end = start + s.nrPages;
+    while (j < allowed.length && (allowed[j] as Run).end <= start) j++;
+    for (let k = j; k < allowed.length && (allowed[k] as Run).start < end; k++) {
+      const a = allowed[k] as Run;
+      const from = Math.max(start, a.start);
+      const to = Math.min(end, a.end);
+      if (to > from)
+        out.push({
+          vaddr: pageAddr(from),
+          nrPages: to - from,
+          file: s.file,
+          fileOffset: s.fileOffset + BigInt(from - start) * BigInt(PAGE_SIZE),
+        });
+    }
+  }
+  return out;
+}
+
+/** The pages `sources` cover, as normalized page runs. */
+export function coverageOf(sources: readonly PageSource[]): Run[] {
+  return normalize(sources.map((s) => ({ start: pageIndex(s.vaddr), end: pageIndex(s.vaddr) + s.nrPages })));
+}

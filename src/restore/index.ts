@@ -33,6 +33,7 @@ import { restoreCreds } from './creds.js';
 import { punchRestored } from '../mem/dedup.js';
 import { dumpedVmas, restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
 import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES } from './stub.js';
+import type { Skeleton } from './skeleton.js';
 import {
   dumpedOrigRax,
   dumpedRegisters,
@@ -65,6 +66,8 @@ export interface RestoreOptions {
   onRunning?: (pid: number) => void;
   /** --auto-dedup: once the task runs, its pages are punched out of the images (they are spent). */
   autoDedup?: boolean;
+  /** A live migration's pre-copied task (skeleton.ts): restored in place instead of a new stub. */
+  skeleton?: Skeleton;
 }
 
 export interface RestoreResult {
@@ -105,14 +108,22 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     return name;
   };
   checkTtyRestore(img.files, { isShellJob: opts.isShellJob === true });
-  try {
-    sys.kill(pid, 0);
-    throw new TaskError(pid, `Cannot restore task ${pid}: PID ${pid} is in use`);
-  } catch (err) {
-    if (err instanceof TaskError) throw err;
-  }
+  const skeleton = opts.skeleton;
+  if (skeleton !== undefined && skeleton.pid !== pid)
+    throw new TaskError(pid, `The pre-copied task is ${skeleton.pid}, the dump is of ${pid}`);
+  if (skeleton === undefined)
+    try {
+      sys.kill(pid, 0);
+      throw new TaskError(pid, `Cannot restore task ${pid}: PID ${pid} is in use`);
+    } catch (err) {
+      if (err instanceof TaskError) throw err;
+    }
 
-  const stub = startStub(pid, dumpedVmas(img.mm), img.threads.length, { isSibling: opts.isSibling === true });
+  const prefilled = skeleton === undefined ? undefined : { mapped: skeleton.mappedRuns, present: img.pagesPresent };
+  const stub =
+    skeleton === undefined
+      ? startStub(pid, dumpedVmas(img.mm), img.threads.length, { isSibling: opts.isSibling === true })
+      : skeleton.prepareFinal(dumpedVmas(img.mm), img.threads.length);
   const leader = stub.injector;
   const threads: Injector[] = [];
   let pagesRestored: number;
@@ -129,7 +140,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     );
     log().debug('restore: memory');
     pagesRestored = (
-      await restoreMemory(leader, img.mm, img.pages, img.dir, (id) => ghostPaths.get(id) ?? fileName(id))
+      await restoreMemory(leader, img.mm, img.pages, img.dir, (id) => ghostPaths.get(id) ?? fileName(id), prefilled)
     ).pagesRestored;
     log().debug('restore: vdso');
     restoreVdso(leader, img.mm, pid);

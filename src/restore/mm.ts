@@ -20,7 +20,9 @@ import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import { log } from '../log.js';
 import { readMaps } from '../proc/maps.js';
 import * as sys from '../sys/native.js';
-import { VMA_AREA } from '../dump/vma.js';
+import { MAP, VMA_AREA } from '../dump/vma.js';
+import { clipSources, coverageOf } from '../mem/page-chain.js';
+import { countPages, intersect, normalize, pageAddr, pageIndex, subtract, type Run } from '../mem/runs.js';
 import { shmemPagemapFileName } from '../files/image-sink.js';
 import { F_ADD_SEALS, MFD_ALLOW_SEALING } from '../files/memfd.js';
 import { openInTask } from '../files/task-io.js';
@@ -29,6 +31,7 @@ const PAGE = 4096n;
 const PROT_WRITE = 2n;
 const MAP_SHARED = 0x01n;
 const MADV_POPULATE_WRITE = 23n;
+const MADV_DONTNEED = 4n;
 const POPULATE_MIN_PAGES = 64;
 const MAP_FIXED = 0x10n;
 const MAP_ANONYMOUS = 0x20n;
@@ -88,7 +91,7 @@ function vmasWithPages(vmas: readonly Vma[], pages: readonly PageSource[]): Set<
  * pread64 each run into place from its pages file, opened in the task (one open per file: a
  * chain of pre-dumps spreads the pages over several). Returns the pages filled.
  */
-function fillRuns(inj: Injector, runs: readonly PageSource[]): number {
+export function fillSources(inj: Injector, runs: readonly PageSource[]): number {
   const byFile = new Map<string, PageSource[]>();
   for (const r of runs) {
     const list = byFile.get(r.file);
@@ -160,7 +163,7 @@ async function fillShmemMapping(
       });
     fileOffset += BigInt(r.nrPages) * PAGE;
   }
-  return fillRuns(inj, wanted);
+  return fillSources(inj, wanted);
 }
 
 /**
@@ -177,11 +180,32 @@ export async function restoreMemory(
   pages: readonly PageSource[],
   imagesDir: string,
   fileName: (id: number) => string,
+  prefilled?: Prefilled,
 ): Promise<{ pagesRestored: number }> {
   const vmas = ((mm['vmas'] as ImageEntry[] | undefined) ?? []).map(toVma);
   const withPages = vmasWithPages(vmas, pages);
   const mappedProt = new Map<number, bigint>();
   let restored = 0;
+  // 0. memory placed beforehand (a live migration's pre-copy): keep what the dump's plain
+  // writable anonymous VMAs cover, drop the rest.
+  let keep: Run[] = [];
+  if (prefilled !== undefined) {
+    const reusable = normalize(
+      vmas.filter(isReusable).map((v) => ({ start: pageIndex(v.start), end: pageIndex(v.end) })),
+    );
+    keep = intersect(prefilled.mapped, reusable);
+    for (const r of subtract(prefilled.mapped, keep))
+      inj.syscallOrThrow('munmap', [pageAddr(r.start), BigInt(r.end - r.start) * PAGE]);
+    const covered = coverageOf(pages);
+    // Kept pages the dump does not have were dropped since (MADV_DONTNEED, say): zero them.
+    for (const r of subtract(keep, covered))
+      inj.syscallOrThrow('madvise', [pageAddr(r.start), BigInt(r.end - r.start) * PAGE, MADV_DONTNEED]);
+    // Kept pages hold their latest pre-copied contents: only the ones this image has anew are read.
+    pages = clipSources(pages, subtract(covered, subtract(keep, prefilled.present)));
+    log().info(
+      `Pre-copied memory: ${countPages(keep)} pages kept, ${countPages(prefilled.mapped) - countPages(keep)} dropped`,
+    );
+  }
   // 1. map (and fill shared anonymous memory, whose pages are not in the task's pagemap)
   for (let i = 0; i < vmas.length; i++) {
     const v = vmas[i] as Vma;
@@ -194,6 +218,14 @@ export async function restoreMemory(
     const len = v.end - v.start;
     const isPrivate = (v.flags & MAP_SHARED) === 0n;
     const prot = isPrivate && withPages.has(i) ? v.prot | PROT_WRITE : v.prot;
+    if (keep.length > 0 && isReusable(v)) {
+      // Around the kept memory: the new pieces merge with it into the one VMA.
+      const flags = (v.flags & ~MAP_FIXED) | MAP_FIXED_NOREPLACE;
+      for (const r of subtract([{ start: pageIndex(v.start), end: pageIndex(v.end) }], keep))
+        mapAt(inj, pageAddr(r.start), BigInt(r.end - r.start) * PAGE, v.prot, flags, -1n, 0n);
+      mappedProt.set(i, v.prot);
+      continue;
+    }
     const isFile = (v.status & (VMA_AREA.FILE_PRIVATE | VMA_AREA.FILE_SHARED)) !== 0;
     let fd = -1n;
     if (isFile) fd = BigInt(openInTask(inj, fileName(v.shmid), v.fdflags === O_RDWR ? O_RDWR : O_RDONLY));
@@ -207,7 +239,7 @@ export async function restoreMemory(
     }
   }
   // 2. fill: one pread64 per run, straight from the pages files (this image's and its parents') into place
-  restored += fillRuns(inj, pages);
+  restored += fillSources(inj, pages);
   // 3. protections and advice
   for (let i = 0; i < vmas.length; i++) {
     const v = vmas[i] as Vma;
@@ -217,6 +249,26 @@ export async function restoreMemory(
     adviseVma(inj, v);
   }
   return { pagesRestored: restored };
+}
+
+/**
+ * Memory already in the task before its restore proper (skeleton.ts): anonymous private RW
+ * mappings covering `mapped`, holding the latest pre-copied contents; `present` are the pages the
+ * final image itself holds (PE_PRESENT), which are newer.
+ */
+export interface Prefilled {
+  mapped: Run[];
+  present: Run[];
+}
+
+/** A VMA pre-copied memory can become: plain writable private anonymous memory. */
+function isReusable(v: Vma): boolean {
+  return (
+    (v.status & VMA_AREA.ANON_PRIVATE) !== 0 &&
+    (v.status & (VMA_AREA.STACK | VMA_AREA.FILE_PRIVATE | VMA_AREA.FILE_SHARED)) === 0 &&
+    (v.flags & (MAP_SHARED | BigInt(MAP.GROWSDOWN) | BigInt(MAP.NORESERVE))) === 0n &&
+    (v.prot & PROT_WRITE) !== 0n
+  );
 }
 
 function mapAt(

@@ -31,7 +31,7 @@ import * as sys from '../sys/native.js';
 const PAGE = 4096n;
 /** The scratch area: a code page, 512 KiB for the leader's call arguments, 16 KiB per thread. */
 export const THREAD_SCRATCH_BYTES = 16n * 1024n;
-const LEADER_SCRATCH_BYTES = 512n * 1024n;
+export const LEADER_SCRATCH_BYTES = 512n * 1024n;
 export function scratchBytes(nrThreads: number): bigint {
   return PAGE + LEADER_SCRATCH_BYTES + BigInt(nrThreads) * THREAD_SCRATCH_BYTES;
 }

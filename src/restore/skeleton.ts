@@ -1,0 +1,159 @@
+/**
+ * Restoring while the pages still arrive: the destination side of a live migration.
+ *
+ * A Skeleton is the restore stub (stub.ts), started with the migrating task's PID as soon as the
+ * first pre-dump has arrived, into which each pre-dump's pages are read while the task still runs
+ * on the source: its private anonymous VMAs are mapped (read-write) at their addresses and filled
+ * from the pages images, iteration after iteration (only what changed is read again). The final
+ * restore (index.ts, `skeleton` option) then starts from this memory instead of an empty stub:
+ * it keeps what the dump's plain anonymous VMAs cover, reads only the pages the final image holds
+ * anew, and does everything else as usual. The pages read during pre-copy cost no downtime.
+ *
+ * Correctness rests on the pre-dump chain's rule (src/dump/memory.ts): a page marked PE_PARENT is
+ * unchanged since the previous iteration and was present then, so the skeleton, which applied
+ * every iteration's PE_PRESENT pages in order, holds exactly what the chain resolves it to.
+ * Pages the skeleton holds but the final image lacks are zeroed (they were dropped since).
+ *
+ * The VMA ranges come from the pre-dump's caller (the migration controller learns them from the
+ * source), not from the images: a pre-dump writes only what CRIU's does.
+ */
+
+import path from 'node:path';
+import { TaskError } from '../errors.js';
+import { PE_PRESENT } from '../images/index.js';
+import type { Injector } from '../inject/injector.js';
+import { log } from '../log.js';
+import { PageChain, clipSources } from '../mem/page-chain.js';
+import { intersect, normalize, pageAddr, pageIndex, subtract, type Run } from '../mem/runs.js';
+import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
+import { LEADER_SCRATCH_BYTES, findHole, killStub, scratchBytes, startStub, type Stub } from './stub.js';
+import { fillSources } from './mm.js';
+
+const PAGE = 4096n;
+const MAP_PRIVATE_ANON = 0x22n;
+const MAP_FIXED_NOREPLACE = 0x100000n;
+const PROT_RW = 3n;
+
+export interface SkeletonStats {
+  pagesFilled: number;
+  pagesMapped: number;
+}
+
+export class Skeleton {
+  /** Page runs mapped (anonymous, private, RW) and holding pre-copied contents. */
+  private mapped: Run[] = [];
+  private isDone = false;
+
+  private constructor(
+    readonly pid: number,
+    readonly stub: Stub,
+  ) {}
+
+  /** Start the stub as `pid` (free here), its scratch area away from `layout`. */
+  static create(pid: number, layout: readonly { start: bigint; end: bigint }[], nrThreads = 1): Skeleton {
+    return new Skeleton(pid, startStub(pid, layout, nrThreads));
+  }
+
+  get injector(): Injector {
+    return this.stub.injector;
+  }
+
+  /** The memory held: what the final restore starts from. */
+  get mappedRuns(): Run[] {
+    return this.mapped;
+  }
+
+  /**
+   * Bring the memory to pre-dump `dir` (its pagemap-<pid>.img and chain): `anonVmas` are the
+   * task's private anonymous VMAs at that pre-dump. Ranges gone are unmapped, new ones mapped,
+   * and the pages this iteration holds anew (plus everything of newly mapped ranges) read in.
+   */
+  async apply(dir: string, anonVmas: readonly { start: bigint; end: bigint }[]): Promise<SkeletonStats> {
+    this.assertLive();
+    const inj = this.stub.injector;
+    const want = normalize(anonVmas.map((v) => ({ start: pageIndex(v.start), end: pageIndex(v.end) })));
+    this.relocateScratch(want);
+    for (const r of subtract(this.mapped, want)) inj.syscallOrThrow('munmap', [pageAddr(r.start), len(r)]);
+    const added = subtract(want, this.mapped);
+    for (const r of added) {
+      const got = inj.syscallOrThrow('mmap', [
+        pageAddr(r.start),
+        len(r),
+        PROT_RW,
+        MAP_PRIVATE_ANON | MAP_FIXED_NOREPLACE,
+        -1n,
+        0n,
+      ]);
+      if (got !== pageAddr(r.start)) throw new TaskError(this.pid, `Pre-copy mapping landed at 0x${got.toString(16)}`);
+    }
+    const kept = intersect(this.mapped, want);
+    this.mapped = want;
+    const chain = await PageChain.open(dir, `pagemap-${this.pid}.img`);
+    const top = await chain.topRuns();
+    const present = normalize(
+      top
+        .filter((r) => (r.flags & PE_PRESENT) !== 0)
+        .map((r) => ({ start: pageIndex(r.vaddr), end: pageIndex(r.vaddr) + r.nrPages })),
+    );
+    // Kept ranges: only the new contents; added ranges: all their pages, wherever in the chain.
+    const wanted = normalize([...intersect(present, kept), ...added]);
+    const sources = clipSources(await chain.sources(), wanted);
+    const filled = fillSources(inj, sources);
+    log().info(`Pre-copy ${path.basename(dir)}: ${filled} pages read into task ${this.pid}`);
+    return { pagesFilled: filled, pagesMapped: want.reduce((n, r) => n + r.end - r.start, 0) };
+  }
+
+  /**
+   * Make room for the final restore: its scratch area of `nrThreads` away from the dumped
+   * `layout` (moved when it is in the way or too small). Called by restore().
+   */
+  prepareFinal(layout: readonly { start: bigint; end: bigint }[], nrThreads: number): Stub {
+    this.assertLive();
+    const size = scratchBytes(nrThreads);
+    const runs = normalize(layout.map((v) => ({ start: pageIndex(v.start), end: pageIndex(v.end) })));
+    this.relocateScratch(runs, size);
+    this.isDone = true; // the restore owns the task from here
+    return this.stub;
+  }
+
+  /** Kill the stub (a migration that failed or was called off). */
+  abort(): void {
+    if (this.isDone) return;
+    this.isDone = true;
+    try {
+      this.stub.injector.release();
+    } catch {
+      // gone already
+    }
+    killStub(this.pid);
+  }
+
+  private assertLive(): void {
+    if (this.isDone) throw new TaskError(this.pid, 'The pre-copy skeleton is finished or aborted');
+  }
+
+  /** Move the scratch area when it overlaps `runs` (or is smaller than `size`). */
+  private relocateScratch(runs: readonly Run[], size = this.stub.scratchBytes): void {
+    const stub = this.stub;
+    const cur = { start: pageIndex(stub.scratch), end: pageIndex(stub.scratch + stub.scratchBytes) };
+    if (size <= stub.scratchBytes && intersect([cur], runs).length === 0) return;
+    const inj = stub.injector;
+    const used = [...runs, ...this.mapped, cur].map((r) => ({ start: pageAddr(r.start), end: pageAddr(r.end) }));
+    const next = findHole(used, size);
+    const addr = inj.syscallOrThrow('mmap', [next, size, PROT_RW, MAP_PRIVATE_ANON | MAP_FIXED_NOREPLACE, -1n, 0n]);
+    if (addr !== next) throw new TaskError(this.pid, `The scratch area landed at 0x${addr.toString(16)}`);
+    inj.writeMemory(next, Buffer.from([0x0f, 0x05, 0xcc, 0xcc]));
+    inj.syscallOrThrow('mprotect', [next, PAGE, 5n]);
+    const old = stub.scratch;
+    const oldBytes = stub.scratchBytes;
+    inj.syscallSite = next;
+    inj.useScratch(next + PAGE, LEADER_SCRATCH_BYTES);
+    inj.syscall(SYSCALLS_X86_64.munmap, [old, oldBytes]);
+    stub.scratch = next;
+    stub.scratchBytes = size;
+  }
+}
+
+function len(r: Run): bigint {
+  return BigInt(r.end - r.start) * PAGE;
+}
