@@ -26,6 +26,7 @@ import type { Injector } from '../inject/injector.js';
 import { readLoginuid, readOomScoreAdj, readPersonality } from '../proc/misc.js';
 import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
+import { readLimits } from '../proc/limits.js';
 import { readTimers } from '../proc/timers.js';
 import * as sys from '../sys/native.js';
 import type { UserRegs } from '../sys/regs.js';
@@ -227,15 +228,11 @@ function sigactions(inj: Injector): ImageEntry[] {
   return out;
 }
 
-/** rlimits, read by the task itself (prlimit on another task needs CAP_SYS_RESOURCE when its uids differ). */
-function rlimits(inj: Injector): ImageEntry {
-  const list: ImageEntry[] = [];
-  for (let res = 0; res < 16; res++) {
-    const b = outCall(inj, 'prlimit64', 16, (out) => [0n, BigInt(res), 0n, out]);
-    list.push({ cur: b.readBigUInt64LE(0), max: b.readBigUInt64LE(8) });
-  }
-  inj.resetScratch();
-  return { rlimits: list };
+/** rlimits, from /proc/PID/limits (no injected call: prlimit on another task needs CAP_SYS_RESOURCE). */
+function rlimits(pid: number): ImageEntry {
+  const list = readLimits(pid);
+  if (list === null) throw new TaskError(pid, `Cannot read the resource limits of task ${pid}`);
+  return { rlimits: list.map((l) => ({ cur: l.cur, max: l.max })) };
 }
 
 /** The process-wide part (`tc`), from the leader. */
@@ -262,7 +259,7 @@ export function dumpTaskCore(pid: number, leader: Injector): ImageEntry {
     blk_sigset: leader.signalMask,
     comm: stat.comm,
     timers,
-    rlimits: rlimits(leader),
+    rlimits: rlimits(pid),
     signals_s: pendingSignals(leader.tid, true),
     loginuid: readLoginuid(pid) ?? 0xffffffff,
     oom_score_adj: readOomScoreAdj(pid) ?? 0,
