@@ -99,7 +99,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   let frozen: FrozenProcess | null = freezeProcess(pid);
   const tFrozen = nowUs();
   let plan: MemoryPlan;
-  let anonVmas: { start: bigint; end: bigint }[] = [];
+  let anonVmas: { start: bigint; end: bigint }[];
   let tracker: Awaited<ReturnType<typeof openTracker>> | null = null;
   let resumedAt: number;
   try {

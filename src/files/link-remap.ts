@@ -78,6 +78,7 @@ export async function dumpLinkRemap(
         { cause: taskSyscallError('linkat', ret, [`"/proc/self/fd/${input.fd}"`, `"${hidden}"`]) },
       );
     sharedMap<string, string>(ctx.shared, CREATED).set(key, `/proc/${ctx.pid}/root${hidden}`);
+    log().info(`Linked "${input.link}" (fd ${input.fd}) back as "${hidden}"`);
     byInode.set(key, remapId);
     const reg: ImageEntry = {
       id: remapId,

@@ -1,33 +1,45 @@
 /**
- * The TTY fd kind: terminals, for shell jobs (-j/--shell-job), as CRIU writes them:
+ * The TTY fd kind: terminals, as CRIU writes them:
  * `file_entry {type TTY, id, tty: tty_file_entry {id, tty_info_id, flags, fown}}` in files.img,
- * and one `tty_info_entry` per terminal in tty-info.img:
+ * and one `tty_info_entry` per terminal (per pty index for masters) in tty-info.img:
  *
  *   tty_info_entry { id, type (PTY, CTTY, CONSOLE, VT, SERIAL), locked, exclusive, packet_mode,
  *                    sid and pgrp (the terminal's session and foreground process group, as the
  *                    task saw them; 0 when it is not the task's controlling terminal), rdev and
- *                    dev (CRIU's kernel encoding), termios, termios_locked, winsize,
- *                    pty {index} for a pty slave, uid, gid }
+ *                    dev (CRIU's kernel encoding; a master has /dev/ptmx's 5:2), termios,
+ *                    termios_locked, winsize, pty {index} for both ends of a pty, uid, gid }
  *
- * Without -j a terminal fd is refused before the task is frozen. With -j the terminal is the
- * shell's, not the task's: it is recorded as above, and on restore the task gets the terminal of
- * `criu restore` instead (criu's stdin, opened in the task through /proc/CRIU/fd/0 with the
- * dumped flags and O_NOCTTY), with the dumped termios and locked termios put back (tcsetattr, as
- * CRIU's restore_tty_params). The window size is not: it belongs to the terminal the job is now
- * shown in. Session and process group: the task inherits criu's session, and its own process
- * group when it led one (src/restore/index.ts); when it was the terminal's foreground group at
- * dump, it is made the foreground group again (TIOCSPGRP) so that job control goes on: reads
- * and writes do not stop it with SIGTTIN/SIGTTOU, ^C and ^Z reach it.
+ * Two cases:
  *
- * Pty masters (a task owning both ends of a pty pair) are refused, with or without -j.
+ * Shell jobs (-j/--shell-job). Without -j a terminal fd is refused before the task is frozen.
+ * With -j the terminal is the shell's, not the task's: it is recorded as above, and on restore the
+ * task gets the terminal of `criu restore` instead (criu's stdin, opened in the task through
+ * /proc/CRIU/fd/0 with the dumped flags and O_NOCTTY), with the dumped termios and locked termios
+ * put back (tcsetattr, as CRIU's restore_tty_params). The window size is not: it belongs to the
+ * terminal the job is now shown in. Session and process group: the task inherits criu's session,
+ * and its own process group when it led one (src/restore/index.ts); when it was the terminal's
+ * foreground group at dump, it is made the foreground group again (TIOCSPGRP) so that job control
+ * goes on: reads and writes do not stop it with SIGTTIN/SIGTTOU, ^C and ^Z reach it. One such
+ * terminal only (besides /dev/tty, the same one): CRIU's -j too migrates "a single external tty".
+ *
+ * Pty pairs the task owns (a /dev/ptmx master and its /dev/pts/N slaves: script(1), terminal
+ * multiplexers), with or without -j. Restore opens /dev/ptmx until it hands out the dumped
+ * index N (it gives the lowest free one), unlocks it, opens /dev/pts/N (without O_NOCTTY when it
+ * was the controlling terminal of the task, a session leader then: it becomes that again), and
+ * puts back termios, window size, packet mode, the lock and the foreground group. Whichever end
+ * comes first opens the master. Not kept: data queued in the pty at dump (lost), a master opened
+ * by another path than /dev/ptmx (/dev/pts/ptmx: reopened as /dev/ptmx); legacy BSD ptys are
+ * refused.
  *
  * Kernel interfaces: ioctl(2) injected into the task: TCGETS2/TCSETS2, TIOCGLCKTRMIOS/
  * TIOCSLCKTRMIOS (setting needs CAP_SYS_ADMIN: the task is still root then), TIOCGWINSZ,
  * TIOCGEXCL, TIOCGSID and TIOCGPGRP (only answered for the caller's controlling terminal: hence
- * injected), TIOCSPGRP. Terminal majors: include/uapi/linux/major.h.
+ * injected), TIOCSPGRP; for ptys TIOCGPTN, TIOCSPTLCK/TIOCGPTLCK, TIOCPKT/TIOCGPKT, TIOCSWINSZ,
+ * TIOCSCTTY; "tty-index:" in /proc/PID/fdinfo of a master. Terminal majors:
+ * include/uapi/linux/major.h.
  */
 
-import { fstatSync, constants as fsc } from 'node:fs';
+import { fstatSync, readdirSync, readFileSync, readlinkSync, constants as fsc } from 'node:fs';
 import { ImageError, UnsupportedError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
@@ -35,6 +47,7 @@ import { O_NOCTTY } from '../kernel/constants.js';
 import { SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
 import { log } from '../log.js';
 import { devMajor, devMinor, kdev } from './dev.js';
+import { setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
 import { AT_FDCWD, closeInTask, reopenFlags, taskSyscallError } from './task-io.js';
 import { FD_TYPES, type FdDumpInput, type FdKindModule, type FileOptions, type FileRestoreContext } from './types.js';
@@ -187,14 +200,26 @@ function dumpTtyInfo(input: FdDumpInput, infoId: number, inj: Injector): ImageEn
   return info;
 }
 
-/** Refuse, before any process is created, a restore of terminals without -j. */
-export function checkTtyRestore(files: readonly ImageEntry[], options: FileOptions): void {
-  const tty = files.find((f) => Number(f['type']) === FD_TYPES.TTY);
-  if (tty !== undefined && options.isShellJob !== true)
+/**
+ * Refuse, before any process is created, a restore of a shell job's terminal without -j (the
+ * terminals of pty pairs the task owns need none).
+ */
+export function checkTtyRestore(
+  files: readonly ImageEntry[],
+  infos: readonly ImageEntry[],
+  options: FileOptions,
+): void {
+  if (options.isShellJob === true) return;
+  for (const f of files) {
+    if (Number(f['type']) !== FD_TYPES.TTY) continue;
+    const infoId = Number((f['tty'] as ImageEntry | undefined)?.['tty_info_id']);
+    const info = infos.find((i) => Number(i['id']) === infoId);
+    if (info !== undefined && (isMasterInfo(info) || pairedMasterOf(info, infos) !== undefined)) continue;
     throw new UnsupportedError(
       'shell-job',
-      `Cannot restore file ${String(tty['id'])}: it is a terminal of a shell job; restore with --shell-job (-j)`,
+      `Cannot restore file ${String(f['id'])}: it is a terminal of a shell job; restore with --shell-job (-j)`,
     );
+  }
 }
 
 /** The terminal shell-job fds are given on restore: criu's stdin. Throws when it is none. */
@@ -213,6 +238,159 @@ function isTtyRdevNumber(rdev: bigint): boolean {
   return (major >= 2 && major <= 5) || (major >= 128 && major <= 143);
 }
 
+const TIOCGPTN = 0x80045430n;
+const TIOCSPTLCK = 0x40045431n;
+const TIOCGPKT = 0x80045438n;
+const TIOCGPTLCK = 0x80045439n;
+const TIOCPKT = 0x5420n;
+const TIOCSWINSZ = 0x5414n;
+const TIOCSCTTY = 0x540en;
+const PTMX_RDEV_K = (TTYAUX_MAJOR << 20) | 2;
+
+/** The pty index of a slave's device number (/dev/pts/N: N). */
+function slaveIndexOf(rdev: bigint): number {
+  return (devMajor(rdev) - UNIX98_PTY_SLAVE_MAJOR) * 256 + devMinor(rdev);
+}
+
+/** The pty index of a /dev/ptmx master ("tty-index:" in its fdinfo), or undefined. */
+function masterIndexOf(input: FdDumpInput): number | undefined {
+  const m = /^tty-index:\s*(\d+)$/m.exec(input.fdinfo.raw);
+  return m === null ? undefined : Number(m[1]);
+}
+
+/** Does task `pid` hold the master of pty `index` (then its slave is no shell's terminal)? */
+function taskHoldsMaster(pid: number, index: number): boolean {
+  let fds: string[];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return false;
+  }
+  for (const fd of fds) {
+    try {
+      if (!readlinkSync(`/proc/${pid}/fd/${fd}`).endsWith('ptmx')) continue;
+      const m = /^tty-index:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
+      if (m !== null && Number(m[1]) === index) return true;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return false;
+}
+
+function isMasterInfo(info: ImageEntry): boolean {
+  return Number(info['rdev']) === PTMX_RDEV_K && info['pty'] !== undefined;
+}
+
+/** The master's info of a pty slave's info, when the task held both ends. */
+function pairedMasterOf(info: ImageEntry, infos: readonly ImageEntry[]): ImageEntry | undefined {
+  const index = (info['pty'] as ImageEntry | undefined)?.['index'];
+  if (index === undefined || isMasterInfo(info)) return undefined;
+  return infos.find((i) => isMasterInfo(i) && (i['pty'] as ImageEntry)['index'] === index);
+}
+
+/**
+ * The master of pty `index`, opened in the task: /dev/ptmx hands out the lowest free index, so
+ * it is opened until it gives `index`, the others closed again. Shared by the master's restore
+ * and its slaves' (whichever comes first: the slave needs the pty to exist).
+ */
+function ptyMaster(ctx: FileRestoreContext, index: number, flags: number): number | undefined {
+  const placed = (ctx.shared.get('tty.mastersPlaced') as Set<number> | undefined) ?? new Set<number>();
+  ctx.shared.set('tty.mastersPlaced', placed);
+  if (placed.has(index)) return undefined;
+  const pending = (ctx.shared.get('tty.masters') as Map<number, number> | undefined) ?? new Map<number, number>();
+  ctx.shared.set('tty.masters', pending);
+  const known = pending.get(index);
+  if (known !== undefined) return known;
+  const inj = ctx.injector;
+  const extra: number[] = [];
+  try {
+    for (;;) {
+      const ret = inj.syscall(NR.openat, [
+        AT_FDCWD,
+        inj.pushData(Buffer.from('/dev/ptmx\0')),
+        BigInt(reopenFlags(flags) | O_NOCTTY),
+        0n,
+      ]);
+      if (ret < 0n && ret >= -4095n) throw taskSyscallError('openat', ret, ['"/dev/ptmx"']);
+      const fd = Number(ret);
+      const got = ioctlOrThrow(inj, fd, TIOCGPTN, 4, 'TIOCGPTN').readUInt32LE(0);
+      inj.resetScratch();
+      if (got === index) {
+        const unlock = Buffer.alloc(4);
+        ioctlOrThrow(inj, fd, TIOCSPTLCK, 4, 'TIOCSPTLCK', unlock);
+        inj.resetScratch();
+        pending.set(index, fd);
+        return fd;
+      }
+      extra.push(fd);
+      if (got > index || extra.length > 4096)
+        throw new UnsupportedError('pty-index', `Cannot restore pty ${index}: the index is taken (got ${got})`);
+    }
+  } finally {
+    for (const fd of extra) closeInTask(inj, fd);
+  }
+}
+
+async function restoreMaster(tty: ImageEntry, info: ImageEntry, ctx: FileRestoreContext): Promise<number> {
+  const inj = ctx.injector;
+  const index = Number((info['pty'] as ImageEntry)['index']);
+  const fd = ptyMaster(ctx, index, Number(tty['flags']));
+  if (fd === undefined) throw new ImageError('tty-info.img', `pty ${index} has two masters`);
+  (ctx.shared.get('tty.masters') as Map<number, number>).delete(index);
+  (ctx.shared.get('tty.mastersPlaced') as Set<number>).add(index);
+  // Opened for a slave first maybe, without the master's own status flags.
+  setStatusFlagsInTask(inj, fd, Number(tty['flags']), 0);
+  const word = (v: boolean): Buffer => Buffer.from([v ? 1 : 0, 0, 0, 0]);
+  if (info['packet_mode'] === true) ioctlOrThrow(inj, fd, TIOCPKT, 4, 'TIOCPKT', word(true));
+  // The lock is set back once every slave of the pty is open (finishRestore).
+  if (info['locked'] === true) ctx.shared.set(`tty.relock.${index}`, Number(tty['id']));
+  restoreFown(inj, fd, tty['fown'] as ImageEntry | undefined);
+  inj.resetScratch();
+  return fd;
+}
+
+async function restorePairedSlave(tty: ImageEntry, info: ImageEntry, ctx: FileRestoreContext): Promise<number> {
+  const inj = ctx.injector;
+  const index = Number((info['pty'] as ImageEntry)['index']);
+  ptyMaster(ctx, index, 2 /* O_RDWR */);
+  // The task's controlling terminal when it led the session owning it: opened without
+  // O_NOCTTY by the (new) session leader, it becomes that again.
+  const isCtty = Number(info['sid']) === ctx.pid;
+  const path = `/dev/pts/${index}`;
+  const flags = reopenFlags(Number(tty['flags'])) | (isCtty ? 0 : O_NOCTTY);
+  const ret = inj.syscall(NR.openat, [AT_FDCWD, inj.pushData(Buffer.from(`${path}\0`)), BigInt(flags), 0n]);
+  if (ret < 0n && ret >= -4095n) throw taskSyscallError('openat', ret, [`"${path}"`, `0${flags.toString(8)}`]);
+  const fd = Number(ret);
+  try {
+    const done = (ctx.shared.get('tty.paramsSet') as Set<number> | undefined) ?? new Set<number>();
+    ctx.shared.set('tty.paramsSet', done);
+    const infoId = Number(info['id']);
+    if (!done.has(infoId)) {
+      done.add(infoId);
+      if (isCtty) ioctlInTask(inj, fd, TIOCSCTTY, 0); // already so, unless opened O_NOCTTY before
+      restoreTtyParams(inj, fd, info);
+      const ws = info['winsize'] as ImageEntry | undefined;
+      if (ws !== undefined) {
+        const buf = Buffer.alloc(8);
+        buf.writeUInt16LE(Number(ws['ws_row']), 0);
+        buf.writeUInt16LE(Number(ws['ws_col']), 2);
+        buf.writeUInt16LE(Number(ws['ws_xpixel']), 4);
+        buf.writeUInt16LE(Number(ws['ws_ypixel']), 6);
+        ioctlOrThrow(inj, fd, TIOCSWINSZ, 8, 'TIOCSWINSZ', buf);
+      }
+      if (isCtty && Number(info['pgrp']) === ctx.pid)
+        ctx.shared.set('tty.foreground', { fileId: Number(tty['id']), pgrp: ctx.pid });
+    }
+    restoreFown(inj, fd, tty['fown'] as ImageEntry | undefined);
+  } catch (err) {
+    closeInTask(inj, fd);
+    throw err;
+  }
+  inj.resetScratch();
+  return fd;
+}
+
 interface ForegroundWish {
   fileId: number;
   pgrp: number;
@@ -227,21 +405,51 @@ export const ttyFile: FdKindModule = {
 
   refusal(input, options) {
     const where = `Cannot dump fd ${input.fd} of task ${input.pid}`;
-    if (ttyRole(input.stat.rdev) === 'pty-master')
-      return `${where}: pty master ${input.link} is not supported (the task owns a pty pair)`;
+    const role = ttyRole(input.stat.rdev);
+    if (role === 'pty-master')
+      return masterIndexOf(input) === undefined
+        ? `${where}: pty master ${input.link} is not supported (a legacy BSD pty)`
+        : undefined;
+    if (role === 'pty-slave' && taskHoldsMaster(input.pid, slaveIndexOf(input.stat.rdev))) return undefined;
     if (options.isShellJob !== true)
       return `${where}: terminal ${input.link} is not supported without --shell-job (-j)`;
     return undefined;
   },
 
   async dump(input, id, ctx) {
-    const infos = (ctx.shared.get('tty.infoByRdev') as Map<bigint, number> | undefined) ?? new Map<bigint, number>();
-    ctx.shared.set('tty.infoByRdev', infos);
-    let infoId = infos.get(input.stat.rdev);
+    const infos = (ctx.shared.get('tty.infoByKey') as Map<string, number> | undefined) ?? new Map<string, number>();
+    ctx.shared.set('tty.infoByKey', infos);
+    const role = ttyRole(input.stat.rdev);
+    const masterIndex = role === 'pty-master' ? masterIndexOf(input) : undefined;
+    const isPaired =
+      masterIndex !== undefined || (role === 'pty-slave' && taskHoldsMaster(input.pid, slaveIndexOf(input.stat.rdev)));
+    // Masters all have /dev/ptmx's device number: they are told apart by their pty index.
+    const key = masterIndex !== undefined ? `master:${masterIndex}` : `rdev:${input.stat.rdev}`;
+    let infoId = infos.get(key);
     if (infoId === undefined) {
+      if (!isPaired && role !== 'ctty') {
+        // All of them become criu's one terminal on restore: a second terminal (other than
+        // /dev/tty, which names the same one) would silently merge into the first.
+        const externals = (ctx.shared.get('tty.externals') as Set<bigint> | undefined) ?? new Set<bigint>();
+        ctx.shared.set('tty.externals', externals);
+        const other = [...externals][0];
+        if (other !== undefined)
+          throw new UnsupportedError(
+            'shell-job',
+            `Cannot dump fd ${input.fd} of task ${input.pid}: terminal ${input.link} is a second terminal (device ${devMajor(input.stat.rdev)}:${devMinor(input.stat.rdev)} besides ${devMajor(other)}:${devMinor(other)}); --shell-job takes one`,
+          );
+        externals.add(input.stat.rdev);
+      }
       infoId = infos.size + 1;
-      infos.set(input.stat.rdev, infoId);
-      await ctx.addEntry('TTY_INFO', dumpTtyInfo(input, infoId, ctx.injector));
+      infos.set(key, infoId);
+      const info = dumpTtyInfo(input, infoId, ctx.injector);
+      if (masterIndex !== undefined) {
+        info['pty'] = { index: masterIndex };
+        info['packet_mode'] = ioctlInt(ctx.injector, input.fd, TIOCGPKT) !== 0;
+        info['locked'] = ioctlInt(ctx.injector, input.fd, TIOCGPTLCK) !== 0;
+        ctx.injector.resetScratch();
+      }
+      await ctx.addEntry('TTY_INFO', info);
     }
     const tty: ImageEntry = {
       id,
@@ -256,12 +464,15 @@ export const ttyFile: FdKindModule = {
     const tty = entry['tty'] as ImageEntry | undefined;
     if (tty === undefined)
       throw new ImageError('files.img', `file ${String(entry['id'])} of type TTY has no tty entry`);
-    checkTtyRestore([entry], ctx.options ?? {});
     const fileId = Number(tty['id']);
     const infoId = Number(tty['tty_info_id']);
     const info = (await ctx.entriesOf('TTY_INFO')).find((e) => Number(e.entry['id']) === infoId)?.entry;
     if (info === undefined) throw new ImageError('tty-info.img', `tty info ${infoId} of tty file ${fileId} is missing`);
     const inj = ctx.injector;
+    const infos = (await ctx.entriesOf('TTY_INFO')).map((e) => e.entry);
+    if (isMasterInfo(info)) return restoreMaster(tty, info, ctx);
+    if (pairedMasterOf(info, infos) !== undefined) return restorePairedSlave(tty, info, ctx);
+    checkTtyRestore([entry], infos, ctx.options ?? {});
     const path = criuTerminal();
     const flags = reopenFlags(Number(tty['flags'])) | O_NOCTTY;
     const ret = inj.syscall(NR.openat, [AT_FDCWD, inj.pushData(Buffer.from(`${path}\0`)), BigInt(flags), 0n]);
@@ -285,6 +496,17 @@ export const ttyFile: FdKindModule = {
   },
 
   async finishRestore(ctx: FileRestoreContext) {
+    // A master opened for its slaves only (the task did not hold it: impossible from a dump, but
+    // an image may say so) is closed; locks are set back.
+    const pending = ctx.shared.get('tty.masters') as Map<number, number> | undefined;
+    for (const fd of pending?.values() ?? []) closeInTask(ctx.injector, fd);
+    pending?.clear();
+    for (const [key, fileId] of ctx.shared) {
+      if (!key.startsWith('tty.relock.')) continue;
+      const fd = ctx.fdOfFileId(fileId as number);
+      if (fd !== undefined) ioctlInTask(ctx.injector, fd, TIOCSPTLCK, 4, Buffer.from([1, 0, 0, 0]));
+    }
+    ctx.injector.resetScratch();
     const wish = ctx.shared.get('tty.foreground') as ForegroundWish | undefined;
     if (wish === undefined) return;
     const fd = ctx.fdOfFileId(wish.fileId);

@@ -107,7 +107,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (name === undefined) throw new ImageError('files.img', `file ${id} is missing`);
     return name;
   };
-  checkTtyRestore(img.files, { isShellJob: opts.isShellJob === true });
+  checkTtyRestore(
+    img.files,
+    (await img.extras('TTY_INFO')).map((e) => e.entry),
+    { isShellJob: opts.isShellJob === true },
+  );
   const skeleton = opts.skeleton;
   if (skeleton !== undefined && skeleton.pid !== pid)
     throw new TaskError(pid, `The pre-copied task is ${skeleton.pid}, the dump is of ${pid}`);

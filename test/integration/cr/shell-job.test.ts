@@ -147,14 +147,19 @@ for (const mode of ['dump', 'leave-running'] as const) {
     t.teardown(() => restored.child.kill('SIGKILL'));
     restored.type('echo "answer=$x pid=$$"\n');
     await restored.waitFor(`answer=42 pid=${pid}`);
-    // Job control still works: a foreground job of the restored bash, stopped with ^Z and resumed.
-    restored.type('sleep 30; echo slept\n');
+    // Job control still works: a foreground job of the restored bash is stopped by ^Z, brought
+    // back with fg and interrupted by ^C (the terminal signals its foreground group).
+    restored.type('sleep 30\n');
     await poll(() => restored.output().includes('sleep 30'), 'the command to echo', 5000);
     await new Promise((r) => setTimeout(r, 300));
     restored.type('\x1a');
     await restored.waitFor(/Stopped\s+sleep 30/);
-    restored.type('kill %1; echo killed-$?\n');
-    await restored.waitFor('killed-0');
+    restored.type('fg\n');
+    await restored.waitFor(/fg\r?\n[^]*sleep 30\r?\n/);
+    await new Promise((r) => setTimeout(r, 300));
+    restored.type('\x03');
+    restored.type('echo "status=$?"\n');
+    await restored.waitFor('status=130');
     restored.type('exit 7\n');
     t.equal(
       await restored.exited(),
@@ -163,3 +168,23 @@ for (const mode of ['dump', 'leave-running'] as const) {
     );
   });
 }
+
+t.test('dump -j refuses a second terminal besides the shell job', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const other = startPtyJob(['sh', '-c', 'tty; exec sleep 60']);
+  t.teardown(() => other.child.kill('SIGKILL'));
+  const otherTty = await other.waitFor(/\/dev\/pts\/\d+/);
+  const report = path.join(dir, 'report.txt');
+  const job = startPtyJob([fixturePath('cr_tty'), report, otherTty]);
+  t.teardown(() => job.child.kill('SIGKILL'));
+  await poll(() => /READY (\d+)/.test(readReport(report)), 'cr_tty to be READY', 10_000);
+  const pid = Number(/READY (\d+)/.exec(readReport(report))?.[1]);
+  t.teardown(() => process.kill(pid, 'SIGKILL'));
+  const dump = await criuAsync(['dump', '-j', '-t', String(pid), '-D', path.join(dir, 'img')]);
+  t.equal(dump.status, 1, 'the dump fails');
+  t.match(
+    dump.stderr,
+    new RegExp(`fd 10 of task ${pid}: terminal ${otherTty} is a second terminal .*--shell-job takes one`),
+  );
+  t.ok(readFileSync(`/proc/${pid}/status`, 'utf8').includes('TracerPid:\t0'), 'the task runs on, untraced');
+});

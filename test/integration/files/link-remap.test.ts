@@ -2,9 +2,12 @@
  * --link-remap (test/fixtures/cr_link_remap.c): an open file unlinked from its name but linked
  * elsewhere is refused without it; with it the dump links the file back under a hidden name
  * (remap LINKED, no ghost copy), restore opens that inode again and removes the link. Both ways:
- * dump then restore, and dump -R, kill, restore. Also the O_TMPFILE file (no link left, linkable).
+ * dump then restore, and dump -R, kill, restore. Also the O_TMPFILE file (no link left, linkable),
+ * and a dump that fails once the links are made (a full disk) removes them.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { readImage } from '../../../src/images/index.js';
@@ -70,3 +73,48 @@ for (const mode of ['dump', 'leave-running'] as const) {
     t.equal(r.status, 0, r.stderr);
   });
 }
+
+/** Mount a tmpfs of `size` on `dir`; the reason it cannot, or undefined. */
+function mountTmpfs(dir: string, size: string): string | undefined {
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { stdio: 'pipe' });
+    return undefined;
+  } catch (err) {
+    return `needs a tmpfs mount (${String(err).split('\n')[0]})`;
+  }
+}
+const canMountTmpfs = ((): string | false => {
+  if (needsRoot !== false) return needsRoot;
+  const probe = mkdtempSync(path.join(tmpdir(), 'criu-ts-tmpfs-'));
+  const why = mountTmpfs(probe, '64k');
+  if (why === undefined) execFileSync('umount', [probe]);
+  rmSync(probe, { recursive: true });
+  return why ?? false;
+})();
+
+t.test('a --link-remap dump that fails removes the links it made', { skip: canMountTmpfs }, async (t) => {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_link_remap', dir);
+  t.teardown(() => w.kill());
+  // Images on a tmpfs too small for the pages: the dump fails after the files are dumped.
+  const images = mkdtempSync(path.join(tmpdir(), 'criu-ts-link-remap-full-'));
+  const why = mountTmpfs(images, '32k');
+  if (why !== undefined) throw new Error(why);
+  t.teardown(() => {
+    execFileSync('umount', ['-l', images]);
+    rmSync(images, { recursive: true });
+  });
+  const log = path.join(dir, 'dump.log');
+  const dump = await criuAsync(['dump', '--link-remap', '-t', String(w.pid), '-D', images, '-v4', '-o', log]);
+  t.equal(dump.status, 1, 'the dump fails');
+  t.match(dump.stderr, /ENOSPC|no space/i);
+  t.match(
+    readFileSync(log, 'utf8'),
+    /Linked ".*data\.bin \(deleted\)" \(fd 41\) back as ".*link_remap\.\d+"/,
+    'after linking',
+  );
+  t.same(hiddenLinks(dir), [], 'no link_remap file is left');
+  process.kill(w.pid, 'SIGTERM');
+  await w.waitFor('PASS', 10_000).catch(() => undefined);
+  t.match(w.report(), /PASS/, `the task is intact: ${w.report()}`);
+});

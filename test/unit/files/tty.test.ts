@@ -55,7 +55,7 @@ t.test('a shell job restored without -j is refused', async (t) => {
     { type: FD_TYPES.REG, id: 1 },
     { type: FD_TYPES.TTY, id: 2 },
   ];
-  t.throws(() => checkTtyRestore(files, {}), { code: 'EUNSUPPORTED', message: /file 2: .*--shell-job \(-j\)/ });
-  t.doesNotThrow(() => checkTtyRestore(files, { isShellJob: true }));
-  t.doesNotThrow(() => checkTtyRestore([{ type: FD_TYPES.REG, id: 1 }], {}), 'no terminal, no -j needed');
+  t.throws(() => checkTtyRestore(files, [], {}), { code: 'EUNSUPPORTED', message: /file 2: .*--shell-job \(-j\)/ });
+  t.doesNotThrow(() => checkTtyRestore(files, [], { isShellJob: true }));
+  t.doesNotThrow(() => checkTtyRestore([{ type: FD_TYPES.REG, id: 1 }], [], {}), 'no terminal, no -j needed');
 });
