@@ -122,7 +122,10 @@ export class AgentClient extends AgentBase {
         reject(new ProtocolError(target, `the agent closed the connection (${code})`, 'connect'));
       });
     });
-    ws.on('close', (code, reason) => client.onClose(`the agent closed the connection (${code} ${reason.toString()})`));
+    ws.on('close', (code, reason) => {
+      const why = reason.length > 0 ? `${code}: ${reason.toString()}` : `${code}`;
+      client.onClose(`the agent closed the connection (${why})`);
+    });
     ws.on('error', (err) => client.onClose(`connection error: ${err.message}`));
     let agentNonce: Uint8Array;
     try {

@@ -147,6 +147,13 @@ down_one() {
 		p=$(cat "$STATE/$name/init.pid")
 		if [ -n "$p" ] && [ "$(ip netns identify "$p" 2>/dev/null)" = "$ns" ]; then
 			kill -9 "$p" 2>/dev/null || true
+			# Let unshare reap it before the sweep below kills unshare too (else the init
+			# would linger as a zombie until this machine's init reaps it).
+			n=0
+			while [ -d "/proc/$p" ] && [ $n -lt 40 ]; do
+				n=$((n + 1))
+				sleep 0.05
+			done
 		fi
 	fi
 	# Then whatever else joined the netns without its PID namespace (ip netns exec from here).

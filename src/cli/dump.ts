@@ -23,10 +23,12 @@ async function pageServerSink(opts: Options): Promise<PageSink | undefined> {
   if (!opts.pageServer) return undefined;
   if (opts.port === undefined) throw new UsageError('--page-server needs --port');
   const { connectPageServerSink } = await import('../dump/page-server-sink.js');
+  const { readToken } = await import('./page-server-cmd.js');
+  const token = await readToken(opts.token, opts.tokenFile);
   return connectPageServerSink({
     address: opts.address ?? '127.0.0.1',
     port: opts.port,
-    ...(opts.token === undefined ? {} : { token: opts.token }),
+    ...(token === undefined ? {} : { token }),
   });
 }
 

@@ -119,11 +119,12 @@ t.test('the log goes to -W (else -D) under the -o name, filtered by -v', { skip:
   t.notOk(existsSync(join(images, 'quiet.log')), '-W wins over -D');
 });
 
-t.test('pre-dump is not implemented yet: exit 2, one line, and pre-dump.log in the images dir', async (t) => {
+t.test('pre-dump of a missing task: exit 1, one line, and pre-dump.log in the images dir', async (t) => {
   const dir = t.testdir();
-  const r = criu(['pre-dump', '-D', dir, '-t', String(process.pid), '-vvvv']);
-  t.equal(r.status, 2);
-  t.equal(r.stderr, 'criu: pre-dump is not implemented yet\n');
+  const r = criu(['pre-dump', '-D', dir, '-t', '4194303', '-vvvv']);
+  t.equal(r.status, 1);
+  t.equal(r.stderr.split('\n').length, 2, r.stderr);
+  t.match(r.stderr, /4194303/);
   t.match(readFileSync(join(dir, 'pre-dump.log'), 'utf8'), /criu-ts .*: pre-dump/);
 });
 
@@ -135,9 +136,12 @@ t.test('usage error: one line, exit 1', async (t) => {
 });
 
 t.test('page-server and criu-migrate launchers', async (t) => {
-  const ps = run('node', [join(ROOT, 'bin/page-server.js'), '--port', '27000', '-D', t.testdir()]);
-  t.equal(ps.status, 2);
-  t.equal(ps.stderr, 'page-server: page-server is not implemented yet\n');
+  const ps = run('node', [join(ROOT, 'bin/page-server.js'), '-D', t.testdir()]);
+  t.equal(ps.status, 1, 'page-server without --port is a usage error');
+  t.equal(ps.stderr.split('\n').length, 2, ps.stderr);
+  const psHelp = run('node', [join(ROOT, 'bin/page-server.js'), '--help']);
+  t.equal(psHelp.status, 0);
+  t.match(psHelp.stdout, /--port/);
   const mig = run('node', [join(ROOT, 'bin/criu-migrate.js'), '127.0.0.1:1', '127.0.0.1:2', '1']);
   t.equal(mig.status, 2);
   t.equal(mig.stderr, 'criu-migrate: migrate is not implemented yet\n');
