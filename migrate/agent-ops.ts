@@ -26,6 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { CriuError, ImageError, TaskError, UsageError, describeError } from '../src/errors.js';
 import { TRACKER_KINDS, kerndat, trackerUnavailableReason } from '../src/kerndat/index.js';
 import { log } from '../src/log.js';
+import { EngineOps } from './engine-ops.js';
 import {
   MAX_FILE_BYTES,
   PROTOCOL_VERSION,
@@ -64,6 +65,8 @@ export interface AgentOpsOptions {
   tokenFile?: string;
   /** The criu command: argv before the subcommand. Default: this node, the repo's bin/criu.js. */
   criuCommand?: readonly string[];
+  /** The page-server token (the token file's contents) for in-process page servers and dumps. */
+  token?: string;
 }
 
 interface PageServerRecord {
@@ -102,9 +105,11 @@ export class AgentOps {
   private nextServerId = 1;
   private nextRunId = 1;
   private isClosed = false;
+  private readonly engine: EngineOps;
 
   constructor(opts: AgentOpsOptions) {
     this.opts = opts;
+    this.engine = new EngineOps(opts.token);
     this.imagesRoot = resolve(opts.imagesRoot);
     this.criuCommand = opts.criuCommand ?? defaultCriuCommand();
   }
@@ -148,6 +153,47 @@ export class AgentOps {
       }
       case 'list-dir':
         return { entries: await this.listDir((params as ParamsOf<'list-dir'>).dir) } as R;
+      case 'pre-dump':
+      case 'final-dump': {
+        const p = params as ParamsOf<'pre-dump'>;
+        const dir = await this.dirPath(p.dir, true);
+        const prev = p.prevDir === undefined ? undefined : await this.dirPath(p.prevDir, false);
+        const to = p.psPort === undefined ? undefined : { address: p.psAddress ?? '127.0.0.1', port: p.psPort };
+        return (
+          op === 'pre-dump'
+            ? await this.engine.preDump(p.pid, dir, to, prev === undefined ? undefined : relative(dir, prev))
+            : await this.engine.finalDump(p.pid, dir, to, prev === undefined ? undefined : relative(dir, prev))
+        ) as R;
+      }
+      case 'source-end': {
+        const p = params as ParamsOf<'source-end'>;
+        if (p.action !== 'kill' && p.action !== 'resume' && p.action !== 'stop')
+          throw new UsageError(`source-end: action must be kill, stop or resume, not "${p.action}"`);
+        return { isDone: await this.engine.sourceEnd(p.pid, p.action) } as R;
+      }
+      case 'receive-pages': {
+        const p = params as ParamsOf<'receive-pages'>;
+        const dir = await this.dirPath(p.dir, true);
+        const address = p.address ?? this.opts.pageServerAddress;
+        if (address === undefined) throw new UsageError('receive-pages needs an address: this agent has no default');
+        const prev = p.prevDir === undefined ? undefined : relative(dir, await this.dirPath(p.prevDir, false));
+        const r = await this.engine.receivePages(dir, address, p.port, prev);
+        return { ...r, address } as R;
+      }
+      case 'receive-wait': {
+        const p = params as ParamsOf<'receive-wait'>;
+        return (await this.engine.receiveWait(p.serverId, p.timeoutMs)) as R;
+      }
+      case 'skeleton-apply': {
+        const p = params as ParamsOf<'skeleton-apply'>;
+        return (await this.engine.skeletonApply(p.pid, await this.dirPath(p.dir, false), p.anonVmas)) as R;
+      }
+      case 'skeleton-abort':
+        return { isDone: this.engine.skeletonAbort((params as ParamsOf<'skeleton-abort'>).pid) } as R;
+      case 'restore-final': {
+        const p = params as ParamsOf<'restore-final'>;
+        return (await this.engine.restoreFinal(await this.dirPath(p.dir, false), p.pid)) as R;
+      }
       default:
         throw new UsageError(`Unknown agent operation "${String(op)}"`);
     }
@@ -156,6 +202,7 @@ export class AgentOps {
   /** Stop every page server and restore still running (SIGTERM, then SIGKILL after 2 s). */
   async close(): Promise<void> {
     this.isClosed = true;
+    this.engine.close();
     const all = [...this.children];
     for (const c of all) c.kill('SIGTERM');
     await Promise.all(

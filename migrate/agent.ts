@@ -81,6 +81,7 @@ export class AgentServer {
     const ops = new AgentOps({
       imagesRoot: opts.imagesRoot,
       pageServerAddress: opts.address,
+      token: opts.token,
       ...(opts.tokenFile === undefined ? {} : { tokenFile: opts.tokenFile }),
       ...(opts.criuCommand === undefined ? {} : { criuCommand: opts.criuCommand }),
     });

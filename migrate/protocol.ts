@@ -149,6 +149,42 @@ export interface AuthParams {
   nonce: Uint8Array;
 }
 
+/** Where a dump sends its pages: a page server (DST's receive-pages). */
+export interface PagesTargetParams {
+  psAddress?: string;
+  psPort?: number;
+}
+
+export interface DumpParams extends PagesTargetParams {
+  pid: number;
+  /** The source-side images dir (agent-relative). */
+  dir: string;
+  /** The previous iteration's source-side dir (agent-relative). */
+  prevDir?: string;
+}
+
+export interface PreDumpResultWire {
+  frozenUs: number;
+  copyUs: number;
+  pagesWritten: number;
+  pagesSkipped: number;
+  /** The task's writable private anonymous VMAs, flat [start, end, ...] byte addresses. */
+  anonVmas: number[];
+}
+
+export interface FinalDumpResultWire {
+  frozenUs: number;
+  pagesWritten: number;
+  pagesSkipped: number;
+}
+
+export interface ReceivePagesParams {
+  dir: string;
+  port: number;
+  address?: string;
+  prevDir?: string;
+}
+
 /** Each operation: its params and its result. */
 export interface Ops {
   auth: { params: AuthParams; result: { mac: Uint8Array } };
@@ -162,6 +198,14 @@ export interface Ops {
   'put-file': { params: PutFileParams; result: { sizeBytes: number } };
   'get-file': { params: GetFileParams; result: { data: Uint8Array } };
   'list-dir': { params: DirParams; result: { entries: FileEntry[] } };
+  'pre-dump': { params: DumpParams; result: PreDumpResultWire };
+  'final-dump': { params: DumpParams; result: FinalDumpResultWire };
+  'source-end': { params: { pid: number; action: string }; result: { isDone: boolean } };
+  'receive-pages': { params: ReceivePagesParams; result: { serverId: number; address: string; port: number } };
+  'receive-wait': { params: PageServerWaitParams; result: { pagesReceived: number; bytes: number } };
+  'skeleton-apply': { params: { pid: number; dir: string; anonVmas: number[] }; result: { pagesFilled: number } };
+  'skeleton-abort': { params: PidParams; result: { isDone: boolean } };
+  'restore-final': { params: { pid: number; dir: string }; result: { pid: number; restoreUs: number } };
 }
 
 export type OpName = keyof Ops;
@@ -180,6 +224,14 @@ export const OP_NAMES = [
   'put-file',
   'get-file',
   'list-dir',
+  'pre-dump',
+  'final-dump',
+  'source-end',
+  'receive-pages',
+  'receive-wait',
+  'skeleton-apply',
+  'skeleton-abort',
+  'restore-final',
 ] as const satisfies readonly OpName[];
 
 // ---------------------------------------------------------------------------------------------
@@ -264,7 +316,7 @@ function isId(x: unknown): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 }
 
-type FieldKind = 'string' | 'number' | 'bytes' | 'strings';
+type FieldKind = 'string' | 'number' | 'bytes' | 'strings' | 'numbers';
 type Shape = Record<string, { kind: FieldKind; isOptional?: boolean }>;
 
 const req = (kind: FieldKind): { kind: FieldKind } => ({ kind });
@@ -283,6 +335,26 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
   'put-file': { dir: req('string'), name: req('string'), data: req('bytes'), mode: opt('number') },
   'get-file': { dir: req('string'), name: req('string') },
   'list-dir': { dir: req('string') },
+  'pre-dump': {
+    pid: req('number'),
+    dir: req('string'),
+    prevDir: opt('string'),
+    psAddress: opt('string'),
+    psPort: opt('number'),
+  },
+  'final-dump': {
+    pid: req('number'),
+    dir: req('string'),
+    prevDir: opt('string'),
+    psAddress: opt('string'),
+    psPort: opt('number'),
+  },
+  'source-end': { pid: req('number'), action: req('string') },
+  'receive-pages': { dir: req('string'), port: req('number'), address: opt('string'), prevDir: opt('string') },
+  'receive-wait': { serverId: req('number'), timeoutMs: opt('number') },
+  'skeleton-apply': { pid: req('number'), dir: req('string'), anonVmas: req('numbers') },
+  'skeleton-abort': { pid: req('number') },
+  'restore-final': { pid: req('number'), dir: req('string') },
 };
 
 function checkParams(op: OpName, params: Record<string, unknown>): string | null {
@@ -304,8 +376,11 @@ function checkParams(op: OpName, params: Record<string, unknown>): string | null
           ? typeof v === 'number' && Number.isFinite(v)
           : kind === 'bytes'
             ? isBytes(v)
-            : Array.isArray(v) && v.every((s) => typeof s === 'string');
-    if (!isOk) return `field "${key}" is not a ${kind === 'strings' ? 'list of strings' : kind}`;
+            : kind === 'numbers'
+              ? Array.isArray(v) && v.every((n) => typeof n === 'number' && Number.isSafeInteger(n))
+              : Array.isArray(v) && v.every((s) => typeof s === 'string');
+    if (!isOk)
+      return `field "${key}" is not a ${kind === 'strings' ? 'list of strings' : kind === 'numbers' ? 'list of integers' : kind}`;
   }
   return null;
 }

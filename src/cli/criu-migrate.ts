@@ -1,8 +1,7 @@
 /**
  * Entry point of `criu-migrate` (bin/criu-migrate.js): live migration of a process tree from this
  * host to another, driving pre-dumps, a page server and a restore on the other side through an
- * agent. The agent runs (migrate/agent.ts); the migration itself says "not implemented yet" and
- * exits 2.
+ * agent (migrate/agent.ts), or `local` for this machine; the controller is migrate/controller.ts.
  *
  *   criu-migrate [options] SRC DST PID
  *   criu-migrate agent --listen ADDR:PORT --token-file F
@@ -11,12 +10,25 @@
 import { Command } from 'commander';
 
 import { runAgent } from '../../migrate/agent.js';
-import { NotImplementedError, UsageError } from '../errors.js';
-import { parseLogLevel } from '../log.js';
+import { UsageError } from '../errors.js';
+import { createLogger, parseLogLevel, setLogger } from '../log.js';
 import type { CliIo } from './commands.js';
 import { exitOnClosedStdout, isMainModule } from './launch.js';
 import { criuVersion, PROCESS_IO } from './program.js';
 import { configureSmallProgram, runSmallProgram } from './small-program.js';
+
+interface MigrateFlags {
+  tokenFile?: string;
+  json?: boolean;
+  keepSource?: boolean;
+  keepImages?: boolean;
+  downtimeTarget?: string;
+  maxIterations?: string;
+  maxTime?: string;
+  statsDir?: string;
+  imagesDir?: string;
+  verbosity?: string | true;
+}
 
 export function buildMigrateProgram(io: CliIo): Command {
   const program = configureSmallProgram(new Command('criu-migrate'), io)
@@ -24,14 +36,52 @@ export function buildMigrateProgram(io: CliIo): Command {
     .usage('[options] SRC DST PID | agent --listen ADDR:PORT --token-file F')
     .version(`Version: ${criuVersion()}`, '-V, --version', 'print program version')
     .enablePositionalOptions()
-    .argument('<SRC>', 'the source agent, ADDR:PORT')
-    .argument('<DST>', 'the destination agent, ADDR:PORT')
-    .argument('<PID>', 'the root pid of the tree to migrate, on SRC')
+    .argument('<SRC>', 'the source host: its agent ADDR:PORT, or local')
+    .argument('<DST>', 'the destination host: its agent ADDR:PORT, or local')
+    .argument('<PID>', 'the process to migrate, as SRC sees it')
     .option('--token-file <file>', 'pre-shared token of the agents (first line of file)')
-    .option('--tracker <kind>', 'dirty-memory tracker: auto (default), uffd, soft-dirty, none')
-    .option('-v, --verbosity [num]', 'log level 0..4 (default 2)')
-    .action(() => {
-      throw new NotImplementedError('migrate');
+    .option('--json', 'print the summary as one JSON object on stdout')
+    .option('--keep-source', 'leave the source process stopped instead of killing it')
+    .option('--keep-images', 'keep the images on both hosts')
+    .option('--downtime-target <ms>', 'freeze once the remaining dirty memory fits this downtime (default 100)')
+    .option('--max-iterations <n>', 'pre-copy iterations at most (default 8)')
+    .option('--max-time <seconds>', 'pre-copy time at most (default 60)')
+    .option('--stats-dir <dir>', 'also write stats-dump and stats-restore (CRIU stats format) there')
+    .option('--images-dir <dir>', 'where `local` keeps images (default /var/lib/criu-ts/agent)')
+    .option('-v, --verbosity [num]', 'log level 0..4 (default 2), to stderr')
+    .action(async (srcArg: string, dstArg: string, pidArg: string, o: MigrateFlags) => {
+      const num = (v: string | undefined, what: string): number | undefined => {
+        if (v === undefined) return undefined;
+        const n = Number(v);
+        if (!Number.isFinite(n) || n <= 0) throw new UsageError(`Invalid ${what} "${v}"`);
+        return n;
+      };
+      const level = o.verbosity === undefined ? undefined : parseLogLevel(o.verbosity === true ? 1 : o.verbosity);
+      if (level === null) throw new UsageError(`Invalid -v level "${String(o.verbosity)}"`);
+      if (level !== undefined) setLogger(createLogger({ level, file: '-', isPerPid: false }));
+      const downtime = num(o.downtimeTarget, '--downtime-target');
+      const iterations = num(o.maxIterations, '--max-iterations');
+      const seconds = num(o.maxTime, '--max-time');
+      const { runMigration } = await import('../../migrate/run.js');
+      await runMigration({
+        src: srcArg,
+        dst: dstArg,
+        pid: Number(pidArg),
+        isJson: o.json === true,
+        keepSource: o.keepSource === true,
+        keepImages: o.keepImages === true,
+        policy: {
+          ...(downtime === undefined ? {} : { downtimeTargetMs: downtime }),
+          ...(iterations === undefined ? {} : { maxIterations: Math.floor(iterations) }),
+          ...(seconds === undefined ? {} : { maxPreCopyMs: seconds * 1000 }),
+        },
+        ...(o.tokenFile === undefined ? {} : { tokenFile: o.tokenFile }),
+        ...(o.statsDir === undefined ? {} : { statsDir: o.statsDir }),
+        ...(o.imagesDir === undefined ? {} : { imagesDir: o.imagesDir }),
+        out: (t) => io.stdout(t),
+        err: (t) => io.stderr(t),
+        isTerminal: process.stderr.isTTY,
+      });
     });
   program
     .command('agent')

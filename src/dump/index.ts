@@ -19,6 +19,7 @@ import { existsSync, readlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { TaskError, UnsupportedError } from '../errors.js';
 import { imageFileName, writeImage, writeParentLink, PAGE_SIZE, type ImageEntry } from '../images/index.js';
+import { prepareImageKinds, writeImagesSync, type ImageToWrite } from '../images/image-writer.js';
 import { log } from '../log.js';
 import { readChildren, scanChildren } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
@@ -32,9 +33,10 @@ import { dumpCpuinfo } from '../cpuinfo/index.js';
 import type { DirtyTracker } from '../mem/track/index.js';
 import { dedupChain } from '../mem/dedup.js';
 import type { TrackerChoice } from '../kerndat/tracker.js';
+import { kerndat } from '../kerndat/index.js';
 import { dumpTaskCore, dumpThread } from './core.js';
 import { freezeProcess, killProcess, resumeProcess, stopProcess, type FrozenProcess } from './freeze.js';
-import { dumpMm, dumpMmShmem, pathFileEntry } from './mm.js';
+import { dumpMm, dumpMmShmem, pathFileEntry, preReadMm } from './mm.js';
 import { dumpSeccomp } from './seccomp.js';
 import { decodeKnown, planMemory } from './memory.js';
 import { localPageSink, parentKnown, type PageSink } from './page-sink.js';
@@ -43,7 +45,7 @@ export interface DumpOptions {
   pid: number;
   imagesDir: string;
   /** What happens to the task once the images are complete. */
-  end: 'kill' | 'leave-running' | 'leave-stopped';
+  end: 'kill' | 'leave-running' | 'leave-stopped' | 'keep-frozen';
   /** Aborted by SIGINT/SIGTERM: the dump stops and the task is resumed. */
   signal?: AbortSignal;
   /** Called with bytes of memory written so far (progress). */
@@ -72,6 +74,8 @@ export interface DumpStats {
 }
 
 const O_DIRECTORY = 0o200000;
+/** The image kinds every dump writes (their encoders are made ready before the freeze). */
+const DUMP_IMAGE_KINDS = ['MM', 'CORE', 'FILES', 'FDINFO', 'FS', 'IDS', 'PSTREE', 'SECCOMP', 'INVENTORY', 'PAGEMAP'];
 
 function nowUs(): number {
   return Number(process.hrtime.bigint() / 1000n);
@@ -82,7 +86,7 @@ function throwIfAborted(signal: AbortSignal | undefined): void {
 }
 
 /** Dump process `pid` into `imagesDir`. Returns the statistics written to stats-dump. */
-export async function dump(opts: DumpOptions): Promise<DumpStats> {
+export async function dump(opts: DumpOptions): Promise<DumpStats & { frozen?: FrozenProcess }> {
   const { pid } = opts;
   const stat = readStat(pid);
   if (stat === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
@@ -100,28 +104,20 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
   let nextPagesId = 2; // pages-1.img holds the task's memory
   await dumpCpuinfo(dir);
   written.push('cpuinfo.img');
-  const write = async (
-    name: string,
-    kind: string,
-    entries: ImageEntry[],
-    extras?: (Uint8Array | undefined)[],
-  ): Promise<void> => {
-    await writeImage(
-      path.join(dir, name),
-      kind,
-      entries.map((entry, i) => {
-        const extra = extras?.[i];
-        return extra === undefined ? { entry } : { entry, extra };
-      }),
-    );
-    written.push(name);
-  };
+
+  // Whatever can be known before the freeze is not part of the frozen time: the tracker module
+  // and the kernel probes that choose it (kerndat, 30-120 ms on first use).
+  const track = opts.trackMem === true || mayBeTracked(pid) ? await import('../mem/track/index.js') : null;
+  if (track !== null) kerndat();
+  // smaps walks every page table: read it now, and once frozen only check that it still holds.
+  const mmPre = preReadMm(pid);
+  prepareImageKinds(DUMP_IMAGE_KINDS);
 
   const t0 = nowUs();
   let frozen: FrozenProcess | null = freezeProcess(pid);
   const tFrozen = nowUs();
   log().info(`Frozen ${frozen.threads.length} thread(s) of ${pid} in ${tFrozen - t0} us`);
-  const stats: DumpStats = {
+  const stats: DumpStats & { frozen?: FrozenProcess } = {
     freezingTimeUs: tFrozen - t0,
     frozenTimeUs: 0,
     memdumpTimeUs: 0,
@@ -142,7 +138,7 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     const extraImages = new Map<string, { entry: ImageEntry; extra?: Uint8Array }[]>();
 
     log().debug('dump: mm');
-    const mm = dumpMm(pid, frozen.leader, allocId);
+    const mm = dumpMm(pid, frozen.leader, allocId, mmPre);
     const dirEntry = (p: string): number => {
       const id = allocId();
       mm.files.push(pathFileEntry(id, p, O_DIRECTORY, statSync(`/proc/${pid}/root${p}`, { bigint: true })));
@@ -210,15 +206,14 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
 
     log().debug('dump: memory');
     const tMem = nowUs();
-    if (opts.trackMem === true || mayBeTracked(pid)) {
-      const track = await import('../mem/track/index.js');
-      if (opts.trackMem === true || track.trackingKept(pid) !== null)
-        tracker = await track.openTracker({ pid, injector: frozen.leader, choice: opts.tracker ?? 'auto' });
-    }
+    if (track !== null && (opts.trackMem === true || track.trackingKept(pid) !== null))
+      tracker = await track.openTracker({ pid, injector: frozen.leader, choice: opts.tracker ?? 'auto' });
+    log().debug('dump: memory plan');
     const hasParent = await sink.open(pid, opts.prevImagesDir);
     const known =
       hasParent && tracker !== null ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
     const plan = await planMemory(pid, mm.vmas, tracker, known);
+    log().debug('dump: memory copy');
     const totalBytes = plan.copy.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
     const pages = await sink.writePages(pid, plan, {
       running: false,
@@ -234,24 +229,23 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     log().debug('dump: images');
     const tWrite = nowUs();
     await sink.commit();
+    log().debug('dump: images (pagemap written)');
     if (opts.prevImagesDir !== undefined && sink.isLocal) await writeParentLink(dir, opts.prevImagesDir);
-    await write(`mm-${pid}.img`, 'MM', [mm.entry]);
-    for (const { tid, core } of cores) await write(`core-${tid}.img`, 'CORE', [core]);
-    await write('files.img', 'FILES', [...mm.files, ...files.files]);
-    await write('fdinfo-2.img', 'FDINFO', files.fdinfo);
-    for (const [kind, list] of extraImages) {
-      const name = imageFileName(kind);
-      await write(
-        name,
-        kind,
-        list.map((e) => e.entry),
-        list.map((e) => e.extra),
-      );
-    }
-    await write(`fs-${pid}.img`, 'FS', [fsEntry]);
+    // The small images in one synchronous batch (src/images/image-writer.ts says why).
+    const batch: ImageToWrite[] = [];
+    const add = (name: string, kind: string, entries: ImageToWrite['entries']): void => {
+      batch.push({ path: path.join(dir, name), kind, entries });
+      written.push(name);
+    };
+    add(`mm-${pid}.img`, 'MM', [mm.entry]);
+    for (const { tid, core } of cores) add(`core-${tid}.img`, 'CORE', [core]);
+    add('files.img', 'FILES', [...mm.files, ...files.files]);
+    add('fdinfo-2.img', 'FDINFO', files.fdinfo);
+    for (const [kind, list] of extraImages) add(imageFileName(kind), kind, list);
+    add(`fs-${pid}.img`, 'FS', [fsEntry]);
     const ids = { vm_id: 2, files_id: 2, fs_id: 2, sighand_id: 2 };
-    await write(`ids-${pid}.img`, 'IDS', [ids]);
-    await write('pstree.img', 'PSTREE', [
+    add(`ids-${pid}.img`, 'IDS', [ids]);
+    add('pstree.img', 'PSTREE', [
       {
         pid,
         ppid: 0,
@@ -260,10 +254,11 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
         threads: frozen.threads.map((t) => t.tid).sort((a, b) => (a === pid ? -1 : b === pid ? 1 : a - b)),
       },
     ]);
-    await write('seccomp.img', 'SECCOMP', [seccomp.filters.length > 0 ? { seccomp_filters: seccomp.filters } : {}]);
+    add('seccomp.img', 'SECCOMP', [seccomp.filters.length > 0 ? { seccomp_filters: seccomp.filters } : {}]);
+    writeImagesSync(batch);
     stats.memwriteTimeUs = nowUs() - tWrite;
     // Last: the inventory makes the directory a complete dump.
-    await write('inventory.img', 'INVENTORY', [
+    add('inventory.img', 'INVENTORY', [
       {
         img_version: 2,
         fdinfo_per_id: true,
@@ -273,7 +268,9 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
         dump_criu_run_id: `criu-ts-${process.pid}-${Date.now()}`,
       },
     ]);
+    writeImagesSync(batch.slice(-1));
     stats.frozenTimeUs = nowUs() - tFrozen;
+    log().debug('dump: end');
 
     // Tracking ends with the final dump: the task is left as it was before the first pre-dump.
     if (tracker !== null) await tracker.end();
@@ -282,6 +279,8 @@ export async function dump(opts: DumpOptions): Promise<DumpStats> {
     frozen = null;
     if (opts.end === 'leave-running') resumeProcess(ending);
     else if (opts.end === 'leave-stopped') stopProcess(ending);
+    // Live migration: still frozen and traced by this process until the caller kills or resumes it.
+    else if (opts.end === 'keep-frozen') stats.frozen = ending;
     else killProcess(ending);
   } catch (err) {
     removeLinkRemaps(filesShared);

@@ -49,9 +49,17 @@ export class Skeleton {
     readonly stub: Stub,
   ) {}
 
-  /** Start the stub as `pid` (free here), its scratch area away from `layout`. */
-  static create(pid: number, layout: readonly { start: bigint; end: bigint }[], nrThreads = 1): Skeleton {
-    return new Skeleton(pid, startStub(pid, layout, nrThreads));
+  /**
+   * Start the stub as `pid` (free here), its scratch area away from `layout`. With isSibling the
+   * task is a child of this process's parent (who reaps it), as `criu restore -S` makes it.
+   */
+  static create(
+    pid: number,
+    layout: readonly { start: bigint; end: bigint }[],
+    nrThreads = 1,
+    options: { isSibling?: boolean } = {},
+  ): Skeleton {
+    return new Skeleton(pid, startStub(pid, layout, nrThreads, options));
   }
 
   get injector(): Injector {

@@ -10,7 +10,7 @@
  * After that the task is an empty shell: only the scratch region is mapped.
  */
 
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TaskError, isErrno } from '../errors.js';
@@ -92,7 +92,9 @@ export function startStub(
   try {
     child = sys.clone3Exec({
       flags: options.isSibling === true ? CLONE_PARENT : 0n,
-      exitSignal: SIGCHLD,
+      // clone3 refuses an exit signal with CLONE_PARENT: the child then signals our parent with
+      // our own exit signal, as a sibling of ours would.
+      exitSignal: options.isSibling === true ? 0 : SIGCHLD,
       setTid: [pid],
       path: stubPath(),
       argv: ['criu-stub'],
@@ -106,9 +108,14 @@ export function startStub(
     throw new TaskError(pid, `Cannot create task ${pid}`, { cause: err });
   }
   try {
-    const st = sys.waitpid(child, WUNTRACED | __WALL, 5000);
-    if (st === null || (st.status & 0xff) !== 0x7f)
-      throw new TaskError(pid, `The restore stub ${child} did not start (status ${st?.status ?? 'none'})`);
+    if (options.isSibling === true) {
+      // Not our child: its stop is seen in /proc, not by waitpid.
+      if (!waitStopped(child, 5000)) throw new TaskError(pid, `The restore stub ${child} did not start`);
+    } else {
+      const st = sys.waitpid(child, WUNTRACED | __WALL, 5000);
+      if (st === null || (st.status & 0xff) !== 0x7f)
+        throw new TaskError(pid, `The restore stub ${child} did not start (status ${st?.status ?? 'none'})`);
+    }
     // Out of its stop first (SIGCONT with the default action is not queued), so that the task
     // is not left in a group stop when it is let go.
     sys.kill(child, SIGCONT);
@@ -150,6 +157,23 @@ export function startStub(
   } catch (err) {
     killStub(child);
     throw err;
+  }
+}
+
+/** Wait (polling /proc) until `pid` is in a stop ("T"); false after `timeoutMs` or if it is gone. */
+function waitStopped(pid: number, timeoutMs: number): boolean {
+  const until = Date.now() + timeoutMs;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (;;) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    } catch {
+      return false;
+    }
+    if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('T')) return true;
+    if (Date.now() > until) return false;
+    Atomics.wait(pause, 0, 0, 1);
   }
 }
 

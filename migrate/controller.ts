@@ -1,0 +1,192 @@
+/**
+ * The migration controller: `criu-migrate SRC DST PID` moves a running process from SRC to DST,
+ * each a host reached through its agent (or `local`, this machine), while it runs.
+ *
+ *   pre-copy   iteration k: DST listens for pages (receive-pages, into pages-k, parent pages-(k-1));
+ *              SRC pre-dumps the task into it (the dirty tracker sends only what changed since
+ *              k-1); DST reads those pages into the skeleton (a stub with the task's PID holding
+ *              its memory). The policy (policy.ts) decides when to stop.
+ *   freeze     DST listens for the final pages; SRC's final dump freezes the task, sends the pages
+ *              dirtied since the last iteration and writes the other images; they are carried to
+ *              DST over the control channel; DST restores into the skeleton, reading only the
+ *              final pages. Downtime is measured from the final dump's request to the restore's
+ *              answer (the task runs on DST), both seen from here: it is never under-reported.
+ *   commit     DST confirms the task runs; SRC kills the frozen original (or stops it with
+ *              --keep-source). Images on both sides are removed.
+ * Anything failing before the restore is confirmed resumes the source untouched (it was never
+ * killed: the final dump leaves it frozen under the SRC agent's ptrace), ends the tracking, kills
+ * DST's skeleton and removes both sides' images; the error says which step failed.
+ */
+
+import { CriuError, describeError } from '../src/errors.js';
+import { log } from '../src/log.js';
+import type { Agent } from './agent-api.js';
+import { decide, DEFAULT_POLICY, type Decision, type IterationRecord, type PolicyOptions } from './policy.js';
+
+export interface MigrateOptions {
+  src: Agent;
+  dst: Agent;
+  pid: number;
+  policy?: Partial<PolicyOptions>;
+  /** Stop the source instead of killing it once DST runs the task. */
+  keepSource?: boolean;
+  /** Keep the images on both hosts (for inspection). */
+  keepImages?: boolean;
+  /** Progress, once per iteration and per phase. */
+  onEvent?: (e: MigrateEvent) => void;
+}
+
+export type MigrateEvent =
+  | { kind: 'iteration'; index: number; bytes: number; pages: number; ms: number; frozenMs: number; decision: Decision }
+  | { kind: 'phase'; phase: 'final-dump' | 'transfer' | 'restore' | 'commit'; ms: number };
+
+export interface MigrateSummary {
+  pid: number;
+  /** PID on DST (the same as on SRC). */
+  dstPid: number;
+  totalMs: number;
+  downtimeMs: number;
+  /** Time the source was frozen by the final dump (SRC's stats-dump). */
+  frozenMs: number;
+  /** DST's restore, from its request to the task running. */
+  restoreMs: number;
+  iterations: number;
+  /** Page bytes sent: each pre-dump iteration, then the final dump. */
+  bytesPerIteration: number[];
+  /** Other image bytes carried to DST after the freeze. */
+  imageBytes: number;
+  bytesSent: number;
+  stopReason: string;
+}
+
+const nowMs = (): number => Number(process.hrtime.bigint()) / 1e6;
+
+export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
+  const { src, dst, pid } = opts;
+  const policy = { ...DEFAULT_POLICY, ...opts.policy };
+  const id = `m-${pid}-${Date.now().toString(36)}`;
+  const emit = opts.onEvent ?? (() => undefined);
+  const t0 = nowMs();
+  const history: IterationRecord[] = [];
+  const bytesPerIteration: number[] = [];
+  let step = 'contacting the agents';
+  let isCommitted = false;
+  try {
+    await Promise.all([src.hello(), dst.hello()]);
+    // Pre-copy.
+    let decision: Decision | undefined;
+    for (let k = 1; ; k++) {
+      const tIt = nowMs();
+      step = `iteration ${k}: starting DST's page server`;
+      const rp = await dst.call('receive-pages', {
+        dir: `${id}/pages-${k}`,
+        port: 0,
+        ...(k > 1 ? { prevDir: `${id}/pages-${k - 1}` } : {}),
+      });
+      step = `iteration ${k}: pre-dump on SRC`;
+      const pd = await src.call(
+        'pre-dump',
+        { pid, dir: `${id}/src-${k}`, psAddress: rp.address, psPort: rp.port },
+        600_000,
+      );
+      step = `iteration ${k}: receiving pages on DST`;
+      const rw = await dst.call('receive-wait', { serverId: rp.serverId, timeoutMs: 60_000 }, 70_000);
+      const ms = nowMs() - tIt;
+      step = `iteration ${k}: reading pages into the task on DST`;
+      await dst.call('skeleton-apply', { pid, dir: `${id}/pages-${k}`, anonVmas: pd.anonVmas }, 600_000);
+      history.push({ bytes: rw.bytes, ms });
+      bytesPerIteration.push(rw.bytes);
+      decision = decide(history, nowMs() - t0, policy);
+      emit({
+        kind: 'iteration',
+        index: k,
+        bytes: rw.bytes,
+        pages: rw.pagesReceived,
+        ms,
+        frozenMs: pd.frozenUs / 1000,
+        decision,
+      });
+      log().info(`migrate: iteration ${k}: ${rw.bytes} bytes in ${ms.toFixed(0)} ms; ${decision.reason}`);
+      if (decision.isStop) break;
+    }
+    const last = history.length;
+
+    // Freeze: final dump, images to DST, restore.
+    step = 'starting the final page server on DST';
+    const rp = await dst.call('receive-pages', { dir: `${id}/final`, port: 0, prevDir: `${id}/pages-${last}` });
+    const tFreeze = nowMs();
+    step = 'final dump on SRC';
+    const fd = await src.call(
+      'final-dump',
+      { pid, dir: `${id}/final`, psAddress: rp.address, psPort: rp.port },
+      120_000,
+    );
+    const rw = await dst.call('receive-wait', { serverId: rp.serverId, timeoutMs: 60_000 }, 70_000);
+    bytesPerIteration.push(rw.bytes);
+    emit({ kind: 'phase', phase: 'final-dump', ms: nowMs() - tFreeze });
+    step = 'carrying the images to DST';
+    const tTransfer = nowMs();
+    let imageBytes = 0;
+    const files = (await src.listDir(`${id}/final`)).filter(
+      (f) => !f.isDir && f.name !== 'parent' && !f.name.endsWith('.log'),
+    );
+    await Promise.all(
+      files.map(async (f) => {
+        const data = await src.getFile(`${id}/final`, f.name);
+        imageBytes += data.length;
+        await dst.putFile(`${id}/final`, f.name, data);
+      }),
+    );
+    emit({ kind: 'phase', phase: 'transfer', ms: nowMs() - tTransfer });
+    step = 'restore on DST';
+    const tRestore = nowMs();
+    const rr = await dst.call('restore-final', { pid, dir: `${id}/final` }, 120_000);
+    const tRunning = nowMs();
+    emit({ kind: 'phase', phase: 'restore', ms: tRunning - tRestore });
+
+    // Commit.
+    step = 'confirming the task runs on DST';
+    const running = await dst.checkRunning(rr.pid);
+    if (!running.isRunning)
+      throw new CriuError(
+        'ETASK',
+        `The restored task ${rr.pid} is not running on ${dst.name} (state ${running.state ?? 'gone'})`,
+      );
+    isCommitted = true;
+    step = 'ending the source';
+    await src.call('source-end', { pid, action: opts.keepSource === true ? 'stop' : 'kill' });
+    emit({ kind: 'phase', phase: 'commit', ms: nowMs() - tRunning });
+    if (opts.keepImages !== true) await cleanup(src, dst, id);
+    const bytesSent = bytesPerIteration.reduce((n, b) => n + b, 0) + imageBytes;
+    return {
+      pid,
+      dstPid: rr.pid,
+      totalMs: nowMs() - t0,
+      downtimeMs: tRunning - tFreeze,
+      frozenMs: fd.frozenUs / 1000,
+      restoreMs: tRunning - tRestore,
+      iterations: last,
+      bytesPerIteration,
+      imageBytes,
+      bytesSent,
+      stopReason: decision?.reason ?? '',
+    };
+  } catch (err) {
+    if (isCommitted) {
+      // The task runs on DST: only the source's end failed. Say so; never resume a second copy.
+      throw new CriuError('ETASK', `Migrated, but ${step} failed: ${describeError(err)}`, { cause: err });
+    }
+    log().error(`migrate: ${step} failed: ${describeError(err)}; resuming the source`);
+    await src.call('source-end', { pid, action: 'resume' }).catch((e: unknown) => {
+      log().error(`migrate: cannot resume the source: ${describeError(e)}`);
+    });
+    await dst.call('skeleton-abort', { pid }).catch(() => undefined);
+    if (opts.keepImages !== true) await cleanup(src, dst, id);
+    const code = err instanceof CriuError ? err.code : 'ETASK';
+    throw new CriuError(code, `Migration failed (${step}): ${describeError(err)}; the source runs on`, { cause: err });
+  }
+}
+
+async function cleanup(src: Agent, dst: Agent, id: string): Promise<void> {
+  await Promise.all([src.cleanup(id).catch(() => false), dst.cleanup(id).catch(() => false)]);
+}

@@ -1,0 +1,226 @@
+/**
+ * The operations of a live migration that run inside the agent process itself, through
+ * criu-ts's library (src/index.ts) rather than a `criu` child process: whatever must outlive one
+ * request or costs downtime when started afresh.
+ *   source side:  pre-dump (the dirty tracker stays with the agent between iterations), the final
+ *                 dump that leaves the task frozen and traced here, and its end: killed once the
+ *                 destination runs it, or resumed untouched when the migration fails;
+ *   destination:  page servers (listening before the freeze, no start-up in the downtime), the
+ *                 pre-copy skeleton (the task with its PID, its memory read in as pre-dumps
+ *                 arrive), and the final restore into it.
+ * Paths are absolute here (agent-ops.ts resolves and checks the agent-relative ones).
+ */
+
+import { CriuError, TaskError, UsageError } from '../src/errors.js';
+import {
+  Skeleton,
+  connectPageServerSink,
+  endTracking,
+  dump,
+  killProcess,
+  preDump,
+  resumeProcess,
+  restore,
+  stopProcess,
+  PageServer,
+  type FrozenProcess,
+  type PageServerSummary,
+} from '../src/index.js';
+import { log } from '../src/log.js';
+
+export interface PagesTarget {
+  address: string;
+  port: number;
+}
+
+export interface PreDumpResult {
+  frozenUs: number;
+  copyUs: number;
+  pagesWritten: number;
+  pagesSkipped: number;
+  /** The task's writable private anonymous VMAs, flat [start, end, start, end...] (byte addresses). */
+  anonVmas: number[];
+}
+
+export interface FinalDumpResult {
+  frozenUs: number;
+  pagesWritten: number;
+  pagesSkipped: number;
+}
+
+export class EngineOps {
+  private readonly frozen = new Map<number, FrozenProcess>();
+  private readonly skeletons = new Map<number, Skeleton>();
+  private readonly servers = new Map<number, { server: PageServer; done: Promise<PageServerSummary> }>();
+  private nextServerId = 1;
+
+  constructor(private readonly token: string | undefined) {}
+
+  async preDump(pid: number, dir: string, to: PagesTarget | undefined, prevDir?: string): Promise<PreDumpResult> {
+    const sink = to === undefined ? undefined : await this.sinkTo(to);
+    const s = await preDump({
+      pid,
+      imagesDir: dir,
+      tracker: 'auto',
+      ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
+      ...(sink === undefined ? {} : { sink }),
+    });
+    return {
+      frozenUs: s.frozenTimeUs,
+      copyUs: s.memdumpTimeUs,
+      pagesWritten: s.pagesWritten,
+      pagesSkipped: s.pagesSkippedParent,
+      anonVmas: s.anonVmas.flatMap((v) => [Number(v.start), Number(v.end)]),
+    };
+  }
+
+  /** The final dump: the task stays frozen (traced by this process) until sourceEnd. */
+  async finalDump(pid: number, dir: string, to: PagesTarget | undefined, prevDir?: string): Promise<FinalDumpResult> {
+    if (this.frozen.has(pid)) throw new UsageError(`Task ${pid} is already dumped and frozen here`);
+    const sink = to === undefined ? undefined : await this.sinkTo(to);
+    const s = await dump({
+      pid,
+      imagesDir: dir,
+      end: 'keep-frozen',
+      trackMem: true,
+      ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
+      ...(sink === undefined ? {} : { sink }),
+    });
+    if (s.frozen !== undefined) this.frozen.set(pid, s.frozen);
+    return { frozenUs: s.frozenTimeUs, pagesWritten: s.pagesWritten, pagesSkipped: s.pagesSkippedParent };
+  }
+
+  /**
+   * End the source: 'kill' once it runs elsewhere ('stop': left stopped, --keep-source);
+   * 'resume' when the migration failed: a frozen
+   * task runs on untouched, and the memory tracking pre-dumps left is ended either way.
+   */
+  async sourceEnd(pid: number, action: 'kill' | 'resume' | 'stop'): Promise<boolean> {
+    const f = this.frozen.get(pid);
+    this.frozen.delete(pid);
+    if (f !== undefined) {
+      if (action === 'kill') killProcess(f);
+      else if (action === 'stop') stopProcess(f);
+      else resumeProcess(f);
+      log().info(`agent: source task ${pid}: ${action}`);
+    }
+    if (action === 'resume') await endTracking(pid);
+    return f !== undefined;
+  }
+
+  /** A page server in this process, listening when this returns; one session into `dir`. */
+  async receivePages(
+    dir: string,
+    address: string,
+    port: number,
+    prevDir?: string,
+  ): Promise<{ serverId: number; port: number }> {
+    const server = await PageServer.listen({
+      imagesDir: dir,
+      address,
+      port,
+      ...(this.token === undefined ? {} : { token: this.token }),
+      ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
+    });
+    const serverId = this.nextServerId++;
+    const done = server.serve();
+    done.catch(() => undefined); // awaited by receiveWait
+    this.servers.set(serverId, { server, done });
+    return { serverId, port: server.port };
+  }
+
+  async receiveWait(serverId: number, timeoutMs?: number): Promise<{ pagesReceived: number; bytes: number }> {
+    const rec = this.servers.get(serverId);
+    if (rec === undefined) throw new UsageError(`No page server ${serverId} here`);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const timeout =
+        timeoutMs === undefined
+          ? null
+          : new Promise<never>((_, reject) => {
+              timer = setTimeout(() => {
+                rec.server.close();
+                reject(new CriuError('EPROTOCOL', `The page server got no complete session in ${timeoutMs} ms`));
+              }, timeoutMs);
+            });
+      const s = await (timeout === null ? rec.done : Promise.race([rec.done, timeout]));
+      return { pagesReceived: s.nrPagesReceived, bytes: s.bytesReceived };
+    } finally {
+      if (timer !== undefined) clearTimeout(timer);
+      this.servers.delete(serverId);
+    }
+  }
+
+  /** Read a pre-dump that arrived in `dir` into the skeleton of `pid` (made on first use). */
+  async skeletonApply(pid: number, dir: string, anonVmas: readonly number[]): Promise<{ pagesFilled: number }> {
+    const vmas: { start: bigint; end: bigint }[] = [];
+    for (let i = 0; i + 1 < anonVmas.length; i += 2)
+      vmas.push({ start: BigInt(anonVmas[i] as number), end: BigInt(anonVmas[i + 1] as number) });
+    let sk = this.skeletons.get(pid);
+    if (sk === undefined) {
+      // A sibling: the restored task's parent is the agent's (which reaps it), not the agent.
+      sk = Skeleton.create(pid, vmas, 1, { isSibling: true });
+      this.skeletons.set(pid, sk);
+    }
+    try {
+      return { pagesFilled: (await sk.apply(dir, vmas)).pagesFilled };
+    } catch (err) {
+      this.skeletonAbort(pid);
+      throw err;
+    }
+  }
+
+  /** Restore the final dump in `dir` into the skeleton of `pid` (or from scratch without one). */
+  async restoreFinal(dir: string, pid: number): Promise<{ pid: number; restoreUs: number }> {
+    const t0 = process.hrtime.bigint();
+    const sk = this.skeletons.get(pid);
+    this.skeletons.delete(pid);
+    try {
+      const r = await restore({
+        imagesDir: dir,
+        isDetached: true,
+        isSibling: true,
+        ...(sk === undefined ? {} : { skeleton: sk }),
+      });
+      return { pid: r.pid, restoreUs: Number((process.hrtime.bigint() - t0) / 1000n) };
+    } catch (err) {
+      sk?.abort();
+      throw err;
+    }
+  }
+
+  skeletonAbort(pid: number): boolean {
+    const sk = this.skeletons.get(pid);
+    if (sk === undefined) return false;
+    this.skeletons.delete(pid);
+    sk.abort();
+    return true;
+  }
+
+  /** Stop everything: servers closed, skeletons killed, frozen sources resumed (never left frozen). */
+  close(): void {
+    for (const { server } of this.servers.values()) server.close();
+    this.servers.clear();
+    for (const pid of [...this.skeletons.keys()]) this.skeletonAbort(pid);
+    for (const [pid, f] of this.frozen) {
+      try {
+        resumeProcess(f);
+      } catch (err) {
+        log().error(`agent: cannot resume source task ${pid}: ${String(err)}`);
+      }
+    }
+    this.frozen.clear();
+  }
+
+  private async sinkTo(to: PagesTarget): Promise<Awaited<ReturnType<typeof connectPageServerSink>>> {
+    try {
+      return await connectPageServerSink({
+        address: to.address,
+        port: to.port,
+        ...(this.token === undefined ? {} : { token: this.token }),
+      });
+    } catch (err) {
+      throw new TaskError(0, `Cannot reach the page server at ${to.address}:${to.port}`, { cause: err });
+    }
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * When to stop pre-copying and freeze: the convergence policy of a live migration.
+ *
+ * After each pre-dump iteration the controller knows how many bytes it sent and how long the
+ * iteration took. The bytes sent by iteration k (k ≥ 2) are what the task dirtied while iteration
+ * k-1 ran: the final dump will have about as much to send, at the bandwidth seen so far. Stop when:
+ *   - that estimate fits the downtime target (the remaining dirty set fits bandwidth × target);
+ *   - the dirty set no longer shrinks (the task dirties as fast as we copy: more iterations only
+ *     cost bytes);
+ *   - the iteration limit or the time limit is reached.
+ * At least two iterations run: the first one sends everything and says nothing of the dirty rate.
+ * Pure logic, no I/O.
+ */
+
+export interface PolicyOptions {
+  /** Downtime aimed at for the final dump's transfer, in ms (default 100). */
+  downtimeTargetMs: number;
+  /** Pre-dump iterations at most (default 8). */
+  maxIterations: number;
+  /** Time for the pre-copy phase at most, in ms (default 60 000). */
+  maxPreCopyMs: number;
+  /** An iteration must send at most this fraction of the previous one to count as shrinking (0.9). */
+  shrinkRatio: number;
+}
+
+export const DEFAULT_POLICY: PolicyOptions = {
+  downtimeTargetMs: 100,
+  maxIterations: 8,
+  maxPreCopyMs: 60_000,
+  shrinkRatio: 0.9,
+};
+
+export interface IterationRecord {
+  /** Bytes of page data sent. */
+  bytes: number;
+  /** Wall time of the iteration, ms (pre-dump and page transfer). */
+  ms: number;
+}
+
+export interface Decision {
+  isStop: boolean;
+  reason: string;
+  /** Bytes per second seen so far (0 when unknown). */
+  bandwidth: number;
+  /** The final transfer's expected time, ms (Infinity when unknown). */
+  estimatedMs: number;
+}
+
+/** Decide after the iterations in `history` (oldest first), `elapsedMs` into the pre-copy. */
+export function decide(history: readonly IterationRecord[], elapsedMs: number, opts: PolicyOptions): Decision {
+  const totalBytes = history.reduce((n, i) => n + i.bytes, 0);
+  const totalMs = history.reduce((n, i) => n + i.ms, 0);
+  const bandwidth = totalMs > 0 ? (totalBytes / totalMs) * 1000 : 0;
+  const last = history[history.length - 1];
+  const prev = history[history.length - 2];
+  const estimatedMs = last === undefined || bandwidth === 0 ? Infinity : (last.bytes / bandwidth) * 1000;
+  const out = (isStop: boolean, reason: string): Decision => ({ isStop, reason, bandwidth, estimatedMs });
+  if (history.length >= opts.maxIterations) return out(true, `reached the limit of ${opts.maxIterations} iterations`);
+  if (elapsedMs >= opts.maxPreCopyMs) return out(true, `reached the pre-copy time limit (${opts.maxPreCopyMs} ms)`);
+  if (last === undefined || prev === undefined) return out(false, 'the first iteration copies everything');
+  if (estimatedMs <= opts.downtimeTargetMs)
+    return out(true, `the dirty set (${last.bytes} bytes) fits the downtime target of ${opts.downtimeTargetMs} ms`);
+  if (history.length >= 3 && last.bytes > prev.bytes * opts.shrinkRatio)
+    return out(true, 'the dirty set no longer shrinks (the task dirties memory about as fast as it is copied)');
+  return out(false, 'still converging');
+}

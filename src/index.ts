@@ -1,0 +1,16 @@
+/**
+ * The public entry of criu-ts as a library: what migrate/ (and any other program) may use. The
+ * rest of src/ is internal and may change.
+ */
+
+export { dump, type DumpOptions, type DumpStats } from './dump/index.js';
+export { preDump, type PreDumpOptions, type PreDumpStats } from './dump/pre-dump.js';
+export { killProcess, resumeProcess, stopProcess, type FrozenProcess } from './dump/freeze.js';
+export { connectPageServerSink, type PageServerTarget } from './dump/page-server-sink.js';
+export type { PageSink } from './dump/page-sink.js';
+export { restore, type RestoreOptions, type RestoreResult } from './restore/index.js';
+export { Skeleton } from './restore/skeleton.js';
+export { PageServer, type PageServerSummary } from './pageserver/server.js';
+export { dedupChain } from './mem/dedup.js';
+export { endTracking } from './mem/track/index.js';
+export { CriuError, describeError } from './errors.js';

@@ -1,0 +1,73 @@
+/**
+ * Live-migration test helpers: agents inside simulated hosts (migrate/sim-hosts.ts), and
+ * workloads started on a host with a PID above 20000 (DST's own init and agent hold small PIDs).
+ */
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Test } from 'tap';
+import type { HostProcess, SimHost } from '../../migrate/sim-hosts.js';
+import { poll } from './cr.js';
+import { ROOT } from './fixture.js';
+
+export const MIGRATE = path.join(ROOT, 'bin/criu-migrate.js');
+export const TOKEN = 'migrate-test-token-7f3a';
+
+export function tokenFile(dir: string): string {
+  const file = path.join(dir, 'token');
+  writeFileSync(file, `${TOKEN}\n`, { mode: 0o600 });
+  return file;
+}
+
+/** Start `criu-migrate agent` in `host`; resolves with its ADDR:PORT once it listens. */
+export async function startAgent(t: Test, host: SimHost, dir: string): Promise<{ agent: HostProcess; target: string }> {
+  const agent = host.spawn([
+    'node',
+    MIGRATE,
+    'agent',
+    '--listen',
+    `${host.addr}:0`,
+    '--token-file',
+    tokenFile(dir),
+    '-D',
+    path.join(dir, `agent-${host.name}`),
+  ]);
+  t.teardown(() => agent.kill('SIGKILL'));
+  let out = '';
+  let err = '';
+  agent.child.stderr?.setEncoding('utf8').on('data', (s: string) => (err += s));
+  const port = await new Promise<number>((resolve, reject) => {
+    agent.child.stdout?.setEncoding('utf8').on('data', (s: string) => {
+      out += s;
+      const m = /Agent listening on [\d.]+:(\d+)/.exec(out);
+      if (m !== null) resolve(Number(m[1]));
+    });
+    void agent.exited.then((e) => reject(new Error(`the agent exited (${e.status}): ${err}`)));
+  });
+  return { agent, target: `${host.addr}:${port}` };
+}
+
+export interface HostWorkload {
+  pid: number;
+  report(): string;
+  waitFor(text: string | RegExp, timeoutMs?: number): Promise<void>;
+}
+
+/** Start `argv` (its last argument: the report file it writes) on `host` with a PID above 20000. */
+export async function startOnHost(
+  t: Test,
+  host: SimHost,
+  argv: readonly string[],
+  reportFile: string,
+): Promise<HostWorkload> {
+  const quoted = [...argv, reportFile].map((a) => `'${a}'`).join(' ');
+  const r = await host.exec(`echo 19999 > /proc/sys/kernel/ns_last_pid; ${quoted} </dev/null >/dev/null 2>&1 &`);
+  t.equal(r.status, 0, r.stderr);
+  const report = (): string => (existsSync(reportFile) ? readFileSync(reportFile, 'utf8') : '');
+  await poll(() => /READY \d+/.test(report()), `${argv[0] ?? '?'} to be READY`, 30_000);
+  const test = (s: string | RegExp): boolean => (typeof s === 'string' ? report().includes(s) : s.test(report()));
+  return {
+    pid: Number(/READY (\d+)/.exec(report())?.[1]),
+    report,
+    waitFor: (s, ms = 20_000) => poll(() => test(s), `${String(s)} in ${reportFile}`, ms),
+  };
+}
