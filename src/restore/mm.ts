@@ -103,7 +103,7 @@ export function fillSources(inj: Injector, runs: readonly PageSource[]): number 
     const fd = BigInt(openInTask(inj, path.resolve(file), O_RDONLY));
     inj.resetScratch();
     try {
-      for (const r of list) pages += fillRun(inj, fd, path.basename(file), r);
+      for (const group of contiguousGroups(list)) pages += fillGroup(inj, fd, path.basename(file), group);
     } finally {
       inj.syscallOrThrow('close', [fd]);
     }
@@ -111,24 +111,80 @@ export function fillSources(inj: Injector, runs: readonly PageSource[]): number 
   return pages;
 }
 
-function fillRun(inj: Injector, fd: bigint, pagesName: string, r: PageSource): number {
-  const len = BigInt(r.nrPages) * PAGE;
+/** Runs per preadv at most (IOV_MAX), and bytes (so that one call stays short). */
+const GROUP_RUNS = 1024;
+const GROUP_BYTES = 64n << 20n;
+
+/**
+ * Split runs (in file order) into groups whose data follow each other in the file: each group is
+ * one preadv(2) from one offset into scattered places. Scattered pages (a pre-dump's dirty set)
+ * then cost one injected call per thousand runs instead of one per run.
+ */
+function* contiguousGroups(list: readonly PageSource[]): Generator<PageSource[]> {
+  let group: PageSource[] = [];
+  let next = -1n;
+  let bytes = 0n;
+  for (const r of list) {
+    const len = BigInt(r.nrPages) * PAGE;
+    if (group.length > 0 && (r.fileOffset !== next || group.length >= GROUP_RUNS || bytes + len > GROUP_BYTES)) {
+      yield group;
+      group = [];
+      bytes = 0n;
+    }
+    group.push(r);
+    next = r.fileOffset + len;
+    bytes += len;
+  }
+  if (group.length > 0) yield group;
+}
+
+function fillGroup(inj: Injector, fd: bigint, pagesName: string, group: readonly PageSource[]): number {
   // Faulting the pages in one call first is several times faster than letting the copy fault
   // them one by one (measured here: 1 GiB in 1.3-4.2 s instead of 5.6-10.5 s); worth its
   // injected call on large runs only. Kernels before 5.14 refuse it (EINVAL): then the copy
   // faults them, as before.
-  if (r.nrPages >= POPULATE_MIN_PAGES) inj.syscall(SYSCALLS_X86_64.madvise, [r.vaddr, len, MADV_POPULATE_WRITE]);
-  for (let done = 0n; done < len;) {
-    const n = inj.syscallOrThrow('pread64', [fd, r.vaddr + done, len - done, r.fileOffset + done]);
+  for (const r of group)
+    if (r.nrPages >= POPULATE_MIN_PAGES)
+      inj.syscall(SYSCALLS_X86_64.madvise, [r.vaddr, BigInt(r.nrPages) * PAGE, MADV_POPULATE_WRITE]);
+  const first = group[0] as PageSource;
+  let i = 0; // first run not completely read
+  let skip = 0n; // bytes of run i already read
+  let offset = first.fileOffset;
+  let pages = 0;
+  while (i < group.length) {
+    const rest = group.slice(i);
+    const iov = Buffer.alloc(rest.length * 16);
+    rest.forEach((r, k) => {
+      const at = k === 0 ? skip : 0n;
+      iov.writeBigUInt64LE(r.vaddr + at, k * 16);
+      iov.writeBigUInt64LE(BigInt(r.nrPages) * PAGE - at, k * 16 + 8);
+    });
+    const n = inj.syscallOrThrow('preadv', [fd, inj.pushData(iov), BigInt(rest.length), offset, 0n]);
+    inj.resetScratch();
     if (n === 0n)
       throw new ImageError(
         pagesName,
-        `the file ends before page 0x${(r.vaddr + done).toString(16)}`,
-        Number(r.fileOffset + done),
+        `the file ends before page 0x${((group[i] as PageSource).vaddr + skip).toString(16)}`,
+        Number(offset),
       );
-    done += n;
+    offset += n;
+    // Advance over what was read (a short read stops anywhere).
+    let left = n;
+    while (i < group.length && left > 0n) {
+      const r = group[i] as PageSource;
+      const remaining = BigInt(r.nrPages) * PAGE - skip;
+      if (left >= remaining) {
+        left -= remaining;
+        pages += r.nrPages;
+        i++;
+        skip = 0n;
+      } else {
+        skip += left;
+        left = 0n;
+      }
+    }
   }
-  return r.nrPages;
+  return pages;
 }
 
 /**
