@@ -7,9 +7,9 @@
 // ("127.0.0.1", "::1"); the family follows the text. Interrupted calls are retried.
 
 #include <arpa/inet.h>
-#include <limits.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <string.h>
@@ -78,7 +78,9 @@ Napi::Value AddrToJs(Napi::Env env, const sockaddr_storage& ss) {
 
 size_t ArgSize(const Napi::CallbackInfo& info, size_t i, const char* name) {
   int64_t v = ArgInt64Number(info, i, name);
-  if (v < 0) throw Napi::RangeError::New(info.Env(), std::string("Argument ") + name + " must not be negative");
+  if (v < 0)
+    throw Napi::RangeError::New(info.Env(),
+                                std::string("Argument ") + name + " must not be negative");
   return static_cast<size_t>(v);
 }
 

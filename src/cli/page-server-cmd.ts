@@ -72,7 +72,11 @@ export async function runPageServerCmd(opts: Options, io: CliIo): Promise<number
 }
 
 /** Serve one session (or, with isDaemon, start a copy that does and return once it listens). */
-export async function runPageServer(run: PageServerRun, io: CliIo, onListening?: (port: number) => void): Promise<number> {
+export async function runPageServer(
+  run: PageServerRun,
+  io: CliIo,
+  onListening?: (port: number) => void,
+): Promise<number> {
   if (run.isDaemon) return startDaemon(run, io);
   const server = await PageServer.listen({
     imagesDir: run.imagesDir,

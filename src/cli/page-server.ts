@@ -116,7 +116,12 @@ async function runStandalone(raw: RawOpts, io: CliIo): Promise<number> {
 
 export async function runPageServerCli(argv: readonly string[], io: CliIo = PROCESS_IO): Promise<number> {
   let code = 0;
-  const failed = await runSmallProgram('page-server', buildPageServerProgram(io, (c) => (code = c)), argv, io);
+  const failed = await runSmallProgram(
+    'page-server',
+    buildPageServerProgram(io, (c) => (code = c)),
+    argv,
+    io,
+  );
   return failed !== 0 ? failed : code;
 }
 

@@ -49,9 +49,9 @@ export interface PageRecord extends PageRunLike {
 
 export interface SendProgress {
   /** Called after each batch with the page bytes sent so far by this call. */
-  onProgress?: (bytesDone: number) => void;
+  onProgress?: ((bytesDone: number) => void) | undefined;
   /** Stops between two batches (the session is then unusable: abort() it). */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /**
@@ -59,9 +59,9 @@ export interface SendProgress {
  * contract: open() a pagemap, then give its records in increasing address order (present runs,
  * parent runs, lazy runs, any mix, never overlapping), then open() the next one; close() once at
  * the end commits everything. Until close() resolves nothing counts as stored; after any
- * rejection the sink is broken: call abort().
+ * rejection the transport is broken: call abort().
  */
-export interface PageSink {
+export interface PageTransport {
   /** Start the pagemap of `dst` (a task: its id in the images; shmem: the shmid). */
   open(dst: Dst): Promise<{ hasParent: boolean }>;
   /**
@@ -71,7 +71,7 @@ export interface PageSink {
   sendPagemap(
     pid: number,
     runs: readonly PageRecord[],
-    progress?: SendProgress & { isRunning?: boolean },
+    progress?: SendProgress & { isRunning?: boolean | undefined },
   ): Promise<{ nrPagesSent: number; nrPagesGone: number }>;
   /** Present pages of process `pid` only (sendPagemap with PE_PRESENT runs). */
   addPresentRuns(pid: number, runs: readonly PageRunLike[], progress?: SendProgress): Promise<void>;
@@ -97,7 +97,7 @@ export interface PageServerClientOptions {
   timeoutMs?: number;
 }
 
-export class PageServerClient implements PageSink {
+export class PageServerClient implements PageTransport {
   private dst: Dst | null = null;
   private buffers: [Buffer, Buffer] | null = null;
   private isDone = false;
@@ -126,7 +126,8 @@ export class PageServerClient implements PageSink {
           throw hungUp(err);
         });
         if (got < 4) throw hungUp();
-        if (decodeI32Reply(reply) !== AUTH_ACCEPTED) throw new ProtocolError(conn.peer, 'the page server refused the token');
+        if (decodeI32Reply(reply) !== AUTH_ACCEPTED)
+          throw new ProtocolError(conn.peer, 'the page server refused the token');
       }
     } catch (err) {
       client.abort();
@@ -144,7 +145,16 @@ export class PageServerClient implements PageSink {
   async open(dst: Dst): Promise<{ hasParent: boolean }> {
     this.assertLive();
     await this.conn.writeAll([encodeIov(controlIov('OPEN2', dst))], 'OPEN2');
-    const reply = await this.conn.readExact(1, "OPEN2's answer", 'OPEN2');
+    const reply = await this.conn.readExact(1, "OPEN2's answer", 'OPEN2').catch((err: unknown) => {
+      // The first answer of a session: a server that hangs up here most likely wants a token.
+      throw new ProtocolError(
+        this.conn.peer,
+        'the page server hung up instead of answering OPEN2 (does it require a token?)',
+        'OPEN2',
+        // A socket error says more; "closed" would only repeat this message.
+        { cause: err instanceof ProtocolError && err.cause === undefined ? undefined : err },
+      );
+    });
     this.dst = dst;
     return { hasParent: decodeOpen2Reply(reply) };
   }
@@ -179,7 +189,7 @@ export class PageServerClient implements PageSink {
   async sendPagemap(
     pid: number,
     runs: readonly PageRecord[],
-    progress: SendProgress & { isRunning?: boolean } = {},
+    progress: SendProgress & { isRunning?: boolean | undefined } = {},
   ): Promise<{ nrPagesSent: number; nrPagesGone: number }> {
     const dst = this.currentDst();
     this.buffers ??= [Buffer.allocUnsafeSlow(CHUNK_BYTES), Buffer.allocUnsafeSlow(CHUNK_BYTES)];
@@ -249,7 +259,11 @@ export class PageServerClient implements PageSink {
       await this.conn.writeAll([encodeIov(closeIov())], 'CLOSE');
       const status = decodeI32Reply(await this.conn.readExact(4, "CLOSE's answer", 'CLOSE'));
       if (status !== 0)
-        throw new ProtocolError(this.conn.peer, `the page server could not store the pages (status ${status})`, 'CLOSE');
+        throw new ProtocolError(
+          this.conn.peer,
+          `the page server could not store the pages (status ${status})`,
+          'CLOSE',
+        );
     } finally {
       this.abort();
     }
@@ -323,7 +337,13 @@ function* batches(runs: readonly PageRecord[]): Generator<Piece[]> {
  * then each piece is read alone and what cannot be read (unmapped meanwhile) becomes zeros.
  * Returns the pages that were gone.
  */
-async function readPieces(pid: number, buf: Buffer, pieces: readonly Piece[], bytes: number, isRunning: boolean): Promise<number> {
+async function readPieces(
+  pid: number,
+  buf: Buffer,
+  pieces: readonly Piece[],
+  bytes: number,
+  isRunning: boolean,
+): Promise<number> {
   const remote = new BigUint64Array(pieces.length * 2);
   pieces.forEach((p, i) => {
     remote[2 * i] = p.vaddr;

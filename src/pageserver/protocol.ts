@@ -42,7 +42,8 @@
  *
  * and the server answers 4 bytes, i32 LE: 0 = accepted; anything else = refused, after which the
  * server closes the connection. A client without the token (a plain CRIU among them: its first 8
- * bytes are an OPEN2 header, not the magic) is refused before any header is looked at. The message
+ * bytes are an OPEN2 header, not the magic) is refused before any header is looked at, with no
+ * answer at all (4 bytes would be read as OPEN2's has-parent byte): the connection closes. The message
  * is longer than a header, so a server that expects no token reads it as one, finds the unknown
  * command 0x5243 ("CR") and hangs up instead of waiting. The digest is as good as the token to
  * whoever sees it: run the connection through a TLS tunnel (README) on untrusted networks.

@@ -53,10 +53,12 @@ import {
   type Dst,
   type PsIov,
 } from './protocol.js';
-import { Connection, DEFAULT_ADDRESS, Listener, SHUT_RDWR } from './socket.js';
+import { DEFAULT_ADDRESS, Listener, SHUT_RDWR, type Connection } from './socket.js';
 
 /** Pipe size for socket -> file splices (root may exceed /proc/sys/fs/pipe-max-size). */
 const PIPE_BYTES = 1 << 20;
+/** How long to wait for the client to hang up after CLOSE was answered. */
+const LINGER_MS = 5000;
 
 export interface PageServerOptions {
   /** Where the images go (must exist). */
@@ -228,19 +230,25 @@ class Session {
     const digest = got === AUTH_SIZE ? decodeAuth(msg) : null;
     // timingSafeEqual: the time taken says nothing about how much of the digest matched.
     const isOk = digest !== null && timingSafeEqual(digest, tokenDigest(token));
-    await this.conn.writeAll([encodeI32Reply(isOk ? AUTH_ACCEPTED : AUTH_REFUSED)]).catch(() => undefined);
+    // A client that presented no token message gets no answer (a plain CRIU would read the
+    // refusal as OPEN2's has-parent byte): the connection just closes.
+    if (digest !== null)
+      await this.conn.writeAll([encodeI32Reply(isOk ? AUTH_ACCEPTED : AUTH_REFUSED)]).catch(() => undefined);
     if (!isOk) {
       this.conn.shutdown(SHUT_RDWR);
       throw new ProtocolError(
         this.conn.peer,
-        digest === null ? 'the client did not present a token (refused)' : 'the client presented a wrong token (refused)',
+        digest === null
+          ? 'the client did not present a token (refused)'
+          : 'the client presented a wrong token (refused)',
       );
     }
   }
 
   private dst(iov: PsIov): Dst {
     const dst = decodeDstId(iov.dstId);
-    if (dst === null) throw new ProtocolError(this.conn.peer, `unknown destination 0x${iov.dstId.toString(16)}`, iov.command);
+    if (dst === null)
+      throw new ProtocolError(this.conn.peer, `unknown destination 0x${iov.dstId.toString(16)}`, iov.command);
     return dst;
   }
 
@@ -249,9 +257,7 @@ class Session {
     const existing = this.targets.get(iov.dstId);
     if (existing !== undefined) return existing;
     const dst = this.dst(iov);
-    for (const t of this.targets.values())
-      if (t.dst.type === dst.type && t.dst.id === dst.id)
-        return t; // a legacy dst_id number for a pagemap already open
+    for (const t of this.targets.values()) if (t.dst.type === dst.type && t.dst.id === dst.id) return t; // a legacy dst_id number for a pagemap already open
     if (this.parentDir !== null && !this.hasParentLink) {
       // CRIU makes the link when it opens the images directory for a dump.
       await writeParentLink(this.imagesDir, this.opts.prevImagesDir as string);
@@ -285,7 +291,9 @@ class Session {
     };
     this.targets.set(iov.dstId, t);
     t.parentRuns = await this.parentRuns(dst, iov.command);
-    log().info(`page-server: receiving ${t.pagemapName} (${pagesName}), parent: ${t.parentRuns !== null ? 'yes' : 'no'}`);
+    log().info(
+      `page-server: receiving ${t.pagemapName} (${pagesName}), parent: ${t.parentRuns !== null ? 'yes' : 'no'}`,
+    );
     return t;
   }
 
@@ -315,7 +323,11 @@ class Session {
     const end = iov.vaddr + BigInt(iov.nrPages) * BigInt(PAGE_SIZE);
     if ((flags & PE_PARENT) !== 0) {
       if (t.parentRuns === null)
-        throw new ProtocolError(this.conn.peer, `${what}: pages are said to be in the parent, but there is no parent image`, iov.command);
+        throw new ProtocolError(
+          this.conn.peer,
+          `${what}: pages are said to be in the parent, but there is no parent image`,
+          iov.command,
+        );
       if (!covers(t.parentRuns, iov.vaddr, end))
         throw new ProtocolError(this.conn.peer, `${what}: the parent image does not hold these pages`, iov.command);
     }
@@ -369,11 +381,15 @@ class Session {
     try {
       await this.commit();
     } catch (err) {
+      // All or nothing: what was renamed into place before the failure goes too.
+      for (const name of this.committed.splice(0)) await unlink(join(this.imagesDir, name)).catch(() => undefined);
       await this.conn.writeAll([encodeI32Reply(-1)], command).catch(() => undefined);
       throw err;
     }
     await this.conn.writeAll([encodeI32Reply(0)], command);
     // As CRIU: the client closes first (so TIME_WAIT stays on its side); anything else is odd.
+    // The images are in place already: a client that lingers gets a few seconds, not forever.
+    this.conn.setTimeouts(LINGER_MS);
     const extra = Buffer.alloc(1);
     const got = await this.conn.readFully(extra, 0, 1).catch(() => 0);
     if (got !== 0) log().warn(`page-server: ${this.conn.peer} sent data after ${command}; ignored`);

@@ -60,7 +60,10 @@ t.test('page-server --token-file: a client without the token makes it exit 1', a
   const port = await portFrom(io.out);
   await t.rejects(sendOnePage(port), /./);
   t.equal(await code, 1);
-  t.match(io.err(), /^Error \(page-server\): Protocol error with 127\.0\.0\.1:\d+: the client did not present a token \(refused\)\n$/);
+  t.match(
+    io.err(),
+    /^Error \(page-server\): Protocol error with 127\.0\.0\.1:\d+: the client did not present a token \(refused\)\n$/,
+  );
   t.notOk(existsSync(join(dir, 'pagemap-11.img')));
 
   const io2 = captureIo();
@@ -103,7 +106,20 @@ t.test('page-server -d: returns once listening, pidfile, serves on, exits after 
   writeFileSync(join(dir, 'tok'), 'x9\n');
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', join(ROOT, 'src/cli/page-server.ts'), '-d', '--port', '0', '-D', dir, '--pidfile', pidfile, '--token-file', join(dir, 'tok')],
+    [
+      '--import',
+      'tsx',
+      join(ROOT, 'src/cli/page-server.ts'),
+      '-d',
+      '--port',
+      '0',
+      '-D',
+      dir,
+      '--pidfile',
+      pidfile,
+      '--token-file',
+      join(dir, 'tok'),
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';

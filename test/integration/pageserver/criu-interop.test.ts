@@ -13,17 +13,22 @@ const CRIU = '/usr/sbin/criu';
 
 /** Start `criu page-server`; null and CRIU's last error line when it exits instead of listening. */
 async function startCriu(dir: string, port: number): Promise<{ stop: () => Promise<number | null> } | string> {
-  const child = spawn(CRIU, ['page-server', '-D', dir, '--address', '127.0.0.1', '--port', String(port), '-v4', '-o', 'ps.log'], {
-    stdio: 'ignore',
-  });
+  const child = spawn(
+    CRIU,
+    ['page-server', '-D', dir, '--address', '127.0.0.1', '--port', String(port), '-v4', '-o', 'ps.log'],
+    {
+      stdio: 'ignore',
+    },
+  );
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
   for (let i = 0; i < 100; i++) {
     const log = existsSync(join(dir, 'ps.log')) ? readFileSync(join(dir, 'ps.log'), 'utf8') : '';
     if (/Page server started|Waiting for connection|Binding to/.test(log)) return { stop: () => exited };
     const state = await Promise.race([exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 50))]);
     if (state !== 'running') {
-      const errors = log.split('\n').filter((l) => l.includes('Error'));
-      return `criu page-server exited (${state}) before listening: ${errors[errors.length - 1] ?? 'no log'}`;
+      const all = existsSync(join(dir, 'ps.log')) ? readFileSync(join(dir, 'ps.log'), 'utf8') : '';
+      const errors = all.split('\n').filter((l) => l.includes('Error'));
+      return `criu page-server exited (${state}) before listening: ${errors.slice(-2).join(' / ') || 'no log'}`;
     }
   }
   child.kill('SIGKILL');

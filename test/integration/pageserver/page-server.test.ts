@@ -10,13 +10,7 @@ import t, { type Test } from 'tap';
 import { ImageError, ProtocolError } from '../../../src/errors.js';
 import { PE_PARENT, PE_PRESENT, readPagemap } from '../../../src/images/index.js';
 import { PageServerClient } from '../../../src/pageserver/client.js';
-import {
-  addIov,
-  closeIov,
-  controlIov,
-  encodeIov,
-  type Dst,
-} from '../../../src/pageserver/protocol.js';
+import { addIov, closeIov, controlIov, encodeIov, type Dst } from '../../../src/pageserver/protocol.js';
 import { PageServer, type PageServerOptions, type PageServerSummary } from '../../../src/pageserver/server.js';
 import { Connection } from '../../../src/pageserver/socket.js';
 import * as sys from '../../../src/sys/native.js';
@@ -79,7 +73,12 @@ t.test('pages of a live process: round trip, our reader and crit agree', async (
   ]);
   // The bytes are the process's.
   const want = Buffer.alloc((nrPages - 10) * PAGE);
-  const remote = new BigUint64Array([start, BigInt(10 * PAGE), start + BigInt(20 * PAGE), BigInt((nrPages - 20) * PAGE)]);
+  const remote = new BigUint64Array([
+    start,
+    BigInt(10 * PAGE),
+    start + BigInt(20 * PAGE),
+    BigInt((nrPages - 20) * PAGE),
+  ]);
   t.equal(sys.processVmReadv(fx.pid, want, 0, remote), want.length);
   t.ok(readFileSync(join(dir, 'pages-1.img')).equals(want), 'pages-1.img holds the process memory');
 
@@ -264,7 +263,10 @@ t.test('a full disk: ImageError, temporary files removed, the client told', asyn
   const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', small]);
   if (mount.status !== 0) {
     rmSync(small, { recursive: true });
-    t.skip(`cannot mount a small tmpfs (mount(2), needs CAP_SYS_ADMIN): ${mount.stderr.toString().trim()}`, () => undefined);
+    t.skip(
+      `cannot mount a small tmpfs (mount(2), needs CAP_SYS_ADMIN): ${mount.stderr.toString().trim()}`,
+      () => undefined,
+    );
     return;
   }
   t.teardown(() => {
@@ -291,4 +293,65 @@ t.test('a server nobody connects to can be closed', async (t) => {
   const served = server.serve();
   server.close();
   await t.rejects(served);
+});
+
+t.test('sendPagemap: records in order across batches; vanished pages', async (t) => {
+  const dir = t.testdir();
+  const fx = await startFixture('mem_touch', ['16', '1']);
+  t.teardown(() => fx.kill());
+  await fx.waitFor('READY');
+  const m = /READY ([0-9a-f]+) ([0-9a-f]+)/.exec(fx.output());
+  if (m === null) throw new Error('no READY line');
+  const start = BigInt(`0x${m[1]}`);
+  const at = (page: number): bigint => start + BigInt(page * PAGE);
+  const { server, outcome } = await startServer({ imagesDir: dir });
+  const c = await PageServerClient.connect({ port: server.port });
+  await c.open(task(fx.pid));
+  // A run longer than a 4 MiB batch between two records without data.
+  const res = await c.sendPagemap(fx.pid, [
+    { vaddr: at(0), nrPages: 3, flags: PE_PRESENT },
+    { vaddr: at(3), nrPages: 5, flags: 2 },
+    { vaddr: at(8), nrPages: 3000, flags: PE_PRESENT },
+    { vaddr: at(3008), nrPages: 2, flags: 2 },
+  ]);
+  t.same(res, { nrPagesSent: 3003, nrPagesGone: 0 });
+  // Pages unmapped meanwhile (here: above the user address space, never mapped): with
+  // isRunning they are sent as zeros, otherwise the task is said to be unreadable.
+  const gone = await c.sendPagemap(
+    fx.pid,
+    [
+      { vaddr: at(3100), nrPages: 2, flags: PE_PRESENT },
+      { vaddr: 0x800000000000n, nrPages: 2, flags: PE_PRESENT },
+    ],
+    { isRunning: true },
+  );
+  t.same(gone, { nrPagesSent: 4, nrPagesGone: 2 });
+  await c.close();
+  const s = await outcome;
+  if (s instanceof Error) throw s;
+  const pm = await readPagemap(join(dir, `pagemap-${fx.pid}.img`));
+  t.same(pm.runs, [
+    { vaddr: at(0), nrPages: 3, flags: PE_PRESENT },
+    { vaddr: at(3), nrPages: 5, flags: 2 },
+    { vaddr: at(8), nrPages: 3000, flags: PE_PRESENT },
+    { vaddr: at(3008), nrPages: 2, flags: 2 },
+    { vaddr: at(3100), nrPages: 2, flags: PE_PRESENT },
+    { vaddr: 0x800000000000n, nrPages: 2, flags: PE_PRESENT },
+  ]);
+  const img = readFileSync(join(dir, 'pages-1.img'));
+  t.equal(img.length, 3007 * PAGE);
+  t.ok(img.subarray(3005 * PAGE).equals(Buffer.alloc(2 * PAGE)), 'vanished pages are zeros');
+  // mem_touch writes (page index & 0xff) into the first byte of every page.
+  t.equal(img[3 * PAGE], 8, 'page 8 follows page 2 in the pages file');
+
+  const d2 = t.testdir();
+  const second = await startServer({ imagesDir: d2 });
+  const c2 = await PageServerClient.connect({ port: second.server.port });
+  await c2.open(task(fx.pid));
+  await t.rejects(c2.sendPagemap(fx.pid, [{ vaddr: 0x800000000000n, nrPages: 1, flags: PE_PRESENT }]), {
+    code: 'ETASK',
+  });
+  c2.abort();
+  t.type(await second.outcome, ProtocolError, 'the server sees a session without CLOSE');
+  t.same(files(d2), []);
 });

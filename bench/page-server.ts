@@ -1,0 +1,177 @@
+/**
+ * Page server throughput: 1 GiB (128 MiB with --quick) of a live process's memory
+ * (test/fixtures/mem_touch) sent by PageServerClient to a PageServer on 127.0.0.1, images on tmpfs
+ * (/dev/shm), timed from OPEN2 to CLOSE's answer (every image in place). Next to it, measured in
+ * the same run on the same machine, interleaved round by round:
+ *   - raw TCP loopback: the same volume written from one 4 MiB Buffer and read into another, by the
+ *     same native calls (writev / recv MSG_WAITALL on the thread pool), no files;
+ *   - node:net loopback: the same volume through Node's own sockets (what a plain JS page server
+ *     would get at best);
+ *   - fresh-file writes: the same volume pwritten into a new file on the same tmpfs, no network
+ *     (storing is part of the job and is often the bound).
+ * Also: bytes that passed through criu-ts's user-space memory on each side, and the peak RSS of
+ * this process (client and server both run in it).
+ */
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, connect, type AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { PE_PRESENT } from '../src/images/index.js';
+import { O_CLOEXEC, O_CREAT, O_EXCL, O_WRONLY } from '../src/kernel/constants.js';
+import { PageServerClient } from '../src/pageserver/client.js';
+import { PageServer } from '../src/pageserver/server.js';
+import { Connection, Listener } from '../src/pageserver/socket.js';
+import * as sys from '../src/sys/native.js';
+import { startFixture } from '../test/helpers/fixture.js';
+import type { BenchOptions, BenchResult } from './run.js';
+
+const CHUNK = 4 << 20;
+const TMP = '/dev/shm';
+
+/** Seconds to move `total` bytes over loopback TCP between two native Buffers. */
+async function rawTcpSeconds(total: number): Promise<number> {
+  const listener = Listener.open('127.0.0.1', 0);
+  const accepted = listener.accept();
+  const tx = await Connection.connect('127.0.0.1', listener.port);
+  const rx = await accepted;
+  listener.close();
+  const src = Buffer.allocUnsafeSlow(CHUNK).fill(0x5a);
+  const dst = Buffer.allocUnsafeSlow(CHUNK);
+  const t0 = process.hrtime.bigint();
+  const sending = (async () => {
+    for (let done = 0; done < total; done += CHUNK) await tx.writeAll([src]);
+  })();
+  for (let got = 0; got < total;) {
+    const n = await rx.readFully(dst, 0, CHUNK);
+    if (n === 0) throw new Error('raw TCP: early end of stream');
+    got += n;
+  }
+  await sending;
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  tx.close();
+  rx.close();
+  return s;
+}
+
+/** Seconds to move `total` bytes over loopback with node:net (libuv, JS 'data' events), no files. */
+async function nodeNetSeconds(total: number): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  const done = new Promise<number>((resolve, reject) => {
+    server.once('connection', (sock) => {
+      let got = 0;
+      sock.on('data', (b: Buffer) => {
+        got += b.length;
+        if (got >= total) resolve(got);
+      });
+      sock.on('error', reject);
+    });
+  });
+  const src = Buffer.alloc(CHUNK, 0x5a);
+  const tx = connect(port, '127.0.0.1');
+  await new Promise<void>((r) => tx.once('connect', r));
+  const t0 = process.hrtime.bigint();
+  for (let sent = 0; sent < total; sent += CHUNK)
+    if (!tx.write(src)) await new Promise<void>((r) => tx.once('drain', r));
+  await done;
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  tx.destroy();
+  server.close();
+  return s;
+}
+
+/** Seconds to pwrite `total` bytes into a new file in `dir`. */
+async function freshWriteSeconds(dir: string, total: number): Promise<number> {
+  const path = join(dir, 'fresh-write');
+  const fd = sys.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600);
+  const buf = Buffer.allocUnsafeSlow(CHUNK).fill(0x5a);
+  const t0 = process.hrtime.bigint();
+  for (let off = 0; off < total; off += CHUNK) await sys.pwriteAsync(fd, buf, 0, CHUNK, BigInt(off));
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  sys.close(fd);
+  rmSync(path);
+  return s;
+}
+
+interface Transfer {
+  seconds: number;
+  clientUserBytes: number;
+  serverUserBytes: number;
+}
+
+/** Seconds to send the fixture's `nrPages` pages through a page server into `dir`. */
+async function pageServerSeconds(pid: number, start: bigint, nrPages: number, dir: string): Promise<Transfer> {
+  const server = await PageServer.listen({ imagesDir: dir, port: 0 });
+  const served = server.serve();
+  served.catch(() => undefined);
+  const client = await PageServerClient.connect({ port: server.port });
+  const t0 = process.hrtime.bigint();
+  await client.open({ type: 'task', id: pid });
+  const sent = await client.sendPagemap(pid, [{ vaddr: start, nrPages, flags: PE_PRESENT }]);
+  await client.close();
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const summary = await served;
+  const dataBytes = sent.nrPagesSent * 4096;
+  return {
+    seconds,
+    // process_vm_readv copies every page into the client's pooled buffers; writev then hands
+    // them to the kernel (a kernel-side copy). The server splices: only headers reach user space.
+    clientUserBytes: dataBytes,
+    serverUserBytes: summary.bytesReceived - dataBytes,
+  };
+}
+
+export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> {
+  const mib = opts.isQuick ? 128 : 1024;
+  const rounds = opts.isQuick ? 2 : 3;
+  const total = mib << 20;
+  const fx = await startFixture('mem_touch', [String(mib)]);
+  try {
+    await fx.waitFor('READY', 120_000);
+    const m = /READY ([0-9a-f]+) ([0-9a-f]+)/.exec(fx.output());
+    if (m === null) throw new Error('page-server bench: mem_touch printed no READY line');
+    const start = BigInt(`0x${m[1]}`);
+    const nrPages = Number((BigInt(`0x${m[2]}`) - start) / 4096n);
+    const raw: number[] = [];
+    const nodeNet: number[] = [];
+    const fresh: number[] = [];
+    const ours: Transfer[] = [];
+    const rssBefore = process.resourceUsage().maxRSS;
+    for (let i = 0; i < rounds; i++) {
+      const dir = mkdtempSync(join(TMP, 'criu-ts-ps-bench-'));
+      try {
+        raw.push(await rawTcpSeconds(total));
+        nodeNet.push(await nodeNetSeconds(total));
+        fresh.push(await freshWriteSeconds(dir, total));
+        ours.push(await pageServerSeconds(fx.pid, start, nrPages, dir));
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+    const rssPeakMiB = process.resourceUsage().maxRSS / 1024;
+    const gib = total / 2 ** 30;
+    const best = (xs: number[]): number => Math.min(...xs);
+    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+    const rate = (s: number): string => `${(gib / s).toFixed(2)} GiB/s`;
+    const oursS = ours.map((o) => o.seconds);
+    const last = ours[ours.length - 1] as Transfer;
+    return {
+      name: `page server (${mib} MiB from a live process to ${TMP}, best/median of ${rounds})`,
+      lines: [
+        `raw TCP loopback:     ${rate(best(raw))} / ${rate(median(raw))}`,
+        `node:net loopback:    ${rate(best(nodeNet))} / ${rate(median(nodeNet))}`,
+        `fresh-file write:     ${rate(best(fresh))} / ${rate(median(fresh))}`,
+        `page server:          ${rate(best(oursS))} / ${rate(median(oursS))}` +
+          ` = ${((100 * best(raw)) / best(oursS)).toFixed(0)}% of raw TCP (best), ` +
+          `${((100 * median(raw)) / median(oursS)).toFixed(0)}% (median)`,
+        `user-space bytes:     client ${(last.clientUserBytes / 2 ** 20).toFixed(0)} MiB (process_vm_readv into pooled buffers), ` +
+          `server ${last.serverUserBytes} B (headers; pages are spliced socket -> pipe -> file)`,
+        `peak RSS:             ${rssPeakMiB.toFixed(0)} MiB (was ${(rssBefore / 1024).toFixed(0)} MiB before; client buffers 2 x ${CHUNK >> 20} MiB)`,
+      ],
+    };
+  } finally {
+    fx.write('\n');
+    await fx.exited().catch(() => fx.kill());
+  }
+}
