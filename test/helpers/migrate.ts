@@ -2,6 +2,7 @@
  * Live-migration test helpers: agents inside simulated hosts (migrate/sim-hosts.ts), and
  * workloads started on a host with a PID above 20000 (DST's own init and agent hold small PIDs).
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
@@ -70,4 +71,20 @@ export async function startOnHost(
     report,
     waitFor: (s, ms = 20_000) => poll(() => test(s), `${String(s)} in ${reportFile}`, ms),
   };
+}
+
+/** Run `criu-migrate ARGS...` to completion. */
+export function runMigrate(
+  args: readonly string[],
+  onSpawn?: (child: ChildProcess) => void,
+): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn('node', [MIGRATE, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+    onSpawn?.(child);
+  });
 }

@@ -27,63 +27,9 @@ import {
   type Workload,
 } from '../../helpers/cr.js';
 
+import { BASH, NODE, PYTHON } from '../../helpers/programs.js';
+
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
-
-const PYTHON = `
-import hashlib, os, signal, sys, time
-out = open(sys.argv[-1], 'a', buffering=1)
-state = {'squares': [i * i for i in range(20000)], 'names': {str(i): i * 7 for i in range(2000)}}
-def digest():
-    h = hashlib.sha256(repr(state['squares']).encode())
-    h.update(repr(sorted(state['names'].items())).encode())
-    return h.hexdigest()[:16]
-stop = False
-def on_term(signum, frame):
-    global stop
-    stop = True
-signal.signal(signal.SIGTERM, on_term)
-n = 0
-out.write(f"READY {os.getpid()} {digest()}\\n")
-while not stop:
-    n += 1
-    out.write(f"TICK {n} {digest()}\\n")
-    time.sleep(0.1)
-out.write(f"BYE {n} {digest()}\\n")
-`;
-
-const NODE = `
-import { openSync, writeSync } from 'node:fs';
-import { createHash } from 'node:crypto';
-const fd = openSync(process.argv[process.argv.length - 1], 'a');
-const squares = Array.from({ length: 20000 }, (_, i) => i * i);
-const names = new Map(Array.from({ length: 2000 }, (_, i) => [String(i), i * 7]));
-const digest = () =>
-  createHash('sha256').update(JSON.stringify(squares)).update(JSON.stringify([...names])).digest('hex').slice(0, 16);
-let n = 0;
-writeSync(fd, \`READY \${process.pid} \${digest()}\\n\`);
-const timer = setInterval(() => {
-  n++;
-  writeSync(fd, \`TICK \${n} \${digest()}\\n\`);
-}, 100);
-process.on('SIGTERM', () => {
-  clearInterval(timer);
-  writeSync(fd, \`BYE \${n} \${digest()}\\n\`);
-  process.exit(0);
-});
-`;
-
-// read -t on a FIFO nothing writes to: a 100 ms tick without forking (a child would be refused).
-const BASH = `
-exec 3<>"$0.fifo"
-i=0
-trap 'echo "BYE $i x" >>"$0"; exit 0' TERM
-echo "READY $$ x" >>"$0"
-while :; do
-  i=$((i+1))
-  echo "TICK $i x" >>"$0"
-  read -t 0.1 -u 3 line
-done
-`;
 
 interface Program {
   name: string;

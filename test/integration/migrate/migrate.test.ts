@@ -5,28 +5,14 @@
  * the migration it runs on DST with the same PID, its counter goes on, it is gone from SRC, and
  * its own check of its memory passes.
  */
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import t from 'tap';
 import { simHosts } from '../../../migrate/sim-hosts.js';
 import { fixturePath } from '../../helpers/fixture.js';
 import { poll } from '../../helpers/cr.js';
-import { MIGRATE, startAgent, startOnHost, tokenFile } from '../../helpers/migrate.js';
+import { runMigrate, startAgent, startOnHost, tokenFile } from '../../helpers/migrate.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (namespaces, ptrace, clone3 set_tid)';
-
-export function runMigrate(
-  args: readonly string[],
-): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn('node', [MIGRATE, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
 
 const lastCount = (report: string): number => Number([...report.matchAll(/COUNT (\d+)/g)].at(-1)?.[1] ?? -1);
 

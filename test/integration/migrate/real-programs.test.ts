@@ -1,0 +1,56 @@
+/**
+ * Live migration of programs no one here wrote: a python3 and a node script holding state in
+ * memory (test/helpers/programs.ts) move from SRC to DST while they tick; on DST they keep their
+ * PID, their ticks go on from where they were, and the digest of their in-memory state is the one
+ * they started with.
+ */
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import t from 'tap';
+import { simHosts } from '../../../migrate/sim-hosts.js';
+import { poll } from '../../helpers/cr.js';
+import { runMigrate, startAgent, startOnHost, tokenFile } from '../../helpers/migrate.js';
+import { NODE, PYTHON } from '../../helpers/programs.js';
+
+const needsRoot = process.getuid?.() === 0 ? false : 'needs root (namespaces, ptrace, clone3 set_tid)';
+
+const lastTick = (text: string): number => Number([...text.matchAll(/^TICK (\d+) /gm)].at(-1)?.[1] ?? 0);
+
+for (const prog of [
+  { name: 'python3', file: 'progress.py', text: PYTHON, argv: (f: string) => ['/usr/bin/env', '-i', 'python3', f] },
+  { name: 'node', file: 'progress.mjs', text: NODE, argv: (f: string) => ['/usr/bin/env', '-i', process.execPath, f] },
+]) {
+  t.test(`${prog.name} migrates live and keeps its state`, { skip: needsRoot }, async (t) => {
+    const [src, dst] = await simHosts(['src', 'dst'], { t });
+    if (src === undefined || dst === undefined) throw new Error('no hosts');
+    const dir = t.testdir();
+    const a = await startAgent(t, src, dir);
+    const b = await startAgent(t, dst, dir);
+    const script = path.join(dir, prog.file);
+    writeFileSync(script, prog.text);
+    const w = await startOnHost(t, src, prog.argv(script), path.join(dir, 'report.txt'));
+    const digest = /READY \d+ (\S+)/.exec(w.report())?.[1] ?? '?';
+    await poll(() => lastTick(w.report()) >= 3, 'three ticks', 10_000);
+    const r = await runMigrate(['--json', '--token-file', tokenFile(dir), a.target, b.target, String(w.pid)]);
+    t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
+    const s = JSON.parse(r.stdout) as Record<string, number>;
+    t.equal(s['dst_pid'], w.pid);
+    t.comment(`downtime ${s['downtime_ms']} ms, total ${s['total_ms']} ms`);
+    const before = lastTick(w.report());
+    await poll(() => lastTick(w.report()) >= before + 3, 'ticks from DST', 10_000);
+    t.equal((await dst.exec(`test -e /proc/${w.pid}`)).status, 0, 'it runs on DST');
+    t.not((await src.exec(`test -e /proc/${w.pid}`)).status, 0, 'gone from SRC');
+    const ticks = [...w.report().matchAll(/^TICK (\d+) (\S+)$/gm)];
+    t.ok(
+      ticks.every((m, i) => Number(m[1]) === i + 1),
+      'the ticks go on without a gap or a restart',
+    );
+    t.ok(
+      ticks.every((m) => m[2] === digest),
+      'the in-memory state never changed',
+    );
+    await dst.exec(`kill -TERM ${w.pid}`);
+    await poll(() => /BYE/.test(w.report()), 'BYE', 10_000);
+    t.match(w.report(), new RegExp(`BYE \\d+ ${digest}`));
+  });
+}
