@@ -84,10 +84,10 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
         ...(k > 1 ? { prevDir: `${id}/pages-${k - 1}` } : {}),
       });
       step = `iteration ${k}: pre-dump on SRC`;
-      const pd = await src.call(
-        'pre-dump',
-        { pid, dir: `${id}/src-${k}`, psAddress: rp.address, psPort: rp.port },
-        600_000,
+      const pd = await withReceiverReason(
+        dst,
+        rp.serverId,
+        src.call('pre-dump', { pid, dir: `${id}/src-${k}`, psAddress: rp.address, psPort: rp.port }, 600_000),
       );
       step = `iteration ${k}: receiving pages on DST`;
       const rw = await dst.call('receive-wait', { serverId: rp.serverId, timeoutMs: 60_000 }, 70_000);
@@ -116,10 +116,10 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
     const rp = await dst.call('receive-pages', { dir: `${id}/final`, port: 0, prevDir: `${id}/pages-${last}` });
     const tFreeze = nowMs();
     step = 'final dump on SRC';
-    const fd = await src.call(
-      'final-dump',
-      { pid, dir: `${id}/final`, psAddress: rp.address, psPort: rp.port },
-      120_000,
+    const fd = await withReceiverReason(
+      dst,
+      rp.serverId,
+      src.call('final-dump', { pid, dir: `${id}/final`, psAddress: rp.address, psPort: rp.port }, 120_000),
     );
     const rw = await dst.call('receive-wait', { serverId: rp.serverId, timeoutMs: 60_000 }, 70_000);
     bytesPerIteration.push(rw.bytes);
@@ -176,7 +176,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
       // The task runs on DST: only the source's end failed. Say so; never resume a second copy.
       throw new CriuError('ETASK', `Migrated, but ${step} failed: ${describeError(err)}`, { cause: err });
     }
-    log().error(`migrate: ${step} failed: ${describeError(err)}; resuming the source`);
+    log().info(`migrate: ${step} failed: ${describeError(err)}; resuming the source`);
     await src.call('source-end', { pid, action: 'resume' }).catch((e: unknown) => {
       log().error(`migrate: cannot resume the source: ${describeError(e)}`);
     });
@@ -184,6 +184,29 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
     if (opts.keepImages !== true) await cleanup(src, dst, id);
     const code = err instanceof CriuError ? err.code : 'ETASK';
     throw new CriuError(code, `Migration failed (${step}): ${describeError(err)}; the source runs on`, { cause: err });
+  }
+}
+
+/**
+ * A dump that fails while sending pages usually only sees the connection drop: the reason is on
+ * the receiving side (a full disk, say). Ask DST's page server how it ended and say that first.
+ */
+async function withReceiverReason<T>(dst: Agent, serverId: number, sending: Promise<T>): Promise<T> {
+  try {
+    return await sending;
+  } catch (err) {
+    const why = await dst
+      .call('receive-wait', { serverId, timeoutMs: 2000 }, 5000)
+      .then(() => null)
+      .catch((e: unknown) => describeError(e));
+    if (why === null) throw err;
+    throw new CriuError(
+      err instanceof CriuError ? err.code : 'EPROTOCOL',
+      `DST's page server: ${why} (the sender: ${describeError(err)})`,
+      {
+        cause: err,
+      },
+    );
   }
 }
 

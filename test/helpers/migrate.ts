@@ -20,7 +20,12 @@ export function tokenFile(dir: string): string {
 }
 
 /** Start `criu-migrate agent` in `host`; resolves with its ADDR:PORT once it listens. */
-export async function startAgent(t: Test, host: SimHost, dir: string): Promise<{ agent: HostProcess; target: string }> {
+export async function startAgent(
+  t: Test,
+  host: SimHost,
+  dir: string,
+  imagesRoot = path.join(dir, `agent-${host.name}`),
+): Promise<{ agent: HostProcess; target: string }> {
   const agent = host.spawn([
     'node',
     MIGRATE,
@@ -30,7 +35,7 @@ export async function startAgent(t: Test, host: SimHost, dir: string): Promise<{
     '--token-file',
     tokenFile(dir),
     '-D',
-    path.join(dir, `agent-${host.name}`),
+    imagesRoot,
   ]);
   t.teardown(() => agent.kill('SIGKILL'));
   let out = '';
