@@ -10,6 +10,7 @@ import { pagemapBench } from './pagemap.js';
 import { dumpRestoreBench } from './dump-restore.js';
 import { pageServerBench } from './page-server.js';
 import { preDumpBench } from './pre-dump.js';
+import { migrateBench } from './migrate.js';
 
 export interface BenchOptions {
   isQuick: boolean;
@@ -28,6 +29,7 @@ const BENCHES: Record<string, (opts: BenchOptions) => Promise<BenchResult>> = {
   'dump-restore': dumpRestoreBench,
   'page-server': pageServerBench,
   'pre-dump': preDumpBench,
+  migrate: migrateBench,
 };
 
 const args = process.argv.slice(2);

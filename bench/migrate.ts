@@ -1,0 +1,136 @@
+/**
+ * Live migration between two simulated hosts (migrate/hosts.sh), an agent on each, driven by
+ * `criu-migrate --json`: downtime, total time and bytes sent for a workload of 256 MiB and 1 GiB
+ * (test/fixtures/migrate_counter) rewriting 0, 10 and 100 MB/s. Bytes sent are also given as a
+ * ratio to the memory size, and next to them raw TCP throughput between the two hosts measured in
+ * the same run (a plain socket blast over the same veth bridge), the ceiling of any transfer.
+ * Targets (issue #5): downtime under 100 ms for 1 GiB at 10 MB/s; at most 1.2 × the memory size
+ * sent at 10 MB/s; at 100 MB/s it converges or says why not within the iteration limit.
+ * --quick: 256 MiB at 0 and 10 MB/s only. Needs root.
+ */
+
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { simHosts, type HostProcess, type SimHost } from '../migrate/sim-hosts.js';
+import type { BenchOptions, BenchResult } from './run.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const MIGRATE = path.join(ROOT, 'bin/criu-migrate.js');
+const WORKLOAD = path.join(ROOT, 'test/fixtures/bin/migrate_counter');
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function agentOn(host: SimHost, dir: string, tokenFile: string): Promise<{ agent: HostProcess; target: string }> {
+  const agent = host.spawn([
+    process.execPath,
+    MIGRATE,
+    'agent',
+    '--listen',
+    `${host.addr}:0`,
+    '--token-file',
+    tokenFile,
+    '-D',
+    path.join(dir, host.name),
+  ]);
+  let out = '';
+  const port = await new Promise<number>((resolve, reject) => {
+    agent.child.stdout?.setEncoding('utf8').on('data', (s: string) => {
+      out += s;
+      const m = /Agent listening on [\d.]+:(\d+)/.exec(out);
+      if (m !== null) resolve(Number(m[1]));
+    });
+    void agent.exited.then((e) => reject(new Error(`agent exited (${e.status})`)));
+  });
+  return { agent, target: `${host.addr}:${port}` };
+}
+
+/** MB/s of a 512 MiB blast from src to dst over the bridge (dd into nc is not everywhere: node). */
+async function rawTcpMBps(src: SimHost, dst: SimHost): Promise<number> {
+  const port = 29000 + Math.floor(Math.random() * 1000);
+  const bytes = 512 << 20;
+  const server = dst.spawn([
+    process.execPath,
+    '-e',
+    `const s=require('net').createServer(c=>{let n=0;c.on('data',d=>{n+=d.length});c.on('end',()=>{process.stdout.write(String(n));s.close()})});s.listen(${port},'${dst.addr}',()=>process.stdout.write('L'))`,
+  ]);
+  await new Promise<void>((r) => server.child.stdout?.once('data', () => r()));
+  const t0 = process.hrtime.bigint();
+  const r = await src.exec([
+    process.execPath,
+    '-e',
+    `const c=require('net').connect(${port},'${dst.addr}',()=>{const b=Buffer.alloc(4<<20);let left=${bytes};const go=()=>{while(left>0){left-=b.length;if(!c.write(b))return c.once('drain',go)}c.end()};go()})`,
+  ]);
+  await server.exited;
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r.status !== 0) throw new Error(`raw TCP blast failed: ${r.stderr}`);
+  return bytes / (1 << 20) / s;
+}
+
+interface Case {
+  mib: number;
+  rate: number;
+}
+
+export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
+  if (process.getuid?.() !== 0) return { name: 'migrate', lines: ['skipped: needs root (namespaces, ptrace)'] };
+  const cases: Case[] = opts.isQuick
+    ? [
+        { mib: 256, rate: 0 },
+        { mib: 256, rate: 10 },
+      ]
+    : [256, 1024].flatMap((mib) => [0, 10, 100].map((rate) => ({ mib, rate })));
+  const dir = mkdtempSync(path.join(tmpdir(), 'criu-ts-bench-migrate-'));
+  const tokenFile = path.join(dir, 'token');
+  writeFileSync(tokenFile, 'bench-token\n', { mode: 0o600 });
+  const hosts = await simHosts(['bsrc', 'bdst']);
+  const agents: HostProcess[] = [];
+  const lines: string[] = [];
+  try {
+    const [src, dst] = hosts as [SimHost, SimHost];
+    const a = await agentOn(src, dir, tokenFile);
+    const b = await agentOn(dst, dir, tokenFile);
+    agents.push(a.agent, b.agent);
+    const raw = await rawTcpMBps(src, dst);
+    lines.push(`raw TCP between the hosts: ${raw.toFixed(0)} MB/s (the ceiling of any transfer)`);
+    for (const c of cases) {
+      const report = path.join(dir, `w-${c.mib}-${c.rate}.txt`);
+      await src.exec(
+        `echo 19999 > /proc/sys/kernel/ns_last_pid; '${WORKLOAD}' ${c.mib} ${c.rate} '${report}' </dev/null >/dev/null 2>&1 &`,
+      );
+      const text = (): string => (existsSync(report) ? readFileSync(report, 'utf8') : '');
+      while (!/COUNT/.test(text())) await sleep(100);
+      const pid = Number(/READY (\d+)/.exec(text())?.[1]);
+      const mig = spawn(
+        process.execPath,
+        [MIGRATE, '--json', '--token-file', tokenFile, a.target, b.target, String(pid)],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let out = '';
+      let err = '';
+      mig.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
+      mig.stderr.setEncoding('utf8').on('data', (s: string) => (err += s));
+      const code = await new Promise<number | null>((r) => mig.on('close', r));
+      const label = `${String(c.mib).padStart(4)} MiB at ${String(c.rate).padStart(3)} MB/s:`;
+      if (code !== 0) {
+        lines.push(`${label} FAILED: ${err.trim()}`);
+        await src.exec(`kill -KILL ${pid}`);
+        continue;
+      }
+      const s = JSON.parse(out) as Record<string, number | string>;
+      const sent = Number(s['bytes_sent']);
+      lines.push(
+        `${label} downtime ${Number(s['downtime_ms']).toFixed(0).padStart(5)} ms (frozen ${Number(s['frozen_ms']).toFixed(0)}, restore ${Number(s['restore_ms']).toFixed(0)}), ` +
+          `total ${Number(s['total_ms']).toFixed(0).padStart(6)} ms, ${s['iterations']} iterations, sent ${(sent / (1 << 20)).toFixed(0)} MiB = ` +
+          `${(sent / (c.mib << 20)).toFixed(2)} × memory; ${String(s['stop_reason'])}`,
+      );
+      await dst.exec(`kill -KILL ${pid}`);
+    }
+    return { name: 'migrate', lines };
+  } finally {
+    for (const ag of agents) await ag.kill('SIGTERM').catch(() => undefined);
+    for (const h of hosts) await h.down();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
