@@ -33,7 +33,7 @@ interface Counts {
   presentElsewhere: number;
 }
 
-async function pagemapCounts(dir: string, pid: number, mem: bigint): Promise<Counts> {
+async function pagemapCounts(dir: string, pid: number, mem: bigint, pages = PAGES): Promise<Counts> {
   const { runs } = await readPagemap(path.join(dir, `pagemap-${pid}.img`));
   const presentInMem = new Set<number>();
   let parentInMem = 0;
@@ -41,7 +41,7 @@ async function pagemapCounts(dir: string, pid: number, mem: bigint): Promise<Cou
   for (const r of runs)
     for (let i = 0; i < r.nrPages; i++) {
       const addr = r.vaddr + BigInt(i) * PAGE;
-      const inMem = addr >= mem && addr < mem + BigInt(PAGES) * PAGE;
+      const inMem = addr >= mem && addr < mem + BigInt(pages) * PAGE;
       if ((r.flags & PE_PRESENT) !== 0) {
         if (inMem) presentInMem.add(Number((addr - mem) / PAGE));
         else presentElsewhere++;
@@ -154,3 +154,28 @@ for (const mode of ['dump', 'leave-running'] as const) {
     );
   });
 }
+
+t.test('--tracker none: every iteration takes every page, and the chain restores', { skip: needsRoot }, async (t) => {
+  const root = t.testdir();
+  const w = await startWorkload('cr_incr', root, ['256']);
+  t.teardown(() => w.kill());
+  const mem = BigInt(`0x${/MEM ([0-9a-f]+)/.exec(w.report())?.[1] ?? '0'}`);
+  for (let k = 1; k <= 3; k++) {
+    if (k > 1) await step(w, k - 1);
+    const dir = path.join(root, String(k));
+    const prev = k > 1 ? ['--prev-images-dir', `../${k - 1}`] : [];
+    const cmd = k < 3 ? ['pre-dump'] : ['dump', '--track-mem'];
+    const r = await criuAsync([...cmd, '-t', String(w.pid), '-D', dir, '--tracker', 'none', ...prev]);
+    t.equal(r.status, 0, r.stderr);
+    const c = await pagemapCounts(dir, w.pid, mem, 256);
+    t.equal(c.presentInMem.size, 256, `iteration ${k} copies all 256 pages`);
+    t.equal(c.parentInMem, 0, 'none in the parent');
+  }
+  await waitGone(w.pid);
+  const restored = criuAsync(['restore', '-D', path.join(root, '3')]);
+  await waitPid(w.pid, 20_000);
+  await new Promise((r) => setTimeout(r, 200));
+  process.kill(w.pid, 'SIGTERM');
+  t.equal((await restored).status, 0);
+  t.match(w.report(), /PASS 2 steps/, w.report());
+});

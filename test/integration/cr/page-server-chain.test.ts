@@ -5,11 +5,13 @@
  * directory plus the local images restore the workload, which checks its memory itself. With a
  * token, a dump without it is refused and the task keeps running.
  */
-import { cpSync, readdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { cpSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { PE_PARENT, PE_PRESENT, readPagemap } from '../../../src/images/index.js';
-import { criuAsync, startWorkload, waitGone, waitPid } from '../../helpers/cr.js';
+import { criuAsync, startWorkload, taskSnapshot, waitGone, waitPid } from '../../helpers/cr.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
 
@@ -121,3 +123,42 @@ t.test('a page server with a token refuses a dump without it; the task runs on',
   process.kill(w.pid, 'SIGTERM');
   await w.waitFor('PASS 1 steps');
 });
+
+t.test(
+  'a page server that runs out of disk fails the dump; the task is resumed intact',
+  { skip: needsRoot },
+  async (t) => {
+    const root = t.testdir();
+    // Outside the test dir: tap removes that before later teardowns run.
+    const small = mkdtempSync(path.join(tmpdir(), 'criu-ts-small-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', small]);
+    t.teardown(() => {
+      execFileSync('umount', ['-l', small]);
+      rmSync(small, { recursive: true, force: true });
+    });
+    const w = await startWorkload('cr_incr', root, ['1024']);
+    t.teardown(() => w.kill());
+    const before = taskSnapshot(w.pid);
+    const port = await pageServer(path.join(small, 'srv'));
+    const r = await criuAsync([
+      'dump',
+      '-t',
+      String(w.pid),
+      '-D',
+      path.join(root, 'local'),
+      '--page-server',
+      '--address',
+      '127.0.0.1',
+      '--port',
+      String(port),
+    ]);
+    t.not(r.status, 0, 'the dump fails');
+    t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+    t.same(taskSnapshot(w.pid), before, 'the task is as it was: running, not traced, same maps and fds');
+    t.notOk(existsSync(path.join(root, 'local', 'inventory.img')), 'no complete dump is left locally');
+    process.kill(w.pid, 'SIGUSR1');
+    await w.waitFor('STEP 1 ');
+    process.kill(w.pid, 'SIGTERM');
+    await w.waitFor('PASS 1 steps');
+  },
+);
