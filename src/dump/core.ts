@@ -20,9 +20,8 @@
 
 import { TaskError } from '../errors.js';
 import { ERESTART } from '../kernel/errno.js';
-import { type SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
 import type { ImageEntry } from '../images/index.js';
-import type { Injector } from '../inject/injector.js';
+import type { InjectedCall, InjectedResult, Injector } from '../inject/injector.js';
 import { readLoginuid, readOomScoreAdj, readPersonality } from '../proc/misc.js';
 import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
@@ -83,22 +82,20 @@ export function gpregsEntry(r: UserRegs): ImageEntry {
   };
 }
 
-/** Run `name` with an output buffer of `len` bytes in the task; returns that buffer. */
-function outCall(inj: Injector, name: keyof typeof NR, len: number, args: (out: bigint) => bigint[]): Buffer {
-  const out = inj.pushData(Buffer.alloc(len));
-  inj.syscallOrThrow(name, args(out));
-  return inj.readMemory(out, len);
+/** Run `calls` in the task (in one go: Injector.runCalls); a failed call throws its SyscallError. */
+function checkedCalls(inj: Injector, calls: readonly InjectedCall[]): InjectedResult[] {
+  const results = inj.runCalls(calls);
+  results.forEach((r, i) => inj.checkCall(calls[i] as InjectedCall, r));
+  return results;
 }
 
 function u32Words(mask: bigint): number[] {
   return [Number(mask & 0xffff_ffffn), Number(mask >> 32n)];
 }
 
-function credsEntry(pid: number, tid: number, inj: Injector): ImageEntry {
+function credsEntry(pid: number, tid: number, secbits: number): ImageEntry {
   const st = readStatus(pid, tid);
   if (st === null) throw new TaskError(pid, `Thread ${tid} of task ${pid} vanished while being dumped`);
-  const PR_GET_SECUREBITS = 27n;
-  const secbits = Number(inj.syscallOrThrow('prctl', [PR_GET_SECUREBITS, 0n, 0n, 0n, 0n]));
   return {
     uid: st.uid.real,
     gid: st.gid.real,
@@ -130,16 +127,28 @@ function pendingSignals(tid: number, shared: boolean): ImageEntry {
 
 /** The per-thread part, and the thread_info (registers). */
 export function dumpThread(pid: number, inj: Injector): { thread_info: ImageEntry; thread_core: ImageEntry } {
-  inj.resetScratch();
   const tid = inj.tid;
   const regs = resumeRegisters(inj.registers);
   const xstate = sys.ptraceGetRegset(tid, NT_X86_XSTATE, XSTATE_BUF_BYTES);
   const PR_GET_TID_ADDRESS = 40n;
-  const tidAddr = outCall(inj, 'prctl', 8, (out) => [PR_GET_TID_ADDRESS, out, 0n, 0n, 0n]).readBigUInt64LE(0);
   const PR_GET_PDEATHSIG = 2n;
-  const pdeath = outCall(inj, 'prctl', 4, (out) => [PR_GET_PDEATHSIG, out, 0n, 0n, 0n]).readInt32LE(0);
-  // stack_t { void *ss_sp; int ss_flags; size_t ss_size; } = 24 bytes
-  const sas = outCall(inj, 'sigaltstack', 24, (out) => [0n, out]);
+  const PR_GET_SECUREBITS = 27n;
+  const calls: InjectedCall[] = [
+    { name: 'prctl', outBytes: 8, args: (out) => [PR_GET_TID_ADDRESS, out, 0n, 0n, 0n] },
+    { name: 'prctl', outBytes: 4, args: (out) => [PR_GET_PDEATHSIG, out, 0n, 0n, 0n] },
+    // stack_t { void *ss_sp; int ss_flags; size_t ss_size; } = 24 bytes
+    { name: 'sigaltstack', outBytes: 24, args: (out) => [0n, out] },
+    { name: 'prctl', args: () => [PR_GET_SECUREBITS, 0n, 0n, 0n, 0n] },
+  ];
+  const [tidAddrR, pdeathR, sasR, secbitsR] = checkedCalls(inj, calls) as [
+    InjectedResult,
+    InjectedResult,
+    InjectedResult,
+    InjectedResult,
+  ];
+  const tidAddr = tidAddrR.out.readBigUInt64LE(0);
+  const pdeath = pdeathR.out.readInt32LE(0);
+  const sas = sasR.out;
   const robust = sys.getRobustList(tid);
   const stat = readStat(pid, tid);
   if (stat === null) throw new TaskError(pid, `Thread ${tid} of task ${pid} vanished while being dumped`);
@@ -153,7 +162,7 @@ export function dumpThread(pid: number, inj: Injector): { thread_info: ImageEntr
     sas: { ss_sp: sas.readBigUInt64LE(0), ss_size: sas.readBigUInt64LE(16), ss_flags: sas.readInt32LE(8) },
     pdeath_sig: pdeath,
     signals_p: pendingSignals(tid, false),
-    creds: credsEntry(pid, tid, inj),
+    creds: credsEntry(pid, tid, Number(secbitsR.ret)),
     comm: stat.comm,
   };
   // struct ptrace_rseq_configuration { u64 rseq_abi_pointer; u32 rseq_abi_size; u32 signature; u32 flags; u32 pad; }
@@ -170,9 +179,8 @@ export function dumpThread(pid: number, inj: Injector): { thread_info: ImageEntr
   };
 }
 
-function itimer(inj: Injector, which: bigint): ImageEntry {
-  // struct itimerval { timeval it_interval; timeval it_value; } = 32 bytes
-  const b = outCall(inj, 'getitimer', 32, (out) => [which, out]);
+/** struct itimerval { timeval it_interval; timeval it_value; } = 32 bytes */
+function itimerEntry(b: Buffer): ImageEntry {
   return {
     isec: b.readBigUInt64LE(0),
     iusec: b.readBigUInt64LE(8),
@@ -181,51 +189,20 @@ function itimer(inj: Injector, which: bigint): ImageEntry {
   };
 }
 
-/** POSIX timers: /proc/PID/timers says what each is; timer_gettime, injected, when it fires. */
-function posixTimers(pid: number, inj: Injector): ImageEntry[] {
-  const SIGEV_NUMBER = { signal: 0, none: 1, thread: 2 } as const;
-  const SIGEV_THREAD_ID = 4;
-  return (readTimers(pid) ?? []).map((t) => {
-    const itId = BigInt(t.id);
-    // struct itimerspec { timespec it_interval; timespec it_value; }
-    const spec = outCall(inj, 'timer_gettime', 32, (out) => [itId, out]);
-    inj.resetScratch();
-    const timer: ImageEntry = {
-      it_id: t.id,
-      clock_id: t.clockId,
-      si_signo: t.signo,
-      it_sigev_notify: SIGEV_NUMBER[t.notify] | (t.isThreadId ? SIGEV_THREAD_ID : 0),
-      sival_ptr: t.sigevValue,
-      overrun: Number(inj.syscallOrThrow('timer_getoverrun', [itId])),
-      isec: spec.readBigUInt64LE(0),
-      insec: spec.readBigUInt64LE(8),
-      vsec: spec.readBigUInt64LE(16),
-      vnsec: spec.readBigUInt64LE(24),
-    };
-    if (t.isThreadId) timer['notify_thread_id'] = t.notifyPid;
-    return timer;
-  });
-}
-
 /** The signals core.tc.sigactions lists, in order: 1..64 but SIGKILL and SIGSTOP (no action). */
 export const SIGACTION_SIGNALS: readonly number[] = Array.from({ length: 64 }, (_, i) => i + 1).filter(
   (sig) => sig !== 9 && sig !== 19,
 );
 
-function sigactions(inj: Injector): ImageEntry[] {
-  const out: ImageEntry[] = [];
-  for (const sig of SIGACTION_SIGNALS) {
-    // struct kernel_sigaction { handler; flags; restorer; mask } = 32 bytes
-    const b = outCall(inj, 'rt_sigaction', 32, (o) => [BigInt(sig), 0n, o, 8n]);
-    out.push({
-      sigaction: b.readBigUInt64LE(0),
-      flags: b.readBigUInt64LE(8),
-      restorer: b.readBigUInt64LE(16),
-      mask: b.readBigUInt64LE(24),
-      compat_sigaction: false,
-    });
-  }
-  return out;
+/** struct kernel_sigaction { handler; flags; restorer; mask } = 32 bytes */
+function sigactionEntry(b: Buffer): ImageEntry {
+  return {
+    sigaction: b.readBigUInt64LE(0),
+    flags: b.readBigUInt64LE(8),
+    restorer: b.readBigUInt64LE(16),
+    mask: b.readBigUInt64LE(24),
+    compat_sigaction: false,
+  };
 }
 
 /** rlimits, from /proc/PID/limits (no injected call: prlimit on another task needs CAP_SYS_RESOURCE). */
@@ -235,23 +212,67 @@ function rlimits(pid: number): ImageEntry {
   return { rlimits: list.map((l) => ({ cur: l.cur, max: l.max })) };
 }
 
-/** The process-wide part (`tc`), from the leader. */
-export function dumpTaskCore(pid: number, leader: Injector): ImageEntry {
-  leader.resetScratch();
+/**
+ * The process-wide part (`tc`), from the leader. Every injected call (child subreaper, the 62
+ * sigactions, the 3 itimers, each POSIX timer's timer_gettime and timer_getoverrun) is made in
+ * one batch (Injector.runCalls): one resumption of the task instead of ~70. `extra` calls (the
+ * mm's, say) join the batch; their checked results are returned in order.
+ */
+export function dumpTaskCore(
+  pid: number,
+  leader: Injector,
+  extra: readonly InjectedCall[] = [],
+): { tc: ImageEntry; extra: bigint[] } {
   const stat = readStat(pid);
   const personality = readPersonality(pid);
   if (stat === null || personality === null) throw new TaskError(pid, `Task ${pid} exited while being dumped`);
+  const posix = readTimers(pid) ?? [];
   const PR_GET_CHILD_SUBREAPER = 37n;
-  const subreaper = outCall(leader, 'prctl', 4, (out) => [PR_GET_CHILD_SUBREAPER, out, 0n, 0n, 0n]).readInt32LE(0);
-  const sigs = sigactions(leader);
-  leader.resetScratch();
+  const calls: InjectedCall[] = [
+    { name: 'prctl', outBytes: 4, args: (out) => [PR_GET_CHILD_SUBREAPER, out, 0n, 0n, 0n] },
+    ...SIGACTION_SIGNALS.map((sig): InjectedCall => ({
+      name: 'rt_sigaction',
+      outBytes: 32,
+      args: (out) => [BigInt(sig), 0n, out, 8n],
+    })),
+    ...[0n, 1n, 2n].map((which): InjectedCall => ({ name: 'getitimer', outBytes: 32, args: (out) => [which, out] })),
+    ...posix.flatMap((t): InjectedCall[] => [
+      // struct itimerspec { timespec it_interval; timespec it_value; }
+      { name: 'timer_gettime', outBytes: 32, args: (out) => [BigInt(t.id), out] },
+      { name: 'timer_getoverrun', args: () => [BigInt(t.id)] },
+    ]),
+  ];
+  const results = checkedCalls(leader, [...calls, ...extra]);
+  const at = (i: number): InjectedResult => results[i] as InjectedResult;
+  const subreaper = at(0).out.readInt32LE(0);
+  const sigs = SIGACTION_SIGNALS.map((_, i) => sigactionEntry(at(1 + i).out));
+  const timerBase = 1 + SIGACTION_SIGNALS.length;
+  const SIGEV_NUMBER = { signal: 0, none: 1, thread: 2 } as const;
+  const SIGEV_THREAD_ID = 4;
+  const posixEntries = posix.map((t, k) => {
+    const spec = at(timerBase + 3 + 2 * k).out;
+    const timer: ImageEntry = {
+      it_id: t.id,
+      clock_id: t.clockId,
+      si_signo: t.signo,
+      it_sigev_notify: SIGEV_NUMBER[t.notify] | (t.isThreadId ? SIGEV_THREAD_ID : 0),
+      sival_ptr: t.sigevValue,
+      overrun: Number(at(timerBase + 4 + 2 * k).ret),
+      isec: spec.readBigUInt64LE(0),
+      insec: spec.readBigUInt64LE(8),
+      vsec: spec.readBigUInt64LE(16),
+      vnsec: spec.readBigUInt64LE(24),
+    };
+    if (t.isThreadId) timer['notify_thread_id'] = t.notifyPid;
+    return timer;
+  });
   const timers = {
-    real: itimer(leader, 0n),
-    virt: itimer(leader, 1n),
-    prof: itimer(leader, 2n),
-    posix: posixTimers(pid, leader),
+    real: itimerEntry(at(timerBase).out),
+    virt: itimerEntry(at(timerBase + 1).out),
+    prof: itimerEntry(at(timerBase + 2).out),
+    posix: posixEntries,
   };
-  return {
+  const tc: ImageEntry = {
     task_state: 1, // TASK_ALIVE
     exit_code: 0,
     personality,
@@ -266,4 +287,5 @@ export function dumpTaskCore(pid: number, leader: Injector): ImageEntry {
     sigactions: sigs,
     child_subreaper: subreaper !== 0,
   };
+  return { tc, extra: results.slice(calls.length).map((r) => r.ret) };
 }

@@ -36,7 +36,7 @@ import type { TrackerChoice } from '../kerndat/tracker.js';
 import { kerndat } from '../kerndat/index.js';
 import { dumpTaskCore, dumpThread } from './core.js';
 import { freezeProcess, killProcess, resumeProcess, stopProcess, type FrozenProcess } from './freeze.js';
-import { dumpMm, dumpMmShmem, pathFileEntry, preReadMm } from './mm.js';
+import { completeMm, dumpMm, dumpMmShmem, MM_CALLS, pathFileEntry, preReadMm } from './mm.js';
 import { dumpSeccomp } from './seccomp.js';
 import { decodeKnown, planMemory } from './memory.js';
 import { localPageSink, parentKnown, type PageSink } from './page-sink.js';
@@ -138,7 +138,7 @@ export async function dump(opts: DumpOptions): Promise<DumpStats & { frozen?: Fr
     const extraImages = new Map<string, { entry: ImageEntry; extra?: Uint8Array }[]>();
 
     log().debug('dump: mm');
-    const mm = dumpMm(pid, frozen.leader, allocId, mmPre);
+    const mm = dumpMm(pid, allocId, mmPre);
     const dirEntry = (p: string): number => {
       const id = allocId();
       mm.files.push(pathFileEntry(id, p, O_DIRECTORY, statSync(`/proc/${pid}/root${p}`, { bigint: true })));
@@ -186,7 +186,9 @@ export async function dump(opts: DumpOptions): Promise<DumpStats & { frozen?: Fr
     throwIfAborted(opts.signal);
 
     log().debug('dump: task core');
-    const taskCore = dumpTaskCore(pid, frozen.leader);
+    // The mm's injected calls go in the task core's batch: one resumption of the task for both.
+    const { tc: taskCore, extra: mmResults } = dumpTaskCore(pid, frozen.leader, MM_CALLS);
+    completeMm(mm, mmResults);
     log().debug('dump: thread cores');
     const seccomp = dumpSeccomp(
       pid,
@@ -206,8 +208,11 @@ export async function dump(opts: DumpOptions): Promise<DumpStats & { frozen?: Fr
 
     log().debug('dump: memory');
     const tMem = nowUs();
-    if (track !== null && (opts.trackMem === true || track.trackingKept(pid) !== null))
+    if (track !== null && (opts.trackMem === true || track.trackingKept(pid) !== null)) {
       tracker = await track.openTracker({ pid, injector: frozen.leader, choice: opts.tracker ?? 'auto' });
+      // A dump ends the tracking (below, or on failure): its collect need not re-arm.
+      tracker.markLastCollect();
+    }
     log().debug('dump: memory plan');
     const hasParent = await sink.open(pid, opts.prevImagesDir);
     const known =
@@ -272,19 +277,33 @@ export async function dump(opts: DumpOptions): Promise<DumpStats & { frozen?: Fr
     stats.frozenTimeUs = nowUs() - tFrozen;
     log().debug('dump: end');
 
-    // Tracking ends with the final dump: the task is left as it was before the first pre-dump.
-    if (tracker !== null) await tracker.end();
-    tracker = null;
     const ending = frozen;
-    frozen = null;
-    if (opts.end === 'leave-running') resumeProcess(ending);
-    else if (opts.end === 'leave-stopped') stopProcess(ending);
-    // Live migration: still frozen and traced by this process until the caller kills or resumes it.
-    else if (opts.end === 'keep-frozen') stats.frozen = ending;
-    else killProcess(ending);
+    if (opts.end === 'kill') {
+      // Killed first, then the tracking ended: with the task's address space gone, closing the
+      // userfaultfd has no VMA left to unregister (~40 ms for 1 GiB otherwise). The images are
+      // complete: a failure to end the tracking is only logged.
+      const last = tracker;
+      tracker = null;
+      frozen = null;
+      killProcess(ending);
+      log().debug(`dump: task ${pid} killed`);
+      if (last !== null)
+        await last
+          .end()
+          .catch((err: unknown) => log().warn(`Cannot end the memory tracking of ${pid}: ${String(err)}`));
+    } else {
+      // Tracking ends with the final dump: the task is left as it was before the first pre-dump.
+      if (tracker !== null) await tracker.end();
+      tracker = null;
+      frozen = null;
+      if (opts.end === 'leave-running') resumeProcess(ending);
+      else if (opts.end === 'leave-stopped') stopProcess(ending);
+      // Live migration: still frozen and traced by this process until the caller kills or resumes it.
+      else stats.frozen = ending;
+    }
   } catch (err) {
     removeLinkRemaps(filesShared);
-    // collect re-armed the tracker: its state no longer describes the images, so it is dropped.
+    // A dump ends the tracking either way (its collect did not re-arm: markLastCollect).
     if (tracker !== null) await tracker.end().catch(() => undefined);
     await sink.abort();
     if (frozen !== null) {
@@ -297,6 +316,7 @@ export async function dump(opts: DumpOptions): Promise<DumpStats & { frozen?: Fr
     await removeImages(dir, written, before);
     throw err;
   }
+  log().debug('dump: stats');
   await writeImage(path.join(dir, 'stats-dump'), 'STATS', [
     {
       entry: {

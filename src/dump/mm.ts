@@ -1,7 +1,24 @@
 /**
  * Dumping a task's address space description into `mm-<pid>.img` (mm_entry): the VMAs (from
  * /proc/PID/smaps), the mm fields (/proc/PID/stat, and brk by an injected brk(0)), the saved
- * auxv (/proc/PID/auxv), the exe link, dumpable and THP-disabled (injected prctls).
+ * auxv (/proc/PID/auxv), the exe link, dumpable and THP-disabled (injected prctls; MM_CALLS).
+ *
+ * smaps read before the freeze (preReadMm): reading smaps walks every page table of the task
+ * (its Rss, Pss... counters), ~90 ms for 1 GiB, which the dumper would otherwise spend frozen.
+ * Of smaps the dump uses only the maps line of each VMA and its VmFlags (the counters are not
+ * used). So the dumper reads smaps while the task still runs, and once it is frozen reads the
+ * cheap /proc/PID/maps (no page-table walk): if maps is byte for byte the maps lines of the
+ * pre-read, the VMAs are the same ones (same bounds, protection, offset, file) and the pre-read
+ * is used; otherwise smaps is read again, frozen.
+ *   What this cannot see: a change of VmFlags alone, on a whole VMA (a range inside one splits
+ * it, which maps shows), in the few milliseconds between the pre-read and the freeze. Of the
+ * flags the dump keeps, only madvise advice changes that way (MADV_DONTDUMP, DONTFORK,
+ * WIPEONFORK, HUGEPAGE/NOHUGEPAGE, MERGEABLE, RANDOM/SEQUENTIAL, and PR_SET_MEMORY_MERGE's
+ * MERGEABLE), and no counter or file tells that it happened (the kernel exposes no VMA sequence
+ * number; PROCMAP_QUERY reports protections only). The dump accepts that: the window is the
+ * same as if the task had called madvise just after the freeze, which a dump cannot see either;
+ * what is restored is advice the task gave a moment before. Flags set by criu-ts itself (the
+ * tracker's uffd-wp registration) do not go into the image.
  *
  * File-backed VMAs refer to a reg_file_entry in files.img by id (vma.shmid), as CRIU does; those
  * entries are made here, one per path and open mode.
@@ -21,9 +38,11 @@ import { PAGE_SIZE, type ImageEntry } from '../images/index.js';
 import type { FileImageSink } from '../files/image-sink.js';
 import { F_GET_SEALS, memfdName, readNonZeroPages } from '../files/memfd.js';
 import * as sys from '../sys/native.js';
-import type { Injector } from '../inject/injector.js';
+import type { InjectedCall } from '../inject/injector.js';
 import { readAuxv, toSavedAuxv } from '../proc/auxv.js';
-import { readSmaps } from '../proc/smaps.js';
+import { mapsTextOf, parseSmaps, readSmaps, type SmapsEntry } from '../proc/smaps.js';
+import { log } from '../log.js';
+import { readProcText } from '../proc/read.js';
 import { readStat } from '../proc/stat.js';
 import type { DeletedMapping } from '../files/vma-ghost.js';
 import { classifyVma, VMA_AREA, type VmaInfo } from './vma.js';
@@ -39,9 +58,63 @@ export interface MmDump {
 
 const FD_TYPE_REG = 1;
 
-/** Collect the mm of a frozen task. `allocId` numbers new file entries. */
-export function dumpMm(pid: number, leader: Injector, allocId: () => number): MmDump {
-  const smaps = readSmaps(pid);
+/** What preReadMm read of a running task, for dumpMm to use if it still holds once frozen. */
+export interface MmPreRead {
+  smapsText: string;
+  /** smapsText parsed (parsing a cold parser costs ~15 ms: done before the freeze too). */
+  smaps: SmapsEntry[];
+}
+
+/** Read what dumpMm can use from before the freeze (see the header); null when the task is gone. */
+export function preReadMm(pid: number): MmPreRead | null {
+  const smapsText = readProcText(`/proc/${pid}/smaps`);
+  return smapsText === null ? null : { smapsText, smaps: parseSmaps(smapsText) };
+}
+
+/** The VMAs of the frozen task: the pre-read ones when maps shows them unchanged, else read now. */
+function frozenSmaps(pid: number, pre: MmPreRead | null): SmapsEntry[] | null {
+  if (pre !== null) {
+    const maps = readProcText(`/proc/${pid}/maps`);
+    if (maps === null) return null;
+    if (maps === mapsTextOf(pre.smapsText)) {
+      log().debug(`mm of ${pid}: the VMAs read before the freeze are unchanged`);
+      return pre.smaps;
+    }
+    log().debug(`mm of ${pid}: the VMAs changed since they were read before the freeze: reading smaps again`);
+  }
+  return readSmaps(pid);
+}
+
+const PR_GET_DUMPABLE = 3n;
+const PR_GET_THP_DISABLE = 42n;
+
+/**
+ * The calls made inside the task for the mm entry (brk, dumpable, THP disabled). The dumper runs
+ * them in the task core's batch (one resumption of the task for both, see Injector.runCalls)
+ * and hands their checked results to completeMm.
+ */
+export const MM_CALLS: readonly InjectedCall[] = [
+  { name: 'brk', args: () => [0n] },
+  { name: 'prctl', args: () => [PR_GET_DUMPABLE, 0n, 0n, 0n, 0n] },
+  { name: 'prctl', args: () => [PR_GET_THP_DISABLE, 0n, 0n, 0n, 0n] },
+];
+
+/** Complete the mm entry with the results of MM_CALLS, in order. */
+export function completeMm(mm: MmDump, results: readonly bigint[]): void {
+  const [brk, dumpable, thpDisabled] = results;
+  if (brk === undefined || dumpable === undefined || thpDisabled === undefined)
+    throw new RangeError(`completeMm needs ${MM_CALLS.length} results`);
+  mm.entry['mm_brk'] = brk;
+  mm.entry['dumpable'] = Number(dumpable);
+  mm.entry['thp_disabled'] = thpDisabled !== 0n;
+}
+
+/**
+ * Collect the mm of a frozen task, but the fields MM_CALLS gives (see completeMm). `allocId`
+ * numbers new file entries; `pre` is what preReadMm read before the freeze, if anything.
+ */
+export function dumpMm(pid: number, allocId: () => number, pre: MmPreRead | null = null): MmDump {
+  const smaps = frozenSmaps(pid, pre);
   const stat = readStat(pid);
   const auxv = readAuxv(pid);
   if (smaps === null || stat === null || auxv === null)
@@ -119,11 +192,6 @@ export function dumpMm(pid: number, leader: Injector, allocId: () => number): Mm
   const exe = readlinkSync(`/proc/${pid}/exe`);
   if (exe.endsWith(' (deleted)'))
     throw new UnsupportedError('exe-deleted', `Cannot dump task ${pid}: its executable was deleted`);
-  const brk = leader.syscallOrThrow('brk', [0n]);
-  const PR_GET_DUMPABLE = 3n;
-  const PR_GET_THP_DISABLE = 42n;
-  const dumpable = Number(leader.syscallOrThrow('prctl', [PR_GET_DUMPABLE, 0n, 0n, 0n, 0n]));
-  const thpDisabled = leader.syscallOrThrow('prctl', [PR_GET_THP_DISABLE, 0n, 0n, 0n, 0n]) !== 0n;
   const entry: ImageEntry = {
     mm_start_code: stat.startcode,
     mm_end_code: stat.endcode,
@@ -131,7 +199,7 @@ export function dumpMm(pid: number, leader: Injector, allocId: () => number): Mm
     mm_end_data: stat.end_data,
     mm_start_stack: stat.startstack,
     mm_start_brk: stat.start_brk,
-    mm_brk: brk,
+    mm_brk: 0n, // completeMm
     mm_arg_start: stat.arg_start,
     mm_arg_end: stat.arg_end,
     mm_env_start: stat.env_start,
@@ -139,8 +207,8 @@ export function dumpMm(pid: number, leader: Injector, allocId: () => number): Mm
     exe_file_id: fileId(exe, 0),
     mm_saved_auxv: toSavedAuxv(auxv),
     vmas: vmaEntries,
-    dumpable,
-    thp_disabled: thpDisabled,
+    dumpable: 0, // completeMm
+    thp_disabled: false, // completeMm
   };
   return { entry, vmas, files, deleted };
 }

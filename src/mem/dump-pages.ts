@@ -6,11 +6,13 @@
  * the copied-on-write pages of private file mappings.
  * How: process_vm_readv in large batches (up to IOV_MAX runs, `CHUNK_BYTES` at a time) on the
  * thread pool, double-buffered against the writes of the previous batch, so copying and writing
- * overlap and criu's memory use stays bounded whatever the size of the task.
+ * overlap and criu's memory use stays bounded whatever the size of the task. Small copies of a
+ * frozen task (a final dump after pre-dumps) are made synchronously instead: see writePagesSync.
  *
  * The pages file is written under a temporary name and renamed when complete.
  */
 
+import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { CriuError, ImageError, TaskError, isErrno } from '../errors.js';
@@ -22,6 +24,8 @@ import type { PagesPolicy } from '../dump/vma.js';
 const PAGE = BigInt(PAGE_SIZE);
 const CHUNK_BYTES = 8 << 20;
 const IOV_MAX = 1024;
+/** Copies up to this size, of a frozen task, are made synchronously (see writePagesSync). */
+const SYNC_MAX_BYTES = 2 * CHUNK_BYTES;
 
 export interface DumpRange {
   start: bigint;
@@ -116,6 +120,13 @@ export async function writePages(
 ): Promise<{ entries: ImageEntry[]; pagesWritten: number; pagesGone: number }> {
   const final = path.join(dir, `pages-${pagesId}.img`);
   const tmp = path.join(dir, `.pages-${pagesId}.img.tmp-${process.pid}`);
+  const totalBytes = runs.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
+  if (!tolerateGone && totalBytes <= SYNC_MAX_BYTES) {
+    if (signal?.aborted === true) throw new TaskError(pid, 'Dump interrupted', { cause: signal.reason });
+    const pagesWritten = writePagesSync(pid, runs, final, tmp);
+    onProgress?.(totalBytes);
+    return { entries: pagemapEntries(runs), pagesWritten, pagesGone: 0 };
+  }
   const fh: FileHandle = await open(tmp, 'wx', 0o600);
   const buffers = [Buffer.allocUnsafe(CHUNK_BYTES), Buffer.allocUnsafe(CHUNK_BYTES)];
   let pending: Promise<unknown> = Promise.resolve();
@@ -162,13 +173,63 @@ export async function writePages(
     if (err instanceof CriuError) throw err; // the task's memory could not be read
     throw new ImageError(final, 'the file system refused it', undefined, { cause: err, isWrite: true });
   }
-  const entries = runs.map((r) => ({
+  return { entries: pagemapEntries(runs), pagesWritten: written / PAGE_SIZE, pagesGone: gone };
+}
+
+function pagemapEntries(runs: readonly PageRun[]): ImageEntry[] {
+  return runs.map((r) => ({
     vaddr: r.vaddr,
     compat_nr_pages: 0,
     flags: PE_PRESENT,
     nr_pages: BigInt(r.nrPages),
   }));
-  return { entries, pagesWritten: written / PAGE_SIZE, pagesGone: gone };
+}
+
+/**
+ * writePages for a frozen task and a small copy (SYNC_MAX_BYTES): the same reads and writes made
+ * synchronously. The asynchronous path overlaps reading and writing, which pays for large copies;
+ * for a few MB (a final dump after pre-dumps) its ~10 thread-pool round trips cost more than the
+ * copy itself on a busy machine, all with the task frozen. Returns the pages written.
+ */
+function writePagesSync(pid: number, runs: readonly PageRun[], final: string, tmp: string): number {
+  const fd = openSync(tmp, 'wx', 0o600);
+  const buf = Buffer.allocUnsafe(CHUNK_BYTES);
+  let written = 0;
+  try {
+    try {
+      for (const batch of batches(runs)) {
+        const iov = new BigUint64Array(batch.length * 2);
+        let bytes = 0;
+        batch.forEach((r, i) => {
+          iov[2 * i] = r.vaddr;
+          iov[2 * i + 1] = BigInt(r.nrPages * PAGE_SIZE);
+          bytes += r.nrPages * PAGE_SIZE;
+        });
+        const got = sys.processVmReadv(pid, buf, 0, iov);
+        if (got !== bytes)
+          throw new TaskError(pid, `Cannot read the memory of task ${pid}: got ${got} of ${bytes} bytes`);
+        for (let off = 0; off < bytes;) {
+          const n = writeSync(fd, buf, off, bytes - off);
+          if (n <= 0) throw new Error(`write returned ${n} at ${off} of ${bytes} bytes`);
+          off += n;
+        }
+        written += bytes;
+      }
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, final);
+  } catch (err) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // already gone
+    }
+    if (err instanceof CriuError) throw err; // the task's memory could not be read
+    throw new ImageError(final, 'the file system refused it', undefined, { cause: err, isWrite: true });
+  }
+  return written / PAGE_SIZE;
 }
 
 /**

@@ -4,7 +4,9 @@
  *
  * Data path: pages are read from the target with process_vm_readv into two pooled native Buffers
  * (CHUNK_BYTES each) on the thread pool, and each batch goes out with a single writev of its
- * headers and data, also on the thread pool, while the next batch is being read. Memory use is
+ * headers and data, also on the thread pool, while the next batch is being read. A batch holds
+ * up to MAX_PIECES records (1024 of them with data): thousands of scattered 1-page records cost a
+ * few thread-pool trips, and nothing is awaited per record. Memory use is
  * 2 × CHUNK_BYTES whatever the size of the target; no page byte is touched by JavaScript.
  *
  * Kernel interfaces: process_vm_readv(2), socket/connect/writev/recv (native/net.cc).
@@ -24,17 +26,28 @@ import {
   decodeI32Reply,
   decodeOpen2Reply,
   encodeAuth,
+  encodeDstId,
   encodeIov,
   type Dst,
 } from './protocol.js';
+import { BufferPool } from './buffer-pool.js';
 import { Connection, DEFAULT_ADDRESS } from './socket.js';
 
 /** Bytes read from the target per batch (and size of each of the two pooled buffers). */
 export const CHUNK_BYTES = 4 << 20;
-/** Runs per batch at most (IOV_MAX of process_vm_readv and writev). */
-const MAX_RUNS = 512;
+/** Pieces with data per batch at most (IOV_MAX of process_vm_readv's remote iovecs). */
+const MAX_DATA_PIECES = 1024;
+/**
+ * Pieces per batch at most, with and without data. Scattered dirty pages (live migration) come
+ * as thousands of 1-page records between records without data: a batch holds many of them so
+ * that they cost a few thread-pool trips, not two per record. (writevAllAsync goes past IOV_MAX
+ * by itself.)
+ */
+const MAX_PIECES = 4096;
 /** Pages per ADD_F record at most (1 GiB): the server merges consecutive records anyway. */
 const MAX_RECORD_PAGES = 1 << 18;
+/** Read buffers, faulted in when a client connects (buffer-pool.ts says why); one client's pair kept. */
+const CHUNK_POOL = new BufferPool(CHUNK_BYTES, 2);
 
 /** A run of pages: [vaddr, vaddr + nrPages × 4096). Same shape as src/mem's PageRun. */
 export interface PageRunLike {
@@ -101,6 +114,8 @@ export class PageServerClient implements PageTransport {
   private dst: Dst | null = null;
   private buffers: [Buffer, Buffer] | null = null;
   private isDone = false;
+  /** A sendPagemap is running: its native calls may still use the buffers. */
+  private isSending = false;
   /** Page bytes sent (data only). */
   bytesSent = 0;
 
@@ -110,6 +125,7 @@ export class PageServerClient implements PageTransport {
   static async connect(opts: PageServerClientOptions): Promise<PageServerClient> {
     const conn = await Connection.connect(opts.address ?? DEFAULT_ADDRESS, opts.port);
     const client = new PageServerClient(conn);
+    CHUNK_POOL.reserve(2); // page faults now, not while the pages of a frozen task go out
     try {
       if (opts.timeoutMs !== undefined && opts.timeoutMs > 0) conn.setTimeouts(opts.timeoutMs);
       if (opts.token !== undefined) {
@@ -191,9 +207,10 @@ export class PageServerClient implements PageTransport {
     runs: readonly PageRecord[],
     progress: SendProgress & { isRunning?: boolean | undefined } = {},
   ): Promise<{ nrPagesSent: number; nrPagesGone: number }> {
-    const dst = this.currentDst();
-    this.buffers ??= [Buffer.allocUnsafeSlow(CHUNK_BYTES), Buffer.allocUnsafeSlow(CHUNK_BYTES)];
+    const dstId = encodeDstId(this.currentDst());
+    this.buffers ??= [CHUNK_POOL.take(), CHUNK_POOL.take()];
     const buffers = this.buffers;
+    this.isSending = true;
     let sending: Promise<void> = Promise.resolve();
     let turn = 0;
     let done = 0;
@@ -209,18 +226,32 @@ export class PageServerClient implements PageTransport {
         if (bytes > 0) gone += await readPieces(pid, buf, data, bytes, progress.isRunning === true);
         // A run longer than a batch goes out as one record: its header with the first piece, the
         // rest of its data in the following batches (the server then splices it in one go).
-        const heads = Buffer.alloc(batch.length * PS_IOV_SIZE);
+        // Headers with no data between them (a record without data, then the next record's
+        // header) are adjacent in `heads` and go out as one iovec.
+        const heads = Buffer.allocUnsafe(batch.length * PS_IOV_SIZE);
         const iov: Buffer[] = [];
+        let headsFrom = 0;
+        let headsTo = 0;
         let off = 0;
-        batch.forEach((piece, i) => {
+        for (const piece of batch) {
           if (piece.runPages > 0) {
-            encodeIov(addIov(dst, piece.vaddr, piece.runPages, piece.flags), heads, i * PS_IOV_SIZE);
-            iov.push(heads.subarray(i * PS_IOV_SIZE, (i + 1) * PS_IOV_SIZE));
+            const head = {
+              command: 'ADD_F',
+              flags: piece.flags,
+              nrPages: piece.runPages,
+              vaddr: piece.vaddr,
+              dstId,
+            } as const;
+            encodeIov(head, heads, headsTo);
+            headsTo += PS_IOV_SIZE;
           }
-          if ((piece.flags & PE_PRESENT) === 0) return;
+          if ((piece.flags & PE_PRESENT) === 0) continue;
+          if (headsTo > headsFrom) iov.push(heads.subarray(headsFrom, headsTo));
+          headsFrom = headsTo;
           iov.push(buf.subarray(off, off + piece.nrPages * PAGE_SIZE));
           off += piece.nrPages * PAGE_SIZE;
-        });
+        }
+        if (headsTo > headsFrom) iov.push(heads.subarray(headsFrom, headsTo));
         await sending;
         sending = this.conn.writeAll(iov, 'ADD_F');
         sending.catch(() => undefined); // awaited at the next turn or below
@@ -232,6 +263,9 @@ export class PageServerClient implements PageTransport {
     } catch (err) {
       await sending.catch(() => undefined); // the buffers must be free before anyone reuses them
       throw err;
+    } finally {
+      this.isSending = false;
+      if (this.isDone) this.releaseBuffers(); // aborted meanwhile
     }
     return { nrPagesSent: done / PAGE_SIZE, nrPagesGone: gone };
   }
@@ -273,6 +307,14 @@ export class PageServerClient implements PageTransport {
     if (this.isDone) return;
     this.isDone = true;
     this.conn.close();
+    if (!this.isSending) this.releaseBuffers();
+  }
+
+  /** Back to the pool, once no native call can be using them. */
+  private releaseBuffers(): void {
+    if (this.buffers === null) return;
+    for (const b of this.buffers) CHUNK_POOL.give(b);
+    this.buffers = null;
   }
 
   private currentDst(): Dst {
@@ -304,12 +346,14 @@ interface Piece extends PageRecord {
 }
 
 /**
- * Split records into batches of at most CHUNK_BYTES of data and MAX_RUNS pieces (long present
- * runs are cut; records without data take no room but a piece).
+ * Split records into batches of at most CHUNK_BYTES of data, MAX_DATA_PIECES pieces with data and
+ * MAX_PIECES pieces in all (long present runs are cut; records without data take no room but a
+ * piece).
  */
 function* batches(runs: readonly PageRecord[]): Generator<Piece[]> {
   let batch: Piece[] = [];
   let bytes = 0;
+  let nrDataPieces = 0;
   for (const record of records(runs)) {
     let { vaddr, nrPages } = record;
     const { flags } = record;
@@ -319,13 +363,17 @@ function* batches(runs: readonly PageRecord[]): Generator<Piece[]> {
       const take = hasData ? Math.min(Math.floor((CHUNK_BYTES - bytes) / PAGE_SIZE), nrPages) : nrPages;
       batch.push({ vaddr, nrPages: take, flags, runPages });
       runPages = 0;
-      if (hasData) bytes += take * PAGE_SIZE;
+      if (hasData) {
+        bytes += take * PAGE_SIZE;
+        nrDataPieces++;
+      }
       vaddr += BigInt(take * PAGE_SIZE);
       nrPages -= take;
-      if (bytes >= CHUNK_BYTES || batch.length >= MAX_RUNS) {
+      if (bytes >= CHUNK_BYTES || nrDataPieces >= MAX_DATA_PIECES || batch.length >= MAX_PIECES) {
         yield batch;
         batch = [];
         bytes = 0;
+        nrDataPieces = 0;
       }
     }
   }

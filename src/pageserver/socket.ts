@@ -6,7 +6,7 @@
  * Why not node:net: its sockets are non-blocking fds owned by libuv's event loop; splice(2) and
  * writev(2) on them from another thread would race libuv and fail with EAGAIN. A plain blocking fd
  * lets one native call move megabytes. Kernel interfaces: socket/bind/listen/accept4/connect,
- * recv(MSG_WAITALL), writev, splice, setsockopt (SO_REUSEADDR, TCP_NODELAY, SO_RCVTIMEO,
+ * recv (MSG_WAITALL or not), writev, splice, setsockopt (SO_REUSEADDR, TCP_NODELAY, SO_RCVTIMEO,
  * SO_SNDTIMEO).
  */
 
@@ -139,6 +139,21 @@ export class Connection {
     }
     this.bytesIn += done;
     return done;
+  }
+
+  /**
+   * Read what has arrived, at most `len` bytes, into `buf` at `offset`, waiting only for the
+   * first byte. Returns the bytes read; 0 = the peer closed the connection.
+   */
+  async readSome(buf: Buffer, offset: number, len: number, command?: string): Promise<number> {
+    let got: number;
+    try {
+      got = await sys.recvAsync(this.fd, buf, offset, len, 0);
+    } catch (err) {
+      throw this.ioError(err, 'cannot read', command);
+    }
+    this.bytesIn += got;
+    return got;
   }
 
   /** Read exactly `len` bytes or fail with a ProtocolError that names what was being read. */

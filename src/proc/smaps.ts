@@ -193,6 +193,30 @@ export function parseSmaps(text: string): SmapsEntry[] {
 
 /** The smaps of a task, or null when it is gone. */
 export function readSmaps(pid: number): SmapsEntry[] | null {
-  const text = readProcText(`${taskDir(pid)}/smaps`);
+  const text = readSmapsText(pid);
   return text === null ? null : parseSmaps(text);
+}
+
+/** The text of a task's smaps (parse it with parseSmaps), or null when the task is gone. */
+export function readSmapsText(pid: number): string | null {
+  return readProcText(`${taskDir(pid)}/smaps`);
+}
+
+/**
+ * The maps lines of an smaps text: its entries' first lines, which the kernel prints with the
+ * same function as /proc/PID/maps (show_map_vma), so for the same VMAs this equals the text of
+ * maps byte for byte. Counter and VmFlags lines start with an upper-case key, maps lines with a
+ * hex digit in lower case.
+ */
+export function mapsTextOf(smapsText: string): string {
+  const lines: string[] = [];
+  let pos = 0;
+  while (pos < smapsText.length) {
+    let eol = smapsText.indexOf('\n', pos);
+    if (eol < 0) eol = smapsText.length;
+    const first = smapsText.charCodeAt(pos);
+    if (eol > pos && !(first >= 0x41 && first <= 0x5a)) lines.push(smapsText.slice(pos, eol + 1));
+    pos = eol + 1;
+  }
+  return lines.join('');
 }

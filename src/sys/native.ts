@@ -130,5 +130,6 @@ export const {
   getpeername,
   recvAsync,
   writevAllAsync,
+  pwritevAllAsync,
   spliceAllAsync,
 } = native;

@@ -108,10 +108,14 @@ export class SoftDirtyTracker extends BaseTracker {
       }
       result = unionRuns(subtractRuns(want, tracked), dirty);
     }
-    try {
-      writeFileSync(`/proc/${pid}/clear_refs`, '4');
-    } catch (err) {
-      throw new TaskError(pid, `Cannot clear the soft-dirty bits of task ${pid}`, { cause: err });
+    // The last collect leaves the bits (the kernel's own bookkeeping) as they are: nothing reads
+    // them after it.
+    if (!this.isLastCollect) {
+      try {
+        writeFileSync(`/proc/${pid}/clear_refs`, '4');
+      } catch (err) {
+        throw new TaskError(pid, `Cannot clear the soft-dirty bits of task ${pid}`, { cause: err });
+      }
     }
     this.armed = intersectRuns(want, vmas);
     this.hasBaseline = true;

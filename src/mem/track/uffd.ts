@@ -181,7 +181,8 @@ export class UffdTracker extends BaseTracker {
             {
               start: from,
               end,
-              flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+              // The last collect only reads: no page is write-protected again (markLastCollect).
+              flags: this.isLastCollect ? PM_SCAN_CHECK_WPASYNC : PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
               categoryInverted: 0n,
               categoryMask: PAGE_IS_WRITTEN,
               categoryAnyofMask: 0n,
