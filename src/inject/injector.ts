@@ -324,8 +324,7 @@ export class Injector {
       outTotal += ((c.outBytes ?? 0) + 15) & ~15;
     }
     if (calls.length === 0) return [];
-    const wantsLoop =
-      isBatchCodeAllowed() && (calls.length >= BATCH_MIN_CALLS || typeof this.batchCode === 'bigint');
+    const wantsLoop = isBatchCodeAllowed() && (calls.length >= BATCH_MIN_CALLS || typeof this.batchCode === 'bigint');
     const code = wantsLoop ? this.prepareBatchCode() : null;
     // Scratch layout: the output buffers, then (for the loop) the table.
     const tableOffset = outTotal;

@@ -60,4 +60,3 @@ while :; do
   read -t 0.1 -u 3 line
 done
 `;
-
