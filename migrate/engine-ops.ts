@@ -49,7 +49,7 @@ export interface FinalDumpResult {
 }
 
 export class EngineOps {
-  private readonly frozen = new Map<number, FrozenProcess>();
+  private readonly frozen = new Map<number, { task: FrozenProcess; endTracking: () => Promise<void> }>();
   private readonly skeletons = new Map<number, Skeleton>();
   private readonly servers = new Map<number, { server: PageServer; done: Promise<PageServerSummary> }>();
   private nextServerId = 1;
@@ -86,7 +86,8 @@ export class EngineOps {
       ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
       ...(sink === undefined ? {} : { sink }),
     });
-    if (s.frozen !== undefined) this.frozen.set(pid, s.frozen);
+    if (s.frozen !== undefined)
+      this.frozen.set(pid, { task: s.frozen, endTracking: s.endTracking ?? (() => Promise.resolve()) });
     return { frozenUs: s.frozenTimeUs, pagesWritten: s.pagesWritten, pagesSkipped: s.pagesSkippedParent };
   }
 
@@ -99,9 +100,14 @@ export class EngineOps {
     const f = this.frozen.get(pid);
     this.frozen.delete(pid);
     if (f !== undefined) {
-      if (action === 'kill') killProcess(f);
-      else if (action === 'stop') stopProcess(f);
-      else resumeProcess(f);
+      // Killed first, then the tracking ended (cheap once the memory is gone); otherwise ended
+      // first, so that the task runs on untracked.
+      if (action === 'kill') killProcess(f.task);
+      await f
+        .endTracking()
+        .catch((err: unknown) => log().warn(`agent: cannot end the tracking of ${pid}: ${String(err)}`));
+      if (action === 'stop') stopProcess(f.task);
+      else if (action === 'resume') resumeProcess(f.task);
       log().info(`agent: source task ${pid}: ${action}`);
     }
     if (action === 'resume') await endTracking(pid);
@@ -204,7 +210,8 @@ export class EngineOps {
     for (const pid of [...this.skeletons.keys()]) this.skeletonAbort(pid);
     for (const [pid, f] of this.frozen) {
       try {
-        resumeProcess(f);
+        void f.endTracking().catch(() => undefined);
+        resumeProcess(f.task);
       } catch (err) {
         log().error(`agent: cannot resume source task ${pid}: ${String(err)}`);
       }

@@ -86,7 +86,9 @@ function throwIfAborted(signal: AbortSignal | undefined): void {
 }
 
 /** Dump process `pid` into `imagesDir`. Returns the statistics written to stats-dump. */
-export async function dump(opts: DumpOptions): Promise<DumpStats & { frozen?: FrozenProcess }> {
+export async function dump(
+  opts: DumpOptions,
+): Promise<DumpStats & { frozen?: FrozenProcess; endTracking?: () => Promise<void> }> {
   const { pid } = opts;
   const stat = readStat(pid);
   if (stat === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
@@ -117,7 +119,7 @@ export async function dump(opts: DumpOptions): Promise<DumpStats & { frozen?: Fr
   let frozen: FrozenProcess | null = freezeProcess(pid);
   const tFrozen = nowUs();
   log().info(`Frozen ${frozen.threads.length} thread(s) of ${pid} in ${tFrozen - t0} us`);
-  const stats: DumpStats & { frozen?: FrozenProcess } = {
+  const stats: DumpStats & { frozen?: FrozenProcess; endTracking?: () => Promise<void> } = {
     freezingTimeUs: tFrozen - t0,
     frozenTimeUs: 0,
     memdumpTimeUs: 0,
@@ -291,15 +293,23 @@ export async function dump(opts: DumpOptions): Promise<DumpStats & { frozen?: Fr
         await last
           .end()
           .catch((err: unknown) => log().warn(`Cannot end the memory tracking of ${pid}: ${String(err)}`));
+    } else if (opts.end === 'keep-frozen') {
+      // Live migration: still frozen and traced by this process until the caller kills it (then
+      // ends the tracking, cheaply: see above) or resumes it (ending the tracking first).
+      const last = tracker;
+      tracker = null;
+      frozen = null;
+      stats.frozen = ending;
+      stats.endTracking = async () => {
+        if (last !== null) await last.end();
+      };
     } else {
       // Tracking ends with the final dump: the task is left as it was before the first pre-dump.
       if (tracker !== null) await tracker.end();
       tracker = null;
       frozen = null;
       if (opts.end === 'leave-running') resumeProcess(ending);
-      else if (opts.end === 'leave-stopped') stopProcess(ending);
-      // Live migration: still frozen and traced by this process until the caller kills or resumes it.
-      else stats.frozen = ending;
+      else stopProcess(ending);
     }
   } catch (err) {
     removeLinkRemaps(filesShared);
