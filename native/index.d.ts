@@ -342,6 +342,12 @@ export function recvAsync(fd: number, buf: Buffer, offset: number, len: number, 
  */
 export function writevAllAsync(fd: number, bufs: Buffer[]): Promise<number>;
 /**
+ * pwritev(fd, bufs, pos) repeated until every byte is written at pos onwards (a short write goes
+ * on where it stopped; ENOSPC and other errors reject). Resolves with the total. The Buffers must
+ * stay untouched until it settles.
+ */
+export function pwritevAllAsync(fd: number, bufs: Buffer[], pos: bigint): Promise<number>;
+/**
  * Move `len` bytes from `fdIn` (a socket) into `fdOut` at `offOut` through the pipe
  * (`pipeRead`, `pipeWrite`), `chunk` bytes per splice at most, without copying them through
  * user space. Resolves with the bytes moved: fewer than `len` only when fdIn reached end of

@@ -1,6 +1,7 @@
 // TCP plumbing for the page server and its client: bind/listen/accept4/connect/shutdown,
-// getsockname/getpeername, recv, and two bulk movers that must not cross the JS thread per chunk:
-// writev until every byte is out, and splice socket -> pipe -> file until `len` bytes have landed.
+// getsockname/getpeername, recv, and bulk movers that must not cross the JS thread per chunk:
+// writev (to a socket) or pwritev (to a file) until every byte is out, and splice socket -> pipe
+// -> file until `len` bytes have landed.
 //
 // Sockets handled here are plain blocking fds (not libuv handles): every call that can block runs
 // on the libuv thread pool (*Async) and returns a Promise. Addresses are IPv4 or IPv6 text
@@ -200,13 +201,11 @@ Napi::Value RecvAsync(const Napi::CallbackInfo& info) {
   return PromiseWorker::Start(w);
 }
 
-Napi::Value WritevAllAsync(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd = ArgInt32(info, 0, "fd");
-  if (!info[1].IsArray()) throw Napi::TypeError::New(env, "Argument bufs must be an array");
-  Napi::Array bufs = info[1].As<Napi::Array>();
-  auto iov = std::make_shared<std::vector<iovec>>();
-  std::vector<Napi::Value> keep;
+// The non-empty Buffers of a JS array as iovecs (kept alive by `keep` until the worker is done).
+size_t CollectIov(Napi::Env env, const Napi::Value& arg, std::vector<iovec>* iov,
+                  std::vector<Napi::Value>* keep) {
+  if (!arg.IsArray()) throw Napi::TypeError::New(env, "Argument bufs must be an array");
+  Napi::Array bufs = arg.As<Napi::Array>();
   size_t total = 0;
   for (uint32_t i = 0; i < bufs.Length(); i++) {
     Napi::Value v = bufs.Get(i);
@@ -215,39 +214,72 @@ Napi::Value WritevAllAsync(const Napi::CallbackInfo& info) {
     if (b.Length() == 0) continue;
     iov->push_back({b.Data(), b.Length()});
     total += b.Length();
-    keep.push_back(v);
+    keep->push_back(v);
   }
+  return total;
+}
+
+// writev (pos < 0) or pwritev at pos until every byte is written. A blocking stream socket may
+// still return short (a signal after some bytes went out), a file too (ENOSPC after a part: the
+// next call reports it): advance through the iovecs and go on. Returns the bytes written or -1.
+long WriteAllIov(int fd, std::vector<iovec>& v, size_t total, off_t pos, int* err) {
+  size_t done = 0;
+  size_t first = 0;
+  while (done < total) {
+    int cnt = static_cast<int>(std::min<size_t>(v.size() - first, IOV_MAX));
+    ssize_t r = pos < 0 ? writev(fd, v.data() + first, cnt)
+                        : pwritev(fd, v.data() + first, cnt, pos + static_cast<off_t>(done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      *err = errno;
+      return -1;
+    }
+    if (r == 0) {
+      *err = EIO;  // a file that takes nothing and reports no error
+      return -1;
+    }
+    done += static_cast<size_t>(r);
+    size_t n = static_cast<size_t>(r);
+    while (n > 0 && first < v.size()) {
+      if (n >= v[first].iov_len) {
+        n -= v[first].iov_len;
+        first++;
+      } else {
+        v[first].iov_base = static_cast<uint8_t*>(v[first].iov_base) + n;
+        v[first].iov_len -= n;
+        n = 0;
+      }
+    }
+  }
+  return static_cast<long>(done);
+}
+
+Napi::Value WritevAllAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  auto iov = std::make_shared<std::vector<iovec>>();
+  std::vector<Napi::Value> keep;
+  size_t total = CollectIov(env, info[1], iov.get(), &keep);
   auto* w = new PromiseWorker(
       env, "writev", {fd, static_cast<long>(total)}, keep,
-      [fd, iov, total](int* err) -> long {
-        // writev on a blocking stream socket may still return short (a signal after some bytes
-        // went out): advance through the iovecs and go on until everything is written.
-        size_t done = 0;
-        size_t first = 0;
-        std::vector<iovec>& v = *iov;
-        while (done < total) {
-          int cnt = static_cast<int>(std::min<size_t>(v.size() - first, IOV_MAX));
-          ssize_t r = writev(fd, v.data() + first, cnt);
-          if (r < 0) {
-            if (errno == EINTR) continue;
-            *err = errno;
-            return -1;
-          }
-          done += static_cast<size_t>(r);
-          size_t n = static_cast<size_t>(r);
-          while (n > 0 && first < v.size()) {
-            if (n >= v[first].iov_len) {
-              n -= v[first].iov_len;
-              first++;
-            } else {
-              v[first].iov_base = static_cast<uint8_t*>(v[first].iov_base) + n;
-              v[first].iov_len -= n;
-              n = 0;
-            }
-          }
-        }
-        return static_cast<long>(done);
-      },
+      [fd, iov, total](int* err) -> long { return WriteAllIov(fd, *iov, total, -1, err); },
+      NumberResult);
+  return PromiseWorker::Start(w);
+}
+
+// pwritev of many Buffers at one file offset: the page server stores the data of many small
+// records, scattered over its receive buffer between their headers, in one call.
+Napi::Value PwritevAllAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  auto iov = std::make_shared<std::vector<iovec>>();
+  std::vector<Napi::Value> keep;
+  size_t total = CollectIov(env, info[1], iov.get(), &keep);
+  off_t pos = ArgBigInt64(info, 2, "pos");
+  if (pos < 0) throw Napi::RangeError::New(env, "Argument pos must not be negative");
+  auto* w = new PromiseWorker(
+      env, "pwritev", {fd, static_cast<long>(total), static_cast<long>(pos)}, keep,
+      [fd, iov, total, pos](int* err) -> long { return WriteAllIov(fd, *iov, total, pos, err); },
       NumberResult);
   return PromiseWorker::Start(w);
 }
@@ -312,6 +344,7 @@ void InitNet(Napi::Env env, Napi::Object exports) {
   exports.Set("getpeername", Napi::Function::New(env, Getpeername, "getpeername"));
   exports.Set("recvAsync", Napi::Function::New(env, RecvAsync, "recvAsync"));
   exports.Set("writevAllAsync", Napi::Function::New(env, WritevAllAsync, "writevAllAsync"));
+  exports.Set("pwritevAllAsync", Napi::Function::New(env, PwritevAllAsync, "pwritevAllAsync"));
   exports.Set("spliceAllAsync", Napi::Function::New(env, SpliceAllAsync, "spliceAllAsync"));
 }
 
