@@ -20,6 +20,7 @@ import {
   killProcess,
   preDump,
   resumeProcess,
+  reapWhenDone,
   restore,
   stopProcess,
   PageServer,
@@ -164,8 +165,9 @@ export class EngineOps {
       vmas.push({ start: BigInt(anonVmas[i] as number), end: BigInt(anonVmas[i + 1] as number) });
     let sk = this.skeletons.get(pid);
     if (sk === undefined) {
-      // A sibling: the restored task's parent is the agent's (which reaps it), not the agent.
-      sk = Skeleton.create(pid, vmas, 1, { isSibling: true });
+      // The agent is the restored task's parent and reaps it (restoreFinal); were the task a
+      // sibling instead, its parent would be whoever started the agent, which may never reap it.
+      sk = Skeleton.create(pid, vmas, 1);
       this.skeletons.set(pid, sk);
     }
     try {
@@ -182,12 +184,8 @@ export class EngineOps {
     const sk = this.skeletons.get(pid);
     this.skeletons.delete(pid);
     try {
-      const r = await restore({
-        imagesDir: dir,
-        isDetached: true,
-        isSibling: true,
-        ...(sk === undefined ? {} : { skeleton: sk }),
-      });
+      const r = await restore({ imagesDir: dir, isDetached: true, ...(sk === undefined ? {} : { skeleton: sk }) });
+      reapWhenDone(r.pid);
       return { pid: r.pid, restoreUs: Number((process.hrtime.bigint() - t0) / 1000n) };
     } catch (err) {
       sk?.abort();

@@ -8,7 +8,7 @@ export { preDump, type PreDumpOptions, type PreDumpStats } from './dump/pre-dump
 export { killProcess, resumeProcess, stopProcess, type FrozenProcess } from './dump/freeze.js';
 export { connectPageServerSink, type PageServerTarget } from './dump/page-server-sink.js';
 export type { PageSink } from './dump/page-sink.js';
-export { restore, type RestoreOptions, type RestoreResult } from './restore/index.js';
+export { reapWhenDone, restore, type RestoreOptions, type RestoreResult } from './restore/index.js';
 export { Skeleton } from './restore/skeleton.js';
 export { PageServer, type PageServerSummary } from './pageserver/server.js';
 export { dedupChain } from './mem/dedup.js';

@@ -23,7 +23,7 @@ import { writeImage, type ImageEntry } from '../images/index.js';
 import { Injector } from '../inject/injector.js';
 import { log } from '../log.js';
 import * as sys from '../sys/native.js';
-import { SIGSTOP, __WALL } from '../kernel/constants.js';
+import { SIGSTOP, WNOHANG, __WALL } from '../kernel/constants.js';
 import { restoreFiles } from '../files/index.js';
 import { checkTtyRestore } from '../files/tty.js';
 import { prepareDeletedMappings, removeMaterializedGhosts } from '../files/vma-ghost.js';
@@ -294,4 +294,22 @@ function createThread(leader: Injector, pid: number, tid: number): Injector {
   const st = sys.waitpid(tid, __WALL, 5000);
   if (st === null) throw new TaskError(pid, `Thread ${tid} did not stop after its creation`);
   return Injector.adopt(pid, tid, leader.syscallSite);
+}
+
+/**
+ * Reap a detached restored task (our child) once it ends, without blocking anything: a long-lived
+ * process that restores (the migration agent) must not leave zombies that keep the PID taken.
+ * Polls with WNOHANG every `everyMs`; the timer does not keep the process alive (if it exits
+ * first, the task is reparented and reaped by init).
+ */
+export function reapWhenDone(pid: number, everyMs = 500): void {
+  const timer = setInterval(() => {
+    try {
+      const r = sys.waitpid(pid, WNOHANG | __WALL, 0);
+      if (r !== null && r.pid === pid && (r.status & 0xff) !== 0x7f) clearInterval(timer);
+    } catch {
+      clearInterval(timer); // not our child (any more)
+    }
+  }, everyMs);
+  timer.unref();
 }
