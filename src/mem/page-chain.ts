@@ -31,6 +31,8 @@ interface Level {
   /** Page-index runs in address order, with their PE_* flags and, when present, their page offset in the file. */
   runs: { start: number; end: number; flags: number; filePage: number }[];
   pagesFile: string;
+  /** Pages the pages file must hold. */
+  pagesNeeded: number;
 }
 
 const O_RDWR = 2;
@@ -144,8 +146,39 @@ function source(level: Level, r: Level['runs'][number], from: number, to: number
   };
 }
 
+/**
+ * Levels already read, by file, size and mtime: images are never rewritten in place (they are
+ * renamed into place whole), so a long-lived process (the migration agent, which reads each
+ * pre-dump when it arrives and the whole chain again at the final restore) decodes each pagemap
+ * once. Bounded: the oldest are dropped.
+ */
+const levelCache = new Map<string, Level>();
+const LEVEL_CACHE_MAX = 64;
+
 async function loadLevel(dir: string, pagemapName: string, isParent: boolean): Promise<Level | null> {
   const file = path.join(dir, pagemapName);
+  let key: string | null = null;
+  try {
+    const st = statSync(file);
+    key = `${file}\0${st.size}\0${st.mtimeMs}\0${st.ino}`;
+    const cached = levelCache.get(key);
+    if (cached !== undefined) {
+      checkPagesFile(cached, pagemapName);
+      return cached;
+    }
+  } catch {
+    // missing: readPagemap says how
+  }
+  const level = await readLevel(dir, file, isParent);
+  if (level !== null) checkPagesFile(level, pagemapName);
+  if (level !== null && key !== null) {
+    if (levelCache.size >= LEVEL_CACHE_MAX) levelCache.delete(levelCache.keys().next().value as string);
+    levelCache.set(key, level);
+  }
+  return level;
+}
+
+async function readLevel(dir: string, file: string, isParent: boolean): Promise<Level | null> {
   let pm: { pagesId: number; runs: PagemapRun[] };
   try {
     pm = await readPagemap(file);
@@ -167,22 +200,25 @@ async function loadLevel(dir: string, pagemapName: string, isParent: boolean): P
     if ((r.flags & PE_PRESENT) !== 0) filePage += r.nrPages;
     lastEnd = end;
   }
-  if (filePage > 0) {
-    let size: number;
-    try {
-      size = statSync(pagesFile).size;
-    } catch (err) {
-      throw new ImageError(path.basename(pagesFile), `missing, but ${pagemapName} needs it`, undefined, {
-        cause: err,
-      });
-    }
-    if (size < filePage * PAGE_SIZE)
-      throw new ImageError(
-        pagesFile,
-        `the file has ${size} bytes, ${pagemapName} needs ${filePage * PAGE_SIZE}: it is truncated`,
-      );
+  return { dir, runs, pagesFile, pagesNeeded: filePage };
+}
+
+/** The pages file must hold every page the pagemap says (checked on every use: it is cheap). */
+function checkPagesFile(level: Level, pagemapName: string): void {
+  if (level.pagesNeeded === 0) return;
+  let size: number;
+  try {
+    size = statSync(level.pagesFile).size;
+  } catch (err) {
+    throw new ImageError(path.basename(level.pagesFile), `missing, but ${pagemapName} needs it`, undefined, {
+      cause: err,
+    });
   }
-  return { dir, runs, pagesFile };
+  if (size < level.pagesNeeded * PAGE_SIZE)
+    throw new ImageError(
+      level.pagesFile,
+      `the file has ${size} bytes, ${pagemapName} needs ${level.pagesNeeded * PAGE_SIZE}: it is truncated`,
+    );
 }
 
 /** Sources grouped by pages file, each as normalized runs of page indexes within the file. */
