@@ -24,6 +24,8 @@ import {
   restore,
   stopProcess,
   PageServer,
+  IMAGE_KINDS,
+  prepareImageKinds,
   type FrozenProcess,
   type PageServerSummary,
 } from '../src/index.js';
@@ -55,7 +57,17 @@ export class EngineOps {
   private readonly servers = new Map<number, { server: PageServer; done: Promise<PageServerSummary> }>();
   private nextServerId = 1;
 
-  constructor(private readonly token: string | undefined) {}
+  constructor(private readonly token: string | undefined) {
+    // protobufjs builds each message type's coder on first use (~300 ms for a whole restore's
+    // images): done now, while idle, rather than during a migration's downtime.
+    setImmediate(() => {
+      try {
+        prepareImageKinds(IMAGE_KINDS.map((k) => k.name));
+      } catch (err) {
+        log().warn(`agent: cannot prepare the image coders: ${String(err)}`);
+      }
+    });
+  }
 
   async preDump(pid: number, dir: string, to: PagesTarget | undefined, prevDir?: string): Promise<PreDumpResult> {
     const sink = to === undefined ? undefined : await this.sinkTo(to);

@@ -14,3 +14,5 @@ export { PageServer, type PageServerSummary } from './pageserver/server.js';
 export { dedupChain } from './mem/dedup.js';
 export { endTracking } from './mem/track/index.js';
 export { CriuError, describeError } from './errors.js';
+export { IMAGE_KINDS } from './images/index.js';
+export { prepareImageKinds } from './images/image-writer.js';

@@ -10,6 +10,7 @@ import { ImageError, UnsupportedError } from '../errors.js';
 import { PE_PRESENT, imageFileName, readImage, type ImageEntry } from '../images/index.js';
 import { normalize, pageIndex, type Run } from '../mem/runs.js';
 import { PageChain, type PageSource } from '../mem/page-chain.js';
+import { log } from '../log.js';
 
 export interface RestoreImages {
   dir: string;
@@ -90,6 +91,7 @@ export async function loadImages(dir: string): Promise<RestoreImages> {
   }
   if (cores.get(pid)?.['tc'] === undefined) throw new ImageError(`core-${pid}.img`, 'the task core (tc) is missing');
   const mm = await single(dir, `mm-${pid}.img`, 'MM');
+  log().debug('restore: cores and mm read');
   const pagemapName = `pagemap-${pid}.img`;
   if (!existsSync(path.join(dir, pagemapName))) throw new ImageError(pagemapName, 'the image is missing');
   const pages = await pageSources(dir, pagemapName);
@@ -97,6 +99,7 @@ export async function loadImages(dir: string): Promise<RestoreImages> {
   const shmemPages = new Map<string, PageSource[]>();
   for (const name of readdirSync(dir).filter((n) => /^pagemap-shmem-\d+\.img$/.test(n)))
     shmemPages.set(name, await pageSources(dir, name));
+  log().debug('restore: page chain resolved');
   const ids = await single(dir, `ids-${pid}.img`, 'IDS');
   const files = await entries(dir, 'files.img', 'FILES');
   const fdinfoName = `fdinfo-${Number(ids['files_id'] ?? 2)}.img`;

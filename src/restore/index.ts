@@ -87,6 +87,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const t0 = nowUs();
   const img = await loadImages(opts.imagesDir);
   const { pid } = img;
+  log().debug('restore: images loaded and checked');
   if (existsSync(path.join(img.dir, 'cpuinfo.img'))) {
     const mismatches = await checkCpuinfoDir(img.dir, opts.cpuCap ?? ['fpu']);
     if (mismatches.length > 0)
@@ -95,6 +96,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         `Cannot restore on this CPU (--cpu-cap=${(opts.cpuCap ?? ['fpu']).join(',')}): ${mismatches.slice(0, 3).join('; ')}`,
       );
   }
+  log().debug('restore: cpu checked');
   const leaderCore = img.cores.get(pid) as ImageEntry;
   const tc = leaderCore['tc'] as ImageEntry;
   const regNames = new Map<number, string>();
