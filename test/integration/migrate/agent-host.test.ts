@@ -4,7 +4,7 @@
  * runs on SRC, is dumped there by our `criu dump`, its images travel by put-file, and the agent's
  * `criu restore` brings it back on DST: with the same PID, in DST's PID namespace, where it passes
  * its own checks. Then the same with the pages sent by the dump to a page server the agent
- * started (skipped while `criu page-server` is not implemented).
+ * started.
  */
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -125,16 +125,7 @@ t.test('the dump sends its pages to a page server the DST agent started', { skip
   const c = await AgentClient.connect(target, TOKEN);
   t.teardown(() => c.close());
 
-  let ps;
-  try {
-    ps = await c.pageServerStart({ dir: 'm2/img', port: 0 });
-  } catch (err) {
-    if (err instanceof CriuError && err.code === 'ENOTIMPL') {
-      t.skip(`criu page-server is not implemented yet (${err.message})`, () => undefined);
-      return;
-    }
-    throw err;
-  }
+  const ps = await c.pageServerStart({ dir: 'm2/img', port: 0 });
   t.equal(ps.address, dst.addr, "the page server listens on the agent's address");
   t.same(await c.pageServerWait(ps.serverId, 50), { state: 'running' });
 
@@ -153,9 +144,8 @@ t.test('the dump sends its pages to a page server the DST agent started', { skip
     dst.addr,
     '--port',
     String(ps.port),
-    // --token, not --token-file: `criu dump` does not read --token-file yet (src/cli/dump.ts).
-    '--token',
-    TOKEN,
+    '--token-file',
+    path.join(dir, 'token'),
   ]);
   t.equal(dump.status, 0, `criu dump --page-server: ${dump.stderr}`);
   const served = await c.pageServerWait(ps.serverId, 20_000);
@@ -190,16 +180,7 @@ t.test(
     const { target } = await startAgent(t, dst, dir);
     const c = await AgentClient.connect(target, TOKEN, { keepaliveMs: 1000 });
     t.teardown(() => c.close());
-    let ps;
-    try {
-      ps = await c.pageServerStart({ dir: 'm3/img', port: 0 });
-    } catch (err) {
-      if (err instanceof CriuError && err.code === 'ENOTIMPL') {
-        t.skip(`criu page-server is not implemented yet (${err.message})`, () => undefined);
-        return;
-      }
-      throw err;
-    }
+    const ps = await c.pageServerStart({ dir: 'm3/img', port: 0 });
     // The catch is attached at once: the rejection comes while down() runs.
     const pending = c.pageServerWait(ps.serverId).catch((e: unknown) => e);
     const start = Date.now();
