@@ -14,37 +14,13 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { simHosts, type HostProcess, type SimHost } from '../migrate/sim-hosts.js';
+import { simHosts, startAgentIn, type HostProcess, type SimHost } from '../migrate/sim-hosts.js';
 import type { BenchOptions, BenchResult } from './run.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const MIGRATE = path.join(ROOT, 'bin/criu-migrate.js');
 const WORKLOAD = path.join(ROOT, 'test/fixtures/bin/migrate_counter');
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function agentOn(host: SimHost, dir: string, tokenFile: string): Promise<{ agent: HostProcess; target: string }> {
-  const agent = host.spawn([
-    process.execPath,
-    MIGRATE,
-    'agent',
-    '--listen',
-    `${host.addr}:0`,
-    '--token-file',
-    tokenFile,
-    '-D',
-    path.join(dir, host.name),
-  ]);
-  let out = '';
-  const port = await new Promise<number>((resolve, reject) => {
-    agent.child.stdout?.setEncoding('utf8').on('data', (s: string) => {
-      out += s;
-      const m = /Agent listening on [\d.]+:(\d+)/.exec(out);
-      if (m !== null) resolve(Number(m[1]));
-    });
-    void agent.exited.then((e) => reject(new Error(`agent exited (${e.status})`)));
-  });
-  return { agent, target: `${host.addr}:${port}` };
-}
 
 /** MB/s of a 512 MiB blast from src to dst over the bridge (dd into nc is not everywhere: node). */
 async function rawTcpMBps(src: SimHost, dst: SimHost): Promise<number> {
@@ -89,8 +65,8 @@ export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
   const lines: string[] = [];
   try {
     const [src, dst] = hosts as [SimHost, SimHost];
-    const a = await agentOn(src, dir, tokenFile);
-    const b = await agentOn(dst, dir, tokenFile);
+    const a = await startAgentIn(src, tokenFile, path.join(dir, src.name));
+    const b = await startAgentIn(dst, tokenFile, path.join(dir, dst.name));
     agents.push(a.agent, b.agent);
     const raw = await rawTcpMBps(src, dst);
     lines.push(`raw TCP between the hosts: ${raw.toFixed(0)} MB/s (the ceiling of any transfer)`);

@@ -16,7 +16,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { simHosts, type HostProcess, type SimHost } from './sim-hosts.js';
+import { simHosts, startAgentIn, type HostProcess } from './sim-hosts.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MIGRATE = path.join(ROOT, 'bin/criu-migrate.js');
@@ -27,34 +27,6 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(name);
   return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
-}
-
-async function startAgent(
-  host: SimHost,
-  dir: string,
-  tokenFile: string,
-): Promise<{ agent: HostProcess; target: string }> {
-  const agent = host.spawn([
-    process.execPath,
-    MIGRATE,
-    'agent',
-    '--listen',
-    `${host.addr}:0`,
-    '--token-file',
-    tokenFile,
-    '-D',
-    path.join(dir, `agent-${host.name}`),
-  ]);
-  let out = '';
-  const port = await new Promise<number>((resolve, reject) => {
-    agent.child.stdout?.setEncoding('utf8').on('data', (s: string) => {
-      out += s;
-      const m = /Agent listening on [\d.]+:(\d+)/.exec(out);
-      if (m !== null) resolve(Number(m[1]));
-    });
-    void agent.exited.then((e) => reject(new Error(`the agent on ${host.name} exited (${e.status})`)));
-  });
-  return { agent, target: `${host.addr}:${port}` };
 }
 
 function say(text: string): void {
@@ -81,8 +53,8 @@ async function main(): Promise<number> {
   try {
     if (src === undefined || dst === undefined) throw new Error('no hosts');
     say(`Two simulated hosts: src ${src.addr} and dst ${dst.addr} (own PID, network and mount namespaces)`);
-    const a = await startAgent(src, dir, tokenFile);
-    const b = await startAgent(dst, dir, tokenFile);
+    const a = await startAgentIn(src, tokenFile, path.join(dir, 'agent-src'));
+    const b = await startAgentIn(dst, tokenFile, path.join(dir, 'agent-dst'));
     agents.push(a.agent, b.agent);
     say(`Agents listening: src ${a.target}, dst ${b.target}`);
 

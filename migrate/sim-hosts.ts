@@ -209,3 +209,48 @@ export async function simHosts(names: readonly string[], opts: { t?: Teardownabl
   }
   return hosts;
 }
+
+/** bin/criu-migrate.js of this checkout (from migrate/ or, compiled, dist/migrate/). */
+function migrateBin(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (const candidate of [
+    join(here, '..', 'bin', 'criu-migrate.js'),
+    join(here, '..', '..', 'bin', 'criu-migrate.js'),
+  ])
+    if (existsSync(candidate)) return candidate;
+  throw new Error(`Cannot find bin/criu-migrate.js from ${here}`);
+}
+
+/**
+ * Start `criu-migrate agent` inside `host` on a port the kernel picks; resolves with the agent
+ * and its ADDR:PORT once it prints that it listens (rejects, with its stderr, if it exits first).
+ */
+export async function startAgentIn(
+  host: SimHost,
+  tokenFile: string,
+  imagesRoot: string,
+): Promise<{ agent: HostProcess; target: string }> {
+  const agent = host.spawn([
+    process.execPath,
+    migrateBin(),
+    'agent',
+    '--listen',
+    `${host.addr}:0`,
+    '--token-file',
+    tokenFile,
+    '-D',
+    imagesRoot,
+  ]);
+  let out = '';
+  let err = '';
+  agent.child.stderr?.setEncoding('utf8').on('data', (s: string) => (err += s));
+  const port = await new Promise<number>((resolve, reject) => {
+    agent.child.stdout?.setEncoding('utf8').on('data', (s: string) => {
+      out += s;
+      const m = /Agent listening on [\d.]+:(\d+)/.exec(out);
+      if (m !== null) resolve(Number(m[1]));
+    });
+    void agent.exited.then((e) => reject(new Error(`the agent on ${host.name} exited (${e.status}): ${err}`)));
+  });
+  return { agent, target: `${host.addr}:${port}` };
+}

@@ -14,8 +14,8 @@
  *   7. stats-dump
  */
 
-import { mkdir, readdir, unlink } from 'node:fs/promises';
-import { existsSync, readlinkSync, statSync } from 'node:fs';
+import { mkdir, readdir } from 'node:fs/promises';
+import { readlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { TaskError, UnsupportedError } from '../errors.js';
 import { imageFileName, writeImage, writeParentLink, PAGE_SIZE, type ImageEntry } from '../images/index.js';
@@ -39,7 +39,9 @@ import { freezeProcess, killProcess, resumeProcess, stopProcess, type FrozenProc
 import { completeMm, dumpMm, dumpMmShmem, MM_CALLS, pathFileEntry, preReadMm } from './mm.js';
 import { dumpSeccomp } from './seccomp.js';
 import { decodeKnown, planMemory } from './memory.js';
-import { localPageSink, parentKnown, type PageSink } from './page-sink.js';
+import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
+import { dumpStatsEntry, inventoryEntry, nowUs } from './entries.js';
+import { isTrackingRecorded } from '../mem/track/state.js';
 
 export interface DumpOptions {
   pid: number;
@@ -77,10 +79,6 @@ const O_DIRECTORY = 0o200000;
 /** The image kinds every dump writes (their encoders are made ready before the freeze). */
 const DUMP_IMAGE_KINDS = ['MM', 'CORE', 'FILES', 'FDINFO', 'FS', 'IDS', 'PSTREE', 'SECCOMP', 'INVENTORY', 'PAGEMAP'];
 
-function nowUs(): number {
-  return Number(process.hrtime.bigint() / 1000n);
-}
-
 function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted === true) throw new TaskError(0, 'Dump interrupted', { cause: signal.reason });
 }
@@ -102,14 +100,12 @@ export async function dump(
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
-  const written: string[] = [];
   let nextPagesId = 2; // pages-1.img holds the task's memory
   await dumpCpuinfo(dir);
-  written.push('cpuinfo.img');
 
   // Whatever can be known before the freeze is not part of the frozen time: the tracker module
   // and the kernel probes that choose it (kerndat, 30-120 ms on first use).
-  const track = opts.trackMem === true || mayBeTracked(pid) ? await import('../mem/track/index.js') : null;
+  const track = opts.trackMem === true || isTrackingRecorded(pid) ? await import('../mem/track/index.js') : null;
   if (track !== null) kerndat();
   // smaps walks every page table: read it now, and once frozen only check that it still holds.
   const mmPre = preReadMm(pid);
@@ -242,7 +238,6 @@ export async function dump(
     const batch: ImageToWrite[] = [];
     const add = (name: string, kind: string, entries: ImageToWrite['entries']): void => {
       batch.push({ path: path.join(dir, name), kind, entries });
-      written.push(name);
     };
     add(`mm-${pid}.img`, 'MM', [mm.entry]);
     for (const { tid, core } of cores) add(`core-${tid}.img`, 'CORE', [core]);
@@ -265,16 +260,7 @@ export async function dump(
     writeImagesSync(batch);
     stats.memwriteTimeUs = nowUs() - tWrite;
     // Last: the inventory makes the directory a complete dump.
-    add('inventory.img', 'INVENTORY', [
-      {
-        img_version: 2,
-        fdinfo_per_id: true,
-        root_ids: ids,
-        ns_per_id: true,
-        lsmtype: 0,
-        dump_criu_run_id: `criu-ts-${process.pid}-${Date.now()}`,
-      },
-    ]);
+    add('inventory.img', 'INVENTORY', [inventoryEntry()]);
     writeImagesSync(batch.slice(-1));
     stats.frozenTimeUs = nowUs() - tFrozen;
     log().debug('dump: end');
@@ -323,47 +309,14 @@ export async function dump(
         log().error(`Cannot resume task ${pid} after a failed dump: ${String(resumeErr)}`);
       }
     }
-    await removeImages(dir, written, before);
+    await removeNew(dir, before);
     throw err;
   }
   log().debug('dump: stats');
-  await writeImage(path.join(dir, 'stats-dump'), 'STATS', [
-    {
-      entry: {
-        dump: {
-          freezing_time: stats.freezingTimeUs,
-          frozen_time: stats.frozenTimeUs,
-          memdump_time: stats.memdumpTimeUs,
-          memwrite_time: stats.memwriteTimeUs,
-          pages_scanned: stats.pagesScanned,
-          pages_skipped_parent: stats.pagesSkippedParent,
-          pages_written: stats.pagesWritten,
-          pages_lazy: 0,
-        },
-      },
-    },
-  ]);
+  await writeImage(path.join(dir, 'stats-dump'), 'STATS', [{ entry: { dump: dumpStatsEntry(stats) } }]);
   if (opts.autoDedup === true && sink.isLocal && opts.prevImagesDir !== undefined) {
     const saved = await dedupChain(dir);
     log().info(`auto-dedup: ${saved} bytes punched out of the parent images`);
   }
   return stats;
-}
-
-/**
- * Whether pre-dumps may have left a tracker for `pid` (its state file exists): the tracker module
- * is only loaded then.
- */
-function mayBeTracked(pid: number): boolean {
-  return existsSync(`/run/criu-ts/track/${pid}.json`);
-}
-
-/** Remove what a failed dump wrote: every file that was not in the directory before it began. */
-async function removeImages(dir: string, names: readonly string[], before: ReadonlySet<string>): Promise<void> {
-  for (const name of names) if (!before.has(name)) await unlink(path.join(dir, name)).catch(() => undefined);
-  const left = await readdir(dir).catch(() => [] as string[]);
-  for (const name of left) {
-    if (before.has(name) || name.endsWith('.log')) continue;
-    await unlink(path.join(dir, name)).catch(() => undefined);
-  }
 }

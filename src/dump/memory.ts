@@ -14,7 +14,7 @@
 
 import { readFileSync, realpathSync } from 'node:fs';
 import path from 'node:path';
-import { PE_PARENT, PE_PRESENT, readImage, type PagemapRun } from '../images/index.js';
+import { PE_PARENT, PE_PRESENT, type PagemapRun } from '../images/index.js';
 import { log } from '../log.js';
 import type { DumpRange, PageRun } from '../mem/dump-pages.js';
 import { findPageRuns } from '../mem/dump-pages.js';
@@ -122,15 +122,4 @@ export async function planMemory(
     pagesScanned,
     pagesInParent,
   };
-}
-
-/** The run id a local directory's inventory holds (for logs). */
-export async function inventoryRunId(dir: string): Promise<string | null> {
-  try {
-    const { records } = await readImage(path.join(dir, 'inventory.img'), 'INVENTORY');
-    const id = records[0]?.entry['dump_criu_run_id'];
-    return typeof id === 'string' ? id : null;
-  } catch {
-    return null;
-  }
 }

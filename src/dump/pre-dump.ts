@@ -21,7 +21,7 @@
 import { mkdir, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { TaskError, UnsupportedError } from '../errors.js';
-import { writeImage, writeParentLink, type ImageEntry } from '../images/index.js';
+import { writeImage, writeParentLink } from '../images/index.js';
 import { log } from '../log.js';
 import { readChildren, scanChildren } from '../proc/children.js';
 import { readMaps, type MapsEntry } from '../proc/maps.js';
@@ -34,6 +34,7 @@ import { freezeProcess, resumeProcess, type FrozenProcess } from './freeze.js';
 import { PROT, VMA_AREA, classifyVma } from './vma.js';
 import { decodeKnown, encodeKnown, planMemory, type MemoryPlan } from './memory.js';
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
+import { dumpStatsEntry, inventoryEntry, nowUs } from './entries.js';
 import { openTracker } from '../mem/track/index.js';
 
 export interface PreDumpOptions {
@@ -71,10 +72,6 @@ function mapsFlags(m: MapsEntry): ReadonlySet<string> {
   return f;
 }
 const NO_BYTES = Object.fromEntries(SMAPS_SIZE_KEYS.map((k) => [k, 0])) as SmapsEntry['bytes'];
-
-function nowUs(): number {
-  return Number(process.hrtime.bigint() / 1000n);
-}
 
 export function checkDumpable(pid: number): void {
   if (readStat(pid) === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
@@ -172,36 +169,4 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
     await removeNew(dir, before);
     throw err;
   }
-}
-
-export function inventoryEntry(): ImageEntry {
-  return {
-    img_version: 2,
-    fdinfo_per_id: true,
-    root_ids: { vm_id: 2, files_id: 2, fs_id: 2, sighand_id: 2 },
-    ns_per_id: true,
-    lsmtype: 0,
-    dump_criu_run_id: `criu-ts-${process.pid}-${Date.now()}-${Math.floor(Math.random() * 1e9)}`,
-  };
-}
-
-export function dumpStatsEntry(s: {
-  freezingTimeUs: number;
-  frozenTimeUs: number;
-  memdumpTimeUs: number;
-  memwriteTimeUs: number;
-  pagesScanned: number;
-  pagesSkippedParent: number;
-  pagesWritten: number;
-}): ImageEntry {
-  return {
-    freezing_time: s.freezingTimeUs,
-    frozen_time: s.frozenTimeUs,
-    memdump_time: s.memdumpTimeUs,
-    memwrite_time: s.memwriteTimeUs,
-    pages_scanned: s.pagesScanned,
-    pages_skipped_parent: s.pagesSkippedParent,
-    pages_written: s.pagesWritten,
-    pages_lazy: 0,
-  };
 }

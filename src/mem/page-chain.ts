@@ -68,6 +68,12 @@ export class PageChain {
     return top.runs.map((r) => ({ vaddr: pageAddr(r.start), nrPages: r.end - r.start, flags: r.flags }));
   }
 
+  /** The pages the top level holds itself (PE_PRESENT), as normalized page runs. */
+  async presentRuns(): Promise<Run[]> {
+    const top = (await this.level(0)) as Level;
+    return normalize(top.runs.filter((r) => (r.flags & PE_PRESENT) !== 0).map((r) => ({ start: r.start, end: r.end })));
+  }
+
   /** Every page with contents (present here or further back), in address order, with where it is. */
   async sources(): Promise<PageSource[]> {
     const top = (await this.level(0)) as Level;

@@ -77,29 +77,3 @@ export function subtract(a: readonly Run[], b: readonly Run[]): Run[] {
 export function countPages(runs: readonly Run[]): number {
   return runs.reduce((n, r) => n + r.end - r.start, 0);
 }
-
-/** Runs as bytes (u64 start, u64 end pairs, little-endian): how they are kept between runs. */
-export function encodeRuns(runs: readonly Run[]): Uint8Array {
-  const out = new BigUint64Array(runs.length * 2);
-  runs.forEach((r, i) => {
-    out[2 * i] = BigInt(r.start);
-    out[2 * i + 1] = BigInt(r.end);
-  });
-  return new Uint8Array(out.buffer);
-}
-
-/** The inverse of encodeRuns; null when the bytes are not a valid normalized run list. */
-export function decodeRuns(bytes: Uint8Array): Run[] | null {
-  if (bytes.byteLength % 16 !== 0) return null;
-  const copy = new Uint8Array(bytes); // aligned
-  const words = new BigUint64Array(copy.buffer, 0, copy.byteLength / 8);
-  const out: Run[] = [];
-  for (let i = 0; i < words.length; i += 2) {
-    const start = Number(words[i]);
-    const end = Number(words[i + 1]);
-    const last = out[out.length - 1];
-    if (!(end > start) || (last !== undefined && start <= last.end)) return null;
-    out.push({ start, end });
-  }
-  return out;
-}

@@ -7,8 +7,8 @@
 import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { ImageError, UnsupportedError } from '../errors.js';
-import { PE_PRESENT, imageFileName, readImage, type ImageEntry } from '../images/index.js';
-import { normalize, pageIndex, type Run } from '../mem/runs.js';
+import { imageFileName, readImage, type ImageEntry } from '../images/index.js';
+import type { Run } from '../mem/runs.js';
 import { PageChain, type PageSource } from '../mem/page-chain.js';
 import { log } from '../log.js';
 
@@ -58,16 +58,6 @@ async function pageSources(dir: string, pagemapName: string): Promise<PageSource
   return (await PageChain.open(dir, pagemapName)).sources();
 }
 
-/** The pages the image itself holds (PE_PRESENT), as page runs. */
-async function presentRuns(dir: string, pagemapName: string): Promise<Run[]> {
-  const top = await (await PageChain.open(dir, pagemapName)).topRuns();
-  return normalize(
-    top
-      .filter((r) => (r.flags & PE_PRESENT) !== 0)
-      .map((r) => ({ start: pageIndex(r.vaddr), end: pageIndex(r.vaddr) + r.nrPages })),
-  );
-}
-
 export async function loadImages(dir: string): Promise<RestoreImages> {
   if (!existsSync(path.join(dir, 'inventory.img')))
     throw new ImageError('inventory.img', `no complete dump in "${dir}" (inventory.img is missing)`);
@@ -94,8 +84,9 @@ export async function loadImages(dir: string): Promise<RestoreImages> {
   log().debug('restore: cores and mm read');
   const pagemapName = `pagemap-${pid}.img`;
   if (!existsSync(path.join(dir, pagemapName))) throw new ImageError(pagemapName, 'the image is missing');
-  const pages = await pageSources(dir, pagemapName);
-  const pagesPresent = await presentRuns(dir, pagemapName);
+  const chain = await PageChain.open(dir, pagemapName);
+  const pages = await chain.sources();
+  const pagesPresent = await chain.presentRuns();
   const shmemPages = new Map<string, PageSource[]>();
   for (const name of readdirSync(dir).filter((n) => /^pagemap-shmem-\d+\.img$/.test(n)))
     shmemPages.set(name, await pageSources(dir, name));

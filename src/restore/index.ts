@@ -31,6 +31,7 @@ import { loadImages } from './images.js';
 import { restoreSeccomp } from './seccomp.js';
 import { restoreCreds } from './creds.js';
 import { punchRestored } from '../mem/dedup.js';
+import { nowUs } from '../dump/entries.js';
 import { dumpedVmas, restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
 import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES } from './stub.js';
 import type { Skeleton } from './skeleton.js';
@@ -78,10 +79,6 @@ export interface RestoreResult {
 
 const CLONE_THREAD_FLAGS = 0x100n | 0x200n | 0x400n | 0x800n | 0x10000n | 0x40000n; // VM FS FILES SIGHAND THREAD SYSVSEM
 const PAGE = 4096n;
-
-function nowUs(): number {
-  return Number(process.hrtime.bigint() / 1000n);
-}
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const t0 = nowUs();

@@ -20,7 +20,6 @@
 
 import path from 'node:path';
 import { TaskError } from '../errors.js';
-import { PE_PRESENT } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import { log } from '../log.js';
 import { PageChain, clipSources } from '../mem/page-chain.js';
@@ -97,12 +96,7 @@ export class Skeleton {
     const kept = intersect(this.mapped, want);
     this.mapped = want;
     const chain = await PageChain.open(dir, `pagemap-${this.pid}.img`);
-    const top = await chain.topRuns();
-    const present = normalize(
-      top
-        .filter((r) => (r.flags & PE_PRESENT) !== 0)
-        .map((r) => ({ start: pageIndex(r.vaddr), end: pageIndex(r.vaddr) + r.nrPages })),
-    );
+    const present = await chain.presentRuns();
     // Kept ranges: only the new contents; added ranges: all their pages, wherever in the chain.
     const wanted = normalize([...intersect(present, kept), ...added]);
     const sources = clipSources(await chain.sources(), wanted);

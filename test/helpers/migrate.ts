@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
-import type { HostProcess, SimHost } from '../../migrate/sim-hosts.js';
+import { startAgentIn, type HostProcess, type SimHost } from '../../migrate/sim-hosts.js';
 import { poll } from './cr.js';
 import { ROOT } from './fixture.js';
 
@@ -19,37 +19,16 @@ export function tokenFile(dir: string): string {
   return file;
 }
 
-/** Start `criu-migrate agent` in `host`; resolves with its ADDR:PORT once it listens. */
+/** Start `criu-migrate agent` in `host` (killed at the test's end); resolves with its ADDR:PORT. */
 export async function startAgent(
   t: Test,
   host: SimHost,
   dir: string,
   imagesRoot = path.join(dir, `agent-${host.name}`),
 ): Promise<{ agent: HostProcess; target: string }> {
-  const agent = host.spawn([
-    'node',
-    MIGRATE,
-    'agent',
-    '--listen',
-    `${host.addr}:0`,
-    '--token-file',
-    tokenFile(dir),
-    '-D',
-    imagesRoot,
-  ]);
-  t.teardown(() => agent.kill('SIGKILL'));
-  let out = '';
-  let err = '';
-  agent.child.stderr?.setEncoding('utf8').on('data', (s: string) => (err += s));
-  const port = await new Promise<number>((resolve, reject) => {
-    agent.child.stdout?.setEncoding('utf8').on('data', (s: string) => {
-      out += s;
-      const m = /Agent listening on [\d.]+:(\d+)/.exec(out);
-      if (m !== null) resolve(Number(m[1]));
-    });
-    void agent.exited.then((e) => reject(new Error(`the agent exited (${e.status}): ${err}`)));
-  });
-  return { agent, target: `${host.addr}:${port}` };
+  const started = await startAgentIn(host, tokenFile(dir), imagesRoot);
+  t.teardown(() => started.agent.kill('SIGKILL'));
+  return started;
 }
 
 export interface HostWorkload {

@@ -23,7 +23,7 @@
  * in different network namespaces are not kept apart (they would also not share /run, usually).
  */
 
-import { mkdirSync, chmodSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import path from 'node:path';
 import { TaskError } from '../../errors.js';
@@ -37,6 +37,14 @@ export const STATE_VERSION = 1;
 export function trackDir(): string {
   const override = process.env['CRIU_TS_TRACK_DIR'];
   return override !== undefined && override !== '' ? override : DEFAULT_TRACK_DIR;
+}
+
+/**
+ * Whether tracking state is recorded for `pid` (a file test, no parsing): callers that load the
+ * tracker module only when it may be needed ask this first.
+ */
+export function isTrackingRecorded(pid: number): boolean {
+  return existsSync(recordPath(trackDir(), pid));
 }
 
 /** The process holding a userfaultfd between invocations. */

@@ -11,7 +11,8 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 
 import { AgentClient } from '../../../migrate/agent-client.js';
-import { simHosts, type HostProcess, type SimHost } from '../../../migrate/sim-hosts.js';
+import { simHosts, type SimHost } from '../../../migrate/sim-hosts.js';
+import { startAgent, TOKEN } from '../../helpers/migrate.js';
 import { CriuError } from '../../../src/errors.js';
 import { poll } from '../../helpers/cr.js';
 import { fixturePath, ROOT } from '../../helpers/fixture.js';
@@ -22,37 +23,6 @@ const isBuilt = existsSync(path.join(ROOT, 'dist/migrate/agent.js'))
   : 'dist/ is not built: run "npm run build:ts"';
 const CRIU = path.join(ROOT, 'bin/criu.js');
 const MIGRATE = path.join(ROOT, 'bin/criu-migrate.js');
-const TOKEN = 'migrate-test-token-7f3a';
-
-/** Start `criu-migrate agent` in `host`; resolves with its port once it listens. */
-async function startAgent(t: Test, host: SimHost, dir: string): Promise<{ agent: HostProcess; target: string }> {
-  const tokenFile = path.join(dir, 'token');
-  writeFileSync(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
-  const agent = host.spawn([
-    'node',
-    MIGRATE,
-    'agent',
-    '--listen',
-    `${host.addr}:0`,
-    '--token-file',
-    tokenFile,
-    '-D',
-    path.join(dir, `agent-${host.name}`),
-  ]);
-  t.teardown(() => agent.kill('SIGKILL'));
-  let out = '';
-  let err = '';
-  agent.child.stderr?.setEncoding('utf8').on('data', (s: string) => (err += s));
-  const port = await new Promise<number>((resolve, reject) => {
-    agent.child.stdout?.setEncoding('utf8').on('data', (s: string) => {
-      out += s;
-      const m = /Agent listening on [\d.]+:(\d+)/.exec(out);
-      if (m !== null) resolve(Number(m[1]));
-    });
-    void agent.exited.then((e) => reject(new Error(`the agent exited (${e.status}): ${err}`)));
-  });
-  return { agent, target: `${host.addr}:${port}` };
-}
 
 /** Start cr_basic on `host` with a PID no agent or init there will hold (above 20000). */
 async function startWorkload(t: Test, host: SimHost, dir: string): Promise<{ pid: number; report: () => string }> {

@@ -1,0 +1,45 @@
+/**
+ * The entries both `dump` and `pre-dump` write: the inventory (written last, it makes a directory a
+ * complete (pre-)dump) and stats-dump's dump_stats_entry; and the clock their times come from.
+ *
+ * Image kinds: INVENTORY, STATS.
+ */
+
+import type { ImageEntry } from '../images/index.js';
+
+/** Microseconds of a monotonic clock. */
+export function nowUs(): number {
+  return Number(process.hrtime.bigint() / 1000n);
+}
+
+export function inventoryEntry(): ImageEntry {
+  return {
+    img_version: 2,
+    fdinfo_per_id: true,
+    root_ids: { vm_id: 2, files_id: 2, fs_id: 2, sighand_id: 2 },
+    ns_per_id: true,
+    lsmtype: 0,
+    dump_criu_run_id: `criu-ts-${process.pid}-${Date.now()}-${Math.floor(Math.random() * 1e9)}`,
+  };
+}
+
+export function dumpStatsEntry(s: {
+  freezingTimeUs: number;
+  frozenTimeUs: number;
+  memdumpTimeUs: number;
+  memwriteTimeUs: number;
+  pagesScanned: number;
+  pagesSkippedParent: number;
+  pagesWritten: number;
+}): ImageEntry {
+  return {
+    freezing_time: s.freezingTimeUs,
+    frozen_time: s.frozenTimeUs,
+    memdump_time: s.memdumpTimeUs,
+    memwrite_time: s.memwriteTimeUs,
+    pages_scanned: s.pagesScanned,
+    pages_skipped_parent: s.pagesSkippedParent,
+    pages_written: s.pagesWritten,
+    pages_lazy: 0,
+  };
+}
