@@ -23,7 +23,8 @@ export function inventoryEntry(): ImageEntry {
   };
 }
 
-export function dumpStatsEntry(s: {
+/** What stats-dump says of a dump or pre-dump (times in µs). */
+export interface DumpStats {
   freezingTimeUs: number;
   frozenTimeUs: number;
   memdumpTimeUs: number;
@@ -31,7 +32,9 @@ export function dumpStatsEntry(s: {
   pagesScanned: number;
   pagesSkippedParent: number;
   pagesWritten: number;
-}): ImageEntry {
+}
+
+export function dumpStatsEntry(s: DumpStats): ImageEntry {
   return {
     freezing_time: s.freezingTimeUs,
     frozen_time: s.frozenTimeUs,

@@ -40,7 +40,9 @@ import { completeMm, dumpMm, dumpMmShmem, MM_CALLS, pathFileEntry, preReadMm } f
 import { dumpSeccomp } from './seccomp.js';
 import { decodeKnown, planMemory } from './memory.js';
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
-import { dumpStatsEntry, inventoryEntry, nowUs } from './entries.js';
+import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
+
+export type { DumpStats } from './entries.js';
 import { isTrackingRecorded } from '../mem/track/state.js';
 
 export interface DumpOptions {
@@ -63,16 +65,6 @@ export interface DumpOptions {
   sink?: PageSink;
   /** -j/--shell-job, --link-remap, --evasive-devices: how the fd kinds treat terminals, unlinked files, devices. */
   fileOptions?: FileOptions;
-}
-
-export interface DumpStats {
-  freezingTimeUs: number;
-  frozenTimeUs: number;
-  memdumpTimeUs: number;
-  memwriteTimeUs: number;
-  pagesScanned: number;
-  pagesSkippedParent: number;
-  pagesWritten: number;
 }
 
 const O_DIRECTORY = 0o200000;

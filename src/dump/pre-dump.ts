@@ -34,7 +34,7 @@ import { freezeProcess, resumeProcess, type FrozenProcess } from './freeze.js';
 import { PROT, VMA_AREA, classifyVma } from './vma.js';
 import { decodeKnown, encodeKnown, planMemory, type MemoryPlan } from './memory.js';
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
-import { dumpStatsEntry, inventoryEntry, nowUs } from './entries.js';
+import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
 import { openTracker } from '../mem/track/index.js';
 
 export interface PreDumpOptions {
@@ -49,14 +49,7 @@ export interface PreDumpOptions {
   onProgress?: (what: string, done: number, total: number) => void;
 }
 
-export interface PreDumpStats {
-  freezingTimeUs: number;
-  frozenTimeUs: number;
-  memdumpTimeUs: number;
-  memwriteTimeUs: number;
-  pagesScanned: number;
-  pagesSkippedParent: number;
-  pagesWritten: number;
+export interface PreDumpStats extends DumpStats {
   tracker: string;
   /** The task's writable private anonymous VMAs at this pre-dump (what a Skeleton maps). */
   anonVmas: { start: bigint; end: bigint }[];
