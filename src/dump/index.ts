@@ -21,6 +21,7 @@ import { TaskError, UnsupportedError } from '../errors.js';
 import { imageFileName, writeImage, writeParentLink, PAGE_SIZE, type ImageEntry } from '../images/index.js';
 import { prepareImageKinds, writeImagesSync, type ImageToWrite } from '../images/image-writer.js';
 import { log } from '../log.js';
+import { copyBuffers } from '../mem/buffer-pool.js';
 import { readChildren, scanChildren } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
@@ -102,6 +103,7 @@ export async function dump(
   // smaps walks every page table: read it now, and once frozen only check that it still holds.
   const mmPre = preReadMm(pid);
   prepareImageKinds(DUMP_IMAGE_KINDS);
+  copyBuffers.reserve(2); // their first touch is slow on VMs: not while frozen (buffer-pool.ts)
 
   const t0 = nowUs();
   let frozen: FrozenProcess | null = freezeProcess(pid);

@@ -20,9 +20,10 @@ import { openPagemap, readPagemapRuns, scanPagemapRuns } from '../proc/pagemap.j
 import { PAGE_SIZE, PE_PRESENT, type ImageEntry } from '../images/index.js';
 import * as sys from '../sys/native.js';
 import type { PagesPolicy } from '../dump/vma.js';
+import { COPY_BUFFER_BYTES, copyBuffers } from './buffer-pool.js';
 
 const PAGE = BigInt(PAGE_SIZE);
-const CHUNK_BYTES = 8 << 20;
+const CHUNK_BYTES = COPY_BUFFER_BYTES;
 const IOV_MAX = 1024;
 /** Copies up to this size, of a frozen task, are made synchronously (see writePagesSync). */
 const SYNC_MAX_BYTES = 2 * CHUNK_BYTES;
@@ -128,7 +129,7 @@ export async function writePages(
     return { entries: pagemapEntries(runs), pagesWritten, pagesGone: 0 };
   }
   const fh: FileHandle = await open(tmp, 'wx', 0o600);
-  const buffers = [Buffer.allocUnsafe(CHUNK_BYTES), Buffer.allocUnsafe(CHUNK_BYTES)];
+  const buffers = [copyBuffers.take(), copyBuffers.take()];
   let pending: Promise<unknown> = Promise.resolve();
   let written = 0;
   let gone = 0;
@@ -172,6 +173,8 @@ export async function writePages(
     await unlink(tmp).catch(() => undefined);
     if (err instanceof CriuError) throw err; // the task's memory could not be read
     throw new ImageError(final, 'the file system refused it', undefined, { cause: err, isWrite: true });
+  } finally {
+    for (const b of buffers) copyBuffers.give(b);
   }
   return { entries: pagemapEntries(runs), pagesWritten: written / PAGE_SIZE, pagesGone: gone };
 }
@@ -193,7 +196,7 @@ function pagemapEntries(runs: readonly PageRun[]): ImageEntry[] {
  */
 function writePagesSync(pid: number, runs: readonly PageRun[], final: string, tmp: string): number {
   const fd = openSync(tmp, 'wx', 0o600);
-  const buf = Buffer.allocUnsafe(CHUNK_BYTES);
+  const buf = copyBuffers.take();
   let written = 0;
   try {
     try {
@@ -221,6 +224,7 @@ function writePagesSync(pid: number, runs: readonly PageRun[], final: string, tm
     }
     renameSync(tmp, final);
   } catch (err) {
+    copyBuffers.give(buf);
     try {
       unlinkSync(tmp);
     } catch {
@@ -229,6 +233,7 @@ function writePagesSync(pid: number, runs: readonly PageRun[], final: string, tm
     if (err instanceof CriuError) throw err; // the task's memory could not be read
     throw new ImageError(final, 'the file system refused it', undefined, { cause: err, isWrite: true });
   }
+  copyBuffers.give(buf);
   return written / PAGE_SIZE;
 }
 

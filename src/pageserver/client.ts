@@ -30,7 +30,7 @@ import {
   encodeIov,
   type Dst,
 } from './protocol.js';
-import { BufferPool } from './buffer-pool.js';
+import { BufferPool } from '../mem/buffer-pool.js';
 import { Connection, DEFAULT_ADDRESS } from './socket.js';
 
 /** Bytes read from the target per batch (and size of each of the two pooled buffers). */
@@ -123,7 +123,7 @@ export class PageServerClient implements PageTransport {
 
   /** Connect (and present the token, if one is given). */
   static async connect(opts: PageServerClientOptions): Promise<PageServerClient> {
-    const conn = await Connection.connect(opts.address ?? DEFAULT_ADDRESS, opts.port);
+    const conn = await Connection.connect(opts.address ?? DEFAULT_ADDRESS, opts.port, opts.timeoutMs);
     const client = new PageServerClient(conn);
     CHUNK_POOL.reserve(2); // page faults now, not while the pages of a frozen task go out
     try {

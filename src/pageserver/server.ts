@@ -62,7 +62,7 @@ import {
   type Dst,
   type PsIov,
 } from './protocol.js';
-import { BufferPool } from './buffer-pool.js';
+import { BufferPool } from '../mem/buffer-pool.js';
 import { DEFAULT_ADDRESS, Listener, SHUT_RDWR, type Connection } from './socket.js';
 
 /** Pipe size for socket -> file splices (root may exceed /proc/sys/fs/pipe-max-size). */

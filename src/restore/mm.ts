@@ -22,6 +22,7 @@ import { readMaps } from '../proc/maps.js';
 import * as sys from '../sys/native.js';
 import { MAP, VMA_AREA } from '../dump/vma.js';
 import { clipSources, coverageOf } from '../mem/page-chain.js';
+import { fillPages } from '../mem/fill-pages.js';
 import { countPages, intersect, normalize, pageAddr, pageIndex, subtract, type Run } from '../mem/runs.js';
 import { shmemPagemapFileName } from '../files/image-sink.js';
 import { F_ADD_SEALS, MFD_ALLOW_SEALING } from '../files/memfd.js';
@@ -30,9 +31,7 @@ import { openInTask } from '../files/task-io.js';
 const PAGE = 4096n;
 const PROT_WRITE = 2n;
 const MAP_SHARED = 0x01n;
-const MADV_POPULATE_WRITE = 23n;
 const MADV_DONTNEED = 4n;
-const POPULATE_MIN_PAGES = 64;
 const MAP_FIXED = 0x10n;
 const MAP_ANONYMOUS = 0x20n;
 const MAP_FIXED_NOREPLACE = 0x100000n;
@@ -88,106 +87,6 @@ function vmasWithPages(vmas: readonly Vma[], pages: readonly PageSource[]): Set<
 }
 
 /**
- * pread64 each run into place from its pages file, opened in the task (one open per file: a
- * chain of pre-dumps spreads the pages over several). Returns the pages filled.
- */
-export function fillSources(inj: Injector, runs: readonly PageSource[]): number {
-  const byFile = new Map<string, PageSource[]>();
-  for (const r of runs) {
-    const list = byFile.get(r.file);
-    if (list === undefined) byFile.set(r.file, [r]);
-    else list.push(r);
-  }
-  let pages = 0;
-  for (const [file, list] of byFile) {
-    const fd = BigInt(openInTask(inj, path.resolve(file), O_RDONLY));
-    inj.resetScratch();
-    try {
-      for (const group of contiguousGroups(list)) pages += fillGroup(inj, fd, path.basename(file), group);
-    } finally {
-      inj.syscallOrThrow('close', [fd]);
-    }
-  }
-  return pages;
-}
-
-/** Runs per preadv at most (IOV_MAX), and bytes (so that one call stays short). */
-const GROUP_RUNS = 1024;
-const GROUP_BYTES = 64n << 20n;
-
-/**
- * Split runs (in file order) into groups whose data follow each other in the file: each group is
- * one preadv(2) from one offset into scattered places. Scattered pages (a pre-dump's dirty set)
- * then cost one injected call per thousand runs instead of one per run.
- */
-function* contiguousGroups(list: readonly PageSource[]): Generator<PageSource[]> {
-  let group: PageSource[] = [];
-  let next = -1n;
-  let bytes = 0n;
-  for (const r of list) {
-    const len = BigInt(r.nrPages) * PAGE;
-    if (group.length > 0 && (r.fileOffset !== next || group.length >= GROUP_RUNS || bytes + len > GROUP_BYTES)) {
-      yield group;
-      group = [];
-      bytes = 0n;
-    }
-    group.push(r);
-    next = r.fileOffset + len;
-    bytes += len;
-  }
-  if (group.length > 0) yield group;
-}
-
-function fillGroup(inj: Injector, fd: bigint, pagesName: string, group: readonly PageSource[]): number {
-  // Faulting the pages in one call first is several times faster than letting the copy fault
-  // them one by one (measured here: 1 GiB in 1.3-4.2 s instead of 5.6-10.5 s); worth its
-  // injected call on large runs only. Kernels before 5.14 refuse it (EINVAL): then the copy
-  // faults them, as before.
-  for (const r of group)
-    if (r.nrPages >= POPULATE_MIN_PAGES)
-      inj.syscall(SYSCALLS_X86_64.madvise, [r.vaddr, BigInt(r.nrPages) * PAGE, MADV_POPULATE_WRITE]);
-  const first = group[0] as PageSource;
-  let i = 0; // first run not completely read
-  let skip = 0n; // bytes of run i already read
-  let offset = first.fileOffset;
-  let pages = 0;
-  while (i < group.length) {
-    const rest = group.slice(i);
-    const iov = Buffer.alloc(rest.length * 16);
-    rest.forEach((r, k) => {
-      const at = k === 0 ? skip : 0n;
-      iov.writeBigUInt64LE(r.vaddr + at, k * 16);
-      iov.writeBigUInt64LE(BigInt(r.nrPages) * PAGE - at, k * 16 + 8);
-    });
-    const n = inj.syscallOrThrow('preadv', [fd, inj.pushData(iov), BigInt(rest.length), offset, 0n]);
-    inj.resetScratch();
-    if (n === 0n)
-      throw new ImageError(
-        pagesName,
-        `the file ends before page 0x${((group[i] as PageSource).vaddr + skip).toString(16)}`,
-        Number(offset),
-      );
-    offset += n;
-    // Advance over what was read (a short read stops anywhere).
-    let left = n;
-    while (i < group.length && left > 0n) {
-      const r = group[i] as PageSource;
-      const remaining = BigInt(r.nrPages) * PAGE - skip;
-      if (left >= remaining) {
-        left -= remaining;
-        pages += r.nrPages;
-        i++;
-        skip = 0n;
-      } else {
-        skip += left;
-        left = 0n;
-      }
-    }
-  }
-  return pages;
-}
-
-/**
  * Fill [start, start + len), which maps bytes [objOffset, objOffset + len) of a shmem object, from
  * its pagemap-shmem-<shmid>.img (vaddr there = offset in the object). Returns the pages filled.
  */
@@ -219,7 +118,7 @@ async function fillShmemMapping(
       });
     fileOffset += BigInt(r.nrPages) * PAGE;
   }
-  return fillSources(inj, wanted);
+  return fillPages(inj.pid, wanted);
 }
 
 /**
@@ -294,8 +193,8 @@ export async function restoreMemory(
       inj.resetScratch();
     }
   }
-  // 2. fill: one pread64 per run, straight from the pages files (this image's and its parents') into place
-  restored += fillSources(inj, pages);
+  // 2. fill from the pages files (this image's and its parents'): src/mem/fill-pages.ts
+  restored += await fillPages(inj.pid, pages);
   // 3. protections and advice
   for (let i = 0; i < vmas.length; i++) {
     const v = vmas[i] as Vma;

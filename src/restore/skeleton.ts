@@ -23,10 +23,10 @@ import { TaskError } from '../errors.js';
 import type { Injector } from '../inject/injector.js';
 import { log } from '../log.js';
 import { PageChain, clipSources } from '../mem/page-chain.js';
+import { fillPages } from '../mem/fill-pages.js';
 import { intersect, normalize, pageAddr, pageIndex, subtract, type Run } from '../mem/runs.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import { LEADER_SCRATCH_BYTES, findHole, killStub, scratchBytes, startStub, type Stub } from './stub.js';
-import { fillSources } from './mm.js';
 
 const PAGE = 4096n;
 const MAP_PRIVATE_ANON = 0x22n;
@@ -100,7 +100,7 @@ export class Skeleton {
     // Kept ranges: only the new contents; added ranges: all their pages, wherever in the chain.
     const wanted = normalize([...intersect(present, kept), ...added]);
     const sources = clipSources(await chain.sources(), wanted);
-    const filled = fillSources(inj, sources);
+    const filled = await fillPages(this.pid, sources);
     log().info(`Pre-copy ${path.basename(dir)}: ${filled} pages read into task ${this.pid}`);
     return { pagesFilled: filled, pagesMapped: want.reduce((n, r) => n + r.end - r.start, 0) };
   }

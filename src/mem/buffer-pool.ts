@@ -1,6 +1,6 @@
 /**
- * Large native Buffers kept for reuse by page-server sessions (the server's receive buffer, the
- * client's two read buffers), already faulted in.
+ * Large native Buffers kept for reuse, already faulted in: the page copies of dumps and restores,
+ * page-server sessions (the server's receive buffer, the client's two read buffers).
  *
  * Why: a fresh 4 MiB Buffer costs one page fault per 4 KiB page the first time it is written
  * (recv, process_vm_readv), ~1000 of them, and page faults are slow in virtual machines (~15 µs
@@ -29,6 +29,11 @@ export class BufferPool {
     return this.free.pop() ?? faultedIn(this.sizeBytes);
   }
 
+  /** A Buffer of the pool if one is free (already faulted in), else null. */
+  takeFree(): Buffer | null {
+    return this.free.pop() ?? null;
+  }
+
   /** Return a Buffer take() gave. */
   give(buf: Buffer): void {
     if (buf.length !== this.sizeBytes) throw new Error('BufferPool: not a Buffer of this pool');
@@ -45,3 +50,13 @@ export class BufferPool {
 function faultedIn(sizeBytes: number): Buffer {
   return Buffer.allocUnsafeSlow(sizeBytes).fill(0);
 }
+
+/** Bytes of one page-copy buffer (dump-pages.ts, fill-pages.ts). */
+export const COPY_BUFFER_BYTES = 8 << 20;
+
+/**
+ * The page-copy buffers of this process: a dump reserves two before it freezes the task, so that
+ * their first touch is not frozen time, and a long-lived process (the migration agent) reuses them
+ * for every dump and restore.
+ */
+export const copyBuffers = new BufferPool(COPY_BUFFER_BYTES, 2);

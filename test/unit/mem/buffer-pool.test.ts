@@ -1,6 +1,6 @@
 // BufferPool: Buffers come back for reuse, no more than maxKept are kept, reserve() prepares them.
 import t from 'tap';
-import { BufferPool } from '../../../src/pageserver/buffer-pool.js';
+import { BufferPool } from '../../../src/mem/buffer-pool.js';
 
 t.test('take, give back, take the same Buffer again', async (t) => {
   const pool = new BufferPool(8192, 2);
