@@ -6,7 +6,8 @@
  * the same run (a plain socket blast over the same veth bridge), the ceiling of any transfer.
  * Targets (issue #5): downtime under 100 ms for 1 GiB at 10 MB/s; at most 1.2 × the memory size
  * sent at 10 MB/s; at 100 MB/s it converges or says why not within the iteration limit.
- * --quick: 256 MiB at 0 and 10 MB/s only. Needs root.
+ * --quick: 256 MiB at 0 and 10 MB/s only. CRIU_TS_BENCH_MIGRATE=MIB:RATE[,MIB:RATE...] runs
+ * those cases instead (a look at one case). Needs root.
  */
 
 import { spawn } from 'node:child_process';
@@ -51,12 +52,15 @@ interface Case {
 
 export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
   if (process.getuid?.() !== 0) return { name: 'migrate', lines: ['skipped: needs root (namespaces, ptrace)'] };
-  const cases: Case[] = opts.isQuick
-    ? [
-        { mib: 256, rate: 0 },
-        { mib: 256, rate: 10 },
-      ]
-    : [256, 1024].flatMap((mib) => [0, 10, 100].map((rate) => ({ mib, rate })));
+  const only = process.env['CRIU_TS_BENCH_MIGRATE'];
+  const cases: Case[] = only
+    ? only.split(',').map((c) => ({ mib: Number(c.split(':')[0]), rate: Number(c.split(':')[1] ?? 0) }))
+    : opts.isQuick
+      ? [
+          { mib: 256, rate: 0 },
+          { mib: 256, rate: 10 },
+        ]
+      : [256, 1024].flatMap((mib) => [0, 10, 100].map((rate) => ({ mib, rate })));
   const dir = mkdtempSync(path.join(tmpdir(), 'criu-ts-bench-migrate-'));
   const tokenFile = path.join(dir, 'token');
   writeFileSync(tokenFile, 'bench-token\n', { mode: 0o600 });
@@ -65,8 +69,9 @@ export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
   const lines: string[] = [];
   try {
     const [src, dst] = hosts as [SimHost, SimHost];
-    const a = await startAgentIn(src, tokenFile, path.join(dir, src.name));
-    const b = await startAgentIn(dst, tokenFile, path.join(dir, dst.name));
+    const verbose = only ? ['-v', '4'] : [];
+    const a = await startAgentIn(src, tokenFile, path.join(dir, src.name), verbose);
+    const b = await startAgentIn(dst, tokenFile, path.join(dir, dst.name), verbose);
     agents.push(a.agent, b.agent);
     const raw = await rawTcpMBps(src, dst);
     lines.push(`raw TCP between the hosts: ${raw.toFixed(0)} MB/s (the ceiling of any transfer)`);
@@ -80,7 +85,7 @@ export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
       const pid = Number(/READY (\d+)/.exec(text())?.[1]);
       const mig = spawn(
         process.execPath,
-        [MIGRATE, '--json', '--token-file', tokenFile, a.target, b.target, String(pid)],
+        [MIGRATE, '--json', ...(only ? ['-v', '3'] : []), '--token-file', tokenFile, a.target, b.target, String(pid)],
         { stdio: ['ignore', 'pipe', 'pipe'] },
       );
       let out = '';
@@ -101,6 +106,18 @@ export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
           `total ${Number(s['total_ms']).toFixed(0).padStart(6)} ms, ${s['iterations']} iterations, sent ${(sent / (1 << 20)).toFixed(0)} MiB = ` +
           `${(sent / (c.mib << 20)).toFixed(2)} × memory; ${String(s['stop_reason'])}`,
       );
+      if (only) {
+        lines.push(...err.split('\n').filter((l) => l.trim() !== ''));
+        // The agents' own log of the final phase (-v 4): from the final dump on.
+        for (const [who, ag] of [
+          ['SRC', a],
+          ['DST', b],
+        ] as const) {
+          const log = ag.stderr().split('\n');
+          const from = log.findLastIndex((l) => l.includes('final') || l.includes('dump: mm'));
+          lines.push(`-- ${who} agent log`, ...log.slice(Math.max(0, from - 30)).filter((l) => l.trim() !== ''));
+        }
+      }
       await dst.exec(`kill -KILL ${pid}`);
     }
     return { name: 'migrate', lines };

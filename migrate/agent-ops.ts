@@ -192,7 +192,8 @@ export class AgentOps {
         return { isDone: this.engine.skeletonAbort((params as ParamsOf<'skeleton-abort'>).pid) } as R;
       case 'restore-final': {
         const p = params as ParamsOf<'restore-final'>;
-        return (await this.engine.restoreFinal(await this.dirPath(p.dir, false), p.pid)) as R;
+        const dir = await this.dirPath(p.dir, false);
+        return (await this.engine.restoreFinal(dir, p.pid, p.images, p.serverId)) as R;
       }
       default:
         throw new UsageError(`Unknown agent operation "${String(op)}"`);

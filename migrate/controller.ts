@@ -38,7 +38,7 @@ export interface MigrateOptions {
 
 export type MigrateEvent =
   | { kind: 'iteration'; index: number; bytes: number; pages: number; ms: number; frozenMs: number; decision: Decision }
-  | { kind: 'phase'; phase: 'final-dump' | 'transfer' | 'restore' | 'commit'; ms: number };
+  | { kind: 'phase'; phase: 'final-dump' | 'restore' | 'commit'; ms: number };
 
 export interface MigrateSummary {
   pid: number;
@@ -114,35 +114,26 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
     // Freeze: final dump, images to DST, restore.
     step = 'starting the final page server on DST';
     const rp = await dst.call('receive-pages', { dir: `${id}/final`, port: 0, prevDir: `${id}/pages-${last}` });
-    const tFreeze = nowMs();
+    // The final dump answers with the task still frozen and its small images in the answer,
+    // which go on to DST with the restore request: two messages from the freeze to the restore.
     step = 'final dump on SRC';
     const fd = await withReceiverReason(
       dst,
       rp.serverId,
       src.call('final-dump', { pid, dir: `${id}/final`, psAddress: rp.address, psPort: rp.port }, 120_000),
     );
-    const rw = await dst.call('receive-wait', { serverId: rp.serverId, timeoutMs: 60_000 }, 70_000);
-    bytesPerIteration.push(rw.bytes);
-    emit({ kind: 'phase', phase: 'final-dump', ms: nowMs() - tFreeze });
-    step = 'carrying the images to DST';
-    const tTransfer = nowMs();
-    let imageBytes = 0;
-    const files = (await src.listDir(`${id}/final`)).filter(
-      (f) => !f.isDir && f.name !== 'parent' && !f.name.endsWith('.log'),
-    );
-    await Promise.all(
-      files.map(async (f) => {
-        const data = await src.getFile(`${id}/final`, f.name);
-        imageBytes += data.length;
-        await dst.putFile(`${id}/final`, f.name, data);
-      }),
-    );
-    emit({ kind: 'phase', phase: 'transfer', ms: nowMs() - tTransfer });
+    const tDumped = nowMs();
+    emit({ kind: 'phase', phase: 'final-dump', ms: fd.sinceFreezeUs / 1000 });
+    const imageBytes = fd.images.reduce((n, f) => n + f.data.length, 0);
     step = 'restore on DST';
-    const tRestore = nowMs();
-    const rr = await dst.call('restore-final', { pid, dir: `${id}/final` }, 120_000);
+    const rr = await dst.call(
+      'restore-final',
+      { pid, dir: `${id}/final`, images: fd.images, serverId: rp.serverId },
+      120_000,
+    );
+    bytesPerIteration.push(rr.bytes);
     const tRunning = nowMs();
-    emit({ kind: 'phase', phase: 'restore', ms: tRunning - tRestore });
+    emit({ kind: 'phase', phase: 'restore', ms: tRunning - tDumped });
 
     // Commit.
     step = 'confirming the task runs on DST';
@@ -162,9 +153,11 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
       pid,
       dstPid: rr.pid,
       totalMs: nowMs() - t0,
-      downtimeMs: tRunning - tFreeze,
+      // SRC's clock from the freeze to its answer, then ours: the answer's one-way trip is not
+      // counted (well under a millisecond between hosts of one network).
+      downtimeMs: fd.sinceFreezeUs / 1000 + (tRunning - tDumped),
       frozenMs: fd.frozenUs / 1000,
-      restoreMs: tRunning - tRestore,
+      restoreMs: tRunning - tDumped,
       iterations: last,
       bytesPerIteration,
       imageBytes,

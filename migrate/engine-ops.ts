@@ -11,6 +11,8 @@
  * Paths are absolute here (agent-ops.ts resolves and checks the agent-relative ones).
  */
 
+import { readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { CriuError, TaskError, UsageError } from '../src/errors.js';
 import {
   Skeleton,
@@ -31,6 +33,16 @@ import {
 } from '../src/index.js';
 import { log } from '../src/log.js';
 
+/**
+ * How long the data connection of a migration (SRC's dump -> DST's page server) may move nothing
+ * before either end gives up: a path that goes silent (a dead link, a lost route, a middlebox
+ * that drops the flow) resets nothing, and TCP alone would only fail the sender after
+ * tcp_retries2 (about 15 minutes) and never the receiver. Far above any pause of a live session:
+ * between connect and the first pagemap the dump freezes and scans the task; at CLOSE the page
+ * server fsyncs what it received before it answers.
+ */
+export const DATA_TIMEOUT_MS = 60_000;
+
 export interface PagesTarget {
   address: string;
   port: number;
@@ -47,8 +59,12 @@ export interface PreDumpResult {
 
 export interface FinalDumpResult {
   frozenUs: number;
+  /** From the freeze until now (the task is still frozen): SRC's share of the downtime. */
+  sinceFreezeUs: number;
   pagesWritten: number;
   pagesSkipped: number;
+  /** The dump's images but the pages (those went to the page server), to carry to DST. */
+  images: { name: string; data: Uint8Array }[];
 }
 
 export class EngineOps {
@@ -96,12 +112,21 @@ export class EngineOps {
       imagesDir: dir,
       end: 'keep-frozen',
       trackMem: true,
+      isDurable: false, // carried to DST at once (see WriteSyncOptions.isDurable)
       ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
       ...(sink === undefined ? {} : { sink }),
     });
     if (s.frozen !== undefined)
       this.frozen.set(pid, { task: s.frozen, endTracking: s.endTracking ?? (() => Promise.resolve()) });
-    return { frozenUs: s.frozenTimeUs, pagesWritten: s.pagesWritten, pagesSkipped: s.pagesSkippedParent };
+    const images = readImageFiles(dir);
+    const nowUs = Number(process.hrtime.bigint() / 1000n); // dump()'s clock
+    return {
+      frozenUs: s.frozenTimeUs,
+      sinceFreezeUs: s.frozenAtUs === undefined ? s.frozenTimeUs : nowUs - s.frozenAtUs,
+      pagesWritten: s.pagesWritten,
+      pagesSkipped: s.pagesSkippedParent,
+      images,
+    };
   }
 
   /**
@@ -138,6 +163,8 @@ export class EngineOps {
       imagesDir: dir,
       address,
       port,
+      idleTimeoutMs: DATA_TIMEOUT_MS,
+      isDurable: false, // read into the task at once; the source holds it until then
       ...(this.token === undefined ? {} : { token: this.token }),
       ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
     });
@@ -190,15 +217,27 @@ export class EngineOps {
     }
   }
 
-  /** Restore the final dump in `dir` into the skeleton of `pid` (or from scratch without one). */
-  async restoreFinal(dir: string, pid: number): Promise<{ pid: number; restoreUs: number }> {
+  /**
+   * Restore the final dump in `dir` into the skeleton of `pid` (or from scratch without one):
+   * first the end of page server `serverId`'s session (the final pages) and the `images` the
+   * controller carried from SRC, written into `dir`.
+   */
+  async restoreFinal(
+    dir: string,
+    pid: number,
+    images: readonly { name: string; data: Uint8Array }[] = [],
+    serverId?: number,
+  ): Promise<{ pid: number; restoreUs: number; pagesReceived: number; bytes: number }> {
     const t0 = process.hrtime.bigint();
     const sk = this.skeletons.get(pid);
     this.skeletons.delete(pid);
     try {
+      const received =
+        serverId === undefined ? { pagesReceived: 0, bytes: 0 } : await this.receiveWait(serverId, 60_000);
+      writeImageFiles(dir, images);
       const r = await restore({ imagesDir: dir, isDetached: true, ...(sk === undefined ? {} : { skeleton: sk }) });
       reapWhenDone(r.pid);
-      return { pid: r.pid, restoreUs: Number((process.hrtime.bigint() - t0) / 1000n) };
+      return { pid: r.pid, restoreUs: Number((process.hrtime.bigint() - t0) / 1000n), ...received };
     } catch (err) {
       sk?.abort();
       throw err;
@@ -234,10 +273,28 @@ export class EngineOps {
       return await connectPageServerSink({
         address: to.address,
         port: to.port,
+        timeoutMs: DATA_TIMEOUT_MS,
         ...(this.token === undefined ? {} : { token: this.token }),
       });
     } catch (err) {
       throw new TaskError(0, `Cannot reach the page server at ${to.address}:${to.port}`, { cause: err });
     }
+  }
+}
+
+/** The regular files of a dump directory but logs, as carried to DST (a few KiB). */
+function readImageFiles(dir: string): { name: string; data: Uint8Array }[] {
+  return readdirSync(dir, { withFileTypes: true })
+    .filter((e) => e.isFile() && !e.name.endsWith('.log') && !e.name.startsWith('.'))
+    .map((e) => ({ name: e.name, data: readFileSync(path.join(dir, e.name)) }));
+}
+
+/** Write carried images into `dir` (atomically each, 0600; not fsync'ed: read at once). */
+function writeImageFiles(dir: string, images: readonly { name: string; data: Uint8Array }[]): void {
+  for (const img of images) {
+    if (img.name.includes('/') || img.name.startsWith('.')) throw new UsageError(`Bad image name "${img.name}"`);
+    const tmp = path.join(dir, `.${img.name}.tmp-${process.pid}`);
+    writeFileSync(tmp, img.data, { mode: 0o600 });
+    renameSync(tmp, path.join(dir, img.name));
   }
 }

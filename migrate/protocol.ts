@@ -172,10 +172,29 @@ export interface PreDumpResultWire {
   anonVmas: number[];
 }
 
+/** An image file carried in a message (the final dump's small images: a few KiB). */
+export interface ImageFileWire {
+  name: string;
+  data: Uint8Array;
+}
+
 export interface FinalDumpResultWire {
   frozenUs: number;
+  /** From the freeze until this answer was sent, on SRC's clock (the task is still frozen). */
+  sinceFreezeUs: number;
   pagesWritten: number;
   pagesSkipped: number;
+  /** Every image of the dump but the pages (those went to DST's page server). */
+  images: ImageFileWire[];
+}
+
+export interface RestoreFinalParams {
+  pid: number;
+  dir: string;
+  /** Images to write into `dir` first (the final dump's, carried by the controller). */
+  images?: ImageFileWire[];
+  /** The page server receiving the final pages: its session is awaited first. */
+  serverId?: number;
 }
 
 export interface ReceivePagesParams {
@@ -205,7 +224,10 @@ export interface Ops {
   'receive-wait': { params: PageServerWaitParams; result: { pagesReceived: number; bytes: number } };
   'skeleton-apply': { params: { pid: number; dir: string; anonVmas: number[] }; result: { pagesFilled: number } };
   'skeleton-abort': { params: PidParams; result: { isDone: boolean } };
-  'restore-final': { params: { pid: number; dir: string }; result: { pid: number; restoreUs: number } };
+  'restore-final': {
+    params: RestoreFinalParams;
+    result: { pid: number; restoreUs: number; pagesReceived: number; bytes: number };
+  };
 }
 
 export type OpName = keyof Ops;
@@ -312,11 +334,30 @@ function isBytes(x: unknown): x is Uint8Array {
   return x instanceof Uint8Array;
 }
 
+function isImageFile(x: unknown): x is ImageFileWire {
+  return (
+    isObject(x) &&
+    Object.keys(x).length === 2 &&
+    typeof x['name'] === 'string' &&
+    checkFileName(x['name']) === null &&
+    isBytes(x['data'])
+  );
+}
+
+const FIELD_KIND_NAMES: Record<FieldKind, string> = {
+  string: 'a string',
+  number: 'a number',
+  bytes: 'bytes',
+  strings: 'a list of strings',
+  numbers: 'a list of integers',
+  files: 'a list of {name, data} with plain file names',
+};
+
 function isId(x: unknown): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 }
 
-type FieldKind = 'string' | 'number' | 'bytes' | 'strings' | 'numbers';
+type FieldKind = 'string' | 'number' | 'bytes' | 'strings' | 'numbers' | 'files';
 type Shape = Record<string, { kind: FieldKind; isOptional?: boolean }>;
 
 const req = (kind: FieldKind): { kind: FieldKind } => ({ kind });
@@ -354,7 +395,7 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
   'receive-wait': { serverId: req('number'), timeoutMs: opt('number') },
   'skeleton-apply': { pid: req('number'), dir: req('string'), anonVmas: req('numbers') },
   'skeleton-abort': { pid: req('number') },
-  'restore-final': { pid: req('number'), dir: req('string') },
+  'restore-final': { pid: req('number'), dir: req('string'), images: opt('files'), serverId: opt('number') },
 };
 
 function checkParams(op: OpName, params: Record<string, unknown>): string | null {
@@ -378,9 +419,10 @@ function checkParams(op: OpName, params: Record<string, unknown>): string | null
             ? isBytes(v)
             : kind === 'numbers'
               ? Array.isArray(v) && v.every((n) => typeof n === 'number' && Number.isSafeInteger(n))
-              : Array.isArray(v) && v.every((s) => typeof s === 'string');
-    if (!isOk)
-      return `field "${key}" is not a ${kind === 'strings' ? 'list of strings' : kind === 'numbers' ? 'list of integers' : kind}`;
+              : kind === 'files'
+                ? Array.isArray(v) && v.every(isImageFile)
+                : Array.isArray(v) && v.every((s) => typeof s === 'string');
+    if (!isOk) return `field "${key}" is not ${FIELD_KIND_NAMES[kind]}`;
   }
   return null;
 }

@@ -91,7 +91,7 @@ function summaryText(s: MigrateSummary, src: string, dst: string): string {
   ].join('\n');
 }
 
-async function writeStats(dir: string, s: MigrateSummary, finalMs: number, transferMs: number): Promise<void> {
+async function writeStats(dir: string, s: MigrateSummary, finalMs: number): Promise<void> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const us = (ms: number): number => Math.round(ms * 1000);
   await writeImage(path.join(dir, 'stats-dump'), 'STATS', [
@@ -101,7 +101,7 @@ async function writeStats(dir: string, s: MigrateSummary, finalMs: number, trans
           freezing_time: 0,
           frozen_time: us(s.downtimeMs),
           memdump_time: us(finalMs),
-          memwrite_time: us(transferMs),
+          memwrite_time: 0,
           pages_scanned: 0,
           pages_skipped_parent: 0,
           pages_written: Math.round(s.bytesPerIteration.reduce((n, b) => n + b, 0) / 4096),
@@ -132,7 +132,6 @@ export async function runMigration(o: MigrateCliOptions): Promise<number> {
   const src = await connectHost(o.src, token, o.imagesDir);
   let dst: Agent | undefined;
   let finalMs = 0;
-  let transferMs = 0;
   try {
     dst = await connectHost(o.dst, token, o.imagesDir);
     if (o.isTerminal) o.err(`Migrating task ${o.pid} from ${o.src} to ${o.dst}\n`);
@@ -145,11 +144,10 @@ export async function runMigration(o: MigrateCliOptions): Promise<number> {
       keepImages: o.keepImages,
       onEvent: (e) => {
         if (e.kind === 'phase' && e.phase === 'final-dump') finalMs = e.ms;
-        if (e.kind === 'phase' && e.phase === 'transfer') transferMs = e.ms;
         if (o.isTerminal) o.err(`${describeEvent(e)}\n`);
       },
     });
-    if (o.statsDir !== undefined) await writeStats(o.statsDir, summary, finalMs, transferMs);
+    if (o.statsDir !== undefined) await writeStats(o.statsDir, summary, finalMs);
     o.out(o.isJson ? `${JSON.stringify(summaryJson(summary, o.src, o.dst))}\n` : summaryText(summary, o.src, o.dst));
     return 0;
   } catch (err) {

@@ -229,7 +229,8 @@ export async function startAgentIn(
   host: SimHost,
   tokenFile: string,
   imagesRoot: string,
-): Promise<{ agent: HostProcess; target: string }> {
+  extraArgs: readonly string[] = [],
+): Promise<{ agent: HostProcess; target: string; stderr: () => string }> {
   const agent = host.spawn([
     process.execPath,
     migrateBin(),
@@ -240,6 +241,7 @@ export async function startAgentIn(
     tokenFile,
     '-D',
     imagesRoot,
+    ...extraArgs,
   ]);
   let out = '';
   let err = '';
@@ -252,5 +254,5 @@ export async function startAgentIn(
     });
     void agent.exited.then((e) => reject(new Error(`the agent on ${host.name} exited (${e.status}): ${err}`)));
   });
-  return { agent, target: `${host.addr}:${port}` };
+  return { agent, target: `${host.addr}:${port}`, stderr: () => err };
 }

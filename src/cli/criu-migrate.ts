@@ -80,7 +80,8 @@ export function buildMigrateProgram(io: CliIo): Command {
         ...(o.imagesDir === undefined ? {} : { imagesDir: o.imagesDir }),
         out: (t) => io.stdout(t),
         err: (t) => io.stderr(t),
-        isTerminal: process.stderr.isTTY,
+        // Progress lines: on a terminal, or when asked for with -v 3 or more.
+        isTerminal: process.stderr.isTTY || (level ?? 0) >= 3,
       });
     });
   program

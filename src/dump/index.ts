@@ -18,7 +18,7 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { readlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { TaskError, UnsupportedError } from '../errors.js';
-import { imageFileName, writeImage, writeParentLink, PAGE_SIZE, type ImageEntry } from '../images/index.js';
+import { imageFileName, writeParentLink, PAGE_SIZE, type ImageEntry } from '../images/index.js';
 import { prepareImageKinds, writeImagesSync, type ImageToWrite } from '../images/image-writer.js';
 import { log } from '../log.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
@@ -66,21 +66,42 @@ export interface DumpOptions {
   sink?: PageSink;
   /** -j/--shell-job, --link-remap, --evasive-devices: how the fd kinds treat terminals, unlinked files, devices. */
   fileOptions?: FileOptions;
+  /** fsync the images (default true); see WriteSyncOptions.isDurable for when not to. */
+  isDurable?: boolean;
 }
+
+/** What dump() returns: the stats, and with end 'keep-frozen' the task still frozen. */
+export type DumpResult = DumpStats & {
+  frozen?: FrozenProcess;
+  /** With 'keep-frozen': when the task was frozen (nowUs clock: process.hrtime in µs). */
+  frozenAtUs?: number;
+  endTracking?: () => Promise<void>;
+};
 
 const O_DIRECTORY = 0o200000;
 /** The image kinds every dump writes (their encoders are made ready before the freeze). */
-const DUMP_IMAGE_KINDS = ['MM', 'CORE', 'FILES', 'FDINFO', 'FS', 'IDS', 'PSTREE', 'SECCOMP', 'INVENTORY', 'PAGEMAP'];
+const DUMP_IMAGE_KINDS = [
+  'MM',
+  'CORE',
+  'FILES',
+  'FDINFO',
+  'FS',
+  'IDS',
+  'PSTREE',
+  'SECCOMP',
+  'INVENTORY',
+  'PAGEMAP',
+  'STATS',
+];
 
 function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted === true) throw new TaskError(0, 'Dump interrupted', { cause: signal.reason });
 }
 
 /** Dump process `pid` into `imagesDir`. Returns the statistics written to stats-dump. */
-export async function dump(
-  opts: DumpOptions,
-): Promise<DumpStats & { frozen?: FrozenProcess; endTracking?: () => Promise<void> }> {
+export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const { pid } = opts;
+  const durability = { isDurable: opts.isDurable !== false };
   const stat = readStat(pid);
   if (stat === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
   const children = readChildren(pid) ?? scanChildren(pid);
@@ -109,7 +130,7 @@ export async function dump(
   let frozen: FrozenProcess | null = freezeProcess(pid);
   const tFrozen = nowUs();
   log().info(`Frozen ${frozen.threads.length} thread(s) of ${pid} in ${tFrozen - t0} us`);
-  const stats: DumpStats & { frozen?: FrozenProcess; endTracking?: () => Promise<void> } = {
+  const stats: DumpResult = {
     freezingTimeUs: tFrozen - t0,
     frozenTimeUs: 0,
     memdumpTimeUs: 0,
@@ -251,11 +272,11 @@ export async function dump(
       },
     ]);
     add('seccomp.img', 'SECCOMP', [seccomp.filters.length > 0 ? { seccomp_filters: seccomp.filters } : {}]);
-    writeImagesSync(batch);
+    writeImagesSync(batch, durability);
     stats.memwriteTimeUs = nowUs() - tWrite;
     // Last: the inventory makes the directory a complete dump.
     add('inventory.img', 'INVENTORY', [inventoryEntry()]);
-    writeImagesSync(batch.slice(-1));
+    writeImagesSync(batch.slice(-1), durability);
     stats.frozenTimeUs = nowUs() - tFrozen;
     log().debug('dump: end');
 
@@ -280,6 +301,7 @@ export async function dump(
       tracker = null;
       frozen = null;
       stats.frozen = ending;
+      stats.frozenAtUs = tFrozen;
       stats.endTracking = async () => {
         if (last !== null) await last.end();
       };
@@ -307,7 +329,11 @@ export async function dump(
     throw err;
   }
   log().debug('dump: stats');
-  await writeImage(path.join(dir, 'stats-dump'), 'STATS', [{ entry: { dump: dumpStatsEntry(stats) } }]);
+  // Synchronous, as the images: a live migration waits for it with the task frozen.
+  writeImagesSync(
+    [{ path: path.join(dir, 'stats-dump'), kind: 'STATS', entries: [{ dump: dumpStatsEntry(stats) }] }],
+    durability,
+  );
   if (opts.autoDedup === true && sink.isLocal && opts.prevImagesDir !== undefined) {
     const saved = await dedupChain(dir);
     log().info(`auto-dedup: ${saved} bytes punched out of the parent images`);

@@ -4,13 +4,15 @@
  *
  *   1. check: the task exists, has no children, every fd is of a kind the final dump supports
  *      (a pre-dump of a task that cannot be dumped would be wasted work);
- *   2. freeze; learn the VMAs, collect the dirty pages from the tracker (which re-arms it), scan
- *      the present pages; plan which pages to copy and which the parent holds;
- *   3. resume the task, then copy the planned pages while it runs. This is safe because the
- *      tracker was re-armed while frozen: a page the task changes during the copy is reported
- *      again at the next collect and copied again then, so a torn copy never survives to a final
- *      dump (which copies frozen). A range unmapped during the copy is written as zeros for the
- *      same reason;
+ *   2. learn the VMAs, collect the dirty pages from the tracker (which re-arms it), scan the
+ *      present pages; plan which pages to copy and which the parent holds. The task is frozen
+ *      only while the tracker needs it: to create its userfaultfd (first iteration), or for the
+ *      whole step with soft-dirty, whose read-and-clear is not atomic. uffd's collect is (see
+ *      DirtyTracker.collectsRunning), so later iterations never stop the task;
+ *   3. copy the planned pages while the task runs. This is safe because the tracker was re-armed
+ *      before the copy: a page the task changes during the copy is reported again at the next
+ *      collect and copied again then, so a torn copy never survives to a final dump (which
+ *      copies frozen). A range unmapped during the copy is written as zeros for the same reason;
  *   4. write pagemap, the `parent` link, inventory (last), stats-dump; keep the tracker for the
  *      next iteration. As in CRIU, a pre-dump always tracks memory (--track-mem is implied).
  * The task is never killed, and it is running again whatever happens.
@@ -85,15 +87,37 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
   const sink = opts.sink ?? localPageSink(dir);
-  const t0 = nowUs();
-  let frozen: FrozenProcess | null = freezeProcess(pid);
-  const tFrozen = nowUs();
+  // Frozen only as long as needed: to create the tracker's userfaultfd in the task (first
+  // iteration), and for a whole collect when the tracker cannot collect with the task running
+  // (soft-dirty). The uffd tracker's later iterations do not stop the task at all.
+  let frozen: FrozenProcess | null = null;
+  let freezingUs = 0;
+  let frozenUs = 0;
+  let frozenAt = 0;
+  const freeze = (): FrozenProcess => {
+    if (frozen === null) {
+      const t0 = nowUs();
+      frozen = freezeProcess(pid);
+      frozenAt = nowUs();
+      freezingUs += frozenAt - t0;
+    }
+    return frozen;
+  };
+  const resume = (): void => {
+    if (frozen === null) return;
+    const f = frozen;
+    frozen = null;
+    resumeProcess(f);
+    frozenUs += nowUs() - frozenAt;
+  };
   let plan: MemoryPlan;
   let anonVmas: { start: bigint; end: bigint }[];
   let tracker: Awaited<ReturnType<typeof openTracker>> | null = null;
-  let resumedAt: number;
   try {
     try {
+      tracker = await openTracker({ pid, injector: () => freeze().leader, choice: opts.tracker });
+      if (tracker.collectsRunning) resume();
+      else freeze();
       // maps, not smaps: smaps walks every page table for its counters (65-125 ms for 1 GiB
       // here), and the VmFlags it adds change nothing in which pages a pre-dump copies.
       const maps = readMaps(pid);
@@ -108,7 +132,6 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
           isThpEligible: false,
         }),
       );
-      tracker = await openTracker({ pid, injector: frozen.leader, choice: opts.tracker });
       const parent = await sink.open(pid, opts.prevImagesDir);
       const known = parent ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
       plan = await planMemory(pid, vmas, tracker, known);
@@ -116,13 +139,9 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
         .filter((v) => (v.status & VMA_AREA.ANON_PRIVATE) !== 0 && (v.prot & PROT.WRITE) !== 0)
         .map((v) => ({ start: v.start, end: v.end }));
     } finally {
-      // Running again from here on, whatever happened.
-      const f = frozen;
-      frozen = null;
-      resumeProcess(f);
-      resumedAt = nowUs();
+      resume(); // running again from here on, whatever happened
     }
-    log().info(`Pre-dump of ${pid}: frozen ${resumedAt - tFrozen} us (tracker ${tracker.kind})`);
+    log().info(`Pre-dump of ${pid}: frozen ${frozenUs} us (tracker ${tracker.kind})`);
     const tMem = nowUs();
     const total = countPages(plan.present) * 4096;
     const written = await sink.writePages(pid, plan, {
@@ -142,8 +161,8 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
     await tracker.keep();
     tracker = null;
     const stats: PreDumpStats = {
-      freezingTimeUs: tFrozen - t0,
-      frozenTimeUs: resumedAt - tFrozen,
+      freezingTimeUs: freezingUs,
+      frozenTimeUs: frozenUs,
       memdumpTimeUs: memdump,
       memwriteTimeUs: nowUs() - tWrite,
       pagesScanned: plan.pagesScanned,
@@ -155,7 +174,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
     await writeImage(path.join(dir, 'stats-dump'), 'STATS', [{ entry: { dump: dumpStatsEntry(stats) } }]);
     return stats;
   } catch (err) {
-    if (frozen !== null) resumeProcess(frozen);
+    resume();
     // A failed iteration must not be taken as a base by the next: its state is dropped.
     if (tracker !== null) await tracker.end().catch(() => undefined);
     await sink.abort();

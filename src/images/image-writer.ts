@@ -253,18 +253,32 @@ export interface ImageToWrite {
  * their directories fsync'ed once. On failure no temporary file is left; images already renamed
  * stay (the caller removes what a failed dump wrote).
  */
-export function writeImagesSync(images: readonly ImageToWrite[]): void {
+export function writeImagesSync(images: readonly ImageToWrite[], opts: WriteSyncOptions = {}): void {
   writeEncodedSync(
     images.map((img) => ({
       path: img.path,
       mode: img.mode ?? 0o600,
       bufs: encodeImage(typeof img.kind === 'string' ? imageKind(img.kind) : img.kind, img.entries),
     })),
+    opts,
   );
 }
 
+export interface WriteSyncOptions {
+  /**
+   * fsync each file and the directory (default true). A live migration's final dump skips it:
+   * its images are carried to DST at once, and a crash of SRC loses the task with them anyway.
+   * Still atomic: a reader sees the whole file or none.
+   */
+  isDurable?: boolean;
+}
+
 /** writeImagesSync once encoded. */
-function writeEncodedSync(images: readonly { path: string; mode: number; bufs: readonly Buffer[] }[]): void {
+function writeEncodedSync(
+  images: readonly { path: string; mode: number; bufs: readonly Buffer[] }[],
+  opts: WriteSyncOptions = {},
+): void {
+  const isDurable = opts.isDurable !== false;
   const temps: { tmpPath: string; path: string }[] = [];
   try {
     for (const img of images) {
@@ -279,7 +293,7 @@ function writeEncodedSync(images: readonly { path: string; mode: number; bufs: r
       try {
         fchmodSync(fd, img.mode); // the umask must not widen or narrow what was asked
         writeAllSync(fd, img.bufs);
-        fsyncSync(fd);
+        if (isDurable) fsyncSync(fd);
       } catch (err) {
         throw new ImageError(img.path, 'the file system refused it', undefined, { cause: err, isWrite: true });
       } finally {
@@ -304,7 +318,7 @@ function writeEncodedSync(images: readonly { path: string; mode: number; bufs: r
       }
     }
   }
-  for (const dir of new Set(images.map((img) => dirname(img.path)))) syncDirSync(dir);
+  if (isDurable) for (const dir of new Set(images.map((img) => dirname(img.path)))) syncDirSync(dir);
 }
 
 function writeAllSync(fd: number, bufs: readonly Buffer[]): void {

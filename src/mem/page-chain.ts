@@ -76,13 +76,42 @@ export class PageChain {
 
   /** Every page with contents (present here or further back), in address order, with where it is. */
   async sources(): Promise<PageSource[]> {
+    return this.sourcesIn(null);
+  }
+
+  /**
+   * sources() within the page runs `wanted` (normalized) only: the levels further back are
+   * searched for those alone. A live migration's final restore wants a few pages of a long chain.
+   */
+  async sourcesIn(wanted: readonly Run[] | null): Promise<PageSource[]> {
     const top = (await this.level(0)) as Level;
     const out: PageSource[] = [];
+    let w = 0;
     for (const r of top.runs) {
-      if ((r.flags & PE_PRESENT) !== 0) out.push(source(top, r, r.start, r.end));
-      else if ((r.flags & PE_PARENT) !== 0) await this.resolve(1, r.start, r.end, out);
+      if ((r.flags & (PE_PRESENT | PE_PARENT)) === 0) continue;
+      const parts: Run[] = [];
+      if (wanted === null) parts.push({ start: r.start, end: r.end });
+      else {
+        while (w < wanted.length && (wanted[w] as Run).end <= r.start) w++;
+        for (let k = w; k < wanted.length && (wanted[k] as Run).start < r.end; k++) {
+          const x = wanted[k] as Run;
+          parts.push({ start: Math.max(x.start, r.start), end: Math.min(x.end, r.end) });
+        }
+      }
+      for (const p of parts) {
+        if ((r.flags & PE_PRESENT) !== 0) out.push(source(top, r, p.start, p.end));
+        else await this.resolve(1, p.start, p.end, out);
+      }
     }
     return out;
+  }
+
+  /** The pages with contents (present here or further back) as normalized runs; no level read but the top. */
+  async coverage(): Promise<Run[]> {
+    const top = (await this.level(0)) as Level;
+    return normalize(
+      top.runs.filter((r) => (r.flags & (PE_PRESENT | PE_PARENT)) !== 0).map((r) => ({ start: r.start, end: r.end })),
+    );
   }
 
   /** The directories of the chain this pagemap used so far, top first. */

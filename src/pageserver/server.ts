@@ -38,10 +38,9 @@ import {
   pagemapEntry,
   readPagemap,
   writeParentLink,
-  writeImage,
   type PagemapRun,
 } from '../images/index.js';
-import { prepareImageKinds } from '../images/image-writer.js';
+import { prepareImageKinds, writeImagesSync } from '../images/image-writer.js';
 import { F_SETPIPE_SZ, O_CLOEXEC, O_CREAT, O_EXCL, O_WRONLY } from '../kernel/constants.js';
 import { log } from '../log.js';
 import * as sys from '../sys/native.js';
@@ -95,6 +94,12 @@ export interface PageServerOptions {
   port: number;
   /** Pre-shared token the client must present first (protocol.ts, "Token step"). */
   token?: string;
+  /**
+   * fsync what a session stores before answering CLOSE (default true). A live migration's DST
+   * skips it: the pages are read into the task at once, and until the task runs there the
+   * source holds the process (see WriteSyncOptions.isDurable).
+   */
+  isDurable?: boolean;
   /** The parent images directory, relative to imagesDir (as CRIU's --prev-images-dir) or absolute. */
   prevImagesDir?: string;
   /** Fail a connection that sends nothing for this long (SO_RCVTIMEO); default: wait forever. */
@@ -597,7 +602,7 @@ class Session {
     for (const t of this.targets.values()) {
       const final = join(this.imagesDir, t.pagesName);
       try {
-        sys.fsync(t.pagesFd);
+        if (this.opts.isDurable !== false) sys.fsync(t.pagesFd);
         sys.close(t.pagesFd);
         t.pagesFd = -1;
         await rename(t.pagesTmp, final);
@@ -608,10 +613,16 @@ class Session {
     }
     for (const t of this.targets.values()) {
       // Thousands of entries after a scattered transfer: encoded at once and written in one go.
-      await writeImage(join(this.imagesDir, t.pagemapName), 'PAGEMAP', [
-        { pages_id: t.pagesId },
-        ...t.runs.map(pagemapEntry),
-      ]);
+      writeImagesSync(
+        [
+          {
+            path: join(this.imagesDir, t.pagemapName),
+            kind: 'PAGEMAP',
+            entries: [{ pages_id: t.pagesId }, ...t.runs.map(pagemapEntry)],
+          },
+        ],
+        { isDurable: this.opts.isDurable !== false },
+      );
       this.committed.push(t.pagemapName);
     }
     this.targets.clear();

@@ -20,8 +20,12 @@ export interface RestoreImages {
   cores: Map<number, ImageEntry>;
   threads: number[];
   mm: ImageEntry;
-  /** Where each dumped page of the task is (this image or a parent), in address order. */
-  pages: PageSource[];
+  /**
+   * Where each dumped page of the task is (this image or a parent), in address order; null when
+   * loaded with `isPageChainLazy` (then ask pageChain for the pages wanted).
+   */
+  pages: PageSource[] | null;
+  pageChain: PageChain;
   /** The pages this image holds itself (PE_PRESENT), not its parents. */
   pagesPresent: Run[];
   /** The same for each pagemap-shmem-<shmid>.img, by file name. */
@@ -58,7 +62,16 @@ async function pageSources(dir: string, pagemapName: string): Promise<PageSource
   return (await PageChain.open(dir, pagemapName)).sources();
 }
 
-export async function loadImages(dir: string): Promise<RestoreImages> {
+export interface LoadOptions {
+  /**
+   * Do not resolve every page across the parent chain now (a live migration's final restore into
+   * its pre-copied skeleton wants only the pages the skeleton lacks, and the levels were checked
+   * when each pre-dump was read in).
+   */
+  isPageChainLazy?: boolean;
+}
+
+export async function loadImages(dir: string, opts: LoadOptions = {}): Promise<RestoreImages> {
   if (!existsSync(path.join(dir, 'inventory.img')))
     throw new ImageError('inventory.img', `no complete dump in "${dir}" (inventory.img is missing)`);
   const inventory = await single(dir, 'inventory.img', 'INVENTORY');
@@ -85,7 +98,7 @@ export async function loadImages(dir: string): Promise<RestoreImages> {
   const pagemapName = `pagemap-${pid}.img`;
   if (!existsSync(path.join(dir, pagemapName))) throw new ImageError(pagemapName, 'the image is missing');
   const chain = await PageChain.open(dir, pagemapName);
-  const pages = await chain.sources();
+  const pages = opts.isPageChainLazy === true ? null : await chain.sources();
   const pagesPresent = await chain.presentRuns();
   const shmemPages = new Map<string, PageSource[]>();
   for (const name of readdirSync(dir).filter((n) => /^pagemap-shmem-\d+\.img$/.test(n)))
@@ -109,6 +122,7 @@ export async function loadImages(dir: string): Promise<RestoreImages> {
     threads,
     mm,
     pages,
+    pageChain: chain,
     pagesPresent,
     shmemPages,
     files,

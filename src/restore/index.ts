@@ -82,7 +82,7 @@ const PAGE = 4096n;
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const t0 = nowUs();
-  const img = await loadImages(opts.imagesDir);
+  const img = await loadImages(opts.imagesDir, { isPageChainLazy: opts.skeleton !== undefined });
   const { pid } = img;
   log().debug('restore: images loaded and checked');
   if (existsSync(path.join(img.dir, 'cpuinfo.img'))) {
@@ -143,7 +143,14 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     );
     log().debug('restore: memory');
     pagesRestored = (
-      await restoreMemory(leader, img.mm, img.pages, img.dir, (id) => ghostPaths.get(id) ?? fileName(id), prefilled)
+      await restoreMemory(
+        leader,
+        img.mm,
+        img.pages ?? img.pageChain,
+        img.dir,
+        (id) => ghostPaths.get(id) ?? fileName(id),
+        prefilled,
+      )
     ).pagesRestored;
     log().debug('restore: vdso');
     restoreVdso(leader, img.mm, pid);
@@ -263,7 +270,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   ]).catch((err: unknown) => log().warn(`Cannot write stats-restore: ${String(err)}`));
   if (opts.autoDedup === true) {
     try {
-      log().info(`auto-dedup: ${punchRestored(img.pages)} bytes of restored pages punched out of the images`);
+      const pages = img.pages ?? (await img.pageChain.sources());
+      log().info(`auto-dedup: ${punchRestored(pages)} bytes of restored pages punched out of the images`);
     } catch (err) {
       log().warn(`auto-dedup: cannot punch the restored pages: ${String(err)}`);
     }

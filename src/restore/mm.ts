@@ -14,7 +14,7 @@ import { existsSync, fchmodSync, fchownSync, ftruncateSync } from 'node:fs';
 import path from 'node:path';
 import { ImageError, UnsupportedError } from '../errors.js';
 import { PE_PRESENT, PagesReader, readPagemap, type ImageEntry } from '../images/index.js';
-import type { PageSource } from '../mem/page-chain.js';
+import { PageChain, type PageSource } from '../mem/page-chain.js';
 import type { Injector } from '../inject/injector.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import { log } from '../log.js';
@@ -132,13 +132,13 @@ async function fillShmemMapping(
 export async function restoreMemory(
   inj: Injector,
   mm: ImageEntry,
-  pages: readonly PageSource[],
+  allPages: readonly PageSource[] | PageChain,
   imagesDir: string,
   fileName: (id: number) => string,
   prefilled?: Prefilled,
 ): Promise<{ pagesRestored: number }> {
   const vmas = ((mm['vmas'] as ImageEntry[] | undefined) ?? []).map(toVma);
-  const withPages = vmasWithPages(vmas, pages);
+  let pages: readonly PageSource[] = allPages instanceof PageChain ? [] : allPages;
   const mappedProt = new Map<number, bigint>();
   let restored = 0;
   // 0. memory placed beforehand (a live migration's pre-copy): keep what the dump's plain
@@ -151,16 +151,21 @@ export async function restoreMemory(
     keep = intersect(prefilled.mapped, reusable);
     for (const r of subtract(prefilled.mapped, keep))
       inj.syscallOrThrow('munmap', [pageAddr(r.start), BigInt(r.end - r.start) * PAGE]);
-    const covered = coverageOf(pages);
+    const covered = allPages instanceof PageChain ? await allPages.coverage() : coverageOf(pages);
     // Kept pages the dump does not have were dropped since (MADV_DONTNEED, say): zero them.
     for (const r of subtract(keep, covered))
       inj.syscallOrThrow('madvise', [pageAddr(r.start), BigInt(r.end - r.start) * PAGE, MADV_DONTNEED]);
     // Kept pages hold their latest pre-copied contents: only the ones this image has anew are read.
-    pages = clipSources(pages, subtract(covered, subtract(keep, prefilled.present)));
+    const wanted = subtract(covered, subtract(keep, prefilled.present));
+    pages = allPages instanceof PageChain ? await allPages.sourcesIn(wanted) : clipSources(pages, wanted);
     log().info(
       `Pre-copied memory: ${countPages(keep)} pages kept, ${countPages(prefilled.mapped) - countPages(keep)} dropped`,
     );
+  } else if (allPages instanceof PageChain) {
+    pages = await allPages.sources();
   }
+  // Which VMAs get pages written (mapped writable for it): after the pre-copied ones are left out.
+  const withPages = vmasWithPages(vmas, pages);
   // 1. map (and fill shared anonymous memory, whose pages are not in the task's pagemap)
   for (let i = 0; i < vmas.length; i++) {
     const v = vmas[i] as Vma;

@@ -10,6 +10,7 @@ import { BaseTracker, type KeptInput, type TrackContext } from './types.js';
 
 export class NoneTracker extends BaseTracker {
   readonly kind = 'none' as const;
+  readonly collectsRunning = true;
 
   constructor(ctx: TrackContext, kept: KeptInput | null) {
     super(ctx, kept);

@@ -71,6 +71,8 @@ export function appendSoftDirtyRuns(words: Uint32Array, nrEntries: number, first
 
 export class SoftDirtyTracker extends BaseTracker {
   readonly kind = 'soft-dirty' as const;
+  /** Reading the bits and clearing them (clear_refs) are two steps: a write between is lost. */
+  readonly collectsRunning = false;
   private pagemapFd: number;
   private entries = new BigUint64Array(CHUNK_PAGES);
 

@@ -13,8 +13,13 @@ export type { AddrRange } from './ranges.js';
 
 export interface OpenTrackerOptions {
   pid: number;
-  /** An Injector attached to the frozen task's leader (all threads are stopped by the caller). */
-  injector: Injector;
+  /**
+   * An Injector attached to the frozen task's leader (all threads stopped), or a function that
+   * freezes the task and gives one: called only when the tracker must act inside the task
+   * (creating its userfaultfd), so a caller whose tracker can collect with the task running
+   * (DirtyTracker.collectsRunning) need not freeze it for anything else.
+   */
+  injector: Injector | (() => Injector);
   choice: TrackerChoice;
 }
 
@@ -27,6 +32,8 @@ export interface DirtyTracker {
   readonly kind: TrackerKind;
   /** True when no earlier tracking state existed for this task (this is the first iteration). */
   readonly fresh: boolean;
+  /** collect() loses no write with the task running (uffd, none); soft-dirty needs it frozen. */
+  readonly collectsRunning: boolean;
   /**
    * With the task frozen: the ranges, within `ranges` (the private memory the dump copies, sorted,
    * disjoint, page-aligned), that may have been written since the previous collect (by any earlier
@@ -74,6 +81,7 @@ export interface KeptInput {
 /** The shared half of every backend. */
 export abstract class BaseTracker implements DirtyTracker {
   abstract readonly kind: TrackerKind;
+  abstract readonly collectsRunning: boolean;
   readonly fresh: boolean;
   state: Uint8Array | null;
   /** Pages tracked since the last collect (or kept), whose writes the next collect reports. */

@@ -75,6 +75,12 @@ const SCAN_REGIONS = 4096;
 
 export class UffdTracker extends BaseTracker {
   readonly kind = 'uffd' as const;
+  /**
+   * PAGEMAP_SCAN reads and re-arms each PTE under its lock, and flushes the TLB before returning:
+   * a write lands either before (reported now, and copied after this collect returns) or after
+   * (reported next time). VMAs changed meanwhile are taken whole (register or scan fails).
+   */
+  readonly collectsRunning = true;
   /** This process's reference to the userfaultfd. */
   private uffd: number;
   /** A pidfd of the task (handed to the holder). */
@@ -95,7 +101,11 @@ export class UffdTracker extends BaseTracker {
    * Continue the tracking `kept` describes, or start afresh with a userfaultfd created in the
    * frozen task through `injector` (kept null, or its holder gone).
    */
-  static async open(ctx: TrackContext, injector: Injector, kept: KeptInput | null): Promise<UffdTracker> {
+  static async open(
+    ctx: TrackContext,
+    injector: Injector | (() => Injector),
+    kept: KeptInput | null,
+  ): Promise<UffdTracker> {
     let uffd: number | null = null;
     if (kept?.holder != null) {
       uffd = takeHolderFd(kept.holder, ctx.pid);
@@ -112,7 +122,7 @@ export class UffdTracker extends BaseTracker {
     try {
       pidfd = sys.pidfdOpen(ctx.pid, 0);
       if (startTimeOf(ctx.pid) !== ctx.targetStartTime) throw new TaskError(ctx.pid, `Task ${ctx.pid} exited`);
-      uffd ??= createInTask(ctx.pid, pidfd, injector);
+      uffd ??= createInTask(ctx.pid, pidfd, typeof injector === 'function' ? injector() : injector);
       pagemapFd = openPagemap(ctx.pid);
       if (pagemapFd === null) throw new TaskError(ctx.pid, `Task ${ctx.pid} exited`);
       return new UffdTracker(ctx, kept, uffd, pidfd, pagemapFd);
@@ -149,11 +159,13 @@ export class UffdTracker extends BaseTracker {
         whole = unionRuns(whole, parts);
       }
     }
+    log().debug(`Dirty memory tracker: ${maps.length} VMAs registered`);
     const vmas = normalizeRuns(vmaPairs);
     // Outside any VMA: nothing there to copy, but "whole" is the honest answer.
     whole = unionRuns(whole, subtractRuns(want, vmas));
     whole = unionRuns(whole, this.hasBaseline ? subtractRuns(registered, this.armed) : registered);
     const { written, failed } = this.scanWritten(registered);
+    log().debug(`Dirty memory tracker: scanned, ${written.length / 2} written runs`);
     whole = unionRuns(whole, failed);
     // Armed now: what was armed and is still mapped, minus what this pass looked at, plus what it
     // armed.

@@ -58,8 +58,15 @@ t.test('malformed messages are refused with a reason', async (t) => {
   t.match(bad({ kind: 'request', id: 1, op: 'kill', params: { pid: 1, sig: 'x' } }), /unknown field "sig"/);
   t.match(
     bad({ kind: 'request', id: 1, op: 'put-file', params: { dir: 'a', name: 'b', data: 'text' } }),
-    /not a bytes/,
+    /"data" is not bytes/,
   );
+  // Images carried to restore-final: plain names and bytes only.
+  const files = (images: unknown): string =>
+    bad({ kind: 'request', id: 1, op: 'restore-final', params: { pid: 1, dir: 'a', images } });
+  t.match(files([{ name: '../x', data: new Uint8Array(1) }]), /plain file names/);
+  t.match(files([{ name: 'core-1.img', data: 'text' }]), /plain file names/);
+  t.match(files([{ name: 'core-1.img', data: new Uint8Array(1), extra: 1 }]), /plain file names/);
+  t.equal(files([{ name: 'core-1.img', data: new Uint8Array(1) }]), 'ACCEPTED');
   t.match(bad({ kind: 'response', id: 1, ok: false, error: 'x' }), /malformed error/);
   t.equal(
     bad({ kind: 'request', id: 1, op: 'kill', params: { pid: 1, signal: null } }),
