@@ -69,7 +69,7 @@ export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
   const lines: string[] = [];
   try {
     const [src, dst] = hosts as [SimHost, SimHost];
-    const verbose = only ? ['-v', '4'] : [];
+    const verbose = only ? ['-v', process.env['CRIU_TS_BENCH_AGENT_V'] ?? '4'] : [];
     const a = await startAgentIn(src, tokenFile, path.join(dir, src.name), verbose);
     const b = await startAgentIn(dst, tokenFile, path.join(dir, dst.name), verbose);
     agents.push(a.agent, b.agent);

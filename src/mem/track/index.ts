@@ -12,7 +12,7 @@
  *   1st pre-dump  openTracker (fresh) → collect (all whole; arms) → copy → keep()
  *   2nd pre-dump  openTracker (not fresh) → collect (written since) → copy → keep()
  *   dump          openTracker (not fresh) → collect → copy → end()
- * State between invocations lives in /run/criu-ts/track (state.ts); a lock keeps two criu-ts
+ * State between invocations lives in /run/criu-ts/track/pidns-N (state.ts); a lock keeps two criu-ts
  * processes off one task. If criu-ts dies mid-way, the task runs on unharmed: before keep() the
  * userfaultfd dies with criu-ts (the kernel unregisters everything); after keep() the holder
  * tracks on, and exits with the task, or at the next end() / endTracking().

@@ -2,7 +2,9 @@
  * Tracking state kept between criu-ts invocations (pre-dump → pre-dump → dump are separate
  * processes), and the lock that keeps two of them off one task.
  *
- * Files, in the track directory (default /run/criu-ts/track, mode 0700; CRIU_TS_TRACK_DIR
+ * Files, in the track directory (default /run/criu-ts/track/pidns-<inode of our PID namespace>,
+ * mode 0700: a PID names a task only within a PID namespace, and two hosts' agents on one machine
+ * (containers, the simulated hosts) each have a task 20000 of their own; CRIU_TS_TRACK_DIR
  * overrides it, for tests):
  *
  *   <pid>.json   mode 0600, the record below, written atomically (temp file + rename)
@@ -23,7 +25,7 @@
  * in different network namespaces are not kept apart (they would also not share /run, usually).
  */
 
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import path from 'node:path';
 import { TaskError } from '../../errors.js';
@@ -36,7 +38,16 @@ export const STATE_VERSION = 1;
 /** The directory tracking state is kept in. */
 export function trackDir(): string {
   const override = process.env['CRIU_TS_TRACK_DIR'];
-  return override !== undefined && override !== '' ? override : DEFAULT_TRACK_DIR;
+  return override !== undefined && override !== '' ? override : path.join(DEFAULT_TRACK_DIR, pidNamespaceName());
+}
+
+/** "pidns-<inode>" of this process's PID namespace (the one its PIDs and /proc belong to). */
+function pidNamespaceName(): string {
+  try {
+    return `pidns-${statSync('/proc/self/ns/pid').ino}`;
+  } catch {
+    return 'pidns-unknown';
+  }
 }
 
 /**
