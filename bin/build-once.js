@@ -14,6 +14,7 @@ const outputs = [
   'native/stub/criu-stub',
   'native/stub/track-holder',
   'dist/src/cli/criu.js',
+  'dist/bundle/criu.mjs',
   'test/fixtures/bin/cr_basic',
 ];
 if (process.env.CRIU_TS_FORCE_BUILD === undefined && outputs.every((p) => existsSync(join(root, p)))) process.exit(0);

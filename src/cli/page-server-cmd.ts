@@ -11,7 +11,7 @@
 
 import { spawn } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { UsageError } from '../errors.js';
@@ -96,11 +96,16 @@ export async function runPageServer(
   return 0;
 }
 
-/** The standalone page-server's entry module, as a command for node (under tsx when run from src). */
+/**
+ * The standalone page-server's entry module, as a command for node (under tsx when run from src;
+ * next to this module in dist/, or in dist/src/cli/ when this runs from the bundle, dist/bundle/).
+ */
 function daemonCommand(): { execArgv: string[]; script: string } {
   const self = fileURLToPath(import.meta.url);
   const isTs = self.endsWith('.ts');
-  const script = self.replace(/page-server-cmd\.(ts|js)$/, isTs ? 'page-server.ts' : 'page-server.js');
+  const script = self.endsWith('.mjs')
+    ? join(dirname(self), '../src/cli/page-server.js')
+    : self.replace(/page-server-cmd\.(ts|js)$/, isTs ? 'page-server.ts' : 'page-server.js');
   return { execArgv: isTs ? ['--import', 'tsx'] : [], script };
 }
 
