@@ -2,6 +2,7 @@
 // Launcher of `criu`: the compiled CLI lives in dist/ (npm run build:ts), bundled into one module
 // (bin/bundle.js says why); the unbundled tree is used when the bundle is missing or older.
 import { statSync } from 'node:fs';
+import { URL } from 'node:url';
 
 const mtime = (rel) => {
   try {
