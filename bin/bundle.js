@@ -4,6 +4,7 @@
 // runs. Why: Node 20 resolves, reads and compiles each of the ~140 ES modules of dist/ on every
 // start, ~85 ms of a `criu dump` or `criu restore` here; one module costs a fraction of that.
 // The native addon, the stub and proto/ are still found by walking up from the module's path.
+// Also saves the parsed image schema (dist/proto-schema.json, see src/images/schema.ts).
 import { build } from 'esbuild';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,3 +23,5 @@ await build({
     js: "import { createRequire as __criuTsRequire } from 'node:module'; const require = __criuTsRequire(import.meta.url);",
   },
 });
+const { writeSchemaCache } = await import(join(root, 'dist/src/images/schema.js'));
+writeSchemaCache();

@@ -4,9 +4,13 @@
  * package root (the nearest ancestor holding package.json), so this works from src/ under tsx and
  * from dist/src/ after tsc.
  *
+ * Parsing the 73 .proto files costs ~100 ms at every start of `criu`; the build (bin/bundle.js)
+ * saves the parsed schema as JSON (dist/proto-schema.json) with the size and mtime of each file,
+ * and it is used while those still match (otherwise the files are parsed, as without a build).
+ *
  * Touches no kernel interface; every image kind's message type is looked up here.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,14 +41,50 @@ function findPackageRoot(): string {
   }
 }
 
+const packageRoot = findPackageRoot();
 /** Absolute path of the proto/ directory. */
-export const protoDir: string = join(findPackageRoot(), 'proto');
+export const protoDir: string = join(packageRoot, 'proto');
+const SCHEMA_CACHE = join(packageRoot, 'dist/proto-schema.json');
 
 let root: protobuf.Root | undefined;
 
 /** The root namespace with every message of proto/ loaded and resolved (loaded once, lazily). */
 export function schemaRoot(): protobuf.Root {
   if (root !== undefined) return root;
+  root = loadCachedSchema() ?? parseSchema();
+  return root;
+}
+
+/** "name size mtime" of each .proto file: what the cached schema was made from. */
+function protoFingerprint(): string[] {
+  return readdirSync(protoDir)
+    .filter((f) => f.endsWith('.proto'))
+    .sort()
+    .map((f) => {
+      const st = statSync(join(protoDir, f));
+      return `${f} ${st.size} ${st.mtimeMs}`;
+    });
+}
+
+function loadCachedSchema(): protobuf.Root | null {
+  try {
+    const saved = JSON.parse(readFileSync(SCHEMA_CACHE, 'utf8')) as { files?: unknown; schema?: unknown };
+    if (JSON.stringify(saved.files) !== JSON.stringify(protoFingerprint())) return null;
+    const r = protobuf.Root.fromJSON(saved.schema as protobuf.INamespace);
+    r.resolveAll();
+    return r;
+  } catch {
+    return null; // no cache (not built), or unreadable: parse the files
+  }
+}
+
+/** Save the parsed schema for the next starts (the build calls this). */
+export function writeSchemaCache(): void {
+  const schema = parseSchema().toJSON({ keepComments: false });
+  writeFileSync(SCHEMA_CACHE, JSON.stringify({ files: protoFingerprint(), schema }));
+}
+
+function parseSchema(): protobuf.Root {
   const require = createRequire(import.meta.url);
   // protobufjs ships google/protobuf/descriptor.proto, which opts.proto extends.
   const pbDir = dirname(require.resolve('protobufjs/package.json'));
@@ -57,7 +97,6 @@ export function schemaRoot(): protobuf.Root {
   // keepCase: field names stay snake_case, as on the wire and in crit's JSON.
   r.loadSync(files, { keepCase: true });
   r.resolveAll();
-  root = r;
   return r;
 }
 
