@@ -102,6 +102,8 @@ function throwIfAborted(signal: AbortSignal | undefined): void {
 export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const { pid } = opts;
   const durability = { isDurable: opts.isDurable !== false };
+  const reserving = copyBuffers.reserveAsync(2);
+  reserving.catch(() => undefined); // awaited before the freeze
   const stat = readStat(pid);
   if (stat === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
   const children = readChildren(pid) ?? scanChildren(pid);
@@ -124,7 +126,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // smaps walks every page table: read it now, and once frozen only check that it still holds.
   const mmPre = preReadMm(pid);
   prepareImageKinds(DUMP_IMAGE_KINDS);
-  copyBuffers.reserve(2); // their first touch is slow on VMs: not while frozen (buffer-pool.ts)
+  await reserving; // the copy buffers' first touch is slow on VMs: not while frozen (buffer-pool.ts)
 
   const t0 = nowUs();
   let frozen: FrozenProcess | null = freezeProcess(pid);

@@ -14,6 +14,8 @@
  * uses it any more (every Promise over it has settled). Not shared across worker threads.
  */
 
+import * as sys from '../sys/native.js';
+
 export class BufferPool {
   private readonly free: Buffer[] = [];
 
@@ -44,7 +46,26 @@ export class BufferPool {
   reserve(n: number): void {
     while (this.free.length < Math.min(n, this.maxKept)) this.free.push(faultedIn(this.sizeBytes));
   }
+
+  /**
+   * reserve(), with the faulting done on the thread pool (a read of /dev/zero into each Buffer)
+   * while this thread goes on: a dump starts it first and awaits it just before the freeze.
+   */
+  async reserveAsync(n: number): Promise<void> {
+    const want = Math.min(n, this.maxKept) - this.free.length;
+    if (want <= 0) return;
+    const fd = sys.open('/dev/zero', O_RDONLY_CLOEXEC, 0);
+    try {
+      const bufs = Array.from({ length: want }, () => Buffer.allocUnsafeSlow(this.sizeBytes));
+      await Promise.all(bufs.map((b) => sys.preadAsync(fd, b, 0, b.length, 0n)));
+      for (const b of bufs) if (this.free.length < this.maxKept) this.free.push(b);
+    } finally {
+      sys.close(fd);
+    }
+  }
 }
+
+const O_RDONLY_CLOEXEC = 0o2000000;
 
 /** A native (off-heap) Buffer with every page touched once. */
 function faultedIn(sizeBytes: number): Buffer {
