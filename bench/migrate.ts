@@ -70,8 +70,11 @@ export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
   try {
     const [src, dst] = hosts as [SimHost, SimHost];
     const verbose = only ? ['-v', process.env['CRIU_TS_BENCH_AGENT_V'] ?? '4'] : [];
-    const a = await startAgentIn(src, tokenFile, path.join(dir, src.name), verbose);
-    const b = await startAgentIn(dst, tokenFile, path.join(dir, dst.name), verbose);
+    // CRIU_TS_BENCH_AGENT_PROF=DIR: CPU profiles of both agents (node --cpu-prof), for a look.
+    const prof = process.env['CRIU_TS_BENCH_AGENT_PROF'];
+    const nodeArgs = prof ? ['--cpu-prof', '--cpu-prof-dir', prof] : [];
+    const a = await startAgentIn(src, tokenFile, path.join(dir, src.name), verbose, nodeArgs);
+    const b = await startAgentIn(dst, tokenFile, path.join(dir, dst.name), verbose, nodeArgs);
     agents.push(a.agent, b.agent);
     const raw = await rawTcpMBps(src, dst);
     lines.push(`raw TCP between the hosts: ${raw.toFixed(0)} MB/s (the ceiling of any transfer)`);

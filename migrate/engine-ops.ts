@@ -37,9 +37,9 @@ import { log } from '../src/log.js';
  * How long the data connection of a migration (SRC's dump -> DST's page server) may move nothing
  * before either end gives up: a path that goes silent (a dead link, a lost route, a middlebox
  * that drops the flow) resets nothing, and TCP alone would only fail the sender after
- * tcp_retries2 (about 15 minutes) and never the receiver. Far above any pause of a live session:
- * between connect and the first pagemap the dump freezes and scans the task; at CLOSE the page
- * server fsyncs what it received before it answers.
+ * tcp_retries2 (about 15 minutes) and never the receiver. Far above any pause of a live session
+ * (between connect and the first pagemap the dump only freezes and scans the task; these page
+ * servers answer CLOSE without an fsync).
  */
 export const DATA_TIMEOUT_MS = 60_000;
 

@@ -230,9 +230,11 @@ export async function startAgentIn(
   tokenFile: string,
   imagesRoot: string,
   extraArgs: readonly string[] = [],
+  nodeArgs: readonly string[] = [],
 ): Promise<{ agent: HostProcess; target: string; stderr: () => string }> {
   const agent = host.spawn([
     process.execPath,
+    ...nodeArgs,
     migrateBin(),
     'agent',
     '--listen',

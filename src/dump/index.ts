@@ -303,7 +303,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       tracker = null;
       frozen = null;
       stats.frozen = ending;
-      stats.frozenAtUs = tFrozen;
+      stats.frozenAtUs = t0; // the freeze began there: its own time is downtime too
       stats.endTracking = async () => {
         if (last !== null) await last.end();
       };

@@ -1,15 +1,27 @@
 /**
  * Live migration that fails must leave the source as it was (issue #5): the DST agent killed in
- * the middle, DST's disk full, a wrong token. Each time criu-migrate exits non-zero with one line
+ * the middle, the data connection (SRC's dump -> DST's page server) cut while the control channel
+ * stays up, DST's disk full, a wrong token. Each time criu-migrate exits non-zero with one line
  * naming the reason, the workload keeps running on SRC with its counter going on, no dirty-memory
  * tracking is left in it (no uffd-wp VMA, no holder process), and its own check of its memory
  * passes when it is finally stopped.
  */
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import {
+  existsSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  statSync,
+  watch,
+  writeFileSync,
+  type FSWatcher,
+} from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { simHosts, type SimHost } from '../../../migrate/sim-hosts.js';
-import { poll } from '../../helpers/cr.js';
+import * as sys from '../../../src/sys/native.js';
+import { poll, sleep } from '../../helpers/cr.js';
 import { fixturePath } from '../../helpers/fixture.js';
 import { runMigrate, startAgent, startOnHost, tokenFile, type HostWorkload } from '../../helpers/migrate.js';
 
@@ -29,6 +41,19 @@ async function sourceIntact(t: Test, src: SimHost, w: HostWorkload): Promise<voi
   await src.exec(`kill -TERM ${w.pid}`);
   await w.waitFor(/PASS|FAIL/, 20_000);
   t.match(w.report(), /PASS/, 'its memory check passes');
+}
+
+/** `p`, or a failure naming `what` after `timeoutMs` (a hang fails the test, not the run). */
+async function within<T>(p: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`Timed out waiting for ${what} (${timeoutMs} ms)`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function setup(t: Test, dstDir?: (dst: SimHost, dir: string) => Promise<string>) {
@@ -61,6 +86,206 @@ t.test('the DST agent dies during the pre-copy', { skip: needsRoot }, async (t) 
   t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
   t.match(r.stderr, /Migration failed .*the source runs on/);
   await sourceIntact(t, src, w);
+});
+
+/**
+ * The fds of `pid`'s established TCP connections whose local port is not `exceptPort`: on DST's
+ * agent, the page servers' data connections (its only other connection is the control channel,
+ * on the agent's own port). /proc/PID/net/tcp shows the netns of `pid`.
+ */
+function dataConnectionFds(pid: number, exceptPort: number): number[] {
+  const inodes = new Set<string>();
+  for (const line of readFileSync(`/proc/${pid}/net/tcp`, 'utf8').split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    // sl local_address rem_address st ... inode (10th field)
+    const localPort = parseInt(f[1]?.split(':')[1] ?? '', 16);
+    if (f[3] === '01' && localPort !== exceptPort && f[9] !== undefined) inodes.add(f[9]);
+  }
+  const fds: number[] = [];
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    let link: string;
+    try {
+      link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue; // closed meanwhile
+    }
+    const m = /^socket:\[(\d+)\]$/.exec(link);
+    if (m?.[1] !== undefined && inodes.has(m[1])) fds.push(Number(fd));
+  }
+  return fds;
+}
+
+/**
+ * Break the TCP connection behind fd `fd` of `pid`: take a duplicate of it (pidfd_getfd) and
+ * shutdown(SHUT_RDWR) the socket itself, as if the peer had gone; the owner's blocked recv wakes
+ * with end of stream, and once it closes the socket the sender's writes are reset.
+ */
+function cutConnection(pid: number, fd: number): boolean {
+  const pidfd = sys.pidfdOpen(pid, 0);
+  try {
+    const dup = sys.pidfdGetfd(pidfd, fd, 0);
+    try {
+      sys.shutdown(dup, 2 /* SHUT_RDWR */);
+      return true;
+    } catch {
+      return false; // not connected any more
+    } finally {
+      sys.close(dup);
+    }
+  } catch {
+    return false; // the fd is closed meanwhile
+  } finally {
+    sys.close(pidfd);
+  }
+}
+
+/** The PIDs, inside their own PID namespace, of `pid`'s children (forked by any of its threads). */
+function childNsPids(pid: number): number[] {
+  const children = readdirSync(`/proc/${pid}/task`).flatMap((tid) => {
+    try {
+      return readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    } catch {
+      return []; // the thread ended meanwhile
+    }
+  });
+  return children.map((c) => {
+    try {
+      return Number(/^NSpid:.*\s(\d+)$/m.exec(readFileSync(`/proc/${c}/status`, 'utf8'))?.[1] ?? -1);
+    } catch {
+      return -1; // gone meanwhile
+    }
+  });
+}
+
+/** setup(), then a migration started in the background, with what the data-path tests watch. */
+async function migrateInBackground(t: Test) {
+  const hosts = await setup(t);
+  const { dir, a, b, w } = hosts;
+  const agentRoot = path.join(dir, 'agent-dst');
+  const agentPid = await b.agent.outerPid();
+  const agentPort = Number(b.target.split(':').at(-1));
+  const migrations = (): string[] =>
+    existsSync(agentRoot) ? readdirSync(agentRoot).filter((m) => m.startsWith('m-')) : [];
+  const state: { result?: Awaited<ReturnType<typeof runMigrate>> } = {};
+  const migrating = runMigrate(['--token-file', tokenFile(dir), a.target, b.target, String(w.pid)]).then(
+    (r) => (state.result = r),
+  );
+  return { ...hosts, agentRoot, agentPid, agentPort, migrations, state, migrating };
+}
+
+t.test('the data connection breaks during the pre-copy', { skip: needsRoot }, async (t) => {
+  const { src, dst, dir, w, agentRoot, agentPid, agentPort, migrations, state, migrating } =
+    await migrateInBackground(t);
+  // Cut the data connection of the second (or a later) iteration as its first pages file is
+  // created on DST, so the skeleton there holds the earlier ones; the control channel (the agent's
+  // own port) is left alone. Those iterations move only what was dirtied: they last tens of ms,
+  // hence inotify rather than polling.
+  await poll(() => migrations().length > 0 || state.result !== undefined, 'the migration to start on DST', 60_000);
+  const mdir = path.join(agentRoot, migrations()[0] ?? 'none');
+  let isCut = false;
+  let skeletonPids: number[] = [];
+  const watchers: FSWatcher[] = [];
+  const tryCut = (): void => {
+    if (isCut) return;
+    const fds = dataConnectionFds(agentPid, agentPort);
+    // Read at the cut: the skeleton is the agent's child, with the task's PID inside DST.
+    skeletonPids = childNsPids(agentPid);
+    for (const fd of fds) isCut = cutConnection(agentPid, fd) || isCut;
+  };
+  const watchIteration = (name: string): void => {
+    if (!/^pages-([2-9]|\d\d+)$/.test(name)) return;
+    const d = path.join(mdir, name);
+    try {
+      watchers.push(watch(d, (_, f) => f?.startsWith('.pages-') === true && tryCut()));
+      if (readdirSync(d).some((f) => f.startsWith('.pages-'))) tryCut();
+    } catch {
+      // gone already: that iteration is over
+    }
+  };
+  try {
+    watchers.push(watch(mdir, (_, f) => f !== null && watchIteration(f)));
+    for (const f of readdirSync(mdir)) watchIteration(f);
+    await poll(
+      () => isCut || state.result !== undefined || existsSync(path.join(mdir, 'final')),
+      'a data connection to cut',
+      60_000,
+    );
+  } finally {
+    for (const x of watchers) x.close();
+  }
+  t.ok(isCut, 'a data connection was cut during the pre-copy');
+  t.same(skeletonPids, [w.pid], 'the skeleton held the PID on DST then');
+  const r = await within(migrating, 60_000, 'criu-migrate to end after the cut');
+  t.not(r.status, 0, 'criu-migrate fails');
+  t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+  t.match(r.stderr, /Migration failed \(iteration \d+: pre-dump on SRC\): .*(connection|reset).*the source runs on/);
+  t.notMatch(r.stderr, /^\s+at /m, 'no stack trace');
+  await sourceIntact(t, src, w);
+  // DST: the skeleton is gone (killed and reaped), the page server closed, no images left.
+  let isSkeletonGone = false;
+  for (let i = 0; i < 50 && !isSkeletonGone; i++) {
+    isSkeletonGone = (await dst.exec(`test -e /proc/${w.pid}`)).status !== 0;
+    if (!isSkeletonGone) await sleep(200);
+  }
+  t.ok(isSkeletonGone, 'the skeleton is gone on DST (killed and reaped)');
+  t.same(dataConnectionFds(agentPid, agentPort), [], 'no data connection is left open on DST');
+  t.same(migrations(), [], 'no images are left on DST');
+  t.same(
+    readdirSync(path.join(dir, 'agent-src')).filter((m) => m.startsWith('m-')),
+    [],
+    'no images are left on SRC',
+  );
+  t.equal((await dst.exec('true')).status, 0, 'DST stays usable');
+});
+
+t.test('the data connection goes silent during the pre-copy', { skip: needsRoot }, async (t) => {
+  const { src, dst, dir, w, agentRoot, agentPid, agentPort, migrations, state, migrating } =
+    await migrateInBackground(t);
+  // While the first iteration's pages flow (its pages file grows on DST), DST's packets to SRC
+  // start to vanish (a blackhole route on DST: no reset, no error, as when a link or a middlebox
+  // dies): SRC sees no ACK and stops sending, DST sees nothing more. Only the data connection
+  // runs between SRC and DST; both control channels come from here and stay up. (The first
+  // iteration moves the whole 128 MiB: it is the one long enough to hit mid-way every time.)
+  const growing = (): boolean =>
+    migrations().some((m) => {
+      const d = path.join(agentRoot, m, 'pages-1');
+      if (!existsSync(d)) return false;
+      return readdirSync(d).some((f) => {
+        try {
+          return f.startsWith('.pages-') && statSync(path.join(d, f)).size >= 4 << 20;
+        } catch {
+          return false; // renamed into place meanwhile
+        }
+      });
+    });
+  await poll(() => state.result !== undefined || growing(), 'the first iteration to send pages', 60_000);
+  t.equal(state.result, undefined, 'the migration is still in its pre-copy');
+  // `ip -n` straight from here: a few ms, not the hundred of an exec through hosts.sh.
+  const route = spawnSync('ip', ['-n', `cts-${dst.hostName}`, 'route', 'add', 'blackhole', `${src.addr}/32`], {
+    encoding: 'utf8',
+  });
+  t.equal(route.status, 0, `DST's packets to SRC vanish ${route.stderr}`);
+  t.teardown(() => spawnSync('ip', ['-n', `cts-${dst.hostName}`, 'route', 'del', 'blackhole', `${src.addr}/32`]));
+  t.ok(dataConnectionFds(agentPid, agentPort).length > 0, 'the data connection was open when the path went silent');
+  // Bounded: without a timeout on the data connection, SRC's send would wait for TCP to give up
+  // (tcp_retries2: about 15 minutes), its connect for the SYN retries, DST's receive forever.
+  const tSilent = Date.now();
+  const r = await within(migrating, 100_000, 'criu-migrate to end after the data path went silent');
+  t.comment(`criu-migrate ended ${Date.now() - tSilent} ms after the data path went silent`);
+  t.not(r.status, 0, 'criu-migrate fails');
+  t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+  t.match(r.stderr, /Migration failed \(iteration 1: pre-dump on SRC\): .*within the timeout.*the source runs on/);
+  t.notMatch(r.stderr, /^\s+at /m, 'no stack trace');
+  await sourceIntact(t, src, w);
+  t.not((await dst.exec(`test -e /proc/${w.pid}`)).status, 0, 'no task holds the PID on DST');
+  // DST's page server gives up on its own (its idle timeout), even if it had not yet when asked.
+  await poll(() => dataConnectionFds(agentPid, agentPort).length === 0, 'DST to close the data connection', 60_000);
+  t.same(migrations(), [], 'no images are left on DST');
+  t.same(
+    readdirSync(path.join(dir, 'agent-src')).filter((m) => m.startsWith('m-')),
+    [],
+    'no images are left on SRC',
+  );
 });
 
 t.test("DST's disk is full", { skip: needsRoot }, async (t) => {
