@@ -72,9 +72,10 @@ export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
     const verbose = only ? ['-v', process.env['CRIU_TS_BENCH_AGENT_V'] ?? '4'] : [];
     // CRIU_TS_BENCH_AGENT_PROF=DIR: CPU profiles of both agents (node --cpu-prof), for a look.
     const prof = process.env['CRIU_TS_BENCH_AGENT_PROF'];
-    const nodeArgs = prof ? ['--cpu-prof', '--cpu-prof-dir', prof] : [];
-    const a = await startAgentIn(src, tokenFile, path.join(dir, src.name), verbose, nodeArgs);
-    const b = await startAgentIn(dst, tokenFile, path.join(dir, dst.name), verbose, nodeArgs);
+    const nodeArgs = (who: string): string[] =>
+      prof ? ['--cpu-prof', '--cpu-prof-dir', prof, '--cpu-prof-name', `${who}-agent.cpuprofile`] : [];
+    const a = await startAgentIn(src, tokenFile, path.join(dir, src.name), verbose, nodeArgs('src'));
+    const b = await startAgentIn(dst, tokenFile, path.join(dir, dst.name), verbose, nodeArgs('dst'));
     agents.push(a.agent, b.agent);
     const raw = await rawTcpMBps(src, dst);
     lines.push(`raw TCP between the hosts: ${raw.toFixed(0)} MB/s (the ceiling of any transfer)`);

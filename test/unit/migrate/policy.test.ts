@@ -22,6 +22,20 @@ t.test('a small dirty set stops it: it fits the downtime target at the bandwidth
   t.ok(d.estimatedMs < 50, `estimated ${d.estimatedMs} ms`);
 });
 
+t.test("the estimate takes the last iteration's rate, not the first bulk copy's", async (t) => {
+  // 1 GiB/s in bulk, but 16 MB of scattered pages took 435 ms: 435 ms expected, not 16.
+  const d = decide(
+    [
+      { bytes: 1000 * MB, ms: 1000 },
+      { bytes: 16 * MB, ms: 435 },
+    ],
+    1435,
+    DEFAULT_POLICY,
+  );
+  t.notOk(d.isStop, d.reason);
+  t.ok(d.estimatedMs > 400, `estimated ${d.estimatedMs} ms`);
+});
+
 t.test('a large dirty set that shrinks goes on; one that no longer shrinks stops', async (t) => {
   const h = [
     { bytes: 1000 * MB, ms: 1000 },
