@@ -38,6 +38,7 @@ import { decodeKnown, encodeKnown, planMemory, type MemoryPlan } from './memory.
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
 import { openTracker } from '../mem/track/index.js';
+import { copyBuffers } from '../mem/buffer-pool.js';
 
 export interface PreDumpOptions {
   pid: number;
@@ -83,6 +84,9 @@ export function checkDumpable(pid: number): void {
 export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   const { pid } = opts;
   checkDumpable(pid);
+  // The copy buffers' first touch (slow on VMs) overlaps the collect (buffer-pool.ts).
+  const reserving = copyBuffers.reserveAsync(2);
+  reserving.catch(() => undefined); // awaited before the copy
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
@@ -142,6 +146,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
       resume(); // running again from here on, whatever happened
     }
     log().info(`Pre-dump of ${pid}: frozen ${frozenUs} us (tracker ${tracker.kind})`);
+    await reserving;
     const tMem = nowUs();
     const total = countPages(plan.present) * 4096;
     const written = await sink.writePages(pid, plan, {
