@@ -21,6 +21,7 @@ import { TaskError, UnsupportedError } from '../errors.js';
 import { imageFileName, writeParentLink, PAGE_SIZE, type ImageEntry } from '../images/index.js';
 import { prepareImageKinds, writeImagesSync, type ImageToWrite } from '../images/image-writer.js';
 import { log } from '../log.js';
+import { injectedCallCounts } from '../inject/injector.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
 import { readChildren, scanChildren } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
@@ -280,7 +281,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     add('inventory.img', 'INVENTORY', [inventoryEntry()]);
     writeImagesSync(batch.slice(-1), durability);
     stats.frozenTimeUs = nowUs() - tFrozen;
-    log().debug('dump: end');
+    log().debug(`dump: end (injected calls so far: ${JSON.stringify(injectedCallCounts())})`);
 
     const ending = frozen;
     if (opts.end === 'kill') {

@@ -81,6 +81,17 @@ const BATCH_MIN_CALLS = 3;
  * and running code of ours in the task is a change proposed, not decided (see the issue notes).
  * Off, runCalls makes its calls one at a time, with the same results.
  */
+/** Calls injected by this process so far, by syscall number (injectedCallCounts). */
+const injectedCalls = new Map<number, number>();
+
+/** How many calls this process injected so far, by syscall name (logs and benchmarks). */
+export function injectedCallCounts(): Record<string, number> {
+  const names = new Map<number, string>(Object.entries(SYSCALLS_X86_64).map(([k, v]) => [v, k]));
+  const out: Record<string, number> = {};
+  for (const [nr, n] of injectedCalls) out[names.get(nr) ?? String(nr)] = n;
+  return out;
+}
+
 export const isBatchCodeAllowed = (): boolean => process.env['CRIU_TS_INJECT_BATCH'] === '1';
 const MMAP_PROT_RX = 0x1n | 0x4n;
 /** SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV: synchronous faults of the thread itself. */
@@ -270,6 +281,7 @@ export class Injector {
 
   private rawSyscall(nr: number, args: readonly bigint[]): bigint {
     if (args.length > 6) throw new RangeError('A syscall takes at most six arguments');
+    injectedCalls.set(nr, (injectedCalls.get(nr) ?? 0) + 1);
     const regs: UserRegs = { ...this.savedRegsDecoded, rax: BigInt(nr), orig_rax: -1n, rip: this.site };
     const argRegs = ['rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9'] as const;
     argRegs.forEach((name, i) => (regs[name] = args[i] ?? 0n));

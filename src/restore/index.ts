@@ -20,7 +20,7 @@ import { existsSync } from 'node:fs';
 import { ImageError, TaskError, UnsupportedError } from '../errors.js';
 import { checkCpuinfoDir } from '../cpuinfo/index.js';
 import { writeImage, type ImageEntry } from '../images/index.js';
-import { Injector } from '../inject/injector.js';
+import { Injector, injectedCallCounts } from '../inject/injector.js';
 import { log } from '../log.js';
 import * as sys from '../sys/native.js';
 import { SIGSTOP, WNOHANG, __WALL } from '../kernel/constants.js';
@@ -254,6 +254,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   }
   const restoreUs = nowUs() - t0;
   log().info(`Restored task ${pid} (${img.threads.length} thread(s), ${pagesRestored} pages) in ${restoreUs} us`);
+  log().debug(`Injected calls so far: ${JSON.stringify(injectedCallCounts())}`);
   if (opts.pidfile !== undefined) await writeFile(opts.pidfile, `${pid}\n`);
   await writeImage(path.join(img.dir, 'stats-restore'), 'STATS', [
     {

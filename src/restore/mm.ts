@@ -166,37 +166,48 @@ export async function restoreMemory(
   }
   // Which VMAs get pages written (mapped writable for it): after the pre-copied ones are left out.
   const withPages = vmasWithPages(vmas, pages);
-  // 1. map (and fill shared anonymous memory, whose pages are not in the task's pagemap)
-  for (let i = 0; i < vmas.length; i++) {
-    const v = vmas[i] as Vma;
-    if (isSpecial(v) || (v.status & VMA_AREA.REGULAR) === 0 || (v.status & VMA_AREA.MEMFD) !== 0) continue;
-    if ((v.status & VMA_AREA.ANON_SHARED) !== 0) {
-      if (mappedProt.has(i)) continue; // mapped with the first piece of its object
-      restored += await mapAnonShared(inj, vmas, i, imagesDir, mappedProt);
-      continue;
+  // 1. map (and fill shared anonymous memory, whose pages are not in the task's pagemap). A file
+  // is opened once for all its VMAs (a library has four or five), closed after the last mmap.
+  const openFiles = new Map<string, bigint>();
+  try {
+    for (let i = 0; i < vmas.length; i++) {
+      const v = vmas[i] as Vma;
+      if (isSpecial(v) || (v.status & VMA_AREA.REGULAR) === 0 || (v.status & VMA_AREA.MEMFD) !== 0) continue;
+      if ((v.status & VMA_AREA.ANON_SHARED) !== 0) {
+        if (mappedProt.has(i)) continue; // mapped with the first piece of its object
+        restored += await mapAnonShared(inj, vmas, i, imagesDir, mappedProt);
+        continue;
+      }
+      const len = v.end - v.start;
+      const isPrivate = (v.flags & MAP_SHARED) === 0n;
+      const prot = isPrivate && withPages.has(i) ? v.prot | PROT_WRITE : v.prot;
+      if (keep.length > 0 && isReusable(v)) {
+        // Around the kept memory: the new pieces merge with it into the one VMA.
+        const flags = (v.flags & ~MAP_FIXED) | MAP_FIXED_NOREPLACE;
+        for (const r of subtract([{ start: pageIndex(v.start), end: pageIndex(v.end) }], keep))
+          mapAt(inj, pageAddr(r.start), BigInt(r.end - r.start) * PAGE, v.prot, flags, -1n, 0n);
+        mappedProt.set(i, v.prot);
+        continue;
+      }
+      const isFile = (v.status & (VMA_AREA.FILE_PRIVATE | VMA_AREA.FILE_SHARED)) !== 0;
+      let fd = -1n;
+      if (isFile) {
+        const name = fileName(v.shmid);
+        const mode = v.fdflags === O_RDWR ? O_RDWR : O_RDONLY;
+        const key = `${mode}\0${name}`;
+        fd = openFiles.get(key) ?? BigInt(openInTask(inj, name, mode));
+        openFiles.set(key, fd);
+      }
+      try {
+        const flags = (v.flags & ~MAP_FIXED) | MAP_FIXED_NOREPLACE;
+        mapAt(inj, v.start, len, prot, flags, fd, isFile ? v.pgoff : 0n);
+        mappedProt.set(i, prot);
+      } finally {
+        inj.resetScratch();
+      }
     }
-    const len = v.end - v.start;
-    const isPrivate = (v.flags & MAP_SHARED) === 0n;
-    const prot = isPrivate && withPages.has(i) ? v.prot | PROT_WRITE : v.prot;
-    if (keep.length > 0 && isReusable(v)) {
-      // Around the kept memory: the new pieces merge with it into the one VMA.
-      const flags = (v.flags & ~MAP_FIXED) | MAP_FIXED_NOREPLACE;
-      for (const r of subtract([{ start: pageIndex(v.start), end: pageIndex(v.end) }], keep))
-        mapAt(inj, pageAddr(r.start), BigInt(r.end - r.start) * PAGE, v.prot, flags, -1n, 0n);
-      mappedProt.set(i, v.prot);
-      continue;
-    }
-    const isFile = (v.status & (VMA_AREA.FILE_PRIVATE | VMA_AREA.FILE_SHARED)) !== 0;
-    let fd = -1n;
-    if (isFile) fd = BigInt(openInTask(inj, fileName(v.shmid), v.fdflags === O_RDWR ? O_RDWR : O_RDONLY));
-    try {
-      const flags = (v.flags & ~MAP_FIXED) | MAP_FIXED_NOREPLACE;
-      mapAt(inj, v.start, len, prot, flags, fd, isFile ? v.pgoff : 0n);
-      mappedProt.set(i, prot);
-    } finally {
-      if (fd >= 0n) inj.syscallOrThrow('close', [fd]);
-      inj.resetScratch();
-    }
+  } finally {
+    for (const fd of openFiles.values()) inj.syscallOrThrow('close', [fd]);
   }
   // 2. fill from the pages files (this image's and its parents'): src/mem/fill-pages.ts
   restored += await fillPages(inj.pid, pages);
