@@ -100,6 +100,10 @@ up_one() {
 	ip -n "$ns" addr add "$addr/24" dev eth0
 	ip -n "$ns" link set eth0 up
 	ip -n "$ns" route add default via "$BRIDGE_ADDR" dev eth0
+	# The address may have been another host's a moment ago: this namespace's neighbour entry
+	# would still name that host's MAC, and connections to the new one would time out until it
+	# went stale (seen with test files setting up hosts in parallel).
+	ip neigh flush to "$addr" dev "$BRIDGE" 2>/dev/null || true
 
 	# The init: PID 1 of the new PID namespace reaps every orphan (a restored task left by
 	# `criu restore -d` is one); perl is there on every Debian. Its launcher leaves the caller's
