@@ -67,6 +67,8 @@ export interface AgentOpsOptions {
   criuCommand?: readonly string[];
   /** The page-server token (the token file's contents) for in-process page servers and dumps. */
   token?: string;
+  /** Warm the dump and restore code up once while idle (the agent; see engine-ops.ts warmUp). */
+  isWarmedUp?: boolean;
 }
 
 interface PageServerRecord {
@@ -109,7 +111,7 @@ export class AgentOps {
 
   constructor(opts: AgentOpsOptions) {
     this.opts = opts;
-    this.engine = new EngineOps(opts.token);
+    this.engine = new EngineOps(opts.token, { isWarmedUp: opts.isWarmedUp === true });
     this.imagesRoot = resolve(opts.imagesRoot);
     this.criuCommand = opts.criuCommand ?? defaultCriuCommand();
   }

@@ -82,6 +82,7 @@ export class AgentServer {
       imagesRoot: opts.imagesRoot,
       pageServerAddress: opts.address,
       token: opts.token,
+      isWarmedUp: true, // a long-lived agent: its first migration should not pay for cold code
       ...(opts.tokenFile === undefined ? {} : { tokenFile: opts.tokenFile }),
       ...(opts.criuCommand === undefined ? {} : { criuCommand: opts.criuCommand }),
     });
