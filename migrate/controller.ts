@@ -37,7 +37,17 @@ export interface MigrateOptions {
 }
 
 export type MigrateEvent =
-  | { kind: 'iteration'; index: number; bytes: number; pages: number; ms: number; frozenMs: number; decision: Decision }
+  | {
+      kind: 'iteration';
+      index: number;
+      bytes: number;
+      pages: number;
+      ms: number;
+      frozenMs: number;
+      /** Bytes/s the task dirtied: this iteration's bytes over the time since the previous one began (NaN for the first). */
+      dirtyRate: number;
+      decision: Decision;
+    }
   | { kind: 'phase'; phase: 'final-dump' | 'restore' | 'commit'; ms: number };
 
 export interface MigrateSummary {
@@ -75,6 +85,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
     await Promise.all([src.hello(), dst.hello()]);
     // Pre-copy.
     let decision: Decision | undefined;
+    let tPrev = NaN;
     for (let k = 1; ; k++) {
       const tIt = nowMs();
       step = `iteration ${k}: starting DST's page server`;
@@ -104,8 +115,10 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
         pages: rw.pagesReceived,
         ms,
         frozenMs: pd.frozenUs / 1000,
+        dirtyRate: (rw.bytes / (tIt - tPrev)) * 1000,
         decision,
       });
+      tPrev = tIt;
       log().info(`migrate: iteration ${k}: ${rw.bytes} bytes in ${ms.toFixed(0)} ms; ${decision.reason}`);
       if (decision.isStop) break;
     }

@@ -56,7 +56,8 @@ export function describeEvent(e: MigrateEvent): string {
   const est = Number.isFinite(e.decision.estimatedMs) ? `${e.decision.estimatedMs.toFixed(0)} ms` : '?';
   return (
     `  iteration ${e.index}: ${e.pages} pages (${(e.bytes / MB).toFixed(1)} MB) in ${e.ms.toFixed(0)} ms, ` +
-    `${mbps.toFixed(0)} MB/s, frozen ${e.frozenMs.toFixed(1)} ms, est. downtime ${est}` +
+    `${mbps.toFixed(0)} MB/s, ${Number.isFinite(e.dirtyRate) ? `dirtied ${(e.dirtyRate / MB).toFixed(1)} MB/s, ` : ''}` +
+    `frozen ${e.frozenMs.toFixed(1)} ms, est. downtime ${est}` +
     (e.decision.isStop ? ` -> freeze: ${e.decision.reason}` : '')
   );
 }
