@@ -281,7 +281,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     add('inventory.img', 'INVENTORY', [inventoryEntry()]);
     writeImagesSync(batch.slice(-1), durability);
     stats.frozenTimeUs = nowUs() - tFrozen;
-    log().debug(`dump: end (injected calls so far: ${JSON.stringify(injectedCallCounts())})`);
+    // Frozen time: the counts are formatted only when they will be written.
+    if (log().isEnabled(4)) log().debug(`dump: end (injected calls so far: ${JSON.stringify(injectedCallCounts())})`);
 
     const ending = frozen;
     if (opts.end === 'kill') {

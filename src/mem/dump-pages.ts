@@ -21,6 +21,7 @@ import { PAGE_SIZE, PE_PRESENT, type ImageEntry } from '../images/index.js';
 import * as sys from '../sys/native.js';
 import type { PagesPolicy } from '../dump/vma.js';
 import { COPY_BUFFER_BYTES, copyBuffers } from './buffer-pool.js';
+import { remoteIov } from './runs.js';
 
 const PAGE = BigInt(PAGE_SIZE);
 const CHUNK_BYTES = COPY_BUFFER_BYTES;
@@ -139,23 +140,12 @@ export async function writePages(
       // An interrupted dump stops here, between two batches, not only after the whole copy.
       if (signal?.aborted === true) throw new TaskError(pid, 'Dump interrupted', { cause: signal.reason });
       const buf = buffers[turn++ % 2] as Buffer;
-      const iov = new BigUint64Array(batch.length * 2);
-      let bytes = 0;
-      batch.forEach((r, i) => {
-        iov[2 * i] = r.vaddr;
-        iov[2 * i + 1] = BigInt(r.nrPages * PAGE_SIZE);
-        bytes += r.nrPages * PAGE_SIZE;
-      });
+      const bytes = batchBytes(batch);
       // The previous write must be done before its buffer is refilled (two turns later).
-      const got = await sys.processVmReadvAsync(pid, buf, 0, iov).catch((err: unknown) => {
-        if (tolerateGone && isErrno(err, 'EFAULT', 'ENOMEM')) return 0;
-        throw err;
-      });
-      if (got !== bytes) {
-        if (!tolerateGone)
-          throw new TaskError(pid, `Cannot read the memory of task ${pid}: got ${got} of ${bytes} bytes`);
-        gone += readPageByPage(pid, buf, batch, got);
-      }
+      const got = await sys
+        .processVmReadvAsync(pid, buf, 0, remoteIov(batch))
+        .catch((err: unknown) => readFailed(err, tolerateGone));
+      gone += checkRead(pid, buf, batch, got, bytes, tolerateGone);
       await pending;
       pending = writeAll(fh, buf, bytes);
       // Its failure is awaited at the next turn; meanwhile it must not count as unhandled.
@@ -177,6 +167,33 @@ export async function writePages(
     for (const b of buffers) copyBuffers.give(b);
   }
   return { entries: pagemapEntries(runs), pagesWritten: written / PAGE_SIZE, pagesGone: gone };
+}
+
+function batchBytes(batch: readonly PageRun[]): number {
+  return batch.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
+}
+
+/** A process_vm_readv that failed: nothing read when the task runs and a range went away. */
+function readFailed(err: unknown, tolerateGone: boolean): number {
+  if (tolerateGone && isErrno(err, 'EFAULT', 'ENOMEM')) return 0;
+  throw err;
+}
+
+/**
+ * After reading `got` of a batch's `bytes`: a short read is an error for a frozen task; for a
+ * running one the rest is read page by page (zeros where gone). Returns the pages zeroed.
+ */
+function checkRead(
+  pid: number,
+  buf: Buffer,
+  batch: readonly PageRun[],
+  got: number,
+  bytes: number,
+  tolerateGone: boolean,
+): number {
+  if (got === bytes) return 0;
+  if (!tolerateGone) throw new TaskError(pid, `Cannot read the memory of task ${pid}: got ${got} of ${bytes} bytes`);
+  return readPageByPage(pid, buf, batch, got);
 }
 
 function pagemapEntries(runs: readonly PageRun[]): ImageEntry[] {
@@ -210,24 +227,14 @@ function writePagesSync(
   try {
     try {
       for (const batch of batches(runs)) {
-        const iov = new BigUint64Array(batch.length * 2);
-        let bytes = 0;
-        batch.forEach((r, i) => {
-          iov[2 * i] = r.vaddr;
-          iov[2 * i + 1] = BigInt(r.nrPages * PAGE_SIZE);
-          bytes += r.nrPages * PAGE_SIZE;
-        });
-        let got = 0;
+        const bytes = batchBytes(batch);
+        let got: number;
         try {
-          got = sys.processVmReadv(pid, buf, 0, iov);
+          got = sys.processVmReadv(pid, buf, 0, remoteIov(batch));
         } catch (err) {
-          if (!(tolerateGone && isErrno(err, 'EFAULT', 'ENOMEM'))) throw err;
+          got = readFailed(err, tolerateGone);
         }
-        if (got !== bytes) {
-          if (!tolerateGone)
-            throw new TaskError(pid, `Cannot read the memory of task ${pid}: got ${got} of ${bytes} bytes`);
-          gone += readPageByPage(pid, buf, batch, got);
-        }
+        gone += checkRead(pid, buf, batch, got, bytes, tolerateGone);
         for (let off = 0; off < bytes;) {
           const n = writeSync(fd, buf, off, bytes - off);
           if (n <= 0) throw new Error(`write returned ${n} at ${off} of ${bytes} bytes`);

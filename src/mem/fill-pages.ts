@@ -19,8 +19,8 @@ import { PAGE_SIZE } from '../images/index.js';
 import * as sys from '../sys/native.js';
 import { COPY_BUFFER_BYTES, copyBuffers } from './buffer-pool.js';
 import type { PageSource } from './page-chain.js';
+import { remoteIov } from './runs.js';
 
-const PAGE = BigInt(PAGE_SIZE);
 const CHUNK_BYTES = COPY_BUFFER_BYTES;
 /** Runs per process_vm_writev at most (IOV_MAX). */
 const CHUNK_RUNS = 1024;
@@ -65,7 +65,7 @@ export async function fillPages(pid: number, sources: readonly PageSource[]): Pr
       try {
         for (const c of chunks) {
           readChunkSync(fdOf(c.file), buf, c);
-          checkWritten(pid, c, sys.processVmWritev(pid, buf, 0, remoteOf(c)));
+          checkWritten(pid, c, sys.processVmWritev(pid, buf, 0, remoteIov(c.runs)));
         }
       } finally {
         if (pooled !== null) copyBuffers.give(pooled);
@@ -79,7 +79,7 @@ export async function fillPages(pid: number, sources: readonly PageSource[]): Pr
           const buf = bufs[turn++ % 2] as Buffer;
           await readChunk(fdOf(c.file), buf, c);
           await writing; // the other buffer's write, done before this one is written from
-          writing = sys.processVmWritevAsync(pid, buf, 0, remoteOf(c)).then((n) => checkWritten(pid, c, n));
+          writing = sys.processVmWritevAsync(pid, buf, 0, remoteIov(c.runs)).then((n) => checkWritten(pid, c, n));
           writing.catch(() => undefined); // awaited at the next turn or below
         }
       } finally {
@@ -140,15 +140,6 @@ function* chunksOf(sources: readonly PageSource[]): Generator<Chunk> {
 
 function maxSpan(chunks: readonly Chunk[]): number {
   return chunks.reduce((n, c) => Math.max(n, c.span), PAGE_SIZE);
-}
-
-function remoteOf(c: Chunk): BigUint64Array {
-  const iov = new BigUint64Array(c.runs.length * 2);
-  c.runs.forEach((r, i) => {
-    iov[2 * i] = r.vaddr;
-    iov[2 * i + 1] = BigInt(r.nrPages) * PAGE;
-  });
-  return iov;
 }
 
 /** After the span is read: move the runs' data together when the span had gaps. */

@@ -31,6 +31,7 @@ import {
   type Dst,
 } from './protocol.js';
 import { BufferPool } from '../mem/buffer-pool.js';
+import { remoteIov } from '../mem/runs.js';
 import { Connection, DEFAULT_ADDRESS } from './socket.js';
 
 /** Bytes read from the target per batch (and size of each of the two pooled buffers). */
@@ -392,12 +393,7 @@ async function readPieces(
   bytes: number,
   isRunning: boolean,
 ): Promise<number> {
-  const remote = new BigUint64Array(pieces.length * 2);
-  pieces.forEach((p, i) => {
-    remote[2 * i] = p.vaddr;
-    remote[2 * i + 1] = BigInt(p.nrPages * PAGE_SIZE);
-  });
-  const got = await readv(pid, buf, 0, remote);
+  const got = await readv(pid, buf, 0, remoteIov(pieces));
   if (got === bytes) return 0;
   if (!isRunning) throw new TaskError(pid, `Cannot read the memory of task ${pid}: got ${got} of ${bytes} bytes`);
   let gone = 0;

@@ -254,7 +254,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   }
   const restoreUs = nowUs() - t0;
   log().info(`Restored task ${pid} (${img.threads.length} thread(s), ${pagesRestored} pages) in ${restoreUs} us`);
-  log().debug(`Injected calls so far: ${JSON.stringify(injectedCallCounts())}`);
+  if (log().isEnabled(4)) log().debug(`Injected calls so far: ${JSON.stringify(injectedCallCounts())}`);
   if (opts.pidfile !== undefined) await writeFile(opts.pidfile, `${pid}\n`);
   await writeImage(path.join(img.dir, 'stats-restore'), 'STATS', [
     {

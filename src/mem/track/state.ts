@@ -43,12 +43,17 @@ export function trackDir(): string {
 
 /** "pidns-<inode>" of this process's PID namespace (the one its PIDs and /proc belong to). */
 function pidNamespaceName(): string {
-  try {
-    return `pidns-${statSync('/proc/self/ns/pid').ino}`;
-  } catch {
-    return 'pidns-unknown';
+  if (pidNamespace === null) {
+    try {
+      pidNamespace = `pidns-${statSync('/proc/self/ns/pid').ino}`;
+    } catch {
+      pidNamespace = 'pidns-unknown';
+    }
   }
+  return pidNamespace;
 }
+/** A process's own PID namespace never changes (setns moves only its later children). */
+let pidNamespace: string | null = null;
 
 /**
  * Whether tracking state is recorded for `pid` (a file test, no parsing): callers that load the
