@@ -8,6 +8,7 @@
         "native/tracer.cc",
         "native/ptrace.cc",
         "native/wait.cc",
+        "native/chain.cc",
         "native/memory.cc",
         "native/fileio.cc",
         "native/ioctl.cc",

@@ -15,6 +15,7 @@ const outputs = [
   'native/stub/track-holder',
   'dist/src/cli/criu.js',
   'dist/bundle/criu.mjs',
+  'dist/proto-coders.cjs',
   'test/fixtures/bin/cr_basic',
 ];
 if (process.env.CRIU_TS_FORCE_BUILD === undefined && outputs.every((p) => existsSync(join(root, p)))) process.exit(0);

@@ -6,12 +6,14 @@
 
 namespace criu {
 
-void InitNet(Napi::Env env, Napi::Object exports);  // net.cc
+void InitNet(Napi::Env env, Napi::Object exports);    // net.cc
+void InitChain(Napi::Env env, Napi::Object exports);  // chain.cc
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitErrors(env, exports);
   InitPtrace(env, exports);
   InitWait(env, exports);
+  InitChain(env, exports);
   InitMemory(env, exports);
   InitFileIo(env, exports);
   InitIoctl(env, exports);

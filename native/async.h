@@ -61,6 +61,9 @@ class PromiseWorker : public Napi::AsyncWorker {
 
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
+  // For a work whose error arguments are known only after it ran (call before OnOK's rejection).
+  void SetErrArgs(ErrArgs args) { args_ = std::move(args); }
+
  private:
   Napi::Promise::Deferred deferred_;
   std::string syscall_;

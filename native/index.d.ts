@@ -54,6 +54,27 @@ export function ptraceListen(pid: number): void;
 export function ptraceGetRegset(pid: number, type: number, size: number): Buffer;
 /** PTRACE_SETREGSET for regset `type` with the whole of `data`. */
 export function ptraceSetRegset(pid: number, type: number, data: Buffer): void;
+/** One step of ptraceChain: the arguments of the single wrapper of the same name. */
+export type PtraceChainStep =
+  | readonly ['setregset', pid: number, type: number, data: Buffer]
+  | readonly ['getregset', pid: number, type: number, size: number]
+  | readonly ['syscall', pid: number, sig: number]
+  | readonly ['cont', pid: number, sig: number]
+  | readonly ['waitpid', pid: number, options: number, timeoutMs: number, expectedStatus: number];
+export interface PtraceChainResult {
+  /** How many steps ran as expected (all of them, or the index of the step that stopped it). */
+  completed: number;
+  /** When a waitpid stopped the chain: the status it got instead (null: nothing in time). */
+  waitStatus: number | null;
+  /** What the getregset steps read, in order. */
+  regsets: Buffer[];
+}
+/**
+ * Runs the steps back to back on the tracer thread in one hand-off (native/chain.cc says why),
+ * stopping at the first waitpid whose status is not `expectedStatus`. A failing request throws as
+ * its single wrapper does; steps after it do not run.
+ */
+export function ptraceChain(steps: readonly PtraceChainStep[]): PtraceChainResult;
 /** PTRACE_GETSIGINFO: the 128-byte siginfo of the current signal stop. */
 export function ptraceGetSiginfo(pid: number): Buffer;
 /** PTRACE_SETSIGINFO. */
@@ -141,6 +162,14 @@ export function processVmWritevAsync(
   srcOffset: number,
   remote: BigUint64Array,
 ): Promise<number>;
+/**
+ * ioctl(fd, UFFDIO_COPY) for each (addr, len) pair of `remote` in turn, from consecutive bytes of
+ * `src` from `srcOffset`: new pages holding the data in the userfaultfd's process (the range
+ * registered in MISSING mode, the pages not there yet). Partial copies are carried on. Returns
+ * the bytes copied; an error names the address it stopped at.
+ */
+export function uffdioCopy(fd: number, src: Buffer, srcOffset: number, remote: BigUint64Array): number;
+export function uffdioCopyAsync(fd: number, src: Buffer, srcOffset: number, remote: BigUint64Array): Promise<number>;
 
 // ---------------------------------------------------------------------------------------------
 // pidfd.

@@ -43,6 +43,9 @@ export async function runDump(opts: Options, io: CliIo): Promise<number> {
       pid,
       imagesDir: opts.imagesDir,
       end: opts.leaveRunning ? 'leave-running' : opts.leaveStopped ? 'leave-stopped' : 'kill',
+      // criu exits right after: the dead task goes to its parent then, without criu waiting for
+      // the kernel to free its memory.
+      canLeaveKilledUnreaped: true,
       signal: interruptSignal,
       onProgress: progress.update,
       trackMem: opts.trackMem,

@@ -111,6 +111,8 @@ function credsEntry(pid: number, tid: number, secbits: number): ImageEntry {
     cap_bnd: u32Words(st.capBnd),
     secbits,
     groups: st.groups,
+    // Per thread; only when set, as CRIU writes it (an image without it means "not set").
+    ...(st.isNoNewPrivs ? { no_new_privs: 1 } : {}),
     cap_amb: u32Words(st.capAmb),
   };
 }

@@ -80,9 +80,13 @@ export function stopProcess(frozen: FrozenProcess): void {
   resumeProcess(frozen);
 }
 
-/** Kill the dumped process (the default end of `criu dump`) and wait until it is gone. */
-export function killProcess(frozen: FrozenProcess): void {
+/**
+ * Kill the dumped process (the default end of `criu dump`) and, unless `isReaping` is false,
+ * wait until it is gone (see DumpOptions.canLeaveKilledUnreaped for when not to).
+ */
+export function killProcess(frozen: FrozenProcess, options: { isReaping?: boolean } = {}): void {
   sys.kill(frozen.pid, SIGKILL);
+  if (options.isReaping === false) return;
   // Collect each traced thread's end, so its parent can reap the process. The leader last: its
   // exit is not reported while other threads of its group are still unreaped zombies, so
   // waiting for it first would only time out.

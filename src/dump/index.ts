@@ -69,6 +69,14 @@ export interface DumpOptions {
   fileOptions?: FileOptions;
   /** fsync the images (default true); see WriteSyncOptions.isDurable for when not to. */
   isDurable?: boolean;
+  /**
+   * With end 'kill': return once SIGKILL is sent instead of collecting the task's end (which
+   * comes after the kernel has freed its memory: 100-150 ms for 1 GiB). Only for a caller whose
+   * process exits right after (the `criu dump` command): the kernel then hands the dead task to
+   * its parent (exit_ptrace). A long-lived caller must collect it, or it stays a zombie traced by
+   * that caller.
+   */
+  canLeaveKilledUnreaped?: boolean;
 }
 
 /** What dump() returns: the stats, and with end 'keep-frozen' the task still frozen. */
@@ -113,6 +121,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       'process-tree',
       `Cannot dump task ${pid}: it has children (${children.join(', ')}); process trees are not supported yet`,
     );
+  // smaps, read on the thread pool while the rest of the preparation runs (see preReadMm).
+  const mmPreReading = preReadMm(pid);
+  mmPreReading.catch(() => undefined); // awaited before the freeze
   checkFds(pid, opts.fileOptions ?? {});
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
@@ -124,9 +135,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // and the kernel probes that choose it (kerndat, 30-120 ms on first use).
   const track = opts.trackMem === true || isTrackingRecorded(pid) ? await import('../mem/track/index.js') : null;
   if (track !== null) kerndat();
-  // smaps walks every page table: read it now, and once frozen only check that it still holds.
-  const mmPre = preReadMm(pid);
   prepareImageKinds(DUMP_IMAGE_KINDS);
+  // smaps walks every page table: read before the freeze; once frozen only checked to still hold.
+  const mmPre = await mmPreReading;
   await reserving; // the copy buffers' first touch is slow on VMs: not while frozen (buffer-pool.ts)
 
   const t0 = nowUs();
@@ -292,7 +303,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       const last = tracker;
       tracker = null;
       frozen = null;
-      killProcess(ending);
+      // With tracking, the end is collected: see above.
+      killProcess(ending, { isReaping: last !== null || opts.canLeaveKilledUnreaped !== true });
       log().debug(`dump: task ${pid} killed`);
       if (last !== null)
         await last

@@ -2,8 +2,9 @@
  * Ghost files: regular files (and directories) that were unlinked while open, "/path (deleted)"
  * with no link left. Part of the REG kind (src/files/reg.ts), as in CRIU.
  *
- * Dump: the contents are read through criu's duplicate of the fd with pread (the file position is
- * not touched) and saved in `ghost-file-<ghost id>.img`: a `ghost_file_entry` head (uid, gid,
+ * Dump: the contents are read with pread through a read-only reopening of criu's duplicate of
+ * the fd (/proc/self/fd/N: the task's own description may be write-only; its position is not
+ * touched) and saved in `ghost-file-<ghost id>.img`: a `ghost_file_entry` head (uid, gid,
  * mode, dev, ino, atim, mtim, size, chunks = true) then one `ghost_chunk_entry {len, off}` plus
  * `len` raw bytes per run of non-zero 4 KiB blocks (holes and zero blocks are not stored: the
  * file is truncated to `size` at restore). `remap-fpath.img` gets `remap_file_path_entry
@@ -30,6 +31,7 @@ import {
   futimesSync,
   ftruncateSync,
   mkdirSync,
+  openSync,
   rmdirSync,
   unlinkSync,
 } from 'node:fs';
@@ -126,10 +128,17 @@ function ghostRecords(input: FdDumpInput): ImageRecordOut[] {
   const size = Number(st.size);
   head['size'] = BigInt(size);
   const data = Buffer.alloc(size);
-  for (let done = 0; done < size;) {
-    const n = sys.pread(input.localFd, data, done, size - done, BigInt(done));
-    if (n === 0) break; // shrank meanwhile: the rest reads as zeros, as a hole would
-    done += n;
+  // A fresh read-only description of the same inode: the task's may be write-only (a deleted
+  // log file its stdout goes to, say), and pread on that fails with EBADF.
+  const fd = openSync(`/proc/self/fd/${input.localFd}`, 'r');
+  try {
+    for (let done = 0; done < size;) {
+      const n = sys.pread(fd, data, done, size - done, BigInt(done));
+      if (n === 0) break; // shrank meanwhile: the rest reads as zeros, as a hole would
+      done += n;
+    }
+  } finally {
+    closeSync(fd);
   }
   const records: ImageRecordOut[] = [{ entry: head }];
   for (const c of dataChunks(data))

@@ -7,6 +7,8 @@
  * Parsing the 73 .proto files costs ~100 ms at every start of `criu`; the build (bin/bundle.js)
  * saves the parsed schema as JSON (dist/proto-schema.json) with the size and mtime of each file,
  * and it is used while those still match (otherwise the files are parsed, as without a build).
+ * With it the build saves the message types' precompiled coders (dist/proto-coders.cjs, see
+ * static-coders.ts), taken only together with that very schema cache (same fingerprint and stamp).
  *
  * Touches no kernel interface; every image kind's message type is looked up here.
  */
@@ -15,6 +17,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
+import { installStaticCoders, loadStaticCoders, writeStaticCoders, type CodersStamp } from './static-coders.js';
 
 export type PbType = protobuf.Type;
 export type PbField = protobuf.Field;
@@ -45,8 +48,19 @@ const packageRoot = findPackageRoot();
 /** Absolute path of the proto/ directory. */
 export const protoDir: string = join(packageRoot, 'proto');
 const SCHEMA_CACHE = join(packageRoot, 'dist/proto-schema.json');
+const CODERS_CACHE = join(packageRoot, 'dist/proto-coders.cjs');
 
 let root: protobuf.Root | undefined;
+let origin: SchemaOrigin = 'parsed';
+
+/** Where the schema came from: the .proto files, the build's cache, or the cache with precompiled coders. */
+export type SchemaOrigin = 'parsed' | 'cache' | 'cache+coders';
+
+/** Where schemaRoot() took the schema from (loads it if not yet loaded): for diagnostics and tests. */
+export function schemaOrigin(): SchemaOrigin {
+  schemaRoot();
+  return origin;
+}
 
 /** The root namespace with every message of proto/ loaded and resolved (loaded once, lazily). */
 export function schemaRoot(): protobuf.Root {
@@ -68,20 +82,35 @@ function protoFingerprint(): string[] {
 
 function loadCachedSchema(): protobuf.Root | null {
   try {
-    const saved = JSON.parse(readFileSync(SCHEMA_CACHE, 'utf8')) as { files?: unknown; schema?: unknown };
-    if (JSON.stringify(saved.files) !== JSON.stringify(protoFingerprint())) return null;
+    const saved = JSON.parse(readFileSync(SCHEMA_CACHE, 'utf8')) as { files?: unknown; id?: unknown; schema?: unknown };
+    const files = protoFingerprint();
+    if (JSON.stringify(saved.files) !== JSON.stringify(files)) return null;
     const r = protobuf.Root.fromJSON(saved.schema as protobuf.INamespace);
     r.resolveAll();
+    // Without matching coders protobufjs generates them on first use, as it always would.
+    const coders = typeof saved.id === 'string' ? loadStaticCoders(CODERS_CACHE) : null;
+    const withCoders = coders !== null && installStaticCoders(r, coders, { files, id: saved.id as string });
+    origin = withCoders ? 'cache+coders' : 'cache';
     return r;
   } catch {
     return null; // no cache (not built), or unreadable: parse the files
   }
 }
 
-/** Save the parsed schema for the next starts (the build calls this). */
+/**
+ * Save the parsed schema for the next starts, and the precompiled coders of its message types
+ * (the build calls this). The coders are generated from the schema as it will be loaded (from the
+ * saved JSON), so that field order, which the generated code depends on, is the one at run time.
+ */
 export function writeSchemaCache(): void {
   const schema = parseSchema().toJSON({ keepComments: false });
-  writeFileSync(SCHEMA_CACHE, JSON.stringify({ files: protoFingerprint(), schema }));
+  // A stamp unique to this build: the coders file is only taken with this schema cache.
+  const stamp: CodersStamp = { files: protoFingerprint(), id: `${Date.now()}-${process.pid}-${Math.random()}` };
+  const text = JSON.stringify({ files: stamp.files, id: stamp.id, schema });
+  const r = protobuf.Root.fromJSON((JSON.parse(text) as { schema: protobuf.INamespace }).schema);
+  r.resolveAll();
+  writeStaticCoders(r, stamp, CODERS_CACHE);
+  writeFileSync(SCHEMA_CACHE, text);
 }
 
 function parseSchema(): protobuf.Root {

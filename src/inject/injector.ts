@@ -64,6 +64,8 @@ import { decodeWaitStatus, describeWaitStatus, isGroupStop, type WaitStatus } fr
 
 const ALL_SIGNALS = 0xffff_ffff_ffff_ffffn;
 const SIGTRAP = 5;
+/** A syscall-entry or -exit stop with PTRACE_O_TRACESYSGOOD, as waitpid reports it. */
+const SYSCALL_STOP_STATUS = (((SIGTRAP | 0x80) << 8) | 0x7f) >>> 0;
 /** The batch loop (see the header), x86_64 machine code. */
 const BATCH_CODE = Buffer.from(
   '4d85ed7432498b0424498b7c2408498b742410498b5424184d8b5424204d8b4424284d8b4c24300f0549894424384983c44049ffcdebc9cc',
@@ -287,12 +289,29 @@ export class Injector {
     argRegs.forEach((name, i) => (regs[name] = args[i] ?? 0n));
     this.isDirty = true;
     try {
-      sys.ptraceSetRegset(this.tid, NT_PRSTATUS, encodeUserRegs(regs));
-      sys.ptraceSyscall(this.tid, 0);
-      this.waitForSyscallStop('entry', nr);
-      sys.ptraceSyscall(this.tid, 0);
-      this.waitForSyscallStop('exit', nr);
-      const after = sys.ptraceGetRegset(this.tid, NT_PRSTATUS, USER_REGS_SIZE);
+      // The six requests in one hand-off to the tracer thread (~40 us instead of ~200), as long as
+      // both stops are the plain syscall stops expected; anything else is handled step by step.
+      const tid = this.tid;
+      const chain = sys.ptraceChain([
+        ['setregset', tid, NT_PRSTATUS, encodeUserRegs(regs)],
+        ['syscall', tid, 0],
+        ['waitpid', tid, __WALL, this.timeoutMs, SYSCALL_STOP_STATUS],
+        ['syscall', tid, 0],
+        ['waitpid', tid, __WALL, this.timeoutMs, SYSCALL_STOP_STATUS],
+        ['getregset', tid, NT_PRSTATUS, USER_REGS_SIZE],
+      ]);
+      let after = chain.regsets[0];
+      if (after === undefined) {
+        const first = waitResultOrThrow(this.pid, tid, this.timeoutMs, chain.waitStatus);
+        if (chain.completed === 2) {
+          this.waitForSyscallStop('entry', nr, first);
+          sys.ptraceSyscall(tid, 0);
+          this.waitForSyscallStop('exit', nr);
+        } else {
+          this.waitForSyscallStop('exit', nr, first);
+        }
+        after = sys.ptraceGetRegset(tid, NT_PRSTATUS, USER_REGS_SIZE);
+      }
       const result = BigInt.asIntN(64, decodeUserRegs(after).rax);
       if (nr === SYSCALLS_X86_64.rt_sigprocmask && result === 0n) {
         // The caller changed the mask on purpose: keep the new one instead of restoring the old.
@@ -543,9 +562,11 @@ export class Injector {
     this.scratch = { addr, sizeBytes, used: 0n, isOwned: true };
   }
 
-  private waitForSyscallStop(which: 'entry' | 'exit', nr: number): void {
+  /** Waits for the syscall stop `which`; `pending` is a stop already collected on the way. */
+  private waitForSyscallStop(which: 'entry' | 'exit', nr: number, pending?: WaitStatus): void {
     for (;;) {
-      const stop = waitStop(this.pid, this.tid, this.timeoutMs);
+      const stop = pending ?? waitStop(this.pid, this.tid, this.timeoutMs);
+      pending = undefined;
       if (stop.kind === 'stopped' && stop.isSyscallStop) return;
       if (stop.kind === 'stopped' && stop.event === 0 && FAULT_SIGNALS.has(stop.signal)) {
         // The call could not even be made (its syscall instruction is gone, say): never retry.
@@ -606,12 +627,16 @@ function writeProcMem(pid: number, addr: bigint, data: Buffer): void {
 }
 
 function waitStop(pid: number, tid: number, timeoutMs: number): WaitStatus {
-  const res = sys.waitpid(tid, __WALL, timeoutMs);
-  if (res === null) {
+  return waitResultOrThrow(pid, tid, timeoutMs, sys.waitpid(tid, __WALL, timeoutMs)?.status ?? null);
+}
+
+/** A raw wait status decoded, or (null: nothing within the timeout) the reason as a TaskError. */
+function waitResultOrThrow(pid: number, tid: number, timeoutMs: number, status: number | null): WaitStatus {
+  if (status === null) {
     if (!isAlive(pid, tid)) throw new TaskError(pid, `Task ${pid} exited while being seized`);
     throw new TaskError(pid, `Task ${pid} did not stop within ${timeoutMs} ms`);
   }
-  return decodeWaitStatus(res.status);
+  return decodeWaitStatus(status);
 }
 
 /** Wait for the stop that PTRACE_INTERRUPT asked for, passing on signals met on the way. */

@@ -9,6 +9,8 @@
  * and writes them through the kernel's own mapping, and criu's buffer is reused hot: 0.5 s per GiB,
  * and no injected call per run. The task pays for its first touch later, as it would anyway.
  *
+ * Memory just mapped and private anonymous can go in by UFFDIO_COPY instead (uffd-fill.ts says why).
+ *
  * Large fills are double-buffered on the thread pool (the next pread overlaps the current write);
  * small ones (the last pages of a live migration, the task frozen) run synchronously.
  */
@@ -40,8 +42,24 @@ interface Chunk {
   bytes: number;
 }
 
-/** Write the sources' pages into task `pid`. Returns the pages filled. */
-export async function fillPages(pid: number, sources: readonly PageSource[]): Promise<number> {
+/**
+ * Write the sources' pages into task `pid`. Returns the pages filled. With `uffd` (uffd-fill.ts)
+ * every page is in a range registered there and not present yet, and goes in by UFFDIO_COPY.
+ */
+export async function fillPages(
+  pid: number,
+  sources: readonly PageSource[],
+  opts: { uffd?: number } = {},
+): Promise<number> {
+  const { uffd } = opts;
+  const write = (buf: Buffer, c: Chunk): number =>
+    uffd === undefined
+      ? sys.processVmWritev(pid, buf, 0, remoteIov(c.runs))
+      : sys.uffdioCopy(uffd, buf, 0, remoteIov(c.runs));
+  const writeAsync = (buf: Buffer, c: Chunk): Promise<number> =>
+    uffd === undefined
+      ? sys.processVmWritevAsync(pid, buf, 0, remoteIov(c.runs))
+      : sys.uffdioCopyAsync(uffd, buf, 0, remoteIov(c.runs));
   const chunks = [...chunksOf(sources)];
   const total = chunks.reduce((n, c) => n + c.bytes, 0);
   const fds = new Map<string, number>();
@@ -65,7 +83,7 @@ export async function fillPages(pid: number, sources: readonly PageSource[]): Pr
       try {
         for (const c of chunks) {
           readChunkSync(fdOf(c.file), buf, c);
-          checkWritten(pid, c, sys.processVmWritev(pid, buf, 0, remoteIov(c.runs)));
+          checkWritten(pid, c, write(buf, c));
         }
       } finally {
         if (pooled !== null) copyBuffers.give(pooled);
@@ -79,7 +97,7 @@ export async function fillPages(pid: number, sources: readonly PageSource[]): Pr
           const buf = bufs[turn++ % 2] as Buffer;
           await readChunk(fdOf(c.file), buf, c);
           await writing; // the other buffer's write, done before this one is written from
-          writing = sys.processVmWritevAsync(pid, buf, 0, remoteIov(c.runs)).then((n) => checkWritten(pid, c, n));
+          writing = writeAsync(buf, c).then((n) => checkWritten(pid, c, n));
           writing.catch(() => undefined); // awaited at the next turn or below
         }
       } finally {

@@ -294,7 +294,10 @@ export function unreferenced(nrPages: number, keep: readonly Run[]): Run[] {
   return subtract([{ start: 0, end: nrPages }], keep);
 }
 
-/** The parts of `sources` inside `allowed` (normalized page runs), in order. */
+/**
+ * The parts of `sources` inside `allowed` (sorted, disjoint page runs; a source is cut where two
+ * adjacent runs meet), in order.
+ */
 export function clipSources(sources: readonly PageSource[], allowed: readonly Run[]): PageSource[] {
   const out: PageSource[] = [];
   let j = 0;

@@ -8,6 +8,7 @@
  */
 
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 
 function isGone(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException).code;
@@ -18,6 +19,19 @@ function isGone(err: unknown): boolean {
 export function readProcText(path: string): string | null {
   try {
     return readFileSync(path, 'utf8');
+  } catch (err) {
+    if (isGone(err)) return null;
+    throw err;
+  }
+}
+
+/**
+ * readProcText on the thread pool: for a file whose read is long kernel work (smaps walks every
+ * page table), so that it runs beside what the caller does meanwhile.
+ */
+export async function readProcTextAsync(path: string): Promise<string | null> {
+  try {
+    return await readFile(path, 'utf8');
   } catch (err) {
     if (isGone(err)) return null;
     throw err;

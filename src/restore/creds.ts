@@ -4,10 +4,15 @@
  * uids does not drop capabilities), groups, gids, uids, the bounding set, the capability sets
  * (capset v3), ambient capabilities, and the dumped securebits last. Nothing is called when the
  * thread already has the dumped credentials (the common case: root restoring root).
+ * Then no_new_privs (creds_entry field 18, CRIU 4.x), per thread: the bit changes only what execve
+ * grants and what seccomp(2) and LSM transitions allow, none of the calls above, so it goes last. The
+ * restore runs this after seccomp, whose filters go in while the thread still has criu's
+ * CAP_SYS_ADMIN; and after the threads are created, so the leader's bit does not reach them.
  */
 
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
+import { log } from '../log.js';
 import { readStatus } from '../proc/status.js';
 import { SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
 
@@ -15,6 +20,7 @@ const PR_SET_SECUREBITS = 28n;
 const PR_CAPBSET_DROP = 24n;
 const PR_CAP_AMBIENT = 47n;
 const PR_CAP_AMBIENT_RAISE = 2n;
+const PR_SET_NO_NEW_PRIVS = 38n;
 const SECBIT_KEEP_CAPS = 1n << 4n;
 const SECBIT_NO_SETUID_FIXUP = 1n << 2n;
 const LINUX_CAPABILITY_VERSION_3 = 0x20080522;
@@ -25,7 +31,7 @@ function mask(words: unknown): bigint {
   return BigInt(w[0] ?? 0) | (BigInt(w[1] ?? 0) << 32n);
 }
 
-function current(pid: number, tid: number): { ids: string; caps: string } | null {
+function current(pid: number, tid: number): { ids: string; caps: string; isNoNewPrivs: boolean } | null {
   const st = readStatus(pid, tid);
   if (st === null) return null;
   const f = (k: string): string => st.fields.get(k) ?? '';
@@ -34,11 +40,32 @@ function current(pid: number, tid: number): { ids: string; caps: string } | null
     caps: ['CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb']
       .map((k) => BigInt(`0x${f(k) || '0'}`).toString(16))
       .join('|'),
+    isNoNewPrivs: st.isNoNewPrivs,
   };
 }
 
+/** Whether a creds_entry says no_new_privs (absent in CRIU 3.x images and when the bit was clear). */
+export function hasNoNewPrivs(creds: ImageEntry | undefined): boolean {
+  return Number(creds?.['no_new_privs'] ?? 0) !== 0;
+}
+
+/**
+ * Give the stopped thread `inj` the credentials of its dumped creds_entry, then its no_new_privs bit.
+ * Call once per thread, after the threads exist and after seccomp (see the header).
+ */
 export function restoreCreds(inj: Injector, creds: ImageEntry | undefined): void {
   if (creds === undefined) return;
+  const now = current(inj.pid, inj.tid);
+  restoreIdsAndCaps(inj, creds, now);
+  if (hasNoNewPrivs(creds)) {
+    if (now?.isNoNewPrivs !== true) inj.syscallOrThrow('prctl', [PR_SET_NO_NEW_PRIVS, 1n, 0n, 0n, 0n]);
+  } else if (now?.isNoNewPrivs === true) {
+    // Inherited from criu itself (run under no_new_privs); the kernel has no way to clear it.
+    log().warn(`Thread ${inj.tid} of task ${inj.pid} keeps no_new_privs, which it did not have when dumped`);
+  }
+}
+
+function restoreIdsAndCaps(inj: Injector, creds: ImageEntry, now: { ids: string; caps: string } | null): void {
   const n = (k: string): bigint => BigInt(Number(creds[k] ?? 0));
   const groups = ((creds['groups'] as number[] | undefined) ?? []).map(Number);
   const want = {
@@ -49,7 +76,6 @@ export function restoreCreds(inj: Injector, creds: ImageEntry | undefined): void
     ].join('|'),
     caps: ['cap_inh', 'cap_prm', 'cap_eff', 'cap_bnd', 'cap_amb'].map((k) => mask(creds[k]).toString(16)).join('|'),
   };
-  const now = current(inj.pid, inj.tid);
   const secbits = n('secbits');
   if (now !== null && now.ids.replace(/ +$/, '') === want.ids && now.caps === want.caps && secbits === 0n) return;
 

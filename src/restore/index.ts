@@ -33,7 +33,7 @@ import { restoreCreds } from './creds.js';
 import { punchRestored } from '../mem/dedup.js';
 import { nowUs } from '../dump/entries.js';
 import { dumpedVmas, restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
-import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES } from './stub.js';
+import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES, waitForFreePid } from './stub.js';
 import type { Skeleton } from './skeleton.js';
 import {
   dumpedOrigRax,
@@ -114,13 +114,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const skeleton = opts.skeleton;
   if (skeleton !== undefined && skeleton.pid !== pid)
     throw new TaskError(pid, `The pre-copied task is ${skeleton.pid}, the dump is of ${pid}`);
-  if (skeleton === undefined)
-    try {
-      sys.kill(pid, 0);
-      throw new TaskError(pid, `Cannot restore task ${pid}: PID ${pid} is in use`);
-    } catch (err) {
-      if (err instanceof TaskError) throw err;
-    }
+  if (skeleton === undefined) waitForFreePid(pid);
 
   const prefilled = skeleton === undefined ? undefined : { mapped: skeleton.mappedRuns, present: img.pagesPresent };
   const stub =

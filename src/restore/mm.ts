@@ -23,6 +23,7 @@ import * as sys from '../sys/native.js';
 import { MAP, VMA_AREA } from '../dump/vma.js';
 import { clipSources, coverageOf } from '../mem/page-chain.js';
 import { fillPages } from '../mem/fill-pages.js';
+import { openUffdFill } from '../mem/uffd-fill.js';
 import { countPages, intersect, normalize, pageAddr, pageIndex, subtract, type Run } from '../mem/runs.js';
 import { shmemPagemapFileName } from '../files/image-sink.js';
 import { F_ADD_SEALS, MFD_ALLOW_SEALING } from '../files/memfd.js';
@@ -209,8 +210,10 @@ export async function restoreMemory(
   } finally {
     for (const fd of openFiles.values()) inj.syscallOrThrow('close', [fd]);
   }
-  // 2. fill from the pages files (this image's and its parents'): src/mem/fill-pages.ts
-  restored += await fillPages(inj.pid, pages);
+  // 2. fill from the pages files (this image's and its parents'): src/mem/fill-pages.ts; memory
+  // just mapped private anonymous (all of it, unless pre-copied memory was kept) by UFFDIO_COPY.
+  const fresh = prefilled === undefined ? freshAnonRuns(vmas, mappedProt, withPages) : [];
+  restored += await fillMemory(inj, pages, fresh);
   // 3. protections and advice
   for (let i = 0; i < vmas.length; i++) {
     const v = vmas[i] as Vma;
@@ -220,6 +223,49 @@ export async function restoreMemory(
     adviseVma(inj, v);
   }
   return { pagesRestored: restored };
+}
+
+/** Fills of private anonymous memory smaller than this go by process_vm_writev (not worth a userfaultfd). */
+const UFFD_FILL_MIN_BYTES = 16 << 20;
+
+/**
+ * The private anonymous VMAs just mapped (step 1) that get pages, as page runs: one per VMA, not
+ * merged, as one UFFDIO_COPY must stay within one VMA (a MAP_GROWSDOWN one next to a plain one,
+ * say, is two).
+ */
+function freshAnonRuns(
+  vmas: readonly Vma[],
+  mappedProt: ReadonlyMap<number, bigint>,
+  withPages: ReadonlySet<number>,
+): Run[] {
+  const runs: Run[] = [];
+  vmas.forEach((v, i) => {
+    const isAnonPrivate =
+      (v.status & VMA_AREA.ANON_PRIVATE) !== 0 &&
+      (v.status & (VMA_AREA.FILE_PRIVATE | VMA_AREA.FILE_SHARED | VMA_AREA.ANON_SHARED)) === 0 &&
+      (v.flags & MAP_SHARED) === 0n;
+    if (isAnonPrivate && mappedProt.has(i) && withPages.has(i))
+      runs.push({ start: pageIndex(v.start), end: pageIndex(v.end) });
+  });
+  return runs.sort((a, b) => a.start - b.start);
+}
+
+/**
+ * Write `pages` into the task: those in `freshAnon` by UFFDIO_COPY (src/mem/uffd-fill.ts) when
+ * they are many, the others (and all of them when no userfaultfd can be had) by process_vm_writev.
+ */
+async function fillMemory(inj: Injector, pages: readonly PageSource[], freshAnon: readonly Run[]): Promise<number> {
+  const anonPages = freshAnon.length === 0 ? [] : clipSources(pages, freshAnon);
+  const anonBytes = anonPages.reduce((n, s) => n + s.nrPages, 0) * Number(PAGE);
+  const uffd = anonBytes >= UFFD_FILL_MIN_BYTES ? openUffdFill(inj, freshAnon) : null;
+  if (uffd === null) return fillPages(inj.pid, pages);
+  try {
+    const viaUffd = clipSources(pages, uffd.runs);
+    const rest = clipSources(pages, subtract(coverageOf(pages), uffd.runs));
+    return (await fillPages(inj.pid, viaUffd, { uffd: uffd.fd })) + (await fillPages(inj.pid, rest));
+  } finally {
+    uffd.close();
+  }
 }
 
 /**

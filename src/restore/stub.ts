@@ -25,6 +25,7 @@ import {
   WUNTRACED,
 } from '../kernel/constants.js';
 import { readMaps } from '../proc/maps.js';
+import { readStat } from '../proc/stat.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import * as sys from '../sys/native.js';
 
@@ -87,26 +88,80 @@ export function startStub(
   nrThreads: number,
   options: { isSibling?: boolean } = {},
 ): Stub {
-  const SCRATCH_BYTES = scratchBytes(nrThreads);
   let child: number;
-  try {
-    child = sys.clone3Exec({
-      flags: options.isSibling === true ? CLONE_PARENT : 0n,
-      // clone3 refuses an exit signal with CLONE_PARENT: the child then signals our parent with
-      // our own exit signal, as a sibling of ours would.
-      exitSignal: options.isSibling === true ? 0 : SIGCHLD,
-      setTid: [pid],
-      path: stubPath(),
-      argv: ['criu-stub'],
-      envp: [],
-      // Every signal stays blocked (and pending) until the restored task's own mask is set.
-      signalMask: 0xffff_ffff_ffff_ffffn,
-    });
-  } catch (err) {
-    if (isErrno(err, 'EEXIST'))
-      throw new TaskError(pid, `Cannot restore task ${pid}: PID ${pid} is in use`, { cause: err });
-    throw new TaskError(pid, `Cannot create task ${pid}`, { cause: err });
+  for (;;) {
+    try {
+      child = cloneStub(pid, options.isSibling === true);
+      break;
+    } catch (err) {
+      if (!isErrno(err, 'EEXIST')) throw new TaskError(pid, `Cannot create task ${pid}`, { cause: err });
+      waitForFreePid(pid, err); // taken since the caller's check: throws unless it was on its way out
+    }
   }
+  return emptyStub(pid, child, layout, nrThreads, options);
+}
+
+/** How long restore waits for an exiting task to let go of the PID to restore. */
+const DYING_HOLDER_WAIT_MS = 5000;
+
+/**
+ * Return once no task holds `pid`. A live holder is an error at once; one on its way out (exiting,
+ * or a zombie not reaped yet) is waited for up to DYING_HOLDER_WAIT_MS: a task dumped and killed
+ * a moment ago, say, as `criu dump` does not wait for the kernel to free its memory.
+ */
+export function waitForFreePid(pid: number, cause?: unknown): void {
+  const until = Date.now() + DYING_HOLDER_WAIT_MS;
+  for (;;) {
+    const holder = pidHolder(pid);
+    if (holder === 'none') return;
+    if (holder === 'live' || Date.now() > until) {
+      const why = holder === 'live' ? '' : ` by a task that has not been reaped for ${DYING_HOLDER_WAIT_MS} ms`;
+      throw new TaskError(
+        pid,
+        `Cannot restore task ${pid}: PID ${pid} is in use${why}`,
+        cause === undefined ? {} : { cause },
+      );
+    }
+    sleepMs(2);
+  }
+}
+
+/** Who holds `pid`: nobody (any more), a task on its way out (exiting, or a zombie), or a live one. */
+function pidHolder(pid: number): 'none' | 'exiting' | 'live' {
+  const st = readStat(pid);
+  if (st === null) return 'none';
+  return st.state === 'Z' || st.state === 'X' || (st.flags & PF_EXITING) !== 0 ? 'exiting' : 'live';
+}
+
+const PF_EXITING = 0x4;
+
+function sleepMs(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+function cloneStub(pid: number, isSibling: boolean): number {
+  return sys.clone3Exec({
+    flags: isSibling ? CLONE_PARENT : 0n,
+    // clone3 refuses an exit signal with CLONE_PARENT: the child then signals our parent with
+    // our own exit signal, as a sibling of ours would.
+    exitSignal: isSibling ? 0 : SIGCHLD,
+    setTid: [pid],
+    path: stubPath(),
+    argv: ['criu-stub'],
+    envp: [],
+    // Every signal stays blocked (and pending) until the restored task's own mask is set.
+    signalMask: 0xffff_ffff_ffff_ffffn,
+  });
+}
+
+function emptyStub(
+  pid: number,
+  child: number,
+  layout: readonly { start: bigint; end: bigint }[],
+  nrThreads: number,
+  options: { isSibling?: boolean },
+): Stub {
+  const SCRATCH_BYTES = scratchBytes(nrThreads);
   try {
     if (options.isSibling === true) {
       // Not our child: its stop is seen in /proc, not by waitpid.

@@ -38,7 +38,6 @@
 
 import { SyscallError, TaskError, UnsupportedError, describeError, isErrno } from '../../errors.js';
 import {
-  O_CLOEXEC,
   PAGE_IS_WRITTEN,
   PAGE_REGION_WORDS,
   PAGE_SIZE,
@@ -47,14 +46,13 @@ import {
   UFFDIO_REGISTER_MODE_WP,
   UFFD_FEATURE_WP_ASYNC,
   UFFD_FEATURE_WP_UNPOPULATED,
-  UFFD_USER_MODE_ONLY,
 } from '../../kernel/constants.js';
 import type { Injector } from '../../inject/injector.js';
 import { log } from '../../log.js';
 import { readMaps } from '../../proc/maps.js';
 import { openPagemap } from '../../proc/pagemap.js';
-import { SYSCALLS_X86_64 } from '../../kernel/syscalls.js';
 import * as sys from '../../sys/native.js';
+import { userfaultfdOfTask } from '../uffd-fill.js';
 import { findHolders, spawnHolder, startTimeOf, stopHolder, takeHolderFd } from './holder.js';
 import {
   intersectRuns,
@@ -280,16 +278,8 @@ export class UffdTracker extends BaseTracker {
 
 /** userfaultfd created in the frozen task, duplicated here, closed there; UFFDIO_API done. */
 function createInTask(pid: number, pidfd: number, injector: Injector): number {
-  const remote = injector.syscallOrThrow('userfaultfd', [BigInt(O_CLOEXEC | UFFD_USER_MODE_ONLY)]);
-  let uffd: number;
+  const uffd = userfaultfdOfTask(injector, pidfd);
   try {
-    uffd = sys.pidfdGetfd(pidfd, Number(remote), 0);
-  } catch (err) {
-    injector.syscall(SYSCALLS_X86_64.close, [remote]);
-    throw err;
-  }
-  try {
-    injector.syscallOrThrow('close', [remote]);
     const wanted = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
     const got = sys.uffdioApi(uffd, wanted).features;
     if ((got & wanted) !== wanted)

@@ -38,14 +38,14 @@ t.test('the pre-read is used while the VMAs are unchanged, read again when not',
 
   // Unchanged: the same VMAs as a fresh read.
   const fresh = frozenMm(pid, null);
-  const reused = frozenMm(pid, preReadMm(pid));
+  const reused = frozenMm(pid, await preReadMm(pid));
   t.same(
     reused.vmas.map((v) => [v.start, v.end, v.prot, v.madv]),
     fresh.vmas.map((v) => [v.start, v.end, v.prot, v.madv]),
   );
 
   // A VMA mapped after the pre-read: maps differs, smaps is read again and the VMA is there.
-  const pre = preReadMm(pid);
+  const pre = await preReadMm(pid);
   const added = anon();
   t.ok(added > 0n, `mmap gave 0x${added.toString(16)}`);
   const afterAdd = frozenMm(pid, pre);
@@ -54,14 +54,14 @@ t.test('the pre-read is used while the VMAs are unchanged, read again when not',
 
   // madvise on that whole VMA after a pre-read: no split, maps is unchanged, so the pre-read's
   // flags are used (the accepted blind spot, see mm.ts); a dump without pre-read sees the advice.
-  const pre2 = preReadMm(pid);
+  const pre2 = await preReadMm(pid);
   t.equal(injectSyscall(pid, NR.madvise, [added, PAGES * 4096n, MADV_DONTDUMP]), 0n);
   const stale = frozenMm(pid, pre2);
   t.equal(vmaAt(stale, added)?.madv, 0n, 'advice given after the pre-read on a whole VMA is not seen');
   t.equal(vmaAt(frozenMm(pid, null), added)?.madv, 1n << MADV_DONTDUMP, 'a frozen read sees it');
 
   // madvise on part of it splits the VMA: seen.
-  const pre3 = preReadMm(pid);
+  const pre3 = await preReadMm(pid);
   t.equal(injectSyscall(pid, NR.madvise, [added, 4096n, 14n /* MADV_HUGEPAGE */]), 0n);
   const split = frozenMm(pid, pre3);
   t.equal(vmaAt(split, added)?.end, added + 4096n, 'the split is seen and smaps read again');

@@ -44,6 +44,7 @@ const FDS: [number, FdKindModule][] = [
   [21, regFile],
   [22, regFile],
   [23, regFile],
+  [24, regFile],
 ];
 
 function critDecode(path: string): Record<string, unknown> {
