@@ -197,6 +197,8 @@ export function fcntl(fd: number, cmd: number, arg: number): number;
 export function pipe2(flags: number): [number, number];
 /** fallocate(fd, mode, offset, len): FALLOC_FL_PUNCH_HOLE for dedup. */
 export function fallocate(fd: number, mode: number, offset: bigint, len: bigint): void;
+/** The same on the thread pool (allocating a large range is long kernel work). */
+export function fallocateAsync(fd: number, mode: number, offset: bigint, len: bigint): Promise<void>;
 /** fsync(fd). */
 export function fsync(fd: number): void;
 /**

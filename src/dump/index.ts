@@ -26,6 +26,7 @@ import { copyBuffers } from '../mem/buffer-pool.js';
 import { readChildren, scanChildren } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
+import type * as TrackModule from '../mem/track/index.js';
 import { checkFds, dumpFiles } from '../files/index.js';
 import { localImageSink } from '../files/image-sink.js';
 import type { FileOptions } from '../files/types.js';
@@ -88,6 +89,19 @@ export type DumpResult = DumpStats & {
 };
 
 const O_DIRECTORY = 0o200000;
+/** Full dumps with fewer bytes of pages than this do not reserve room for them ahead. */
+const RESERVE_MIN_BYTES = 64 << 20;
+
+/**
+ * About how many bytes of pages a full dump of `pid` copies: its anonymous memory, present and
+ * swapped (RssAnon + VmSwap of /proc/PID/status, which costs no page-table walk). The private
+ * VMAs' pages are what a dump copies (src/dump/vma.ts); shared memory goes elsewhere.
+ */
+function estimatePagesBytes(pid: number): number {
+  const fields = readStatus(pid)?.fields;
+  const kib = (key: string): number => Number.parseInt(fields?.get(key) ?? '0', 10) || 0;
+  return (kib('RssAnon') + kib('VmSwap')) * 1024;
+}
 /** The image kinds every dump writes (their encoders are made ready before the freeze). */
 const DUMP_IMAGE_KINDS = [
   'MM',
@@ -129,19 +143,32 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
   let nextPagesId = 2; // pages-1.img holds the task's memory
-  await dumpCpuinfo(dir);
-
-  // Whatever can be known before the freeze is not part of the frozen time: the tracker module
-  // and the kernel probes that choose it (kerndat, 30-120 ms on first use).
-  const track = opts.trackMem === true || isTrackingRecorded(pid) ? await import('../mem/track/index.js') : null;
-  if (track !== null) kerndat();
-  prepareImageKinds(DUMP_IMAGE_KINDS);
-  // smaps walks every page table: read before the freeze; once frozen only checked to still hold.
-  const mmPre = await mmPreReading;
-  await reserving; // the copy buffers' first touch is slow on VMs: not while frozen (buffer-pool.ts)
-
-  const t0 = nowUs();
-  let frozen: FrozenProcess | null = freezeProcess(pid);
+  const sink = opts.sink ?? localPageSink(dir);
+  // A full dump reserves room for its pages at once, on the thread pool (PageSink.reserve): it
+  // is allocated while the rest is prepared. A failure from here on discards it (sink.abort).
+  const isFullCopy = opts.prevImagesDir === undefined && opts.trackMem !== true && !isTrackingRecorded(pid);
+  const estimate = isFullCopy ? estimatePagesBytes(pid) : 0;
+  if (estimate >= RESERVE_MIN_BYTES) sink.reserve?.(estimate);
+  let track: typeof TrackModule | null;
+  let mmPre: Awaited<typeof mmPreReading>;
+  let frozen: FrozenProcess | null;
+  let t0: number;
+  try {
+    await dumpCpuinfo(dir);
+    // Whatever can be known before the freeze is not part of the frozen time: the tracker module
+    // and the kernel probes that choose it (kerndat, 30-120 ms on first use).
+    track = opts.trackMem === true || isTrackingRecorded(pid) ? await import('../mem/track/index.js') : null;
+    if (track !== null) kerndat();
+    prepareImageKinds(DUMP_IMAGE_KINDS);
+    // smaps walks every page table: read before the freeze; once frozen only checked to still hold.
+    mmPre = await mmPreReading;
+    await reserving; // the copy buffers' first touch is slow on VMs: not while frozen (buffer-pool.ts)
+    t0 = nowUs();
+    frozen = freezeProcess(pid);
+  } catch (err) {
+    await sink.abort();
+    throw err;
+  }
   const tFrozen = nowUs();
   log().info(`Frozen ${frozen.threads.length} thread(s) of ${pid} in ${tFrozen - t0} us`);
   const stats: DumpResult = {
@@ -153,7 +180,6 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     pagesSkippedParent: 0,
     pagesWritten: 0,
   };
-  const sink = opts.sink ?? localPageSink(dir);
   let tracker: DirtyTracker | null = null;
   // The files' shared state: one ghost table for the fds and the mappings (a deleted file open
   // and mapped is one ghost), and the --link-remap links a failed dump removes.

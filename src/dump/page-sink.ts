@@ -10,7 +10,7 @@ import { readdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pagemapEntry, writeImage } from '../images/index.js';
 import { log } from '../log.js';
-import { writePages } from '../mem/dump-pages.js';
+import { discardPagesFile, preparePagesFile, writePages, type PreparedPagesFile } from '../mem/dump-pages.js';
 import { localDest, type KnownState, type MemoryPlan } from './memory.js';
 
 export interface WritePagesOptions {
@@ -22,6 +22,11 @@ export interface WritePagesOptions {
 
 export interface PageSink {
   readonly isLocal: boolean;
+  /**
+   * About `bytes` of pages will be written: make room ahead, while the dumper does other things
+   * (local files: preparePagesFile). Optional; only a hint.
+   */
+  reserve?(bytes: number): void;
   /** Begin the task's pagemap; true when the destination has the parent image pages may refer to. */
   open(pid: number, prevImagesDir: string | undefined): Promise<boolean>;
   /** Copy the planned pages from the task and record the whole pagemap. */
@@ -38,8 +43,13 @@ export interface PageSink {
 export function localPageSink(dir: string): PageSink {
   let pending: { pid: number; plan: MemoryPlan } | null = null;
   const written: string[] = [];
+  let prepared: Promise<PreparedPagesFile> | null = null;
   return {
     isLocal: true,
+    reserve(bytes) {
+      prepared = preparePagesFile(dir, 1, bytes);
+      prepared.catch(() => undefined); // an open that failed: writePages opens (and reports) itself
+    },
     open(_pid, prev) {
       if (prev === undefined) return Promise.resolve(false);
       const parent = path.resolve(dir, prev);
@@ -48,7 +58,9 @@ export function localPageSink(dir: string): PageSink {
       return Promise.resolve(ok);
     },
     async writePages(pid, plan, opts) {
-      const res = await writePages(pid, plan.copy, dir, 1, opts.onProgress, opts.signal, opts.running);
+      const file = prepared === null ? undefined : await prepared.catch(() => undefined);
+      prepared = null;
+      const res = await writePages(pid, plan.copy, dir, 1, opts.onProgress, opts.signal, opts.running, file);
       written.push('pages-1.img');
       if (res.pagesGone > 0) log().info(`${res.pagesGone} pages were unmapped during the copy (zeros written)`);
       pending = { pid, plan };
@@ -65,6 +77,9 @@ export function localPageSink(dir: string): PageSink {
       pending = null;
     },
     async abort() {
+      const file = prepared === null ? undefined : await prepared.catch(() => undefined);
+      prepared = null;
+      if (file !== undefined) await discardPagesFile(file);
       for (const name of written) await unlink(path.join(dir, name)).catch(() => undefined);
     },
     destination: (d) => localDest(d) ?? `dir:${path.resolve(d)}`,

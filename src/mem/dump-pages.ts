@@ -16,6 +16,7 @@ import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } fro
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { CriuError, ImageError, TaskError, isErrno } from '../errors.js';
+import { log } from '../log.js';
 import { openPagemap, readPagemapRuns, scanPagemapRuns } from '../proc/pagemap.js';
 import { PAGE_SIZE, PE_PRESENT, type ImageEntry } from '../images/index.js';
 import * as sys from '../sys/native.js';
@@ -83,6 +84,53 @@ export function findPageRuns(pid: number, ranges: readonly DumpRange[]): { runs:
   return { runs, pagesScanned: scanned };
 }
 
+/** A pages file made ready before the copy (preparePagesFile): open, with room allocated. */
+export interface PreparedPagesFile {
+  /** Its temporary name (renamed to pages-<id>.img once complete). */
+  tmp: string;
+  fh: FileHandle;
+  /** Bytes allocated in it (0 when the file system refused): cut back to what is written. */
+  allocatedBytes: number;
+}
+
+/**
+ * Create the temporary file of `dir/pages-<pagesId>.img` and allocate `bytes` in it, on the thread
+ * pool, while the dumper does other things: the copy then writes into pages that exist already.
+ * On tmpfs that moves a third of the writing's cost out of the copy (1 GiB: a 250 ms write becomes
+ * 100 ms of fallocate ahead and a 160 ms write, measured here). A refused allocation (a full file
+ * system, one without fallocate) is only logged: the writes allocate as usual, and fail as usual.
+ */
+export async function preparePagesFile(dir: string, pagesId: number, bytes: number): Promise<PreparedPagesFile> {
+  const tmp = pagesTmpName(dir, pagesId);
+  // Created and its allocation queued synchronously, so that it starts now, not at the caller's
+  // next turn of the event loop (a dump's preparation is mostly synchronous work).
+  const fd = openSync(tmp, 'wx', 0o600);
+  const allocating = sys.fallocateAsync(fd, 0, 0n, BigInt(bytes)).then(
+    () => true,
+    (err: unknown) => {
+      log().debug(`Cannot allocate ${bytes} bytes for ${path.basename(tmp)} ahead: ${String(err)}`);
+      return false;
+    },
+  );
+  try {
+    const fh = await open(tmp, 'r+');
+    return { tmp, fh, allocatedBytes: (await allocating) ? bytes : 0 };
+  } finally {
+    await allocating;
+    closeSync(fd);
+  }
+}
+
+/** Close and remove a prepared pages file that will not be written. */
+export async function discardPagesFile(prepared: PreparedPagesFile): Promise<void> {
+  await prepared.fh.close().catch(() => undefined);
+  await unlink(prepared.tmp).catch(() => undefined);
+}
+
+function pagesTmpName(dir: string, pagesId: number): string {
+  return path.join(dir, `.pages-${pagesId}.img.tmp-${process.pid}`);
+}
+
 /** Split runs into batches of at most CHUNK_BYTES and IOV_MAX runs (runs may be cut). */
 function* batches(runs: readonly PageRun[]): Generator<PageRun[]> {
   let batch: PageRun[] = [];
@@ -119,17 +167,24 @@ export async function writePages(
   signal?: AbortSignal,
   /** The task runs meanwhile (pre-dump): pages unmapped since the plan are written as zeros. */
   tolerateGone = false,
+  /** The file to write, made ready by preparePagesFile (taken over: closed, renamed or removed). */
+  prepared?: PreparedPagesFile,
 ): Promise<{ entries: ImageEntry[]; pagesWritten: number; pagesGone: number }> {
   const final = path.join(dir, `pages-${pagesId}.img`);
-  const tmp = path.join(dir, `.pages-${pagesId}.img.tmp-${process.pid}`);
+  const tmp = prepared?.tmp ?? pagesTmpName(dir, pagesId);
   const totalBytes = runs.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
-  if (totalBytes <= SYNC_MAX_BYTES) {
+  if (totalBytes <= SYNC_MAX_BYTES && prepared === undefined) {
     if (signal?.aborted === true) throw new TaskError(pid, 'Dump interrupted', { cause: signal.reason });
     const { written, gone } = writePagesSync(pid, runs, final, tmp, tolerateGone);
     onProgress?.(totalBytes);
     return { entries: pagemapEntries(runs), pagesWritten: written, pagesGone: gone };
   }
-  const fh: FileHandle = await open(tmp, 'wx', 0o600);
+  let fh: FileHandle;
+  try {
+    fh = prepared?.fh ?? (await open(tmp, 'wx', 0o600));
+  } catch (err) {
+    throw new ImageError(final, 'the file system refused it', undefined, { cause: err, isWrite: true });
+  }
   const buffers = [copyBuffers.take(), copyBuffers.take()];
   let pending: Promise<unknown> = Promise.resolve();
   let written = 0;
@@ -154,6 +209,7 @@ export async function writePages(
       onProgress?.(written);
     }
     await pending;
+    if ((prepared?.allocatedBytes ?? 0) > written) await fh.truncate(written); // fewer pages than estimated
     await fh.sync();
     await fh.close();
     await rename(tmp, final);

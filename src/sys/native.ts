@@ -101,6 +101,7 @@ export const {
   fcntl,
   pipe2,
   fallocate,
+  fallocateAsync,
   fsync,
   openByHandleAt,
   pagemapScan,
