@@ -147,7 +147,8 @@ void RunSteps(const std::vector<Step>& steps, Outcome* out) {
       }
       case Kind::kSyscall:
       case Kind::kCont:
-        r = syscall(SYS_ptrace, s.kind == Kind::kSyscall ? PTRACE_SYSCALL : PTRACE_CONT, s.pid, 0, s.a);
+        r = syscall(SYS_ptrace, s.kind == Kind::kSyscall ? PTRACE_SYSCALL : PTRACE_CONT, s.pid, 0,
+                    s.a);
         break;
       case Kind::kWaitpid: {
         WaitpidOutcome w = WaitpidOnTracer(s.pid, static_cast<int>(s.a), s.timeout_ms);
