@@ -81,12 +81,17 @@ struct VmCopy {
   }
 };
 
-// Reads (pid, buffer, offset, remote) and checks the remote total fits in the buffer.
-VmCopy Read(const Napi::CallbackInfo& info, bool write) {
+// Reads (pid, buffer, offset, remote), or (fd, ...) for UFFDIO_COPY, and checks the remote total
+// fits in the buffer.
+VmCopy Read(const Napi::CallbackInfo& info, bool write, bool is_uffd = false) {
   Napi::Env env = info.Env();
   VmCopy c;
   c.write = write;
-  c.pid = ArgInt32(info, 0, "pid");
+  if (is_uffd) {
+    c.uffd = ArgInt32(info, 0, "fd");
+  } else {
+    c.pid = ArgInt32(info, 0, "pid");
+  }
   Napi::Buffer<uint8_t> buf = ArgBuffer(info, 1, write ? "src" : "dst");
   int64_t offset = ArgInt64Number(info, 2, write ? "srcOffset" : "dstOffset");
   Napi::TypedArrayOf<uint64_t> remote = ArgBigUint64Array(info, 3, "remote");
@@ -109,8 +114,7 @@ VmCopy Read(const Napi::CallbackInfo& info, bool write) {
 }
 
 Napi::Value Sync(const Napi::CallbackInfo& info, bool write, bool is_uffd = false) {
-  VmCopy c = Read(info, write);
-  if (is_uffd) std::swap(c.uffd, c.pid);
+  VmCopy c = Read(info, write, is_uffd);
   int err = 0;
   long r = c.Run(&err);
   if (r < 0) ThrowSyscall(info.Env(), c.Name(), err, c.Args());
@@ -137,8 +141,7 @@ class VmCopyWorker : public PromiseWorker {
 };
 
 Napi::Value Async(const Napi::CallbackInfo& info, bool write, bool is_uffd = false) {
-  auto c = std::make_shared<VmCopy>(Read(info, write));
-  if (is_uffd) std::swap(c->uffd, c->pid);
+  auto c = std::make_shared<VmCopy>(Read(info, write, is_uffd));
   return PromiseWorker::Start(new VmCopyWorker(info.Env(), c, {info[1], info[3]}));
 }
 

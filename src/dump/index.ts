@@ -146,8 +146,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const sink = opts.sink ?? localPageSink(dir);
   // A full dump reserves room for its pages at once, on the thread pool (PageSink.reserve): it
   // is allocated while the rest is prepared. A failure from here on discards it (sink.abort).
-  const isFullCopy = opts.prevImagesDir === undefined && opts.trackMem !== true && !isTrackingRecorded(pid);
-  const estimate = isFullCopy ? estimatePagesBytes(pid) : 0;
+  const isTracking = opts.trackMem === true || isTrackingRecorded(pid);
+  const estimate = opts.prevImagesDir === undefined && !isTracking ? estimatePagesBytes(pid) : 0;
   if (estimate >= RESERVE_MIN_BYTES) sink.reserve?.(estimate);
   let track: typeof TrackModule | null;
   let mmPre: Awaited<typeof mmPreReading>;
@@ -157,7 +157,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     await dumpCpuinfo(dir);
     // Whatever can be known before the freeze is not part of the frozen time: the tracker module
     // and the kernel probes that choose it (kerndat, 30-120 ms on first use).
-    track = opts.trackMem === true || isTrackingRecorded(pid) ? await import('../mem/track/index.js') : null;
+    track = isTracking ? await import('../mem/track/index.js') : null;
     if (track !== null) kerndat();
     prepareImageKinds(DUMP_IMAGE_KINDS);
     // smaps walks every page table: read before the freeze; once frozen only checked to still hold.

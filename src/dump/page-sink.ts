@@ -44,6 +44,12 @@ export function localPageSink(dir: string): PageSink {
   let pending: { pid: number; plan: MemoryPlan } | null = null;
   const written: string[] = [];
   let prepared: Promise<PreparedPagesFile> | null = null;
+  /** The reserved file, now the caller's (undefined: none, or its open failed). */
+  const takePrepared = async (): Promise<PreparedPagesFile | undefined> => {
+    const p = prepared;
+    prepared = null;
+    return p === null ? undefined : p.catch(() => undefined);
+  };
   return {
     isLocal: true,
     reserve(bytes) {
@@ -58,8 +64,7 @@ export function localPageSink(dir: string): PageSink {
       return Promise.resolve(ok);
     },
     async writePages(pid, plan, opts) {
-      const file = prepared === null ? undefined : await prepared.catch(() => undefined);
-      prepared = null;
+      const file = await takePrepared();
       const res = await writePages(pid, plan.copy, dir, 1, opts.onProgress, opts.signal, opts.running, file);
       written.push('pages-1.img');
       if (res.pagesGone > 0) log().info(`${res.pagesGone} pages were unmapped during the copy (zeros written)`);
@@ -77,8 +82,7 @@ export function localPageSink(dir: string): PageSink {
       pending = null;
     },
     async abort() {
-      const file = prepared === null ? undefined : await prepared.catch(() => undefined);
-      prepared = null;
+      const file = await takePrepared();
       if (file !== undefined) await discardPagesFile(file);
       for (const name of written) await unlink(path.join(dir, name)).catch(() => undefined);
     },

@@ -24,6 +24,7 @@ import { encodeEntry, UNKNOWN_FIELDS, type ImageEntry } from './entry-codec.js';
 import { entryType } from './image-reader.js';
 import { IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC, imageKind, type ImageKind } from './kinds.js';
 import { fieldsByNumber, type PbType } from './schema.js';
+import { isOtherArchType } from './static-coders.js';
 
 const FLUSH_BYTES = 256 * 1024;
 /**
@@ -228,7 +229,7 @@ export function prepareImageKinds(kinds: readonly string[]): void {
     seen.add(type);
     // The other architectures' messages (core_entry has a field for each) are never set here:
     // their coders would be built on first use, i.e. never (~40% of the whole cost).
-    if (OTHER_ARCH.test(type.name)) return;
+    if (isOtherArchType(type.name)) return;
     type.setup();
     for (const f of fieldsByNumber(type)) {
       const rt = f.resolvedType;
@@ -242,8 +243,6 @@ export function prepareImageKinds(kinds: readonly string[]): void {
     visit(entryType(k, 1));
   }
 }
-
-const OTHER_ARCH = /aarch64|_arm|arm_|ppc64|s390|mips|loongarch|riscv/i;
 
 /** One image to write with writeImagesSync. */
 export interface ImageToWrite {

@@ -71,16 +71,18 @@ function allTypes(ns: protobuf.NamespaceBase, out: protobuf.Type[] = []): protob
 }
 
 /**
- * The other architectures' register sets (core_entry has a field for each) are never in an x86-64
- * image: leaving them out makes the file, whose size is most of its load time, ~15% smaller.
+ * Whether a message type is another architecture's register set (core_entry has a field for each):
+ * never in an x86-64 image. Leaving them out makes the coders file, whose size is most of its load
+ * time, ~15% smaller, and prepareImageKinds skips them.
  */
+export const isOtherArchType = (name: string): boolean => OTHER_ARCH.test(name);
 const OTHER_ARCH = /aarch64|_arm|arm_|ppc64|s390|mips|loongarch|riscv/i;
 
 /**
  * descriptor.proto's messages are only used while parsing .proto files (for options), never for
  * an image: they are left to protobufjs (and .google.protobuf.Any has custom wrappers in setup).
  */
-const isImageType = (t: protobuf.Type): boolean => !t.fullName.startsWith('.google.') && !OTHER_ARCH.test(t.fullName);
+const isImageType = (t: protobuf.Type): boolean => !t.fullName.startsWith('.google.') && !isOtherArchType(t.fullName);
 
 /** "function (" → "function NAME(": names show in stack traces and CPU profiles. */
 function named(source: string, name: string): string {

@@ -18,6 +18,7 @@ import { closeSync, existsSync, openSync, readFileSync, readSync, writeFileSync 
 import { describeError, isErrno } from '../errors.js';
 import { readMaps, type MapsEntry } from '../proc/maps.js';
 import * as native from '../sys/native.js';
+import { sleepMs } from '../sys/wait.js';
 import { readCapabilities, type Capabilities } from './caps.js';
 import { formatVdsoLayout, parseVdsoLayout, type VdsoLayout } from './vdso.js';
 
@@ -68,11 +69,6 @@ export interface ProbeResult {
   isOk: boolean;
   /** What was seen, or why it failed. */
   detail: string;
-}
-
-/** Block the JS thread for `ms` (probes are synchronous, and short). */
-function sleepMs(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 const isStopped = (status: number): boolean => (status & 0xff) === 0x7f;

@@ -9,14 +9,14 @@
  * How: a userfaultfd is created inside the task (its context binds to the creating mm) by an
  * injected userfaultfd(O_CLOEXEC | UFFD_USER_MODE_ONLY), taken out with pidfd_getfd and closed
  * there, so the task's fd table is as before. The ranges are registered in MISSING mode; nothing
- * in the task runs meanwhile, so no fault is ever raised. close() unregisters them and closes the
- * last reference: the VMAs are as they were before (VM_UFFD_MISSING cleared, merged back).
+ * in the task runs meanwhile, so no fault is ever raised. close() closes the last reference, which
+ * unregisters them: the VMAs are as they were before (VM_UFFD_MISSING cleared, merged back).
  *
  * Only for memory just mapped (no page there: UFFDIO_COPY refuses a present page with EEXIST), and
  * only private anonymous memory (MISSING mode refuses file mappings).
  *
  * Kernel interfaces: userfaultfd(2) injected, pidfd_open/pidfd_getfd, UFFDIO_API,
- * UFFDIO_REGISTER/UNREGISTER, UFFDIO_COPY (native/memory.cc).
+ * UFFDIO_REGISTER, UFFDIO_COPY (native/memory.cc).
  */
 
 import type { Injector } from '../inject/injector.js';
@@ -89,15 +89,7 @@ export function openUffdFill(injector: Injector, runs: readonly Run[]): UffdFill
   return {
     fd,
     runs: registered,
-    close: () => {
-      try {
-        for (const r of registered) {
-          const start = pageAddr(r.start);
-          sys.uffdioUnregister(fd, start, pageAddr(r.end) - start);
-        }
-      } finally {
-        sys.close(fd); // the last reference: would unregister everything anyway
-      }
-    },
+    // The last reference (the task's was closed): closing it unregisters every range.
+    close: () => sys.close(fd),
   };
 }

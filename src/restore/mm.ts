@@ -260,7 +260,7 @@ async function fillMemory(inj: Injector, pages: readonly PageSource[], freshAnon
   const uffd = anonBytes >= UFFD_FILL_MIN_BYTES ? openUffdFill(inj, freshAnon) : null;
   if (uffd === null) return fillPages(inj.pid, pages);
   try {
-    const viaUffd = clipSources(pages, uffd.runs);
+    const viaUffd = clipSources(anonPages, uffd.runs);
     const rest = clipSources(pages, subtract(coverageOf(pages), uffd.runs));
     return (await fillPages(inj.pid, viaUffd, { uffd: uffd.fd })) + (await fillPages(inj.pid, rest));
   } finally {

@@ -28,6 +28,7 @@ import { readMaps } from '../proc/maps.js';
 import { readStat } from '../proc/stat.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import * as sys from '../sys/native.js';
+import { sleepMs } from '../sys/wait.js';
 
 const PAGE = 4096n;
 /** The scratch area: a code page, 512 KiB for the leader's call arguments, 16 KiB per thread. */
@@ -135,10 +136,6 @@ function pidHolder(pid: number): 'none' | 'exiting' | 'live' {
 
 const PF_EXITING = 0x4;
 
-function sleepMs(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
-
 function cloneStub(pid: number, isSibling: boolean): number {
   return sys.clone3Exec({
     flags: isSibling ? CLONE_PARENT : 0n,
@@ -218,7 +215,6 @@ function emptyStub(
 /** Wait (polling /proc) until `pid` is in a stop ("T"); false after `timeoutMs` or if it is gone. */
 function waitStopped(pid: number, timeoutMs: number): boolean {
   const until = Date.now() + timeoutMs;
-  const pause = new Int32Array(new SharedArrayBuffer(4));
   for (;;) {
     let stat: string;
     try {
@@ -228,7 +224,7 @@ function waitStopped(pid: number, timeoutMs: number): boolean {
     }
     if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('T')) return true;
     if (Date.now() > until) return false;
-    Atomics.wait(pause, 0, 0, 1);
+    sleepMs(1);
   }
 }
 

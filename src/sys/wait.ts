@@ -94,3 +94,11 @@ export function describeWaitStatus(s: WaitStatus): string {
       return 'continued';
   }
 }
+
+/**
+ * Block the JS thread for `ms` milliseconds: for the short polls of /proc that no kernel wait
+ * covers (a task's state, a PID being let go).
+ */
+export function sleepMs(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}

@@ -16,11 +16,11 @@ import {
   waitpid,
 } from '../../../src/sys/native.js';
 import { decodeUserRegs, encodeUserRegs } from '../../../src/sys/regs.js';
-import { decodeWaitStatus } from '../../../src/sys/wait.js';
+import { decodeWaitStatus, encodeWaitStatus } from '../../../src/sys/wait.js';
 import { spawnDetached } from './procs.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace)';
-const SYSCALL_STOP = ((SIGTRAP | 0x80) << 8) | 0x7f;
+const SYSCALL_STOP = encodeWaitStatus({ kind: 'stopped', signal: SIGTRAP, event: 0, isSyscallStop: true });
 
 /** A sleeping process seized and in an interrupt stop; its registers at the stop. */
 function seizedSleep(t: Test): { pid: number; regs: Buffer } {
