@@ -14,7 +14,7 @@ const outputs = [
   'native/stub/criu-stub',
   'native/stub/track-holder',
   'dist/src/cli/criu.js',
-  'dist/bundle/criu.mjs',
+  'dist/bundle/criu.cjs',
   'dist/proto-coders.cjs',
   'test/fixtures/bin/cr_basic',
 ];

@@ -8,5 +8,7 @@ import { runCli } from './program.js';
 
 exitOnClosedStdout();
 const interruptedExitCode = deferTerminationSignals();
-const code = await runCli(process.argv.slice(2));
-process.exitCode = interruptedExitCode() ?? code;
+// No top-level await: the bundle bin/criu.js runs is CommonJS (bin/bundle.js says why).
+void runCli(process.argv.slice(2)).then((code) => {
+  process.exitCode = interruptedExitCode() ?? code;
+});

@@ -103,7 +103,7 @@ export async function runPageServer(
 function daemonCommand(): { execArgv: string[]; script: string } {
   const self = fileURLToPath(import.meta.url);
   const isTs = self.endsWith('.ts');
-  const script = self.endsWith('.mjs')
+  const script = /\/dist\/bundle\/[^/]+$/.test(self)
     ? join(dirname(self), '../src/cli/page-server.js')
     : self.replace(/page-server-cmd\.(ts|js)$/, isTs ? 'page-server.ts' : 'page-server.js');
   return { execArgv: isTs ? ['--import', 'tsx'] : [], script };

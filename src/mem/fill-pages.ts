@@ -43,6 +43,17 @@ interface Chunk {
 }
 
 /**
+ * Have the two copy buffers of a fill of `pages` pages faulted in, on the thread pool: a restore
+ * starts this as soon as it knows the page count and awaits it before the fill, so that the first
+ * touch of 16 MiB (~60 ms on the development VM) overlaps with creating the task. Never rejects:
+ * if it fails, the fill faults its buffers itself.
+ */
+export async function reserveFillBuffers(pages: number): Promise<void> {
+  if (pages * PAGE_SIZE <= SYNC_MAX_BYTES) return;
+  await copyBuffers.reserveAsync(2).catch(() => undefined);
+}
+
+/**
  * Write the sources' pages into task `pid`. Returns the pages filled. With `uffd` (uffd-fill.ts)
  * every page is in a range registered there and not present yet, and goes in by UFFDIO_COPY.
  */

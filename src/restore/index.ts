@@ -31,6 +31,8 @@ import { loadImages } from './images.js';
 import { restoreSeccomp } from './seccomp.js';
 import { restoreCreds } from './creds.js';
 import { punchRestored } from '../mem/dedup.js';
+import { reserveFillBuffers } from '../mem/fill-pages.js';
+import { countPages } from '../mem/runs.js';
 import { nowUs } from '../dump/entries.js';
 import { dumpedVmas, restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
 import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES, waitForFreePid } from './stub.js';
@@ -85,6 +87,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const img = await loadImages(opts.imagesDir, { isPageChainLazy: opts.skeleton !== undefined });
   const { pid } = img;
   log().debug('restore: images loaded and checked');
+  const reserving = reserveFillBuffers(countPages(img.pagesPresent));
   if (existsSync(path.join(img.dir, 'cpuinfo.img'))) {
     const mismatches = await checkCpuinfoDir(img.dir, opts.cpuCap ?? ['fpu']);
     if (mismatches.length > 0)
@@ -136,6 +139,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       filesShared,
     );
     log().debug('restore: memory');
+    await reserving;
     pagesRestored = (
       await restoreMemory(
         leader,
