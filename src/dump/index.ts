@@ -181,6 +181,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     pagesWritten: 0,
   };
   let tracker: DirtyTracker | null = null;
+  /** The page copy once started: settled before the sink is discarded after a failure. */
+  let copyingPages: Promise<unknown> | null = null;
   // The files' shared state: one ghost table for the fds and the mappings (a deleted file open
   // and mapped is one ghost), and the --link-remap links a failed dump removes.
   const filesShared = new Map<string, unknown>();
@@ -202,6 +204,36 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       root_id: dirEntry(readlinkSync(`/proc/${pid}/root`)),
       umask: readStatus(pid)?.umask ?? 0o22,
     };
+    // The memory first: its copy runs on the thread pool while this thread collects the rest and
+    // writes the small images. The injected calls meanwhile only write to the scratch mapping,
+    // which is not one of mm.vmas (and the task is frozen).
+    log().debug('dump: memory');
+    const tMem = nowUs();
+    if (track !== null && (opts.trackMem === true || track.trackingKept(pid) !== null)) {
+      tracker = await track.openTracker({ pid, injector: frozen.leader, choice: opts.tracker ?? 'auto' });
+      // A dump ends the tracking (below, or on failure): its collect need not re-arm.
+      tracker.markLastCollect();
+    }
+    log().debug('dump: memory plan');
+    const hasParent = await sink.open(pid, opts.prevImagesDir);
+    const known =
+      hasParent && tracker !== null ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
+    const plan = await planMemory(pid, mm.vmas, tracker, known);
+    log().debug('dump: memory copy');
+    const totalBytes = plan.copy.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
+    const copying = sink
+      .writePages(pid, plan, {
+        running: false,
+        signal: opts.signal,
+        onProgress: (done) => opts.onProgress?.('memory', done, totalBytes),
+      })
+      .then((pages) => {
+        stats.memdumpTimeUs = nowUs() - tMem;
+        return pages;
+      });
+    copyingPages = copying;
+    copying.catch(() => undefined); // awaited below, or before the sink is discarded
+
     log().debug('dump: files');
     const images = localImageSink(dir, () => nextPagesId++);
     const addEntry = async (kind: string, entry: ImageEntry, extra?: Uint8Array): Promise<void> => {
@@ -259,37 +291,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       return { tid: inj.tid, core };
     });
 
-    log().debug('dump: memory');
-    const tMem = nowUs();
-    if (track !== null && (opts.trackMem === true || track.trackingKept(pid) !== null)) {
-      tracker = await track.openTracker({ pid, injector: frozen.leader, choice: opts.tracker ?? 'auto' });
-      // A dump ends the tracking (below, or on failure): its collect need not re-arm.
-      tracker.markLastCollect();
-    }
-    log().debug('dump: memory plan');
-    const hasParent = await sink.open(pid, opts.prevImagesDir);
-    const known =
-      hasParent && tracker !== null ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
-    const plan = await planMemory(pid, mm.vmas, tracker, known);
-    log().debug('dump: memory copy');
-    const totalBytes = plan.copy.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
-    const pages = await sink.writePages(pid, plan, {
-      running: false,
-      signal: opts.signal,
-      onProgress: (done) => opts.onProgress?.('memory', done, totalBytes),
-    });
-    stats.memdumpTimeUs = nowUs() - tMem;
-    stats.pagesScanned = plan.pagesScanned;
-    stats.pagesSkippedParent = plan.pagesInParent;
-    stats.pagesWritten = pages.pagesWritten;
-    throwIfAborted(opts.signal);
-
-    log().debug('dump: images');
-    const tWrite = nowUs();
-    await sink.commit();
-    log().debug('dump: images (pagemap written)');
-    if (opts.prevImagesDir !== undefined && sink.isLocal) await writeParentLink(dir, opts.prevImagesDir);
-    // The small images in one synchronous batch (src/images/image-writer.ts says why).
+    // The small images in one synchronous batch (src/images/image-writer.ts says why), while the
+    // pages are still being copied: the inventory, written last, is what makes the dump whole.
     const batch: ImageToWrite[] = [];
     const add = (name: string, kind: string, entries: ImageToWrite['entries']): void => {
       batch.push({ path: path.join(dir, name), kind, entries });
@@ -313,6 +316,17 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     ]);
     add('seccomp.img', 'SECCOMP', [seccomp.filters.length > 0 ? { seccomp_filters: seccomp.filters } : {}]);
     writeImagesSync(batch, durability);
+    const pages = await copying;
+    stats.pagesScanned = plan.pagesScanned;
+    stats.pagesSkippedParent = plan.pagesInParent;
+    stats.pagesWritten = pages.pagesWritten;
+    throwIfAborted(opts.signal);
+
+    log().debug('dump: images');
+    const tWrite = nowUs();
+    await sink.commit();
+    log().debug('dump: images (pagemap written)');
+    if (opts.prevImagesDir !== undefined && sink.isLocal) await writeParentLink(dir, opts.prevImagesDir);
     stats.memwriteTimeUs = nowUs() - tWrite;
     // Last: the inventory makes the directory a complete dump.
     add('inventory.img', 'INVENTORY', [inventoryEntry()]);
@@ -359,6 +373,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     removeLinkRemaps(filesShared);
     // A dump ends the tracking either way (its collect did not re-arm: markLastCollect).
     if (tracker !== null) await tracker.end().catch(() => undefined);
+    await copyingPages?.catch(() => undefined);
     await sink.abort();
     if (frozen !== null) {
       try {

@@ -26,6 +26,7 @@
  * protobufjs's own first-use path (encode → setup, create → ctor) installs them. verify,
  * fromObject and toObject (not used by criu-ts's image paths) stay protobufjs's: their first call
  * runs protobufjs's own setup, which regenerates everything with codegen (equivalent functions).
+ * schema.ts installs them on the types it adds to its root as it adds them (installStaticCodersOn).
  *
  * Touches no kernel interface; concerns every image kind's message type.
  */
@@ -263,24 +264,45 @@ function toObjectByCodegen(
 }
 
 /**
- * Arrange for the image message types of `root` to use the precompiled coders, if `coders` was
- * made for this very schema (`stamp`: the schema cache's) by this protobufjs; otherwise leave
- * protobufjs's codegen.
- * Cheap: each type only gets its `ctor` getter and `setup` replaced; the functions are made on
- * first use. Returns whether the coders were taken.
+ * Whether `coders` was made for this very schema (`stamp`: the schema cache's) by this protobufjs,
+ * and can be installed (installStaticCodersOn).
  */
-export function installStaticCoders(root: protobuf.Root, coders: StaticCoders, stamp: CodersStamp): boolean {
+export function codersFit(coders: StaticCoders, stamp: CodersStamp): boolean {
   if (coders.id !== stamp.id || JSON.stringify(coders.files) !== JSON.stringify(stamp.files)) return false;
   if (coders.codegen !== codegenIdentity()) return false;
-  if (ctorSetter === undefined) return false; // a protobufjs without the ctor accessor: keep its codegen
-  for (const type of allTypes(root)) {
+  return ctorSetter !== undefined; // a protobufjs without the ctor accessor: keep its codegen
+}
+
+/**
+ * Arrange for the image message types of `root` to use the precompiled coders, if they fit this
+ * schema (codersFit); otherwise leave protobufjs's codegen. Returns whether the coders were taken.
+ */
+export function installStaticCoders(root: protobuf.Root, coders: StaticCoders, stamp: CodersStamp): boolean {
+  if (!codersFit(coders, stamp)) return false;
+  installStaticCodersOn([root], coders);
+  return true;
+}
+
+/**
+ * Install the precompiled coders on each message type in `objects` and under them (nested
+ * types): schema.ts calls this for the types it has just added to its lazily filled root. The
+ * coders must fit the schema the objects come from (codersFit), and the objects be resolved.
+ * Cheap: each type only gets its `ctor` getter and `setup` replaced; the functions are made on
+ * first use.
+ */
+export function installStaticCodersOn(objects: readonly protobuf.ReflectionObject[], coders: StaticCoders): void {
+  const types: protobuf.Type[] = [];
+  for (const o of objects) {
+    if (o instanceof protobuf.Type) types.push(o);
+    if (o instanceof protobuf.Namespace) allTypes(o, types);
+  }
+  for (const type of types) {
     const f = coders.coders[type.fullName];
     if (f === undefined) continue;
     factories.set(type, f);
     Object.defineProperty(type, 'ctor', { get: staticCtor, set: setCtor, configurable: true, enumerable: false });
     (type as unknown as TypeInternals).setup = staticSetup;
   }
-  return true;
 }
 
 /** Whether `type` got the precompiled encode/decode (for tests and diagnostics). */

@@ -7,7 +7,7 @@ import protobuf from 'protobufjs';
 import t, { type Test } from 'tap';
 import { decodeEntry, encodeEntry, entryToMessage } from '../../../src/images/entry-codec.js';
 import { entryType, ImageReader } from '../../../src/images/image-reader.js';
-import { schemaOrigin, schemaRoot } from '../../../src/images/schema.js';
+import { LazySchema, schemaOrigin, schemaRoot } from '../../../src/images/schema.js';
 import {
   hasStaticCoders,
   installStaticCoders,
@@ -37,11 +37,14 @@ function makeCoders(t: Test): string {
 const dirs = existsSync(GOLDEN) ? readdirSync(GOLDEN).filter((d) => d.startsWith('criu-')) : [];
 const noGolden = dirs.length === 0 && 'golden images missing: /work/shared/golden/criu-* not found';
 
+type Lookup = (name: string) => protobuf.Type;
+
 /**
- * Decode and re-encode every entry of the golden images with `staticRoot`'s types and with a
- * protobufjs-codegen root: same decodings, byte-identical encodings (and the original bytes).
+ * Decode and re-encode every entry of the golden images with the types of `lookupFor()` (called
+ * once per image) and with a protobufjs-codegen root: same decodings, byte-identical encodings
+ * (and the original bytes).
  */
-async function compareOnGolden(t: Test, staticRoot: protobuf.Root): Promise<void> {
+async function compareOnGolden(t: Test, lookupFor: () => Lookup): Promise<void> {
   const codegenRoot = freshRoot();
   const typesSeen = new Set<string>();
   let entries = 0;
@@ -50,6 +53,7 @@ async function compareOnGolden(t: Test, staticRoot: protobuf.Root): Promise<void
     for (const f of readdirSync(dir).filter((f) => existsSync(join(dir, f + '.json')))) {
       const file = readFileSync(join(dir, f));
       const reader = await ImageReader.open(join(dir, f));
+      const lookup = lookupFor();
       const problems: string[] = [];
       const decodedStatic: unknown[] = [];
       const decodedCodegen: unknown[] = [];
@@ -57,7 +61,7 @@ async function compareOnGolden(t: Test, staticRoot: protobuf.Root): Promise<void
         const len = file.readUInt32LE(rec.offset);
         const body = file.subarray(rec.offset + 4, rec.offset + 4 + len);
         const name = entryType(reader.kind, rec.index).fullName;
-        const st = staticRoot.lookupType(name);
+        const st = lookup(name);
         const cg = codegenRoot.lookupType(name);
         const a = decodeEntry(st, body);
         const b = decodeEntry(cg, body);
@@ -84,11 +88,26 @@ t.test('golden images: static coders decode and encode like protobufjs codegen',
   if (coders === null) return t.fail('the coders file does not load');
   const staticRoot = freshRoot();
   t.ok(installStaticCoders(staticRoot, coders, stamp), 'coders taken for their own stamp');
-  await compareOnGolden(t, staticRoot);
+  await compareOnGolden(t, () => (name) => staticRoot.lookupType(name));
   // Nested messages go through the static coders too (core_entry holds thread_info, tc, ...).
   const core = staticRoot.lookupType('core_entry');
   t.match(String((core.encode as { name?: string }).name), /\$encode$/);
   t.ok(hasStaticCoders(staticRoot.lookupType('thread_core_entry')), 'nested types installed on use');
+});
+
+t.test('golden images: types loaded on demand (a fresh LazySchema per image)', { skip: noGolden }, async (t) => {
+  const coders = loadStaticCoders(makeCoders(t));
+  if (coders === null) return t.fail('the coders file does not load');
+  const schemas: LazySchema[] = [];
+  // What `criu dump` and `restore` do: messageType() on a schema with nothing loaded yet.
+  await compareOnGolden(t, () => {
+    const lazy = new LazySchema(JSON.parse(schemaText) as protobuf.INamespace, coders);
+    schemas.push(lazy);
+    return (name) => lazy.messageType(name);
+  });
+  const total = freshRoot().nestedArray.length;
+  const partial = schemas.filter((s) => s.root.nestedArray.length < total).length;
+  t.equal(partial, schemas.length, `each image's types loaded without the whole schema (${total} objects)`);
 });
 
 t.test('the ctor, verify, fromObject and toObject of a static type', async (t) => {
@@ -146,5 +165,5 @@ t.test('schema.ts takes the build coders with its schema cache', { skip: notBuil
   t.equal(origin, 'cache+coders');
   t.ok(hasStaticCoders(schemaRoot().lookupType('inventory_entry').setup()), 'inventory_entry coders installed');
   // The very file the build made (dist/proto-coders.cjs), on the golden images.
-  if (dirs.length > 0) await compareOnGolden(t, schemaRoot());
+  if (dirs.length > 0) await compareOnGolden(t, () => (name) => schemaRoot().lookupType(name));
 });
