@@ -145,20 +145,25 @@ async function findPid(fifo: string): Promise<number> {
 
 export async function dumpRestoreBench(opts: BenchOptions): Promise<BenchResult> {
   const mib = opts.isQuick ? 256 : 1024;
-  const rounds = opts.isQuick ? 1 : 3;
+  // This VM's timings wander by tens of percent from run to run: best and median of five.
+  const rounds = opts.isQuick ? 1 : 5;
   const memcpy = measureMemcpyGiBps(256 << 20, 5);
   const all: DumpRestoreNumbers[] = [];
   for (let i = 0; i < rounds; i++) all.push(await measureDumpRestore(mib));
   const best = (f: (n: DumpRestoreNumbers) => number): number => Math.min(...all.map(f));
+  const median = (f: (n: DumpRestoreNumbers) => number): number => {
+    const v = all.map(f).sort((a, b) => a - b);
+    return v[Math.floor(v.length / 2)] ?? 0;
+  };
   const gib = mib / 1024;
   const rate = (ms: number): string => `${(gib / (ms / 1000)).toFixed(2)} GiB/s`;
   const pagesBytes = all[0]?.pagesBytes ?? 0;
   return {
-    name: `dump/restore of ${mib} MiB of anonymous memory, images on /dev/shm (best of ${rounds})`,
+    name: `dump/restore of ${mib} MiB of anonymous memory, images on /dev/shm (best of ${rounds}; median in brackets)`,
     lines: [
       `memcpy: ${memcpy.toFixed(2)} GiB/s`,
-      `dump:    wall ${best((n) => n.dumpWallMs).toFixed(0)} ms (${rate(best((n) => n.dumpWallMs))}), frozen ${best((n) => n.frozenMs).toFixed(0)} ms, memory ${best((n) => n.memdumpMs).toFixed(0)} ms (${rate(best((n) => n.memdumpMs))})`,
-      `restore: wall ${best((n) => n.restoreWallMs).toFixed(0)} ms (${rate(best((n) => n.restoreWallMs))}), until running ${best((n) => n.restoreMs).toFixed(0)} ms (${rate(best((n) => n.restoreMs))})`,
+      `dump:    wall ${best((n) => n.dumpWallMs).toFixed(0)} ms [${median((n) => n.dumpWallMs).toFixed(0)}] (${rate(best((n) => n.dumpWallMs))}), frozen ${best((n) => n.frozenMs).toFixed(0)} ms, memory ${best((n) => n.memdumpMs).toFixed(0)} ms (${rate(best((n) => n.memdumpMs))})`,
+      `restore: wall ${best((n) => n.restoreWallMs).toFixed(0)} ms [${median((n) => n.restoreWallMs).toFixed(0)}] (${rate(best((n) => n.restoreWallMs))}), until running ${best((n) => n.restoreMs).toFixed(0)} ms [${median((n) => n.restoreMs).toFixed(0)}] (${rate(best((n) => n.restoreMs))})`,
       `pages image: ${(pagesBytes / (1 << 20)).toFixed(1)} MiB for ${mib} MiB touched`,
       `CRIU 4.2 here: dump ~600 ms, restore 600-1100 ms for 1 GiB`,
     ],
