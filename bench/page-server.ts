@@ -223,7 +223,8 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
         `fresh-file write:     ${rate(best(fresh))} / ${rate(median(fresh))}`,
         `page server:          ${rate(best(oursS))} / ${rate(median(oursS))}` +
           ` = ${((100 * best(raw)) / best(oursS)).toFixed(0)}% of raw TCP (best), ` +
-          `${((100 * median(raw)) / median(oursS)).toFixed(0)}% (median)`,
+          `${((100 * median(raw)) / median(oursS)).toFixed(0)}% (median); ` +
+          `${((100 * best(fresh)) / best(oursS)).toFixed(0)}% of the fresh-file write, its storage alone (best)`,
         `  contiguous:         1 record of ${nrPages} pages, ${contRate(best(oursS))} / ${contRate(median(oursS))}`,
         `  scattered 1%:       ${sc0.nrRecords} records (${sc0.dataBytes / 4096} 1-page PE_PRESENT, the rest PE_PARENT), ` +
           `best ${scRate(best(sc))}; median of ${sc.length} ${scRate(median(sc))}`,
