@@ -392,6 +392,8 @@ export async function runCli(argv: readonly string[], io: CliIo = PROCESS_IO): P
   try {
     logger = setUpLog(opts, io);
     logger.info(`criu-ts ${criuVersion()}: ${opts.command} (argv: ${argv.join(' ')})`);
+    // What node and the loading of criu-ts took before this line (the log's times start here).
+    logger.debug(`Process started ${performance.now().toFixed(0)} ms ago`);
     return await COMMAND_HANDLERS[opts.command](opts, io);
   } catch (err) {
     if (err instanceof CriuError && err.code === 'ENOTIMPL') {

@@ -160,9 +160,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     track = isTracking ? await import('../mem/track/index.js') : null;
     if (track !== null) kerndat();
     prepareImageKinds(DUMP_IMAGE_KINDS);
+    log().debug('dump: prepared (cpuinfo written, image coders ready)');
     // smaps walks every page table: read before the freeze; once frozen only checked to still hold.
     mmPre = await mmPreReading;
+    log().debug('dump: smaps read');
     await reserving; // the copy buffers' first touch is slow on VMs: not while frozen (buffer-pool.ts)
+    log().debug('dump: copy buffers ready');
     t0 = nowUs();
     frozen = freezeProcess(pid);
   } catch (err) {
