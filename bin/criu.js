@@ -51,7 +51,8 @@ function runBundle(file) {
   const script = new vm.Script(Module.wrap(source), {
     filename: file,
     cachedData,
-    importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
+    // The bundle has no import() of its own (esbuild inlines them); node < 20.12 lacks the constant.
+    importModuleDynamically: vm.constants?.USE_MAIN_CONTEXT_DEFAULT_LOADER,
   });
   if (isCaching && (cachedData === undefined || script.cachedDataRejected === true)) {
     // At exit, or after a few seconds for a command that stays (restore waits for its task).
