@@ -79,8 +79,9 @@ export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
     agents.push(a.agent, b.agent);
     const raw = await rawTcpMBps(src, dst);
     lines.push(`raw TCP between the hosts: ${raw.toFixed(0)} MB/s (the ceiling of any transfer)`);
-    for (const c of cases) {
-      const report = path.join(dir, `w-${c.mib}-${c.rate}.txt`);
+    for (const [i, c] of cases.entries()) {
+      // One report per case: a case given twice must not read the READY of the one before.
+      const report = path.join(dir, `w-${i}-${c.mib}-${c.rate}.txt`);
       await src.exec(
         `echo 19999 > /proc/sys/kernel/ns_last_pid; '${WORKLOAD}' ${c.mib} ${c.rate} '${report}' </dev/null >/dev/null 2>&1 &`,
       );
