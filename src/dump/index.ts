@@ -184,8 +184,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     pagesWritten: 0,
   };
   let tracker: DirtyTracker | null = null;
-  /** The page copy once started: settled before the sink is discarded after a failure. */
+  /** The page copy once started: stopped and settled before the sink is discarded after a failure. */
   let copyingPages: Promise<unknown> | null = null;
+  let stopCopy = (_reason: unknown): void => undefined;
   // The files' shared state: one ghost table for the fds and the mappings (a deleted file open
   // and mapped is one ghost), and the --link-remap links a failed dump removes.
   const filesShared = new Map<string, unknown>();
@@ -224,10 +225,14 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const plan = await planMemory(pid, mm.vmas, tracker, known);
     log().debug('dump: memory copy');
     const totalBytes = plan.copy.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
+    // Stopped at its next chunk by the caller's signal, or by a failure of what runs beside it.
+    const copyAbort = new AbortController();
+    stopCopy = (reason) => copyAbort.abort(reason);
+    opts.signal?.addEventListener('abort', () => copyAbort.abort(opts.signal?.reason), { once: true });
     const copying = sink
       .writePages(pid, plan, {
         running: false,
-        signal: opts.signal,
+        signal: copyAbort.signal,
         onProgress: (done) => opts.onProgress?.('memory', done, totalBytes),
       })
       .then((pages) => {
@@ -374,9 +379,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     }
   } catch (err) {
     removeLinkRemaps(filesShared);
+    stopCopy(err);
+    await copyingPages?.catch(() => undefined);
     // A dump ends the tracking either way (its collect did not re-arm: markLastCollect).
     if (tracker !== null) await tracker.end().catch(() => undefined);
-    await copyingPages?.catch(() => undefined);
     await sink.abort();
     if (frozen !== null) {
       try {

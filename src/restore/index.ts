@@ -87,7 +87,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const img = await loadImages(opts.imagesDir, { isPageChainLazy: opts.skeleton !== undefined });
   const { pid } = img;
   log().debug('restore: images loaded and checked');
-  const reserving = reserveFillBuffers(countPages(img.pagesPresent));
+  // A restore into a pre-copied skeleton has little left to fill (and a long-lived caller's buffers).
+  const reserving = opts.skeleton === undefined ? reserveFillBuffers(countPages(img.pagesPresent)) : undefined;
   if (existsSync(path.join(img.dir, 'cpuinfo.img'))) {
     const mismatches = await checkCpuinfoDir(img.dir, opts.cpuCap ?? ['fpu']);
     if (mismatches.length > 0)
