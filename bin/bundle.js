@@ -34,8 +34,8 @@ await build({
   },
   banner: { js: "const __criuTsModuleUrl = require('node:url').pathToFileURL(__filename).href;" },
 });
-// Code caches of an earlier bundle (bin/criu.js makes them at run time) and the ES module bundle
-// earlier versions made.
-for (const f of readdirSync(outDir)) if (f.endsWith('.v8cache') || f === 'criu.mjs') rmSync(join(outDir, f));
+// Code caches of an earlier bundle (bin/criu.js makes them at run time), with the temporary file
+// of a run killed while writing one, and the ES module bundle of earlier versions.
+for (const f of readdirSync(outDir)) if (/\.v8cache(\.\d+\.tmp)?$/.test(f) || f === 'criu.mjs') rmSync(join(outDir, f));
 const { writeSchemaCache } = await import(join(root, 'dist/src/images/schema.js'));
 writeSchemaCache();
