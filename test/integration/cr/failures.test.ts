@@ -379,3 +379,52 @@ t.test(
     }
   },
 );
+
+// A python3 workload: 256 MiB of touched memory (so the page copy takes a while) and a 2 MiB
+// shared mapping of a file it then deletes (python's mmap keeps a duplicate fd of it). The dump
+// refuses the deleted file only once the task is frozen and the page copy has started, in the fd
+// phase beside it: its contents are over the 1 MiB ghost limit. On SIGTERM the workload checks
+// its memory and the mapping and reports.
+const GHOST_OVER_LIMIT = String.raw`
+import mmap, os, signal, sys, time
+out = open(sys.argv[1], 'a', buffering=1)
+path = os.path.join(os.path.dirname(sys.argv[1]), 'big.bin')
+with open(path, 'wb') as f:
+    f.write(bytes(range(256)) * (8 << 10))
+fd = os.open(path, os.O_RDWR)
+m = mmap.mmap(fd, 2 << 20, mmap.MAP_SHARED)
+os.close(fd)
+os.unlink(path)
+mem = bytearray(b'\x5a' * (256 << 20))
+done = False
+def term(*_):
+    global done
+    done = True
+signal.signal(signal.SIGTERM, term)
+out.write('READY %d\n' % os.getpid())
+while not done:
+    time.sleep(0.02)
+ok = mem.count(0x5a) == len(mem) and m[:256] == bytes(range(256)) and m[-1] == 255
+out.write('PASS\n' if ok else 'FAIL\n')
+`;
+
+t.test('a dump that fails beside the page copy leaves the task intact', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const script = path.join(dir, 'ghost.py');
+  writeFileSync(script, GHOST_OVER_LIMIT);
+  const w = await startWorkload('/usr/bin/env', dir, ['-i', 'python3', script], 30_000);
+  t.teardown(() => w.kill());
+  const before = taskSnapshot(w.pid);
+  t.match(before.maps, /big\.bin \(deleted\)/, 'the deleted file is mapped');
+  const images = path.join(dir, 'img');
+  const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images, '-v4', '-o', 'dump.log'], w.pid);
+  t.equal(r.status, 1, 'dump exits 1');
+  oneErrorLine(t, r, /ghost limit/);
+  t.ok(r.wasTraced, 'the dump did get as far as seizing the task');
+  const log = readFileSync(path.join(images, 'dump.log'), 'utf8');
+  const copyAt = log.indexOf('dump: memory copy');
+  t.ok(copyAt >= 0 && copyAt < log.indexOf('ghost limit'), 'it failed once the page copy had started');
+  sameTask(t, w.pid, before);
+  t.same(leftovers(images), [], 'no image is left (no inventory.img, no temporary file)');
+  await verdict(t, w);
+});
