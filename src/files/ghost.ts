@@ -77,6 +77,21 @@ export function dataChunks(data: Buffer): { off: number; len: number }[] {
   return out;
 }
 
+const ghostWhat = (input: FdDumpInput): string =>
+  input.fd < 0
+    ? `the mapping of ${input.link} in task ${input.pid}`
+    : `fd ${input.fd} of task ${input.pid} (${input.link})`;
+
+/**
+ * Why the deleted regular file behind `input` cannot be a ghost (its contents are over the ghost
+ * limit), or undefined. reg.ts asks this before the task is frozen as well.
+ */
+export function ghostLimitRefusal(input: FdDumpInput): string | undefined {
+  const st = input.stat;
+  if ((Number(st.mode) & fsc.S_IFMT) !== fsc.S_IFREG || st.size <= BigInt(GHOST_LIMIT_BYTES)) return undefined;
+  return `Cannot dump ${ghostWhat(input)}: the deleted file holds ${st.size} bytes, more than the ghost limit of ${GHOST_LIMIT_BYTES}`;
+}
+
 /**
  * Save the deleted file behind `input` (reg file `regId`) as a ghost, once per inode, and add its
  * remap entry. Throws UnsupportedError for what cannot be a ghost.
@@ -84,10 +99,7 @@ export function dataChunks(data: Buffer): { off: number; len: number }[] {
 export async function dumpGhost(input: FdDumpInput, regId: number, ctx: FileDumpContext): Promise<void> {
   const st = input.stat;
   const type = Number(st.mode) & fsc.S_IFMT;
-  const what =
-    input.fd < 0
-      ? `the mapping of ${input.link} in task ${input.pid}`
-      : `fd ${input.fd} of task ${input.pid} (${input.link})`;
+  const what = ghostWhat(input);
   if (type !== fsc.S_IFREG && type !== fsc.S_IFDIR)
     throw new UnsupportedError(
       'ghost-file',
@@ -95,11 +107,8 @@ export async function dumpGhost(input: FdDumpInput, regId: number, ctx: FileDump
         ? `Cannot dump ${what}: the device node was deleted (use --evasive-devices)`
         : `Cannot dump ${what}: an unlinked file of this type is not supported`,
     );
-  if (type === fsc.S_IFREG && st.size > BigInt(GHOST_LIMIT_BYTES))
-    throw new UnsupportedError(
-      'ghost-file',
-      `Cannot dump ${what}: the deleted file holds ${st.size} bytes, more than the ghost limit of ${GHOST_LIMIT_BYTES}`,
-    );
+  const overLimit = ghostLimitRefusal(input);
+  if (overLimit !== undefined) throw new UnsupportedError('ghost-file', overLimit);
   const ghosts = sharedMap<string, number>(ctx.shared, 'ghost.byInode');
   const key = `${st.dev}:${st.ino}`;
   let ghostId = ghosts.get(key);

@@ -32,7 +32,7 @@ import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_WRONLY } from '../kernel/constants.js
 import { devMajor } from './dev.js';
 import { evasiveDeviceName } from './evasive.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { DELETED_SUFFIX, dumpGhost, ghostIdOf, restoreGhost } from './ghost.js';
+import { DELETED_SUFFIX, dumpGhost, ghostIdOf, ghostLimitRefusal, restoreGhost } from './ghost.js';
 import { dumpLinkRemap, finishLinkRemaps, linkedRemapOf, restoreLinked } from './link-remap.js';
 import { closeInTask, openInTask, seekInTask } from './task-io.js';
 import {
@@ -40,6 +40,7 @@ import {
   type FdDumpInput,
   type FdKindModule,
   type FileDumpContext,
+  type FileOptions,
   type FileRestoreContext,
 } from './types.js';
 
@@ -102,6 +103,13 @@ export const regFile: FdKindModule = {
     // memfd_secret(2) fds look like deleted regular files but cannot be read: not ours.
     if (input.link === '/secretmem (deleted)') return false;
     return input.link.startsWith('/') && !isMemfdLink(input.link) && isRegKind(input.stat);
+  },
+
+  refusal(input: FdDumpInput, options: FileOptions): string | undefined {
+    // A deleted file too big to be a ghost: refused before the freeze. (With --link-remap it may
+    // be linked back instead of copied; the dump finds out.)
+    const isUnlinked = input.link.endsWith(DELETED_SUFFIX) && input.stat.nlink === 0n;
+    return isUnlinked && options.isLinkRemap !== true ? ghostLimitRefusal(input) : undefined;
   },
 
   async dump(input: FdDumpInput, id: number, ctx: FileDumpContext): Promise<ImageEntry> {

@@ -76,6 +76,23 @@ function sameTask(t: Test, pid: number, before: ReturnType<typeof taskSnapshot>)
   t.same(after.threads, before.threads, 'same threads');
 }
 
+/** A dump refused before it touched the task: exit 1, one line saying `why`, the task as it was. */
+async function refusedUntouched(
+  t: Test,
+  w: Workload,
+  before: ReturnType<typeof taskSnapshot>,
+  images: string,
+  r: WatchedRun,
+  why: RegExp,
+): Promise<void> {
+  t.equal(r.status, 1, 'dump exits 1');
+  oneErrorLine(t, r, why);
+  t.notOk(r.wasTraced, 'the task was never seized');
+  sameTask(t, w.pid, before);
+  t.same(leftovers(images), [], 'no image is left');
+  await verdict(t, w);
+}
+
 t.test('dump refuses a task holding an fd of an unsupported kind', { skip: needsRoot }, async (t) => {
   for (const kind of ['socketpair', 'tcp']) {
     await t.test(kind, async (t) => {
@@ -88,12 +105,7 @@ t.test('dump refuses a task holding an fd of an unsupported kind', { skip: needs
       const first = Number(sockets[0]?.split(' ')[0]);
       const images = path.join(dir, 'img');
       const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images], w.pid);
-      t.equal(r.status, 1, 'dump exits 1');
-      oneErrorLine(t, r, new RegExp(`fd ${first}\\b.*socket`));
-      t.notOk(r.wasTraced, 'the task was never seized');
-      sameTask(t, w.pid, before);
-      t.same(leftovers(images), [], 'no image is left');
-      await verdict(t, w);
+      await refusedUntouched(t, w, before, images, r, new RegExp(`fd ${first}\\b.*socket`));
     });
   }
 });
@@ -380,22 +392,20 @@ t.test(
   },
 );
 
-// A python3 workload: 256 MiB of touched memory (so the page copy takes a while) and a 2 MiB
-// shared mapping of a file it then deletes (python's mmap keeps a duplicate fd of it). The dump
-// refuses the deleted file only once the task is frozen and the page copy has started, in the fd
-// phase beside it: its contents are over the 1 MiB ghost limit. On SIGTERM the workload checks
-// its memory and the mapping and reports.
-const GHOST_OVER_LIMIT = String.raw`
-import mmap, os, signal, sys, time
+// python3 workloads with a deleted 2 MiB file (over the 1 MiB ghost limit) and, for the second,
+// 256 MiB of touched memory so that the page copy takes a while. The first keeps the file open:
+// criu refuses the fd before it touches the task. The second only maps it (mmap through ctypes,
+// the fd closed): the mapping is found once the task is frozen and the page copy has started, and
+// the dump fails beside the copy. On SIGTERM each checks its data and reports.
+/**
+ * A python3 workload script: `setup` (with `path`, big.bin beside the report), then READY and a
+ * wait for SIGTERM, then PASS or FAIL as the python expression `check` says.
+ */
+const pythonWorkload = (setup: string, check: string): string => String.raw`
+import ctypes, os, signal, sys, time
 out = open(sys.argv[1], 'a', buffering=1)
 path = os.path.join(os.path.dirname(sys.argv[1]), 'big.bin')
-with open(path, 'wb') as f:
-    f.write(bytes(range(256)) * (8 << 10))
-fd = os.open(path, os.O_RDWR)
-m = mmap.mmap(fd, 2 << 20, mmap.MAP_SHARED)
-os.close(fd)
-os.unlink(path)
-mem = bytearray(b'\x5a' * (256 << 20))
+${setup}
 done = False
 def term(*_):
     global done
@@ -404,22 +414,66 @@ signal.signal(signal.SIGTERM, term)
 out.write('READY %d\n' % os.getpid())
 while not done:
     time.sleep(0.02)
-ok = mem.count(0x5a) == len(mem) and m[:256] == bytes(range(256)) and m[-1] == 255
-out.write('PASS\n' if ok else 'FAIL\n')
+out.write('PASS\n' if ${check} else 'FAIL\n')
 `;
+
+const GHOST_OPEN = pythonWorkload(
+  String.raw`
+f = open(path, 'w+b')
+f.write(bytes(range(256)) * (8 << 10))
+f.flush()
+os.unlink(path)`,
+  'f.seek(0) == 0 and f.read(256) == bytes(range(256))',
+);
+
+const GHOST_MAPPED = pythonWorkload(
+  String.raw`
+with open(path, 'wb') as f:
+    f.write(bytes(range(256)) * (8 << 10))
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+fd = os.open(path, os.O_RDWR)
+addr = libc.mmap(None, 2 << 20, 3, 1, fd, 0)  # PROT_READ | PROT_WRITE, MAP_SHARED
+os.close(fd)
+os.unlink(path)
+m = (ctypes.c_ubyte * (2 << 20)).from_address(addr)
+mem = bytearray(b'\x5a' * (256 << 20))`,
+  'mem.count(0x5a) == len(mem) and bytes(m[:256]) == bytes(range(256)) and m[(2 << 20) - 1] == 255',
+);
+
+async function ghostWorkload(t: Test, dir: string, source: string): Promise<Workload> {
+  const script = path.join(dir, 'ghost.py');
+  writeFileSync(script, source);
+  const w = await startWorkload('/usr/bin/env', dir, ['-i', 'python3', script], 30_000);
+  t.teardown(() => w.kill());
+  return w;
+}
+
+t.test(
+  'dump refuses an open deleted file over the ghost limit before touching the task',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await ghostWorkload(t, dir, GHOST_OPEN);
+    const before = taskSnapshot(w.pid);
+    const images = path.join(dir, 'img');
+    const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images, '-o', path.join(dir, 'dump.log')], w.pid);
+    const why = /Cannot dump fd \d+ of task \d+ \(.*big\.bin \(deleted\)\): .* more than the ghost limit/;
+    await refusedUntouched(t, w, before, images, r, why);
+  },
+);
 
 t.test('a dump that fails beside the page copy leaves the task intact', { skip: needsRoot }, async (t) => {
   const dir = t.testdir();
-  const script = path.join(dir, 'ghost.py');
-  writeFileSync(script, GHOST_OVER_LIMIT);
-  const w = await startWorkload('/usr/bin/env', dir, ['-i', 'python3', script], 30_000);
-  t.teardown(() => w.kill());
+  const w = await ghostWorkload(t, dir, GHOST_MAPPED);
   const before = taskSnapshot(w.pid);
   t.match(before.maps, /big\.bin \(deleted\)/, 'the deleted file is mapped');
+  t.notMatch(before.fds.join('\n'), /big\.bin/, 'and open by no fd');
   const images = path.join(dir, 'img');
   const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images, '-v4', '-o', 'dump.log'], w.pid);
   t.equal(r.status, 1, 'dump exits 1');
-  oneErrorLine(t, r, /ghost limit/);
+  oneErrorLine(t, r, /Cannot dump the mapping of .*big\.bin \(deleted\) in task \d+: .* more than the ghost limit/);
   t.ok(r.wasTraced, 'the dump did get as far as seizing the task');
   const log = readFileSync(path.join(images, 'dump.log'), 'utf8');
   const copyAt = log.indexOf('dump: memory copy');
