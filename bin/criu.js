@@ -18,11 +18,11 @@ import { fileURLToPath, URL } from 'node:url';
 import vm from 'node:vm';
 
 const here = (rel) => fileURLToPath(new URL(rel, import.meta.url));
-const mtime = (file) => {
+const statOf = (file) => {
   try {
-    return statSync(file).mtimeMs;
+    return statSync(file);
   } catch {
-    return -1;
+    return null;
   }
 };
 
@@ -40,9 +40,8 @@ function runTree() {
 /** Commands with a code cache of their own (criu(8)'s); any other argument list shares "other". */
 const COMMAND = /^(pre-dump|dump|restore|show|check|page-server|exec|service|dedup|cpuinfo)$/;
 
-function runBundle(file) {
+function runBundle(file, st) {
   const source = readFileSync(file, 'utf8');
-  const st = statSync(file);
   const stamp = `${st.size} ${st.mtimeMs}\n`;
   const isCaching = process.env.CRIU_TS_CODE_CACHE !== '0';
   const command = process.argv.slice(2).find((a) => COMMAND.test(a)) ?? 'other';
@@ -90,5 +89,7 @@ function saveCache(cacheFile, stamp, script) {
 }
 
 const bundle = here('../dist/bundle/criu.cjs');
-if (mtime(bundle) >= 0 && mtime(bundle) >= mtime(here('../dist/src/cli/criu.js'))) runBundle(bundle);
+const bundleStat = statOf(bundle);
+if (bundleStat !== null && bundleStat.mtimeMs >= (statOf(here('../dist/src/cli/criu.js'))?.mtimeMs ?? -1))
+  runBundle(bundle, bundleStat);
 else runTree();

@@ -185,8 +185,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   };
   let tracker: DirtyTracker | null = null;
   /** The page copy once started: stopped and settled before the sink is discarded after a failure. */
-  let copyingPages: Promise<unknown> | null = null;
-  let stopCopy = (_reason: unknown): void => undefined;
+  let copy: { promise: Promise<unknown>; abort: AbortController } | null = null;
   // The files' shared state: one ghost table for the fds and the mappings (a deleted file open
   // and mapped is one ghost), and the --link-remap links a failed dump removes.
   const filesShared = new Map<string, unknown>();
@@ -227,8 +226,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const totalBytes = plan.copy.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
     // Stopped at its next chunk by the caller's signal, or by a failure of what runs beside it.
     const copyAbort = new AbortController();
-    stopCopy = (reason) => copyAbort.abort(reason);
-    opts.signal?.addEventListener('abort', () => copyAbort.abort(opts.signal?.reason), { once: true });
+    const onAbort = (): void => copyAbort.abort(opts.signal?.reason);
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
     const copying = sink
       .writePages(pid, plan, {
         running: false,
@@ -238,8 +237,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       .then((pages) => {
         stats.memdumpTimeUs = nowUs() - tMem;
         return pages;
-      });
-    copyingPages = copying;
+      })
+      .finally(() => opts.signal?.removeEventListener('abort', onAbort));
+    copy = { promise: copying, abort: copyAbort };
     copying.catch(() => undefined); // awaited below, or before the sink is discarded
 
     log().debug('dump: files');
@@ -379,8 +379,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     }
   } catch (err) {
     removeLinkRemaps(filesShared);
-    stopCopy(err);
-    await copyingPages?.catch(() => undefined);
+    copy?.abort.abort(err);
+    await copy?.promise.catch(() => undefined);
     // A dump ends the tracking either way (its collect did not re-arm: markLastCollect).
     if (tracker !== null) await tracker.end().catch(() => undefined);
     await sink.abort();

@@ -274,16 +274,6 @@ export function codersFit(coders: StaticCoders, stamp: CodersStamp): boolean {
 }
 
 /**
- * Arrange for the image message types of `root` to use the precompiled coders, if they fit this
- * schema (codersFit); otherwise leave protobufjs's codegen. Returns whether the coders were taken.
- */
-export function installStaticCoders(root: protobuf.Root, coders: StaticCoders, stamp: CodersStamp): boolean {
-  if (!codersFit(coders, stamp)) return false;
-  installStaticCodersOn([root], coders);
-  return true;
-}
-
-/**
  * Install the precompiled coders on each message type in `objects` and under them (nested
  * types): schema.ts calls this for the types it has just added to its lazily filled root. The
  * coders must fit the schema the objects come from (codersFit), and the objects be resolved.

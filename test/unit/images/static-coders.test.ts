@@ -9,11 +9,13 @@ import { decodeEntry, encodeEntry, entryToMessage } from '../../../src/images/en
 import { entryType, ImageReader } from '../../../src/images/image-reader.js';
 import { LazySchema, schemaOrigin, schemaRoot } from '../../../src/images/schema.js';
 import {
+  codersFit,
   hasStaticCoders,
-  installStaticCoders,
+  installStaticCodersOn,
   loadStaticCoders,
   writeStaticCoders,
   type CodersStamp,
+  type StaticCoders,
 } from '../../../src/images/static-coders.js';
 
 const GOLDEN = '/work/shared/golden';
@@ -81,6 +83,13 @@ async function compareOnGolden(t: Test, lookupFor: () => Lookup): Promise<void> 
     }
   }
   t.ok(entries > 30 && typesSeen.size > 10, `${entries} entries of ${typesSeen.size} message types compared`);
+}
+
+/** The coders on every type of `root`, if they fit `stamp` (what schema.ts does type by type). */
+function installStaticCoders(root: protobuf.Root, coders: StaticCoders, stamp: CodersStamp): boolean {
+  if (!codersFit(coders, stamp)) return false;
+  installStaticCodersOn([root], coders);
+  return true;
 }
 
 t.test('golden images: static coders decode and encode like protobufjs codegen', { skip: noGolden }, async (t) => {
