@@ -35,7 +35,7 @@ async function poll(check: () => boolean, what: string, timeoutMs: number): Prom
 function runCriu(args: readonly string[]): Promise<{ status: number | null; stderr: string; ms: number }> {
   return new Promise((resolve) => {
     const t0 = process.hrtime.bigint();
-    const child = spawn('node', [CRIU, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(CRIU, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
     child.on('close', (status) => resolve({ status, stderr, ms: Number(process.hrtime.bigint() - t0) / 1e6 }));

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS node
 // Launcher of `criu`. The compiled CLI lives in dist/ (npm run build:ts), bundled into one
 // CommonJS file (bin/bundle.js says why), which runs here with V8's code cache; the unbundled tree
 // is used when the bundle is missing or older than it.
@@ -10,12 +10,18 @@
 // dist/bundle/criu.cjs.COMMAND.v8cache. Its first line is the bundle's size and mtime: a cache of
 // another build is made again, never used (V8 itself only checks the source's length). Made
 // best effort: an unwritable dist/ just means no cache. CRIU_TS_CODE_CACHE=0 turns it off.
+// Its first line starts node without NODE_EXTRA_CA_CERTS: node reads and parses that file of
+// certificates at every start (~40 ms here, where it names the system's whole bundle), and criu-ts
+// opens no TLS connection. Run as `node bin/criu.js`, that start has paid for it already; the variable
+// is still taken out of the environment of the processes criu-ts starts.
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { Buffer } from 'node:buffer';
 import { Module } from 'node:module';
 import { setTimeout } from 'node:timers';
 import { fileURLToPath, URL } from 'node:url';
 import vm from 'node:vm';
+
+delete process.env.NODE_EXTRA_CA_CERTS;
 
 const here = (rel) => fileURLToPath(new URL(rel, import.meta.url));
 const statOf = (file) => {

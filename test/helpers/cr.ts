@@ -203,7 +203,7 @@ export interface WatchedRun {
  * no process at all) and whether `watchPid` is traced (to prove a refused dump never touched it).
  */
 export function startCriu(args: readonly string[], watchPid?: number): { pid: number; done: Promise<WatchedRun> } {
-  const child = spawn('node', [path.join(ROOT, 'bin/criu.js'), ...args], {
+  const child = spawn(path.join(ROOT, 'bin/criu.js'), args, {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });

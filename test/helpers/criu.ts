@@ -19,7 +19,7 @@ export function criu(
   options: { cwd?: string; timeoutMs?: number } = {},
 ): SpawnSyncReturns<string> {
   assertBuilt();
-  return spawnSync('node', [BIN, ...args], {
+  return spawnSync(BIN, args, {
     cwd: options.cwd ?? ROOT,
     encoding: 'utf8',
     timeout: options.timeoutMs ?? 60_000,
@@ -33,7 +33,7 @@ export function criuAsync(
 ): Promise<{ status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
   assertBuilt();
   return new Promise((resolve) => {
-    const child = spawn('node', [BIN, ...args], { cwd: options.cwd ?? ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(BIN, args, { cwd: options.cwd ?? ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));

@@ -63,7 +63,7 @@ export function runMigrate(
   onSpawn?: (child: ChildProcess) => void,
 ): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn('node', [MIGRATE, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(MIGRATE, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));

@@ -151,3 +151,46 @@ t.test('page-server and criu-migrate launchers', async (t) => {
   t.match(help.stdout, /criu-migrate \[options\] SRC DST PID/);
   t.match(help.stdout, /agent --listen ADDR:PORT --token-file F/);
 });
+
+t.test('the launchers start node without NODE_EXTRA_CA_CERTS, and pass none on', async (t) => {
+  // Node warns on stderr at start when the file cannot be read: the warning shows it was read.
+  const env = { ...process.env, NODE_EXTRA_CA_CERTS: join(t.testdir(), 'no-such-certs.pem') };
+  const direct = (file: string, args: string[]): SpawnSyncReturns<string> =>
+    spawnSync(join(ROOT, 'bin', file), args, { env, encoding: 'utf8', timeout: 60_000 });
+  for (const [file, args] of [
+    ['criu.js', ['--version']],
+    ['page-server.js', ['--help']],
+    ['criu-migrate.js', ['--help']],
+  ] as const) {
+    const r = direct(file, [...args]);
+    t.equal(r.status, 0, `${file} ${args.join(' ')}`);
+    t.equal(r.stderr, '', `${file}: node did not read the certificates`);
+  }
+  const viaNode = spawnSync('node', [join(ROOT, 'bin/criu.js'), '--version'], { env, encoding: 'utf8' });
+  t.match(viaNode.stderr, /extra certs/, 'run as `node bin/criu.js`, node itself has read them (the check can fail)');
+
+  // A process criu-ts starts (here the page-server daemon, started by `node bin/criu.js`) has no
+  // NODE_EXTRA_CA_CERTS in its environment.
+  const dir = t.testdir();
+  const pidfile = join(dir, 'ps.pid');
+  const ps = spawnSync(
+    'node',
+    [join(ROOT, 'bin/criu.js'), 'page-server', '-d', '--port', '0', '-D', dir, '--pidfile', pidfile],
+    { env, encoding: 'utf8', timeout: 60_000 },
+  );
+  t.equal(ps.status, 0, ps.stderr);
+  const pid = Number(readFileSync(pidfile, 'utf8'));
+  try {
+    const environ = readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0');
+    t.ok(
+      environ.some((e) => e.startsWith('PATH=')),
+      'the daemon environment is read',
+    );
+    t.notOk(
+      environ.some((e) => e.startsWith('NODE_EXTRA_CA_CERTS=')),
+      'the daemon has no NODE_EXTRA_CA_CERTS',
+    );
+  } finally {
+    process.kill(pid, 'SIGKILL');
+  }
+});
