@@ -15,7 +15,7 @@ const outputs = [
   'native/stub/track-holder',
   'dist/src/cli/criu.js',
   'dist/bundle/criu.cjs',
-  'dist/proto-coders.cjs',
+  'dist/proto-schema.json',
   'test/fixtures/bin/cr_basic',
 ];
 if (process.env.CRIU_TS_FORCE_BUILD === undefined && outputs.every((p) => existsSync(join(root, p)))) process.exit(0);

@@ -81,8 +81,8 @@ export class EngineOps {
     private readonly token: string | undefined,
     opts: { isWarmedUp?: boolean } = {},
   ) {
-    // protobufjs builds each message type's coder on first use (~300 ms for a whole restore's
-    // images): done now, while idle, rather than during a migration's downtime.
+    // The image message types and their codecs are made on first use (a few ms for a whole
+    // restore's images): done now, while idle, rather than during a migration's downtime.
     setImmediate(() => {
       try {
         prepareImageKinds(IMAGE_KINDS.map((k) => k.name));

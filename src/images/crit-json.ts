@@ -15,9 +15,9 @@
  *
  * Touches no kernel interface.
  */
-import protobuf from 'protobufjs';
 import type { EntryValue, ImageEntry } from './entry-codec.js';
 import type { JsonObject, JsonValue } from './json-text.js';
+import { EnumType, MessageType } from './proto.js';
 import { criuOptions, fieldsByNumber, type PbField, type PbType } from './schema.js';
 
 type FlagMap = readonly (readonly [string, number])[];
@@ -242,13 +242,13 @@ function ipToText(words: readonly number[]): string {
 
 function scalarToJson(field: PbField, v: EntryValue, pretty: boolean, isHex: boolean): JsonValue {
   const rt = field.resolvedType;
-  if (rt instanceof protobuf.Type) return entryToCritJson(rt, v as ImageEntry, pretty, isHex || criuOptions(field).hex);
+  if (rt instanceof MessageType) return entryToCritJson(rt, v as ImageEntry, pretty, isHex || criuOptions(field).hex);
   const opts = criuOptions(field);
   if (field.type === 'bytes') {
     if (opts.conv === 'unix_name') return qpEncode(v as Uint8Array);
     return base64Lines(v as Uint8Array);
   }
-  if (rt instanceof protobuf.Enum) return rt.valuesById[v as number] ?? null;
+  if (rt instanceof EnumType) return rt.valuesById[v as number] ?? null;
   if (typeof v === 'boolean' || typeof v === 'string') return v;
   if (typeof v !== 'number' && typeof v !== 'bigint') throw new CritJsonError(`${field.name}: unexpected value`);
   if (!pretty) return v;
@@ -327,7 +327,7 @@ function intFromJson(field: PbField, v: JsonValue): bigint {
 
 function scalarFromJson(field: PbField, v: JsonValue): EntryValue {
   const rt = field.resolvedType;
-  if (rt instanceof protobuf.Type) {
+  if (rt instanceof MessageType) {
     if (v === null || typeof v !== 'object' || Array.isArray(v))
       throw new CritJsonError(`${field.name}: expected an object`);
     return critJsonToEntry(rt, v as JsonObject);
@@ -336,7 +336,7 @@ function scalarFromJson(field: PbField, v: JsonValue): EntryValue {
     if (typeof v !== 'string') throw new CritJsonError(`${field.name}: expected a base64 string`);
     return criuOptions(field).conv === 'unix_name' ? qpDecode(v) : fromBase64(v);
   }
-  if (rt instanceof protobuf.Enum) {
+  if (rt instanceof EnumType) {
     const n = typeof v === 'string' ? rt.values[v] : typeof v === 'number' ? v : undefined;
     if (n === undefined) throw new CritJsonError(`${field.name}: unknown ${rt.name} value ${JSON.stringify(v)}`);
     return n;

@@ -7,9 +7,9 @@
  *
  * Speed matters here: `criu dump` writes its images while the task is frozen, and a final dump
  * after pre-dumps writes a pagemap of thousands of small entries. So:
- *   - messages whose fields are all unsigned varints (pagemap_entry, say) are encoded by a
- *     small encoder of our own (encodeFlatEntry), byte-identical to protobufjs's and ~20x faster
- *     (no Long objects, no per-message Writer); anything else goes through encodeEntry;
+ *   - messages whose fields are all unsigned varints (pagemap_entry, say) are encoded
+ *     straight into the record buffer (encodeFlatEntry, byte-identical to encodeEntry, without its
+ *     per-entry buffer); anything else goes through encodeEntry;
  *   - writeImage, given an array, encodes everything first and writes it with one write(2)
  *     instead of awaiting each entry, synchronously when it is small (SYNC_MAX_BYTES);
  *   - writeImagesSync writes a batch of small images with synchronous calls (no thread-pool
@@ -20,11 +20,11 @@ import { closeSync, fchmodSync, fsyncSync, openSync, renameSync, unlinkSync, wri
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ImageError } from '../errors.js';
-import { encodeEntry, UNKNOWN_FIELDS, type ImageEntry } from './entry-codec.js';
+import { encodeEntry, prepareType, UNKNOWN_FIELDS, varintBytes, type ImageEntry } from './entry-codec.js';
 import { entryType } from './image-reader.js';
 import { IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC, imageKind, type ImageKind } from './kinds.js';
 import { fieldsByNumber, type PbType } from './schema.js';
-import { isOtherArchType } from './static-coders.js';
+import { EnumType } from './proto.js';
 
 const FLUSH_BYTES = 256 * 1024;
 /**
@@ -218,29 +218,16 @@ export async function writeImage(
 
 /**
  * Make ready now what encoding entries of these kinds would otherwise do on first use, which
- * `criu dump` would spend with the task frozen: installing each message type's coders. With the
- * build's precompiled coders (static-coders.ts) that is ~3 ms for a dump's kinds; without them
- * protobufjs generates each encoder with `new Function`, ~70 ms.
+ * `criu dump` would spend with the task frozen: making their message types from the schema and
+ * their codecs' field tables (entry-codec.ts), ~1 ms for a dump's kinds.
  */
 export function prepareImageKinds(kinds: readonly string[]): void {
   const seen = new Set<PbType>();
-  const visit = (type: PbType): void => {
-    if (seen.has(type)) return;
-    seen.add(type);
-    // The other architectures' messages (core_entry has a field for each) are never set here:
-    // their coders would be built on first use, i.e. never (~40% of the whole cost).
-    if (isOtherArchType(type.name)) return;
-    type.setup();
-    for (const f of fieldsByNumber(type)) {
-      const rt = f.resolvedType;
-      if (rt !== null && 'fieldsArray' in rt) visit(rt);
-    }
-  };
   for (const name of kinds) {
     const k = imageKind(name);
     if (k.header === 'raw') continue;
-    visit(entryType(k, 0));
-    visit(entryType(k, 1));
+    prepareType(entryType(k, 0), seen);
+    prepareType(entryType(k, 1), seen);
   }
 }
 
@@ -492,8 +479,8 @@ function flatFields(type: PbType): readonly FlatField[] | null {
   if (cached !== undefined) return cached;
   let fields: FlatField[] | null = [];
   for (const f of fieldsByNumber(type)) {
-    const isEnum = f.resolvedType !== null && 'values' in f.resolvedType;
-    if (f.repeated || f.map || (f.resolvedType !== null && !isEnum) || (!isEnum && !FLAT_TYPES.has(f.type))) {
+    const isEnum = f.resolvedType instanceof EnumType;
+    if (f.repeated || (f.resolvedType !== null && !isEnum) || (!isEnum && !FLAT_TYPES.has(f.type))) {
       fields = null;
       break;
     }
@@ -511,21 +498,11 @@ function flatFields(type: PbType): readonly FlatField[] | null {
   return fields;
 }
 
-function varintBytes(v: number): number[] {
-  const out: number[] = [];
-  while (v > 0x7f) {
-    out.push((v % 128) | 0x80);
-    v = Math.floor(v / 128);
-  }
-  out.push(v);
-  return out;
-}
-
 /**
  * Encode `entry` into `buf` at `at` when `type` is a flat message and the entry is plainly valid
  * (known fields only, values of the right kind, non-negative, required fields present, no unknown
  * fields kept); returns the body's length, or -1 (buf then holds garbage past `at`): encodeEntry
- * must do the work and report what is wrong. The bytes are those protobufjs writes: fields in
+ * must do the work and report what is wrong. The bytes are those encodeEntry writes: fields in
  * number order, keys and values as varints. `buf` must have FLAT_MAX_BYTES from `at`.
  */
 function encodeFlatInto(type: PbType, entry: ImageEntry, buf: Buffer, at: number): number {

@@ -9,6 +9,7 @@ export {
   encodeEntry,
   UNKNOWN_FIELDS,
   EntryShapeError,
+  WireError,
   type ImageEntry,
   type EntryValue,
 } from './entry-codec.js';

@@ -34,7 +34,7 @@ function scratchPackage(dir: string): string {
   copyFileSync(join(ROOT, 'dist/bundle/criu.cjs'), join(dir, 'dist/bundle/criu.cjs'));
   for (const f of ['package.json', 'proto', 'build', 'node_modules', 'native'])
     symlinkSync(join(ROOT, f), join(dir, f));
-  for (const f of ['proto-schema.json', 'proto-coders.cjs', 'proto-coders.cjs.v8cache'])
+  for (const f of ['proto-schema.json'])
     if (existsSync(join(ROOT, 'dist', f))) symlinkSync(join(ROOT, 'dist', f), join(dir, 'dist', f));
   return dir;
 }
