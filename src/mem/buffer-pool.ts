@@ -72,8 +72,12 @@ function faultedIn(sizeBytes: number): Buffer {
   return Buffer.allocUnsafeSlow(sizeBytes).fill(0);
 }
 
-/** Bytes of one page-copy buffer (dump-pages.ts, fill-pages.ts). */
-export const COPY_BUFFER_BYTES = 8 << 20;
+/**
+ * Bytes of one page-copy buffer (dump-pages.ts, fill-pages.ts). 2 MiB: copying 1 GiB from a task
+ * into a tmpfs file takes the same time in 1, 2 or 8 MiB chunks here (~140 ms in C, pages file
+ * allocated), while faulting in two 8 MiB buffers took ~40-60 ms, on a restore's way to its fill.
+ */
+export const COPY_BUFFER_BYTES = 2 << 20;
 
 /**
  * The page-copy buffers of this process: a dump reserves two before it freezes the task, so that

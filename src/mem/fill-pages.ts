@@ -30,7 +30,7 @@ const CHUNK_RUNS = 1024;
 const GAP_MAX = 256n << 10n;
 /** File bytes read for one chunk at most (its pages plus the gaps read through): a buffer. */
 const SPAN_MAX = COPY_BUFFER_BYTES;
-const SYNC_MAX_BYTES = 2 * CHUNK_BYTES;
+const SYNC_MAX_BYTES = 16 << 20;
 const O_RDONLY_CLOEXEC = 0o2000000;
 
 /** Pages read in one pread: file bytes [offset, offset + span) for `runs` (in file order). */
@@ -45,7 +45,7 @@ interface Chunk {
 /**
  * Have the two copy buffers of a fill of `pages` pages faulted in, on the thread pool: a restore
  * starts this as soon as it knows the page count and awaits it before the fill, so that the first
- * touch of 16 MiB (~60 ms on the development VM) overlaps with creating the task. Never rejects:
+ * touch of 4 MiB (~15 ms on the development VM) overlaps with creating the task. Never rejects:
  * if it fails, the fill faults its buffers itself.
  */
 export async function reserveFillBuffers(pages: number): Promise<void> {
