@@ -248,7 +248,8 @@ function scalarToJson(field: PbField, v: EntryValue, pretty: boolean, isHex: boo
     if (opts.conv === 'unix_name') return qpEncode(v as Uint8Array);
     return base64Lines(v as Uint8Array);
   }
-  if (rt instanceof EnumType) return rt.valuesById[v as number] ?? null;
+  // A value the enum does not name (a newer CRIU's) stays a number, as decoding keeps it.
+  if (rt instanceof EnumType) return rt.valuesById[v as number] ?? (v as number);
   if (typeof v === 'boolean' || typeof v === 'string') return v;
   if (typeof v !== 'number' && typeof v !== 'bigint') throw new CritJsonError(`${field.name}: unexpected value`);
   if (!pretty) return v;
@@ -337,7 +338,14 @@ function scalarFromJson(field: PbField, v: JsonValue): EntryValue {
     return criuOptions(field).conv === 'unix_name' ? qpDecode(v) : fromBase64(v);
   }
   if (rt instanceof EnumType) {
-    const n = typeof v === 'string' ? rt.values[v] : typeof v === 'number' ? v : undefined;
+    const n =
+      typeof v === 'string'
+        ? Object.hasOwn(rt.values, v)
+          ? rt.values[v]
+          : undefined
+        : typeof v === 'number'
+          ? v
+          : undefined;
     if (n === undefined) throw new CritJsonError(`${field.name}: unknown ${rt.name} value ${JSON.stringify(v)}`);
     return n;
   }

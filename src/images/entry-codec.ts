@@ -186,15 +186,21 @@ function shapeError(type: MessageType, f: FieldPlan, what: string): EntryShapeEr
   return new EntryShapeError(`${type.name}.${f.name}: expected ${what}`);
 }
 
+// Integers are taken in the signed or the unsigned range of their width, whatever the field's own
+// signedness (the bits are what is written): a value outside both would be cut, and is refused.
+const MIN_64 = -(1n << 63n);
+const MAX_64 = (1n << 64n) - 1n;
+
 function toBig64(type: MessageType, f: FieldPlan, v: unknown): bigint {
-  if (typeof v === 'bigint') return v;
-  if (typeof v === 'number' && Number.isInteger(v)) return BigInt(v);
-  throw shapeError(type, f, 'a 64-bit integer (bigint)');
+  const x = typeof v === 'bigint' ? v : typeof v === 'number' && Number.isInteger(v) ? BigInt(v) : null;
+  if (x !== null && x >= MIN_64 && x <= MAX_64) return x;
+  throw shapeError(type, f, x === null ? 'a 64-bit integer (bigint)' : `a 64-bit integer, not ${x}`);
 }
 
 function integer(type: MessageType, f: FieldPlan, v: unknown): number {
-  if (typeof v === 'number' && Number.isInteger(v)) return v;
-  throw shapeError(type, f, 'an integer');
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw shapeError(type, f, 'an integer');
+  if (v < -0x8000_0000 || v > 0xffff_ffff) throw shapeError(type, f, `a 32-bit integer, not ${v}`);
+  return v;
 }
 
 /** One value of field `f` (without its key). */
@@ -300,7 +306,10 @@ function encodeInto(w: Writer, type: MessageType, entry: ImageEntry, depth: numb
   if (unknowns !== undefined) for (const u of unknowns) w.raw(u);
 }
 
-/** Encode one entry body. Throws EntryShapeError for a value that does not fit its field. */
+/**
+ * Encode one entry body. Throws EntryShapeError for a value that does not fit its field (wrong
+ * kind, or an integer beyond its width). Names the message does not have are not written.
+ */
 export function encodeEntry(type: MessageType, entry: ImageEntry): Buffer {
   const w = new Writer();
   encodeInto(w, type, entry, 0);
@@ -497,7 +506,10 @@ function decodeFrom(buf: Buffer, start: number, end: number, type: MessageType, 
   return out;
 }
 
-/** Decode one entry body. Throws WireError on malformed input (callers say which entry). */
+/**
+ * Decode one entry body. Throws WireError on malformed input (callers say which entry). Bytes
+ * fields are views of `bytes`, not copies: it must not be reused while the entry is.
+ */
 export function decodeEntry(type: MessageType, bytes: Uint8Array): ImageEntry {
   const buf = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   return decodeFrom(buf, 0, buf.length, type, 0);

@@ -151,7 +151,16 @@ export class ImageReader {
         }
         if (index === 0) head = entry;
         const ctx: EntryContext = { index, head };
-        const extra = kind.extra === undefined ? null : await kind.extra.read(src, entry, ctx);
+        let extra: Buffer | null = null;
+        try {
+          extra = kind.extra === undefined ? null : await kind.extra.read(src, entry, ctx);
+        } catch (err) {
+          if (err instanceof ImageError) throw err;
+          const why = err instanceof Error ? err.message : String(err);
+          throw new ImageError(this.path, `the payload of entry ${index} does not decode: ${why}`, offset, {
+            cause: err,
+          });
+        }
         yield extra === null ? { entry, offset, index } : { entry, extra, offset, index };
       }
     } finally {

@@ -15,6 +15,7 @@
 
 /** A message, enum or namespace as the schema JSON holds it. */
 export interface ObjectJson {
+  readonly edition?: string;
   readonly fields?: Readonly<Record<string, FieldJson>>;
   readonly values?: Readonly<Record<string, number>>;
   readonly nested?: Readonly<Record<string, ObjectJson>>;
@@ -136,7 +137,7 @@ export class Field {
     this.required = json.rule === 'required';
     this.options = json.options ?? {};
     this.packed = this.repeated && this.options['packed'] === true;
-    const k = SCALAR_KINDS[json.type];
+    const k = Object.hasOwn(SCALAR_KINDS, json.type) ? SCALAR_KINDS[json.type] : undefined;
     this.long = k === Kind.Int64 || k === Kind.Uint64 || k === Kind.Sint64 || k === Kind.Fixed64 || k === Kind.Sfixed64;
   }
 
@@ -147,14 +148,13 @@ export class Field {
   /** The message or enum the field's type names; null for a scalar type. */
   get resolvedType(): MessageType | EnumType | null {
     if (this.#resolved === undefined) {
-      this.#resolved = SCALAR_KINDS[this.type] !== undefined ? null : this.schema.resolve(this.type, this.parent);
+      this.#resolved = Object.hasOwn(SCALAR_KINDS, this.type) ? null : this.schema.resolve(this.type, this.parent);
     }
     return this.#resolved;
   }
 
   get kind(): Kind {
-    const k = SCALAR_KINDS[this.type];
-    if (k !== undefined) return k;
+    if (Object.hasOwn(SCALAR_KINDS, this.type)) return SCALAR_KINDS[this.type] as Kind;
     return this.resolvedType instanceof EnumType ? Kind.Enum : Kind.Message;
   }
 }
@@ -173,6 +173,9 @@ export class MessageType {
     json: ObjectJson,
     schema: ProtoSchema,
   ) {
+    // proto2 only: its rules (presence, packing only when asked) are the ones applied here.
+    if (json.edition !== undefined && json.edition !== 'proto2')
+      throw new Error(`${fullName}: ${json.edition} messages are not supported`);
     const fields: Record<string, Field> = {};
     const arr: Field[] = [];
     for (const [fname, fj] of Object.entries(json.fields ?? {})) {

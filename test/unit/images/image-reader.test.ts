@@ -93,6 +93,16 @@ t.test('errors', async (t) => {
   e = await imageError(t, Buffer.concat([u32(COMMON, 0x56453709, pd.length), pd, Buffer.alloc(40)]));
   t.match(e.message, /pipe data is truncated: 100 bytes needed, 40 left/);
   t.equal(e.offset, 8 + 4 + pd.length);
+  // A payload that holds messages of its own, one of them garbage (ipcns-msg: a truncated varint).
+  const desc = Object.fromEntries(
+    messageType('ipc_desc_entry')
+      .fieldsByNumber.filter((f) => f.required)
+      .map((f) => [f.name, f.long ? 0n : 0]),
+  );
+  const msgHead = encodeEntry(messageType('ipc_msg_entry'), { desc, qbytes: 0, qnum: 1 });
+  e = await imageError(t, Buffer.concat([u32(COMMON, 0x55453737, msgHead.length), msgHead, u32(1), Buffer.from([8])]));
+  t.match(e.message, /the payload of entry 0 does not decode: index out of range/);
+  t.equal(e.offset, 8);
   // Missing file.
   await t.rejects(openImage(join(t.testdir({}), 'nope.img')), ImageError);
   // Raw kinds have no entries.

@@ -16,6 +16,7 @@ import {
 } from '../../../src/images/entry-codec.js';
 import { EnumType, MessageType, ProtoSchema, type ObjectJson } from '../../../src/images/proto.js';
 import { criuOptions, messageType, schemaOrigin, schemaRoot } from '../../../src/images/schema.js';
+import { critJsonToEntry, entryToCritJson } from '../../../src/images/crit-json.js';
 import { core as sampleCore } from '../../fixtures/images/samples.js';
 
 const originAtStart = schemaOrigin();
@@ -384,6 +385,28 @@ t.test('an enum value the schema does not name is kept, as protobuf-c keeps it',
   t.equal(decodeEntry(type, bytes)['mode'], 194);
   t.ok(encodeEntry(type, decodeEntry(type, bytes)).equals(bytes), 'written back as it was');
   t.equal(refDecode(fullRoot.lookupType('user_x86_regs_entry'), bytes)['mode'], undefined, 'where protobufjs drops it');
+});
+
+t.test('an unnamed enum value shows as its number in crit JSON, and reads back', async (t) => {
+  const type = messageType('fdinfo_entry');
+  const entry = { id: 3, flags: 0, type: 77, fd: 4 };
+  const json = entryToCritJson(type, entry);
+  t.equal(json['type'], 77);
+  t.same(critJsonToEntry(type, json), entry);
+  t.equal(entryToCritJson(type, { ...entry, type: 1 })['type'], 'REG', 'a named one by its name');
+  t.throws(() => critJsonToEntry(type, { ...json, type: 'toString' }), /unknown fd_types value "toString"/);
+});
+
+t.test('integers beyond their field width are refused, not cut', async (t) => {
+  const type = messageType('pagemap_entry');
+  t.throws(() => encodeEntry(type, { vaddr: 1n << 64n, compat_nr_pages: 1 }), /vaddr: expected a 64-bit integer, not/);
+  t.throws(() => encodeEntry(type, { vaddr: 1n, compat_nr_pages: 2 ** 32 + 5 }), /a 32-bit integer, not 4294967301/);
+  t.throws(() => encodeEntry(type, { vaddr: -(1n << 63n) - 1n, compat_nr_pages: 1 }), /64-bit integer/);
+  // Either signedness of the width is taken: the bits are what is written.
+  const bits = decodeEntry(type, encodeEntry(type, { vaddr: -1n, compat_nr_pages: 1, flags: -1 }));
+  t.same(bits, { vaddr: (1n << 64n) - 1n, compat_nr_pages: 1, flags: 0xffffffff });
+  const fs = messageType('fs_entry');
+  t.throws(() => encodeEntry(fs, { cwd_id: 1, root_id: 2, umask: -(2 ** 40) }), /a 32-bit integer/);
 });
 
 t.test('repeated numbers are read packed or not; the last of a singular field wins', async (t) => {
