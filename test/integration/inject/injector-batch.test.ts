@@ -176,3 +176,57 @@ t.test(
     t.equal(maps(fx.pid), mapsBefore, 'no mapping left behind');
   },
 );
+
+/** Run `fn` with the batch loop's opt-in off: runCalls then chains single calls (rawSyscalls). */
+async function withoutLoop(fn: () => Promise<void>): Promise<void> {
+  const saved = process.env['CRIU_TS_INJECT_BATCH'];
+  delete process.env['CRIU_TS_INJECT_BATCH'];
+  try {
+    await fn();
+  } finally {
+    process.env['CRIU_TS_INJECT_BATCH'] = saved;
+  }
+}
+
+t.test('chained single calls: a SIGSTOP met mid-chain is kept for after release', { skip: needsRoot }, async (t) => {
+  await withoutLoop(async () => {
+    const fx = await startFixture('exec_target', ['idle']);
+    t.teardown(() => fx.kill());
+    await fx.waitFor('READY');
+    const inj = Injector.attach(fx.pid);
+    let res;
+    try {
+      const single = inj.runCalls(CALLS);
+      // The SIGSTOP is pending when the chain resumes the task: its first stop is the signal's,
+      // not a syscall stop. The call is finished step by step, the rest chained again.
+      process.kill(fx.pid, 'SIGSTOP');
+      res = inj.runCalls(CALLS);
+      t.same(
+        res.map((r) => [r.ret, r.out.toString('hex')]),
+        single.map((r) => [r.ret, r.out.toString('hex')]),
+        'the same results as without the stop',
+      );
+    } finally {
+      inj.release();
+    }
+    t.equal(res[64]?.ret, BigInt(fx.pid));
+    await sleepMs(100);
+    t.equal(readStatus(fx.pid)?.state, 'T', 'stopped by the deferred SIGSTOP');
+    process.kill(fx.pid, 'SIGCONT');
+    fx.write('go\n');
+    await expectPass(t, fx);
+  });
+});
+
+t.test('chained single calls: a task killed meanwhile is a TaskError, no hang', { skip: needsRoot }, async (t) => {
+  await withoutLoop(async () => {
+    const fx = await startFixture('exec_target', ['idle']);
+    t.teardown(() => fx.kill());
+    await fx.waitFor('READY');
+    const inj = Injector.attach(fx.pid, { timeoutMs: 2000 });
+    process.kill(fx.pid, 'SIGKILL');
+    await sleepMs(100);
+    t.throws(() => inj.runCalls(CALLS), /exited/);
+    t.doesNotThrow(() => inj.release());
+  });
+});
