@@ -23,6 +23,15 @@ async function expectPass(t: Test, fx: Fixture): Promise<void> {
   t.equal(code, 0, 'the fixture checked its state and passed');
 }
 
+/** The task is (still) stopped; once continued it checks itself and passes. */
+async function expectStoppedThenPass(t: Test, fx: Fixture, why: string): Promise<void> {
+  await sleepMs(100);
+  t.equal(readStatus(fx.pid)?.state, 'T', why);
+  process.kill(fx.pid, 'SIGCONT');
+  fx.write('go\n');
+  await expectPass(t, fx);
+}
+
 /** Every sigaction, getpid, a failing close and a prctl with an output buffer. */
 const CALLS: InjectedCall[] = [
   ...Array.from({ length: 64 }, (_, i): InjectedCall => ({
@@ -123,11 +132,7 @@ t.test('a stopped task stays stopped after a batch, then continues correctly', {
   } finally {
     inj.release();
   }
-  await sleepMs(100);
-  t.equal(readStatus(fx.pid)?.state, 'T', 'still stopped after release');
-  process.kill(fx.pid, 'SIGCONT');
-  fx.write('go\n');
-  await expectPass(t, fx);
+  await expectStoppedThenPass(t, fx, 'still stopped after release');
 });
 
 t.test('a SIGSTOP sent during a batch is kept for after release', { skip: needsRoot }, async (t) => {
@@ -142,11 +147,7 @@ t.test('a SIGSTOP sent during a batch is kept for after release', { skip: needsR
   } finally {
     inj.release();
   }
-  await sleepMs(100);
-  t.equal(readStatus(fx.pid)?.state, 'T', 'stopped by the deferred SIGSTOP');
-  process.kill(fx.pid, 'SIGCONT');
-  fx.write('go\n');
-  await expectPass(t, fx);
+  await expectStoppedThenPass(t, fx, 'stopped by the deferred SIGSTOP');
 });
 
 t.test(
@@ -210,11 +211,7 @@ t.test('chained single calls: a SIGSTOP met mid-chain is kept for after release'
       inj.release();
     }
     t.equal(res[64]?.ret, BigInt(fx.pid));
-    await sleepMs(100);
-    t.equal(readStatus(fx.pid)?.state, 'T', 'stopped by the deferred SIGSTOP');
-    process.kill(fx.pid, 'SIGCONT');
-    fx.write('go\n');
-    await expectPass(t, fx);
+    await expectStoppedThenPass(t, fx, 'stopped by the deferred SIGSTOP');
   });
 });
 
