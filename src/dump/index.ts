@@ -89,6 +89,8 @@ export type DumpResult = DumpStats & {
 };
 
 const O_DIRECTORY = 0o200000;
+/** The scratch space made for the injected calls of a dump (the task core's take ~3 KiB). */
+const SCRATCH_BYTES = 16n << 10n;
 /** Full dumps with fewer bytes of pages than this do not reserve room for them ahead. */
 const RESERVE_MIN_BYTES = 64 << 20;
 
@@ -207,6 +209,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       root_id: dirEntry(readlinkSync(`/proc/${pid}/root`)),
       umask: readStatus(pid)?.umask ?? 0o22,
     };
+    // The scratch mapping of the injected calls, made before the page copy starts: mmap and
+    // munmap wait for the task's mmap lock, which each read of the copy holds (an injected mmap
+    // took 10-17 ms beside a copy), and readers of /proc/PID then queue behind them. The other
+    // threads' calls use the same mapping (they are made one thread after the other).
+    const scratch = frozen.leader.prepareScratch(SCRATCH_BYTES);
+    for (const t of frozen.threads) if (t !== frozen.leader) t.useScratch(scratch.addr, scratch.sizeBytes);
     // The memory first: its copy runs on the thread pool while this thread collects the rest and
     // writes the small images. The injected calls meanwhile only write to the scratch mapping,
     // which is not one of mm.vmas (and the task is frozen).

@@ -280,6 +280,21 @@ export class Injector {
     this.scratch = { addr, sizeBytes, used: 0n, isOwned: false };
   }
 
+  /**
+   * Have scratch space of at least `sizeBytes` mapped now (by an injected mmap if needed) and
+   * return it, e.g. for useScratch by the injectors of the other threads. A dump makes it right
+   * after the freeze: mmap waits for the task's mmap lock, which its page copy then holds.
+   */
+  prepareScratch(sizeBytes: bigint): { addr: bigint; sizeBytes: bigint } {
+    this.assertUsable();
+    if (this.scratch === null || this.scratch.sizeBytes < sizeBytes) {
+      this.reserveScratch(sizeBytes);
+      this.resetScratch();
+    }
+    const { addr, sizeBytes: size } = this.scratch as NonNullable<Injector['scratch']>;
+    return { addr, sizeBytes: size };
+  }
+
   /** Forget data pushed so far: the scratch space is reused from its start. */
   resetScratch(): void {
     if (this.scratch !== null) this.scratch.used = 0n;
