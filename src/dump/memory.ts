@@ -107,10 +107,13 @@ export async function planMemory(
     inParent = subtract(intersect(present, parent.known), dirty);
   }
   const copy = subtract(present, inParent);
-  const entries: PagemapRun[] = [
-    ...copy.map((r) => ({ vaddr: pageAddr(r.start), nrPages: r.end - r.start, flags: PE_PRESENT })),
-    ...inParent.map((r) => ({ vaddr: pageAddr(r.start), nrPages: r.end - r.start, flags: PE_PARENT })),
-  ].sort((a, b) => (a.vaddr < b.vaddr ? -1 : 1));
+  // Both lists are sorted and disjoint: merged in address order (no sort on bigints).
+  const entries: PagemapRun[] = [];
+  for (let i = 0, j = 0; i < copy.length || j < inParent.length;) {
+    const isCopy = j >= inParent.length || (i < copy.length && (copy[i] as Run).start < (inParent[j] as Run).start);
+    const r = (isCopy ? copy[i++] : inParent[j++]) as Run;
+    entries.push({ vaddr: pageAddr(r.start), nrPages: r.end - r.start, flags: isCopy ? PE_PRESENT : PE_PARENT });
+  }
   const pagesInParent = countPages(inParent);
   log().info(
     `Memory of ${pid}: ${countPages(present)} present pages, ${countPages(copy)} to copy, ${pagesInParent} in the parent`,

@@ -15,12 +15,14 @@ export interface Run {
   end: number;
 }
 
+// Through doubles, not BigInt division and multiplication: exact below 2^53 (user addresses are
+// below 2^47), and several times faster over the thousands of runs of a final dump's plan.
 export function pageIndex(addr: bigint): number {
-  return Number(addr / PAGE);
+  return Math.floor(Number(addr) / PAGE_SIZE);
 }
 
 export function pageAddr(index: number): bigint {
-  return BigInt(index) * PAGE;
+  return BigInt(index * PAGE_SIZE);
 }
 
 /** Sort, and merge runs that overlap or touch. */

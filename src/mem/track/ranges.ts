@@ -138,7 +138,7 @@ export function runsFromRanges(ranges: readonly AddrRange[]): PageRuns {
 export function rangesFromRuns(runs: PageRuns): AddrRange[] {
   const out: AddrRange[] = [];
   for (let i = 0; i < runs.length; i += 2)
-    out.push({ start: BigInt(runs[i] as number) * PAGE, end: BigInt(runs[i + 1] as number) * PAGE });
+    out.push({ start: BigInt((runs[i] as number) * PAGE_SIZE), end: BigInt((runs[i + 1] as number) * PAGE_SIZE) });
   return out;
 }
 
