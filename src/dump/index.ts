@@ -18,7 +18,7 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { readlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { TaskError, UnsupportedError } from '../errors.js';
-import { imageFileName, writeParentLink, PAGE_SIZE, type ImageEntry } from '../images/index.js';
+import { imageFileName, PARENT_LINK, writeParentLink, PAGE_SIZE, type ImageEntry } from '../images/index.js';
 import { prepareImageKinds, writeImagesSync, type ImageToWrite } from '../images/image-writer.js';
 import { log } from '../log.js';
 import { injectedCallCounts } from '../inject/injector.js';
@@ -146,6 +146,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const before = new Set(await readdir(dir));
   let nextPagesId = 2; // pages-1.img holds the task's memory
   const sink = opts.sink ?? localPageSink(dir);
+  const isParentLinkEarly = opts.prevImagesDir !== undefined && sink.isLocal && !before.has(PARENT_LINK);
   // A full dump reserves room for its pages at once, on the thread pool (PageSink.reserve): it
   // is allocated while the rest is prepared. A failure from here on discards it (sink.abort).
   const isTracking = opts.trackMem === true || isTrackingRecorded(pid);
@@ -157,6 +158,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   let t0: number;
   try {
     await dumpCpuinfo(dir);
+    // The parent link, written now rather than frozen (the inventory, written last, still makes
+    // the directory a dump). Over a link already there it waits for the end: a failed dump then
+    // leaves the old one as it was.
+    if (isParentLinkEarly) await writeParentLink(dir, opts.prevImagesDir as string);
     // Whatever can be known before the freeze is not part of the frozen time: the tracker module
     // and the kernel probes that choose it (kerndat, 30-120 ms on first use).
     track = isTracking ? await import('../mem/track/index.js') : null;
@@ -342,7 +347,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const tWrite = nowUs();
     await sink.commit();
     log().debug('dump: images (pagemap written)');
-    if (opts.prevImagesDir !== undefined && sink.isLocal) await writeParentLink(dir, opts.prevImagesDir);
+    if (opts.prevImagesDir !== undefined && sink.isLocal && !isParentLinkEarly)
+      await writeParentLink(dir, opts.prevImagesDir);
     stats.memwriteTimeUs = nowUs() - tWrite;
     // Last: the inventory makes the directory a complete dump.
     add('inventory.img', 'INVENTORY', [inventoryEntry()]);
