@@ -73,11 +73,12 @@ function faultedIn(sizeBytes: number): Buffer {
 }
 
 /**
- * Bytes of one page-copy buffer (dump-pages.ts, fill-pages.ts). 2 MiB: copying 1 GiB from a task
- * into a tmpfs file takes the same time in 1, 2 or 8 MiB chunks here (~140 ms in C, pages file
- * allocated), while faulting in two 8 MiB buffers took ~40-60 ms, on a restore's way to its fill.
+ * Bytes of one page-copy buffer (dump-pages.ts, fill-pages.ts). 8 MiB: each chunk costs a few
+ * hand-offs between the thread pool and the main thread; with 2 MiB chunks a dump's copy of 1 GiB
+ * took ~100 ms longer (350 instead of 250 ms) and a restore's fill ~70 ms longer, more than the
+ * ~30 ms that faulting in the smaller buffers saves.
  */
-export const COPY_BUFFER_BYTES = 2 << 20;
+export const COPY_BUFFER_BYTES = 8 << 20;
 
 /**
  * The page-copy buffers of this process: a dump reserves two before it freezes the task, so that

@@ -45,7 +45,7 @@ interface Chunk {
 /**
  * Have the two copy buffers of a fill of `pages` pages faulted in, on the thread pool: a restore
  * starts this as soon as it knows the page count and awaits it before the fill, so that the first
- * touch of 4 MiB (~15 ms on the development VM) overlaps with creating the task. Never rejects:
+ * touch of 16 MiB (~60 ms on the development VM) overlaps with creating the task. Never rejects:
  * if it fails, the fill faults its buffers itself.
  */
 export async function reserveFillBuffers(pages: number): Promise<void> {
