@@ -1,9 +1,6 @@
 #!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS node
 // Launcher of `criu-migrate`: the compiled CLI lives in dist/ (npm run build:ts).
-// Its first line starts node without NODE_EXTRA_CA_CERTS: node reads and parses that file of
-// certificates at every start (~40 ms here, where it names the system's whole bundle), and criu-ts
-// opens no TLS connection. Run as `node bin/criu-migrate.js`, that start has paid for it already;
-// the variable is still taken out of the environment of the processes criu-ts starts.
+// Its first line and the delete below: as in bin/criu.js (NODE_EXTRA_CA_CERTS costs every start).
 delete process.env.NODE_EXTRA_CA_CERTS;
 import('../dist/src/cli/criu-migrate.js')
   .then((mod) => mod.main())

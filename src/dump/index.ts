@@ -146,7 +146,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const before = new Set(await readdir(dir));
   let nextPagesId = 2; // pages-1.img holds the task's memory
   const sink = opts.sink ?? localPageSink(dir);
-  const isParentLinkEarly = opts.prevImagesDir !== undefined && sink.isLocal && !before.has(PARENT_LINK);
+  const isLinkingParent = opts.prevImagesDir !== undefined && sink.isLocal;
+  const isParentLinkEarly = isLinkingParent && !before.has(PARENT_LINK);
   // A full dump reserves room for its pages at once, on the thread pool (PageSink.reserve): it
   // is allocated while the rest is prepared. A failure from here on discards it (sink.abort).
   const isTracking = opts.trackMem === true || isTrackingRecorded(pid);
@@ -347,8 +348,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const tWrite = nowUs();
     await sink.commit();
     log().debug('dump: images (pagemap written)');
-    if (opts.prevImagesDir !== undefined && sink.isLocal && !isParentLinkEarly)
-      await writeParentLink(dir, opts.prevImagesDir);
+    if (isLinkingParent && !isParentLinkEarly) await writeParentLink(dir, opts.prevImagesDir as string);
     stats.memwriteTimeUs = nowUs() - tWrite;
     // Last: the inventory makes the directory a complete dump.
     add('inventory.img', 'INVENTORY', [inventoryEntry()]);

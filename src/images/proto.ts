@@ -31,10 +31,10 @@ export interface FieldJson {
 }
 
 /** Wire types (protobuf encoding). */
-export const WIRE_VARINT = 0;
-export const WIRE_FIXED64 = 1;
+const WIRE_VARINT = 0;
+const WIRE_FIXED64 = 1;
 export const WIRE_LEN = 2;
-export const WIRE_FIXED32 = 5;
+const WIRE_FIXED32 = 5;
 
 /** How a field's values are written, one code per protobuf type (enums are int32 on the wire). */
 export const Kind = {
@@ -76,6 +76,12 @@ const SCALAR_KINDS: Readonly<Record<string, Kind>> = {
   bytes: Kind.Bytes,
 };
 
+const LONG_KINDS: ReadonlySet<Kind> = new Set([Kind.Int64, Kind.Uint64, Kind.Sint64, Kind.Fixed64, Kind.Sfixed64]);
+
+/** The kind of a scalar type name ("uint64"); undefined for a message's or an enum's name. */
+const scalarKind = (type: string): Kind | undefined =>
+  Object.hasOwn(SCALAR_KINDS, type) ? SCALAR_KINDS[type] : undefined;
+
 /** The wire type of one value of each kind. */
 export function wireTypeOf(kind: Kind): number {
   switch (kind) {
@@ -115,6 +121,9 @@ export class EnumType {
 }
 
 export class Field {
+  readonly id: number;
+  /** The type as written in the schema: a scalar type's name, or a message's or enum's reference. */
+  readonly type: string;
   readonly repeated: boolean;
   readonly required: boolean;
   /** Repeated numbers written as one length-delimited run ([packed = true]). */
@@ -137,25 +146,20 @@ export class Field {
     this.required = json.rule === 'required';
     this.options = json.options ?? {};
     this.packed = this.repeated && this.options['packed'] === true;
-    const k = Object.hasOwn(SCALAR_KINDS, json.type) ? SCALAR_KINDS[json.type] : undefined;
-    this.long = k === Kind.Int64 || k === Kind.Uint64 || k === Kind.Sint64 || k === Kind.Fixed64 || k === Kind.Sfixed64;
+    const k = scalarKind(json.type);
+    this.long = k !== undefined && LONG_KINDS.has(k);
   }
-
-  readonly id: number;
-  /** The type as written in the schema: a scalar type's name, or a message's or enum's reference. */
-  readonly type: string;
 
   /** The message or enum the field's type names; null for a scalar type. */
   get resolvedType(): MessageType | EnumType | null {
     if (this.#resolved === undefined) {
-      this.#resolved = Object.hasOwn(SCALAR_KINDS, this.type) ? null : this.schema.resolve(this.type, this.parent);
+      this.#resolved = scalarKind(this.type) !== undefined ? null : this.schema.resolve(this.type, this.parent);
     }
     return this.#resolved;
   }
 
   get kind(): Kind {
-    if (Object.hasOwn(SCALAR_KINDS, this.type)) return SCALAR_KINDS[this.type] as Kind;
-    return this.resolvedType instanceof EnumType ? Kind.Enum : Kind.Message;
+    return scalarKind(this.type) ?? (this.resolvedType instanceof EnumType ? Kind.Enum : Kind.Message);
   }
 }
 
@@ -219,20 +223,6 @@ export class ProtoSchema {
     const o = this.#object(path);
     if (!(o instanceof MessageType)) throw new Error(`no such type: ${name}`);
     return o;
-  }
-
-  /** Every message type of the schema (made now if not yet), depth first in schema order. */
-  allMessageTypes(): MessageType[] {
-    const out: MessageType[] = [];
-    const walk = (json: ObjectJson, path: readonly string[]): void => {
-      for (const [k, v] of Object.entries(json.nested ?? {})) {
-        const p = [...path, k];
-        if (v.fields !== undefined) out.push(this.#object(p) as MessageType);
-        walk(v, p);
-      }
-    };
-    walk(this.#root, []);
-    return out;
   }
 
   /** The object a field of `from` names by `ref`, by protobuf's scoping rules. */

@@ -28,7 +28,7 @@ const PAGE = BigInt(PAGE_SIZE);
 const CHUNK_BYTES = COPY_BUFFER_BYTES;
 const IOV_MAX = 1024;
 /** Copies up to this size are made synchronously (see writePagesSync). */
-const SYNC_MAX_BYTES = 16 << 20;
+const SYNC_MAX_BYTES = 2 * CHUNK_BYTES;
 
 export interface DumpRange {
   start: bigint;

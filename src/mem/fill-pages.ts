@@ -30,7 +30,7 @@ const CHUNK_RUNS = 1024;
 const GAP_MAX = 256n << 10n;
 /** File bytes read for one chunk at most (its pages plus the gaps read through): a buffer. */
 const SPAN_MAX = COPY_BUFFER_BYTES;
-const SYNC_MAX_BYTES = 16 << 20;
+const SYNC_MAX_BYTES = 2 * CHUNK_BYTES;
 const O_RDONLY_CLOEXEC = 0o2000000;
 
 /** Pages read in one pread: file bytes [offset, offset + span) for `runs` (in file order). */
