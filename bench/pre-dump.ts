@@ -11,8 +11,8 @@
  * process is not needed here (tests prove the images right).
  *
  * Then the same iterations made in this one process through criu-ts's API, as criu-migrate's
- * agent makes them (no node start-up per iteration, code already compiled): the wall time of an
- * iteration next to that of a full dump -R made the same way.
+ * agent makes them (no node start-up per iteration, code already compiled): the median wall time
+ * of an iteration next to the median of full dumps -R made the same way.
  */
 
 import { spawn } from 'node:child_process';
@@ -99,7 +99,15 @@ const killQuietly = (pid: number): void => {
   }
 };
 
-/** The iterations made in this process through the API (as criu-migrate's agent makes them). */
+/** Full dumps (-R) and pre-dump iterations measured in the process that makes them. */
+const API_FULL_DUMPS = 3;
+const API_ITERATIONS = 8;
+
+/**
+ * The iterations made in this process through the API (as criu-migrate's agent makes them): the
+ * first of each kind compiles its code; a long-running agent pays that once, so the median of the
+ * later ones is what an iteration costs it.
+ */
 async function inProcess(pages: number, work: string): Promise<string[]> {
   const { pid, step } = await startIncr(pages, path.join(work, 'out-api.txt'));
   try {
@@ -109,26 +117,36 @@ async function inProcess(pages: number, work: string): Promise<string[]> {
       const r = await fn();
       return { ms: Number(process.hrtime.bigint() - t0) / 1e6, r };
     };
-    // The first of each kind compiles its code and probes the kernel: the second is measured.
-    await dump({ pid, imagesDir: dir('full0'), end: 'leave-running' });
-    rmSync(dir('full0'), { recursive: true, force: true });
-    const full = await timed(() => dump({ pid, imagesDir: dir('full'), end: 'leave-running' }));
+    const fulls: { ms: number; frozenMs: number }[] = [];
+    for (let i = 0; i <= API_FULL_DUMPS; i++) {
+      const full = await timed(() => dump({ pid, imagesDir: dir('full'), end: 'leave-running' }));
+      // The first compiles the code and probes the kernel: not counted.
+      if (i > 0) fulls.push({ ms: full.ms, frozenMs: full.r.frozenTimeUs / 1000 });
+      rmSync(dir('full'), { recursive: true, force: true });
+    }
     await preDump({ pid, imagesDir: dir('1'), tracker: 'auto' });
-    const its: { ms: number; copied: number }[] = [];
-    for (let k = 1; k <= 2; k++) {
+    const its: { ms: number; copied: number; copyMs: number }[] = [];
+    for (let k = 1; k <= API_ITERATIONS; k++) {
       await step(k);
       const it = await timed(() =>
         preDump({ pid, imagesDir: dir(String(k + 1)), prevImagesDir: `../api-${k}`, tracker: 'auto' }),
       );
-      its.push({ ms: it.ms, copied: it.r.pagesWritten });
+      its.push({ ms: it.ms, copied: it.r.pagesWritten, copyMs: it.r.memdumpTimeUs / 1000 });
     }
     await endTracking(pid);
+    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+    const fullMs = median(fulls.map((f) => f.ms));
+    const warm = its.slice(1);
+    const pct = (ms: number): string => `${((ms / fullMs) * 100).toFixed(1)}%`;
+    const first = its[0] as (typeof its)[number];
+    const warmMs = median(warm.map((i) => i.ms));
+    const bestMs = Math.min(...warm.map((i) => i.ms));
     return [
-      `in one process (the API, as criu-migrate's agent): full dump -R wall ${full.ms.toFixed(0)} ms (frozen ${(full.r.frozenTimeUs / 1000).toFixed(1)} ms)`,
-      ...its.map(
-        (it, i) =>
-          `  pre-dump ${i + 2} (1% rewritten): wall ${it.ms.toFixed(1)} ms, ${it.copied} pages written = ${((it.ms / full.ms) * 100).toFixed(1)}% of that full dump's wall`,
-      ),
+      `in one process (the API, as criu-migrate's agent), the code already compiled:`,
+      `  full dump -R:  wall ${fullMs.toFixed(0)} ms (median of ${fulls.length}; ${fulls.map((f) => f.ms.toFixed(0)).join(', ')}), frozen ${median(fulls.map((f) => f.frozenMs)).toFixed(0)} ms`,
+      `  pre-dump, 1% rewritten: wall ${warmMs.toFixed(1)} ms = ${pct(warmMs)} of the full dump (median of ${warm.length}; best ${bestMs.toFixed(1)} ms = ${pct(bestMs)}), ` +
+        `of it copying ${median(warm.map((i) => i.copyMs)).toFixed(1)} ms; ${median(warm.map((i) => i.copied))} pages written`,
+      `  the first iteration (compiling its code): ${first.ms.toFixed(1)} ms = ${pct(first.ms)}`,
     ];
   } finally {
     killQuietly(pid);

@@ -10,7 +10,7 @@ import {
   chooseTracker,
   describeTracker,
   missingRequired,
-  probeKernel,
+  reprobeKernel,
   type Kerndat,
   type ProbeResult,
 } from '../kerndat/index.js';
@@ -49,7 +49,7 @@ export function formatCheck(
 }
 
 export function runCheck(opts: Options, io: CliIo): Promise<number> {
-  const kd = probeKernel();
+  const kd = reprobeKernel(); // always afresh, and the cache file with it
   for (const p of kd.probes) log().info(`check: ${line(p).trimEnd()}`);
   const report = formatCheck(kd, opts);
   io.stdout(report.stdout);

@@ -84,6 +84,7 @@ export function checkDumpable(pid: number): void {
 export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   const { pid } = opts;
   checkDumpable(pid);
+  log().debug(`Pre-dump of ${pid}: checked`);
   // The copy buffers' first touch (slow on VMs) overlaps the collect (buffer-pool.ts).
   const reserving = copyBuffers.reserveAsync(2);
   reserving.catch(() => undefined); // awaited before the copy
@@ -155,6 +156,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
       onProgress: (done) => opts.onProgress?.('memory', done, total),
     });
     const memdump = nowUs() - tMem;
+    log().debug(`Pre-dump of ${pid}: ${written.pagesWritten} pages written in ${memdump} us`);
     const tWrite = nowUs();
     const prev = opts.prevImagesDir;
     if (prev !== undefined && sink.isLocal) await writeParentLink(dir, prev);
@@ -165,6 +167,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
     tracker.state = encodeKnown({ dest: sink.destination(dir), known: plan.present });
     await tracker.keep();
     tracker = null;
+    log().debug(`Pre-dump of ${pid}: images written, tracker kept`);
     const stats: PreDumpStats = {
       freezingTimeUs: freezingUs,
       frozenTimeUs: frozenUs,

@@ -11,6 +11,8 @@
  */
 
 import { describeError } from '../errors.js';
+import { log } from '../log.js';
+import { currentCacheKey, kerndatCachePath, loadKerndat, storeKerndat } from './cache.js';
 import type { Capabilities } from './caps.js';
 import {
   ProbeChild,
@@ -143,9 +145,33 @@ function strip(p: ProbeResult): ProbeResult {
 
 let cached: Kerndat | null = null;
 
-/** The kernel's features, probed on first use and cached for the life of the process. */
+/**
+ * The kernel's features: probed on first use and kept for the life of the process, and in the
+ * kerndat cache file for the later commands of this boot (cache.ts).
+ */
 export function kerndat(): Kerndat {
-  cached ??= probeKernel();
+  if (cached !== null) return cached;
+  const file = kerndatCachePath();
+  const key = file === null ? null : currentCacheKey();
+  const kept = file === null || key === null ? null : loadKerndat(file, key);
+  if (kept !== null) {
+    log().debug(`kerndat: from ${file as string}`);
+    return (cached = kept);
+  }
+  cached = probeKernel();
+  if (file !== null && key !== null) storeKerndat(file, cached, key);
+  return cached;
+}
+
+/**
+ * Probe now, whatever is cached (`criu check`), and keep the result: in this process and in the
+ * cache file.
+ */
+export function reprobeKernel(): Kerndat {
+  cached = probeKernel();
+  const file = kerndatCachePath();
+  const key = file === null ? null : currentCacheKey();
+  if (file !== null && key !== null) storeKerndat(file, cached, key);
   return cached;
 }
 

@@ -16,13 +16,14 @@ function assertBuilt(): void {
 /** Run `criu ARGS...` to completion. */
 export function criu(
   args: readonly string[],
-  options: { cwd?: string; timeoutMs?: number } = {},
+  options: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
 ): SpawnSyncReturns<string> {
   assertBuilt();
   return spawnSync(BIN, args, {
     cwd: options.cwd ?? ROOT,
     encoding: 'utf8',
     timeout: options.timeoutMs ?? 60_000,
+    ...(options.env === undefined ? {} : { env: options.env }),
   });
 }
 

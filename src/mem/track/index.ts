@@ -68,6 +68,7 @@ export async function openTracker(opts: OpenTrackerOptions): Promise<DirtyTracke
   const targetStartTime = startTimeOf(pid);
   if (targetStartTime === null) throw new TaskError(pid, `Cannot track memory of task ${pid}: no such process`);
   const lock = await lockTracking(pid);
+  log().debug(`Dirty memory tracker: ${kind} chosen, task ${pid} locked`);
   try {
     const dir = trackDir();
     const ctx: TrackContext = { pid, targetStartTime, dir, lock };
