@@ -319,9 +319,15 @@ export interface Clone3ExecArgs {
 export function clone3Exec(args: Clone3ExecArgs): number;
 
 // ---------------------------------------------------------------------------------------------
-// Sockets (probes such as TCP_REPAIR).
+// Sockets (probes such as TCP_REPAIR; the RPC service's AF_UNIX SOCK_SEQPACKET sockets).
 
 export function socket(domain: number, type: number, protocol: number): number;
+/** socketpair(domain, type, 0): the two fds. */
+export function socketpair(domain: number, type: number): [number, number];
+/** bind(fd) to the AF_UNIX filesystem path `path` (at most 107 bytes). */
+export function bindUnix(fd: number, path: string): void;
+/** connect(fd) to the AF_UNIX path `path`, on the thread pool (a full backlog blocks). */
+export function connectUnixAsync(fd: number, path: string): Promise<void>;
 export function setsockopt(fd: number, level: number, name: number, value: Buffer): void;
 export function getsockopt(fd: number, level: number, name: number, size: number): Buffer;
 

@@ -1,10 +1,16 @@
-// socket(2), setsockopt(2), getsockopt(2): enough for kernel-feature probes such as TCP_REPAIR.
+// socket(2), socketpair(2), setsockopt(2), getsockopt(2), and bind(2)/connect(2) to AF_UNIX
+// paths: kernel-feature probes such as TCP_REPAIR, and the RPC service's SOCK_SEQPACKET sockets.
 
 #include <errno.h>
+#include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
+#include <memory>
+#include <string>
 #include <vector>
 
+#include "async.h"
 #include "common.h"
 
 namespace criu {
@@ -47,10 +53,67 @@ Napi::Value Getsockopt(const Napi::CallbackInfo& info) {
   return Napi::Buffer<uint8_t>::Copy(env, buf.data(), std::min<size_t>(len, size));
 }
 
+Napi::Value Socketpair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int domain = ArgInt32(info, 0, "domain");
+  int type = ArgInt32(info, 1, "type");
+  int sv[2];
+  if (socketpair(domain, type, 0, sv) < 0) ThrowSyscall(env, "socketpair", errno, {domain, type});
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, sv[0]);
+  out.Set(1u, sv[1]);
+  return out;
+}
+
+// An AF_UNIX address for a filesystem path (not abstract: a leading NUL is refused).
+std::shared_ptr<sockaddr_un> UnixAddr(Napi::Env env, const std::string& path) {
+  auto a = std::make_shared<sockaddr_un>();
+  a->sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(a->sun_path) || path.find('\0') != std::string::npos)
+    throw Napi::RangeError::New(env, "Argument path must be 1.." +
+                                         std::to_string(sizeof(a->sun_path) - 1) +
+                                         " bytes without NUL: " + path);
+  memcpy(a->sun_path, path.data(), path.size());
+  return a;
+}
+
+Napi::Value BindUnix(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  std::string path = ArgString(info, 1, "path");
+  auto a = UnixAddr(env, path);
+  if (bind(fd, reinterpret_cast<sockaddr*>(a.get()), sizeof(*a)) < 0)
+    ThrowSyscall(env, "bind", errno, {fd, path});
+  return env.Undefined();
+}
+
+Napi::Value ConnectUnixAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  std::string path = ArgString(info, 1, "path");
+  auto a = UnixAddr(env, path);
+  auto* w = new PromiseWorker(
+      env, "connect", {fd, path}, {},
+      [fd, a](int* err) -> long {
+        // A unix connect is not left pending by a signal: EINTR means try again.
+        long r;
+        do {
+          r = connect(fd, reinterpret_cast<sockaddr*>(a.get()), sizeof(*a));
+        } while (r < 0 && errno == EINTR);
+        if (r < 0) *err = errno;
+        return r;
+      },
+      [](Napi::Env e, long) { return e.Undefined(); });
+  return PromiseWorker::Start(w);
+}
+
 }  // namespace
 
 void InitSockets(Napi::Env env, Napi::Object exports) {
   exports.Set("socket", Napi::Function::New(env, Socket, "socket"));
+  exports.Set("socketpair", Napi::Function::New(env, Socketpair, "socketpair"));
+  exports.Set("bindUnix", Napi::Function::New(env, BindUnix, "bindUnix"));
+  exports.Set("connectUnixAsync", Napi::Function::New(env, ConnectUnixAsync, "connectUnixAsync"));
   exports.Set("setsockopt", Napi::Function::New(env, Setsockopt, "setsockopt"));
   exports.Set("getsockopt", Napi::Function::New(env, Getsockopt, "getsockopt"));
 }

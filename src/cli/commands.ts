@@ -1,10 +1,9 @@
 /**
  * The command table of `criu`: one handler per command, taking the Options and returning the exit
  * code. The CLI dispatches through this table only; wiring a new command is one line here.
- * Commands not built yet throw NotImplementedError (exit 2, one line).
+ * A command or option not built yet throws NotImplementedError (exit 2, one line).
  */
 
-import { NotImplementedError } from '../errors.js';
 import type { CommandName, Options } from './options.js';
 
 /** Where a command prints its results (stdout) and its one-line errors (stderr). */
@@ -14,11 +13,6 @@ export interface CliIo {
 }
 
 export type CommandHandler = (opts: Options, io: CliIo) => Promise<number>;
-
-const notImplemented =
-  (name: CommandName): CommandHandler =>
-  () =>
-    Promise.reject(new NotImplementedError(name));
 
 export const COMMAND_HANDLERS: Record<CommandName, CommandHandler> = {
   'pre-dump': async (opts, io) => (await import('./dump.js')).runPreDump(opts, io),
@@ -30,7 +24,8 @@ export const COMMAND_HANDLERS: Record<CommandName, CommandHandler> = {
   check: async (opts, io) => (await import('./check.js')).runCheck(opts, io),
   'page-server': async (opts, io) => (await import('./page-server-cmd.js')).runPageServerCmd(opts, io),
   exec: async (opts, io) => (await import('./exec.js')).runExec(opts, io),
-  service: notImplemented('service'),
+  service: async (opts, io) => (await import('./service.js')).runService(opts, io),
+  swrk: async (opts, io) => (await import('./service.js')).runSwrk(opts, io),
   dedup: async (opts, io) => (await import('./dump.js')).runDedup(opts, io),
   'cpuinfo dump': async (opts, io) => (await import('../cpuinfo/cli.js')).runCpuinfoDump(opts, io),
   'cpuinfo check': async (opts, io) => (await import('../cpuinfo/cli.js')).runCpuinfoCheck(opts, io),

@@ -11,7 +11,10 @@ import { UsageError } from '../errors.js';
 import { TRACKER_CHOICES, type TrackerChoice } from '../kerndat/tracker.js';
 import { DEFAULT_LOG_LEVEL, parseLogLevel, type LogLevel } from '../log.js';
 
-/** Every command of criu(8), as typed (cpuinfo's two are written with a space). */
+/**
+ * Every command of criu(8), as typed (cpuinfo's two are written with a space), and `swrk`, which
+ * the manual leaves out but every RPC client library starts.
+ */
 export const COMMAND_NAMES = [
   'pre-dump',
   'dump',
@@ -21,6 +24,7 @@ export const COMMAND_NAMES = [
   'page-server',
   'exec',
   'service',
+  'swrk',
   'dedup',
   'cpuinfo dump',
   'cpuinfo check',

@@ -9,12 +9,12 @@
  * copy's pid and exits 0. The token reaches the copy through its environment, not its argv.
  */
 
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { UsageError } from '../errors.js';
+import { TaskError, UsageError } from '../errors.js';
 import { log, resolveLogFile, type LogLevel } from '../log.js';
 import { PageServer } from '../pageserver/server.js';
 import type { CliIo } from './commands.js';
@@ -109,8 +109,12 @@ function daemonCommand(): { execArgv: string[]; script: string } {
   return { execArgv: isTs ? ['--import', 'tsx'] : [], script };
 }
 
-/** Start a detached page server, wait until it listens, write the pidfile, return 0. */
-async function startDaemon(run: PageServerRun, io: CliIo): Promise<number> {
+/**
+ * Start a detached page server (the standalone `page-server` in a new session) and resolve once
+ * it listens, with it and the port it listens on; throws TaskError when it cannot start (it is
+ * killed then).
+ */
+export async function startPageServerProcess(run: PageServerRun): Promise<{ child: ChildProcess; port: number }> {
   const { execArgv, script } = daemonCommand();
   const args = ['-D', resolve(run.imagesDir), '--port', String(run.port), '-v', String(run.logLevel), '--daemon-child'];
   if (run.address !== undefined) args.push('--address', run.address);
@@ -137,13 +141,24 @@ async function startDaemon(run: PageServerRun, io: CliIo): Promise<number> {
   });
   if ('error' in ready) {
     child.kill('SIGKILL');
-    io.stderr(`Error (criu): The page server did not start: ${ready.error}\n`);
-    return 1;
+    throw new TaskError(child.pid ?? 0, `The page server did not start: ${ready.error}`);
   }
-  if (run.pidfile !== undefined) await writeFile(run.pidfile, `${child.pid}\n`);
-  if (run.port === 0) io.stdout(`Page server listening on port ${ready.port}\n`);
   // Let the copy live on alone: no channel, no reference keeping this process up.
   child.disconnect();
   child.unref();
+  return { child, port: ready.port };
+}
+
+/** Start a detached page server, wait until it listens, write the pidfile, return 0. */
+async function startDaemon(run: PageServerRun, io: CliIo): Promise<number> {
+  let started: { child: ChildProcess; port: number };
+  try {
+    started = await startPageServerProcess(run);
+  } catch (err) {
+    io.stderr(`Error (criu): ${(err as Error).message}\n`);
+    return 1;
+  }
+  if (run.pidfile !== undefined) await writeFile(run.pidfile, `${started.child.pid}\n`);
+  if (run.port === 0) io.stdout(`Page server listening on port ${started.port}\n`);
   return 0;
 }

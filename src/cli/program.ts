@@ -62,7 +62,7 @@ interface OptionSpec {
 
 /** The options of criu(8), in the manual's order, then criu-ts's own. */
 function optionSpecs(command: CommandName | null): OptionSpec[] {
-  const isPageServer = command === 'page-server';
+  const isDaemonCommand = command === 'page-server' || command === 'service';
   return [
     { flags: '-c', description: 'show: show the dumped pages content in hex format' },
     {
@@ -91,12 +91,12 @@ function optionSpecs(command: CommandName | null): OptionSpec[] {
     { flags: '-f, --file <file>', description: 'show: the image file to show' },
     { flags: '-x, --ext-unix-sk', description: 'dump external unix sockets' },
     { flags: '-t, --tree <pid>', description: 'checkpoint the whole process tree starting from pid' },
-    isPageServer
-      ? { flags: '-d, --daemon', description: 'page-server: run in the background' }
+    isDaemonCommand
+      ? { flags: '-d, --daemon', description: 'run in the background (once listening)' }
       : { flags: '-d, --restore-detached', description: 'detach criu itself once restore is complete' },
-    isPageServer
+    isDaemonCommand
       ? { flags: '--restore-detached', description: 'same as -d', hidden: true }
-      : { flags: '--daemon', description: 'page-server: run in the background (-d)' },
+      : { flags: '--daemon', description: 'page-server, service: run in the background (-d)' },
     {
       flags: '-S, --restore-sibling',
       description: 'restore the root task as a sibling (with --restore-detached only)',
@@ -159,7 +159,7 @@ function optionSpecs(command: CommandName | null): OptionSpec[] {
         'dump: deduplicate old data in the parent pages images; restore: punch pages from the image once restored',
     },
     { flags: '--page-server', description: 'dump: send pages to a page server (--address, --port)' },
-    { flags: '--address <address>', description: 'page server address' },
+    { flags: '--address <address>', description: 'page server address; service: its socket path' },
     { flags: '--port <number>', description: 'page server port number' },
     { flags: '-L, --libdir <path>', description: 'path to a plugins directory' },
     { flags: '--force-irmap', description: 'force resolving names for inotify and fsnotify watches' },
@@ -248,6 +248,7 @@ const DESCRIPTIONS: Record<CommandName, string> = {
   'page-server': 'launch a page server',
   exec: "execute a system call from another task's context: exec -t PID SYSCALL [ARG...]",
   service: 'start the RPC service',
+  swrk: 'serve RPC requests on an inherited socket: swrk FD (how libcriu, pycriu and go-criu start criu)',
   dedup: 'deduplicate pagemap data against the parent images',
   'cpuinfo dump': 'write information about the running CPU and its features into an image',
   'cpuinfo check': 'check an image of CPU information against the running CPU',
@@ -317,6 +318,7 @@ export function buildProgram(io: CliIo, onCommand: (parsed: Parsed) => void): Co
       cmd.passThroughOptions();
       attach(cmd, name, '<syscall> [args...]');
     } else if (name === 'show') attach(cmd, name, '[file]');
+    else if (name === 'swrk') attach(cmd, name, '<fd>');
     else attach(cmd, name, '');
   }
   const cpuinfo = program

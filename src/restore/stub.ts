@@ -10,10 +10,9 @@
  * After that the task is an empty shell: only the scratch region is mapped.
  */
 
-import { existsSync, readFileSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
 import { TaskError, isErrno } from '../errors.js';
+import { findPackageFile } from '../package-files.js';
 import { Injector } from '../inject/injector.js';
 import {
   PTRACE_O_SUSPEND_SECCOMP,
@@ -47,13 +46,9 @@ const CLONE_PARENT = 0x8000n;
 const MMAP_MIN = 0x10000n;
 
 function stubPath(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    const candidate = path.join(dir, 'native/stub/criu-stub');
-    if (existsSync(candidate)) return candidate;
-    dir = path.dirname(dir);
-  }
-  throw new TaskError(0, 'The restore stub is not built: run "npm run build:stub"');
+  const stub = findPackageFile('native/stub/criu-stub');
+  if (stub === null) throw new TaskError(0, 'The restore stub is not built: run "npm run build:stub"');
+  return stub;
 }
 
 /** The highest gap of `size` bytes below TASK_SIZE that no range in `used` touches. */

@@ -11,10 +11,10 @@
  */
 
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { TaskError, isErrno } from '../../errors.js';
+import { findPackageFile } from '../../package-files.js';
 import { SIGKILL, SIGTERM } from '../../kernel/constants.js';
 import { readProcText } from '../../proc/read.js';
 import { readStat } from '../../proc/stat.js';
@@ -29,13 +29,9 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 /** The holder binary, found above this module (src/ under tsx, dist/src/ after tsc). */
 export function holderPath(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 7; i++) {
-    const candidate = path.join(dir, 'native/stub', HOLDER_NAME);
-    if (existsSync(candidate)) return candidate;
-    dir = path.dirname(dir);
-  }
-  throw new TaskError(0, 'The memory tracker holder is not built: run "npm run build:stub"');
+  const holder = findPackageFile(`native/stub/${HOLDER_NAME}`);
+  if (holder === null) throw new TaskError(0, 'The memory tracker holder is not built: run "npm run build:stub"');
+  return holder;
 }
 
 /** The start time of process `pid`, or null when it is gone (a zombie counts as gone). */

@@ -1,0 +1,281 @@
+/**
+ * CRIU's RPC as criu-ts serves it (src/rpc/): `criu swrk FD` started by its client, and
+ * `criu service` listening on a path. Proved by what the client gets back and by the tasks
+ * themselves: a pre-dump loop on one connection ends in a final dump that RESTORE brings back, and
+ * the restored task checks every page of its memory (PASS/FAIL). Errors come back as CRIU's do
+ * (success=false, cr_errno, cr_errmsg), whatever the client sends.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+
+import { readImage } from '../../../src/images/index.js';
+import { ReqType, type CriuOpts } from '../../../src/rpc/messages.js';
+import { RpcSocket } from '../../../src/rpc/socket.js';
+import { startWorkload, waitGone } from '../../helpers/cr.js';
+import { CRIU_BIN, request, startSwrk } from '../../helpers/rpc.js';
+
+const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, process_vm_readv)';
+const ESRCH = 3;
+const EACCES = 13;
+const EBADRQC = 56;
+
+/** An images directory opened as the client's fd (what libcriu passes as images_dir_fd). */
+function dirFd(t: Test, dir: string): number {
+  mkdirSync(dir, { recursive: true });
+  const fd = openSync(dir, 'r');
+  t.teardown(() => closeSync(fd));
+  return fd;
+}
+
+async function pagesWritten(dir: string): Promise<number> {
+  const e = (await readImage(path.join(dir, 'stats-dump'), 'STATS')).records[0]?.entry['dump'] as Record<
+    string,
+    unknown
+  >;
+  return Number(e['pages_written']);
+}
+
+t.test('VERSION and FEATURE_CHECK on one connection (keep_open), then the worker ends', async (t) => {
+  const c = startSwrk();
+  t.teardown(() => c.close());
+  const v = await c.call({ type: ReqType.VERSION, keep_open: true });
+  t.equal(v.type, ReqType.VERSION);
+  t.equal(v.success, true);
+  t.match(v.version, { major_number: 4, minor_number: 2, name: /^criu-ts / });
+  const f = await c.call({ type: ReqType.FEATURE_CHECK, features: { mem_track: true } });
+  t.equal(f.success, true);
+  t.same(f.features, { mem_track: true, lazy_pages: false, pidfd_store: false });
+  t.equal(await c.exited, 0, 'a request without keep_open ends the worker');
+});
+
+t.test('CHECK', { skip: needsRoot }, async (t) => {
+  const c = startSwrk();
+  t.teardown(() => c.close());
+  const r = await c.call({ type: ReqType.CHECK });
+  t.equal(r.success, true, r.cr_errmsg ?? '');
+  t.equal(await c.exited, 0);
+});
+
+t.test('a pre-dump loop on one connection, the final dump, and RESTORE', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_incr', dir, ['4096', '8']);
+  t.teardown(() => w.kill());
+  const fds = [1, 2, 3, 4].map((n) => dirFd(t, path.join(dir, String(n))));
+  const step = async (k: number): Promise<number> => {
+    process.kill(w.pid, 'SIGUSR1');
+    await w.waitFor(`STEP ${k} `);
+    const m = new RegExp(`STEP ${k} DIRTIED (\\d+) NEW (\\d+)`).exec(w.report());
+    return Number(m?.[1]) + Number(m?.[2]);
+  };
+  const c = startSwrk();
+  t.teardown(() => c.close());
+  const opts = (n: number): CriuOpts => ({
+    images_dir_fd: fds[n - 1] as number,
+    pid: w.pid,
+    log_level: 4,
+    ...(n > 1 ? { parent_img: `../${n - 1}` } : {}),
+  });
+  const first = await c.call({ type: ReqType.PRE_DUMP, opts: opts(1) });
+  t.equal(first.type, ReqType.PRE_DUMP);
+  t.equal(first.success, true, first.cr_errmsg ?? '');
+  t.equal((await pagesWritten(path.join(dir, '1'))) > 4096, true, 'the first pre-dump took everything');
+  for (const n of [2, 3]) {
+    const dirtied = await step(n - 1);
+    const r = await c.call({ type: ReqType.PRE_DUMP, opts: opts(n) });
+    t.equal(r.success, true, r.cr_errmsg ?? '');
+    const written = await pagesWritten(path.join(dir, String(n)));
+    // The fixture's own stack and data pages change too: a few more than it dirtied on purpose.
+    t.ok(written >= dirtied && written <= dirtied + 16, `pre-dump ${n}: ${written} pages for ${dirtied} dirtied`);
+  }
+  await step(3);
+  const d = await c.call({ type: ReqType.DUMP, opts: { ...opts(4), track_mem: true } });
+  t.equal(d.type, ReqType.DUMP);
+  t.equal(d.success, true, d.cr_errmsg ?? '');
+  t.same(d.dump, { restored: false });
+  t.equal(await c.exited, 0, 'the loop ended with the dump');
+  t.ok(existsSync(path.join(dir, '4', 'criu.log')), 'each request logs to criu.log in its images directory');
+  await waitGone(w.pid);
+
+  const r = startSwrk();
+  t.teardown(() => r.close());
+  const res = await r.call({ type: ReqType.RESTORE, opts: { images_dir_fd: fds[3] as number, log_level: 4 } });
+  t.equal(res.success, true, res.cr_errmsg ?? '');
+  t.same(res.restore, { pid: w.pid }, 'the task is back with its pid');
+  t.equal(await r.exited, 0);
+  process.kill(w.pid, 'SIGTERM');
+  await w.waitFor('PASS');
+  t.notMatch(w.report(), 'FAIL');
+});
+
+t.test('failures come back as CRIU reports them', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const fd = dirFd(t, dir);
+  const missing = startSwrk();
+  t.teardown(() => missing.close());
+  const r = await missing.call({ type: ReqType.DUMP, opts: { images_dir_fd: fd, pid: 4194303 } });
+  t.match(r, { type: ReqType.DUMP, success: false, cr_errno: ESRCH, cr_errmsg: /no such process/ });
+  t.equal(await missing.exited, 1);
+  t.match(readFileSync(path.join(dir, 'criu.log'), 'utf8'), /Error \(criu\): .*no such process/);
+
+  const refused = startSwrk();
+  t.teardown(() => refused.close());
+  const o = await refused.call({ type: ReqType.DUMP, opts: { images_dir_fd: fd, pid: process.pid, tcp_close: true } });
+  t.match(o, { success: false, cr_errno: EBADRQC, cr_errmsg: /tcp_close is not supported/ });
+
+  const noDir = startSwrk();
+  t.teardown(() => noDir.close());
+  t.match(await noDir.call({ type: ReqType.DUMP, opts: { images_dir_fd: -1, pid: process.pid } }), {
+    success: false,
+    cr_errno: EBADRQC,
+    cr_errmsg: /no images directory/,
+  });
+
+  const keep = startSwrk();
+  t.teardown(() => keep.close());
+  t.match(await keep.call({ type: ReqType.DUMP, keep_open: true, opts: { images_dir_fd: fd, pid: 1 } }), {
+    success: false,
+    cr_errmsg: /keep_open is not allowed for DUMP/,
+  });
+
+  const garbage = startSwrk();
+  t.teardown(() => garbage.close());
+  t.match(await garbage.callRaw(Buffer.from([0xff, 0xff, 0xff])), {
+    type: ReqType.EMPTY,
+    success: false,
+    cr_errmsg: /does not decode/,
+  });
+  t.equal(await garbage.exited, 1);
+
+  const unknown = startSwrk();
+  t.teardown(() => unknown.close());
+  t.match(await unknown.call({ type: 99 }), {
+    type: ReqType.EMPTY,
+    success: false,
+    cr_errmsg: /Invalid request type 99/,
+  });
+});
+
+t.test('a pre-dump loop only goes on with PRE_DUMP or DUMP', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_incr', dir, ['64', '8']);
+  t.teardown(() => w.kill());
+  const c = startSwrk();
+  t.teardown(() => c.close());
+  const fd = dirFd(t, path.join(dir, '1'));
+  t.equal((await c.call({ type: ReqType.PRE_DUMP, opts: { images_dir_fd: fd, pid: w.pid } })).success, true);
+  t.match(await c.call({ type: ReqType.VERSION }), { success: false, cr_errmsg: /Bad request sequence/ });
+  t.equal(await c.exited, 1);
+  t.ok(existsSync(`/proc/${w.pid}`), 'the task runs on');
+});
+
+t.test('a page server started by RPC, and WAIT_PID for it', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const c = startSwrk();
+  t.teardown(() => c.close());
+  const ps = await c.call({
+    type: ReqType.PAGE_SERVER_CHLD,
+    keep_open: true,
+    opts: { images_dir_fd: dirFd(t, dir), ps: { port: 0 } },
+  });
+  t.equal(ps.success, true, ps.cr_errmsg ?? '');
+  const pid = ps.ps?.pid as number;
+  t.ok((ps.ps?.port ?? 0) > 0, `it listens on port ${ps.ps?.port}`);
+  t.ok(existsSync(`/proc/${pid}`));
+  process.kill(pid, 'SIGTERM');
+  const w = await c.call({ type: ReqType.WAIT_PID, pid });
+  t.equal(w.success, true);
+  t.equal((w.status ?? 0) & 0x7f, 15, 'ended by SIGTERM');
+  t.equal(await c.exited, 0);
+});
+
+/** Start `criu service`, resolved once its socket answers. */
+async function startService(t: Test, sock: string, workDir: string): Promise<ReturnType<typeof spawn>> {
+  const child = spawn(CRIU_BIN, ['service', '--address', sock, '-W', workDir, '-v4'], { stdio: 'ignore' });
+  t.teardown(() => child.kill('SIGKILL'));
+  for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 25));
+  return child;
+}
+
+/** A directory for service sockets: t.testdir() paths are too long for a unix socket. */
+function socketDir(t: Test): string {
+  const dir = mkdtempSync('/tmp/criu-ts-rpc-');
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  chmodSync(dir, 0o755);
+  return dir;
+}
+
+t.test('criu service: a worker per connection, SIGTERM ends it', { skip: needsRoot }, async (t) => {
+  const dir = socketDir(t);
+  const sock = path.join(dir, 'criu.sock');
+  const service = await startService(t, sock, dir);
+  t.equal(statSync(sock).mode & 0o777, 0o666, "anyone may connect, as to CRIU's");
+  const [a, b] = await Promise.all([RpcSocket.connect(sock), RpcSocket.connect(sock)]);
+  t.teardown(() => {
+    a.close();
+    b.close();
+  });
+  const [ra, rb] = await Promise.all([request(a, { type: ReqType.VERSION }), request(b, { type: ReqType.CHECK })]);
+  t.equal(ra.success, true);
+  t.equal(rb.success, true, rb.cr_errmsg ?? '');
+  const stopped = new Promise<number | null>((resolve) => service.on('exit', (code) => resolve(code)));
+  service.kill('SIGTERM');
+  t.equal(await stopped, 143, 'exit 128 + SIGTERM, as other interrupted criu commands');
+  t.match(readFileSync(path.join(dir, 'service.log'), 'utf8'), /Connected: worker pid \d+/);
+});
+
+t.test('criu service -d returns once it listens, and writes --pidfile', { skip: needsRoot }, async (t) => {
+  const dir = socketDir(t);
+  const sock = path.join(dir, 'criu.sock');
+  const r = spawnSync(CRIU_BIN, ['service', '-d', '--address', sock, '-W', dir, '--pidfile', 'service.pid'], {
+    encoding: 'utf8',
+  });
+  t.equal(r.status, 0, r.stderr);
+  const pid = Number(readFileSync(path.join(dir, 'service.pid'), 'utf8'));
+  t.teardown(() => {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  });
+  t.ok(existsSync(`/proc/${pid}`), 'the service runs on');
+  const s = await RpcSocket.connect(sock);
+  t.teardown(() => s.close());
+  t.equal((await request(s, { type: ReqType.VERSION })).success, true);
+  process.kill(pid, 'SIGTERM');
+  await waitGone(pid);
+});
+
+t.test('a client of another user gets nothing but VERSION and FEATURE_CHECK', { skip: needsRoot }, async (t) => {
+  const dir = socketDir(t);
+  const sock = path.join(dir, 'criu.sock');
+  await startService(t, sock, dir);
+  // A client as uid 65534 (nobody), in Python: the socket module speaks SOCK_SEQPACKET.
+  const script = [
+    'import os, socket, sys',
+    'os.setgid(65534); os.setuid(65534)',
+    's = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1])',
+    's.send(bytes([8, 3])); sys.stdout.write(s.recv(4096).hex())', // criu_req { type: CHECK }
+  ].join('\n');
+  const out = spawnSync('python3', ['-c', script, sock], { encoding: 'utf8' });
+  t.equal(out.status, 0, out.stderr);
+  const { decodeResp } = await import('../../../src/rpc/messages.js');
+  t.match(decodeResp(Buffer.from(out.stdout, 'hex')), {
+    type: ReqType.CHECK,
+    success: false,
+    cr_errno: EACCES,
+    cr_errmsg: /uid 65534/,
+  });
+});
