@@ -16,11 +16,13 @@
  */
 
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readImage } from '../src/images/index.js';
 import { dump, endTracking, preDump } from '../src/index.js';
+import { ReqType, type CriuResp } from '../src/rpc/messages.js';
+import { startSwrk } from '../test/helpers/rpc.js';
 import type { BenchOptions, BenchResult } from './run.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -153,6 +155,77 @@ async function inProcess(pages: number, work: string): Promise<string[]> {
   }
 }
 
+/** Full dumps and loop iterations measured through RPC. */
+const RPC_FULL_DUMPS = 3;
+const RPC_ITERATIONS = 8;
+
+/**
+ * The iterations through CRIU's RPC, as p.haul-style tools drive them: one `criu swrk`, PRE_DUMP
+ * after PRE_DUMP on its connection, then the final DUMP. Next to it, what such a tool pays for a
+ * full dump: a `criu swrk` of its own with one DUMP (node's start included), median of three.
+ */
+async function viaRpc(pages: number, work: string): Promise<string[]> {
+  const { pid, step } = await startIncr(pages, path.join(work, 'out-rpc.txt'));
+  const fds: number[] = [];
+  const dirFd = (name: string): number => {
+    const dir = path.join(work, `rpc-${name}`);
+    mkdirSync(dir, { recursive: true });
+    const fd = openSync(dir, 'r');
+    fds.push(fd);
+    return fd;
+  };
+  const timed = async (fn: () => Promise<CriuResp>): Promise<number> => {
+    const t0 = process.hrtime.bigint();
+    const r = await fn();
+    if (!r.success) throw new Error(`RPC request failed: ${r.cr_errmsg ?? '?'}`);
+    return Number(process.hrtime.bigint() - t0) / 1e6;
+  };
+  try {
+    const fulls: number[] = [];
+    for (let i = 0; i < RPC_FULL_DUMPS; i++) {
+      const fd = dirFd(`full${i}`);
+      const one = startSwrk();
+      fulls.push(
+        await timed(() => one.call({ type: ReqType.DUMP, opts: { images_dir_fd: fd, pid, leave_running: true } })),
+      );
+      await one.exited;
+      one.close();
+      rmSync(path.join(work, `rpc-full${i}`), { recursive: true, force: true });
+    }
+    const c = startSwrk();
+    const opts = (k: number): { images_dir_fd: number; pid: number; parent_img?: string } => ({
+      images_dir_fd: dirFd(String(k)),
+      pid,
+      ...(k > 1 ? { parent_img: `../rpc-${k - 1}` } : {}),
+    });
+    const first = await timed(() => c.call({ type: ReqType.PRE_DUMP, opts: opts(1) }));
+    const its: number[] = [];
+    for (let k = 1; k <= RPC_ITERATIONS; k++) {
+      await step(k);
+      its.push(await timed(() => c.call({ type: ReqType.PRE_DUMP, opts: opts(k + 1) })));
+    }
+    await step(RPC_ITERATIONS + 1);
+    const last = RPC_ITERATIONS + 2;
+    const final = await timed(() => c.call({ type: ReqType.DUMP, opts: { ...opts(last), track_mem: true } }));
+    await c.exited;
+    c.close();
+    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+    const fullMs = median(fulls);
+    const warm = its.slice(1);
+    const pct = (ms: number): string => `${((ms / fullMs) * 100).toFixed(1)}%`;
+    return [
+      `through RPC (criu swrk, CRIU's pre-dump loop on one connection):`,
+      `  full dump (a criu swrk of its own, leave_running): ${fullMs.toFixed(0)} ms (median of ${fulls.length}; ${fulls.map((f) => f.toFixed(0)).join(', ')})`,
+      `  pre-dump, 1% rewritten: ${median(warm).toFixed(1)} ms = ${pct(median(warm))} of that full dump (median of ${warm.length}; best ${Math.min(...warm).toFixed(1)} ms)`,
+      `  the first pre-dump (everything, criu swrk starting): ${first.toFixed(0)} ms; the first iteration after it: ${(its[0] as number).toFixed(1)} ms = ${pct(its[0] as number)}`,
+      `  the final dump (1% rewritten, task killed): ${final.toFixed(0)} ms`,
+    ];
+  } finally {
+    for (const fd of fds) closeSync(fd);
+    killQuietly(pid);
+  }
+}
+
 export async function preDumpBench(opts: BenchOptions): Promise<BenchResult> {
   const mib = opts.isQuick ? 256 : 1024;
   const pages = (mib << 20) / 4096;
@@ -201,6 +274,9 @@ export async function preDumpBench(opts: BenchOptions): Promise<BenchResult> {
     // GBs of images left in /dev/shm slow down every fresh page on this kind of VM: gone first.
     for (const d of ['full', '1', '2', '3', '4']) rmSync(path.join(work, d), { recursive: true, force: true });
     lines.push(...(await inProcess(pages, work)));
+    for (const d of readdirSync(work))
+      if (d.startsWith('api-')) rmSync(path.join(work, d), { recursive: true, force: true });
+    lines.push(...(await viaRpc(pages, work)));
     return { name: 'pre-dump', lines };
   } finally {
     if (pid !== 0) killQuietly(pid);

@@ -324,7 +324,10 @@ export function clone3Exec(args: Clone3ExecArgs): number;
 export function socket(domain: number, type: number, protocol: number): number;
 /** socketpair(domain, type, 0): the two fds. */
 export function socketpair(domain: number, type: number): [number, number];
-/** bind(fd) to the AF_UNIX filesystem path `path` (at most 107 bytes). */
+/**
+ * bind(fd) to the AF_UNIX filesystem path `path` (at most 107 bytes), or to an abstract name when
+ * `path` starts with "\0" (at most 108 bytes with it).
+ */
 export function bindUnix(fd: number, path: string): void;
 /** connect(fd) to the AF_UNIX path `path`, on the thread pool (a full backlog blocks). */
 export function connectUnixAsync(fd: number, path: string): Promise<void>;

@@ -2,6 +2,7 @@
 // paths: kernel-feature probes such as TCP_REPAIR, and the RPC service's SOCK_SEQPACKET sockets.
 
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -65,24 +66,41 @@ Napi::Value Socketpair(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// An AF_UNIX address for a filesystem path (not abstract: a leading NUL is refused).
-std::shared_ptr<sockaddr_un> UnixAddr(Napi::Env env, const std::string& path) {
-  auto a = std::make_shared<sockaddr_un>();
-  a->sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(a->sun_path) || path.find('\0') != std::string::npos)
-    throw Napi::RangeError::New(env, "Argument path must be 1.." +
-                                         std::to_string(sizeof(a->sun_path) - 1) +
-                                         " bytes without NUL: " + path);
-  memcpy(a->sun_path, path.data(), path.size());
+// An AF_UNIX address: a filesystem path, or an abstract name when `path` starts with a NUL (its
+// length is then the name's own, as libuv and every other user of abstract names count it).
+struct UnixAddress {
+  sockaddr_un sa{};
+  socklen_t len = 0;
+};
+
+// The path argument, NUL bytes allowed (ArgString refuses them: an abstract name starts with one).
+std::string ArgUnixPath(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || !info[i].IsString())
+    throw Napi::TypeError::New(info.Env(), "Argument path must be a string");
+  return info[i].As<Napi::String>().Utf8Value();
+}
+
+std::shared_ptr<UnixAddress> UnixAddr(Napi::Env env, const std::string& path) {
+  auto a = std::make_shared<UnixAddress>();
+  a->sa.sun_family = AF_UNIX;
+  bool is_abstract = !path.empty() && path[0] == '\0';
+  size_t room = sizeof(a->sa.sun_path) - (is_abstract ? 0 : 1);
+  if (path.size() < (is_abstract ? 2 : 1) || path.size() > room ||
+      (!is_abstract && path.find('\0') != std::string::npos))
+    throw Napi::RangeError::New(env, "Argument path must be 1.." + std::to_string(room) +
+                                         " bytes, without NUL unless it starts with one: " + path);
+  memcpy(a->sa.sun_path, path.data(), path.size());
+  a->len =
+      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + (is_abstract ? 0 : 1));
   return a;
 }
 
 Napi::Value BindUnix(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgInt32(info, 0, "fd");
-  std::string path = ArgString(info, 1, "path");
+  std::string path = ArgUnixPath(info, 1);
   auto a = UnixAddr(env, path);
-  if (bind(fd, reinterpret_cast<sockaddr*>(a.get()), sizeof(*a)) < 0)
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a->sa), a->len) < 0)
     ThrowSyscall(env, "bind", errno, {fd, path});
   return env.Undefined();
 }
@@ -90,7 +108,7 @@ Napi::Value BindUnix(const Napi::CallbackInfo& info) {
 Napi::Value ConnectUnixAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgInt32(info, 0, "fd");
-  std::string path = ArgString(info, 1, "path");
+  std::string path = ArgUnixPath(info, 1);
   auto a = UnixAddr(env, path);
   auto* w = new PromiseWorker(
       env, "connect", {fd, path}, {},
@@ -98,7 +116,7 @@ Napi::Value ConnectUnixAsync(const Napi::CallbackInfo& info) {
         // A unix connect is not left pending by a signal: EINTR means try again.
         long r;
         do {
-          r = connect(fd, reinterpret_cast<sockaddr*>(a.get()), sizeof(*a));
+          r = connect(fd, reinterpret_cast<sockaddr*>(&a->sa), a->len);
         } while (r < 0 && errno == EINTR);
         if (r < 0) *err = errno;
         return r;

@@ -14,7 +14,8 @@ export type ErrorCode =
   | 'EUNSUPPORTED' // a kernel feature, fd kind or option that criu-ts cannot handle
   | 'EUSAGE' // a command line or option error
   | 'ETASK' // the target task is gone, or in a state we cannot work with
-  | 'ENOTIMPL'; // a command or option that is accepted but not built yet
+  | 'ENOTIMPL' // a command or option that is accepted but not built yet
+  | 'EACTION'; // an action script (or an RPC client's answer to a notification) failed
 
 export class CriuError extends Error {
   readonly code: ErrorCode;
@@ -114,6 +115,22 @@ export class TaskError extends CriuError {
 export class UsageError extends CriuError {
   constructor(message: string) {
     super('EUSAGE', message);
+  }
+}
+
+/**
+ * An action script failed (--action-script), or an RPC client answered a notification with
+ * failure. `exitCode` is what criu exits with when that ends the command (a failed post-dump
+ * script's own exit status, as CRIU).
+ */
+export class ActionError extends CriuError {
+  readonly action: string;
+  readonly exitCode: number;
+
+  constructor(action: string, message: string, exitCode: number) {
+    super('EACTION', message);
+    this.action = action;
+    this.exitCode = exitCode;
   }
 }
 

@@ -1,9 +1,10 @@
 /**
  * `criu dump -t PID -D DIR [-R | -s] [--prev-images-dir D] [--track-mem] [--auto-dedup]
- * [--page-server --address A --port N]` and `criu pre-dump` with the same memory options: map the
- * options to the dump library calls.
+ * [--page-server --address A --port N] [--action-script S]` and `criu pre-dump` with the same
+ * memory options: map the options to the dump library calls.
  */
 
+import { actionOption } from '../actions.js';
 import { UsageError } from '../errors.js';
 import { dump } from '../dump/index.js';
 import { preDump } from '../dump/pre-dump.js';
@@ -54,6 +55,7 @@ export async function runDump(opts: Options, io: CliIo): Promise<number> {
       fileOptions: { isShellJob: opts.shellJob, isLinkRemap: opts.linkRemap, isEvasiveDevices: opts.evasiveDevices },
       ...(opts.prevImagesDir === undefined ? {} : { prevImagesDir: opts.prevImagesDir }),
       ...(sink === undefined ? {} : { sink }),
+      ...actionOption(opts),
     });
   } finally {
     progress.done();

@@ -7,6 +7,7 @@
  * merged) and throws UsageError for anything malformed, naming the option.
  */
 
+import type { ActionHook } from '../actions.js';
 import { UsageError } from '../errors.js';
 import { TRACKER_CHOICES, type TrackerChoice } from '../kerndat/tracker.js';
 import { DEFAULT_LOG_LEVEL, parseLogLevel, type LogLevel } from '../log.js';
@@ -143,6 +144,12 @@ export interface Options {
   logFile?: string;
   logLevel: LogLevel;
   logPid: boolean;
+
+  /**
+   * Not a command-line option: who is told at each action point instead of the --action-script
+   * programs (the RPC worker sets it for a client's notify_scripts).
+   */
+  onAction?: ActionHook;
 }
 
 /**

@@ -19,7 +19,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, Help, Option } from 'commander';
 
-import { CriuError, describeError } from '../errors.js';
+import { ActionError, CriuError, describeError } from '../errors.js';
 import { createLogger, log, resolveLogFile, setLogger, type Logger } from '../log.js';
 import { COMMAND_HANDLERS, type CliIo } from './commands.js';
 import { ERROR_PREFIX } from './errors-output.js';
@@ -422,6 +422,8 @@ export async function runCli(argv: readonly string[], io: CliIo = PROCESS_IO): P
       return EXIT_NOT_IMPLEMENTED;
     }
     reportError(err, io, logger);
+    // A failed action script: its exit status, as CRIU returns a post-dump script's.
+    if (err instanceof ActionError) return err.exitCode & 0xff || EXIT_FAILURE;
     return EXIT_FAILURE;
   } finally {
     if (logger !== null) {

@@ -8,6 +8,7 @@ import { UsageError } from '../errors.js';
 import { restore } from '../restore/index.js';
 import type { CliIo } from './commands.js';
 import type { Options } from './options.js';
+import { actionOption } from '../actions.js';
 
 export async function runRestore(opts: Options, _io: CliIo): Promise<number> {
   if (opts.restoreSibling && !opts.restoreDetached)
@@ -22,6 +23,7 @@ export async function runRestore(opts: Options, _io: CliIo): Promise<number> {
     isShellJob: opts.shellJob,
     autoDedup: opts.autoDedup,
     ...(opts.pidfile === undefined ? {} : { pidfile: opts.pidfile }),
+    ...actionOption(opts),
   });
   if (result.exit === undefined) return 0;
   return 'code' in result.exit ? result.exit.code : 128 + result.exit.signal;

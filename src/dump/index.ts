@@ -38,6 +38,7 @@ import { dedupChain } from '../mem/dedup.js';
 import type { TrackerChoice } from '../kerndat/tracker.js';
 import { kerndat } from '../kerndat/index.js';
 import { dumpTaskCore, dumpThread } from './core.js';
+import type { ActionHook } from '../actions.js';
 import { freezeProcess, killProcess, resumeProcess, stopProcess, type FrozenProcess } from './freeze.js';
 import { completeMm, dumpMm, dumpMmShmem, MM_CALLS, pathFileEntry, preReadMm } from './mm.js';
 import { dumpSeccomp } from './seccomp.js';
@@ -78,6 +79,8 @@ export interface DumpOptions {
    * that caller.
    */
   canLeaveKilledUnreaped?: boolean;
+  /** Action points pre-dump and post-dump (src/actions.ts). */
+  onAction?: ActionHook;
 }
 
 /** What dump() returns: the stats, and with end 'keep-frozen' the task still frozen. */
@@ -126,6 +129,7 @@ function throwIfAborted(signal: AbortSignal | undefined): void {
 /** Dump process `pid` into `imagesDir`. Returns the statistics written to stats-dump. */
 export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const { pid } = opts;
+  await opts.onAction?.('pre-dump', pid);
   const durability = { isDurable: opts.isDurable !== false };
   const reserving = copyBuffers.reserveAsync(2);
   reserving.catch(() => undefined); // awaited before the freeze
@@ -197,6 +201,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // The files' shared state: one ghost table for the fds and the mappings (a deleted file open
   // and mapped is one ghost), and the --link-remap links a failed dump removes.
   const filesShared = new Map<string, unknown>();
+  let postDumpError: unknown = null;
   try {
     throwIfAborted(opts.signal);
     let nextId = 1;
@@ -356,9 +361,24 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     stats.frozenTimeUs = nowUs() - tFrozen;
     // Frozen time: the counts are formatted only when they will be written.
     if (log().isEnabled(4)) log().debug(`dump: end (injected calls so far: ${JSON.stringify(injectedCallCounts())})`);
+    if (opts.onAction !== undefined) {
+      try {
+        await opts.onAction('post-dump', pid);
+      } catch (err) {
+        postDumpError = err;
+      }
+    }
 
     const ending = frozen;
-    if (opts.end === 'kill') {
+    if (postDumpError !== null) {
+      // As CRIU: a failed post-dump action leaves the task running and the images in place; the
+      // caller learns the script's status and decides (kill it, or let it run).
+      if (tracker !== null) await tracker.end().catch(() => undefined);
+      tracker = null;
+      frozen = null;
+      removeLinkRemaps(filesShared);
+      resumeProcess(ending);
+    } else if (opts.end === 'kill') {
       // Killed first, then the tracking ended: with the task's address space gone, closing the
       // userfaultfd has no VMA left to unregister (~40 ms for 1 GiB otherwise). The images are
       // complete: a failure to end the tracking is only logged.
@@ -408,6 +428,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     await removeNew(dir, before);
     throw err;
   }
+  if (postDumpError !== null) throw postDumpError;
   log().debug('dump: stats');
   // Synchronous, as the images: a live migration waits for it with the task frozen.
   writeImagesSync(

@@ -37,6 +37,7 @@ import { nowUs } from '../dump/entries.js';
 import { dumpedVmas, restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
 import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES, waitForFreePid } from './stub.js';
 import type { Skeleton } from './skeleton.js';
+import { runLoggedAction, type ActionHook } from '../actions.js';
 import {
   dumpedOrigRax,
   dumpedRegisters,
@@ -71,6 +72,8 @@ export interface RestoreOptions {
   autoDedup?: boolean;
   /** A live migration's pre-copied task (skeleton.ts): restored in place instead of a new stub. */
   skeleton?: Skeleton;
+  /** Action points pre-restore, post-restore, pre-resume, post-resume (src/actions.ts). */
+  onAction?: ActionHook;
 }
 
 export interface RestoreResult {
@@ -118,6 +121,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const skeleton = opts.skeleton;
   if (skeleton !== undefined && skeleton.pid !== pid)
     throw new TaskError(pid, `The pre-copied task is ${skeleton.pid}, the dump is of ${pid}`);
+  await opts.onAction?.('pre-restore', undefined);
   if (skeleton === undefined) waitForFreePid(pid);
 
   const prefilled = skeleton === undefined ? undefined : { mapped: skeleton.mappedRuns, present: img.pagesPresent };
@@ -231,6 +235,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         (tcore?.['blk_sigset'] as bigint | undefined) ?? (tc['blk_sigset'] as bigint | undefined) ?? 0n,
       );
     }
+    // The task is whole, not yet running: a failed post-restore action kills it (below).
+    await opts.onAction?.('post-restore', pid);
   } catch (err) {
     for (const inj of [...threads, leader]) {
       try {
@@ -243,6 +249,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     removeMaterializedGhosts(filesShared);
     throw err;
   }
+  await runLoggedAction(opts.onAction, 'pre-resume', pid);
   // -s/--leave-stopped: the stop is queued before the threads go, so they stop at once.
   if (opts.isLeftStopped === true) sys.kill(pid, SIGSTOP);
   // The leader first: a process-directed signal that came during the restore (blocked until now
@@ -252,6 +259,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     inj.release();
   }
   const restoreUs = nowUs() - t0;
+  await runLoggedAction(opts.onAction, 'post-resume', pid);
   log().info(`Restored task ${pid} (${img.threads.length} thread(s), ${pagesRestored} pages) in ${restoreUs} us`);
   if (log().isEnabled(4)) log().debug(`Injected calls so far: ${JSON.stringify(injectedCallCounts())}`);
   if (opts.pidfile !== undefined) await writeFile(opts.pidfile, `${pid}\n`);

@@ -6,7 +6,7 @@
  * (parent_img "../1") work.
  *
  * An option criu-ts does not handle is refused by name when it asks for anything but its default,
- * never dropped silently. CRIU-compatible details: the log goes to the work directory, named
+ * never dropped silently. notify_scripts is the worker's to honour (it talks to the client). CRIU-compatible details: the log goes to the work directory, named
  * log_file (no "/" allowed) or criu.log; log_level defaults to 2; a dump without pid dumps the
  * client itself; cpu_cap is CRIU's bit mask (1 fpu, 2 cpu, 4 ins, all ones = all).
  */
@@ -51,6 +51,7 @@ const HANDLED = new Set([
   'auto_ext_mnt',
   'ext_sharing',
   'ext_masters',
+  'notify_scripts',
 ]);
 
 /**
@@ -64,7 +65,6 @@ const HARMLESS: Record<string, (v: unknown) => boolean> = {
   pre_dump_mode: () => true,
   network_lock: () => true,
   display_stats: () => true,
-  notify_scripts: (v) => v === false,
 };
 
 /** Whether a value is its type's empty one (false, empty string or list). */

@@ -29,7 +29,8 @@
 import { type ChildProcess } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
 import { resolve } from 'node:path';
-import { SyscallError, TaskError, UnsupportedError, UsageError, describeError } from '../errors.js';
+import { actionOption, type ActionHook } from '../actions.js';
+import { ActionError, SyscallError, TaskError, UnsupportedError, UsageError, describeError } from '../errors.js';
 import { WNOHANG, __WALL } from '../kernel/constants.js';
 import { createLogger, log, setLogger, type Logger } from '../log.js';
 import * as sys from '../sys/native.js';
@@ -193,7 +194,7 @@ async function handle(socket: RpcSocket, req: CriuReq, ctx: RpcContext): Promise
 
 /** A request answered with success or failure only. */
 async function simple(socket: RpcSocket, req: CriuReq, command: CommandName, ctx: RpcContext): Promise<boolean> {
-  const o = await runCommand(command, req, ctx);
+  const o = await runCommand(socket, command, req, ctx);
   // As CRIU: an incompatible CPU is ENOTSUP.
   if (command === 'cpuinfo check' && !o.isOk && o.errno === undefined) o.errno = E.ENOTSUP;
   await answer(socket, withOutcome({ type: req.type, success: o.isOk }, o));
@@ -202,7 +203,7 @@ async function simple(socket: RpcSocket, req: CriuReq, command: CommandName, ctx
 
 async function dumpReq(socket: RpcSocket, req: CriuReq, ctx: RpcContext): Promise<boolean> {
   const isSelfDump = typeof req.opts?.['pid'] !== 'number';
-  const o = await runCommand('dump', req, ctx);
+  const o = await runCommand(socket, 'dump', req, ctx);
   // A client that dumped itself without leave_running is gone: no one to answer.
   if (o.isOk && isSelfDump && req.opts?.['leave_running'] !== true) return true;
   await answer(socket, withOutcome({ type: ReqType.DUMP, success: o.isOk, dump: { restored: false } }, o));
@@ -212,7 +213,7 @@ async function dumpReq(socket: RpcSocket, req: CriuReq, ctx: RpcContext): Promis
 async function preDumpLoop(socket: RpcSocket, first: CriuReq, ctx: RpcContext): Promise<boolean> {
   let req = first;
   for (;;) {
-    const o = await runCommand('pre-dump', req, ctx);
+    const o = await runCommand(socket, 'pre-dump', req, ctx);
     await answer(socket, withOutcome({ type: ReqType.PRE_DUMP, success: o.isOk }, o));
     if (!o.isOk) return false;
     const bytes = await socket.receive();
@@ -240,7 +241,7 @@ async function preDumpLoop(socket: RpcSocket, first: CriuReq, ctx: RpcContext): 
 
 async function restoreReq(socket: RpcSocket, req: CriuReq, ctx: RpcContext): Promise<boolean> {
   let pid = -1;
-  const o = await runCommand('restore', req, ctx, async (opts) => {
+  const o = await runCommand(socket, 'restore', req, ctx, async (opts) => {
     const { restore } = await import('../restore/index.js');
     const result = await restore({
       isSibling: opts.restoreSibling,
@@ -251,6 +252,7 @@ async function restoreReq(socket: RpcSocket, req: CriuReq, ctx: RpcContext): Pro
       cpuCap: opts.cpuCap,
       isShellJob: opts.shellJob,
       autoDedup: opts.autoDedup,
+      ...actionOption(opts),
     });
     pid = result.pid;
     return 0;
@@ -281,7 +283,7 @@ async function featureCheck(socket: RpcSocket, req: CriuReq): Promise<boolean> {
 
 async function pageServerReq(socket: RpcSocket, req: CriuReq, ctx: RpcContext): Promise<boolean> {
   let started: { pid: number; port: number } | null = null;
-  const o = await runCommand('page-server', req, ctx, async (opts) => {
+  const o = await runCommand(socket, 'page-server', req, ctx, async (opts) => {
     if (opts.port === undefined) throw new UsageError('RPC option ps.port is needed for a page server (0 picks one)');
     const { startPageServerProcess } = await import('../cli/page-server-cmd.js');
     const r = await startPageServerProcess({
@@ -356,10 +358,32 @@ async function waitPidReq(socket: RpcSocket, req: CriuReq): Promise<boolean> {
 }
 
 /**
+ * The action hook of a request with notify_scripts: each action is a NOTIFY response naming it
+ * (with the task's pid for post-restore, as CRIU), answered by the client with a NOTIFY request
+ * whose notify_success says whether to go on.
+ */
+function notifier(socket: RpcSocket): ActionHook {
+  return async (action, pid) => {
+    log().debug(`RPC: notifying the client of ${action}`);
+    await answer(socket, {
+      type: ReqType.NOTIFY,
+      success: true,
+      notify: { script: action, ...(action === 'post-restore' && pid !== undefined ? { pid } : {}) },
+    });
+    const bytes = await socket.receive();
+    if (bytes === null) throw new ActionError(action, `The RPC client went away at ${action}`, 255);
+    const ack = decodeReq(bytes);
+    if (ack.type !== ReqType.NOTIFY || ack.notify_success !== true)
+      throw new ActionError(action, `The RPC client reported a ${action} script error`, 255);
+  };
+}
+
+/**
  * Run `command` for `req` as the command line would (its handler, or `run`), with the request's
  * log, and say how it went.
  */
 async function runCommand(
+  socket: RpcSocket,
   command: CommandName,
   req: CriuReq,
   ctx: RpcContext,
@@ -372,6 +396,7 @@ async function runCommand(
   let previous: Logger | null = null;
   try {
     const opts = optionsFromRequest(command, req.opts, ctx);
+    if (req.opts?.['notify_scripts'] === true) opts.onAction = notifier(socket);
     const file = opts.logFile === '-' ? '-' : resolve(opts.workDir, opts.logFile ?? 'criu.log');
     // Check needs no directory: it logs only when asked for a file by name, as CRIU.
     const isLogged = command !== 'check' || typeof req.opts?.['log_file'] === 'string';

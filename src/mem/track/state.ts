@@ -26,9 +26,10 @@
  */
 
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
 import path from 'node:path';
-import { TaskError } from '../../errors.js';
+import { TaskError, isErrno } from '../../errors.js';
+import { AF_UNIX, SOCK_CLOEXEC, SOCK_STREAM } from '../../kernel/constants.js';
+import * as sys from '../../sys/native.js';
 import { TRACKER_KINDS, type TrackerKind } from '../../kerndat/tracker.js';
 import { formatRuns, parseRuns, type PageRuns } from './ranges.js';
 
@@ -200,24 +201,25 @@ export interface TrackLock {
 /**
  * Take the lock on tracking task `pid`, or throw TaskError when another criu-ts process holds it.
  */
-export async function lockTracking(pid: number): Promise<TrackLock> {
-  const server: Server = createServer((conn) => conn.destroy());
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'EADDRINUSE')
-        reject(new TaskError(pid, `Cannot track memory of task ${pid}: another criu process is working on it`));
-      else reject(err);
-    });
-    server.listen({ path: `\0criu-ts/track/${pid}`, exclusive: true }, () => resolve());
-  });
-  // The lock must not keep the process alive on its own.
-  server.unref();
+export function lockTracking(pid: number): Promise<TrackLock> {
+  // Bound, not listening: the name is taken all the same, and nothing keeps this process up.
+  const fd = sys.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  try {
+    sys.bindUnix(fd, `\0criu-ts/track/${pid}`);
+  } catch (err) {
+    sys.close(fd);
+    if (isErrno(err, 'EADDRINUSE'))
+      return Promise.reject(
+        new TaskError(pid, `Cannot track memory of task ${pid}: another criu process is working on it`),
+      );
+    return Promise.reject(err);
+  }
   let isReleased = false;
-  return {
+  return Promise.resolve({
     release: () => {
       if (isReleased) return;
       isReleased = true;
-      server.close();
+      sys.close(fd);
     },
-  };
+  });
 }

@@ -21,7 +21,14 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 
 import { readImage } from '../../../src/images/index.js';
-import { ReqType, type CriuOpts } from '../../../src/rpc/messages.js';
+import {
+  decodeResp,
+  encodeReq,
+  ReqType,
+  type CriuOpts,
+  type CriuReq,
+  type CriuResp,
+} from '../../../src/rpc/messages.js';
 import { RpcSocket } from '../../../src/rpc/socket.js';
 import { startWorkload, waitGone } from '../../helpers/cr.js';
 import { CRIU_BIN, request, startSwrk } from '../../helpers/rpc.js';
@@ -271,11 +278,73 @@ t.test('a client of another user gets nothing but VERSION and FEATURE_CHECK', { 
   ].join('\n');
   const out = spawnSync('python3', ['-c', script, sock], { encoding: 'utf8' });
   t.equal(out.status, 0, out.stderr);
-  const { decodeResp } = await import('../../../src/rpc/messages.js');
   t.match(decodeResp(Buffer.from(out.stdout, 'hex')), {
     type: ReqType.CHECK,
     success: false,
     cr_errno: EACCES,
     cr_errmsg: /uid 65534/,
   });
+});
+
+/** Send `req`, answer every NOTIFY with `answer(script)`, return the notifications and the final response. */
+async function callNotified(
+  c: ReturnType<typeof startSwrk>,
+  req: CriuReq,
+  answer: (script: string) => boolean,
+): Promise<{ notes: string[]; resp: CriuResp }> {
+  await c.socket.send(encodeReq(req));
+  const notes: string[] = [];
+  for (;;) {
+    const bytes = await c.socket.receive();
+    if (bytes === null) throw new Error('criu closed the connection');
+    const resp = decodeResp(bytes);
+    if (resp.type !== ReqType.NOTIFY) return { notes, resp };
+    const script = resp.notify?.script ?? '?';
+    notes.push(resp.notify?.pid === undefined ? script : `${script} ${resp.notify.pid}`);
+    await c.socket.send(encodeReq({ type: ReqType.NOTIFY, notify_success: answer(script) }));
+  }
+}
+
+t.test('notify_scripts: the client hears of each action and decides', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_incr', dir, ['256', '8']);
+  t.teardown(() => w.kill());
+  const refuse = startSwrk();
+  t.teardown(() => refuse.close());
+  const failed = await callNotified(
+    refuse,
+    {
+      type: ReqType.DUMP,
+      opts: { images_dir_fd: dirFd(t, path.join(dir, 'refused')), pid: w.pid, notify_scripts: true },
+    },
+    (script) => script !== 'post-dump',
+  );
+  t.same(failed.notes, ['pre-dump', 'post-dump']);
+  t.match(failed.resp, { type: ReqType.DUMP, success: false, cr_errmsg: /post-dump/ });
+  t.ok(existsSync(`/proc/${w.pid}`), 'a refused post-dump leaves the task running');
+
+  const img = path.join(dir, 'img');
+  const d = startSwrk();
+  t.teardown(() => d.close());
+  const dumped = await callNotified(
+    d,
+    { type: ReqType.DUMP, opts: { images_dir_fd: dirFd(t, img), pid: w.pid, notify_scripts: true } },
+    () => true,
+  );
+  t.same(dumped.notes, ['pre-dump', 'post-dump']);
+  t.equal(dumped.resp.success, true, dumped.resp.cr_errmsg ?? '');
+  await waitGone(w.pid);
+
+  const r = startSwrk();
+  t.teardown(() => r.close());
+  const restored = await callNotified(
+    r,
+    { type: ReqType.RESTORE, opts: { images_dir_fd: dirFd(t, img), notify_scripts: true } },
+    () => true,
+  );
+  t.same(restored.notes, ['pre-restore', `post-restore ${w.pid}`, 'pre-resume', 'post-resume']);
+  t.match(restored.resp, { type: ReqType.RESTORE, success: true, restore: { pid: w.pid } });
+  process.kill(w.pid, 'SIGTERM');
+  await w.waitFor('PASS');
+  t.notMatch(w.report(), 'FAIL');
 });
