@@ -7,9 +7,9 @@
  */
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 
-import { criuAsync, startWorkload, waitGone } from '../../helpers/cr.js';
+import { criuAsync, startWorkload, waitGone, type Workload } from '../../helpers/cr.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
 
@@ -30,6 +30,19 @@ function script(dir: string, tag: string, log: string): string {
   return file;
 }
 
+/** A test directory with a recording script `a` and a cr_incr of `pages` pages. */
+async function setUp(
+  t: Test,
+  pages: string,
+): Promise<{ dir: string; log: string; a: string; w: Workload; img: string }> {
+  const dir = t.testdir();
+  const log = path.join(dir, 'actions.log');
+  const a = script(dir, 'a', log);
+  const w = await startWorkload('cr_incr', dir, [pages, '8']);
+  t.teardown(() => w.kill());
+  return { dir, log, a, w, img: path.join(dir, 'img') };
+}
+
 function lines(log: string): string[] {
   return existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : [];
 }
@@ -44,13 +57,8 @@ const alive = (pid: number): boolean => {
 };
 
 t.test('dump and restore run the scripts at each action point', { skip: needsRoot }, async (t) => {
-  const dir = t.testdir();
-  const log = path.join(dir, 'actions.log');
-  const a = script(dir, 'a', log);
+  const { dir, log, a, w, img } = await setUp(t, '256');
   const b = script(dir, 'b', log);
-  const w = await startWorkload('cr_incr', dir, ['256', '8']);
-  t.teardown(() => w.kill());
-  const img = path.join(dir, 'img');
   const scripts = ['--action-script', a, '--action-script', b];
   const d = await criuAsync(['dump', '-t', String(w.pid), '-D', img, ...scripts]);
   t.equal(d.status, 0, d.stderr);
@@ -82,12 +90,7 @@ t.test(
     skip: needsRoot,
   },
   async (t) => {
-    const dir = t.testdir();
-    const log = path.join(dir, 'actions.log');
-    const a = script(dir, 'a', log);
-    const w = await startWorkload('cr_incr', dir, ['64', '8']);
-    t.teardown(() => w.kill());
-    const img = path.join(dir, 'img');
+    const { a, w, img } = await setUp(t, '64');
     process.env['FAIL_AT'] = 'post-dump';
     process.env['FAIL_STATUS'] = '7';
     t.teardown(() => {
@@ -105,13 +108,9 @@ t.test(
 );
 
 t.test('a failed pre-dump script: nothing happens to the task, exit 1', { skip: needsRoot }, async (t) => {
-  const dir = t.testdir();
-  const a = script(dir, 'a', path.join(dir, 'actions.log'));
-  const w = await startWorkload('cr_incr', dir, ['64', '8']);
-  t.teardown(() => w.kill());
+  const { a, w, img } = await setUp(t, '64');
   process.env['FAIL_AT'] = 'pre-dump';
   t.teardown(() => delete process.env['FAIL_AT']);
-  const img = path.join(dir, 'img');
   const d = await criuAsync(['dump', '-t', String(w.pid), '-D', img, '--action-script', a]);
   t.equal(d.status, 1);
   t.match(d.stderr, /pre-dump action script \S+ failed/);
@@ -120,12 +119,7 @@ t.test('a failed pre-dump script: nothing happens to the task, exit 1', { skip: 
 });
 
 t.test('failed pre-restore and post-restore scripts: no task is left', { skip: needsRoot }, async (t) => {
-  const dir = t.testdir();
-  const log = path.join(dir, 'actions.log');
-  const a = script(dir, 'a', log);
-  const w = await startWorkload('cr_incr', dir, ['64', '8']);
-  t.teardown(() => w.kill());
-  const img = path.join(dir, 'img');
+  const { log, a, w, img } = await setUp(t, '64');
   t.equal((await criuAsync(['dump', '-t', String(w.pid), '-D', img])).status, 0);
   await waitGone(w.pid);
   t.teardown(() => delete process.env['FAIL_AT']);
