@@ -9,8 +9,9 @@
  *     would get at best);
  *   - fresh-file writes: the same volume pwritten into a new file on the same tmpfs, no network
  *     (storing is part of the job and is often the bound).
- * Also: bytes that passed through criu-ts's user-space memory on each side, and the peak RSS of
- * this process (client and server both run in it).
+ * Also: each round's transfer against that round's baselines (the VM's speed wanders between
+ * rounds), bytes that passed through criu-ts's user-space memory on each side, and the peak RSS
+ * of this process (client and server both run in it).
  *
  * Scattered: what live migration sends once the task is frozen: 1 page in every SCATTER_STRIDE
  * dirty (PE_PRESENT, 1-page records), the pages between them PE_PARENT records against the full
@@ -210,6 +211,12 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
     const rate = (s: number): string => `${(gib / s).toFixed(2)} GiB/s`;
     const oursS = ours.map((o) => o.seconds);
     const last = ours[ours.length - 1] as Transfer;
+    // Rounds are minutes apart and this VM's speed wanders: each round's transfer against the
+    // baselines measured just before it, in the same round.
+    const perRound = oursS.map((o, i) => ({
+      ofRaw: ((100 * (raw[i] as number)) / o).toFixed(0),
+      ofBound: ((100 * Math.max(raw[i] as number, fresh[i] as number)) / o).toFixed(0),
+    }));
     const sc = scattered.map((x) => x.seconds);
     const sc0 = scattered[0] as Scattered;
     const scRate = (s: number): string =>
@@ -225,6 +232,9 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
           ` = ${((100 * best(raw)) / best(oursS)).toFixed(0)}% of raw TCP (best), ` +
           `${((100 * median(raw)) / median(oursS)).toFixed(0)}% (median); ` +
           `${((100 * best(fresh)) / best(oursS)).toFixed(0)}% of the fresh-file write, its storage alone (best)`,
+        `  round by round:     ${perRound.map((r) => `${r.ofRaw}%`).join(', ')} of that round's raw TCP; ` +
+          `${perRound.map((r) => `${r.ofBound}%`).join(', ')} of the slower of that round's raw TCP and fresh-file write ` +
+          `(what storing while receiving can reach at most)`,
         `  contiguous:         1 record of ${nrPages} pages, ${contRate(best(oursS))} / ${contRate(median(oursS))}`,
         `  scattered 1%:       ${sc0.nrRecords} records (${sc0.dataBytes / 4096} 1-page PE_PRESENT, the rest PE_PARENT), ` +
           `best ${scRate(best(sc))}; median of ${sc.length} ${scRate(median(sc))}`,
