@@ -16,7 +16,7 @@
 # of its namespaces with `nsenter -t INIT -a`. Killing the init kills everything in the host.
 #
 # Usage:
-#   hosts.sh up NAME...          create hosts (addresses are given in order: .1, .2, ...)
+#   hosts.sh up NAME...          create hosts (addresses round robin: .1, .2, ..., .253, .1)
 #   hosts.sh exec NAME -- CMD... run CMD inside host NAME (all of its namespaces)
 #   hosts.sh down [NAME...]      kill everything in the hosts, delete netns and veth (idempotent);
 #                                with no NAME: every host of this script, and leftovers of crashes
@@ -71,14 +71,21 @@ ensure_bridge() {
 	ip link set "$BRIDGE" up
 }
 
+# The next free address after the last one handed out (round robin, under the lock): an address
+# is given again only after every other one, not a moment after its host went down, when some
+# cache (a neighbour entry, a connection attempt in flight) may still lead to the old host.
 free_index() {
-	i=1
-	while [ $i -le 253 ]; do
+	last=$(cat "$STATE/.last" 2>/dev/null || echo 0)
+	case $last in '' | *[!0-9]*) last=0 ;; esac
+	n=0
+	while [ $n -lt 253 ]; do
+		i=$(((last + n) % 253 + 1))
 		if ! grep -qx "$PREFIX.$i" "$STATE"/*/addr 2>/dev/null; then
+			echo "$i" >"$STATE/.last"
 			echo $i
 			return 0
 		fi
-		i=$((i + 1))
+		n=$((n + 1))
 	done
 	die "No free address left in $PREFIX.0/24"
 }
