@@ -35,6 +35,7 @@ import { CRIU_BIN, request, startSwrk } from '../../helpers/rpc.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, process_vm_readv)';
 const ESRCH = 3;
+const EEXIST = 17;
 const EACCES = 13;
 const EBADRQC = 56;
 
@@ -172,6 +173,28 @@ t.test('failures come back as CRIU reports them', { skip: needsRoot }, async (t)
     success: false,
     cr_errmsg: /Invalid request type 99/,
   });
+});
+
+t.test('RESTORE of a task whose PID is in use: EEXIST', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_incr', dir, ['64', '8']);
+  t.teardown(() => w.kill());
+  const img = dirFd(t, path.join(dir, 'img'));
+  const d = startSwrk();
+  t.teardown(() => d.close());
+  t.equal(
+    (await d.call({ type: ReqType.DUMP, opts: { images_dir_fd: img, pid: w.pid, leave_running: true } })).success,
+    true,
+  );
+  const r = startSwrk();
+  t.teardown(() => r.close());
+  t.match(await r.call({ type: ReqType.RESTORE, opts: { images_dir_fd: img } }), {
+    type: ReqType.RESTORE,
+    success: false,
+    cr_errno: EEXIST,
+    cr_errmsg: new RegExp(`PID ${w.pid} is in use`),
+  });
+  t.ok(existsSync(`/proc/${w.pid}`), 'the running task is untouched');
 });
 
 t.test('a pre-dump loop only goes on with PRE_DUMP or DUMP', { skip: needsRoot }, async (t) => {
