@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { readImage } from '../src/images/index.js';
 import { measureMemcpyGiBps } from './baseline.js';
 import type { BenchOptions, BenchResult } from './run.js';
+import { median as medianOf } from './stats.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const MEM_TOUCH = path.join(ROOT, 'test/fixtures/bin/mem_touch');
@@ -151,10 +152,7 @@ export async function dumpRestoreBench(opts: BenchOptions): Promise<BenchResult>
   const all: DumpRestoreNumbers[] = [];
   for (let i = 0; i < rounds; i++) all.push(await measureDumpRestore(mib));
   const best = (f: (n: DumpRestoreNumbers) => number): number => Math.min(...all.map(f));
-  const median = (f: (n: DumpRestoreNumbers) => number): number => {
-    const v = all.map(f).sort((a, b) => a - b);
-    return v[Math.floor(v.length / 2)] ?? 0;
-  };
+  const median = (f: (n: DumpRestoreNumbers) => number): number => medianOf(all.map(f));
   const gib = mib / 1024;
   const rate = (ms: number): string => `${(gib / (ms / 1000)).toFixed(2)} GiB/s`;
   const pagesBytes = all[0]?.pagesBytes ?? 0;

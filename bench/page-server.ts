@@ -30,6 +30,7 @@ import { Connection, Listener } from '../src/pageserver/socket.js';
 import * as sys from '../src/sys/native.js';
 import { startFixture } from '../test/helpers/fixture.js';
 import type { BenchOptions, BenchResult } from './run.js';
+import { median } from './stats.js';
 
 const CHUNK = 4 << 20;
 const TMP = '/dev/shm';
@@ -207,7 +208,6 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
     const rssPeakMiB = process.resourceUsage().maxRSS / 1024;
     const gib = total / 2 ** 30;
     const best = (xs: number[]): number => Math.min(...xs);
-    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
     const rate = (s: number): string => `${(gib / s).toFixed(2)} GiB/s`;
     const oursS = ours.map((o) => o.seconds);
     const last = ours[ours.length - 1] as Transfer;

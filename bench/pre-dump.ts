@@ -24,6 +24,7 @@ import { dump, endTracking, preDump } from '../src/index.js';
 import { ReqType, type CriuResp } from '../src/rpc/messages.js';
 import { startSwrk } from '../test/helpers/rpc.js';
 import type { BenchOptions, BenchResult } from './run.js';
+import { median, timed } from './stats.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CR_INCR = path.join(ROOT, 'test/fixtures/bin/cr_incr');
@@ -114,11 +115,6 @@ async function inProcess(pages: number, work: string): Promise<string[]> {
   const { pid, step } = await startIncr(pages, path.join(work, 'out-api.txt'));
   try {
     const dir = (name: string): string => path.join(work, `api-${name}`);
-    const timed = async <T>(fn: () => Promise<T>): Promise<{ ms: number; r: T }> => {
-      const t0 = process.hrtime.bigint();
-      const r = await fn();
-      return { ms: Number(process.hrtime.bigint() - t0) / 1e6, r };
-    };
     const fulls: { ms: number; frozenMs: number }[] = [];
     for (let i = 0; i <= API_FULL_DUMPS; i++) {
       const full = await timed(() => dump({ pid, imagesDir: dir('full'), end: 'leave-running' }));
@@ -136,7 +132,6 @@ async function inProcess(pages: number, work: string): Promise<string[]> {
       its.push({ ms: it.ms, copied: it.r.pagesWritten, copyMs: it.r.memdumpTimeUs / 1000 });
     }
     await endTracking(pid);
-    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
     const fullMs = median(fulls.map((f) => f.ms));
     const warm = its.slice(1);
     const pct = (ms: number): string => `${((ms / fullMs) * 100).toFixed(1)}%`;
@@ -174,11 +169,11 @@ async function viaRpc(pages: number, work: string): Promise<string[]> {
     fds.push(fd);
     return fd;
   };
-  const timed = async (fn: () => Promise<CriuResp>): Promise<number> => {
-    const t0 = process.hrtime.bigint();
-    const r = await fn();
+  /** Milliseconds one request took; a failed one ends the bench. */
+  const request = async (fn: () => Promise<CriuResp>): Promise<number> => {
+    const { ms, r } = await timed(fn);
     if (!r.success) throw new Error(`RPC request failed: ${r.cr_errmsg ?? '?'}`);
-    return Number(process.hrtime.bigint() - t0) / 1e6;
+    return ms;
   };
   try {
     const fulls: number[] = [];
@@ -186,7 +181,7 @@ async function viaRpc(pages: number, work: string): Promise<string[]> {
       const fd = dirFd(`full${i}`);
       const one = startSwrk();
       fulls.push(
-        await timed(() => one.call({ type: ReqType.DUMP, opts: { images_dir_fd: fd, pid, leave_running: true } })),
+        await request(() => one.call({ type: ReqType.DUMP, opts: { images_dir_fd: fd, pid, leave_running: true } })),
       );
       await one.exited;
       one.close();
@@ -198,18 +193,17 @@ async function viaRpc(pages: number, work: string): Promise<string[]> {
       pid,
       ...(k > 1 ? { parent_img: `../rpc-${k - 1}` } : {}),
     });
-    const first = await timed(() => c.call({ type: ReqType.PRE_DUMP, opts: opts(1) }));
+    const first = await request(() => c.call({ type: ReqType.PRE_DUMP, opts: opts(1) }));
     const its: number[] = [];
     for (let k = 1; k <= RPC_ITERATIONS; k++) {
       await step(k);
-      its.push(await timed(() => c.call({ type: ReqType.PRE_DUMP, opts: opts(k + 1) })));
+      its.push(await request(() => c.call({ type: ReqType.PRE_DUMP, opts: opts(k + 1) })));
     }
     await step(RPC_ITERATIONS + 1);
     const last = RPC_ITERATIONS + 2;
-    const final = await timed(() => c.call({ type: ReqType.DUMP, opts: { ...opts(last), track_mem: true } }));
+    const final = await request(() => c.call({ type: ReqType.DUMP, opts: { ...opts(last), track_mem: true } }));
     await c.exited;
     c.close();
-    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
     const fullMs = median(fulls);
     const warm = its.slice(1);
     const pct = (ms: number): string => `${((ms / fullMs) * 100).toFixed(1)}%`;

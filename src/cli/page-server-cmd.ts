@@ -53,10 +53,9 @@ export async function readToken(token: string | undefined, tokenFile: string | u
   return line;
 }
 
-/** `criu page-server`: the Options of criu(8) mapped to a run. */
-export async function runPageServerCmd(opts: Options, io: CliIo): Promise<number> {
+/** The Options of criu(8) mapped to a run (without the token: see readToken). */
+export function pageServerRun(opts: Options): PageServerRun {
   if (opts.port === undefined) throw new UsageError('page-server needs a port: --port N (0 picks a free one)');
-  const token = await readToken(opts.token, opts.tokenFile);
   const run: PageServerRun = {
     imagesDir: opts.imagesDir,
     port: opts.port,
@@ -65,9 +64,16 @@ export async function runPageServerCmd(opts: Options, io: CliIo): Promise<number
     logLevel: opts.logLevel,
   };
   if (opts.address !== undefined) run.address = opts.address;
-  if (token !== undefined) run.token = token;
   if (opts.prevImagesDir !== undefined) run.prevImagesDir = opts.prevImagesDir;
   if (opts.pidfile !== undefined) run.pidfile = resolve(opts.workDir, opts.pidfile);
+  return run;
+}
+
+/** `criu page-server`. */
+export async function runPageServerCmd(opts: Options, io: CliIo): Promise<number> {
+  const run = pageServerRun(opts);
+  const token = await readToken(opts.token, opts.tokenFile);
+  if (token !== undefined) run.token = token;
   return runPageServer(run, io);
 }
 

@@ -5,15 +5,16 @@
  */
 
 import { UsageError } from '../errors.js';
-import { restore } from '../restore/index.js';
+import { restore, type RestoreOptions } from '../restore/index.js';
 import type { CliIo } from './commands.js';
 import type { Options } from './options.js';
 import { actionOption } from '../actions.js';
 
-export async function runRestore(opts: Options, _io: CliIo): Promise<number> {
+/** The restore library call's options for `opts` (also an RPC RESTORE's). */
+export function restoreOptions(opts: Options): RestoreOptions {
   if (opts.restoreSibling && !opts.restoreDetached)
     throw new UsageError('-S/--restore-sibling needs -d/--restore-detached: criu cannot wait for a sibling');
-  const result = await restore({
+  return {
     isSibling: opts.restoreSibling,
     isLeftStopped: opts.leaveStopped,
     inheritFds: opts.inheritFds,
@@ -24,7 +25,11 @@ export async function runRestore(opts: Options, _io: CliIo): Promise<number> {
     autoDedup: opts.autoDedup,
     ...(opts.pidfile === undefined ? {} : { pidfile: opts.pidfile }),
     ...actionOption(opts),
-  });
+  };
+}
+
+export async function runRestore(opts: Options, _io: CliIo): Promise<number> {
+  const result = await restore(restoreOptions(opts));
   if (result.exit === undefined) return 0;
   return 'code' in result.exit ? result.exit.code : 128 + result.exit.signal;
 }

@@ -154,13 +154,9 @@ export function kerndat(): Kerndat {
   const file = kerndatCachePath();
   const key = file === null ? null : currentCacheKey();
   const kept = file === null || key === null ? null : loadKerndat(file, key);
-  if (kept !== null) {
-    log().debug(`kerndat: from ${file as string}`);
-    return (cached = kept);
-  }
-  cached = probeKernel();
-  if (file !== null && key !== null) storeKerndat(file, cached, key);
-  return cached;
+  if (kept === null) return reprobeKernel();
+  log().debug(`kerndat: from ${file as string}`);
+  return (cached = kept);
 }
 
 /**

@@ -28,11 +28,10 @@
 
 import { type ChildProcess } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
-import { resolve } from 'node:path';
-import { actionOption, type ActionHook } from '../actions.js';
+import type { ActionHook } from '../actions.js';
 import { ActionError, SyscallError, TaskError, UnsupportedError, UsageError, describeError } from '../errors.js';
 import { WNOHANG, __WALL } from '../kernel/constants.js';
-import { createLogger, log, setLogger, type Logger } from '../log.js';
+import { createLogger, log, resolveLogFile, setLogger, type Logger } from '../log.js';
 import * as sys from '../sys/native.js';
 import type { CliIo } from '../cli/commands.js';
 import type { CommandName, Options } from '../cli/options.js';
@@ -76,8 +75,6 @@ interface Outcome {
   isOk: boolean;
   errno?: number;
   errmsg?: string;
-  /** What the command printed on stdout (check's report). */
-  stdout: string;
 }
 
 /** Children this process started for clients (page servers), for WAIT_PID. */
@@ -127,7 +124,7 @@ export async function serveConnection(w: WorkerOptions): Promise<number> {
     }
     const isOk = await handle(socket, req, ctx);
     if (!isOk) return 1;
-    if (req.keep_open !== true || req.type === ReqType.PRE_DUMP) return 0;
+    if (req.keep_open !== true) return 0;
   }
 }
 
@@ -243,18 +240,8 @@ async function restoreReq(socket: RpcSocket, req: CriuReq, ctx: RpcContext): Pro
   let pid = -1;
   const o = await runCommand(socket, 'restore', req, ctx, async (opts) => {
     const { restore } = await import('../restore/index.js');
-    const result = await restore({
-      isSibling: opts.restoreSibling,
-      isLeftStopped: opts.leaveStopped,
-      inheritFds: opts.inheritFds,
-      imagesDir: opts.imagesDir,
-      isDetached: true,
-      cpuCap: opts.cpuCap,
-      isShellJob: opts.shellJob,
-      autoDedup: opts.autoDedup,
-      ...actionOption(opts),
-    });
-    pid = result.pid;
+    const { restoreOptions } = await import('../cli/restore.js');
+    pid = (await restore(restoreOptions(opts))).pid;
     return 0;
   });
   await answer(socket, withOutcome({ type: ReqType.RESTORE, success: o.isOk, restore: { pid } }, o));
@@ -285,16 +272,8 @@ async function pageServerReq(socket: RpcSocket, req: CriuReq, ctx: RpcContext): 
   let started: { pid: number; port: number } | null = null;
   const o = await runCommand(socket, 'page-server', req, ctx, async (opts) => {
     if (opts.port === undefined) throw new UsageError('RPC option ps.port is needed for a page server (0 picks one)');
-    const { startPageServerProcess } = await import('../cli/page-server-cmd.js');
-    const r = await startPageServerProcess({
-      imagesDir: opts.imagesDir,
-      port: opts.port,
-      isDaemon: true,
-      logFile: resolve(opts.workDir, opts.logFile ?? 'page-server.log'),
-      logLevel: opts.logLevel,
-      ...(opts.address === undefined ? {} : { address: opts.address }),
-      ...(opts.prevImagesDir === undefined ? {} : { prevImagesDir: opts.prevImagesDir }),
-    });
+    const { pageServerRun, startPageServerProcess } = await import('../cli/page-server-cmd.js');
+    const r = await startPageServerProcess({ ...pageServerRun(opts), isDaemon: true });
     children.set(r.child.pid as number, r.child);
     started = { pid: r.child.pid as number, port: r.port };
     return 0;
@@ -389,15 +368,16 @@ async function runCommand(
   ctx: RpcContext,
   run?: (opts: Options) => Promise<number>,
 ): Promise<Outcome> {
-  const out: string[] = [];
+  // Only the command's one-line error is of use (cr_errmsg): what it prints on stdout has no
+  // place in a response, as in CRIU.
   const errs: string[] = [];
-  const io: CliIo = { stdout: (s) => void out.push(s), stderr: (s) => void errs.push(s) };
+  const io: CliIo = { stdout: () => undefined, stderr: (s) => void errs.push(s) };
   let logger: Logger | null = null;
   let previous: Logger | null = null;
   try {
     const opts = optionsFromRequest(command, req.opts, ctx);
     if (req.opts?.['notify_scripts'] === true) opts.onAction = notifier(socket);
-    const file = opts.logFile === '-' ? '-' : resolve(opts.workDir, opts.logFile ?? 'criu.log');
+    const file = resolveLogFile(command, opts.logFile, opts.workDir);
     // Check needs no directory: it logs only when asked for a file by name, as CRIU.
     const isLogged = command !== 'check' || typeof req.opts?.['log_file'] === 'string';
     logger = createLogger({
@@ -412,18 +392,17 @@ async function runCommand(
     );
     const { COMMAND_HANDLERS } = await import('../cli/commands.js');
     const code = await (run ?? ((o) => COMMAND_HANDLERS[command](o, io)))(opts);
-    const stdout = out.join('');
-    if (code === 0) return { isOk: true, stdout };
+    if (code === 0) return { isOk: true };
     const first = errs
       .join('')
       .split('\n')
       .find((l) => l.trim() !== '');
-    return { isOk: false, stdout, errmsg: first?.replace(/^Error \(criu\): /, '') ?? `${command} failed` };
+    return { isOk: false, errmsg: first?.replace(/^Error \(criu\): /, '') ?? `${command} failed` };
   } catch (err) {
     const errno = errnoOf(err);
     const message = describeError(err);
     (logger ?? log()).msg(`Error (criu): ${message}`);
-    return { isOk: false, stdout: out.join(''), errmsg: message, ...(errno === undefined ? {} : { errno }) };
+    return { isOk: false, errmsg: message, ...(errno === undefined ? {} : { errno }) };
   } finally {
     if (logger !== null) {
       setLogger(previous);
