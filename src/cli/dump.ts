@@ -22,13 +22,14 @@ function treeOf(opts: Options, command: string): number {
 /** --page-server: the sink that sends the pages there, connected. */
 async function pageServerSink(opts: Options): Promise<PageSink | undefined> {
   if (!opts.pageServer) return undefined;
-  if (opts.port === undefined) throw new UsageError('--page-server needs --port');
+  if (opts.port === undefined && opts.psSocket === undefined) throw new UsageError('--page-server needs --port');
   const { connectPageServerSink } = await import('../dump/page-server-sink.js');
   const { readToken } = await import('./page-server-cmd.js');
   const token = await readToken(opts.token, opts.tokenFile);
   return connectPageServerSink({
     address: opts.address ?? '127.0.0.1',
-    port: opts.port,
+    port: opts.port ?? 0,
+    ...(opts.psSocket === undefined ? {} : { fd: opts.psSocket }),
     ...(token === undefined ? {} : { token }),
   });
 }

@@ -123,6 +123,11 @@ export interface Options {
   pageServer: boolean;
   address?: string;
   port?: number;
+  /**
+   * A socket connected to the page server already, used by --page-server instead of
+   * address:port and closed after: RPC's ps.fd (swrk only; no command-line flag, as in CRIU).
+   */
+  psSocket?: number;
   /** -d for page-server: run in the background. */
   daemon: boolean;
   /** Pre-shared token of the page server (--token or the first line of --token-file). */
@@ -320,6 +325,8 @@ export function toOptions(command: CommandName, raw: RawOptions, operands: reado
   if (tree !== undefined) opts.tree = int('-t/--tree', tree, 1, 0x3fffffff);
   const port = str(raw, 'port');
   if (port !== undefined) opts.port = int('--port', port, 0, 65535);
+  const psSocket = str(raw, 'psSocket');
+  if (psSocket !== undefined) opts.psSocket = int('ps.fd', psSocket, 0, 0x7fffffff);
 
   if (opts.token !== undefined && opts.tokenFile !== undefined) {
     throw new UsageError('Options --token and --token-file exclude each other');

@@ -13,6 +13,8 @@ import type { PageSink } from './page-sink.js';
 export interface PageServerTarget {
   address: string;
   port: number;
+  /** A socket connected to the page server already (RPC's ps.fd): used instead of address:port. */
+  fd?: number;
   token?: string;
   timeoutMs?: number;
 }

@@ -105,6 +105,8 @@ export interface PageServerClientOptions {
   /** Default 127.0.0.1. */
   address?: string;
   port: number;
+  /** A socket connected to the server already, used instead of address:port and closed after. */
+  fd?: number;
   /** The page server's pre-shared token (protocol.ts, "Token step"); omit for a plain CRIU server. */
   token?: string;
   /** Fail when the server accepts nothing or answers nothing for this long (default: wait). */
@@ -124,7 +126,10 @@ export class PageServerClient implements PageTransport {
 
   /** Connect (and present the token, if one is given). */
   static async connect(opts: PageServerClientOptions): Promise<PageServerClient> {
-    const conn = await Connection.connect(opts.address ?? DEFAULT_ADDRESS, opts.port, opts.timeoutMs);
+    const conn =
+      opts.fd !== undefined
+        ? Connection.adopt(opts.fd)
+        : await Connection.connect(opts.address ?? DEFAULT_ADDRESS, opts.port, opts.timeoutMs);
     const client = new PageServerClient(conn);
     CHUNK_POOL.reserve(2); // page faults now, not while the pages of a frozen task go out
     try {

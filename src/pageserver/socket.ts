@@ -10,12 +10,13 @@
  * SO_SNDTIMEO, TCP_USER_TIMEOUT).
  */
 
-import { ProtocolError, SyscallError } from '../errors.js';
+import { ProtocolError, SyscallError, UsageError } from '../errors.js';
 import { AF_INET, AF_INET6, SOCK_CLOEXEC, SOCK_STREAM, SOL_SOCKET, SOL_TCP } from '../kernel/constants.js';
 import * as sys from '../sys/native.js';
 
 /** socket(7), tcp(7), recv(2), shutdown(2) numbers not in src/kernel/constants.ts. */
 const SO_REUSEADDR = 2;
+const SO_TYPE = 3;
 const SO_RCVTIMEO = 20;
 const SO_SNDTIMEO = 21;
 const TCP_NODELAY = 1;
@@ -90,6 +91,8 @@ export class Listener {
   }
 }
 
+const errnoOf = (err: unknown): string => (err instanceof SyscallError ? err.errnoCode : String(err));
+
 /** One connected stream socket. Calls must not overlap (one reader, one writer at a time). */
 export class Connection {
   private isClosed = false;
@@ -120,6 +123,30 @@ export class Connection {
       if (err instanceof SyscallError && err.errnoCode === 'EINPROGRESS')
         throw new ProtocolError(peer, `cannot connect: no answer within ${timeoutMs} ms`, undefined, { cause: err });
       throw err;
+    }
+    return new Connection(fd, peer);
+  }
+
+  /**
+   * A stream socket connected already by someone else (RPC's ps.fd: a tool that carries the
+   * page-server stream through its own channel), taken over: close() closes it.
+   * Anything else (not a socket, not a stream, not connected) is refused with one line.
+   */
+  static adopt(fd: number): Connection {
+    let type: number;
+    try {
+      type = sys.getsockopt(fd, SOL_SOCKET, SO_TYPE, 4).readInt32LE(0);
+    } catch (err) {
+      throw new UsageError(`fd ${fd} is not a socket (${errnoOf(err)})`);
+    }
+    if (type !== SOCK_STREAM) throw new UsageError(`fd ${fd} is not a stream socket`);
+    let peer: string;
+    try {
+      const p = sys.getpeername(fd);
+      peer = p.family === 6 ? `[${p.address}]:${p.port}` : p.family === 4 ? `${p.address}:${p.port}` : `fd ${fd}`;
+      if (p.family !== 0) setInt(fd, SOL_TCP, TCP_NODELAY, 1); // as connect() does
+    } catch (err) {
+      throw new UsageError(`fd ${fd} is not a connected socket (${errnoOf(err)})`);
     }
     return new Connection(fd, peer);
   }

@@ -155,7 +155,11 @@ export function optionsFromRequest(command: CommandName, o: CriuOpts | undefined
 
   const ps = opts['ps'] as { address?: string; port?: number; fd?: number } | undefined;
   if (ps !== undefined) {
-    if (ps.fd !== undefined) throw new UsageError('RPC option ps.fd (a connected page-server socket) is not supported');
+    if (ps.fd !== undefined) {
+      // As in CRIU: an fd number means something only to a criu that inherited the client's fds.
+      if (!ctx.isSwrk) throw new UsageError('RPC option ps.fd is not allowed by a standalone service');
+      raw['psSocket'] = String(ps.fd);
+    }
     if (command === 'dump' || command === 'pre-dump') raw['pageServer'] = true;
     if (ps.address !== undefined && ps.address !== '') raw['address'] = ps.address;
     if (ps.port !== undefined) raw['port'] = String(ps.port);

@@ -47,10 +47,16 @@ export function request(socket: RpcSocket, req: CriuReq): Promise<CriuResp> {
   return exchange(socket, encodeReq(req));
 }
 
-/** Start `criu swrk 3` with one end of a new socketpair; the client holds the other. */
-export function startSwrk(env: NodeJS.ProcessEnv = process.env): RpcClient {
+/**
+ * Start `criu swrk 3` with one end of a new socketpair; the client holds the other. `extraFds`
+ * are handed on as the worker's fds 4, 5, ... (what a client passes for ps.fd or inherit_fd).
+ */
+export function startSwrk(env: NodeJS.ProcessEnv = process.env, extraFds: readonly number[] = []): RpcClient {
   const [mine, theirs] = RpcSocket.pair();
-  const child = spawn(CRIU_BIN, ['swrk', '3'], { stdio: ['ignore', 'ignore', 'inherit', theirs.fd], env });
+  const child = spawn(CRIU_BIN, ['swrk', '3'], {
+    stdio: ['ignore', 'ignore', 'inherit', theirs.fd, ...extraFds],
+    env,
+  });
   theirs.close();
   return clientOf(mine, child);
 }

@@ -9,6 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import {
   chmodSync,
   closeSync,
+  copyFileSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -29,8 +30,10 @@ import {
   type CriuReq,
   type CriuResp,
 } from '../../../src/rpc/messages.js';
+import { PageServer } from '../../../src/pageserver/server.js';
+import { Connection } from '../../../src/pageserver/socket.js';
 import { RpcSocket } from '../../../src/rpc/socket.js';
-import { startWorkload, waitGone } from '../../helpers/cr.js';
+import { startWorkload, taskState, waitGone } from '../../helpers/cr.js';
 import { CRIU_BIN, request, startSwrk } from '../../helpers/rpc.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, process_vm_readv)';
@@ -229,6 +232,59 @@ t.test('a page server started by RPC, and WAIT_PID for it', { skip: needsRoot },
   t.equal((w.status ?? 0) & 0x7f, 15, 'ended by SIGTERM');
   t.equal(await c.exited, 0);
 });
+
+t.test('ps.fd: the pages go through a socket the client connected, then RESTORE', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_incr', dir, ['64', '8']);
+  t.teardown(() => w.kill());
+  const psDir = path.join(dir, 'received');
+  mkdirSync(psDir);
+  const server = await PageServer.listen({ imagesDir: psDir, port: 0 });
+  const served = server.serve();
+  served.catch(() => undefined);
+  // The client's own connection (p.haul carries the page stream through its channel this way).
+  const conn = await Connection.connect('127.0.0.1', server.port);
+  const c = startSwrk(process.env, [conn.fd]);
+  conn.close(); // the worker has its own copy, as fd 4
+  t.teardown(() => c.close());
+  const imgs = path.join(dir, 'img');
+  const r = await c.call({ type: ReqType.DUMP, opts: { images_dir_fd: dirFd(t, imgs), pid: w.pid, ps: { fd: 4 } } });
+  t.equal(r.success, true, r.cr_errmsg ?? '');
+  const summary = await served;
+  t.ok(summary.nrPagesReceived >= 64, `the page server received ${summary.nrPagesReceived} pages`);
+  t.notOk(existsSync(path.join(imgs, `pagemap-${w.pid}.img`)), 'no pagemap written locally');
+  await waitGone(w.pid);
+  for (const f of summary.files) copyFileSync(path.join(psDir, f), path.join(imgs, f));
+  const rs = startSwrk();
+  t.teardown(() => rs.close());
+  const res = await rs.call({ type: ReqType.RESTORE, opts: { images_dir_fd: dirFd(t, imgs) } });
+  t.equal(res.success, true, res.cr_errmsg ?? '');
+  process.kill(w.pid, 'SIGTERM');
+  await w.waitFor('PASS').catch(() => undefined);
+  t.match(w.report(), /PASS/, w.report());
+  t.notMatch(w.report(), /FAIL/);
+});
+
+t.test(
+  'ps.fd that is no connected stream socket: one clear error, the task untouched',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_incr', dir, ['16', '8']);
+    t.teardown(() => w.kill());
+    const file = openSync(path.join(dir, 'not-a-socket'), 'w');
+    t.teardown(() => closeSync(file));
+    const c = startSwrk(process.env, [file]);
+    t.teardown(() => c.close());
+    const r = await c.call({
+      type: ReqType.PRE_DUMP,
+      opts: { images_dir_fd: dirFd(t, path.join(dir, 'img')), pid: w.pid, ps: { fd: 4 } },
+    });
+    t.match(r, { success: false, cr_errmsg: /fd 4 is not a socket/ });
+    t.ok(existsSync(`/proc/${w.pid}`), 'the task runs on');
+    t.equal(taskState(w.pid) === 't' || taskState(w.pid) === 'T', false, 'not left stopped');
+  },
+);
 
 /** Start `criu service`, resolved once its socket answers. */
 async function startService(t: Test, sock: string, workDir: string): Promise<ReturnType<typeof spawn>> {
