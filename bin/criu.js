@@ -43,8 +43,11 @@ function runTree() {
   });
 }
 
-/** Commands with a code cache of their own (criu(8)'s); any other argument list shares "other". */
-const COMMAND = /^(pre-dump|dump|restore|show|check|page-server|exec|service|dedup|cpuinfo)$/;
+/**
+ * Commands with a code cache of their own: criu(8)'s, and swrk (an RPC worker runs dumps, not what
+ * `criu --help` runs). Any other argument list shares "other".
+ */
+const COMMAND = /^(pre-dump|dump|restore|show|check|page-server|exec|service|swrk|dedup|cpuinfo)$/;
 
 function runBundle(file, st) {
   const source = readFileSync(file, 'utf8');
