@@ -143,6 +143,8 @@ export interface Options {
   all: boolean;
   /** check --ms: skip features not merged upstream (accepted; criu-ts checks none such). */
   ms: boolean;
+  /** check --feature NAME: only that feature (`list`: their names). */
+  feature?: string;
 
   // Logging.
   /** -o as given ("-" for stderr); the resolved path is in the logger. */
@@ -316,6 +318,7 @@ export function toOptions(command: CommandName, raw: RawOptions, operands: reado
     ['token', str(raw, 'token')],
     ['tokenFile', str(raw, 'tokenFile')],
     ['file', str(raw, 'file')],
+    ['feature', str(raw, 'feature')],
     ['logFile', str(raw, 'logFile')],
   ];
   const target = opts as unknown as Record<string, unknown>;

@@ -1,6 +1,7 @@
 /**
  * The `criu` command line: commander set up with every command and option of criu(8), plus the
- * few criu-ts adds (check --all, page-server --token/--token-file, --tracker).
+ * few criu-ts adds (check --all, page-server --token/--token-file, --tracker) and CRIU's later
+ * check --feature.
  *
  * As in CRIU, options may come before or after the command (`criu -D d dump -t 1` and
  * `criu dump -D d -t 1`): the same option set is declared on the program and on every command,
@@ -175,6 +176,10 @@ function optionSpecs(command: CommandName | null): OptionSpec[] {
       isRepeatable: true,
     },
     { flags: '--all', description: 'check: also report optional kernel features' },
+    {
+      flags: '--feature <name>',
+      description: "check: only whether one feature works here, as CRIU's ('list' names them)",
+    },
     { flags: '--token <token>', description: 'page server pre-shared token (both ends must give the same)' },
     { flags: '--token-file <file>', description: 'read the page server token from the first line of file' },
     {

@@ -250,15 +250,8 @@ async function restoreReq(socket: RpcSocket, req: CriuReq, ctx: RpcContext): Pro
 
 async function featureCheck(socket: RpcSocket, req: CriuReq): Promise<boolean> {
   const asked = req.features ?? {};
-  const { chooseTracker, kerndat } = await import('../kerndat/index.js');
-  let memTrack = false;
-  if (asked.mem_track === true) {
-    try {
-      memTrack = chooseTracker('auto', kerndat()) !== 'none';
-    } catch {
-      memTrack = false;
-    }
-  }
+  const { autoTracker } = await import('../kerndat/index.js');
+  const memTrack = asked.mem_track === true && autoTracker() !== 'none';
   // lazy_pages (CRIU's lazy-pages daemon) and pidfd_store (pidfd_store_sk) are not in criu-ts.
   await answer(socket, {
     type: req.type,

@@ -48,6 +48,23 @@ t.test('criu check: Looks good, and the uffd tracker', { skip: needsRoot }, asyn
   t.same(readdirSync(dir), [], 'check leaves no log file without -o');
 });
 
+t.test("criu check --feature, as CRIU's", { skip: needsRoot }, async (t) => {
+  const list = criu(['check', '--feature', 'list']);
+  t.equal(list.status, 0, list.stderr);
+  t.equal(list.stdout, 'mem_dirty_track clone3_set_tid pidfd_store\n');
+  const track = criu(['check', '--feature', 'mem_dirty_track']);
+  t.equal(track.status, 0, track.stderr);
+  t.equal(track.stdout, 'mem_dirty_track is supported\n');
+  t.equal(criu(['check', '--feature', 'clone3_set_tid']).stdout, 'clone3_set_tid is supported\n');
+  const store = criu(['check', '--feature', 'pidfd_store']);
+  t.equal(store.status, 1);
+  t.equal(store.stdout, '');
+  t.match(store.stderr, /^Error \(criu\): pidfd_store is not supported: .+\n$/);
+  const unknown = criu(['check', '--feature', 'tun']);
+  t.equal(unknown.status, 1);
+  t.equal(unknown.stderr, 'Error (criu): Unknown feature tun\n');
+});
+
 t.test('criu check --all reports the optional features too', { skip: needsRoot }, async (t) => {
   const r = criu(['check', '--all']);
   t.equal(r.status, 0, r.stderr);

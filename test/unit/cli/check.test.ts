@@ -1,6 +1,6 @@
 import t from 'tap';
 
-import { formatCheck } from '../../../src/cli/check.js';
+import { formatCheck, formatFeature } from '../../../src/cli/check.js';
 import type { Kerndat, ProbeResult } from '../../../src/kerndat/index.js';
 
 function kd(probes: ProbeResult[], over: Partial<Kerndat> = {}): Kerndat {
@@ -64,4 +64,37 @@ t.test('without uffd-wp the tracker falls back, and a forced one can fail', asyn
   const forced = formatCheck(kd([ptrace]), { all: false, tracker: 'soft-dirty' });
   t.equal(forced.isOk, false);
   t.match(forced.stderr, /Cannot use the soft-dirty memory tracker/);
+});
+
+t.test('--feature: supported, not supported with the reason, unknown, list', async (t) => {
+  const here = kd([ptrace]);
+  t.same(formatFeature(here, 'mem_dirty_track'), { stdout: 'mem_dirty_track is supported\n', stderr: '', isOk: true });
+  // No tracker at all: no WP_ASYNC, no soft-dirty.
+  const bare = kd([ptrace], { hasUffdWpAsync: false, hasSoftDirty: false });
+  t.match(formatFeature(bare, 'mem_dirty_track'), {
+    stdout: '',
+    stderr: /^Error \(criu\): mem_dirty_track is not supported: no dirty-memory tracker works here/,
+    isOk: false,
+  });
+  // WP_ASYNC without WP_UNPOPULATED: the uffd tracker is not used, soft-dirty is.
+  const noUnpop = kd([ptrace], { hasUffdWpUnpopulated: false });
+  t.equal(formatFeature(noUnpop, 'mem_dirty_track').isOk, false);
+  t.equal(formatFeature({ ...noUnpop, hasSoftDirty: true }, 'mem_dirty_track').isOk, true);
+  const clone3: ProbeResult = {
+    id: 'clone3-set-tid',
+    title: 'clone3',
+    isRequired: true,
+    isOk: false,
+    detail: 'ENOSYS',
+  };
+  t.match(formatFeature(kd([clone3], { hasClone3SetTid: false }), 'clone3_set_tid'), {
+    stderr: 'Error (criu): clone3_set_tid is not supported: ENOSYS\n',
+    isOk: false,
+  });
+  t.same(formatFeature(null, 'nosuch'), { stdout: '', stderr: 'Error (criu): Unknown feature nosuch\n', isOk: false });
+  t.same(formatFeature(null, 'list'), {
+    stdout: 'mem_dirty_track clone3_set_tid pidfd_store\n',
+    stderr: '',
+    isOk: true,
+  });
 });
