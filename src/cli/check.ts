@@ -12,7 +12,6 @@
 
 import { describeError } from '../errors.js';
 import {
-  autoTracker,
   chooseTracker,
   describeTracker,
   missingRequired,
@@ -57,7 +56,7 @@ export function formatCheck(
 /** Each feature `--feature` knows: why it does not work here, or null when it does. */
 const FEATURES: Record<string, (kd: Kerndat) => string | null> = {
   mem_dirty_track: (kd) =>
-    autoTracker(kd) !== 'none'
+    chooseTracker('auto', kd) !== 'none'
       ? null
       : 'no dirty-memory tracker works here (userfaultfd WP_ASYNC + PAGEMAP_SCAN, soft-dirty): every pre-dump copies all memory',
   clone3_set_tid: (kd) =>

@@ -179,17 +179,6 @@ export function chooseTracker(choice: TrackerChoice = 'auto', kd: Kerndat = kern
   return pickTracker(kd, choice);
 }
 
-/**
- * The tracker `--tracker auto` ends up with here: chooseTracker's pick, except that uffd also needs
- * UFFD_FEATURE_WP_UNPOPULATED (src/mem/track/index.ts falls back to soft-dirty or none without it).
- * What `criu check --feature mem_dirty_track` and RPC's FEATURE_CHECK answer from.
- */
-export function autoTracker(kd: Kerndat = kerndat()): TrackerKind {
-  const kind = pickTracker(kd, 'auto');
-  if (kind !== 'uffd' || kd.hasUffdWpUnpopulated) return kind;
-  return kd.hasSoftDirty ? 'soft-dirty' : 'none';
-}
-
 /** The required probes that failed: empty when dump and restore have all they need. */
 export function missingRequired(kd: Kerndat = kerndat()): ProbeResult[] {
   return kd.probes.filter((p) => p.isRequired && !p.isOk);

@@ -28,6 +28,8 @@ export const TRACKER_CHOICES: readonly TrackerChoice[] = ['auto', ...TRACKER_KIN
 /** The kernel facts a tracker choice depends on (a subset of Kerndat). */
 export interface TrackerFeatures {
   hasUffdWpAsync: boolean;
+  /** UFFD_FEATURE_WP_UNPOPULATED, which the uffd tracker asks for (src/mem/track/uffd.ts). */
+  hasUffdWpUnpopulated: boolean;
   hasPagemapScan: boolean;
   hasSoftDirty: boolean;
 }
@@ -49,6 +51,7 @@ export function trackerUnavailableReason(kind: TrackerKind, f: TrackerFeatures):
   switch (kind) {
     case 'uffd':
       if (!f.hasUffdWpAsync) return 'userfaultfd lacks UFFD_FEATURE_WP_ASYNC (kernel 6.7+, CONFIG_PTE_MARKER_UFFD_WP)';
+      if (!f.hasUffdWpUnpopulated) return 'userfaultfd lacks UFFD_FEATURE_WP_UNPOPULATED (kernel 6.7+)';
       if (!f.hasPagemapScan) return 'the PAGEMAP_SCAN ioctl is missing (kernel 6.7+)';
       return null;
     case 'soft-dirty':

@@ -304,24 +304,15 @@ async function writePagesSmall(
           got = readFailed(err, tolerateGone);
         }
         gone += checkRead(pid, buf, batch, got, bytes, tolerateGone);
-        if (inFlight !== null) {
-          const w: Promise<void> = inFlight;
-          inFlight = null;
-          await w;
-        }
+        await inFlight;
         inFlight = pwriteAllAsync(fd, buf, bytes, pos);
         inFlight.catch(() => undefined); // awaited at the next batch or below
         pos += bytes;
       }
-      if (inFlight !== null) {
-        const w: Promise<void> = inFlight;
-        inFlight = null;
-        await w;
-      }
+      await inFlight;
       fsyncSync(fd);
     } finally {
-      const w: Promise<void> | null = inFlight;
-      if (w !== null) await w.catch(() => undefined); // no write may still run on the closed fd
+      await inFlight?.catch(() => undefined); // no write may still run on the closed fd
       closeSync(fd);
     }
     renameSync(tmp, final);

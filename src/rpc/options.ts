@@ -6,9 +6,10 @@
  * (parent_img "../1") work.
  *
  * An option criu-ts does not handle is refused by name when it asks for anything but its default,
- * never dropped silently. notify_scripts is the worker's to honour (it talks to the client). CRIU-compatible details: the log goes to the work directory, named
- * log_file (no "/" allowed) or criu.log; log_level defaults to 2; a dump without pid dumps the
- * client itself; cpu_cap is CRIU's bit mask (1 fpu, 2 cpu, 4 ins, all ones = all).
+ * never dropped silently. notify_scripts is the worker's to honour (it talks to the client).
+ * CRIU-compatible details: the log goes to the work directory, named log_file (no "/" allowed) or
+ * criu.log; log_level defaults to 2; a dump without pid dumps the client itself; cpu_cap is CRIU's
+ * bit mask (1 fpu, 2 cpu, 4 ins, all ones = all).
  */
 
 import { realpathSync } from 'node:fs';

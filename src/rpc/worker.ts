@@ -250,8 +250,8 @@ async function restoreReq(socket: RpcSocket, req: CriuReq, ctx: RpcContext): Pro
 
 async function featureCheck(socket: RpcSocket, req: CriuReq): Promise<boolean> {
   const asked = req.features ?? {};
-  const { autoTracker } = await import('../kerndat/index.js');
-  const memTrack = asked.mem_track === true && autoTracker() !== 'none';
+  const { chooseTracker } = await import('../kerndat/index.js');
+  const memTrack = asked.mem_track === true && chooseTracker('auto') !== 'none';
   // lazy_pages (CRIU's lazy-pages daemon) and pidfd_store (pidfd_store_sk) are not in criu-ts.
   await answer(socket, {
     type: req.type,

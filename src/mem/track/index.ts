@@ -18,8 +18,8 @@
  * tracks on, and exits with the task, or at the next end() / endTracking().
  */
 
-import { TaskError, UnsupportedError } from '../../errors.js';
-import { chooseTracker, describeTracker, kerndat, type TrackerKind } from '../../kerndat/index.js';
+import { TaskError } from '../../errors.js';
+import { chooseTracker, describeTracker, type TrackerKind } from '../../kerndat/index.js';
 import { log } from '../../log.js';
 import { findHolders, isHolderAlive, startTimeOf, stopHolder } from './holder.js';
 import { NoneTracker } from './none.js';
@@ -30,16 +30,6 @@ import { UffdTracker } from './uffd.js';
 
 export type { AddrRange, DirtyTracker, OpenTrackerOptions } from './types.js';
 export { findUffdWpMarkers, isUffdWpMarker } from './markers.js';
-
-/** The tracker kind to use for `choice`, with uffd's second requirement (WP_UNPOPULATED). */
-function resolveKind(choice: OpenTrackerOptions['choice']): TrackerKind {
-  const kind = chooseTracker(choice);
-  if (kind !== 'uffd' || kerndat().hasUffdWpUnpopulated) return kind;
-  const reason = 'userfaultfd lacks UFFD_FEATURE_WP_UNPOPULATED (kernel 6.7+)';
-  if (choice === 'uffd') throw new UnsupportedError('tracker-uffd', `Cannot use the uffd memory tracker: ${reason}`);
-  log().info(`Dirty memory tracker: uffd unusable (${reason})`);
-  return kerndat().hasSoftDirty ? 'soft-dirty' : 'none';
-}
 
 /** Why the record kept for `pid` cannot be continued, or null when it can. */
 function staleReason(rec: KeptRecord, targetStartTime: number | null): string | null {
@@ -64,7 +54,7 @@ async function dropKept(dir: string, pid: number, rec: KeptRecord | null): Promi
  */
 export async function openTracker(opts: OpenTrackerOptions): Promise<DirtyTracker> {
   const { pid } = opts;
-  const kind = resolveKind(opts.choice);
+  const kind = chooseTracker(opts.choice);
   const targetStartTime = startTimeOf(pid);
   if (targetStartTime === null) throw new TaskError(pid, `Cannot track memory of task ${pid}: no such process`);
   const lock = await lockTracking(pid);

@@ -5,13 +5,14 @@ import { capabilitiesOf, parseCapEff } from '../../../src/kerndat/caps.js';
 import { formatVdsoLayout, parseVdsoLayout, vdsoMismatch } from '../../../src/kerndat/vdso.js';
 import { parseMaps } from '../../../src/proc/maps.js';
 
-const ALL = { hasUffdWpAsync: true, hasPagemapScan: true, hasSoftDirty: true };
+const ALL = { hasUffdWpAsync: true, hasUffdWpUnpopulated: true, hasPagemapScan: true, hasSoftDirty: true };
 
 t.test('auto prefers uffd, then soft-dirty, then none', async (t) => {
   t.equal(pickTracker(ALL), 'uffd');
   t.equal(pickTracker({ ...ALL, hasPagemapScan: false }), 'soft-dirty');
   t.equal(pickTracker({ ...ALL, hasUffdWpAsync: false }), 'soft-dirty');
-  t.equal(pickTracker({ hasUffdWpAsync: false, hasPagemapScan: false, hasSoftDirty: false }), 'none');
+  t.equal(pickTracker({ ...ALL, hasUffdWpUnpopulated: false }), 'soft-dirty');
+  t.equal(pickTracker({ ...ALL, hasUffdWpAsync: false, hasPagemapScan: false, hasSoftDirty: false }), 'none');
   t.equal(pickTracker({ ...ALL, hasSoftDirty: false }, 'auto'), 'uffd');
 });
 
@@ -25,6 +26,10 @@ t.test('a forced tracker is used, or refused naming what is missing', async (t) 
   t.throws(() => pickTracker({ ...ALL, hasPagemapScan: false }, 'uffd'), {
     code: 'EUNSUPPORTED',
     message: /PAGEMAP_SCAN/,
+  });
+  t.throws(() => pickTracker({ ...ALL, hasUffdWpUnpopulated: false }, 'uffd'), {
+    code: 'EUNSUPPORTED',
+    message: /^Cannot use the uffd memory tracker: userfaultfd lacks UFFD_FEATURE_WP_UNPOPULATED/,
   });
   t.match(describeTracker('uffd'), /^uffd-wp \(userfaultfd WP_ASYNC \+ PAGEMAP_SCAN\)$/);
 });
