@@ -9,8 +9,10 @@
  *     would get at best);
  *   - fresh-file writes: the same volume pwritten into a new file on the same tmpfs, no network
  *     (storing is part of the job and is often the bound).
- * Also: each round's transfer against that round's baselines (the VM's speed wanders between
- * rounds), bytes that passed through criu-ts's user-space memory on each side, and the peak RSS
+ * Also: the busy CPU time of the whole machine during each (both ends share these CPUs here, so
+ * the work the page server does on top of raw TCP, reading the task's pages and storing them, sets
+ * how close to raw TCP it can get); each round's transfer against that round's baselines (the
+ * VM's speed wanders between rounds), bytes that passed through criu-ts's user-space memory on each side, and the peak RSS
  * of this process (client and server both run in it).
  *
  * Scattered: what live migration sends once the task is frozen: 1 page in every SCATTER_STRIDE
@@ -21,6 +23,7 @@
 
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect, type AddressInfo } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { PE_PARENT, PE_PRESENT, type PagemapRun } from '../src/images/index.js';
 import { O_CLOEXEC, O_CREAT, O_EXCL, O_WRONLY } from '../src/kernel/constants.js';
@@ -30,7 +33,7 @@ import { Connection, Listener } from '../src/pageserver/socket.js';
 import * as sys from '../src/sys/native.js';
 import { startFixture } from '../test/helpers/fixture.js';
 import type { BenchOptions, BenchResult } from './run.js';
-import { median } from './stats.js';
+import { machineBusySeconds, median } from './stats.js';
 
 const CHUNK = 4 << 20;
 const TMP = '/dev/shm';
@@ -187,6 +190,9 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
     const start = BigInt(`0x${m[1]}`);
     const nrPages = Number((BigInt(`0x${m[2]}`) - start) / 4096n);
     const raw: number[] = [];
+    const rawCpu: number[] = [];
+    const freshCpu: number[] = [];
+    const oursCpu: number[] = [];
     const nodeNet: number[] = [];
     const fresh: number[] = [];
     const ours: Transfer[] = [];
@@ -195,10 +201,16 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
     for (let i = 0; i < rounds; i++) {
       const dir = mkdtempSync(join(TMP, 'criu-ts-ps-bench-'));
       try {
+        let c0 = machineBusySeconds();
         raw.push(await rawTcpSeconds(total));
+        rawCpu.push(machineBusySeconds() - c0);
         nodeNet.push(await nodeNetSeconds(total));
+        c0 = machineBusySeconds();
         fresh.push(await freshWriteSeconds(dir, total));
+        freshCpu.push(machineBusySeconds() - c0);
+        c0 = machineBusySeconds();
         ours.push(await pageServerSeconds(fx.pid, start, nrPages, dir));
+        oursCpu.push(machineBusySeconds() - c0);
         // Short: several per round (the first of a process also pays for compiling the code).
         for (let k = 0; k < 3; k++) scattered.push(await scatteredSeconds(fx.pid, start, nrPages, dir, k));
       } finally {
@@ -221,6 +233,8 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
     const sc0 = scattered[0] as Scattered;
     const scRate = (s: number): string =>
       `${(s * 1000).toFixed(1)} ms = ${(sc0.nrRecords / s).toFixed(0)} records/s, ${(sc0.dataBytes / 1e6 / s).toFixed(1)} MB/s`;
+    const cpuLine = (cpu: number[], secs: number[]): string =>
+      `${(median(cpu) / gib).toFixed(2)} s/GiB (${median(cpu.map((c, i) => c / (secs[i] as number))).toFixed(2)} CPUs)`;
     const contRate = (s: number): string => `${(total / 1e6 / s).toFixed(0)} MB/s`;
     return {
       name: `page server (${mib} MiB from a live process to ${TMP}, best/median of ${rounds})`,
@@ -238,6 +252,9 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
         `  contiguous:         1 record of ${nrPages} pages, ${contRate(best(oursS))} / ${contRate(median(oursS))}`,
         `  scattered 1%:       ${sc0.nrRecords} records (${sc0.dataBytes / 4096} 1-page PE_PRESENT, the rest PE_PARENT), ` +
           `best ${scRate(best(sc))}; median of ${sc.length} ${scRate(median(sc))}`,
+        `CPU, whole machine:   raw TCP ${cpuLine(rawCpu, raw)}; fresh-file write ${cpuLine(freshCpu, fresh)}; ` +
+          `page server ${cpuLine(oursCpu, oursS)} (median busy CPU-seconds per GiB, and how many of the ` +
+          `${availableParallelism()} CPUs that keeps busy on average)`,
         `user-space bytes:     client ${(last.clientUserBytes / 2 ** 20).toFixed(0)} MiB (process_vm_readv into pooled buffers), ` +
           `server ${(last.serverUserBytes / 2 ** 20).toFixed(2)} MiB (headers and the first receive chunk; the rest is spliced socket -> pipe -> file)`,
         `peak RSS:             ${rssPeakMiB.toFixed(0)} MiB (was ${(rssBefore / 1024).toFixed(0)} MiB before; client buffers 2 x ${CHUNK >> 20} MiB)`,

@@ -1,5 +1,7 @@
 /** Small helpers the benches share. */
 
+import { readFileSync } from 'node:fs';
+
 /** The median of `xs` (the upper one of an even count); 0 for none. */
 export function median(xs: readonly number[]): number {
   return [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
@@ -10,4 +12,16 @@ export async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; r: T
   const t0 = process.hrtime.bigint();
   const r = await fn();
   return { ms: Number(process.hrtime.bigint() - t0) / 1e6, r };
+}
+
+/**
+ * CPU time the whole machine has spent busy so far, in seconds (/proc/stat: user, nice, system,
+ * irq and softirq of all CPUs; idle, iowait and a hypervisor's steal left out). Resolution
+ * 1/USER_HZ (10 ms) per CPU: a difference over a few hundred ms is good to a few percent.
+ */
+export function machineBusySeconds(): number {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
+  const f = line.trim().split(/\s+/).slice(1).map(Number);
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0] = f;
+  return (user + nice + system + irq + softirq) / 100;
 }
