@@ -30,7 +30,6 @@ import { readMaps, type MapsEntry } from '../proc/maps.js';
 import { SMAPS_SIZE_KEYS, type SmapsEntry } from '../proc/smaps.js';
 import { readStat } from '../proc/stat.js';
 import { checkFds } from '../files/index.js';
-import { countPages } from '../mem/runs.js';
 import type { TrackerChoice } from '../kerndat/tracker.js';
 import { freezeProcess, resumeProcess, type FrozenProcess } from './freeze.js';
 import { PROT, VMA_AREA, classifyVma } from './vma.js';
@@ -39,6 +38,7 @@ import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sin
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
 import { openTracker } from '../mem/track/index.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
+import { isSmallCopy } from '../mem/dump-pages.js';
 
 export interface PreDumpOptions {
   pid: number;
@@ -85,9 +85,6 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   const { pid } = opts;
   checkDumpable(pid);
   log().debug(`Pre-dump of ${pid}: checked`);
-  // The copy buffers' first touch (slow on VMs) overlaps the collect (buffer-pool.ts).
-  const reserving = copyBuffers.reserveAsync(2);
-  reserving.catch(() => undefined); // awaited before the copy
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
@@ -118,9 +115,18 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   let plan: MemoryPlan;
   let anonVmas: { start: bigint; end: bigint }[];
   let tracker: Awaited<ReturnType<typeof openTracker>> | null = null;
+  let reserving: Promise<void> | null = null;
   try {
     try {
       tracker = await openTracker({ pid, injector: () => freeze().leader, choice: opts.tracker });
+      // The copy buffers' first touch is slow on VMs (buffer-pool.ts). A first iteration copies
+      // everything: faulting them in on the thread pool overlaps the collect. A later one copies
+      // what was written since, usually a few MB that bring small buffers of their own
+      // (dump-pages.ts), and a page server's client has buffers of its own.
+      if (sink.isLocal && (tracker.fresh || opts.prevImagesDir === undefined)) {
+        reserving = copyBuffers.reserveAsync(2);
+        reserving.catch(() => undefined); // awaited before the copy
+      }
       if (tracker.collectsRunning) resume();
       else freeze();
       // maps, not smaps: smaps walks every page table for its counters (65-125 ms for 1 GiB
@@ -147,9 +153,11 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
       resume(); // running again from here on, whatever happened
     }
     log().info(`Pre-dump of ${pid}: frozen ${frozenUs} us (tracker ${tracker.kind})`);
+    // What this iteration copies (progress ends at 100% of it, not at the share of all present pages).
+    const total = plan.copy.reduce((n, r) => n + r.nrPages * 4096, 0);
+    if (sink.isLocal && reserving === null && !isSmallCopy(total)) reserving = copyBuffers.reserveAsync(2);
     await reserving;
     const tMem = nowUs();
-    const total = countPages(plan.present) * 4096;
     const written = await sink.writePages(pid, plan, {
       running: true,
       signal: opts.signal,

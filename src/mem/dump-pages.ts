@@ -30,6 +30,11 @@ const IOV_MAX = 1024;
 /** Copies up to this size go by writePagesSmall. */
 const SYNC_MAX_BYTES = 2 * CHUNK_BYTES;
 
+/** Whether writePages takes its small-copy path for `bytes` of pages (its own small buffers, see smallCopyBuffers). */
+export function isSmallCopy(bytes: number): boolean {
+  return bytes <= SYNC_MAX_BYTES;
+}
+
 export interface DumpRange {
   start: bigint;
   end: bigint;
@@ -131,20 +136,20 @@ function pagesTmpName(dir: string, pagesId: number): string {
   return path.join(dir, `.pages-${pagesId}.img.tmp-${process.pid}`);
 }
 
-/** Split runs into batches of at most CHUNK_BYTES and IOV_MAX runs (runs may be cut). */
-function* batches(runs: readonly PageRun[]): Generator<PageRun[]> {
+/** Split runs into batches of at most `chunkBytes` and IOV_MAX runs (runs may be cut). */
+function* batches(runs: readonly PageRun[], chunkBytes = CHUNK_BYTES): Generator<PageRun[]> {
   let batch: PageRun[] = [];
   let bytes = 0;
   for (const run of runs) {
     let { vaddr, nrPages } = run;
     while (nrPages > 0) {
-      const room = Math.floor((CHUNK_BYTES - bytes) / PAGE_SIZE);
+      const room = Math.floor((chunkBytes - bytes) / PAGE_SIZE);
       const take = Math.min(room, nrPages);
       batch.push({ vaddr, nrPages: take });
       bytes += take * PAGE_SIZE;
       vaddr += BigInt(take) * PAGE;
       nrPages -= take;
-      if (bytes >= CHUNK_BYTES || batch.length >= IOV_MAX) {
+      if (bytes >= chunkBytes || batch.length >= IOV_MAX) {
         yield batch;
         batch = [];
         bytes = 0;
@@ -173,7 +178,7 @@ export async function writePages(
   const final = path.join(dir, `pages-${pagesId}.img`);
   const tmp = prepared?.tmp ?? pagesTmpName(dir, pagesId);
   const totalBytes = runs.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
-  if (totalBytes <= SYNC_MAX_BYTES && prepared === undefined) {
+  if (isSmallCopy(totalBytes) && prepared === undefined) {
     if (signal?.aborted === true) throw new TaskError(pid, 'Dump interrupted', { cause: signal.reason });
     const { written, gone } = await writePagesSmall(pid, runs, final, tmp, tolerateGone);
     onProgress?.(totalBytes);
@@ -285,7 +290,7 @@ async function writePagesSmall(
   } catch (err) {
     throw new ImageError(final, 'the file system refused it', undefined, { cause: err, isWrite: true });
   }
-  const bufs = [copyBuffers.take(), copyBuffers.take()] as const;
+  const { bufs, chunkBytes, isPooled } = smallCopyBuffers();
   /** The write of the previous batch, on the thread pool. */
   let inFlight: Promise<void> | null = null;
   let pos = 0;
@@ -293,7 +298,7 @@ async function writePagesSmall(
   let turn = 0;
   try {
     try {
-      for (const batch of batches(runs)) {
+      for (const batch of batches(runs, chunkBytes)) {
         // This buffer's last write (two batches ago) is done: the previous batch's waited for it.
         const buf = bufs[turn++ % 2] as Buffer;
         const bytes = batchBytes(batch);
@@ -325,9 +330,29 @@ async function writePagesSmall(
     if (err instanceof CriuError) throw err; // the task's memory could not be read
     throw new ImageError(final, 'the file system refused it', undefined, { cause: err, isWrite: true });
   } finally {
-    for (const b of bufs) copyBuffers.give(b);
+    if (isPooled) for (const b of bufs) copyBuffers.give(b);
   }
   return { written: pos / PAGE_SIZE, gone };
+}
+
+/** Batch size of a small copy in a process without pooled copy buffers (see smallCopyBuffers). */
+const FRESH_CHUNK_BYTES = 1 << 20;
+
+/**
+ * The two buffers of a small copy: the pooled copy buffers when this process has them (a
+ * long-lived one: faulted in already), else two fresh ones of FRESH_CHUNK_BYTES. A fresh buffer
+ * costs a page fault per page the copy puts in it, slow on VMs (buffer-pool.ts): a one-off
+ * `criu pre-dump` copying 10 MB faults 2 MiB of buffers so, where faulting in the pair of 8 MiB
+ * copy buffers would cost 16 MiB of faults (on the thread pool, competing with the iteration for
+ * this VM's two CPUs).
+ */
+function smallCopyBuffers(): { bufs: readonly [Buffer, Buffer]; chunkBytes: number; isPooled: boolean } {
+  const a = copyBuffers.takeFree();
+  const b = a === null ? null : copyBuffers.takeFree();
+  if (a !== null && b !== null) return { bufs: [a, b], chunkBytes: CHUNK_BYTES, isPooled: true };
+  if (a !== null) copyBuffers.give(a);
+  const fresh = (): Buffer => Buffer.allocUnsafeSlow(FRESH_CHUNK_BYTES);
+  return { bufs: [fresh(), fresh()], chunkBytes: FRESH_CHUNK_BYTES, isPooled: false };
 }
 
 async function pwriteAllAsync(fd: number, buf: Buffer, len: number, pos: number): Promise<void> {

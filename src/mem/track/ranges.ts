@@ -28,6 +28,15 @@ const PAGE = BigInt(PAGE_SIZE);
  * sorted, merged, empties dropped.
  */
 export function normalizeRuns(pairs: readonly number[]): PageRuns {
+  // Scans report in address order: one pass then, no sort (a sort's comparator calls cost
+  // milliseconds for a few thousand runs in code not yet compiled, as in every one-off command).
+  let isSorted = true;
+  for (let i = 2; i + 1 < pairs.length && isSorted; i += 2) isSorted = (pairs[i] as number) >= (pairs[i - 2] as number);
+  if (isSorted) {
+    const out: PageRuns = [];
+    for (let i = 0; i + 1 < pairs.length; i += 2) appendRun(out, pairs[i] as number, pairs[i + 1] as number);
+    return out;
+  }
   const idx: number[] = [];
   for (let i = 0; i + 1 < pairs.length; i += 2) if ((pairs[i + 1] as number) > (pairs[i] as number)) idx.push(i);
   idx.sort((a, b) => (pairs[a] as number) - (pairs[b] as number));

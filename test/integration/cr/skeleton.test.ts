@@ -28,15 +28,22 @@ async function migrateLike(
   w: Workload,
   root: string,
   between: (k: number) => Promise<void>,
-): Promise<{ final: string; pre: PreDumpStats[] }> {
+): Promise<{ final: string; pre: PreDumpStats[]; progress: { done: number; total: number }[] }> {
   const pre: PreDumpStats[] = [];
+  /** Each pre-dump's last memory progress report. */
+  const progress: { done: number; total: number }[] = [];
   for (let k = 1; k <= 3; k++) {
     if (k > 1) await between(k - 1);
+    const last = { done: -1, total: -1 };
+    progress.push(last);
     pre.push(
       await preDump({
         pid: w.pid,
         imagesDir: path.join(root, String(k)),
         tracker: 'auto',
+        onProgress: (what, done, total) => {
+          if (what === 'memory') Object.assign(last, { done, total });
+        },
         ...(k > 1 ? { prevImagesDir: `../${k - 1}` } : {}),
       }),
     );
@@ -45,7 +52,7 @@ async function migrateLike(
   const final = path.join(root, '4');
   await dump({ pid: w.pid, imagesDir: final, prevImagesDir: '../3', trackMem: true, end: 'kill' });
   await waitGone(w.pid);
-  return { final, pre };
+  return { final, pre, progress };
 }
 
 async function intoSkeleton(pid: number, root: string, pre: PreDumpStats[]): Promise<Skeleton> {
@@ -62,10 +69,19 @@ t.test(
     const root = t.testdir();
     const w = await startWorkload('cr_incr', root, ['4096']);
     t.teardown(() => w.kill());
-    const { final, pre } = await migrateLike(w, root, async (k) => {
+    const { final, pre, progress } = await migrateLike(w, root, async (k) => {
       process.kill(w.pid, 'SIGUSR1');
       await w.waitFor(`STEP ${k} `);
     });
+    pre.forEach((p, k) => {
+      // Progress counts what the iteration copies: it ends at 100%, however little that is.
+      t.same(
+        progress[k],
+        { done: p.pagesWritten * 4096, total: p.pagesWritten * 4096 },
+        `pre-dump ${k + 1}'s progress`,
+      );
+    });
+    t.ok((pre[1]?.pagesWritten ?? 0) < 4096 / 2, 'the later pre-dumps copied a part of the memory');
     const sk = await intoSkeleton(w.pid, root, pre);
     await restore({ imagesDir: final, isDetached: true, skeleton: sk });
     const read = await restoredPages(final);

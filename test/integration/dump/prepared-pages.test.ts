@@ -6,6 +6,7 @@
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
+import { copyBuffers } from '../../../src/mem/buffer-pool.js';
 import { discardPagesFile, preparePagesFile, writePages } from '../../../src/mem/dump-pages.js';
 import { startFixture } from '../../helpers/fixture.js';
 
@@ -55,3 +56,44 @@ t.test('a discarded prepared pages file leaves nothing', async (t) => {
   await discardPagesFile(prepared);
   t.same(readdirSync(dir), []);
 });
+
+t.test(
+  'a small copy holds every page, with fresh 1 MiB buffers or with the pooled ones',
+  { skip: needsRoot },
+  async (t) => {
+    const fx = await startFixture('mem_touch', ['8']);
+    t.teardown(() => fx.kill());
+    await fx.waitFor('READY');
+    const m = /READY ([0-9a-f]+) ([0-9a-f]+)/.exec(fx.output());
+    if (m === null) throw new Error('no READY line');
+    const start = BigInt(`0x${m[1]}`);
+    // Runs of 3 pages every 5 over 8 MiB: ~4.8 MiB, several 1 MiB batches, runs cut between them.
+    const runs: { vaddr: bigint; nrPages: number }[] = [];
+    const pages: number[] = [];
+    for (let i = 0; i + 3 <= 2048; i += 5) {
+      runs.push({ vaddr: start + BigInt(i * PAGE), nrPages: 3 });
+      pages.push(i, i + 1, i + 2);
+    }
+    const check = (dir: string, id: number, what: string): void => {
+      const data = readFileSync(path.join(dir, `pages-${id}.img`));
+      t.equal(data.length, pages.length * PAGE, `${what}: every page written`);
+      let bad = 0;
+      pages.forEach((p, k) => {
+        if (data[k * PAGE] !== (p & 0xff)) bad++;
+      });
+      t.equal(bad, 0, `${what}: each page where the pagemap puts it`);
+    };
+    // As in a one-off command: no pooled copy buffers (the test above left its pair in the pool).
+    while (copyBuffers.takeFree() !== null);
+    const dir = t.testdir();
+    t.equal((await writePages(fx.pid, runs, dir, 1)).pagesWritten, pages.length);
+    check(dir, 1, 'fresh buffers');
+    t.ok(copyBuffers.takeFree() === null, 'the fresh buffers were not pooled (not of the pool size)');
+    copyBuffers.reserve(2);
+    t.equal((await writePages(fx.pid, runs, dir, 2)).pagesWritten, pages.length);
+    check(dir, 2, 'pooled buffers');
+    const a = copyBuffers.takeFree();
+    const b = copyBuffers.takeFree();
+    t.ok(a !== null && b !== null, 'the pooled buffers are back in the pool');
+  },
+);
