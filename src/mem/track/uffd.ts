@@ -210,6 +210,10 @@ export class UffdTracker extends BaseTracker {
    */
   private scanWritten(runs: PageRuns): { written: PageRuns; failed: PageRuns } {
     const vec = this.scanVec;
+    // Regions read as u32 halves: addr = hi * 2^32 + lo is exact in a double (< 2^53), no BigInt
+    // made per region (thousands of regions per iteration; BigInts are heap objects).
+    const halves = new Uint32Array(vec.buffer, vec.byteOffset, vec.length * 2);
+    const W = PAGE_REGION_WORDS * 2;
     const pairs: number[] = [];
     const failedPairs: number[] = [];
     for (let i = 0; i < runs.length; i += 2) {
@@ -243,8 +247,11 @@ export class UffdTracker extends BaseTracker {
           break;
         }
         for (let r = 0; r < res.nrRegions; r++) {
-          const base = r * PAGE_REGION_WORDS;
-          pairs.push(Number(vec[base] as bigint) / PAGE_SIZE, Number(vec[base + 1] as bigint) / PAGE_SIZE);
+          const w = r * W;
+          pairs.push(
+            ((halves[w + 1] as number) * 0x100000000 + (halves[w] as number)) / PAGE_SIZE,
+            ((halves[w + 3] as number) * 0x100000000 + (halves[w + 2] as number)) / PAGE_SIZE,
+          );
         }
         if (res.walkEnd <= from) {
           failedPairs.push(Number(from / PAGE), Number(end / PAGE));
