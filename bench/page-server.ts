@@ -12,8 +12,8 @@
  * Also: the busy CPU time of the whole machine during each (both ends share these CPUs here, so
  * the work the page server does on top of raw TCP, reading the task's pages and storing them, sets
  * how close to raw TCP it can get); each round's transfer against that round's baselines (the
- * VM's speed wanders between rounds), bytes that passed through criu-ts's user-space memory on each side, and the peak RSS
- * of this process (client and server both run in it).
+ * VM's speed wanders between rounds); bytes that passed through criu-ts's user-space memory on
+ * each side; and the peak RSS of this process (client and server both run in it).
  *
  * Scattered: what live migration sends once the task is frozen: 1 page in every SCATTER_STRIDE
  * dirty (PE_PRESENT, 1-page records), the pages between them PE_PARENT records against the full

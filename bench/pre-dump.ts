@@ -14,9 +14,9 @@
  * agent makes them (no node start-up per iteration): the median wall time of an iteration once
  * its code is compiled, next to the median of full dumps -R made the same way, and the first few
  * iterations one by one (V8 compiles as they run: a tool that iterates two or three times pays
- * those). And through CRIU's RPC, a pre-dump loop on one `criu swrk`. In both, each iteration's pages file is removed once written
- * (see dropPages: what this VM charges for memory not used recently would otherwise fall on the
- * iterations alone).
+ * those). And through CRIU's RPC, a pre-dump loop on one `criu swrk`. In both, each iteration's
+ * pages file is removed once written (see dropPages: what this VM charges for memory not used
+ * recently would otherwise fall on the iterations alone).
  */
 
 import { spawn } from 'node:child_process';

@@ -18,11 +18,12 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { readlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { TaskError, UnsupportedError } from '../errors.js';
-import { imageFileName, PARENT_LINK, writeParentLink, PAGE_SIZE, type ImageEntry } from '../images/index.js';
+import { imageFileName, PARENT_LINK, writeParentLink, type ImageEntry } from '../images/index.js';
 import { prepareImageKinds, writeImagesSync, type ImageToWrite } from '../images/image-writer.js';
 import { log } from '../log.js';
 import { injectedCallCounts } from '../inject/injector.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
+import { pagesBytes } from '../mem/dump-pages.js';
 import { readChildren, scanChildren } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
@@ -242,7 +243,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       hasParent && tracker !== null ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
     const plan = await planMemory(pid, mm.vmas, tracker, known);
     log().debug('dump: memory copy');
-    const totalBytes = plan.copy.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
+    const totalBytes = pagesBytes(plan.copy);
     // Stopped at its next chunk by the caller's signal, or by a failure of what runs beside it.
     const copyAbort = new AbortController();
     const onAbort = (): void => copyAbort.abort(opts.signal?.reason);

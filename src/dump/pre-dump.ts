@@ -38,7 +38,7 @@ import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sin
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
 import { openTracker } from '../mem/track/index.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
-import { isSmallCopy } from '../mem/dump-pages.js';
+import { isSmallCopy, pagesBytes } from '../mem/dump-pages.js';
 
 export interface PreDumpOptions {
   pid: number;
@@ -154,7 +154,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
     }
     log().info(`Pre-dump of ${pid}: frozen ${frozenUs} us (tracker ${tracker.kind})`);
     // What this iteration copies (progress ends at 100% of it, not at the share of all present pages).
-    const total = plan.copy.reduce((n, r) => n + r.nrPages * 4096, 0);
+    const total = pagesBytes(plan.copy);
     if (sink.isLocal && reserving === null && !isSmallCopy(total)) reserving = copyBuffers.reserveAsync(2);
     await reserving;
     const tMem = nowUs();

@@ -177,7 +177,7 @@ export async function writePages(
 ): Promise<{ entries: ImageEntry[]; pagesWritten: number; pagesGone: number }> {
   const final = path.join(dir, `pages-${pagesId}.img`);
   const tmp = prepared?.tmp ?? pagesTmpName(dir, pagesId);
-  const totalBytes = runs.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
+  const totalBytes = pagesBytes(runs);
   if (isSmallCopy(totalBytes) && prepared === undefined) {
     if (signal?.aborted === true) throw new TaskError(pid, 'Dump interrupted', { cause: signal.reason });
     const { written, gone } = await writePagesSmall(pid, runs, final, tmp, tolerateGone);
@@ -200,7 +200,7 @@ export async function writePages(
       // An interrupted dump stops here, between two batches, not only after the whole copy.
       if (signal?.aborted === true) throw new TaskError(pid, 'Dump interrupted', { cause: signal.reason });
       const buf = buffers[turn++ % 2] as Buffer;
-      const bytes = batchBytes(batch);
+      const bytes = pagesBytes(batch);
       // The previous write must be done before its buffer is refilled (two turns later).
       const got = await sys
         .processVmReadvAsync(pid, buf, 0, remoteIov(batch))
@@ -230,8 +230,9 @@ export async function writePages(
   return { entries: pagemapEntries(runs), pagesWritten: written / PAGE_SIZE, pagesGone: gone };
 }
 
-function batchBytes(batch: readonly PageRun[]): number {
-  return batch.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
+/** Bytes of page data in runs. */
+export function pagesBytes(runs: readonly PageRun[]): number {
+  return runs.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
 }
 
 /** A process_vm_readv that failed: nothing read when the task runs and a range went away. */
@@ -301,7 +302,7 @@ async function writePagesSmall(
       for (const batch of batches(runs, chunkBytes)) {
         // This buffer's last write (two batches ago) is done: the previous batch's waited for it.
         const buf = bufs[turn++ % 2] as Buffer;
-        const bytes = batchBytes(batch);
+        const bytes = pagesBytes(batch);
         let got: number;
         try {
           got = sys.processVmReadv(pid, buf, 0, remoteIov(batch));
@@ -310,7 +311,7 @@ async function writePagesSmall(
         }
         gone += checkRead(pid, buf, batch, got, bytes, tolerateGone);
         await inFlight;
-        inFlight = pwriteAllAsync(fd, buf, bytes, pos);
+        inFlight = sys.pwritevAllAsync(fd, [buf.subarray(0, bytes)], BigInt(pos)).then(() => undefined);
         inFlight.catch(() => undefined); // awaited at the next batch or below
         pos += bytes;
       }
@@ -353,14 +354,6 @@ function smallCopyBuffers(): { bufs: readonly [Buffer, Buffer]; chunkBytes: numb
   if (a !== null) copyBuffers.give(a);
   const fresh = (): Buffer => Buffer.allocUnsafeSlow(FRESH_CHUNK_BYTES);
   return { bufs: [fresh(), fresh()], chunkBytes: FRESH_CHUNK_BYTES, isPooled: false };
-}
-
-async function pwriteAllAsync(fd: number, buf: Buffer, len: number, pos: number): Promise<void> {
-  for (let off = 0; off < len;) {
-    const n = await sys.pwriteAsync(fd, buf, off, len - off, BigInt(pos + off));
-    if (n <= 0) throw new Error(`write returned ${n} at ${off} of ${len} bytes`);
-    off += n;
-  }
 }
 
 /**
