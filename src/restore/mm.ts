@@ -165,6 +165,9 @@ export async function restoreMemory(
   } else if (allPages instanceof PageChain) {
     pages = await allPages.sources();
   }
+  // CRIU also dumps the vDSO's pages; the restored task gets this kernel's own (restoreVdso).
+  const special = normalize(vmas.filter(isSpecial).map((v) => ({ start: pageIndex(v.start), end: pageIndex(v.end) })));
+  if (special.length > 0) pages = clipSources(pages, subtract(coverageOf(pages), special));
   // Which VMAs get pages written (mapped writable for it): after the pre-copied ones are left out.
   const withPages = vmasWithPages(vmas, pages);
   // 1. map (and fill shared anonymous memory, whose pages are not in the task's pagemap). A file

@@ -1,0 +1,129 @@
+/**
+ * The real CRIU and criu-ts on the same task (Debian's criu 3.17, test/helpers/real-criu.ts):
+ *   - CRIU dumps the core workload, criu-ts restores it from CRIU's images;
+ *   - CRIU dumps with --page-server into `criu page-server` of criu-ts, which restores the result;
+ *   - criu-ts dumps with --page-server into CRIU's page server, and restores what CRIU stored;
+ *   - CRIU dumps a python3 interpreter, criu-ts restores it.
+ * The restored workload checks its own memory, files, pipe, signals, timers, thread and PID.
+ */
+import { cpSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { PE_PRESENT, readPagemap } from '../../../src/images/index.js';
+import { criuAsync, poll, startRestore, startWorkload, waitGone, type Workload } from '../../helpers/cr.js';
+import { fixturePath } from '../../helpers/fixture.js';
+import { PYTHON } from '../../helpers/programs.js';
+import { logErrors, realCriu, realCriuMissing, startRealPageServer, toPageServer } from '../../helpers/real-criu.js';
+
+const skip = process.getuid?.() !== 0 ? 'needs root (ptrace, clone3 set_tid)' : realCriuMissing();
+
+/** cr_basic as the leader of its own session, as CRIU wants the root of a dump without --shell-job. */
+const startLeader = (dir: string): Promise<Workload> =>
+  startWorkload('/usr/bin/setsid', dir, [fixturePath('cr_basic')]);
+
+let nextPort = 29000 + (process.pid % 500) * 2;
+
+/** Restore `images` with criu-ts, end the workload with SIGTERM and expect its PASS. */
+async function restoreAndCheck(t: Test, w: Workload, images: string, dir: string): Promise<void> {
+  const restored = await startRestore(['-D', images, '-v4', '-o', 'restore.log'], path.join(dir, 'restored.pid'));
+  t.equal(restored.pid, w.pid, 'restored with its PID');
+  process.kill(w.pid, 'SIGTERM');
+  const r = await restored.done;
+  t.match(w.report(), /PASS/, w.report());
+  t.notMatch(w.report(), /FAIL/);
+  t.equal(r.status, 0, `criu-ts restore exits with the task's status (${r.stderr})`);
+}
+
+t.test('CRIU 3.17 dumps cr_basic; criu-ts restores it', { skip }, async (t) => {
+  const dir = t.testdir();
+  const w = await startLeader(dir);
+  t.teardown(() => w.kill());
+  const images = path.join(dir, 'img');
+  mkdirSync(images); // CRIU does not make it
+  const status = await realCriu(['dump', '-t', String(w.pid), '-D', images, '-v4', '-o', 'dump.log'], dir);
+  t.equal(status, 0, status === 0 ? 'criu 3.17 dump' : `criu 3.17 dump: ${logErrors(path.join(images, 'dump.log'))}`);
+  await waitGone(w.pid);
+  await restoreAndCheck(t, w, images, dir);
+});
+
+t.test('CRIU 3.17 dumps into the criu-ts page server; criu-ts restores the result', { skip }, async (t) => {
+  const dir = t.testdir();
+  const w = await startLeader(dir);
+  t.teardown(() => w.kill());
+  const srv = path.join(dir, 'srv');
+  const local = path.join(dir, 'local');
+  mkdirSync(local);
+  const port = nextPort++;
+  const ps = await criuAsync(['page-server', '-D', srv, '--address', '127.0.0.1', '--port', String(port), '-d']);
+  t.equal(ps.status, 0, ps.stderr);
+  const status = await realCriu(
+    ['dump', '-t', String(w.pid), '-D', local, ...toPageServer(port), '-v4', '-o', 'dump.log'],
+    dir,
+  );
+  t.equal(status, 0, status === 0 ? 'criu 3.17 dump' : `criu 3.17 dump: ${logErrors(path.join(local, 'dump.log'))}`);
+  await waitGone(w.pid);
+  t.notOk(existsSync(path.join(local, `pagemap-${w.pid}.img`)), 'no pagemap in the local directory');
+  const { runs } = await readPagemap(path.join(srv, `pagemap-${w.pid}.img`));
+  t.ok(
+    runs.some((r) => (r.flags & PE_PRESENT) !== 0 && r.nrPages > 0),
+    'the server stored CRIU pages',
+  );
+  cpSync(local, srv, { recursive: true });
+  await restoreAndCheck(t, w, srv, dir);
+});
+
+t.test('criu-ts dumps into the CRIU 3.17 page server; criu-ts restores what CRIU stored', { skip }, async (t) => {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_basic', dir);
+  t.teardown(() => w.kill());
+  const srv = path.join(dir, 'srv');
+  const local = path.join(dir, 'local');
+  mkdirSync(srv);
+  const port = nextPort++;
+  const server = await startRealPageServer(srv, port);
+  const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', local, ...toPageServer(port)]);
+  t.equal(dump.status, 0, dump.stderr);
+  const served = await server.exited;
+  t.equal(
+    served,
+    0,
+    served === 0 ? 'criu 3.17 page-server ends 0 after the dump' : `criu 3.17 page-server: ${logErrors(server.log)}`,
+  );
+  await waitGone(w.pid);
+  t.ok(
+    readdirSync(srv).some((f) => f.startsWith('pages-')),
+    'CRIU stored pages',
+  );
+  cpSync(local, srv, { recursive: true });
+  await restoreAndCheck(t, w, srv, dir);
+});
+
+t.test('CRIU 3.17 dumps a python3 interpreter; criu-ts restores it and it counts on', { skip }, async (t) => {
+  const dir = t.testdir();
+  const script = path.join(dir, 'progress.py');
+  writeFileSync(script, PYTHON);
+  const w = await startWorkload('/usr/bin/setsid', dir, ['/usr/bin/env', '-i', 'python3', script]);
+  t.teardown(() => w.kill());
+  const digest = /READY \d+ (\S+)/.exec(w.report())?.[1] ?? '?';
+  const ticks = (text: string): string[] => [...text.matchAll(/^TICK (\d+) (\S+)$/gm)].map((m) => `${m[1]} ${m[2]}`);
+  await poll(() => ticks(w.report()).length >= 3, 'three ticks', 10_000);
+  const images = path.join(dir, 'img');
+  mkdirSync(images);
+  const status = await realCriu(['dump', '-t', String(w.pid), '-D', images, '-v4', '-o', 'dump.log'], dir);
+  t.equal(status, 0, status === 0 ? 'criu 3.17 dump' : `criu 3.17 dump: ${logErrors(path.join(images, 'dump.log'))}`);
+  await waitGone(w.pid);
+  const before = ticks(w.report());
+  const last = Number(before.at(-1)?.split(' ')[0]);
+  const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
+  t.equal(restored.pid, w.pid, 'restored with its PID');
+  await poll(() => ticks(w.report()).length >= before.length + 3, 'three ticks after restore', 10_000);
+  const after = ticks(w.report()).slice(before.length, before.length + 3);
+  t.same(
+    after,
+    [1, 2, 3].map((i) => `${last + i} ${digest}`),
+    'it counts on from where it was, its state unchanged',
+  );
+  process.kill(w.pid, 'SIGTERM');
+  await w.waitFor('BYE');
+  t.equal((await restored.done).status, 0, 'criu-ts restore exits with the task status 0');
+});
