@@ -2,9 +2,12 @@
 
 import { readFileSync } from 'node:fs';
 
-/** The median of `xs` (the upper one of an even count); 0 for none. */
+/** The median of `xs` (the mean of the middle two of an even count); 0 for none. */
 export function median(xs: readonly number[]): number {
-  return [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  if (s.length === 0) return 0;
+  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
 }
 
 /** Run `fn`, with its wall time in milliseconds. */
