@@ -56,21 +56,27 @@ export async function reserveFillBuffers(pages: number): Promise<void> {
 /**
  * Write the sources' pages into task `pid`. Returns the pages filled. With `uffd` (uffd-fill.ts)
  * every page is in a range registered there and not present yet, and goes in by UFFDIO_COPY.
+ * With `memFd` (/proc/PID/mem open for writing) the pages go in by pwrite there, which may write
+ * into mappings that are not writable, as a debugger's breakpoint does (few pages: one call per run).
  */
 export async function fillPages(
   pid: number,
   sources: readonly PageSource[],
-  opts: { uffd?: number } = {},
+  opts: { uffd?: number; memFd?: number } = {},
 ): Promise<number> {
-  const { uffd } = opts;
+  const { uffd, memFd } = opts;
   const write = (buf: Buffer, c: Chunk): number =>
-    uffd === undefined
-      ? sys.processVmWritev(pid, buf, 0, remoteIov(c.runs))
-      : sys.uffdioCopy(uffd, buf, 0, remoteIov(c.runs));
+    memFd !== undefined
+      ? writeMem(memFd, buf, c)
+      : uffd === undefined
+        ? sys.processVmWritev(pid, buf, 0, remoteIov(c.runs))
+        : sys.uffdioCopy(uffd, buf, 0, remoteIov(c.runs));
   const writeAsync = (buf: Buffer, c: Chunk): Promise<number> =>
-    uffd === undefined
-      ? sys.processVmWritevAsync(pid, buf, 0, remoteIov(c.runs))
-      : sys.uffdioCopyAsync(uffd, buf, 0, remoteIov(c.runs));
+    memFd !== undefined
+      ? Promise.resolve(writeMem(memFd, buf, c))
+      : uffd === undefined
+        ? sys.processVmWritevAsync(pid, buf, 0, remoteIov(c.runs))
+        : sys.uffdioCopyAsync(uffd, buf, 0, remoteIov(c.runs));
   const chunks = [...chunksOf(sources)];
   const total = chunks.reduce((n, c) => n + c.bytes, 0);
   const fds = new Map<string, number>();
@@ -203,6 +209,21 @@ async function readChunk(fd: number, buf: Buffer, c: Chunk): Promise<void> {
     got += n;
   }
   compact(buf, c);
+}
+
+/** The chunk's runs (their data together at the start of `buf`) pwritten into /proc/PID/mem. */
+function writeMem(memFd: number, buf: Buffer, c: Chunk): number {
+  let at = 0;
+  for (const r of c.runs) {
+    const len = r.nrPages * PAGE_SIZE;
+    for (let done = 0; done < len;) {
+      const n = sys.pwrite(memFd, buf, at + done, len - done, r.vaddr + BigInt(done));
+      if (n === 0) return at + done;
+      done += n;
+    }
+    at += len;
+  }
+  return at;
 }
 
 function checkWritten(pid: number, c: Chunk, written: number): void {

@@ -28,9 +28,11 @@ import { countPages, intersect, normalize, pageAddr, pageIndex, subtract, type R
 import { shmemPagemapFileName } from '../files/image-sink.js';
 import { F_ADD_SEALS, MFD_ALLOW_SEALING } from '../files/memfd.js';
 import { openInTask } from '../files/task-io.js';
+import { O_CLOEXEC } from '../kernel/constants.js';
 
 const PAGE = 4096n;
 const PROT_WRITE = 2n;
+const PROT_EXEC = 4n;
 const MAP_SHARED = 0x01n;
 const MADV_DONTNEED = 4n;
 const MAP_FIXED = 0x10n;
@@ -166,10 +168,22 @@ export async function restoreMemory(
     pages = await allPages.sources();
   }
   // CRIU also dumps the vDSO's pages; the restored task gets this kernel's own (restoreVdso).
-  const special = normalize(vmas.filter(isSpecial).map((v) => ({ start: pageIndex(v.start), end: pageIndex(v.end) })));
+  const special = normalize(vmas.filter(isSpecial).map(vmaRun));
   if (special.length > 0) pages = clipSources(pages, subtract(coverageOf(pages), special));
   // Which VMAs get pages written (mapped writable for it): after the pre-copied ones are left out.
   const withPages = vmasWithPages(vmas, pages);
+  // Pages in a program's or library's code: written there through ptrace, by a debugger's
+  // breakpoint or CRIU's own infection of the task (its dumps have such a page). They go in
+  // through /proc/PID/mem, so that the mapping is never made writable: the kernel would mark it
+  // accountable for good, which the original code mapping was not.
+  const forced = new Set(
+    [...withPages].filter((i) => {
+      const v = vmas[i] as Vma;
+      const isCode = (v.prot & (PROT_WRITE | PROT_EXEC)) === PROT_EXEC;
+      return isCode && (v.status & VMA_AREA.FILE_PRIVATE) !== 0 && (v.flags & MAP_SHARED) === 0n;
+    }),
+  );
+  for (const i of forced) withPages.delete(i);
   // 1. map (and fill shared anonymous memory, whose pages are not in the task's pagemap). A file
   // is opened once for all its VMAs (a library has four or five), closed after the last mmap.
   const openFiles = new Map<string, bigint>();
@@ -216,7 +230,9 @@ export async function restoreMemory(
   // 2. fill from the pages files (this image's and its parents'): src/mem/fill-pages.ts; memory
   // just mapped private anonymous (all of it, unless pre-copied memory was kept) by UFFDIO_COPY.
   const fresh = prefilled === undefined ? freshAnonRuns(vmas, mappedProt, withPages) : [];
-  restored += await fillMemory(inj, pages, fresh);
+  const code = normalize([...forced].map((i) => vmaRun(vmas[i] as Vma)));
+  restored += await fillMemory(inj, clipSources(pages, subtract(coverageOf(pages), code)), fresh);
+  if (code.length > 0) restored += await fillCode(inj.pid, clipSources(pages, code));
   // 3. protections and advice
   for (let i = 0; i < vmas.length; i++) {
     const v = vmas[i] as Vma;
@@ -226,6 +242,18 @@ export async function restoreMemory(
     adviseVma(inj, v);
   }
   return { pagesRestored: restored };
+}
+
+const vmaRun = (v: Vma): Run => ({ start: pageIndex(v.start), end: pageIndex(v.end) });
+
+/** Write pages into mappings that are not writable, through /proc/PID/mem. */
+async function fillCode(pid: number, pages: readonly PageSource[]): Promise<number> {
+  const memFd = sys.open(`/proc/${pid}/mem`, O_RDWR | O_CLOEXEC, 0);
+  try {
+    return await fillPages(pid, pages, { memFd });
+  } finally {
+    sys.close(memFd);
+  }
 }
 
 /** Fills of private anonymous memory smaller than this go by process_vm_writev (not worth a userfaultfd). */
