@@ -2,8 +2,12 @@
  * Programs no one here wrote, as test workloads: scripts for python3, node and bash that keep
  * state in memory and append "READY pid digest", then "TICK n digest" every 100 ms, to the file
  * named by their last argument, and "BYE n digest" on SIGTERM. The digest covers their in-memory
- * state: it must never change.
+ * state: it must never change. PROGRAMS starts each as a workload (cr.ts).
  */
+import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { startWorkload, type Workload } from './cr.js';
 
 export const PYTHON = `
 import hashlib, os, signal, sys, time
@@ -60,3 +64,41 @@ while :; do
   read -t 0.1 -u 3 line
 done
 `;
+
+export interface Program {
+  name: string;
+  /** Start it in `dir`, its command line after `prefix` (`['/usr/bin/setsid']`, say) if given. */
+  start(dir: string, prefix?: readonly string[]): Promise<Workload>;
+}
+
+function run(dir: string, prefix: readonly string[], cmd: readonly string[]): Promise<Workload> {
+  const [program, ...args] = [...prefix, ...cmd] as [string, ...string[]];
+  return startWorkload(program, dir, args);
+}
+
+export const PROGRAMS: readonly Program[] = [
+  {
+    name: 'python3',
+    start: (dir, prefix = []) => {
+      const script = path.join(dir, 'progress.py');
+      writeFileSync(script, PYTHON);
+      return run(dir, prefix, ['/usr/bin/env', '-i', 'python3', script]);
+    },
+  },
+  {
+    name: 'node',
+    start: (dir, prefix = []) => {
+      const script = path.join(dir, 'progress.mjs');
+      writeFileSync(script, NODE);
+      // A clean environment: the test runner's NODE_OPTIONS would load its hooks into the workload.
+      return run(dir, prefix, ['/usr/bin/env', '-i', process.execPath, script]);
+    },
+  },
+  {
+    name: 'bash',
+    start: (dir, prefix = []) => {
+      execFileSync('mkfifo', [path.join(dir, 'report.txt.fifo')]);
+      return run(dir, prefix, ['/bin/bash', '-c', BASH]);
+    },
+  },
+];

@@ -4,16 +4,16 @@
  *     criu-ts restores it from CRIU's images;
  *   - CRIU dumps with --page-server into `criu page-server` of criu-ts, which restores the result;
  *   - criu-ts dumps with --page-server into CRIU's page server, and restores what CRIU stored;
- *   - CRIU dumps a python3 interpreter, criu-ts restores it.
+ *   - CRIU dumps python3, node and bash running scripts, criu-ts restores them.
  * The restored workload checks its own memory, files, pipe, signals, timers, thread and PID.
  */
-import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { PE_PRESENT, readPagemap } from '../../../src/images/index.js';
 import { criuAsync, poll, startRestore, startWorkload, waitGone, type Workload } from '../../helpers/cr.js';
 import { fixturePath } from '../../helpers/fixture.js';
-import { PYTHON } from '../../helpers/programs.js';
+import { PROGRAMS } from '../../helpers/programs.js';
 import { logErrors, realCriu, realCriuMissing, startRealPageServer, toPageServer } from '../../helpers/real-criu.js';
 
 const skip = process.getuid?.() !== 0 ? 'needs root (ptrace, clone3 set_tid)' : realCriuMissing();
@@ -148,30 +148,30 @@ t.test('criu-ts dumps into the CRIU 3.17 page server; criu-ts restores what CRIU
   await restoreAndCheck(t, w, srv, dir);
 });
 
-t.test('CRIU 3.17 dumps a python3 interpreter; criu-ts restores it and it counts on', { skip }, async (t) => {
-  const dir = t.testdir();
-  const script = path.join(dir, 'progress.py');
-  writeFileSync(script, PYTHON);
-  const w = await startWorkload('/usr/bin/setsid', dir, ['/usr/bin/env', '-i', 'python3', script]);
-  t.teardown(() => w.kill());
-  const digest = /READY \d+ (\S+)/.exec(w.report())?.[1] ?? '?';
-  const ticks = (text: string): string[] => [...text.matchAll(/^TICK (\d+) (\S+)$/gm)].map((m) => `${m[1]} ${m[2]}`);
-  await poll(() => ticks(w.report()).length >= 3, 'three ticks', 10_000);
-  const images = path.join(dir, 'img');
-  await criuDump(t, w.pid, images);
-  await waitGone(w.pid);
-  const before = ticks(w.report());
-  const last = Number(before.at(-1)?.split(' ')[0]);
-  const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
-  t.equal(restored.pid, w.pid, 'restored with its PID');
-  await poll(() => ticks(w.report()).length >= before.length + 3, 'three ticks after restore', 10_000);
-  const after = ticks(w.report()).slice(before.length, before.length + 3);
-  t.same(
-    after,
-    [1, 2, 3].map((i) => `${last + i} ${digest}`),
-    'it counts on from where it was, its state unchanged',
-  );
-  process.kill(w.pid, 'SIGTERM');
-  await w.waitFor('BYE');
-  t.equal((await restored.done).status, 0, 'criu-ts restore exits with the task status 0');
-});
+for (const prog of PROGRAMS) {
+  t.test(`CRIU 3.17 dumps ${prog.name}; criu-ts restores it and it counts on`, { skip }, async (t) => {
+    const dir = t.testdir();
+    const w = await prog.start(dir, ['/usr/bin/setsid']);
+    t.teardown(() => w.kill());
+    const digest = /READY \d+ (\S+)/.exec(w.report())?.[1] ?? '?';
+    const ticks = (text: string): string[] => [...text.matchAll(/^TICK (\d+) (\S+)$/gm)].map((m) => `${m[1]} ${m[2]}`);
+    await poll(() => ticks(w.report()).length >= 3, 'three ticks', 10_000);
+    const images = path.join(dir, 'img');
+    await criuDump(t, w.pid, images);
+    await waitGone(w.pid);
+    const before = ticks(w.report());
+    const last = Number(before.at(-1)?.split(' ')[0]);
+    const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
+    t.equal(restored.pid, w.pid, 'restored with its PID');
+    await poll(() => ticks(w.report()).length >= before.length + 3, 'three ticks after restore', 10_000);
+    const after = ticks(w.report()).slice(before.length, before.length + 3);
+    t.same(
+      after,
+      [1, 2, 3].map((i) => `${last + i} ${digest}`),
+      'it counts on from where it was, its state unchanged',
+    );
+    process.kill(w.pid, 'SIGTERM');
+    await w.waitFor('BYE');
+    t.equal((await restored.done).status, 0, 'criu-ts restore exits with the task status 0');
+  });
+}

@@ -9,8 +9,7 @@
  * (SIGTERM) and criu restore, its parent, exits with its status. Both ways: dump (the task is
  * killed), and dump --leave-running then kill the original before restoring.
  */
-import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import {
@@ -24,44 +23,11 @@ import {
   taskState,
   waitGone,
   waitPid,
-  type Workload,
 } from '../../helpers/cr.js';
 
-import { BASH, NODE, PYTHON } from '../../helpers/programs.js';
+import { PROGRAMS } from '../../helpers/programs.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
-
-interface Program {
-  name: string;
-  start(dir: string): Promise<Workload>;
-}
-
-const programs: Program[] = [
-  {
-    name: 'python3',
-    start: (dir) => {
-      const script = path.join(dir, 'progress.py');
-      writeFileSync(script, PYTHON);
-      return startWorkload('/usr/bin/env', dir, ['-i', 'python3', script]);
-    },
-  },
-  {
-    name: 'node',
-    start: (dir) => {
-      const script = path.join(dir, 'progress.mjs');
-      writeFileSync(script, NODE);
-      // A clean environment: the test runner's NODE_OPTIONS would load its hooks into the workload.
-      return startWorkload('/usr/bin/env', dir, ['-i', process.execPath, script]);
-    },
-  },
-  {
-    name: 'bash',
-    start: (dir) => {
-      execFileSync('mkfifo', [path.join(dir, 'report.txt.fifo')]);
-      return startWorkload('/bin/bash', dir, ['-c', BASH]);
-    },
-  },
-];
 
 interface Tick {
   n: number;
@@ -74,7 +40,7 @@ function lastTick(text: string): number {
   return ticks(text).at(-1)?.n ?? 0;
 }
 
-for (const prog of programs) {
+for (const prog of PROGRAMS) {
   for (const mode of ['dump', 'leave-running'] as const) {
     t.test(`${prog.name} keeps its state and progress across ${mode} then restore`, { skip: needsRoot }, async (t) => {
       const dir = t.testdir();
