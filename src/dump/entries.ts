@@ -12,11 +12,12 @@ export function nowUs(): number {
   return Number(process.hrtime.bigint() / 1000n);
 }
 
-export function inventoryEntry(): ImageEntry {
+/** The inventory; `rootIds` is criu's own task_kobj_ids_entry (ids.ts). */
+export function inventoryEntry(rootIds: ImageEntry): ImageEntry {
   return {
     img_version: 2,
     fdinfo_per_id: true,
-    root_ids: { vm_id: 2, files_id: 2, fs_id: 2, sighand_id: 2 },
+    root_ids: rootIds,
     ns_per_id: true,
     lsmtype: 0,
     dump_criu_run_id: `criu-ts-${process.pid}-${Date.now()}-${Math.floor(Math.random() * 1e9)}`,

@@ -46,6 +46,7 @@ import { dumpSeccomp } from './seccomp.js';
 import { decodeKnown, planMemory } from './memory.js';
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
+import { kobjIds } from './ids.js';
 
 export type { DumpStats } from './entries.js';
 import { isTrackingRecorded } from '../mem/track/state.js';
@@ -331,8 +332,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     add('fdinfo-2.img', 'FDINFO', files.fdinfo);
     for (const [kind, list] of extraImages) add(imageFileName(kind), kind, list);
     add(`fs-${pid}.img`, 'FS', [fsEntry]);
-    const ids = { vm_id: 2, files_id: 2, fs_id: 2, sighand_id: 2 };
-    add(`ids-${pid}.img`, 'IDS', [ids]);
+    const ids = kobjIds(pid);
+    add(`ids-${pid}.img`, 'IDS', [ids.task]);
     add('pstree.img', 'PSTREE', [
       {
         pid,
@@ -357,7 +358,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     if (isLinkingParent && !isParentLinkEarly) await writeParentLink(dir, opts.prevImagesDir as string);
     stats.memwriteTimeUs = nowUs() - tWrite;
     // Last: the inventory makes the directory a complete dump.
-    add('inventory.img', 'INVENTORY', [inventoryEntry()]);
+    add('inventory.img', 'INVENTORY', [inventoryEntry(ids.root)]);
     writeImagesSync(batch.slice(-1), durability);
     stats.frozenTimeUs = nowUs() - tFrozen;
     // Frozen time: the counts are formatted only when they will be written.

@@ -39,9 +39,18 @@ export function pagemapRun(entry: ImageEntry): PagemapRun {
   return { vaddr: BigInt(entry['vaddr'] as bigint), nrPages: Number(nr), flags };
 }
 
-/** A pagemap_entry for a run, as CRIU 4.x writes it (compat_nr_pages 0, nr_pages set). */
-export function pagemapEntry(run: PagemapRun): ImageEntry {
-  return { vaddr: run.vaddr, compat_nr_pages: 0, flags: run.flags, nr_pages: BigInt(run.nrPages) };
+/**
+ * A pagemap_entry for a run: nr_pages as CRIU 4.x writes it, and the count in compat_nr_pages too
+ * when it fits (CRIU 4.x writes 0 there). CRIU 4.x and crit read nr_pages when it is there; CRIU 3.x
+ * knows only the old field, so it can read these images as well.
+ */
+export function pagemapEntry(run: { vaddr: bigint; nrPages: number; flags: number }): ImageEntry {
+  return {
+    vaddr: run.vaddr,
+    compat_nr_pages: run.nrPages <= 0xffffffff ? run.nrPages : 0,
+    flags: run.flags,
+    nr_pages: BigInt(run.nrPages),
+  };
 }
 
 /** Read pagemap-<id>.img (or any pagemap file by path): its pages id and its runs. */

@@ -18,7 +18,7 @@ import path from 'node:path';
 import { CriuError, ImageError, TaskError, isErrno } from '../errors.js';
 import { log } from '../log.js';
 import { openPagemap, readPagemapRuns, scanPagemapRuns } from '../proc/pagemap.js';
-import { PAGE_SIZE, PE_PRESENT, type ImageEntry } from '../images/index.js';
+import { PAGE_SIZE, PE_PRESENT, pagemapEntry, type ImageEntry } from '../images/index.js';
 import * as sys from '../sys/native.js';
 import type { PagesPolicy } from '../dump/vma.js';
 import { COPY_BUFFER_BYTES, copyBuffers } from './buffer-pool.js';
@@ -259,12 +259,7 @@ function checkRead(
 }
 
 function pagemapEntries(runs: readonly PageRun[]): ImageEntry[] {
-  return runs.map((r) => ({
-    vaddr: r.vaddr,
-    compat_nr_pages: 0,
-    flags: PE_PRESENT,
-    nr_pages: BigInt(r.nrPages),
-  }));
+  return runs.map((r) => pagemapEntry({ vaddr: r.vaddr, nrPages: r.nrPages, flags: PE_PRESENT }));
 }
 
 /**

@@ -273,6 +273,27 @@ export async function startRestore(
 }
 
 /**
+ * Restore `images` (criu restore -D IMAGES ARGS...), expect the workload back with its PID, run
+ * `whileRunning` on it, end it with SIGTERM and expect its PASS and criu exiting 0.
+ */
+export async function restoreExpectPass(
+  t: Test,
+  w: Workload,
+  images: string,
+  dir: string,
+  opts: { args?: readonly string[]; whileRunning?: () => void } = {},
+): Promise<void> {
+  const restored = await startRestore(['-D', images, ...(opts.args ?? [])], path.join(dir, 'restored.pid'));
+  t.equal(restored.pid, w.pid, 'restored with its PID');
+  opts.whileRunning?.();
+  process.kill(w.pid, 'SIGTERM');
+  const r = await restored.done;
+  t.match(w.report(), /PASS/, w.report());
+  t.notMatch(w.report(), /FAIL/);
+  t.equal(r.status, 0, `criu restore exits with the task's status (${r.stderr})`);
+}
+
+/**
  * The plain round trip of a self-checking workload: start it, dump it (killed), restore it, wait
  * for the pidfile, SIGTERM it, and expect PASS in its report and criu exiting 0.
  */

@@ -11,7 +11,15 @@ import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync } from 'node:f
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { PE_PRESENT, readPagemap } from '../../../src/images/index.js';
-import { criuAsync, poll, startRestore, startWorkload, waitGone, type Workload } from '../../helpers/cr.js';
+import {
+  criuAsync,
+  poll,
+  restoreExpectPass,
+  startRestore,
+  startWorkload,
+  waitGone,
+  type Workload,
+} from '../../helpers/cr.js';
 import { fixturePath } from '../../helpers/fixture.js';
 import { PROGRAMS } from '../../helpers/programs.js';
 import { logErrors, realCriu, realCriuMissing, startRealPageServer, toPageServer } from '../../helpers/real-criu.js';
@@ -48,7 +56,7 @@ function codeVmFlags(pid: number): string[] {
   return out;
 }
 
-/** Restore `images` with criu-ts, end the workload with SIGTERM and expect its PASS. */
+/** Restore `images` with criu-ts (-v4, restore.log), expect PASS; `code`: the code mappings' flags. */
 async function restoreAndCheck(
   t: Test,
   w: Workload,
@@ -57,17 +65,12 @@ async function restoreAndCheck(
   opts: { code?: string[]; args?: string[] } = {},
 ): Promise<void> {
   const { code, args = [] } = opts;
-  const restored = await startRestore(
-    ['-D', images, '-v4', '-o', 'restore.log', ...args],
-    path.join(dir, 'restored.pid'),
-  );
-  t.equal(restored.pid, w.pid, 'restored with its PID');
-  if (code !== undefined) t.same(codeVmFlags(w.pid), code, 'the code mappings have the flags they had');
-  process.kill(w.pid, 'SIGTERM');
-  const r = await restored.done;
-  t.match(w.report(), /PASS/, w.report());
-  t.notMatch(w.report(), /FAIL/);
-  t.equal(r.status, 0, `criu-ts restore exits with the task's status (${r.stderr})`);
+  await restoreExpectPass(t, w, images, dir, {
+    args: ['-v4', '-o', 'restore.log', ...args],
+    whileRunning: () => {
+      if (code !== undefined) t.same(codeVmFlags(w.pid), code, 'the code mappings have the flags they had');
+    },
+  });
 }
 
 t.test('CRIU 3.17 dumps cr_basic; criu-ts restores it', { skip }, async (t) => {

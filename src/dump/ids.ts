@@ -1,0 +1,43 @@
+/**
+ * task_kobj_ids_entry: the ids of a task's shared kernel objects, in ids-<pid>.img and as the
+ * inventory's root_ids, numbered as CRIU numbers them so that CRIU can restore our images.
+ *
+ * CRIU numbers the objects it meets from 1: its own (root_ids) come first, so they are vm, files,
+ * fs and sighand 1 and, for namespaces, pid 1, net 2, ipc 3, uts 4, time 5, mnt 6, user 7, cgroup 8;
+ * a dumped task's vm, files, fs and sighand are 2. A namespace the task shares with the dumper has
+ * the dumper's id, which tells a restore to leave it alone; one it does not share gets an id of its
+ * own (criu-ts does not dump namespaces, and a restore by CRIU would ask for their images).
+ * A namespace kind this kernel lacks gets no id, as CRIU does.
+ *
+ * Image kinds: IDS (and INVENTORY's root_ids).
+ */
+
+import { readNamespaces } from '../proc/misc.js';
+import type { ImageEntry } from '../images/index.js';
+
+/** The namespace kinds of task_kobj_ids_entry, in the order CRIU numbers them. */
+const NS_KINDS = ['pid', 'net', 'ipc', 'uts', 'time', 'mnt', 'user', 'cgroup'] as const;
+
+export interface KobjIds {
+  /** ids-<pid>.img's entry. */
+  task: ImageEntry;
+  /** The inventory's root_ids: criu's own. */
+  root: ImageEntry;
+}
+
+/** The ids of task `pid` and of this process, as CRIU would write them. */
+export function kobjIds(pid: number): KobjIds {
+  const mine = readNamespaces(process.pid);
+  const its = readNamespaces(pid);
+  const task: ImageEntry = { vm_id: 2, files_id: 2, fs_id: 2, sighand_id: 2 };
+  const root: ImageEntry = { vm_id: 1, files_id: 1, fs_id: 1, sighand_id: 1 };
+  let next = NS_KINDS.length + 1;
+  NS_KINDS.forEach((kind, i) => {
+    const own = mine?.get(kind);
+    if (own === undefined) return;
+    root[`${kind}_ns_id`] = i + 1;
+    const theirs = its?.get(kind);
+    task[`${kind}_ns_id`] = theirs === undefined || theirs.inode === own.inode ? i + 1 : next++;
+  });
+  return { task, root };
+}
