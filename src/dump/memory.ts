@@ -95,7 +95,7 @@ export async function planMemory(
   tracker: TrackerLike | null,
   parent: KnownState | null,
 ): Promise<MemoryPlan> {
-  const tracked = ranges.filter((r) => r.pages !== 'none');
+  const tracked = ranges.filter((r) => r.pages !== 'none' && r.pages !== 'vdso');
   // Collect first: it re-arms tracking, so that whatever is written from now on is seen next time.
   const dirtyRanges =
     tracker === null ? null : await tracker.collect(tracked.map((r) => ({ start: r.start, end: r.end })));

@@ -57,7 +57,12 @@ export type PagesPolicy =
   | 'anon'
   /** Only pages that are no longer the file's (copied on write) of a private file mapping. */
   | 'cow'
-  /** None: the contents live elsewhere (a shared file, the kernel's vDSO, shmem images). */
+  /**
+   * The vDSO's present pages: in the image as CRIU puts them there (CRIU's restore reads the dumped
+   * vDSO; criu-ts's maps this kernel's own and skips them), never tracked: the task cannot write them.
+   */
+  | 'vdso'
+  /** None: the contents live elsewhere (a shared file, the kernel's vvar, shmem images). */
   | 'none';
 
 export interface VmaInfo {
@@ -109,7 +114,7 @@ export function classifyVma(e: SmapsEntry): VmaInfo {
         status: VMA_AREA.REGULAR | VMA_AREA.VDSO | VMA_AREA.ANON_PRIVATE,
         pgoff: 0n,
         path: undefined,
-        pages: 'none',
+        pages: 'vdso',
         special: m.path,
       };
     case '[vvar]':
