@@ -16,6 +16,7 @@ import {
   criuAsync,
   poll,
   restoreExpectPass,
+  signalTask,
   startRestore,
   startWorkload,
   waitGone,
@@ -113,7 +114,17 @@ t.test('CRIU 3.17 dumps into the criu-ts page server; criu-ts restores the resul
   const srv = path.join(dir, 'srv');
   const local = path.join(dir, 'local');
   const port = nextPort++;
-  const ps = await criuAsync(['page-server', '-D', srv, '--address', '127.0.0.1', '--port', String(port), '-d']);
+  const pidfile = path.join(dir, 'ps.pid');
+  const ps = await criuAsync(
+    ['page-server', '-D', srv, '--address', '127.0.0.1', '--port', String(port)].concat(['-d', '--pidfile', pidfile]),
+  );
+  // It ends after one session; if the dump never came, it must not outlive the test.
+  t.teardown(() => {
+    const psPid = existsSync(pidfile) ? Number(readFileSync(pidfile, 'utf8')) : 0;
+    const cmdline =
+      psPid > 0 && existsSync(`/proc/${psPid}/cmdline`) ? readFileSync(`/proc/${psPid}/cmdline`, 'utf8') : '';
+    if (cmdline.includes(srv)) signalTask(psPid, 'SIGKILL'); // still that server, not a reused pid
+  });
   t.equal(ps.status, 0, ps.stderr);
   await criuDump(t, w.pid, local, toPageServer(port));
   await waitGone(w.pid);
