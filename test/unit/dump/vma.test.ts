@@ -31,16 +31,17 @@ t.test('anonymous memory, heap and stack', async (t) => {
   t.equal(stack.flags, MAP.PRIVATE | MAP.ANONYMOUS | MAP.GROWSDOWN, 'growsdown from VmFlags gd');
 });
 
-t.test('the vDSO and vvar are recorded, never dumped; madvise flags come from VmFlags', async (t) => {
+t.test('the vDSO is dumped (as CRIU does), vvar never; madvise flags come from VmFlags', async (t) => {
   const vdso = classifyVma(smaps('7ff2d0c1f000-7ff2d0c21000 r-xp 00000000 00:00 0 [vdso]', 'rd ex mr mw me de'));
   t.equal(vdso.status, VMA_AREA.REGULAR | VMA_AREA.VDSO | VMA_AREA.ANON_PRIVATE);
-  t.equal(vdso.pages, 'none');
+  t.equal(vdso.pages, 'vdso', 'its present pages go into the image, untracked');
   const vvar = classifyVma(smaps('7ff2d0c19000-7ff2d0c1d000 r--p 00000000 00:00 0 [vvar]', 'rd mr pf io de dd'));
   t.equal(
     vvar.status,
     VMA_AREA.REGULAR | VMA_AREA.VVAR | VMA_AREA.ANON_PRIVATE,
     'vvar is not refused as device memory',
   );
+  t.equal(vvar.pages, 'none');
   t.equal(vvar.madv, 1n << 16n, 'MADV_DONTDUMP as in the golden image (madv 0x10000)');
   const advised = classifyVma(smaps('7f0000000000-7f0000100000 rw-p 00000000 00:00 0', 'rd wr mr mw me dc hg wf ac'));
   t.equal(advised.madv, (1n << 10n) | (1n << 14n) | (1n << 18n), 'DONTFORK, HUGEPAGE, WIPEONFORK');
