@@ -4,8 +4,8 @@
  *     criu-ts restores it from CRIU's images;
  *   - CRIU dumps with --page-server into `criu page-server` of criu-ts, which restores the result;
  *   - criu-ts dumps with --page-server into CRIU's page server, and restores what CRIU stored;
- *   - CRIU dumps python3, node and bash running scripts, criu-ts restores them;
- *   - criu-ts dumps cr_fpu and cr_seccomp, CRIU restores them.
+ *   - python3, node and bash running scripts: CRIU dumps and criu-ts restores, and the other way;
+ *   - criu-ts dumps cr_fpu, cr_seccomp, cr_link_remap and cr_vma_deleted, CRIU restores them.
  * The restored workload checks its own memory, files, pipe, signals, timers, thread and PID.
  */
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
@@ -164,49 +164,73 @@ t.test('criu-ts dumps into the CRIU 3.17 page server; criu-ts restores what CRIU
   await restoreAndCheck(t, w, srv, dir);
 });
 
+/** Dump `pid` into `images` with criu-ts (`opts`: more options for both dump and restore). */
+async function ourDump(t: Test, pid: number, images: string, opts: string[] = []): Promise<void> {
+  const dump = await criuAsync(['dump', '-t', String(pid), '-D', images, ...opts]);
+  t.equal(dump.status, 0, dump.stderr);
+}
+
+/** Restore `images` with the real CRIU (detached); resolves once the task `pid` is back. */
+async function criuRestore(t: Test, pid: number, images: string, opts: string[] = []): Promise<void> {
+  const log = path.join(images, 'restore.log');
+  const status = await realCriu(['restore', '-D', images, '-d', '-v4', '-o', 'restore.log', ...opts], images);
+  t.equal(status, 0, status === 0 ? 'criu 3.17 restore' : `criu 3.17 restore: ${logErrors(log)}`);
+  if (status === 0) await waitPid(pid);
+}
+
 for (const prog of PROGRAMS) {
-  t.test(`CRIU 3.17 dumps ${prog.name}; criu-ts restores it and it counts on`, { skip }, async (t) => {
-    const dir = t.testdir();
-    const w = await prog.start(dir, ['/usr/bin/setsid']);
-    t.teardown(() => w.kill());
-    const digest = /READY \d+ (\S+)/.exec(w.report())?.[1] ?? '?';
-    const ticks = (text: string): string[] => [...text.matchAll(/^TICK (\d+) (\S+)$/gm)].map((m) => `${m[1]} ${m[2]}`);
-    await poll(() => ticks(w.report()).length >= 3, 'three ticks', 10_000);
-    const images = path.join(dir, 'img');
-    await criuDump(t, w.pid, images);
-    await waitGone(w.pid);
-    const before = ticks(w.report());
-    const last = Number(before.at(-1)?.split(' ')[0]);
-    const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
-    t.equal(restored.pid, w.pid, 'restored with its PID');
-    await poll(() => ticks(w.report()).length >= before.length + 3, 'three ticks after restore', 10_000);
-    const after = ticks(w.report()).slice(before.length, before.length + 3);
-    t.same(
-      after,
-      [1, 2, 3].map((i) => `${last + i} ${digest}`),
-      'it counts on from where it was, its state unchanged',
-    );
-    process.kill(w.pid, 'SIGTERM');
-    await w.waitFor('BYE');
-    t.equal((await restored.done).status, 0, 'criu-ts restore exits with the task status 0');
-  });
+  for (const way of ['CRIU 3.17 dumps, criu-ts restores', 'criu-ts dumps, CRIU 3.17 restores'] as const) {
+    t.test(`${prog.name}: ${way}; it counts on`, { skip }, async (t) => {
+      const dir = t.testdir();
+      const w = await prog.start(dir, ['/usr/bin/setsid']);
+      t.teardown(() => w.kill());
+      const digest = /READY \d+ (\S+)/.exec(w.report())?.[1] ?? '?';
+      const ticks = (text: string): string[] =>
+        [...text.matchAll(/^TICK (\d+) (\S+)$/gm)].map((m) => `${m[1]} ${m[2]}`);
+      await poll(() => ticks(w.report()).length >= 3, 'three ticks', 10_000);
+      const images = path.join(dir, 'img');
+      const criuDumps = way.startsWith('CRIU');
+      if (criuDumps) await criuDump(t, w.pid, images);
+      else await ourDump(t, w.pid, images);
+      await waitGone(w.pid);
+      const before = ticks(w.report());
+      const last = Number(before.at(-1)?.split(' ')[0]);
+      let restored: Awaited<ReturnType<typeof startRestore>> | undefined;
+      if (criuDumps) {
+        restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
+        t.equal(restored.pid, w.pid, 'restored with its PID');
+      } else await criuRestore(t, w.pid, images);
+      await poll(() => ticks(w.report()).length >= before.length + 3, 'three ticks after restore', 10_000);
+      const after = ticks(w.report()).slice(before.length, before.length + 3);
+      t.same(
+        after,
+        [1, 2, 3].map((i) => `${last + i} ${digest}`),
+        'it counts on from where it was, its state unchanged',
+      );
+      process.kill(w.pid, 'SIGTERM');
+      await w.waitFor('BYE');
+      if (restored !== undefined) t.equal((await restored.done).status, 0, 'criu-ts restore exits with status 0');
+    });
+  }
 }
 
 // The other way: criu-ts dumps, the real CRIU restores (criu 3.17 itself restores only some
 // workloads on this kernel: it puts [vvar] elsewhere and loses itimers, also from its own dumps).
-for (const name of ['cr_fpu', 'cr_seccomp']) {
+const restoredByCriu: { name: string; opts: string[] }[] = [
+  { name: 'cr_fpu', opts: [] },
+  { name: 'cr_seccomp', opts: [] },
+  { name: 'cr_link_remap', opts: ['--link-remap'] },
+  { name: 'cr_vma_deleted', opts: [] },
+];
+for (const { name, opts } of restoredByCriu) {
   t.test(`criu-ts dumps ${name}; CRIU 3.17 restores it`, { skip }, async (t) => {
     const dir = t.testdir();
     const w = await startWorkload('/usr/bin/setsid', dir, [fixturePath(name)]);
     t.teardown(() => w.kill());
     const images = path.join(dir, 'img');
-    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
-    t.equal(dump.status, 0, dump.stderr);
+    await ourDump(t, w.pid, images, opts);
     await waitGone(w.pid);
-    const log = path.join(images, 'restore.log');
-    const status = await realCriu(['restore', '-D', images, '-d', '-v4', '-o', 'restore.log'], images);
-    t.equal(status, 0, status === 0 ? 'criu 3.17 restore' : `criu 3.17 restore: ${logErrors(log)}`);
-    await waitPid(w.pid);
+    await criuRestore(t, w.pid, images, opts);
     process.kill(w.pid, 'SIGTERM');
     await w.waitFor('PASS', 10_000).catch(() => undefined);
     t.match(w.report(), /PASS/, w.report());
