@@ -98,13 +98,20 @@ export async function spawnHolder(
   throw new TaskError(target, `The memory tracker holder (pid ${pid}) did not start`);
 }
 
+/**
+ * pidfd_open's errors for a process that is gone or on its way out: ESRCH; EINVAL or (6.18)
+ * ENOENT when its struct pid is still found but its task has exited (a holder stops when its task
+ * does, so another pre-dump can meet one mid-exit).
+ */
+const isExiting = (err: unknown): boolean => isErrno(err, 'ESRCH', 'EINVAL', 'ENOENT');
+
 /** A duplicate of the holder's userfaultfd in this process, or null when the holder is gone. */
 export function takeHolderFd(h: HolderRecord, target: number): number | null {
   let hpidfd: number;
   try {
     hpidfd = sys.pidfdOpen(h.pid, 0);
   } catch (err) {
-    if (isErrno(err, 'ESRCH')) return null;
+    if (isExiting(err)) return null;
     throw err;
   }
   try {
@@ -141,7 +148,7 @@ export async function stopHolder(pid: number, target: number, timeoutMs = 5000):
   try {
     hpidfd = sys.pidfdOpen(pid, 0);
   } catch (err) {
-    if (isErrno(err, 'ESRCH')) return;
+    if (isExiting(err)) return;
     throw err;
   }
   try {
