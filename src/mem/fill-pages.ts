@@ -73,7 +73,7 @@ export async function fillPages(
         : sys.uffdioCopy(uffd, buf, 0, remoteIov(c.runs));
   const writeAsync = (buf: Buffer, c: Chunk): Promise<number> =>
     memFd !== undefined
-      ? Promise.resolve(writeMem(memFd, buf, c))
+      ? Promise.resolve(write(buf, c)) // few pages, written in place
       : uffd === undefined
         ? sys.processVmWritevAsync(pid, buf, 0, remoteIov(c.runs))
         : sys.uffdioCopyAsync(uffd, buf, 0, remoteIov(c.runs));

@@ -325,3 +325,8 @@ export function clipSources(sources: readonly PageSource[], allowed: readonly Ru
 export function coverageOf(sources: readonly PageSource[]): Run[] {
   return normalize(sources.map((s) => ({ start: pageIndex(s.vaddr), end: pageIndex(s.vaddr) + s.nrPages })));
 }
+
+/** The sources' pages outside `excluded`, cut as needed. */
+export function clipOutSources(sources: readonly PageSource[], excluded: readonly Run[]): readonly PageSource[] {
+  return excluded.length === 0 ? sources : clipSources(sources, subtract(coverageOf(sources), excluded));
+}

@@ -21,7 +21,7 @@ import { log } from '../log.js';
 import { readMaps } from '../proc/maps.js';
 import * as sys from '../sys/native.js';
 import { MAP, VMA_AREA } from '../dump/vma.js';
-import { clipSources, coverageOf } from '../mem/page-chain.js';
+import { clipOutSources, clipSources, coverageOf } from '../mem/page-chain.js';
 import { fillPages } from '../mem/fill-pages.js';
 import { openUffdFill } from '../mem/uffd-fill.js';
 import { countPages, intersect, normalize, pageAddr, pageIndex, subtract, type Run } from '../mem/runs.js';
@@ -69,6 +69,9 @@ function toVma(e: ImageEntry): Vma {
     fdflags: Number(e['fdflags'] ?? 0),
   };
 }
+
+/** A VMA's pages as a run of page indices. */
+const vmaRun = (v: Vma): Run => ({ start: pageIndex(v.start), end: pageIndex(v.end) });
 
 const isSpecial = (v: Vma): boolean => (v.status & (VMA_AREA.VDSO | VMA_AREA.VVAR | VMA_AREA.VSYSCALL)) !== 0;
 
@@ -148,9 +151,7 @@ export async function restoreMemory(
   // writable anonymous VMAs cover, drop the rest.
   let keep: Run[] = [];
   if (prefilled !== undefined) {
-    const reusable = normalize(
-      vmas.filter(isReusable).map((v) => ({ start: pageIndex(v.start), end: pageIndex(v.end) })),
-    );
+    const reusable = normalize(vmas.filter(isReusable).map(vmaRun));
     keep = intersect(prefilled.mapped, reusable);
     for (const r of subtract(prefilled.mapped, keep))
       inj.syscallOrThrow('munmap', [pageAddr(r.start), BigInt(r.end - r.start) * PAGE]);
@@ -168,22 +169,21 @@ export async function restoreMemory(
     pages = await allPages.sources();
   }
   // CRIU also dumps the vDSO's pages; the restored task gets this kernel's own (restoreVdso).
-  const special = normalize(vmas.filter(isSpecial).map(vmaRun));
-  if (special.length > 0) pages = clipSources(pages, subtract(coverageOf(pages), special));
+  pages = clipOutSources(pages, normalize(vmas.filter(isSpecial).map(vmaRun)));
   // Which VMAs get pages written (mapped writable for it): after the pre-copied ones are left out.
   const withPages = vmasWithPages(vmas, pages);
   // Pages in a program's or library's code: written there through ptrace, by a debugger's
   // breakpoint or CRIU's own infection of the task (its dumps have such a page). They go in
   // through /proc/PID/mem, so that the mapping is never made writable: the kernel would mark it
   // accountable for good, which the original code mapping was not.
-  const forced = new Set(
+  const codeWithPages = new Set(
     [...withPages].filter((i) => {
       const v = vmas[i] as Vma;
       const isCode = (v.prot & (PROT_WRITE | PROT_EXEC)) === PROT_EXEC;
       return isCode && (v.status & VMA_AREA.FILE_PRIVATE) !== 0 && (v.flags & MAP_SHARED) === 0n;
     }),
   );
-  for (const i of forced) withPages.delete(i);
+  for (const i of codeWithPages) withPages.delete(i);
   // 1. map (and fill shared anonymous memory, whose pages are not in the task's pagemap). A file
   // is opened once for all its VMAs (a library has four or five), closed after the last mmap.
   const openFiles = new Map<string, bigint>();
@@ -202,7 +202,7 @@ export async function restoreMemory(
       if (keep.length > 0 && isReusable(v)) {
         // Around the kept memory: the new pieces merge with it into the one VMA.
         const flags = (v.flags & ~MAP_FIXED) | MAP_FIXED_NOREPLACE;
-        for (const r of subtract([{ start: pageIndex(v.start), end: pageIndex(v.end) }], keep))
+        for (const r of subtract([vmaRun(v)], keep))
           mapAt(inj, pageAddr(r.start), BigInt(r.end - r.start) * PAGE, v.prot, flags, -1n, 0n);
         mappedProt.set(i, v.prot);
         continue;
@@ -230,8 +230,8 @@ export async function restoreMemory(
   // 2. fill from the pages files (this image's and its parents'): src/mem/fill-pages.ts; memory
   // just mapped private anonymous (all of it, unless pre-copied memory was kept) by UFFDIO_COPY.
   const fresh = prefilled === undefined ? freshAnonRuns(vmas, mappedProt, withPages) : [];
-  const code = normalize([...forced].map((i) => vmaRun(vmas[i] as Vma)));
-  restored += await fillMemory(inj, clipSources(pages, subtract(coverageOf(pages), code)), fresh);
+  const code = normalize([...codeWithPages].map((i) => vmaRun(vmas[i] as Vma)));
+  restored += await fillMemory(inj, clipOutSources(pages, code), fresh);
   if (code.length > 0) restored += await fillCode(inj.pid, clipSources(pages, code));
   // 3. protections and advice
   for (let i = 0; i < vmas.length; i++) {
@@ -243,8 +243,6 @@ export async function restoreMemory(
   }
   return { pagesRestored: restored };
 }
-
-const vmaRun = (v: Vma): Run => ({ start: pageIndex(v.start), end: pageIndex(v.end) });
 
 /** Write pages into mappings that are not writable, through /proc/PID/mem. */
 async function fillCode(pid: number, pages: readonly PageSource[]): Promise<number> {
@@ -275,8 +273,7 @@ function freshAnonRuns(
       (v.status & VMA_AREA.ANON_PRIVATE) !== 0 &&
       (v.status & (VMA_AREA.FILE_PRIVATE | VMA_AREA.FILE_SHARED | VMA_AREA.ANON_SHARED)) === 0 &&
       (v.flags & MAP_SHARED) === 0n;
-    if (isAnonPrivate && mappedProt.has(i) && withPages.has(i))
-      runs.push({ start: pageIndex(v.start), end: pageIndex(v.end) });
+    if (isAnonPrivate && mappedProt.has(i) && withPages.has(i)) runs.push(vmaRun(v));
   });
   return runs.sort((a, b) => a.start - b.start);
 }
@@ -292,7 +289,7 @@ async function fillMemory(inj: Injector, pages: readonly PageSource[], freshAnon
   if (uffd === null) return fillPages(inj.pid, pages);
   try {
     const viaUffd = clipSources(anonPages, uffd.runs);
-    const rest = clipSources(pages, subtract(coverageOf(pages), uffd.runs));
+    const rest = clipOutSources(pages, uffd.runs);
     return (await fillPages(inj.pid, viaUffd, { uffd: uffd.fd })) + (await fillPages(inj.pid, rest));
   } finally {
     uffd.close();

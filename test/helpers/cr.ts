@@ -286,11 +286,19 @@ export async function restoreExpectPass(
   const restored = await startRestore(['-D', images, ...(opts.args ?? [])], path.join(dir, 'restored.pid'));
   t.equal(restored.pid, w.pid, 'restored with its PID');
   opts.whileRunning?.();
-  process.kill(w.pid, 'SIGTERM');
+  await endExpectPass(t, w);
   const r = await restored.done;
-  t.match(w.report(), /PASS/, w.report());
-  t.notMatch(w.report(), /FAIL/);
   t.equal(r.status, 0, `criu restore exits with the task's status (${r.stderr})`);
+}
+
+/** End workload `w` with SIGTERM and expect `pass` (its PASS line) and no FAIL in its report. */
+export async function endExpectPass(t: Test, w: Workload, pass = /PASS/): Promise<void> {
+  process.kill(w.pid, 'SIGTERM');
+  await poll(() => pass.test(w.report()) || /FAIL/.test(w.report()), `${w.pid}'s verdict`, 10_000).catch(
+    () => undefined,
+  );
+  t.match(w.report(), pass, w.report());
+  t.notMatch(w.report(), /FAIL/);
 }
 
 /**

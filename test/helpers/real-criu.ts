@@ -4,11 +4,14 @@
  * data areas as the single [vvar] it knows; without it, criu 3.17 stops at start-up on this kernel.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { FIXTURES_BIN } from './fixture.js';
+import type { Test } from 'tap';
+import { Listener } from '../../src/pageserver/socket.js';
+import { poll, startWorkload, waitPid, type Workload } from './cr.js';
+import { FIXTURES_BIN, fixturePath } from './fixture.js';
 
-export const REAL_CRIU = '/usr/sbin/criu';
+const REAL_CRIU = '/usr/sbin/criu';
 const SHIM = path.join(FIXTURES_BIN, 'criu317-compat.so');
 
 /** Why the real CRIU cannot be run here, or false when it can. */
@@ -18,14 +21,8 @@ export function realCriuMissing(): string | false {
   return false;
 }
 
-export interface RealCriuRun {
-  status: number | null;
-  /** Its log (-o LOG in the working directory `cwd`), for messages. */
-  stderr: string;
-}
-
 /** Start the real `criu ARGS...` in `cwd`; `exited` resolves with its status. */
-export function startRealCriu(args: readonly string[], cwd: string): { pid: number; exited: Promise<number | null> } {
+function startRealCriu(args: readonly string[], cwd: string): { exited: Promise<number | null> } {
   const child = spawn(REAL_CRIU, args, {
     cwd,
     stdio: 'ignore',
@@ -35,11 +32,11 @@ export function startRealCriu(args: readonly string[], cwd: string): { pid: numb
     child.on('exit', (code) => resolve(code));
     child.on('error', () => resolve(null));
   });
-  return { pid: child.pid ?? -1, exited };
+  return { exited };
 }
 
 /** Run the real `criu ARGS...` to its end. */
-export async function realCriu(args: readonly string[], cwd: string): Promise<number | null> {
+async function realCriu(args: readonly string[], cwd: string): Promise<number | null> {
   return startRealCriu(args, cwd).exited;
 }
 
@@ -58,12 +55,9 @@ export async function startRealPageServer(
   );
   let ended = false;
   void server.exited.then(() => (ended = true));
-  const until = Date.now() + 10_000;
-  while (!(existsSync(log) && readFileSync(log, 'utf8').includes('Starting page server'))) {
-    if (ended) throw new Error(`criu page-server ended before listening: ${logErrors(log)}`);
-    if (Date.now() > until) throw new Error('criu page-server did not listen within 10 s');
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  const isListening = (): boolean => existsSync(log) && readFileSync(log, 'utf8').includes('Starting page server');
+  await poll(() => ended || isListening(), 'criu page-server to listen', 10_000);
+  if (!isListening()) throw new Error(`criu page-server ended before listening: ${logErrors(log)}`);
   return { exited: server.exited, log };
 }
 
@@ -85,3 +79,35 @@ export const toPageServer = (port: number): string[] => [
   '--port',
   String(port),
 ];
+
+/** A port free right now: bound, released, handed to a page server (other tests pick theirs too). */
+export function freePort(): number {
+  const probe = Listener.open('127.0.0.1', 0);
+  const port = probe.port;
+  probe.close();
+  return port;
+}
+
+/**
+ * Start fixture `name` (or a program, by path) as the leader of its own session, as CRIU wants
+ * the root of a dump without --shell-job.
+ */
+export function startSessionLeader(name: string, dir: string, args: readonly string[] = []): Promise<Workload> {
+  return startWorkload('/usr/bin/setsid', dir, [name.includes('/') ? name : fixturePath(name), ...args]);
+}
+
+/** The real `criu dump -t PID -D IMAGES ARGS...` (IMAGES made here, its log dump.log there). */
+export async function criuDump(t: Test, pid: number, images: string, args: readonly string[] = []): Promise<void> {
+  mkdirSync(images, { recursive: true }); // CRIU does not make it
+  const log = path.join(images, 'dump.log');
+  const status = await realCriu(['dump', '-t', String(pid), '-D', images, '-v4', '-o', 'dump.log', ...args], images);
+  t.equal(status, 0, status === 0 ? 'criu 3.17 dump' : `criu 3.17 dump: ${logErrors(log)}`);
+}
+
+/** The real `criu restore -D IMAGES -d ARGS...`; resolves once the task `pid` is back. */
+export async function criuRestore(t: Test, pid: number, images: string, args: readonly string[] = []): Promise<void> {
+  const log = path.join(images, 'restore.log');
+  const status = await realCriu(['restore', '-D', images, '-d', '-v4', '-o', 'restore.log', ...args], images);
+  t.equal(status, 0, status === 0 ? 'criu 3.17 restore' : `criu 3.17 restore: ${logErrors(log)}`);
+  if (status === 0) await waitPid(pid);
+}

@@ -13,43 +13,30 @@ import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync } from 'node:f
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { PE_PARENT, PE_PRESENT, readPagemap } from '../../../src/images/index.js';
-import { Listener } from '../../../src/pageserver/socket.js';
 import {
   criuAsync,
+  endExpectPass,
   poll,
   restoreExpectPass,
   signalTask,
   startRestore,
   startWorkload,
   waitGone,
-  waitPid,
   type Workload,
 } from '../../helpers/cr.js';
-import { fixturePath } from '../../helpers/fixture.js';
 import { PROGRAMS } from '../../helpers/programs.js';
-import { logErrors, realCriu, realCriuMissing, startRealPageServer, toPageServer } from '../../helpers/real-criu.js';
+import {
+  criuDump,
+  criuRestore,
+  freePort,
+  logErrors,
+  realCriuMissing,
+  startRealPageServer,
+  startSessionLeader,
+  toPageServer,
+} from '../../helpers/real-criu.js';
 
 const skip = process.getuid?.() !== 0 ? 'needs root (ptrace, clone3 set_tid)' : realCriuMissing();
-
-/** cr_basic as the leader of its own session, as CRIU wants the root of a dump without --shell-job. */
-const startLeader = (dir: string): Promise<Workload> =>
-  startWorkload('/usr/bin/setsid', dir, [fixturePath('cr_basic')]);
-
-/** A port free right now: bound, released, handed to a page server (other tests pick theirs too). */
-function freePort(): number {
-  const probe = Listener.open('127.0.0.1', 0);
-  const port = probe.port;
-  probe.close();
-  return port;
-}
-
-/** The real `criu dump -t PID -D IMAGES ARGS...` (IMAGES made here, its log dump.log there). */
-async function criuDump(t: Test, pid: number, images: string, args: string[] = []): Promise<void> {
-  mkdirSync(images, { recursive: true }); // CRIU does not make it
-  const log = path.join(images, 'dump.log');
-  const status = await realCriu(['dump', '-t', String(pid), '-D', images, '-v4', '-o', 'dump.log', ...args], images);
-  t.equal(status, 0, status === 0 ? 'criu 3.17 dump' : `criu 3.17 dump: ${logErrors(log)}`);
-}
 
 /**
  * "start-end VmFlags" of each code mapping (r-x) of `pid`. CRIU's infection writes into one of
@@ -86,7 +73,7 @@ async function restoreAndCheck(
 
 t.test('CRIU 3.17 dumps cr_basic; criu-ts restores it', { skip }, async (t) => {
   const dir = t.testdir();
-  const w = await startLeader(dir);
+  const w = await startSessionLeader('cr_basic', dir);
   t.teardown(() => w.kill());
   const images = path.join(dir, 'img');
   const code = codeVmFlags(w.pid);
@@ -106,7 +93,7 @@ const more: { name: string; args: string[]; opts: string[] }[] = [
 for (const { name, args, opts } of more) {
   t.test(`CRIU 3.17 dumps ${name}; criu-ts restores it`, { skip }, async (t) => {
     const dir = t.testdir();
-    const w = await startWorkload('/usr/bin/setsid', dir, [fixturePath(name), ...args]);
+    const w = await startSessionLeader(name, dir, args);
     t.teardown(() => w.kill());
     const images = path.join(dir, 'img');
     await criuDump(t, w.pid, images, opts);
@@ -117,7 +104,7 @@ for (const { name, args, opts } of more) {
 
 t.test('CRIU 3.17 dumps into the criu-ts page server; criu-ts restores the result', { skip }, async (t) => {
   const dir = t.testdir();
-  const w = await startLeader(dir);
+  const w = await startSessionLeader('cr_basic', dir);
   t.teardown(() => w.kill());
   const srv = path.join(dir, 'srv');
   const local = path.join(dir, 'local');
@@ -178,14 +165,6 @@ async function ourDump(t: Test, pid: number, images: string, opts: string[] = []
   t.equal(dump.status, 0, dump.stderr);
 }
 
-/** Restore `images` with the real CRIU (detached); resolves once the task `pid` is back. */
-async function criuRestore(t: Test, pid: number, images: string, opts: string[] = []): Promise<void> {
-  const log = path.join(images, 'restore.log');
-  const status = await realCriu(['restore', '-D', images, '-d', '-v4', '-o', 'restore.log', ...opts], images);
-  t.equal(status, 0, status === 0 ? 'criu 3.17 restore' : `criu 3.17 restore: ${logErrors(log)}`);
-  if (status === 0) await waitPid(pid);
-}
-
 for (const prog of PROGRAMS) {
   for (const way of ['CRIU 3.17 dumps, criu-ts restores', 'criu-ts dumps, CRIU 3.17 restores'] as const) {
     t.test(`${prog.name}: ${way}; it counts on`, { skip }, async (t) => {
@@ -233,22 +212,19 @@ const restoredByCriu: { name: string; opts: string[] }[] = [
 for (const { name, opts } of restoredByCriu) {
   t.test(`criu-ts dumps ${name}; CRIU 3.17 restores it`, { skip }, async (t) => {
     const dir = t.testdir();
-    const w = await startWorkload('/usr/bin/setsid', dir, [fixturePath(name)]);
+    const w = await startSessionLeader(name, dir);
     t.teardown(() => w.kill());
     const images = path.join(dir, 'img');
     await ourDump(t, w.pid, images, opts);
     await waitGone(w.pid);
     await criuRestore(t, w.pid, images, opts);
-    process.kill(w.pid, 'SIGTERM');
-    await w.waitFor('PASS', 10_000).catch(() => undefined);
-    t.match(w.report(), /PASS/, w.report());
-    t.notMatch(w.report(), /FAIL/);
+    await endExpectPass(t, w);
   });
 }
 
 t.test('criu-ts pre-dumps twice and dumps with --track-mem; CRIU 3.17 restores the chain', { skip }, async (t) => {
   const dir = t.testdir();
-  const w = await startWorkload('/usr/bin/setsid', dir, [fixturePath('cr_incr'), '256']);
+  const w = await startSessionLeader('cr_incr', dir, ['256']);
   t.teardown(() => w.kill());
   const step = (n: number): string => path.join(dir, `d${n}`);
   for (let n = 1; n <= 3; n++) {
@@ -268,8 +244,5 @@ t.test('criu-ts pre-dumps twice and dumps with --track-mem; CRIU 3.17 restores t
   );
   await waitGone(w.pid);
   await criuRestore(t, w.pid, step(3));
-  process.kill(w.pid, 'SIGTERM');
-  await w.waitFor('PASS', 10_000).catch(() => undefined);
-  t.match(w.report(), /PASS 2 steps/, w.report());
-  t.notMatch(w.report(), /FAIL/);
+  await endExpectPass(t, w, /PASS 2 steps/);
 });

@@ -5,15 +5,11 @@ import { join } from 'node:path';
 import t from 'tap';
 import { readPagemap } from '../../../src/images/index.js';
 import { PageServerClient } from '../../../src/pageserver/client.js';
-import { Listener } from '../../../src/pageserver/socket.js';
-import { realCriuMissing, startRealPageServer } from '../../helpers/real-criu.js';
+import { freePort, realCriuMissing, startRealPageServer } from '../../helpers/real-criu.js';
 
 t.test('our client -> criu page-server', { skip: realCriuMissing() }, async (t) => {
   const dir = t.testdir();
-  // A free port: bind one, release it, hand it to CRIU.
-  const probe = Listener.open('127.0.0.1', 0);
-  const port = probe.port;
-  probe.close();
+  const port = freePort();
   const criu = await startRealPageServer(dir, port);
   const data = Buffer.alloc(3 * 4096);
   for (let i = 0; i < 3; i++) data.fill(0x30 + i, i * 4096, (i + 1) * 4096);
