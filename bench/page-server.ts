@@ -9,6 +9,7 @@
  *     would get at best);
  *   - fresh-file writes: the same volume pwritten into a new file on the same tmpfs, no network
  *     (storing is part of the job and is often the bound).
+ * Inside TLS (--tls, certificates made by openssl): the same transfer twice after the rounds.
  * Also: the busy CPU time of the whole machine during each (both ends share these CPUs here, so
  * the work the page server does on top of raw TCP, reading the task's pages and storing them, sets
  * how close to raw TCP it can get); each round's transfer against that round's baselines (the
@@ -24,6 +25,7 @@
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect, type AddressInfo } from 'node:net';
 import { availableParallelism } from 'node:os';
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { join } from 'node:path';
 import { PE_PARENT, PE_PRESENT, type PagemapRun } from '../src/images/index.js';
 import { O_CLOEXEC, O_CREAT, O_EXCL, O_WRONLY } from '../src/kernel/constants.js';
@@ -31,7 +33,9 @@ import { PageServerClient } from '../src/pageserver/client.js';
 import { PageServer } from '../src/pageserver/server.js';
 import { Connection, Listener } from '../src/pageserver/socket.js';
 import * as sys from '../src/sys/native.js';
-import { startFixture } from '../test/helpers/fixture.js';
+import { loadTlsCredentials, type TlsCredentials } from '../src/pageserver/tls.js';
+import { memTouchRange, startFixture } from '../test/helpers/fixture.js';
+import { makePki } from '../test/helpers/pki.js';
 import type { BenchOptions, BenchResult } from './run.js';
 import { machineBusySeconds, median } from './stats.js';
 
@@ -84,6 +88,41 @@ async function nodeNetSeconds(total: number): Promise<number> {
   const t0 = process.hrtime.bigint();
   for (let sent = 0; sent < total; sent += CHUNK)
     if (!tx.write(src)) await new Promise<void>((r) => tx.once('drain', r));
+  await done;
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  tx.destroy();
+  server.close();
+  return s;
+}
+
+/**
+ * Seconds to send `total` bytes through Node's own TLS over loopback (tls.createServer and
+ * tls.connect with the page server's credentials, 4 MiB writes, the receiver only counting): the
+ * most a page server inside Node's TLS can reach here, storing nothing.
+ */
+async function nodeTlsSeconds(
+  total: number,
+  creds: { server: TlsCredentials; client: TlsCredentials },
+): Promise<number> {
+  const { ca, cert, key } = creds.server;
+  const server = createTlsServer({ ca, cert, key, requestCert: true, maxVersion: 'TLSv1.2' });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  const done = new Promise<void>((resolve, reject) => {
+    server.once('secureConnection', (sock) => {
+      let got = 0;
+      sock.on('data', (b: Buffer) => {
+        got += b.length;
+        if (got >= total) resolve();
+      });
+      sock.on('error', reject);
+    });
+  });
+  const tx = tlsConnect({ port, host: '127.0.0.1', secureContext: creds.client.context });
+  await new Promise<void>((r) => tx.once('secureConnect', r));
+  const src = Buffer.alloc(CHUNK, 0x5a);
+  const t0 = process.hrtime.bigint();
+  for (let sent = 0; sent < total; sent += CHUNK) await new Promise<void>((r) => tx.write(src, () => r()));
   await done;
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
   tx.destroy();
@@ -156,11 +195,24 @@ interface Transfer {
 }
 
 /** Seconds to send the fixture's `nrPages` pages through a page server into `dir`. */
-async function pageServerSeconds(pid: number, start: bigint, nrPages: number, dir: string): Promise<Transfer> {
-  const server = await PageServer.listen({ imagesDir: dir, port: 0 });
+async function pageServerSeconds(
+  pid: number,
+  start: bigint,
+  nrPages: number,
+  dir: string,
+  tls?: { server: TlsCredentials; client: TlsCredentials },
+): Promise<Transfer> {
+  const server = await PageServer.listen({
+    imagesDir: dir,
+    port: 0,
+    ...(tls === undefined ? {} : { tls: tls.server }),
+  });
   const served = server.serve();
   served.catch(() => undefined);
-  const client = await PageServerClient.connect({ port: server.port });
+  const client = await PageServerClient.connect({
+    port: server.port,
+    ...(tls === undefined ? {} : { tls: tls.client }),
+  });
   const t0 = process.hrtime.bigint();
   await client.open({ type: 'task', id: pid });
   const sent = await client.sendPagemap(pid, [{ vaddr: start, nrPages, flags: PE_PRESENT }]);
@@ -185,10 +237,7 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
   const fx = await startFixture('mem_touch', [String(mib)]);
   try {
     await fx.waitFor('READY', 120_000);
-    const m = /READY ([0-9a-f]+) ([0-9a-f]+)/.exec(fx.output());
-    if (m === null) throw new Error('page-server bench: mem_touch printed no READY line');
-    const start = BigInt(`0x${m[1]}`);
-    const nrPages = Number((BigInt(`0x${m[2]}`) - start) / 4096n);
+    const { start, nrPages } = memTouchRange(fx);
     const raw: number[] = [];
     const rawCpu: number[] = [];
     const freshCpu: number[] = [];
@@ -230,6 +279,29 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
       }
     }
     const rssPeakMiB = process.resourceUsage().maxRSS / 1024;
+    // Inside TLS (--tls): the same transfer, twice, after the rounds.
+    const pkiDir = mkdtempSync(join(TMP, 'criu-ts-ps-bench-pki-'));
+    const tlsRuns: Transfer[] = [];
+    let nodeTls = 0;
+    try {
+      const pki = makePki(pkiDir);
+      const credsOf = async (name: string): Promise<TlsCredentials> =>
+        loadTlsCredentials({ cacert: pki.ca, ...pki.issue(name, ['IP:127.0.0.1']) });
+      const tls = { server: await credsOf('server'), client: await credsOf('client') };
+      nodeTls = await nodeTlsSeconds(total, tls);
+      for (let i = 0; i < 2; i++) {
+        const dir = mkdtempSync(join(TMP, 'criu-ts-ps-bench-'));
+        try {
+          tlsRuns.push(await pageServerSeconds(fx.pid, start, nrPages, dir, tls));
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
+        }
+      }
+    } finally {
+      rmSync(pkiDir, { recursive: true, force: true });
+    }
+    const tlsBest = Math.min(...tlsRuns.map((r) => r.seconds));
+    const rssTlsMiB = process.resourceUsage().maxRSS / 1024;
     const gib = total / 2 ** 30;
     const best = (xs: number[]): number => Math.min(...xs);
     const rate = (s: number): string => `${(gib / s).toFixed(2)} GiB/s`;
@@ -273,6 +345,11 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
           `${availableParallelism()} CPUs that keeps busy on average)`,
         `user-space bytes:     client ${(last.clientUserBytes / 2 ** 20).toFixed(0)} MiB (process_vm_readv into pooled buffers), ` +
           `server ${(last.serverUserBytes / 2 ** 20).toFixed(2)} MiB (headers and the first receive chunk; the rest is spliced socket -> pipe -> file)`,
+        `inside TLS:           ${rate(tlsBest)} (best of 2, after the rounds) = ` +
+          `${((100 * nodeTls) / tlsBest).toFixed(0)}% of Node's own TLS over loopback (${rate(nodeTls)}, storing nothing), ` +
+          `${((100 * median(oursS)) / tlsBest).toFixed(0)}% of the plain page server's median; OpenSSL encrypts and decrypts every byte, ` +
+          `and the server copies the decrypted records (${((tlsRuns[0] as Transfer).serverUserBytes / 2 ** 20).toFixed(0)} MiB ` +
+          `in user space, nothing spliced); peak RSS then ${rssTlsMiB.toFixed(0)} MiB`,
         `peak RSS:             ${rssPeakMiB.toFixed(0)} MiB (was ${(rssBefore / 1024).toFixed(0)} MiB before; client buffers 2 x ${CHUNK >> 20} MiB)`,
       ],
     };

@@ -24,13 +24,17 @@ async function pageServerSink(opts: Options): Promise<PageSink | undefined> {
   if (!opts.pageServer) return undefined;
   if (opts.port === undefined && opts.psSocket === undefined) throw new UsageError('--page-server needs --port');
   const { connectPageServerSink } = await import('../dump/page-server-sink.js');
-  const { readToken } = await import('./page-server-cmd.js');
+  const { readToken, tlsOptionsOf } = await import('./page-server-cmd.js');
   const token = await readToken(opts.token, opts.tokenFile);
+  const tlsOpts = tlsOptionsOf(opts);
+  const { loadTlsCredentials } = await import('../pageserver/tls.js');
+  const tls = tlsOpts === undefined ? undefined : await loadTlsCredentials(tlsOpts);
   return connectPageServerSink({
     address: opts.address ?? '127.0.0.1',
     port: opts.port ?? 0,
     ...(opts.psSocket === undefined ? {} : { fd: opts.psSocket }),
     ...(token === undefined ? {} : { token }),
+    ...(tls === undefined ? {} : { tls }),
   });
 }
 

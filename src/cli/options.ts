@@ -133,6 +133,13 @@ export interface Options {
   /** Pre-shared token of the page server (--token or the first line of --token-file). */
   token?: string;
   tokenFile?: string;
+  /** --tls: the page-server connection inside TLS, as CRIU's (src/pageserver/tls.ts). */
+  tls: boolean;
+  tlsCacert?: string;
+  tlsCacrl?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsNoCnVerify: boolean;
 
   // show and check.
   /** -f: the image file to show. */
@@ -301,6 +308,8 @@ export function toOptions(command: CommandName, raw: RawOptions, operands: reado
     trackMem: bool(raw, 'trackMem'),
     tracker: tracker as TrackerChoice,
     pageServer: bool(raw, 'pageServer'),
+    tls: bool(raw, 'tls'),
+    tlsNoCnVerify: bool(raw, 'tlsNoCnVerify'),
     daemon: detached,
     showPagesHex: bool(raw, 'c'),
     all: bool(raw, 'all'),
@@ -317,6 +326,10 @@ export function toOptions(command: CommandName, raw: RawOptions, operands: reado
     ['address', str(raw, 'address')],
     ['token', str(raw, 'token')],
     ['tokenFile', str(raw, 'tokenFile')],
+    ['tlsCacert', str(raw, 'tlsCacert')],
+    ['tlsCacrl', str(raw, 'tlsCacrl')],
+    ['tlsCert', str(raw, 'tlsCert')],
+    ['tlsKey', str(raw, 'tlsKey')],
     ['file', str(raw, 'file')],
     ['feature', str(raw, 'feature')],
     ['logFile', str(raw, 'logFile')],

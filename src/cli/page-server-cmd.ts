@@ -1,6 +1,7 @@
 /**
  * `criu page-server -D DIR --port N [--address A] [-d] [--pidfile F] [--prev-images-dir D]
- * [--token T | --token-file F]`, and the engine the standalone `page-server` shares: listen, serve
+ * [--token T | --token-file F] [--tls [--tls-cacert F] [--tls-cacrl F] [--tls-cert F]
+ * [--tls-key F] [--tls-no-cn-verify]]`, and the engine the standalone `page-server` shares: listen, serve
  * one client until CLOSE (src/pageserver/server.ts), exit 0 once every image is in place.
  *
  * -d/--daemon: the command returns only once the server listens (a script may connect as soon as
@@ -17,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { TaskError, UsageError } from '../errors.js';
 import { log, resolveLogFile, type LogLevel } from '../log.js';
 import { PageServer } from '../pageserver/server.js';
+import { loadTlsCredentials, type TlsOptions } from '../pageserver/tls.js';
 import type { CliIo } from './commands.js';
 import type { Options } from './options.js';
 
@@ -29,6 +31,8 @@ export interface PageServerRun {
   address?: string;
   port: number;
   token?: string;
+  /** --tls and its files (read by whichever process serves). */
+  tls?: TlsOptions;
   prevImagesDir?: string;
   isDaemon: boolean;
   pidfile?: string;
@@ -53,6 +57,29 @@ export async function readToken(token: string | undefined, tokenFile: string | u
   return line;
 }
 
+/** --tls and its options (absolute paths), or undefined without --tls (as CRIU, the others alone do nothing). */
+export function tlsOptionsOf(opts: Options): TlsOptions | undefined {
+  if (!opts.tls) return undefined;
+  const tls: TlsOptions = {};
+  if (opts.tlsCacert !== undefined) tls.cacert = resolve(opts.workDir, opts.tlsCacert);
+  if (opts.tlsCacrl !== undefined) tls.cacrl = resolve(opts.workDir, opts.tlsCacrl);
+  if (opts.tlsCert !== undefined) tls.cert = resolve(opts.workDir, opts.tlsCert);
+  if (opts.tlsKey !== undefined) tls.key = resolve(opts.workDir, opts.tlsKey);
+  if (opts.tlsNoCnVerify) tls.isNoCnVerify = true;
+  return tls;
+}
+
+/** The --tls* arguments that give `tls` to another command (a daemon copy). */
+export function tlsArgs(tls: TlsOptions): string[] {
+  const args = ['--tls'];
+  if (tls.cacert !== undefined) args.push('--tls-cacert', tls.cacert);
+  if (tls.cacrl !== undefined) args.push('--tls-cacrl', tls.cacrl);
+  if (tls.cert !== undefined) args.push('--tls-cert', tls.cert);
+  if (tls.key !== undefined) args.push('--tls-key', tls.key);
+  if (tls.isNoCnVerify === true) args.push('--tls-no-cn-verify');
+  return args;
+}
+
 /** The Options of criu(8) mapped to a run (without the token: see readToken). */
 export function pageServerRun(opts: Options): PageServerRun {
   if (opts.port === undefined) throw new UsageError('page-server needs a port: --port N (0 picks a free one)');
@@ -64,6 +91,8 @@ export function pageServerRun(opts: Options): PageServerRun {
     logLevel: opts.logLevel,
   };
   if (opts.address !== undefined) run.address = opts.address;
+  const tls = tlsOptionsOf(opts);
+  if (tls !== undefined) run.tls = tls;
   if (opts.prevImagesDir !== undefined) run.prevImagesDir = opts.prevImagesDir;
   if (opts.pidfile !== undefined) run.pidfile = resolve(opts.workDir, opts.pidfile);
   return run;
@@ -84,11 +113,13 @@ export async function runPageServer(
   onListening?: (port: number) => void,
 ): Promise<number> {
   if (run.isDaemon) return startDaemon(run, io);
+  const tls = run.tls === undefined ? undefined : await loadTlsCredentials(run.tls);
   const server = await PageServer.listen({
     imagesDir: run.imagesDir,
     port: run.port,
     ...(run.address === undefined ? {} : { address: run.address }),
     ...(run.token === undefined ? {} : { token: run.token }),
+    ...(tls === undefined ? {} : { tls }),
     ...(run.prevImagesDir === undefined ? {} : { prevImagesDir: run.prevImagesDir }),
   });
   if (run.port === 0) io.stdout(`Page server listening on ${server.address}:${server.port}\n`);
@@ -124,6 +155,7 @@ export async function startPageServerProcess(run: PageServerRun): Promise<{ chil
   const { execArgv, script } = daemonCommand();
   const args = ['-D', resolve(run.imagesDir), '--port', String(run.port), '-v', String(run.logLevel), '--daemon-child'];
   if (run.address !== undefined) args.push('--address', run.address);
+  if (run.tls !== undefined) args.push(...tlsArgs(run.tls));
   if (run.prevImagesDir !== undefined) args.push('--prev-images-dir', run.prevImagesDir);
   if (run.logFile !== null && run.logFile !== '-') args.push('-o', run.logFile);
   const env = { ...process.env };

@@ -5,13 +5,15 @@
  * src/pageserver/).
  *
  *   page-server --port N [--address A] -D DIR [-d] [--pidfile F] [--token T | --token-file F]
- *               [--prev-images-dir D] [-o LOG] [-v N]
+ *               [--tls [--tls-cacert F] [--tls-cacrl F] [--tls-cert F] [--tls-key F]
+ *               [--tls-no-cn-verify]] [--prev-images-dir D] [-o LOG] [-v N]
  *
  * Exit 0 once a client's session CLOSEd and every image is in place; 1 on any error.
  * --daemon-child (hidden) is how -d starts the background copy: it reports over the IPC channel.
  */
 
 import { statSync } from 'node:fs';
+import { resolve } from 'node:path';
 
 import { Command, Option } from 'commander';
 
@@ -32,6 +34,12 @@ interface RawOpts {
   pidfile?: string;
   token?: string;
   tokenFile?: string;
+  tls?: boolean;
+  tlsCacert?: string;
+  tlsCacrl?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsNoCnVerify?: boolean;
   prevImagesDir?: string;
   logFile?: string;
   verbosity?: string | boolean;
@@ -55,6 +63,12 @@ export function buildPageServerProgram(io: CliIo, onDone: (code: number) => void
     .option('--pidfile <file>', "write the page server's pid into file")
     .option('--token <token>', 'pre-shared token the client must present')
     .option('--token-file <file>', 'read the token from the first line of file')
+    .option('--tls', "use TLS, as CRIU's --tls (client and server certificates)")
+    .option('--tls-cacert <file>', 'trust only certificates signed by this CA')
+    .option('--tls-cacrl <file>', "the CA's certificate revocation list")
+    .option('--tls-cert <file>', "this server's certificate")
+    .option('--tls-key <file>', "this server's private key")
+    .option('--tls-no-cn-verify', "do not check that the client's certificate names --address")
     .option('--prev-images-dir <dir>', 'parent images, relative to the images directory')
     .option('-o, --log-file <file>', 'log file in the images directory (default page-server.log)')
     .option('-v, --verbosity [num]', 'log level 0..4 (default 2)')
@@ -97,6 +111,14 @@ async function runStandalone(raw: RawOpts, io: CliIo): Promise<number> {
     };
     if (raw.address !== undefined) run.address = raw.address;
     if (token !== undefined && token !== '') run.token = token;
+    if (raw.tls === true) {
+      run.tls = {};
+      if (raw.tlsCacert !== undefined) run.tls.cacert = resolve(raw.tlsCacert);
+      if (raw.tlsCacrl !== undefined) run.tls.cacrl = resolve(raw.tlsCacrl);
+      if (raw.tlsCert !== undefined) run.tls.cert = resolve(raw.tlsCert);
+      if (raw.tlsKey !== undefined) run.tls.key = resolve(raw.tlsKey);
+      if (raw.tlsNoCnVerify === true) run.tls.isNoCnVerify = true;
+    }
     if (raw.prevImagesDir !== undefined) run.prevImagesDir = raw.prevImagesDir;
     if (raw.pidfile !== undefined && !isChild) run.pidfile = raw.pidfile;
     return await runPageServer(run, io, (port) => {

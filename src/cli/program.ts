@@ -182,6 +182,15 @@ function optionSpecs(command: CommandName | null): OptionSpec[] {
     },
     { flags: '--token <token>', description: 'page server pre-shared token (both ends must give the same)' },
     { flags: '--token-file <file>', description: 'read the page server token from the first line of file' },
+    { flags: '--tls', description: "page server: use TLS, as CRIU's (certificates on both ends)" },
+    { flags: '--tls-cacert <file>', description: 'TLS: trust only certificates signed by this CA' },
+    { flags: '--tls-cacrl <file>', description: "TLS: the CA's certificate revocation list" },
+    { flags: '--tls-cert <file>', description: "TLS: this end's certificate" },
+    { flags: '--tls-key <file>', description: "TLS: this end's private key" },
+    {
+      flags: '--tls-no-cn-verify',
+      description: "TLS: do not check that the peer's certificate names --address",
+    },
     {
       flags: '--tracker <kind>',
       description: 'dirty-memory tracker for pre-dump: auto (default), uffd, soft-dirty, none',

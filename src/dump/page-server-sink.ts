@@ -7,6 +7,7 @@
 
 import { log } from '../log.js';
 import { PageServerClient } from '../pageserver/client.js';
+import type { TlsCredentials } from '../pageserver/tls.js';
 import { pageServerDest } from './memory.js';
 import type { PageSink } from './page-sink.js';
 
@@ -17,11 +18,15 @@ export interface PageServerTarget {
   fd?: number;
   token?: string;
   timeoutMs?: number;
+  /** TLS as CRIU's --tls (src/pageserver/tls.ts). */
+  tls?: TlsCredentials;
 }
 
 export async function connectPageServerSink(target: PageServerTarget): Promise<PageSink> {
   const client = await PageServerClient.connect(target);
-  log().info(`Sending pages to the page server at ${client.peer}`);
+  log().info(
+    `Sending pages to the page server at ${client.peer}${target.tls === undefined ? '' : ' (TLS handshake completed)'}`,
+  );
   return {
     isLocal: false,
     async open(pid) {

@@ -32,7 +32,8 @@ import {
 } from './protocol.js';
 import { BufferPool } from '../mem/buffer-pool.js';
 import { remoteIov } from '../mem/runs.js';
-import { Connection, DEFAULT_ADDRESS } from './socket.js';
+import { Connection, DEFAULT_ADDRESS, type Transport } from './socket.js';
+import { tlsConnect, type TlsCredentials } from './tls.js';
 
 /** Bytes read from the target per batch (and size of each of the two pooled buffers). */
 export const CHUNK_BYTES = 4 << 20;
@@ -111,6 +112,11 @@ export interface PageServerClientOptions {
   token?: string;
   /** Fail when the server accepts nothing or answers nothing for this long (default: wait). */
   timeoutMs?: number;
+  /**
+   * TLS as CRIU's --tls (tls.ts): the server's certificate must name `address` (default
+   * 127.0.0.1, also with `fd`) unless tls.isNoCnVerify.
+   */
+  tls?: TlsCredentials;
 }
 
 export class PageServerClient implements PageTransport {
@@ -122,14 +128,18 @@ export class PageServerClient implements PageTransport {
   /** Page bytes sent (data only). */
   bytesSent = 0;
 
-  private constructor(private readonly conn: Connection) {}
+  private constructor(private readonly conn: Transport) {}
 
   /** Connect (and present the token, if one is given). */
   static async connect(opts: PageServerClientOptions): Promise<PageServerClient> {
-    const conn =
+    const plain =
       opts.fd !== undefined
         ? Connection.adopt(opts.fd)
         : await Connection.connect(opts.address ?? DEFAULT_ADDRESS, opts.port, opts.timeoutMs);
+    const conn =
+      opts.tls === undefined
+        ? plain
+        : await tlsConnect(plain, opts.tls, opts.address ?? DEFAULT_ADDRESS, opts.timeoutMs);
     const client = new PageServerClient(conn);
     CHUNK_POOL.reserve(2); // page faults now, not while the pages of a frozen task go out
     try {

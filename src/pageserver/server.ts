@@ -62,7 +62,8 @@ import {
   type PsIov,
 } from './protocol.js';
 import { BufferPool } from '../mem/buffer-pool.js';
-import { DEFAULT_ADDRESS, Listener, SHUT_RDWR, type Connection } from './socket.js';
+import { DEFAULT_ADDRESS, Listener, SHUT_RDWR, type Connection, type Transport } from './socket.js';
+import { tlsAccept, type TlsCredentials } from './tls.js';
 
 /** Pipe size for socket -> file splices (root may exceed /proc/sys/fs/pipe-max-size). */
 const PIPE_BYTES = 1 << 20;
@@ -94,6 +95,11 @@ export interface PageServerOptions {
   port: number;
   /** Pre-shared token the client must present first (protocol.ts, "Token step"). */
   token?: string;
+  /**
+   * TLS as CRIU's --tls (tls.ts): the session runs inside it, after the handshake. The client's
+   * certificate must name `address` when one is given (unless tls.isNoCnVerify), as in CRIU.
+   */
+  tls?: TlsCredentials;
   /**
    * fsync what a session stores before answering CLOSE (default true). A live migration's DST
    * skips it: the pages are read into the task at once, and until the task runs there the
@@ -188,13 +194,18 @@ export class PageServer {
    * and CLOSE has been answered; rejects with a CriuError, leaving no temporary file behind.
    */
   async serve(): Promise<PageServerSummary> {
-    let conn: Connection;
+    let plain: Connection;
     try {
-      conn = await this.listener.accept();
+      plain = await this.listener.accept();
     } finally {
       this.listener.close(); // one client per run, as CRIU
     }
-    log().info(`page-server: connection from ${conn.peer}`);
+    log().info(`page-server: connection from ${plain.peer}`);
+    let conn: Transport = plain;
+    if (this.opts.tls !== undefined) {
+      conn = await tlsAccept(plain, this.opts.tls, this.opts.address ?? null, this.opts.idleTimeoutMs);
+      log().info(`page-server: TLS handshake completed with ${conn.peer}`);
+    }
     const session = new Session(conn, this.opts);
     try {
       return await session.run();
@@ -227,7 +238,7 @@ class Session {
   private writing: Promise<void> | null = null;
 
   constructor(
-    private readonly conn: Connection,
+    private readonly conn: Transport,
     private readonly opts: PageServerOptions,
   ) {
     this.imagesDir = resolve(opts.imagesDir);
@@ -239,11 +250,23 @@ class Session {
       this.conn.setTimeouts(this.opts.idleTimeoutMs);
     if (this.opts.token !== undefined) await this.authenticate(this.opts.token);
     const isDebug = log().isEnabled(4);
+    let isFirst = true;
     for (;;) {
       const got = this.rxEnd - this.rxStart >= PS_IOV_SIZE ? PS_IOV_SIZE : await this.fill(PS_IOV_SIZE);
-      if (got === 0) throw new ProtocolError(this.conn.peer, 'the connection closed before CLOSE: nothing was stored');
+      if (got === 0)
+        throw new ProtocolError(
+          this.conn.peer,
+          'the connection closed before CLOSE: nothing was stored' +
+            // A client that refuses the server's certificate closes right after the handshake.
+            (isFirst && this.conn.spliceFd === null
+              ? " (inside TLS: the client may have refused this server's certificate; its log says why)"
+              : ''),
+        );
       if (got < PS_IOV_SIZE)
         throw new ProtocolError(this.conn.peer, `the connection closed in the middle of a header (${got} bytes)`);
+      if (isFirst && looksLikeTls(this.rx, this.rxStart))
+        throw new ProtocolError(this.conn.peer, 'the client speaks TLS: start the page server with --tls');
+      isFirst = false;
       const iov = decodeIov(this.rx, this.conn.peer, this.rxStart);
       this.rxStart += PS_IOV_SIZE;
       if (isDebug)
@@ -480,11 +503,29 @@ class Session {
       this.rxStart += inBuf;
     }
     if (inBuf === len || len < SPLICE_MIN_BYTES) return inBuf;
+    if (this.conn.spliceFd === null) return inBuf + (await this.receiveInBuffer(t, len - inBuf, command));
     this.startWriting();
     await this.written(); // rx is empty now: start again at its beginning after the splice
     this.rxStart = 0;
     this.rxEnd = 0;
     return inBuf + (await this.splice(t, len - inBuf, command));
+  }
+
+  /**
+   * The data of a large record through rx, a chunk at a time (inside TLS, where nothing can be
+   * spliced): each chunk is queued for writing while the next is received.
+   */
+  private async receiveInBuffer(t: PagemapTarget, len: number, command: string): Promise<number> {
+    let moved = 0;
+    while (moved < len) {
+      const avail = this.rxEnd > this.rxStart ? this.rxEnd - this.rxStart : await this.fill(1, command);
+      if (avail === 0) break;
+      const n = Math.min(avail, len - moved);
+      this.queueWrite(t, this.rx.subarray(this.rxStart, this.rxStart + n));
+      this.rxStart += n;
+      moved += n;
+    }
+    return moved;
   }
 
   /** Note data in rx for the end of t's pages file (merged with the previous piece when it continues it). */
@@ -549,7 +590,15 @@ class Session {
     const [pr, pw] = this.pipe;
     let moved: number;
     try {
-      moved = await sys.spliceAllAsync(this.conn.fd, pr, pw, t.pagesFd, BigInt(t.pagesBytes), len, PIPE_BYTES);
+      moved = await sys.spliceAllAsync(
+        this.conn.spliceFd as number,
+        pr,
+        pw,
+        t.pagesFd,
+        BigInt(t.pagesBytes),
+        len,
+        PIPE_BYTES,
+      );
     } catch (err) {
       // Which side failed: a socket error names the peer, a file error the pages image.
       if (err instanceof SyscallError && ['ECONNRESET', 'EAGAIN', 'ETIMEDOUT', 'ENOTCONN'].includes(err.errnoCode))
@@ -649,6 +698,14 @@ class Session {
     }
     this.targets.clear();
   }
+}
+
+/**
+ * A TLS ClientHello where a header should be: a handshake record (type 22) of TLS 1.x (major
+ * version 3). No page-server command word starts with these bytes.
+ */
+function looksLikeTls(buf: Buffer, at: number): boolean {
+  return buf[at] === 0x16 && buf[at + 1] === 0x03;
 }
 
 function pagemapFileName(dst: Dst): string {

@@ -93,10 +93,60 @@ export class Listener {
 
 const errnoOf = (err: unknown): string => (err instanceof SyscallError ? err.errnoCode : String(err));
 
-/** One connected stream socket. Calls must not overlap (one reader, one writer at a time). */
-export class Connection {
-  private isClosed = false;
+/**
+ * A connected page-server stream, plain TCP (Connection) or inside TLS (tls.ts TlsConnection).
+ * Calls must not overlap: one reader and one writer at a time, each call awaited.
+ */
+export interface Transport {
+  /** "address:port" of the other end, for messages. */
+  readonly peer: string;
+  /** The socket fd when page data may be spliced from it (plain TCP); null inside TLS. */
+  readonly spliceFd: number | null;
   /** Bytes read and written through this connection (headers and data). */
+  bytesIn: number;
+  bytesOut: number;
+  /** Fail a read or write that waits for the peer longer than timeoutMs. */
+  setTimeouts(timeoutMs: number): void;
+  /** Read exactly `len` bytes into buf at offset; fewer only when the peer closed first. */
+  readFully(buf: Buffer, offset: number, len: number, command?: string): Promise<number>;
+  /** Read what has arrived, at most `len` bytes, waiting for the first; 0 = the peer closed. */
+  readSome(buf: Buffer, offset: number, len: number, command?: string): Promise<number>;
+  /** Read exactly `len` bytes or fail with a ProtocolError that names what was being read. */
+  readExact(len: number, what: string, command?: string): Promise<Buffer>;
+  /**
+   * Write every byte of `bufs`. Inside TLS each buffer goes out in records of its own (CRIU's
+   * receiver takes a record's bytes either as a header or as page data, never both).
+   */
+  writeAll(bufs: Buffer[], command?: string): Promise<void>;
+  /** shutdown(how) (SHUT_* of this module), ignoring a peer that is gone already. */
+  shutdown(how: number): void;
+  /** Idempotent. */
+  close(): void;
+  /** A failure of this connection as a ProtocolError naming the peer (the original is its cause). */
+  ioError(err: unknown, action: string, command?: string): Error;
+}
+
+/** The error of a read that got `got` of the `len` bytes of `what` before the peer closed. */
+export function closedEarly(
+  peer: string,
+  got: number,
+  len: number,
+  what: string,
+  command?: string,
+  hint = '',
+): ProtocolError {
+  return new ProtocolError(
+    peer,
+    (got === 0
+      ? `the connection closed instead of ${what}`
+      : `the connection closed after ${got} of the ${len} bytes of ${what}`) + hint,
+    command,
+  );
+}
+
+/** One connected stream socket: a blocking fd driven from the thread pool. */
+export class Connection implements Transport {
+  private isClosed = false;
   bytesIn = 0;
   bytesOut = 0;
 
@@ -163,6 +213,10 @@ export class Connection {
     setInt(this.fd, SOL_TCP, TCP_USER_TIMEOUT, timeoutMs);
   }
 
+  get spliceFd(): number {
+    return this.fd;
+  }
+
   /**
    * Read exactly `len` bytes into `buf` at `offset`. Returns the bytes read: `len`, or fewer when
    * the peer closed the connection first (0 when it closed before the first byte).
@@ -198,19 +252,10 @@ export class Connection {
     return got;
   }
 
-  /** Read exactly `len` bytes or fail with a ProtocolError that names what was being read. */
   async readExact(len: number, what: string, command?: string): Promise<Buffer> {
     const buf = Buffer.alloc(len);
     const got = await this.readFully(buf, 0, len, command);
-    if (got < len) {
-      throw new ProtocolError(
-        this.peer,
-        got === 0
-          ? `the connection closed instead of ${what}`
-          : `the connection closed after ${got} of the ${len} bytes of ${what}`,
-        command,
-      );
-    }
+    if (got < len) throw closedEarly(this.peer, got, len, what, command);
     return buf;
   }
 
@@ -236,6 +281,12 @@ export class Connection {
     if (this.isClosed) return;
     this.isClosed = true;
     sys.close(this.fd);
+  }
+
+  /** Hand the fd over to a new owner (TLS): this object no longer closes or uses it. */
+  release(): number {
+    this.isClosed = true;
+    return this.fd;
   }
 
   /** A socket error as a ProtocolError naming the peer (the SyscallError is its cause). */

@@ -53,6 +53,12 @@ const HANDLED = new Set([
   'ext_sharing',
   'ext_masters',
   'notify_scripts',
+  'tls',
+  'tls_cacert',
+  'tls_cacrl',
+  'tls_cert',
+  'tls_key',
+  'tls_no_cn_verify',
 ]);
 
 /**
@@ -142,6 +148,15 @@ export function optionsFromRequest(command: CommandName, o: CriuOpts | undefined
   flag('manage_cgroups', 'manageCgroups');
   flag('ext_sharing', 'enableExternalSharing');
   flag('ext_masters', 'enableExternalMasters');
+  flag('tls', 'tls');
+  flag('tls_no_cn_verify', 'tlsNoCnVerify');
+  for (const [field, key] of [
+    ['tls_cacert', 'tlsCacert'],
+    ['tls_cacrl', 'tlsCacrl'],
+    ['tls_cert', 'tlsCert'],
+    ['tls_key', 'tlsKey'],
+  ] as const)
+    if (typeof opts[field] === 'string' && opts[field] !== '') raw[key] = opts[field];
 
   const level = typeof opts['log_level'] === 'number' ? opts['log_level'] : 2;
   raw['verbosity'] = String(Math.max(0, Math.min(4, level)));

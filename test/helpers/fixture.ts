@@ -12,6 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { processVmReadv } from '../../src/sys/native.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const FIXTURES_BIN = path.join(ROOT, 'test/fixtures/bin');
@@ -100,4 +101,22 @@ export async function startFixture(name: string, args: readonly string[] = [], t
     },
     child,
   };
+}
+
+/** The buffer mem_touch maps, from its `READY <start> <end>` line (hex): start and pages. */
+export function memTouchRange(fx: Fixture): { start: bigint; nrPages: number } {
+  const m = /READY ([0-9a-f]+) ([0-9a-f]+)/.exec(fx.output());
+  if (m === null) throw new Error('mem_touch printed no READY line');
+  const start = BigInt(`0x${m[1]}`);
+  return { start, nrPages: Number((BigInt(`0x${m[2]}`) - start) / 4096n) };
+}
+
+/** The bytes of `runs` of process `pid`'s memory, one after the other (process_vm_readv). */
+export function memoryOf(pid: number, runs: readonly { vaddr: bigint; nrPages: number }[]): Buffer {
+  const total = runs.reduce((n, r) => n + r.nrPages * 4096, 0);
+  const buf = Buffer.alloc(total);
+  const remote = new BigUint64Array(runs.flatMap((r) => [r.vaddr, BigInt(r.nrPages * 4096)]));
+  const got = processVmReadv(pid, buf, 0, remote);
+  if (got !== total) throw new Error(`process_vm_readv of ${pid} read ${got} of ${total} bytes`);
+  return buf;
 }

@@ -41,16 +41,17 @@ async function realCriu(args: readonly string[], cwd: string): Promise<number | 
 }
 
 /**
- * Start the real `criu page-server` into `dir` (which must exist) on 127.0.0.1:`port`; resolves
- * once it listens. `exited` resolves with its status (it ends after one session).
+ * Start the real `criu page-server ARGS...` into `dir` (which must exist) on 127.0.0.1:`port`;
+ * resolves once it listens. `exited` resolves with its status (it ends after one session).
  */
 export async function startRealPageServer(
   dir: string,
   port: number,
+  args: readonly string[] = [],
 ): Promise<{ exited: Promise<number | null>; log: string }> {
   const log = path.join(dir, 'ps.log');
   const server = startRealCriu(
-    ['page-server', '-D', dir, '--address', '127.0.0.1', '--port', String(port), '-v4', '-o', 'ps.log'],
+    ['page-server', '-D', dir, '--address', '127.0.0.1', '--port', String(port), '-v4', '-o', 'ps.log', ...args],
     dir,
   );
   let ended = false;

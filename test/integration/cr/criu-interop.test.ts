@@ -4,6 +4,7 @@
  *     criu-ts restores it from CRIU's images;
  *   - CRIU dumps with --page-server into `criu page-server` of criu-ts, which restores the result;
  *   - criu-ts dumps with --page-server into CRIU's page server, and restores what CRIU stored;
+ *     both plain and with --tls on both ends;
  *   - python3, node and bash running scripts: CRIU dumps and criu-ts restores, and the other way;
  *   - criu-ts dumps cr_fpu, cr_seccomp, cr_link_remap and cr_vma_deleted, CRIU restores them;
  *   - criu-ts pre-dumps twice and dumps with --track-mem, CRIU restores the chain.
@@ -24,6 +25,7 @@ import {
   waitGone,
   type Workload,
 } from '../../helpers/cr.js';
+import { makePki } from '../../helpers/pki.js';
 import { PROGRAMS } from '../../helpers/programs.js';
 import {
   criuDump,
@@ -102,62 +104,99 @@ for (const { name, args, opts } of more) {
   });
 }
 
-t.test('CRIU 3.17 dumps into the criu-ts page server; criu-ts restores the result', { skip }, async (t) => {
-  const dir = t.testdir();
-  const w = await startSessionLeader('cr_basic', dir);
-  t.teardown(() => w.kill());
-  const srv = path.join(dir, 'srv');
-  const local = path.join(dir, 'local');
-  const port = freePort();
-  const pidfile = path.join(dir, 'ps.pid');
-  const ps = await criuAsync(
-    ['page-server', '-D', srv, '--address', '127.0.0.1', '--port', String(port)].concat(['-d', '--pidfile', pidfile]),
-  );
-  // It ends after one session; if the dump never came, it must not outlive the test.
-  t.teardown(() => {
-    const psPid = existsSync(pidfile) ? Number(readFileSync(pidfile, 'utf8')) : 0;
-    const cmdline =
-      psPid > 0 && existsSync(`/proc/${psPid}/cmdline`) ? readFileSync(`/proc/${psPid}/cmdline`, 'utf8') : '';
-    if (cmdline.includes(srv)) signalTask(psPid, 'SIGKILL'); // still that server, not a reused pid
-  });
-  t.equal(ps.status, 0, ps.stderr);
-  await criuDump(t, w.pid, local, toPageServer(port));
-  await waitGone(w.pid);
-  t.notOk(existsSync(path.join(local, `pagemap-${w.pid}.img`)), 'no pagemap in the local directory');
-  const { runs } = await readPagemap(path.join(srv, `pagemap-${w.pid}.img`));
-  t.ok(
-    runs.some((r) => (r.flags & PE_PRESENT) !== 0 && r.nrPages > 0),
-    'the server stored CRIU pages',
-  );
-  cpSync(local, srv, { recursive: true });
-  await restoreAndCheck(t, w, srv, dir);
-});
+/**
+ * The page-server tests run plain and inside TLS (--tls, certificates made by openssl for
+ * 127.0.0.1): the same options on both ends, as CRIU's.
+ */
+const WIRES = [
+  { wire: '', tlsArgs: (): [string[], string[]] => [[], []] },
+  {
+    wire: ' over TLS',
+    tlsArgs: (dir: string): [string[], string[]] => {
+      const pkiDir = path.join(dir, 'pki');
+      mkdirSync(pkiDir);
+      const pki = makePki(pkiDir);
+      const args = (name: string): string[] => {
+        const { cert, key } = pki.issue(name, ['IP:127.0.0.1']);
+        return ['--tls', '--tls-cacert', pki.ca, '--tls-cert', cert, '--tls-key', key];
+      };
+      return [args('server'), args('client')];
+    },
+  },
+];
 
-t.test('criu-ts dumps into the CRIU 3.17 page server; criu-ts restores what CRIU stored', { skip }, async (t) => {
-  const dir = t.testdir();
-  const w = await startWorkload('cr_basic', dir);
-  t.teardown(() => w.kill());
-  const srv = path.join(dir, 'srv');
-  const local = path.join(dir, 'local');
-  mkdirSync(srv);
-  const port = freePort();
-  const server = await startRealPageServer(srv, port);
-  const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', local, ...toPageServer(port)]);
-  t.equal(dump.status, 0, dump.stderr);
-  const served = await server.exited;
-  t.equal(
-    served,
-    0,
-    served === 0 ? 'criu 3.17 page-server ends 0 after the dump' : `criu 3.17 page-server: ${logErrors(server.log)}`,
+for (const { wire, tlsArgs } of WIRES) {
+  t.test(`CRIU 3.17 dumps into the criu-ts page server${wire}; criu-ts restores the result`, { skip }, async (t) => {
+    const dir = t.testdir();
+    const w = await startSessionLeader('cr_basic', dir);
+    t.teardown(() => w.kill());
+    const srv = path.join(dir, 'srv');
+    const local = path.join(dir, 'local');
+    const port = freePort();
+    const pidfile = path.join(dir, 'ps.pid');
+    const [serverTls, clientTls] = tlsArgs(dir);
+    const ps = await criuAsync(
+      ['page-server', '-D', srv, '--address', '127.0.0.1', '--port', String(port)].concat(
+        ['-d', '--pidfile', pidfile],
+        serverTls,
+      ),
+    );
+    // It ends after one session; if the dump never came, it must not outlive the test.
+    t.teardown(() => {
+      const psPid = existsSync(pidfile) ? Number(readFileSync(pidfile, 'utf8')) : 0;
+      const cmdline =
+        psPid > 0 && existsSync(`/proc/${psPid}/cmdline`) ? readFileSync(`/proc/${psPid}/cmdline`, 'utf8') : '';
+      if (cmdline.includes(srv)) signalTask(psPid, 'SIGKILL'); // still that server, not a reused pid
+    });
+    t.equal(ps.status, 0, ps.stderr);
+    await criuDump(t, w.pid, local, [...toPageServer(port), ...clientTls]);
+    await waitGone(w.pid);
+    if (wire !== '')
+      t.match(readFileSync(path.join(local, 'dump.log'), 'utf8'), /tls: TLS handshake completed/, 'CRIU used TLS');
+    t.notOk(existsSync(path.join(local, `pagemap-${w.pid}.img`)), 'no pagemap in the local directory');
+    const { runs } = await readPagemap(path.join(srv, `pagemap-${w.pid}.img`));
+    t.ok(
+      runs.some((r) => (r.flags & PE_PRESENT) !== 0 && r.nrPages > 0),
+      'the server stored CRIU pages',
+    );
+    cpSync(local, srv, { recursive: true });
+    await restoreAndCheck(t, w, srv, dir);
+  });
+
+  t.test(
+    `criu-ts dumps into the CRIU 3.17 page server${wire}; criu-ts restores what CRIU stored`,
+    { skip },
+    async (t) => {
+      const dir = t.testdir();
+      const w = await startWorkload('cr_basic', dir);
+      t.teardown(() => w.kill());
+      const srv = path.join(dir, 'srv');
+      const local = path.join(dir, 'local');
+      mkdirSync(srv);
+      const port = freePort();
+      const [serverTls, clientTls] = tlsArgs(dir);
+      const server = await startRealPageServer(srv, port, serverTls);
+      const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', local, ...toPageServer(port), ...clientTls]);
+      t.equal(dump.status, 0, dump.stderr);
+      const served = await server.exited;
+      t.equal(
+        served,
+        0,
+        served === 0
+          ? 'criu 3.17 page-server ends 0 after the dump'
+          : `criu 3.17 page-server: ${logErrors(server.log)}`,
+      );
+      if (wire !== '') t.match(readFileSync(server.log, 'utf8'), /tls: TLS handshake completed/, 'CRIU used TLS');
+      await waitGone(w.pid);
+      t.ok(
+        readdirSync(srv).some((f) => f.startsWith('pages-')),
+        'CRIU stored pages',
+      );
+      cpSync(local, srv, { recursive: true });
+      await restoreAndCheck(t, w, srv, dir);
+    },
   );
-  await waitGone(w.pid);
-  t.ok(
-    readdirSync(srv).some((f) => f.startsWith('pages-')),
-    'CRIU stored pages',
-  );
-  cpSync(local, srv, { recursive: true });
-  await restoreAndCheck(t, w, srv, dir);
-});
+}
 
 /** Dump `pid` into `images` with criu-ts (`opts`: more options for both dump and restore). */
 async function ourDump(t: Test, pid: number, images: string, opts: string[] = []): Promise<void> {

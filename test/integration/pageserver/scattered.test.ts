@@ -31,7 +31,7 @@ import {
 import { PageServer, type PageServerSummary } from '../../../src/pageserver/server.js';
 import { Connection } from '../../../src/pageserver/socket.js';
 import * as sys from '../../../src/sys/native.js';
-import { startFixture } from '../../helpers/fixture.js';
+import { memTouchRange, startFixture } from '../../helpers/fixture.js';
 
 const PAGE = 4096;
 const BASE = 0x7f0000000000n;
@@ -183,10 +183,7 @@ t.test('sendPagemap from a live process: every 3rd page present, the rest in the
   const fx = await startFixture('mem_touch', ['16', '1']);
   t.teardown(() => fx.kill());
   await fx.waitFor('READY');
-  const m = /READY ([0-9a-f]+) ([0-9a-f]+)/.exec(fx.output());
-  if (m === null) throw new Error('no READY line');
-  const start = BigInt(`0x${m[1]}`);
-  const nrPages = Number((BigInt(`0x${m[2]}`) - start) / BigInt(PAGE));
+  const { start, nrPages } = memTouchRange(fx);
   const task: Dst = { type: 'task', id: fx.pid };
   const send = async (dir: string, runs: PagemapRun[], prev?: string): Promise<PageServerSummary> => {
     const server = await PageServer.listen({

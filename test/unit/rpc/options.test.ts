@@ -25,3 +25,36 @@ t.test('ps: address and port, or a connected socket (swrk only)', async (t) => {
   });
   t.throws(() => optionsFromRequest('dump', { images_dir_fd: fd, pid: 1, ps: { fd: -1 } }, swrk), { message: /ps.fd/ });
 });
+
+t.test('tls fields: the --tls options', async (t) => {
+  const dir = t.testdir();
+  const fd = openSync(dir, 'r');
+  t.teardown(() => closeSync(fd));
+  const ctx = { peerPid: process.pid, isSwrk: true };
+  const opts = optionsFromRequest(
+    'dump',
+    {
+      images_dir_fd: fd,
+      pid: 1,
+      ps: { address: '10.0.0.2', port: 27 },
+      tls: true,
+      tls_cacert: '/pki/ca.pem',
+      tls_cacrl: '/pki/crl.pem',
+      tls_cert: '/pki/c.pem',
+      tls_key: '/pki/c.key',
+      tls_no_cn_verify: true,
+    },
+    ctx,
+  );
+  t.match(opts, {
+    tls: true,
+    tlsCacert: '/pki/ca.pem',
+    tlsCacrl: '/pki/crl.pem',
+    tlsCert: '/pki/c.pem',
+    tlsKey: '/pki/c.key',
+    tlsNoCnVerify: true,
+  });
+  const plain = optionsFromRequest('dump', { images_dir_fd: fd, pid: 1, ps: { port: 27 } }, ctx);
+  t.match(plain, { tls: false, tlsNoCnVerify: false });
+  t.equal(plain.tlsCert, undefined);
+});
