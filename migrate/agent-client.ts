@@ -8,9 +8,11 @@
  * ProtocolError naming the agent and the operation that was pending.
  */
 
+import { checkServerIdentity, type ConnectionOptions } from 'node:tls';
 import WebSocket from 'ws';
 
 import { CriuError, ProtocolError, type ErrorCode } from '../src/errors.js';
+import type { TlsCredentials } from '../src/index.js';
 import { AgentBase, type AgentOp } from './agent-api.js';
 import {
   MAX_MESSAGE_BYTES,
@@ -56,6 +58,8 @@ export interface ConnectOptions {
   requestTimeoutMs?: number;
   /** Ping interval; a missing pong by the next one drops the connection. Default 5 s. */
   keepaliveMs?: number;
+  /** TLS (wss): the agent's certificate must be the CA's and name its address (unless isNoCnVerify). */
+  tls?: TlsCredentials;
 }
 
 interface Pending {
@@ -87,10 +91,24 @@ export class AgentClient extends AgentBase {
     if (typeof where === 'string') throw new CriuError('EUSAGE', `Invalid agent address: ${where}`);
     const host = where.address.includes(':') ? `[${where.address}]` : where.address;
     const timeoutMs = opts.connectTimeoutMs ?? 10_000;
-    const ws = new WebSocket(`ws://${host}:${where.port}/`, {
+    const tls = opts.tls;
+    // Handed on to tls.connect (ws's own type of checkServerIdentity is not node's).
+    const tlsOptions: ConnectionOptions =
+      tls === undefined
+        ? {}
+        : {
+            secureContext: tls.context,
+            checkServerIdentity: (_host, cert) =>
+              tls.isNoCnVerify ? undefined : checkServerIdentity(where.address, cert),
+          };
+    const ws = new WebSocket(`${tls === undefined ? 'ws' : 'wss'}://${host}:${where.port}/`, {
       maxPayload: MAX_MESSAGE_BYTES,
       handshakeTimeout: timeoutMs,
+      ...(tlsOptions as unknown as WebSocket.ClientOptions),
     });
+    // Over TLS an agent that refuses this controller's certificate just closes the connection.
+    const tlsHint =
+      tls === undefined ? '' : " (over TLS: does the agent accept this controller's certificate? its log says)";
     const client = new AgentClient(target, ws, opts);
     const challenge = new Promise<Uint8Array>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -115,11 +133,22 @@ export class AgentClient extends AgentBase {
       });
       ws.once('error', (err) => {
         clearTimeout(timer);
-        reject(new ProtocolError(target, `cannot connect: ${err.message}`, 'connect', { cause: err }));
+        const code = (err as NodeJS.ErrnoException).code;
+        // A TLS agent hangs up on a plain controller; a plain agent's answer is not TLS.
+        const isHungUp = code === 'ECONNRESET' || err.message === 'socket hang up';
+        const hint =
+          tls === undefined && isHungUp
+            ? ' (does the agent use --tls?)'
+            : tls !== undefined && isHungUp
+              ? tlsHint
+              : tls !== undefined && code === 'ERR_SSL_WRONG_VERSION_NUMBER'
+                ? ' (does the agent use --tls?)'
+                : '';
+        reject(new ProtocolError(target, `cannot connect: ${err.message}${hint}`, 'connect', { cause: err }));
       });
       ws.once('close', (code) => {
         clearTimeout(timer);
-        reject(new ProtocolError(target, `the agent closed the connection (${code})`, 'connect'));
+        reject(new ProtocolError(target, `the agent closed the connection (${code})${tlsHint}`, 'connect'));
       });
     });
     ws.on('close', (code, reason) => {

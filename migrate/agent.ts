@@ -8,19 +8,23 @@
  * with an error and closes the connection; MACs are compared in constant time; the token is never
  * logged, and reaches page servers through a file, never an argv. Whoever holds the token can make
  * the agent restore any images, that is run any code as the agent's user (root): treat the token
- * like a root password, and the control channel as unencrypted (run it on a trusted network or a
- * tunnel; the token itself never crosses the wire).
+ * like a root password. Without --tls the control channel and the page data are unencrypted (run
+ * them on a trusted network or a tunnel; the token itself never crosses the wire); with it the
+ * control channel is wss and requires the controller's certificate, and page data goes inside TLS.
  *
  * SIGTERM/SIGINT: stop listening, close every connection, stop the page servers and restores this
  * agent started (restored tasks keep running), exit 0.
  */
 
 import { readFile } from 'node:fs/promises';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { resolve } from 'node:path';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 
 import { CriuError, ProtocolError, UsageError, describeError } from '../src/errors.js';
+import { loadTlsCredentials, type TlsCredentials, type TlsOptions } from '../src/index.js';
 import { createLogger, log, setLogger, type LogLevel } from '../src/log.js';
 import { AgentOps, DEFAULT_IMAGES_ROOT } from './agent-ops.js';
 import {
@@ -54,18 +58,26 @@ export interface AgentServerOptions {
   /** argv of criu before its subcommand (tests); default the repo's bin/criu.js. */
   criuCommand?: readonly string[];
   authTimeoutMs?: number;
+  /**
+   * TLS (--tls): the control channel is wss, the controller must present a certificate of the
+   * CA; this host's page servers and dumps run inside TLS with the same credentials.
+   */
+  tls?: { files: TlsOptions; creds: TlsCredentials };
 }
 
 export class AgentServer {
   readonly address: string;
   readonly port: number;
   private readonly wss: WebSocketServer;
+  /** The https server under wss (TLS only): wss.close() leaves it open. */
+  private readonly https: HttpsServer | null;
   private readonly ops: AgentOps;
   private readonly token: string;
   private readonly authTimeoutMs: number;
 
-  private constructor(wss: WebSocketServer, ops: AgentOps, opts: AgentServerOptions) {
+  private constructor(wss: WebSocketServer, https: HttpsServer | null, ops: AgentOps, opts: AgentServerOptions) {
     this.wss = wss;
+    this.https = https;
     this.ops = ops;
     this.token = opts.token;
     this.authTimeoutMs = opts.authTimeoutMs ?? AUTH_TIMEOUT_MS;
@@ -85,22 +97,33 @@ export class AgentServer {
       isWarmedUp: true, // a long-lived agent: its first migration should not pay for cold code
       ...(opts.tokenFile === undefined ? {} : { tokenFile: opts.tokenFile }),
       ...(opts.criuCommand === undefined ? {} : { criuCommand: opts.criuCommand }),
+      ...(opts.tls === undefined ? {} : { tls: opts.tls }),
     });
     await ops.init();
+    const cannotListen = (err: Error): CriuError =>
+      new CriuError('EUSAGE', `Cannot listen on ${opts.address}:${opts.port}: ${err.message}`, { cause: err });
+    if (opts.tls !== undefined) {
+      const https = tlsServer(opts.tls.creds);
+      const wss = new WebSocketServer({ server: https, maxPayload: MAX_MESSAGE_BYTES });
+      await new Promise<void>((done, fail) => {
+        https.once('error', (err) => fail(cannotListen(err)));
+        https.listen(opts.port, opts.address, () => done());
+      });
+      return new AgentServer(wss, https, ops, opts);
+    }
     const wss = await new Promise<WebSocketServer>((done, fail) => {
       const s = new WebSocketServer({ host: opts.address, port: opts.port, maxPayload: MAX_MESSAGE_BYTES });
       s.once('listening', () => done(s));
-      s.once('error', (err) =>
-        fail(new CriuError('EUSAGE', `Cannot listen on ${opts.address}:${opts.port}: ${err.message}`, { cause: err })),
-      );
+      s.once('error', (err) => fail(cannotListen(err)));
     });
-    return new AgentServer(wss, ops, opts);
+    return new AgentServer(wss, null, ops, opts);
   }
 
   /** Stop listening, drop every client, stop the page servers and restores in flight. */
   async close(): Promise<void> {
     for (const ws of this.wss.clients) ws.close(1001, 'agent shutting down');
     const closed = new Promise<void>((done) => this.wss.close(() => done()));
+    this.https?.close();
     await this.ops.close();
     // Clients that do not finish the closing handshake in time are cut.
     const timer = setTimeout(() => {
@@ -180,6 +203,37 @@ export class AgentServer {
   }
 }
 
+/**
+ * The https server of a TLS agent: the controller must present a certificate the CA signed (its
+ * name is not checked: it connects from anywhere). A refused one is logged, with the reason,
+ * before any HTTP is read.
+ */
+function tlsServer(creds: TlsCredentials): HttpsServer {
+  const { ca, cert, key, crl } = creds;
+  const https = createHttpsServer({
+    ca,
+    cert,
+    key,
+    ...(crl === null ? {} : { crl }),
+    requestCert: true,
+    rejectUnauthorized: false, // checked below, so that the log says why
+  });
+  https.prependListener('secureConnection', (sock: TLSSocket) => {
+    if (sock.authorized) return;
+    const peer = `${sock.remoteAddress}:${sock.remotePort}`;
+    const why =
+      Object.keys(sock.getPeerCertificate()).length === 0 ? 'it presented none' : String(sock.authorizationError);
+    log().warn(`agent: refused ${peer}: its certificate: ${why}`);
+    sock.destroy();
+  });
+  https.on('tlsClientError', (err, sock) =>
+    log().warn(
+      `agent: TLS handshake with ${sock.remoteAddress}:${sock.remotePort} failed: ${err.message.split('\n')[0]}`,
+    ),
+  );
+  return https;
+}
+
 function toBuffer(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
   if (Array.isArray(data)) return Buffer.concat(data);
@@ -203,6 +257,8 @@ export interface RunAgentOptions {
   /** ADDR:PORT, as given to --listen. */
   listen: string;
   tokenFile: string;
+  /** --tls and its files (unset: plain). */
+  tls?: TlsOptions;
   imagesDir?: string;
   logLevel?: LogLevel;
   /** Where the "listening" line goes (stdout). */
@@ -218,12 +274,14 @@ export async function runAgent(opts: RunAgentOptions): Promise<number> {
   if (typeof where === 'string') throw new UsageError(`Invalid --listen: ${where}`);
   const tokenFile = resolve(opts.tokenFile);
   const token = await readTokenFile(tokenFile);
+  const tls = opts.tls === undefined ? undefined : { files: opts.tls, creds: await loadTlsCredentials(opts.tls) };
   if (opts.logLevel !== undefined) setLogger(createLogger({ level: opts.logLevel, file: '-', isPerPid: false }));
   const server = await AgentServer.listen({
     address: where.address,
     port: where.port,
     token,
     tokenFile,
+    ...(tls === undefined ? {} : { tls }),
     imagesRoot: opts.imagesDir ?? DEFAULT_IMAGES_ROOT,
   });
   const shown = server.address.includes(':') ? `[${server.address}]` : server.address;

@@ -33,6 +33,7 @@ import {
   prepareImageKinds,
   type FrozenProcess,
   type PageServerSummary,
+  type TlsCredentials,
 } from '../src/index.js';
 import { log } from '../src/log.js';
 
@@ -76,11 +77,25 @@ export class EngineOps {
   private readonly servers = new Map<number, { server: PageServer; done: Promise<PageServerSummary> }>();
   private nextServerId = 1;
   private readonly warming: Promise<void> | null;
+  private readonly tls: TlsCredentials | undefined;
+
+  /** The page servers' credentials: the client's name is not checked (see `tls` below). */
+  private readonly serverTls: TlsCredentials | undefined;
 
   constructor(
     private readonly token: string | undefined,
-    opts: { isWarmedUp?: boolean } = {},
+    opts: {
+      isWarmedUp?: boolean;
+      /**
+       * This host's TLS credentials: its page servers and its dumps' connections run inside
+       * TLS. A page server checks the client's chain only: CRIU's check of the client's name
+       * against the server's own address means nothing between two hosts.
+       */
+      tls?: TlsCredentials;
+    } = {},
   ) {
+    this.tls = opts.tls;
+    this.serverTls = opts.tls === undefined ? undefined : { ...opts.tls, isNoCnVerify: true };
     // The image message types and their codecs are made on first use (a few ms for a whole
     // restore's images): done now, while idle, rather than during a migration's downtime.
     setImmediate(() => {
@@ -178,6 +193,7 @@ export class EngineOps {
       idleTimeoutMs: DATA_TIMEOUT_MS,
       isDurable: false, // read into the task at once; the source holds it until then
       ...(this.token === undefined ? {} : { token: this.token }),
+      ...(this.serverTls === undefined ? {} : { tls: this.serverTls }),
       ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
     });
     const serverId = this.nextServerId++;
@@ -289,6 +305,7 @@ export class EngineOps {
         port: to.port,
         timeoutMs: DATA_TIMEOUT_MS,
         ...(this.token === undefined ? {} : { token: this.token }),
+        ...(this.tls === undefined ? {} : { tls: this.tls }),
       });
     } catch (err) {
       throw new TaskError(0, `Cannot reach the page server at ${to.address}:${to.port}`, { cause: err });

@@ -14,6 +14,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { CriuError, UsageError } from '../src/errors.js';
 import { writeImage } from '../src/images/index.js';
+import { loadTlsCredentials, type TlsCredentials, type TlsOptions } from '../src/index.js';
 import type { Agent } from './agent-api.js';
 import { AgentClient } from './agent-client.js';
 import { readTokenFile } from './agent.js';
@@ -26,6 +27,8 @@ export interface MigrateCliOptions {
   dst: string;
   pid: number;
   tokenFile?: string;
+  /** --tls and its files: the agents' control channels are wss, page data goes inside TLS. */
+  tls?: TlsOptions;
   isJson: boolean;
   keepSource: boolean;
   keepImages: boolean;
@@ -40,14 +43,20 @@ export interface MigrateCliOptions {
 
 const MB = 1024 * 1024;
 
-async function connectHost(spec: string, token: string | undefined, imagesDir: string | undefined): Promise<Agent> {
+async function connectHost(
+  spec: string,
+  token: string | undefined,
+  imagesDir: string | undefined,
+  tls: { files: TlsOptions; creds: TlsCredentials } | undefined,
+): Promise<Agent> {
   if (spec === 'local')
     return new LocalAgent({
       ...(imagesDir === undefined ? {} : { imagesRoot: imagesDir }),
       ...(token === undefined ? {} : { token }),
+      ...(tls === undefined ? {} : { tls }),
     });
   if (token === undefined) throw new UsageError(`--token-file is needed to reach the agent at ${spec}`);
-  return AgentClient.connect(spec, token);
+  return AgentClient.connect(spec, token, tls === undefined ? {} : { tls: tls.creds });
 }
 
 export function describeEvent(e: MigrateEvent): string {
@@ -130,11 +139,12 @@ export async function runMigration(o: MigrateCliOptions): Promise<number> {
   if (!Number.isSafeInteger(o.pid) || o.pid <= 0) throw new UsageError(`Invalid PID "${o.pid}"`);
   if (o.src === o.dst) throw new UsageError('SRC and DST are the same host');
   const token = o.tokenFile === undefined ? undefined : await readTokenFile(o.tokenFile);
-  const src = await connectHost(o.src, token, o.imagesDir);
+  const tls = o.tls === undefined ? undefined : { files: o.tls, creds: await loadTlsCredentials(o.tls) };
+  const src = await connectHost(o.src, token, o.imagesDir, tls);
   let dst: Agent | undefined;
   let finalMs = 0;
   try {
-    dst = await connectHost(o.dst, token, o.imagesDir);
+    dst = await connectHost(o.dst, token, o.imagesDir, tls);
     if (o.isTerminal) o.err(`Migrating task ${o.pid} from ${o.src} to ${o.dst}\n`);
     const summary = await migrate({
       src,

@@ -11,6 +11,7 @@ export type { PageSink } from './dump/page-sink.js';
 export { reapWhenDone, restore, type RestoreOptions, type RestoreResult } from './restore/index.js';
 export { Skeleton } from './restore/skeleton.js';
 export { PageServer, type PageServerSummary } from './pageserver/server.js';
+export { loadTlsCredentials, type TlsCredentials, type TlsOptions } from './pageserver/tls.js';
 export { dedupChain } from './mem/dedup.js';
 export { endTracking } from './mem/track/index.js';
 export { CriuError, describeError } from './errors.js';

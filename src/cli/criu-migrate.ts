@@ -4,12 +4,13 @@
  * agent (migrate/agent.ts), or `local` for this machine; the controller is migrate/controller.ts.
  *
  *   criu-migrate [options] SRC DST PID
- *   criu-migrate agent --listen ADDR:PORT --token-file F
+ *   criu-migrate agent --listen ADDR:PORT --token-file F [--tls ...]
  */
 
 import { Command } from 'commander';
 
 import { runAgent } from '../../migrate/agent.js';
+import { tlsOptionsOf, type TlsFlags } from './tls-options.js';
 import { UsageError } from '../errors.js';
 import { createLogger, parseLogLevel, setLogger } from '../log.js';
 import type { CliIo } from './commands.js';
@@ -17,7 +18,18 @@ import { exitOnClosedStdout, isMainModule } from './launch.js';
 import { criuVersion, PROCESS_IO } from './program.js';
 import { configureSmallProgram, runSmallProgram } from './small-program.js';
 
-interface MigrateFlags {
+/** The --tls options on `cmd`: `who` is whose certificate --tls-cert is. */
+function addTlsOptions(cmd: Command, who: string): Command {
+  return cmd
+    .option('--tls', 'TLS: wss control channels, page data inside TLS (certificates on every end)')
+    .option('--tls-cacert <file>', 'TLS: trust only certificates signed by this CA')
+    .option('--tls-cacrl <file>', "TLS: the CA's certificate revocation list")
+    .option('--tls-cert <file>', `TLS: ${who}'s certificate`)
+    .option('--tls-key <file>', `TLS: ${who}'s private key`)
+    .option('--tls-no-cn-verify', 'TLS: do not check that certificates name the addresses connected to');
+}
+
+interface MigrateFlags extends TlsFlags {
   tokenFile?: string;
   json?: boolean;
   keepSource?: boolean;
@@ -48,8 +60,9 @@ export function buildMigrateProgram(io: CliIo): Command {
     .option('--max-time <seconds>', 'pre-copy time at most (default 60)')
     .option('--stats-dir <dir>', 'also write stats-dump and stats-restore (CRIU stats format) there')
     .option('--images-dir <dir>', 'where `local` keeps images (default /var/lib/criu-ts/agent)')
-    .option('-v, --verbosity [num]', 'log level 0..4 (default 2), to stderr')
-    .action(async (srcArg: string, dstArg: string, pidArg: string, o: MigrateFlags) => {
+    .option('-v, --verbosity [num]', 'log level 0..4 (default 2), to stderr');
+  addTlsOptions(program, 'the controller (and `local`)').action(
+    async (srcArg: string, dstArg: string, pidArg: string, o: MigrateFlags) => {
       const num = (v: string | undefined, what: string): number | undefined => {
         if (v === undefined) return undefined;
         const n = Number(v);
@@ -63,6 +76,7 @@ export function buildMigrateProgram(io: CliIo): Command {
       const iterations = num(o.maxIterations, '--max-iterations');
       const seconds = num(o.maxTime, '--max-time');
       const { runMigration } = await import('../../migrate/run.js');
+      const tls = tlsOptionsOf(o);
       await runMigration({
         src: srcArg,
         dst: dstArg,
@@ -76,6 +90,7 @@ export function buildMigrateProgram(io: CliIo): Command {
           ...(seconds === undefined ? {} : { maxPreCopyMs: seconds * 1000 }),
         },
         ...(o.tokenFile === undefined ? {} : { tokenFile: o.tokenFile }),
+        ...(tls === undefined ? {} : { tls }),
         ...(o.statsDir === undefined ? {} : { statsDir: o.statsDir }),
         ...(o.imagesDir === undefined ? {} : { imagesDir: o.imagesDir }),
         out: (t) => io.stdout(t),
@@ -83,25 +98,30 @@ export function buildMigrateProgram(io: CliIo): Command {
         // Progress lines: on a terminal, or when asked for with -v 3 or more.
         isTerminal: process.stderr.isTTY || (level ?? 0) >= 3,
       });
-    });
-  program
+    },
+  );
+  const agent = program
     .command('agent')
     .description('run the agent that criu-migrate drives on a host')
     .requiredOption('--listen <ADDR:PORT>', 'address and port to listen on')
     .requiredOption('--token-file <file>', 'pre-shared token (first line of file)')
     .option('-D, --images-dir <path>', 'directory for images the agent receives (default /var/lib/criu-ts/agent)')
-    .option('-v, --verbosity [num]', 'log level 0..4 (default 2), to stderr')
-    .action(async (o: { listen: string; tokenFile: string; imagesDir?: string; verbosity?: string | true }) => {
+    .option('-v, --verbosity [num]', 'log level 0..4 (default 2), to stderr');
+  addTlsOptions(agent, 'this agent').action(
+    async (o: TlsFlags & { listen: string; tokenFile: string; imagesDir?: string; verbosity?: string | true }) => {
       const level = o.verbosity === undefined ? undefined : parseLogLevel(o.verbosity === true ? 1 : o.verbosity);
       if (level === null) throw new UsageError(`Invalid -v level "${String(o.verbosity)}"`);
+      const tls = tlsOptionsOf(o);
       await runAgent({
         listen: o.listen,
         tokenFile: o.tokenFile,
+        ...(tls === undefined ? {} : { tls }),
         out: (text) => io.stdout(text),
         ...(o.imagesDir === undefined ? {} : { imagesDir: o.imagesDir }),
         ...(level === undefined ? {} : { logLevel: level }),
       });
-    });
+    },
+  );
   return program;
 }
 

@@ -13,6 +13,7 @@ import type { CliIo } from './commands.js';
 import { interruptSignal } from './launch.js';
 import type { Options } from './options.js';
 import { progressReporter } from './progress.js';
+import { tlsOptionsOf } from './tls-options.js';
 
 function treeOf(opts: Options, command: string): number {
   if (opts.tree === undefined) throw new UsageError(`${command} needs the task to checkpoint: -t/--tree PID`);
@@ -24,9 +25,9 @@ async function pageServerSink(opts: Options): Promise<PageSink | undefined> {
   if (!opts.pageServer) return undefined;
   if (opts.port === undefined && opts.psSocket === undefined) throw new UsageError('--page-server needs --port');
   const { connectPageServerSink } = await import('../dump/page-server-sink.js');
-  const { readToken, tlsOptionsOf } = await import('./page-server-cmd.js');
+  const { readToken } = await import('./page-server-cmd.js');
   const token = await readToken(opts.token, opts.tokenFile);
-  const tlsOpts = tlsOptionsOf(opts);
+  const tlsOpts = tlsOptionsOf(opts, opts.workDir);
   const { loadTlsCredentials } = await import('../pageserver/tls.js');
   const tls = tlsOpts === undefined ? undefined : await loadTlsCredentials(tlsOpts);
   return connectPageServerSink({

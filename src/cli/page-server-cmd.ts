@@ -21,6 +21,7 @@ import { PageServer } from '../pageserver/server.js';
 import { loadTlsCredentials, type TlsOptions } from '../pageserver/tls.js';
 import type { CliIo } from './commands.js';
 import type { Options } from './options.js';
+import { tlsOptionsOf } from './tls-options.js';
 
 /** The environment variable a daemon copy receives its token in. */
 export const TOKEN_ENV = 'CRIU_TS_PAGE_SERVER_TOKEN';
@@ -57,18 +58,6 @@ export async function readToken(token: string | undefined, tokenFile: string | u
   return line;
 }
 
-/** --tls and its options (absolute paths), or undefined without --tls (as CRIU, the others alone do nothing). */
-export function tlsOptionsOf(opts: Options): TlsOptions | undefined {
-  if (!opts.tls) return undefined;
-  const tls: TlsOptions = {};
-  if (opts.tlsCacert !== undefined) tls.cacert = resolve(opts.workDir, opts.tlsCacert);
-  if (opts.tlsCacrl !== undefined) tls.cacrl = resolve(opts.workDir, opts.tlsCacrl);
-  if (opts.tlsCert !== undefined) tls.cert = resolve(opts.workDir, opts.tlsCert);
-  if (opts.tlsKey !== undefined) tls.key = resolve(opts.workDir, opts.tlsKey);
-  if (opts.tlsNoCnVerify) tls.isNoCnVerify = true;
-  return tls;
-}
-
 /** The --tls* arguments that give `tls` to another command (a daemon copy). */
 export function tlsArgs(tls: TlsOptions): string[] {
   const args = ['--tls'];
@@ -91,7 +80,7 @@ export function pageServerRun(opts: Options): PageServerRun {
     logLevel: opts.logLevel,
   };
   if (opts.address !== undefined) run.address = opts.address;
-  const tls = tlsOptionsOf(opts);
+  const tls = tlsOptionsOf(opts, opts.workDir);
   if (tls !== undefined) run.tls = tls;
   if (opts.prevImagesDir !== undefined) run.prevImagesDir = opts.prevImagesDir;
   if (opts.pidfile !== undefined) run.pidfile = resolve(opts.workDir, opts.pidfile);

@@ -13,7 +13,6 @@
  */
 
 import { statSync } from 'node:fs';
-import { resolve } from 'node:path';
 
 import { Command, Option } from 'commander';
 
@@ -24,8 +23,9 @@ import { exitOnClosedStdout, isMainModule } from './launch.js';
 import { TOKEN_ENV, readToken, runPageServer, type PageServerRun } from './page-server-cmd.js';
 import { criuVersion, PROCESS_IO } from './program.js';
 import { configureSmallProgram, runSmallProgram } from './small-program.js';
+import { tlsOptionsOf, type TlsFlags } from './tls-options.js';
 
-interface RawOpts {
+interface RawOpts extends TlsFlags {
   port: string;
   address?: string;
   imagesDir: string;
@@ -34,12 +34,6 @@ interface RawOpts {
   pidfile?: string;
   token?: string;
   tokenFile?: string;
-  tls?: boolean;
-  tlsCacert?: string;
-  tlsCacrl?: string;
-  tlsCert?: string;
-  tlsKey?: string;
-  tlsNoCnVerify?: boolean;
   prevImagesDir?: string;
   logFile?: string;
   verbosity?: string | boolean;
@@ -111,14 +105,8 @@ async function runStandalone(raw: RawOpts, io: CliIo): Promise<number> {
     };
     if (raw.address !== undefined) run.address = raw.address;
     if (token !== undefined && token !== '') run.token = token;
-    if (raw.tls === true) {
-      run.tls = {};
-      if (raw.tlsCacert !== undefined) run.tls.cacert = resolve(raw.tlsCacert);
-      if (raw.tlsCacrl !== undefined) run.tls.cacrl = resolve(raw.tlsCacrl);
-      if (raw.tlsCert !== undefined) run.tls.cert = resolve(raw.tlsCert);
-      if (raw.tlsKey !== undefined) run.tls.key = resolve(raw.tlsKey);
-      if (raw.tlsNoCnVerify === true) run.tls.isNoCnVerify = true;
-    }
+    const tls = tlsOptionsOf(raw);
+    if (tls !== undefined) run.tls = tls;
     if (raw.prevImagesDir !== undefined) run.prevImagesDir = raw.prevImagesDir;
     if (raw.pidfile !== undefined && !isChild) run.pidfile = raw.pidfile;
     return await runPageServer(run, io, (port) => {
