@@ -11,6 +11,7 @@ import t, { type Test } from 'tap';
 import { ProtocolError, UsageError } from '../../../src/errors.js';
 import { PE_PARENT, PE_PRESENT, readPagemap } from '../../../src/images/index.js';
 import { PageServerClient } from '../../../src/pageserver/client.js';
+import { Connection } from '../../../src/pageserver/socket.js';
 import { type PageServerOptions, type PageServerSummary } from '../../../src/pageserver/server.js';
 import { loadTlsCredentials, type TlsCredentials, type TlsOptions } from '../../../src/pageserver/tls.js';
 import { criuAsync } from '../../helpers/criu.js';
@@ -361,4 +362,32 @@ t.test('criu: a refused or unusable TLS setup is one line, exit 1, and the task 
   t.same(files(srv), [], 'nothing stored');
   fx.write('\n');
   t.equal((await fx.exited()).code, 0, 'the task ran on, untouched');
+});
+
+t.test('inside TLS a silent peer meets the idle timeout', async (t) => {
+  const sub = dirs(t);
+  const pki = makePki(sub('pki'));
+  const serverTls = await creds(pki, 'server', LOCAL);
+  {
+    // Connected, never a byte: the handshake times out.
+    const dir = sub('images');
+    const { server, outcome } = await startServer({ imagesDir: dir, tls: serverTls, idleTimeoutMs: 300 });
+    const conn = await Connection.connect('127.0.0.1', server.port);
+    t.teardown(() => conn.close());
+    const err = await outcome;
+    t.type(err, ProtocolError, 'no handshake: the server fails');
+    t.match((err as Error).message, /during the TLS handshake: .*timeout/i);
+    t.same(files(dir), []);
+  }
+  {
+    // Handshake done, then silence: the session's idle timeout.
+    const dir = sub('images');
+    const { server, outcome } = await startServer({ imagesDir: dir, tls: serverTls, idleTimeoutMs: 300 });
+    const client = await PageServerClient.connect({ port: server.port, tls: await creds(pki, 'client', LOCAL) });
+    t.teardown(() => client.abort());
+    const err = await outcome;
+    t.type(err, ProtocolError, 'silence after the handshake: the server fails');
+    t.match((err as Error).message, /the peer sent nothing within the timeout/);
+    t.same(files(dir), []);
+  }
 });
