@@ -30,14 +30,24 @@ export function kobjIds(pid: number): KobjIds {
   const mine = readNamespaces(process.pid);
   const its = readNamespaces(pid);
   const task: ImageEntry = { vm_id: 2, files_id: 2, fs_id: 2, sighand_id: 2 };
-  const root: ImageEntry = { vm_id: 1, files_id: 1, fs_id: 1, sighand_id: 1 };
   let next = NS_KINDS.length + 1;
   NS_KINDS.forEach((kind, i) => {
     const own = mine?.get(kind);
     if (own === undefined) return;
-    root[`${kind}_ns_id`] = i + 1;
     const theirs = its?.get(kind);
     task[`${kind}_ns_id`] = theirs === undefined || theirs.inode === own.inode ? i + 1 : next++;
   });
-  return { task, root };
+  return { task, root: rootIds(mine) };
+}
+
+/**
+ * The inventory's root_ids: this process's own (a pre-dump, which writes no ids-<pid>.img, needs
+ * only these). `mine`: this process's namespaces when already read.
+ */
+export function rootIds(mine = readNamespaces(process.pid)): ImageEntry {
+  const root: ImageEntry = { vm_id: 1, files_id: 1, fs_id: 1, sighand_id: 1 };
+  NS_KINDS.forEach((kind, i) => {
+    if (mine?.get(kind) !== undefined) root[`${kind}_ns_id`] = i + 1;
+  });
+  return root;
 }

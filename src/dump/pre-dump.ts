@@ -36,7 +36,7 @@ import { PROT, VMA_AREA, classifyVma } from './vma.js';
 import { decodeKnown, encodeKnown, planMemory, type MemoryPlan } from './memory.js';
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
-import { kobjIds } from './ids.js';
+import { rootIds } from './ids.js';
 import { openTracker } from '../mem/track/index.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
 import { isSmallCopy, pagesBytes } from '../mem/dump-pages.js';
@@ -171,7 +171,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
     if (prev !== undefined && sink.isLocal) await writeParentLink(dir, prev);
     await sink.commit();
     // Last: the inventory makes the directory a complete pre-dump (and names it for the tracker).
-    await writeImage(path.join(dir, 'inventory.img'), 'INVENTORY', [{ entry: inventoryEntry(kobjIds(pid).root) }]);
+    await writeImage(path.join(dir, 'inventory.img'), 'INVENTORY', [{ entry: inventoryEntry(rootIds()) }]);
     const trackerKind = tracker.kind;
     tracker.state = encodeKnown({ dest: sink.destination(dir), known: plan.present });
     await tracker.keep();
