@@ -503,12 +503,13 @@ class Session {
       this.rxStart += inBuf;
     }
     if (inBuf === len || len < SPLICE_MIN_BYTES) return inBuf;
-    if (this.conn.spliceFd === null) return inBuf + (await this.receiveInBuffer(t, len - inBuf, command));
+    const fd = this.conn.spliceFd;
+    if (fd === null) return inBuf + (await this.receiveInBuffer(t, len - inBuf, command));
     this.startWriting();
     await this.written(); // rx is empty now: start again at its beginning after the splice
     this.rxStart = 0;
     this.rxEnd = 0;
-    return inBuf + (await this.splice(t, len - inBuf, command));
+    return inBuf + (await this.splice(fd, t, len - inBuf, command));
   }
 
   /**
@@ -577,8 +578,8 @@ class Session {
     }
   }
 
-  /** splice `len` bytes from the socket to the end of the target's pages file. */
-  private async splice(t: PagemapTarget, len: number, command: string): Promise<number> {
+  /** splice `len` bytes from the socket `fd` to the end of the target's pages file. */
+  private async splice(fd: number, t: PagemapTarget, len: number, command: string): Promise<number> {
     if (this.pipe === null) {
       this.pipe = sys.pipe2(O_CLOEXEC);
       try {
@@ -590,15 +591,7 @@ class Session {
     const [pr, pw] = this.pipe;
     let moved: number;
     try {
-      moved = await sys.spliceAllAsync(
-        this.conn.spliceFd as number,
-        pr,
-        pw,
-        t.pagesFd,
-        BigInt(t.pagesBytes),
-        len,
-        PIPE_BYTES,
-      );
+      moved = await sys.spliceAllAsync(fd, pr, pw, t.pagesFd, BigInt(t.pagesBytes), len, PIPE_BYTES);
     } catch (err) {
       // Which side failed: a socket error names the peer, a file error the pages image.
       if (err instanceof SyscallError && ['ECONNRESET', 'EAGAIN', 'ETIMEDOUT', 'ENOTCONN'].includes(err.errnoCode))
