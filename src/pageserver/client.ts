@@ -314,9 +314,15 @@ export class PageServerClient implements PageTransport {
           `the page server could not store the pages (status ${status})`,
           'CLOSE',
         );
-    } finally {
+    } catch (err) {
       this.abort();
+      throw err;
     }
+    // Stored. Hang up as the server expects; inside TLS that waits for its close_notify, which a
+    // CRIU page server sends and would otherwise meet a closed socket (criu exits right after).
+    this.isDone = true;
+    if (!this.isSending) this.releaseBuffers();
+    await this.conn.end();
   }
 
   abort(): void {

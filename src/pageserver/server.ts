@@ -207,12 +207,17 @@ export class PageServer {
       log().info(`page-server: TLS handshake completed with ${conn.peer}`);
     }
     const session = new Session(conn, this.opts);
+    let summary: PageServerSummary;
     try {
-      return await session.run();
-    } finally {
+      summary = await session.run();
+    } catch (err) {
       await session.cleanup();
       conn.close();
+      throw err;
     }
+    await session.cleanup();
+    await conn.end(); // inside TLS: our close_notify reaches a client that waits for it (CRIU's)
+    return summary;
   }
 }
 

@@ -120,8 +120,13 @@ export interface Transport {
   writeAll(bufs: Buffer[], command?: string): Promise<void>;
   /** shutdown(how) (SHUT_* of this module), ignoring a peer that is gone already. */
   shutdown(how: number): void;
-  /** Idempotent. */
+  /** Close at once (a failure or an abort). Idempotent. */
   close(): void;
+  /**
+   * Close after a completed session: inside TLS, close_notify, then wait (a few seconds at most)
+   * for the peer to close its side; plain, as close(). Resolves once the fd is closed.
+   */
+  end(): Promise<void>;
   /** A failure of this connection as a ProtocolError naming the peer (the original is its cause). */
   ioError(err: unknown, action: string, command?: string): Error;
 }
@@ -281,6 +286,11 @@ export class Connection implements Transport {
     if (this.isClosed) return;
     this.isClosed = true;
     sys.close(this.fd);
+  }
+
+  end(): Promise<void> {
+    this.close();
+    return Promise.resolve();
   }
 
   /** Hand the fd over to a new owner (TLS): this object no longer closes or uses it. */

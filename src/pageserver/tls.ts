@@ -64,7 +64,7 @@ export interface TlsCredentials {
 const HIGH_WATER_BYTES = 8 << 20;
 /** TCP_USER_TIMEOUT (tcp(7)), as socket.ts sets it on plain connections. */
 const TCP_USER_TIMEOUT = 18;
-/** How long close() waits for the peer to close its side. */
+/** How long end() waits for the peer to close its side. */
 const CLOSE_LINGER_MS = 5000;
 /** How long the server waits for a client's handshake when no idle timeout is set (Node's default). */
 const HANDSHAKE_TIMEOUT_MS = 120_000;
@@ -163,6 +163,7 @@ export async function tlsConnect(
       sock.once('close', () => reject(new Error('closed')));
     });
   } catch (err) {
+    sock.on('error', () => undefined); // reported once, below; a late one must not go unhandled
     sock.destroy();
     throw new ProtocolError(peer, handshakeReason(err, 'server', checkName), 'the TLS handshake', { cause: err });
   }
@@ -208,10 +209,12 @@ export async function tlsAccept(
       server.emit('connection', raw);
     });
   } catch (err) {
+    raw.on('error', () => undefined); // reported once, below
     raw.destroy();
     throw new ProtocolError(peer, handshakeReason(err, 'client', null), 'the TLS handshake', { cause: err });
   }
   const refuse = (why: string): ProtocolError => {
+    sock.on('error', () => undefined); // the refusal is the error reported
     sock.destroy();
     return new ProtocolError(peer, `the client's certificate was refused: ${why}`, 'the TLS handshake');
   };
@@ -382,20 +385,33 @@ export class TlsConnection implements Transport {
     else this.sock.destroy();
   }
 
-  /**
-   * close_notify and FIN; the socket goes once the peer has closed its side too, or after
-   * CLOSE_LINGER_MS. Not at once: CRIU's page server sends its own close_notify as it ends, and a
-   * socket already closed would answer it with a reset, which that server reports as a failure.
-   */
   close(): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    this.sock.destroy();
+  }
+
+  /**
+   * close_notify and FIN, then wait for the peer to close its side (the socket then goes: no
+   * half-open TLS here), CLOSE_LINGER_MS at most. Not at once: CRIU's page server sends its own
+   * close_notify as it ends, and a socket already closed would answer it with a reset, which that
+   * server reports as a failure.
+   */
+  async end(): Promise<void> {
     if (this.isClosed) return;
     this.isClosed = true;
     if (this.failure !== null || this.sock.destroyed) {
       this.sock.destroy();
       return;
     }
-    this.sock.end(); // the peer's FIN then destroys the socket (allowHalfOpen is off)
-    setTimeout(() => this.sock.destroy(), CLOSE_LINGER_MS).unref();
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => this.sock.destroy(), CLOSE_LINGER_MS);
+      this.sock.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.sock.end();
+    });
   }
 
   ioError(err: unknown, action: string, command?: string): Error {
