@@ -18,14 +18,14 @@ import { exitOnClosedStdout, isMainModule } from './launch.js';
 import { criuVersion, PROCESS_IO } from './program.js';
 import { configureSmallProgram, runSmallProgram } from './small-program.js';
 
-/** The --tls options on `cmd`: `who` is whose certificate --tls-cert is. */
-function addTlsOptions(cmd: Command, who: string): Command {
+/** The --tls options on `cmd`: `whose` says whose certificate --tls-cert is. */
+function addTlsOptions(cmd: Command, whose: string): Command {
   return cmd
     .option('--tls', 'TLS: wss control channels, page data inside TLS (certificates on every end)')
     .option('--tls-cacert <file>', 'TLS: trust only certificates signed by this CA')
     .option('--tls-cacrl <file>', "TLS: the CA's certificate revocation list")
-    .option('--tls-cert <file>', `TLS: ${who}'s certificate`)
-    .option('--tls-key <file>', `TLS: ${who}'s private key`)
+    .option('--tls-cert <file>', `TLS: ${whose} certificate`)
+    .option('--tls-key <file>', `TLS: ${whose} private key`)
     .option('--tls-no-cn-verify', 'TLS: do not check that certificates name the addresses connected to');
 }
 
@@ -61,7 +61,7 @@ export function buildMigrateProgram(io: CliIo): Command {
     .option('--stats-dir <dir>', 'also write stats-dump and stats-restore (CRIU stats format) there')
     .option('--images-dir <dir>', 'where `local` keeps images (default /var/lib/criu-ts/agent)')
     .option('-v, --verbosity [num]', 'log level 0..4 (default 2), to stderr');
-  addTlsOptions(program, 'the controller (and `local`)').action(
+  addTlsOptions(program, "the controller's (and local's)").action(
     async (srcArg: string, dstArg: string, pidArg: string, o: MigrateFlags) => {
       const num = (v: string | undefined, what: string): number | undefined => {
         if (v === undefined) return undefined;
@@ -107,7 +107,7 @@ export function buildMigrateProgram(io: CliIo): Command {
     .requiredOption('--token-file <file>', 'pre-shared token (first line of file)')
     .option('-D, --images-dir <path>', 'directory for images the agent receives (default /var/lib/criu-ts/agent)')
     .option('-v, --verbosity [num]', 'log level 0..4 (default 2), to stderr');
-  addTlsOptions(agent, 'this agent').action(
+  addTlsOptions(agent, "this agent's").action(
     async (o: TlsFlags & { listen: string; tokenFile: string; imagesDir?: string; verbosity?: string | true }) => {
       const level = o.verbosity === undefined ? undefined : parseLogLevel(o.verbosity === true ? 1 : o.verbosity);
       if (level === null) throw new UsageError(`Invalid -v level "${String(o.verbosity)}"`);
