@@ -1,5 +1,5 @@
 /**
- * `criu page-server -D DIR --port N [--address A] [-d] [--pidfile F] [--prev-images-dir D]
+ * `criu page-server -D DIR --port N [--address A] [-d] [--pidfile F] [--prev-images-dir D] [--auto-dedup]
  * [--token T | --token-file F] [--tls [--tls-cacert F] [--tls-cacrl F] [--tls-cert F]
  * [--tls-key F] [--tls-no-cn-verify]]`, and the engine the standalone `page-server` shares: listen, serve
  * one client until CLOSE (src/pageserver/server.ts), exit 0 once every image is in place.
@@ -35,6 +35,8 @@ export interface PageServerRun {
   /** --tls and its files (read by whichever process serves). */
   tls?: TlsOptions;
   prevImagesDir?: string;
+  /** --auto-dedup: punch the parent chain's superseded pages after the session. */
+  autoDedup?: boolean;
   isDaemon: boolean;
   pidfile?: string;
   /** Absolute log path, '-' for stderr, null for none: handed to a daemon copy. */
@@ -83,6 +85,7 @@ export function pageServerRun(opts: Options): PageServerRun {
   const tls = tlsOptionsOf(opts, opts.workDir);
   if (tls !== undefined) run.tls = tls;
   if (opts.prevImagesDir !== undefined) run.prevImagesDir = opts.prevImagesDir;
+  if (opts.autoDedup) run.autoDedup = true;
   if (opts.pidfile !== undefined) run.pidfile = resolve(opts.workDir, opts.pidfile);
   return run;
 }
@@ -110,6 +113,7 @@ export async function runPageServer(
     ...(run.token === undefined ? {} : { token: run.token }),
     ...(tls === undefined ? {} : { tls }),
     ...(run.prevImagesDir === undefined ? {} : { prevImagesDir: run.prevImagesDir }),
+    ...(run.autoDedup === true ? { autoDedup: true } : {}),
   });
   if (run.port === 0) io.stdout(`Page server listening on ${server.address}:${server.port}\n`);
   if (run.pidfile !== undefined) await writeFile(run.pidfile, `${process.pid}\n`);
@@ -146,6 +150,7 @@ export async function startPageServerProcess(run: PageServerRun): Promise<{ chil
   if (run.address !== undefined) args.push('--address', run.address);
   if (run.tls !== undefined) args.push(...tlsArgs(run.tls));
   if (run.prevImagesDir !== undefined) args.push('--prev-images-dir', run.prevImagesDir);
+  if (run.autoDedup === true) args.push('--auto-dedup');
   if (run.logFile !== null && run.logFile !== '-') args.push('-o', run.logFile);
   const env = { ...process.env };
   delete env[TOKEN_ENV];

@@ -6,7 +6,7 @@
  *
  *   page-server --port N [--address A] -D DIR [-d] [--pidfile F] [--token T | --token-file F]
  *               [--tls [--tls-cacert F] [--tls-cacrl F] [--tls-cert F] [--tls-key F]
- *               [--tls-no-cn-verify]] [--prev-images-dir D] [-o LOG] [-v N]
+ *               [--tls-no-cn-verify]] [--prev-images-dir D] [--auto-dedup] [-o LOG] [-v N]
  *
  * Exit 0 once a client's session CLOSEd and every image is in place; 1 on any error.
  * --daemon-child (hidden) is how -d starts the background copy: it reports over the IPC channel.
@@ -35,6 +35,7 @@ interface RawOpts extends TlsFlags {
   token?: string;
   tokenFile?: string;
   prevImagesDir?: string;
+  autoDedup?: boolean;
   logFile?: string;
   verbosity?: string | boolean;
 }
@@ -64,6 +65,7 @@ export function buildPageServerProgram(io: CliIo, onDone: (code: number) => void
     .option('--tls-key <file>', "this server's private key")
     .option('--tls-no-cn-verify', "do not check that the client's certificate names --address")
     .option('--prev-images-dir <dir>', 'parent images, relative to the images directory')
+    .option('--auto-dedup', "punch the parent images' pages the received ones supersede")
     .option('-o, --log-file <file>', 'log file in the images directory (default page-server.log)')
     .option('-v, --verbosity [num]', 'log level 0..4 (default 2)')
     .addOption(new Option('--daemon-child').hideHelp())
@@ -108,6 +110,7 @@ async function runStandalone(raw: RawOpts, io: CliIo): Promise<number> {
     const tls = tlsOptionsOf(raw);
     if (tls !== undefined) run.tls = tls;
     if (raw.prevImagesDir !== undefined) run.prevImagesDir = raw.prevImagesDir;
+    if (raw.autoDedup === true) run.autoDedup = true;
     if (raw.pidfile !== undefined && !isChild) run.pidfile = raw.pidfile;
     return await runPageServer(run, io, (port) => {
       report({ port });

@@ -30,7 +30,8 @@ import { timingSafeEqual } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { rename, stat, unlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { ImageError, ProtocolError, SyscallError } from '../errors.js';
+import { ImageError, ProtocolError, SyscallError, describeError } from '../errors.js';
+import { dedupChain } from '../mem/dedup.js';
 import {
   PAGE_SIZE,
   PE_PARENT,
@@ -108,6 +109,11 @@ export interface PageServerOptions {
   isDurable?: boolean;
   /** The parent images directory, relative to imagesDir (as CRIU's --prev-images-dir) or absolute. */
   prevImagesDir?: string;
+  /**
+   * --auto-dedup, as CRIU's page server: once a session's images are in place, the pages of the
+   * parent chain they supersede are punched out of the parents' pages files (src/mem/dedup.ts).
+   */
+  autoDedup?: boolean;
   /** Fail a connection that sends nothing for this long (SO_RCVTIMEO); default: wait forever. */
   idleTimeoutMs?: number;
 }
@@ -632,6 +638,7 @@ class Session {
     log().info(
       `page-server: session closed: ${this.nrPagesReceived} pages received, ${this.nrPagesRecorded} recorded without data`,
     );
+    if (this.opts.autoDedup === true && this.parentDir !== null) await this.dedup();
     return {
       peer: this.conn.peer,
       files: [...this.committed],
@@ -640,6 +647,19 @@ class Session {
       bytesReceived: this.conn.bytesIn,
       bytesSpliced: this.bytesSpliced,
     };
+  }
+
+  /**
+   * --auto-dedup, after the session (the client is not kept waiting: a final dump's task is
+   * frozen until CLOSE is answered). A failure costs disk space, not data: it is logged.
+   */
+  private async dedup(): Promise<void> {
+    try {
+      const punched = await dedupChain(this.imagesDir);
+      log().info(`page-server: --auto-dedup punched ${punched} bytes out of the parent images`);
+    } catch (err) {
+      log().warn(`page-server: --auto-dedup failed, the parent images keep their pages: ${describeError(err)}`);
+    }
   }
 
   /** fsync + rename every pages file, then write and commit every pagemap. */
