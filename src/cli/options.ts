@@ -82,6 +82,8 @@ export interface Options {
   libdir?: string;
   /** --pidfile: where to write the root task's, service's or page server's pid. */
   pidfile?: string;
+  /** --status-fd: page-server writes one NUL byte there and closes it once it listens (as CRIU). */
+  statusFd?: number;
 
   // What to dump and how to leave it.
   /** -t: the root pid of the tree. */
@@ -337,6 +339,8 @@ export function toOptions(command: CommandName, raw: RawOptions, operands: reado
   const target = opts as unknown as Record<string, unknown>;
   for (const [key, value] of optional) if (value !== undefined) target[key] = value;
 
+  const statusFd = str(raw, 'statusFd');
+  if (statusFd !== undefined) opts.statusFd = int('--status-fd', statusFd, 0, 0x7fffffff);
   const tree = str(raw, 'tree');
   if (tree !== undefined) opts.tree = int('-t/--tree', tree, 1, 0x3fffffff);
   const port = str(raw, 'port');

@@ -11,6 +11,7 @@
  */
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, writeSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,6 +40,8 @@ export interface PageServerRun {
   autoDedup?: boolean;
   isDaemon: boolean;
   pidfile?: string;
+  /** --status-fd: one NUL byte written there, and the fd closed, once the server listens. */
+  statusFd?: number;
   /** Absolute log path, '-' for stderr, null for none: handed to a daemon copy. */
   logFile: string | null;
   logLevel: LogLevel;
@@ -86,6 +89,7 @@ export function pageServerRun(opts: Options): PageServerRun {
   if (tls !== undefined) run.tls = tls;
   if (opts.prevImagesDir !== undefined) run.prevImagesDir = opts.prevImagesDir;
   if (opts.autoDedup) run.autoDedup = true;
+  if (opts.statusFd !== undefined) run.statusFd = opts.statusFd;
   if (opts.pidfile !== undefined) run.pidfile = resolve(opts.workDir, opts.pidfile);
   return run;
 }
@@ -117,6 +121,7 @@ export async function runPageServer(
   });
   if (run.port === 0) io.stdout(`Page server listening on ${server.address}:${server.port}\n`);
   if (run.pidfile !== undefined) await writeFile(run.pidfile, `${process.pid}\n`);
+  if (run.statusFd !== undefined) reportReady(run.statusFd);
   onListening?.(server.port);
   const summary = await server.serve();
   log().info(
@@ -181,6 +186,19 @@ export async function startPageServerProcess(run: PageServerRun): Promise<{ chil
   return { child, port: ready.port };
 }
 
+/**
+ * --status-fd: one NUL byte, then the fd is closed (CRIU's readiness report, which a script
+ * reads from a pipe). A bad fd is a usage error.
+ */
+function reportReady(fd: number): void {
+  try {
+    writeSync(fd, Buffer.alloc(1));
+    closeSync(fd);
+  } catch (err) {
+    throw new UsageError(`Cannot write to --status-fd ${fd}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+}
+
 /** Start a detached page server, wait until it listens, write the pidfile, return 0. */
 async function startDaemon(run: PageServerRun, io: CliIo): Promise<number> {
   let started: { child: ChildProcess; port: number };
@@ -191,6 +209,7 @@ async function startDaemon(run: PageServerRun, io: CliIo): Promise<number> {
     return 1;
   }
   if (run.pidfile !== undefined) await writeFile(run.pidfile, `${started.child.pid}\n`);
+  if (run.statusFd !== undefined) reportReady(run.statusFd);
   if (run.port === 0) io.stdout(`Page server listening on port ${started.port}\n`);
   return 0;
 }

@@ -6,7 +6,8 @@
  *
  *   page-server --port N [--address A] -D DIR [-d] [--pidfile F] [--token T | --token-file F]
  *               [--tls [--tls-cacert F] [--tls-cacrl F] [--tls-cert F] [--tls-key F]
- *               [--tls-no-cn-verify]] [--prev-images-dir D] [--auto-dedup] [-o LOG] [-v N]
+ *               [--tls-no-cn-verify]] [--prev-images-dir D] [--auto-dedup] [--status-fd FD]
+ *               [-o LOG] [-v N]
  *
  * Exit 0 once a client's session CLOSEd and every image is in place; 1 on any error.
  * --daemon-child (hidden) is how -d starts the background copy: it reports over the IPC channel.
@@ -36,8 +37,15 @@ interface RawOpts extends TlsFlags {
   tokenFile?: string;
   prevImagesDir?: string;
   autoDedup?: boolean;
+  statusFd?: string;
   logFile?: string;
   verbosity?: string | boolean;
+}
+
+function parseFd(text: string): number {
+  if (!/^\d+$/.test(text) || Number(text) > 0x7fffffff)
+    throw new UsageError(`Invalid value for --status-fd: "${text}" is not a file descriptor number`);
+  return Number(text);
 }
 
 function parsePort(text: string): number {
@@ -56,6 +64,7 @@ export function buildPageServerProgram(io: CliIo, onDone: (code: number) => void
     .requiredOption('-D, --images-dir <path>', 'directory the images are written to')
     .option('-d, --daemon', 'run in the background once listening')
     .option('--pidfile <file>', "write the page server's pid into file")
+    .option('--status-fd <fd>', 'write a NUL byte to fd and close it once listening')
     .option('--token <token>', 'pre-shared token the client must present')
     .option('--token-file <file>', 'read the token from the first line of file')
     .option('--tls', "use TLS, as CRIU's --tls (client and server certificates)")
@@ -111,6 +120,7 @@ async function runStandalone(raw: RawOpts, io: CliIo): Promise<number> {
     if (tls !== undefined) run.tls = tls;
     if (raw.prevImagesDir !== undefined) run.prevImagesDir = raw.prevImagesDir;
     if (raw.autoDedup === true) run.autoDedup = true;
+    if (raw.statusFd !== undefined && !isChild) run.statusFd = parseFd(raw.statusFd);
     if (raw.pidfile !== undefined && !isChild) run.pidfile = raw.pidfile;
     return await runPageServer(run, io, (port) => {
       report({ port });

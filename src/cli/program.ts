@@ -111,6 +111,10 @@ function optionSpecs(command: CommandName | null): OptionSpec[] {
     { flags: '--evasive-devices', description: 'use any path to a device file if the original one is inaccessible' },
     { flags: '--pidfile <file>', description: "write the root task's, service's or page server's pid into file" },
     {
+      flags: '--status-fd <fd>',
+      description: 'page-server: write a NUL byte to fd and close it once listening',
+    },
+    {
       flags: '--veth-pair <IN=OUT>',
       description: 'correspondence between inside (IN) and outside (OUT) names of veth devices',
       isRepeatable: true,

@@ -11,6 +11,7 @@ import { toOptions } from '../../../src/cli/options.js';
 import type { CliIo } from '../../../src/cli/commands.js';
 import { readPagemap } from '../../../src/images/index.js';
 import { PageServerClient } from '../../../src/pageserver/client.js';
+import { poll } from '../../helpers/cr.js';
 import { ROOT } from '../../helpers/fixture.js';
 
 function captureIo(): CliIo & { out: () => string; err: () => string } {
@@ -143,4 +144,35 @@ t.test('page-server -d: returns once listening, pidfile, serves on, exits after 
   }
   t.throws(() => process.kill(pid, 0), 'the server exited after the session');
   t.ok(existsSync(join(dir, 'pagemap-11.img')));
+});
+
+t.test('criu page-server --status-fd: one NUL byte once listening, then the fd is closed', async (t) => {
+  for (const daemon of [[], ['-d']]) {
+    const dir = t.testdir();
+    const child = spawn(
+      process.execPath,
+      [join(ROOT, 'bin/criu.js'), 'page-server', '--port', '0', '-D', dir, '--status-fd', '3', ...daemon],
+      { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] },
+    );
+    const closed = new Promise<number | null>((r) => child.on('close', r));
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr?.on('data', (b: Buffer) => (err += b.toString()));
+    const status = child.stdio[3] as NodeJS.ReadableStream;
+    const bytes: Buffer[] = [];
+    status.on('data', (b: Buffer) => bytes.push(b));
+    // The pipe ends when the fd is closed: by then the server must listen.
+    await new Promise((r) => status.on('end', r));
+    t.same(Buffer.concat(bytes), Buffer.from([0]), `${daemon.join(' ') || 'foreground'}: one NUL byte`);
+    const port = await portFrom(() => out, 5000);
+    await sendOnePage(port);
+    t.equal(await closed, 0, err);
+    if (daemon.length > 0)
+      await poll(() => existsSync(join(dir, 'pagemap-11.img')), 'the daemon stored the page', 10_000);
+    t.ok(existsSync(join(dir, 'pagemap-11.img')), 'the session went through');
+  }
+  const io = captureIo();
+  const bad = toOptions('page-server', { imagesDir: t.testdir(), port: '0', statusFd: '987' });
+  await t.rejects(runPageServerCmd(bad, io), /Cannot write to --status-fd 987: EBADF/);
 });
