@@ -126,8 +126,9 @@ export interface Options {
   address?: string;
   port?: number;
   /**
-   * A socket connected to the page server already, used by --page-server instead of
-   * address:port and closed after: RPC's ps.fd (swrk only; no command-line flag, as in CRIU).
+   * --ps-socket (RPC's ps.fd): a stream socket connected already. dump and pre-dump with
+   * --page-server send the pages through it instead of connecting to address:port; page-server
+   * serves the client at its other end instead of listening. Closed after, as in CRIU.
    */
   psSocket?: number;
   /** -d for page-server: run in the background. */
@@ -346,7 +347,7 @@ export function toOptions(command: CommandName, raw: RawOptions, operands: reado
   const port = str(raw, 'port');
   if (port !== undefined) opts.port = int('--port', port, 0, 65535);
   const psSocket = str(raw, 'psSocket');
-  if (psSocket !== undefined) opts.psSocket = int('ps.fd', psSocket, 0, 0x7fffffff);
+  if (psSocket !== undefined) opts.psSocket = int('--ps-socket (ps.fd)', psSocket, 0, 0x7fffffff);
 
   if (opts.token !== undefined && opts.tokenFile !== undefined) {
     throw new UsageError('Options --token and --token-file exclude each other');

@@ -40,6 +40,8 @@ export interface PageServerRun {
   autoDedup?: boolean;
   isDaemon: boolean;
   pidfile?: string;
+  /** --ps-socket: serve the client at the other end of this connected socket (no listening). */
+  psSocket?: number;
   /** --status-fd: one NUL byte written there, and the fd closed, once the server listens. */
   statusFd?: number;
   /** Absolute log path, '-' for stderr, null for none: handed to a daemon copy. */
@@ -76,10 +78,13 @@ export function tlsArgs(tls: TlsOptions): string[] {
 
 /** The Options of criu(8) mapped to a run (without the token: see readToken). */
 export function pageServerRun(opts: Options): PageServerRun {
-  if (opts.port === undefined) throw new UsageError('page-server needs a port: --port N (0 picks a free one)');
+  if (opts.port === undefined && opts.psSocket === undefined)
+    throw new UsageError('page-server needs a port: --port N (0 picks a free one), or --ps-socket FD');
+  if (opts.psSocket !== undefined && opts.daemon)
+    throw new UsageError("Options --ps-socket and -d exclude each other (the socket is this process's)");
   const run: PageServerRun = {
     imagesDir: opts.imagesDir,
-    port: opts.port,
+    port: opts.port ?? 0,
     isDaemon: opts.daemon,
     logFile: resolveLogFile('page-server', opts.logFile, opts.workDir),
     logLevel: opts.logLevel,
@@ -90,6 +95,7 @@ export function pageServerRun(opts: Options): PageServerRun {
   if (opts.prevImagesDir !== undefined) run.prevImagesDir = opts.prevImagesDir;
   if (opts.autoDedup) run.autoDedup = true;
   if (opts.statusFd !== undefined) run.statusFd = opts.statusFd;
+  if (opts.psSocket !== undefined) run.psSocket = opts.psSocket;
   if (opts.pidfile !== undefined) run.pidfile = resolve(opts.workDir, opts.pidfile);
   return run;
 }
@@ -110,16 +116,23 @@ export async function runPageServer(
 ): Promise<number> {
   if (run.isDaemon) return startDaemon(run, io);
   const tls = run.tls === undefined ? undefined : await loadTlsCredentials(run.tls);
-  const server = await PageServer.listen({
+  const opts = {
     imagesDir: run.imagesDir,
-    port: run.port,
-    ...(run.address === undefined ? {} : { address: run.address }),
     ...(run.token === undefined ? {} : { token: run.token }),
     ...(tls === undefined ? {} : { tls }),
     ...(run.prevImagesDir === undefined ? {} : { prevImagesDir: run.prevImagesDir }),
     ...(run.autoDedup === true ? { autoDedup: true } : {}),
-  });
-  if (run.port === 0) io.stdout(`Page server listening on ${server.address}:${server.port}\n`);
+  };
+  const server =
+    run.psSocket !== undefined
+      ? await PageServer.onSocket(opts, run.psSocket)
+      : await PageServer.listen({
+          ...opts,
+          port: run.port,
+          ...(run.address === undefined ? {} : { address: run.address }),
+        });
+  if (run.port === 0 && run.psSocket === undefined)
+    io.stdout(`Page server listening on ${server.address}:${server.port}\n`);
   if (run.pidfile !== undefined) await writeFile(run.pidfile, `${process.pid}\n`);
   if (run.statusFd !== undefined) reportReady(run.statusFd);
   onListening?.(server.port);

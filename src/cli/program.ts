@@ -166,6 +166,10 @@ function optionSpecs(command: CommandName | null): OptionSpec[] {
     { flags: '--page-server', description: 'dump: send pages to a page server (--address, --port)' },
     { flags: '--address <address>', description: 'page server address; service: its socket path' },
     { flags: '--port <number>', description: 'page server port number' },
+    {
+      flags: '--ps-socket <fd>',
+      description: 'page server: a socket connected already, used instead of --address/--port',
+    },
     { flags: '-L, --libdir <path>', description: 'path to a plugins directory' },
     { flags: '--force-irmap', description: 'force resolving names for inotify and fsnotify watches' },
     { flags: '--manage-cgroups', description: 'dump or restore the cgroups the process is in' },

@@ -63,7 +63,7 @@ import {
   type PsIov,
 } from './protocol.js';
 import { BufferPool } from '../mem/buffer-pool.js';
-import { DEFAULT_ADDRESS, Listener, SHUT_RDWR, type Connection, type Transport } from './socket.js';
+import { Connection, DEFAULT_ADDRESS, Listener, SHUT_RDWR, type Transport } from './socket.js';
 import { tlsAccept, type TlsCredentials } from './tls.js';
 
 /** Pipe size for socket -> file splices (root may exceed /proc/sys/fs/pipe-max-size). */
@@ -164,12 +164,32 @@ let tmpSeq = 0;
 
 export class PageServer {
   private constructor(
-    private readonly listener: Listener,
+    /** Where the one client comes from: a listening socket, or a socket connected already. */
+    private readonly source: Listener | Connection,
     private readonly opts: PageServerOptions,
   ) {}
 
   /** Bind and listen (so a client may connect as soon as this resolves). */
   static async listen(opts: PageServerOptions): Promise<PageServer> {
+    await PageServer.prepare(opts);
+    const listener = Listener.open(opts.address ?? DEFAULT_ADDRESS, opts.port);
+    log().info(`page-server: listening on ${listener.address}:${listener.port}`);
+    return new PageServer(listener, opts);
+  }
+
+  /**
+   * A server for the client at the other end of stream socket `fd`, connected already
+   * (--ps-socket, as CRIU's: a tool carried the connection itself). serve() takes it over and
+   * closes it; as in CRIU it does not wait for the client to hang up after CLOSE.
+   */
+  static async onSocket(opts: Omit<PageServerOptions, 'port' | 'address'>, fd: number): Promise<PageServer> {
+    await PageServer.prepare(opts);
+    const conn = Connection.adopt(fd);
+    log().info(`page-server: serving the socket ${fd} (${conn.peer})`);
+    return new PageServer(conn, { ...opts, port: 0 });
+  }
+
+  private static async prepare(opts: Pick<PageServerOptions, 'imagesDir'>): Promise<void> {
     const st = await stat(opts.imagesDir).catch(() => null);
     if (st?.isDirectory() !== true)
       throw new ImageError(opts.imagesDir, 'the images directory does not exist', undefined, { isWrite: true });
@@ -177,22 +197,21 @@ export class PageServer {
     // a final dump would spend with the task frozen).
     prepareImageKinds(['PAGEMAP']);
     RECV_POOL.reserve(1);
-    const listener = Listener.open(opts.address ?? DEFAULT_ADDRESS, opts.port);
-    log().info(`page-server: listening on ${listener.address}:${listener.port}`);
-    return new PageServer(listener, opts);
   }
 
+  /** The listening address ('' for a socket connected already). */
   get address(): string {
-    return this.listener.address;
+    return this.source instanceof Listener ? this.source.address : '';
   }
 
+  /** The listening port (0 for a socket connected already). */
   get port(): number {
-    return this.listener.port;
+    return this.source instanceof Listener ? this.source.port : 0;
   }
 
   /** Stop waiting for a client (serve() then rejects). */
   close(): void {
-    this.listener.close();
+    this.source.close();
   }
 
   /**
@@ -201,18 +220,22 @@ export class PageServer {
    */
   async serve(): Promise<PageServerSummary> {
     let plain: Connection;
-    try {
-      plain = await this.listener.accept();
-    } finally {
-      this.listener.close(); // one client per run, as CRIU
+    if (this.source instanceof Listener) {
+      try {
+        plain = await this.source.accept();
+      } finally {
+        this.source.close(); // one client per run, as CRIU
+      }
+      log().info(`page-server: connection from ${plain.peer}`);
+    } else {
+      plain = this.source;
     }
-    log().info(`page-server: connection from ${plain.peer}`);
     let conn: Transport = plain;
     if (this.opts.tls !== undefined) {
       conn = await tlsAccept(plain, this.opts.tls, this.opts.address ?? null, this.opts.idleTimeoutMs);
       log().info(`page-server: TLS handshake completed with ${conn.peer}`);
     }
-    const session = new Session(conn, this.opts);
+    const session = new Session(conn, this.opts, this.source instanceof Listener);
     let summary: PageServerSummary;
     try {
       summary = await session.run();
@@ -251,6 +274,8 @@ class Session {
   constructor(
     private readonly conn: Transport,
     private readonly opts: PageServerOptions,
+    /** Wait for the client to hang up after CLOSE (not on a socket handed over: CRIU does not). */
+    private readonly isHangUpAwaited: boolean,
   ) {
     this.imagesDir = resolve(opts.imagesDir);
     this.parentDir = opts.prevImagesDir === undefined ? null : resolve(this.imagesDir, opts.prevImagesDir);
@@ -629,12 +654,14 @@ class Session {
       throw err;
     }
     await this.conn.writeAll([encodeI32Reply(0)], command);
-    // As CRIU: the client closes first (so TIME_WAIT stays on its side); anything else is odd.
-    // The images are in place already: a client that lingers gets a few seconds, not forever.
-    this.conn.setTimeouts(LINGER_MS);
-    const extra = Buffer.alloc(1);
-    const got = this.rxEnd > this.rxStart ? 1 : await this.conn.readFully(extra, 0, 1).catch(() => 0);
-    if (got !== 0) log().warn(`page-server: ${this.conn.peer} sent data after ${command}; ignored`);
+    if (this.isHangUpAwaited) {
+      // As CRIU: the client closes first (so TIME_WAIT stays on its side); anything else is odd.
+      // The images are in place already: a client that lingers gets a few seconds, not forever.
+      this.conn.setTimeouts(LINGER_MS);
+      const extra = Buffer.alloc(1);
+      const got = this.rxEnd > this.rxStart ? 1 : await this.conn.readFully(extra, 0, 1).catch(() => 0);
+      if (got !== 0) log().warn(`page-server: ${this.conn.peer} sent data after ${command}; ignored`);
+    }
     log().info(
       `page-server: session closed: ${this.nrPagesReceived} pages received, ${this.nrPagesRecorded} recorded without data`,
     );

@@ -265,6 +265,8 @@ async function pageServerReq(socket: RpcSocket, req: CriuReq, ctx: RpcContext): 
   let started: { pid: number; port: number } | null = null;
   const o = await runCommand(socket, 'page-server', req, ctx, async (opts) => {
     if (opts.port === undefined) throw new UsageError('RPC option ps.port is needed for a page server (0 picks one)');
+    // The server runs in a process of its own, which the client's socket does not reach.
+    if (opts.psSocket !== undefined) throw new UsageError('RPC option ps.fd is not taken by PAGE_SERVER here');
     const { pageServerRun, startPageServerProcess } = await import('../cli/page-server-cmd.js');
     const r = await startPageServerProcess({ ...pageServerRun(opts), isDaemon: true });
     children.set(r.child.pid as number, r.child);

@@ -30,11 +30,12 @@ export function criu(
 /** Run `criu ARGS...` without blocking the event loop (fixtures keep talking meanwhile). */
 export function criuAsync(
   args: readonly string[],
-  options: { cwd?: string } = {},
+  options: { cwd?: string; /** Handed to criu as its fd 3 (--ps-socket 3, --status-fd 3). */ fd3?: number } = {},
 ): Promise<{ status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
   assertBuilt();
   return new Promise((resolve) => {
-    const child = spawn(BIN, args, { cwd: options.cwd ?? ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const stdio = options.fd3 === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', options.fd3];
+    const child = spawn(BIN, args, { cwd: options.cwd ?? ROOT, stdio: stdio as ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));

@@ -21,11 +21,11 @@ export function realCriuMissing(): string | false {
   return false;
 }
 
-/** Start the real `criu ARGS...` in `cwd`; `exited` resolves with its status. */
-function startRealCriu(args: readonly string[], cwd: string): { exited: Promise<number | null> } {
+/** Start the real `criu ARGS...` in `cwd` (`fd3`: its fd 3); `exited` resolves with its status. */
+function startRealCriu(args: readonly string[], cwd: string, fd3?: number): { exited: Promise<number | null> } {
   const child = spawn(REAL_CRIU, args, {
     cwd,
-    stdio: 'ignore',
+    stdio: fd3 === undefined ? 'ignore' : ['ignore', 'ignore', 'ignore', fd3],
     env: { ...process.env, LD_PRELOAD: SHIM },
   });
   const exited = new Promise<number | null>((resolve) => {
@@ -103,6 +103,16 @@ export async function criuDump(t: Test, pid: number, images: string, args: reado
   const log = path.join(images, 'dump.log');
   const status = await realCriu(['dump', '-t', String(pid), '-D', images, '-v4', '-o', 'dump.log', ...args], images);
   t.equal(status, 0, status === 0 ? 'criu 3.17 dump' : `criu 3.17 dump: ${logErrors(log)}`);
+}
+
+/**
+ * The real `criu dump -t PID -D IMAGES --page-server --ps-socket 3 ARGS...` with `fd` as its fd 3
+ * (IMAGES made here, its log dump.log there); resolves once it has started, with its exit.
+ */
+export function startCriuDumpOnSocket(pid: number, images: string, fd: number): { exited: Promise<number | null> } {
+  mkdirSync(images, { recursive: true });
+  const args = ['dump', '-t', String(pid), '-D', images, '-v4', '-o', 'dump.log', '--page-server', '--ps-socket', '3'];
+  return startRealCriu(args, images, fd);
 }
 
 /** The real `criu restore -D IMAGES -d ARGS...`; resolves once the task `pid` is back. */

@@ -25,6 +25,7 @@ import {
   waitGone,
   type Workload,
 } from '../../helpers/cr.js';
+import { connectedPair } from '../../helpers/page-server.js';
 import { makePki } from '../../helpers/pki.js';
 import { PROGRAMS } from '../../helpers/programs.js';
 import {
@@ -34,6 +35,7 @@ import {
   logErrors,
   realCriuMissing,
   startRealPageServer,
+  startCriuDumpOnSocket,
   startSessionLeader,
   toPageServer,
 } from '../../helpers/real-criu.js';
@@ -285,3 +287,28 @@ t.test('criu-ts pre-dumps twice and dumps with --track-mem; CRIU 3.17 restores t
   await criuRestore(t, w.pid, step(3));
   await endExpectPass(t, w, /PASS 2 steps/);
 });
+
+t.test(
+  'CRIU 3.17 dumps through --ps-socket into the criu-ts page server on the other end; criu-ts restores',
+  { skip },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await startSessionLeader('cr_basic', dir);
+    t.teardown(() => w.kill());
+    const srv = path.join(dir, 'srv');
+    const local = path.join(dir, 'local');
+    mkdirSync(srv);
+    const { client, accepted } = await connectedPair();
+    const server = criuAsync(['page-server', '-D', srv, '--ps-socket', '3'], { fd3: accepted.fd });
+    const dump = startCriuDumpOnSocket(w.pid, local, client.fd);
+    accepted.close();
+    client.close();
+    const [d, s] = await Promise.all([dump.exited, server]);
+    t.equal(d, 0, d === 0 ? 'criu 3.17 dump' : `criu 3.17 dump: ${logErrors(path.join(local, 'dump.log'))}`);
+    t.equal(s.status, 0, `criu-ts page-server: ${s.stderr}`);
+    await waitGone(w.pid);
+    t.ok(existsSync(path.join(srv, `pagemap-${w.pid}.img`)), 'the pages went through the socket');
+    cpSync(local, srv, { recursive: true });
+    await restoreAndCheck(t, w, srv, dir);
+  },
+);

@@ -4,14 +4,16 @@
  * --prev-images-dir on the server side), the other images stay local as in CRIU; the final
  * directory plus the local images restore the workload, which checks its memory itself; the same
  * with --auto-dedup on the servers, which punch the parents' superseded pages (measured in disk
- * blocks). With a token, a dump without it is refused and the task keeps running.
+ * blocks). With a token, a dump without it is refused and the task keeps running. --ps-socket on
+ * both ends: the pages go through a connection someone else made.
  */
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { PE_PARENT, PE_PRESENT, readPagemap } from '../../../src/images/index.js';
+import { connectedPair } from '../../helpers/page-server.js';
 import { criuAsync, poll, startWorkload, taskSnapshot, waitGone, waitPid } from '../../helpers/cr.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
@@ -187,3 +189,33 @@ t.test(
     await w.waitFor('PASS 1 steps');
   },
 );
+
+t.test('--ps-socket on both ends: a dump through a connection made by someone else', { skip: needsRoot }, async (t) => {
+  const root = t.testdir();
+  const w = await startWorkload('cr_incr', root, ['256']);
+  t.teardown(() => w.kill());
+  const { client, accepted } = await connectedPair();
+  const srv = path.join(root, 'srv');
+  const local = path.join(root, 'local');
+  mkdirSync(srv);
+  const server = criuAsync(['page-server', '-D', srv, '--ps-socket', '3'], { fd3: accepted.fd });
+  const dump = criuAsync(['dump', '-t', String(w.pid), '-D', local, '--page-server', '--ps-socket', '3'], {
+    fd3: client.fd,
+  });
+  // Each criu has its own copy now; ours go (the sockets stay open in them).
+  accepted.close();
+  client.close();
+  const [d, s] = await Promise.all([dump, server]);
+  t.equal(d.status, 0, `dump: ${d.stderr}`);
+  t.equal(s.status, 0, `page-server: ${s.stderr}`);
+  t.ok(existsSync(path.join(srv, `pagemap-${w.pid}.img`)), 'the pages went through the socket');
+  await waitGone(w.pid);
+  cpSync(local, srv, { recursive: true });
+  const restored = criuAsync(['restore', '-D', srv]);
+  await waitPid(w.pid);
+  await new Promise((r) => setTimeout(r, 200));
+  process.kill(w.pid, 'SIGTERM');
+  const r = await restored;
+  t.equal(r.status, 0, r.stderr);
+  t.match(w.report(), /PASS 0 steps/, w.report());
+});
