@@ -272,6 +272,11 @@ function parseLevel(raw: unknown): LogLevel {
 /** Build the Options of `command` from merged raw option values and the operands. */
 export function toOptions(command: CommandName, raw: RawOptions, operands: readonly string[] = []): Options {
   const imagesDir = str(raw, 'imagesDir') ?? '.';
+  // CRIU's splice mode vmsplices the pages while the task is frozen; criu-ts always reads them
+  // with process_vm_readv, the task running (CRIU's read mode). Both words are taken.
+  const preDumpMode = str(raw, 'preDumpMode');
+  if (preDumpMode !== undefined && preDumpMode !== 'splice' && preDumpMode !== 'read')
+    throw new UsageError(`Invalid value for --pre-dump-mode: "${preDumpMode}" (known: splice, read)`);
   const tracker = str(raw, 'tracker') ?? 'auto';
   if (!(TRACKER_CHOICES as readonly string[]).includes(tracker)) {
     throw new UsageError(`Invalid value for --tracker: "${tracker}" (known: ${TRACKER_CHOICES.join(', ')})`);

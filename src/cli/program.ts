@@ -159,6 +159,10 @@ function optionSpecs(command: CommandName | null): OptionSpec[] {
     { flags: '--ms', description: 'check: do not check features not yet merged upstream' },
     { flags: '--track-mem', description: 'turn on the memory changes tracker in the kernel' },
     {
+      flags: '--pre-dump-mode <mode>',
+      description: "pre-dump: splice or read (accepted; pages are always read, CRIU's read mode)",
+    },
+    {
       flags: '--auto-dedup',
       description:
         'dump: deduplicate old data in the parent pages images; restore: punch pages from the image once restored',

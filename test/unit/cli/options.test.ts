@@ -127,3 +127,16 @@ t.test('malformed values are usage errors naming the option', async (t) => {
   t.throws(() => toOptions('exec', { tree: '1' }), /exec needs a system call/);
   t.same(toOptions('exec', { tree: '1' }, ['open', '&/foo', '2']).operands, ['open', '&/foo', '2']);
 });
+
+t.test('--pre-dump-mode: splice or read accepted, anything else refused', async (t) => {
+  for (const mode of ['splice', 'read']) t.doesNotThrow(() => toOptions('pre-dump', { tree: '1', preDumpMode: mode }));
+  t.throws(() => toOptions('pre-dump', { tree: '1', preDumpMode: 'copy' }), {
+    message: 'Invalid value for --pre-dump-mode: "copy" (known: splice, read)',
+  });
+});
+
+t.test('--ps-socket and --status-fd: fd numbers', async (t) => {
+  t.match(toOptions('page-server', { psSocket: '3', statusFd: '4' }), { psSocket: 3, statusFd: 4 });
+  t.throws(() => toOptions('page-server', { psSocket: '-1' }), { message: /--ps-socket/ });
+  t.throws(() => toOptions('page-server', { statusFd: 'x' }), { message: /--status-fd/ });
+});
