@@ -30,10 +30,13 @@ import {
   type CriuReq,
   type CriuResp,
 } from '../../../src/rpc/messages.js';
+import { PageServerClient } from '../../../src/pageserver/client.js';
 import { PageServer } from '../../../src/pageserver/server.js';
+import { loadTlsCredentials, type TlsCredentials } from '../../../src/pageserver/tls.js';
 import { Connection } from '../../../src/pageserver/socket.js';
 import { RpcSocket } from '../../../src/rpc/socket.js';
-import { startWorkload, taskState, waitGone } from '../../helpers/cr.js';
+import { poll, startWorkload, taskState, waitGone } from '../../helpers/cr.js';
+import { makePki } from '../../helpers/pki.js';
 import { CRIU_BIN, request, startSwrk } from '../../helpers/rpc.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, process_vm_readv)';
@@ -426,4 +429,44 @@ t.test('notify_scripts: the client hears of each action and decides', { skip: ne
   process.kill(w.pid, 'SIGTERM');
   await w.waitFor('PASS');
   t.notMatch(w.report(), 'FAIL');
+});
+
+t.test('PAGE_SERVER with the tls fields serves inside TLS', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const pkiDir = path.join(dir, 'pki');
+  const images = path.join(dir, 'images');
+  mkdirSync(pkiDir);
+  mkdirSync(images);
+  const pki = makePki(pkiDir);
+  const server = pki.issue('server', ['IP:127.0.0.1']);
+  /** A PAGE_SERVER request with the tls fields; resolves with the server's port. */
+  const startServer = async (): Promise<number> => {
+    const c = startSwrk();
+    t.teardown(() => c.close());
+    const ps = await c.call({
+      type: ReqType.PAGE_SERVER,
+      opts: {
+        images_dir_fd: dirFd(t, images),
+        ps: { address: '127.0.0.1', port: 0 },
+        tls: true,
+        tls_cacert: pki.ca,
+        tls_cert: server.cert,
+        tls_key: server.key,
+      },
+    });
+    t.equal(ps.success, true, ps.cr_errmsg ?? '');
+    t.equal(await c.exited, 0);
+    return ps.ps?.port as number;
+  };
+  const sendPage = async (port: number, tls?: TlsCredentials): Promise<void> => {
+    const client = await PageServerClient.connect({ port, timeoutMs: 5000, ...(tls === undefined ? {} : { tls }) });
+    await client.open({ type: 'task', id: 1 });
+    await client.addPresentBytes(0x1000n, Buffer.alloc(4096, 1));
+    await client.close();
+  };
+  await t.rejects(sendPage(await startServer()), /./, 'a plain client gets nothing stored');
+  const tls = await loadTlsCredentials({ cacert: pki.ca, ...pki.issue('client', ['IP:127.0.0.1']) });
+  await sendPage(await startServer(), tls);
+  await poll(() => existsSync(path.join(images, 'pagemap-1.img')), 'the pagemap stored', 10_000);
+  t.ok(existsSync(path.join(images, 'pages-1.img')), 'inside TLS the page was stored');
 });
