@@ -333,6 +333,18 @@ export function bindUnix(fd: number, path: string): void;
 export function connectUnixAsync(fd: number, path: string): Promise<void>;
 export function setsockopt(fd: number, level: number, name: number, value: Buffer): void;
 export function getsockopt(fd: number, level: number, name: number, size: number): Buffer;
+/** sendmsg(sockfd) of `data` with `fd` as SCM_RIGHTS: the bytes sent. */
+export function sendFd(sockfd: number, data: Buffer, fd: number, flags: number): number;
+/**
+ * recvmsg(sockfd, flags | MSG_CMSG_CLOEXEC) of at most `size` bytes: the bytes, the fds that came
+ * with them (SCM_RIGHTS, close-on-exec, the caller's to close), and whether data or fds were cut
+ * (MSG_TRUNC, MSG_CTRUNC). EAGAIN with MSG_DONTWAIT when nothing is queued.
+ */
+export function recvFds(
+  sockfd: number,
+  size: number,
+  flags: number,
+): { data: Buffer; fds: number[]; isTruncated: boolean };
 
 // ---------------------------------------------------------------------------------------------
 // CPU identification (not system calls: instructions only native code can execute).

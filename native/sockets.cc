@@ -1,5 +1,6 @@
-// socket(2), socketpair(2), setsockopt(2), getsockopt(2), and bind(2)/connect(2) to AF_UNIX
-// paths: kernel-feature probes such as TCP_REPAIR, and the RPC service's SOCK_SEQPACKET sockets.
+// socket(2), socketpair(2), setsockopt(2), getsockopt(2), bind(2)/connect(2) to AF_UNIX paths, and
+// sendmsg(2)/recvmsg(2) of one fd (SCM_RIGHTS): kernel-feature probes such as TCP_REPAIR, the RPC
+// service's SOCK_SEQPACKET sockets, and RPC's pidfd store (a datagram socket holding pidfds).
 
 #include <errno.h>
 #include <stddef.h>
@@ -125,9 +126,76 @@ Napi::Value ConnectUnixAsync(const Napi::CallbackInfo& info) {
   return PromiseWorker::Start(w);
 }
 
+// Room for this many fds in one SCM_RIGHTS message (more are cut: MSG_CTRUNC).
+constexpr size_t kMaxFds = 16;
+
+// A message of one iovec with room for kMaxFds fds of control data.
+struct FdMessage {
+  iovec iov{};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)]{};
+  msghdr msg{};
+
+  FdMessage(void* data, size_t len, size_t control_len) {
+    iov = {data, len};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = control_len;
+  }
+};
+
+// sendmsg(2) of `data` with one fd as SCM_RIGHTS.
+Napi::Value SendFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sock = ArgInt32(info, 0, "sockfd");
+  Napi::Buffer<uint8_t> data = ArgBuffer(info, 1, "data");
+  int fd = ArgInt32(info, 2, "fd");
+  int flags = ArgInt32(info, 3, "flags");
+  FdMessage m(data.Data(), data.Length(), CMSG_SPACE(sizeof(int)));
+  cmsghdr* c = CMSG_FIRSTHDR(&m.msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  ssize_t n = sendmsg(sock, &m.msg, flags);
+  if (n < 0) ThrowSyscall(env, "sendmsg", errno, {sock, fd, flags});
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+// recvmsg(2) of at most `size` bytes and the fds sent with them (SCM_RIGHTS, received
+// close-on-exec): {data, fds, isTruncated}.
+Napi::Value RecvFds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sock = ArgInt32(info, 0, "sockfd");
+  uint32_t size = ArgUint32(info, 1, "size");
+  int flags = ArgInt32(info, 2, "flags");
+  std::vector<uint8_t> buf(size > 0 ? size : 1);
+  FdMessage m(buf.data(), size, sizeof(FdMessage::control));
+  ssize_t n = recvmsg(sock, &m.msg, flags | MSG_CMSG_CLOEXEC);
+  if (n < 0) ThrowSyscall(env, "recvmsg", errno, {sock, flags});
+  Napi::Array fds = Napi::Array::New(env);
+  uint32_t k = 0;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&m.msg); c != nullptr; c = CMSG_NXTHDR(&m.msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; i++) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      fds.Set(k++, fd);
+    }
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("data", Napi::Buffer<uint8_t>::Copy(env, buf.data(), static_cast<size_t>(n)));
+  out.Set("fds", fds);
+  out.Set("isTruncated", (m.msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0);
+  return out;
+}
+
 }  // namespace
 
 void InitSockets(Napi::Env env, Napi::Object exports) {
+  exports.Set("sendFd", Napi::Function::New(env, SendFd, "sendFd"));
+  exports.Set("recvFds", Napi::Function::New(env, RecvFds, "recvFds"));
   exports.Set("socket", Napi::Function::New(env, Socket, "socket"));
   exports.Set("socketpair", Napi::Function::New(env, Socketpair, "socketpair"));
   exports.Set("bindUnix", Napi::Function::New(env, BindUnix, "bindUnix"));

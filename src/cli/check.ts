@@ -61,7 +61,9 @@ const FEATURES: Record<string, (kd: Kerndat) => string | null> = {
       : 'no dirty-memory tracker works here (userfaultfd WP_ASYNC + PAGEMAP_SCAN, soft-dirty): every pre-dump copies all memory',
   clone3_set_tid: (kd) =>
     kd.hasClone3SetTid ? null : (kd.probes.find((p) => p.id === 'clone3-set-tid')?.detail ?? 'clone3 set_tid fails'),
-  pidfd_store: () => 'criu-ts keeps no pidfd store (RPC pidfd_store_sk)',
+  // RPC's pidfd_store_sk: pidfd_open and pidfd_getfd (src/dump/pidfd-store.ts).
+  pidfd_store: (kd) =>
+    kd.hasPidfd ? null : (kd.probes.find((p) => p.id === 'pidfd')?.detail ?? 'pidfd_open or pidfd_getfd fails'),
 };
 
 /** The report of `check --feature name` (pure: used by tests too); `list` needs no kerndat. */

@@ -9,6 +9,7 @@ import { UsageError } from '../errors.js';
 import { dump } from '../dump/index.js';
 import { preDump } from '../dump/pre-dump.js';
 import type { PageSink } from '../dump/page-sink.js';
+import type { PidfdStore } from '../dump/pidfd-store.js';
 import type { CliIo } from './commands.js';
 import { interruptSignal } from './launch.js';
 import type { Options } from './options.js';
@@ -39,11 +40,22 @@ async function pageServerSink(opts: Options): Promise<PageSink | undefined> {
   });
 }
 
+/** RPC's pidfd_store_sk, opened, or null without it. */
+async function pidfdStoreOf(opts: Options): Promise<PidfdStore | null> {
+  if (opts.pidfdStore === undefined) return null;
+  const { PidfdStore } = await import('../dump/pidfd-store.js');
+  return PidfdStore.open(opts.pidfdStore.clientPid, opts.pidfdStore.fd);
+}
+
 export async function runDump(opts: Options, io: CliIo): Promise<number> {
   const pid = treeOf(opts, 'dump');
   if (opts.leaveRunning && opts.leaveStopped)
     throw new UsageError('-R/--leave-running and -s/--leave-stopped exclude each other');
-  const sink = await pageServerSink(opts);
+  const store = await pidfdStoreOf(opts);
+  const sink = await pageServerSink(opts).catch((err: unknown) => {
+    store?.close();
+    throw err;
+  });
   const progress = progressReporter(io);
   try {
     await dump({
@@ -61,17 +73,23 @@ export async function runDump(opts: Options, io: CliIo): Promise<number> {
       fileOptions: { isShellJob: opts.shellJob, isLinkRemap: opts.linkRemap, isEvasiveDevices: opts.evasiveDevices },
       ...(opts.prevImagesDir === undefined ? {} : { prevImagesDir: opts.prevImagesDir }),
       ...(sink === undefined ? {} : { sink }),
+      ...(store === null ? {} : { pidfdStore: store }),
       ...actionOption(opts),
     });
   } finally {
     progress.done();
+    store?.close();
   }
   return 0;
 }
 
 export async function runPreDump(opts: Options, io: CliIo): Promise<number> {
   const pid = treeOf(opts, 'pre-dump');
-  const sink = await pageServerSink(opts);
+  const store = await pidfdStoreOf(opts);
+  const sink = await pageServerSink(opts).catch((err: unknown) => {
+    store?.close();
+    throw err;
+  });
   const progress = progressReporter(io);
   try {
     await preDump({
@@ -82,9 +100,11 @@ export async function runPreDump(opts: Options, io: CliIo): Promise<number> {
       onProgress: progress.update,
       ...(opts.prevImagesDir === undefined ? {} : { prevImagesDir: opts.prevImagesDir }),
       ...(sink === undefined ? {} : { sink }),
+      ...(store === null ? {} : { pidfdStore: store }),
     });
   } finally {
     progress.done();
+    store?.close();
   }
   return 0;
 }

@@ -131,6 +131,11 @@ export interface Options {
    * serves the client at its other end instead of listening. Closed after, as in CRIU.
    */
   psSocket?: number;
+  /**
+   * RPC's pidfd_store_sk (no command-line flag, as in CRIU): the client's datagram socket that
+   * keeps pidfds between pre-dump iterations (src/dump/pidfd-store.ts).
+   */
+  pidfdStore?: { clientPid: number; fd: number };
   /** -d for page-server: run in the background. */
   daemon: boolean;
   /** Pre-shared token of the page server (--token or the first line of --token-file). */
@@ -345,6 +350,13 @@ export function toOptions(command: CommandName, raw: RawOptions, operands: reado
   const target = opts as unknown as Record<string, unknown>;
   for (const [key, value] of optional) if (value !== undefined) target[key] = value;
 
+  const storeFd = str(raw, 'pidfdStoreSk');
+  const storeClient = str(raw, 'pidfdStoreClient');
+  if (storeFd !== undefined && storeClient !== undefined)
+    opts.pidfdStore = {
+      fd: int('pidfd_store_sk', storeFd, 0, 0x7fffffff),
+      clientPid: int('the RPC client pid', storeClient, 1, 0x3fffffff),
+    };
   const statusFd = str(raw, 'statusFd');
   if (statusFd !== undefined) opts.statusFd = int('--status-fd', statusFd, 0, 0x7fffffff);
   const tree = str(raw, 'tree');

@@ -47,6 +47,7 @@ import { decodeKnown, planMemory } from './memory.js';
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
 import { kobjIds } from './ids.js';
+import type { PidfdStore } from './pidfd-store.js';
 
 export type { DumpStats } from './entries.js';
 import { isTrackingRecorded } from '../mem/track/state.js';
@@ -69,6 +70,8 @@ export interface DumpOptions {
   autoDedup?: boolean;
   /** Where the task's pages go (default: files in imagesDir). */
   sink?: PageSink;
+  /** RPC's pidfd store: PID reuse detection against the parent by pidfds (pidfd-store.ts). */
+  pidfdStore?: PidfdStore;
   /** -j/--shell-job, --link-remap, --evasive-devices: how the fd kinds treat terminals, unlinked files, devices. */
   fileOptions?: FileOptions;
   /** fsync the images (default true); see WriteSyncOptions.isDurable for when not to. */
@@ -240,8 +243,11 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     }
     log().debug('dump: memory plan');
     const hasParent = await sink.open(pid, opts.prevImagesDir);
+    const isReused = hasParent && opts.pidfdStore?.isReusedSinceParent(pid, opts.prevImagesDir) === true;
     const known =
-      hasParent && tracker !== null ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
+      hasParent && tracker !== null && !isReused
+        ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir)
+        : null;
     const plan = await planMemory(pid, mm.vmas, tracker, known);
     log().debug('dump: memory copy');
     const totalBytes = pagesBytes(plan.copy);
@@ -412,6 +418,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       frozen = null;
       if (opts.end === 'leave-running') resumeProcess(ending);
       else stopProcess(ending);
+      opts.pidfdStore?.add(pid); // the task lives on: a later dump may compare against this one
     }
   } catch (err) {
     removeLinkRemaps(filesShared);

@@ -37,6 +37,7 @@ import { decodeKnown, encodeKnown, planMemory, type MemoryPlan } from './memory.
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
 import { rootIds } from './ids.js';
+import type { PidfdStore } from './pidfd-store.js';
 import { openTracker } from '../mem/track/index.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
 import { isSmallCopy, pagesBytes } from '../mem/dump-pages.js';
@@ -49,6 +50,8 @@ export interface PreDumpOptions {
   tracker: TrackerChoice;
   /** Where the pages go (default: files in imagesDir). */
   sink?: PageSink;
+  /** RPC's pidfd store: PID reuse detection between iterations by pidfds (pidfd-store.ts). */
+  pidfdStore?: PidfdStore;
   signal?: AbortSignal;
   onProgress?: (what: string, done: number, total: number) => void;
 }
@@ -145,7 +148,8 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
         }),
       );
       const parent = await sink.open(pid, opts.prevImagesDir);
-      const known = parent ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
+      const isReused = parent && opts.pidfdStore?.isReusedSinceParent(pid, opts.prevImagesDir) === true;
+      const known = parent && !isReused ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
       plan = await planMemory(pid, vmas, tracker, known);
       anonVmas = vmas
         .filter((v) => (v.status & VMA_AREA.ANON_PRIVATE) !== 0 && (v.prot & PROT.WRITE) !== 0)
@@ -172,6 +176,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
     await sink.commit();
     // Last: the inventory makes the directory a complete pre-dump (and names it for the tracker).
     await writeImage(path.join(dir, 'inventory.img'), 'INVENTORY', [{ entry: inventoryEntry(rootIds()) }]);
+    opts.pidfdStore?.add(pid);
     const trackerKind = tracker.kind;
     tracker.state = encodeKnown({ dest: sink.destination(dir), known: plan.present });
     await tracker.keep();

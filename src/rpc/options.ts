@@ -59,6 +59,7 @@ const HANDLED = new Set([
   'tls_cert',
   'tls_key',
   'tls_no_cn_verify',
+  'pidfd_store_sk',
 ]);
 
 /**
@@ -148,6 +149,11 @@ export function optionsFromRequest(command: CommandName, o: CriuOpts | undefined
   flag('manage_cgroups', 'manageCgroups');
   flag('ext_sharing', 'enableExternalSharing');
   flag('ext_masters', 'enableExternalMasters');
+  const storeSk = opts['pidfd_store_sk'];
+  if (typeof storeSk === 'number' && (command === 'dump' || command === 'pre-dump')) {
+    raw['pidfdStoreSk'] = String(storeSk);
+    raw['pidfdStoreClient'] = String(ctx.peerPid);
+  }
   flag('tls', 'tls');
   flag('tls_no_cn_verify', 'tlsNoCnVerify');
   for (const [field, key] of [

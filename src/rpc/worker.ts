@@ -250,13 +250,15 @@ async function restoreReq(socket: RpcSocket, req: CriuReq, ctx: RpcContext): Pro
 
 async function featureCheck(socket: RpcSocket, req: CriuReq): Promise<boolean> {
   const asked = req.features ?? {};
-  const { chooseTracker } = await import('../kerndat/index.js');
+  const { chooseTracker, kerndat } = await import('../kerndat/index.js');
   const memTrack = asked.mem_track === true && chooseTracker('auto') !== 'none';
-  // lazy_pages (CRIU's lazy-pages daemon) and pidfd_store (pidfd_store_sk) are not in criu-ts.
+  // pidfd_store_sk needs pidfd_open and pidfd_getfd. lazy_pages (CRIU's lazy-pages daemon) is not
+  // in criu-ts.
+  const pidfdStore = asked.pidfd_store === true && kerndat().hasPidfd;
   await answer(socket, {
     type: req.type,
     success: true,
-    features: { mem_track: memTrack, lazy_pages: false, pidfd_store: false },
+    features: { mem_track: memTrack, lazy_pages: false, pidfd_store: pidfdStore },
   });
   return true;
 }

@@ -128,6 +128,8 @@ export const {
   connectUnixAsync,
   setsockopt,
   getsockopt,
+  sendFd,
+  recvFds,
   cpuid,
   xgetbv,
   bind,

@@ -35,6 +35,8 @@ import { PageServer } from '../../../src/pageserver/server.js';
 import { loadTlsCredentials, type TlsCredentials } from '../../../src/pageserver/tls.js';
 import { Connection } from '../../../src/pageserver/socket.js';
 import { RpcSocket } from '../../../src/rpc/socket.js';
+import { AF_UNIX, SOCK_CLOEXEC, SOCK_DGRAM } from '../../../src/kernel/constants.js';
+import * as sys from '../../../src/sys/native.js';
 import { poll, startWorkload, taskState, waitGone } from '../../helpers/cr.js';
 import { makePki } from '../../helpers/pki.js';
 import { CRIU_BIN, request, startSwrk } from '../../helpers/rpc.js';
@@ -469,4 +471,66 @@ t.test('PAGE_SERVER with the tls fields serves inside TLS', { skip: needsRoot },
   await sendPage(await startServer(), tls);
   await poll(() => existsSync(path.join(images, 'pagemap-1.img')), 'the pagemap stored', 10_000);
   t.ok(existsSync(path.join(images, 'pages-1.img')), 'inside TLS the page was stored');
+});
+
+t.test('pidfd_store_sk: PID reuse detection between pre-dumps by pidfds, as CRIU', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_incr', dir, ['1024', '8']);
+  t.teardown(() => w.kill());
+  const fds = [1, 2, 3].map((n) => dirFd(t, path.join(dir, String(n))));
+  const dgram = (): number => {
+    const fd = sys.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    t.teardown(() => sys.close(fd));
+    return fd;
+  };
+  const store = dgram();
+  const opts = (n: number, sk: number): CriuOpts => ({
+    images_dir_fd: fds[n - 1] as number,
+    pid: w.pid,
+    log_level: 4,
+    pidfd_store_sk: sk,
+    ...(n > 1 ? { parent_img: `../${n - 1}` } : {}),
+  });
+  const c = startSwrk();
+  t.teardown(() => c.close());
+  const f = await c.call({ type: ReqType.FEATURE_CHECK, keep_open: true, features: { pidfd_store: true } });
+  t.equal(f.features?.pidfd_store, true, 'FEATURE_CHECK offers the pidfd store');
+  const r1 = await c.call({ type: ReqType.PRE_DUMP, opts: opts(1, store) });
+  t.equal(r1.success, true, r1.cr_errmsg ?? '');
+  process.kill(w.pid, 'SIGUSR1');
+  await w.waitFor('STEP 1 ');
+  const r2 = await c.call({ type: ReqType.PRE_DUMP, opts: opts(2, store) });
+  t.equal(r2.success, true, r2.cr_errmsg ?? '');
+  const written2 = await pagesWritten(path.join(dir, '2'));
+  t.ok(written2 < 200, `the same task, found in the store: only what changed (${written2} pages)`);
+  c.close();
+
+  // Another, empty socket with a parent: refused, as CRIU refuses it.
+  const c2 = startSwrk();
+  t.teardown(() => c2.close());
+  const r3 = await c2.call({ type: ReqType.PRE_DUMP, opts: opts(3, dgram()) });
+  t.equal(r3.success, false, 'an empty store with a parent is refused');
+  t.match(r3.cr_errmsg ?? '', /No pidfds in the pidfd store/);
+
+  // A store whose pidfd for this pid is of a process that has exited: the pid was reused.
+  const stale = dgram();
+  const name = `\0criu-ts-test-store-${process.pid}`;
+  sys.bindUnix(stale, name);
+  await sys.connectUnixAsync(stale, name);
+  const gone = spawn('sleep', ['0.1']);
+  const gonePidfd = sys.pidfdOpen(gone.pid as number, 0);
+  await new Promise((r) => gone.on('exit', r));
+  const msg = Buffer.alloc(4);
+  msg.writeInt32LE(w.pid, 0);
+  sys.sendFd(stale, msg, gonePidfd, 0);
+  sys.close(gonePidfd);
+  const c3 = startSwrk();
+  t.teardown(() => c3.close());
+  const r4 = await c3.call({ type: ReqType.PRE_DUMP, opts: opts(3, stale) });
+  t.equal(r4.success, true, r4.cr_errmsg ?? '');
+  const written4 = await pagesWritten(path.join(dir, '3'));
+  t.ok(written4 >= 1024, `reuse detected: every page copied again (${written4} pages)`);
+  t.match(readFileSync(path.join(dir, '3', 'criu.log'), 'utf8'), /Pid reuse detected for pid/);
+  process.kill(w.pid, 'SIGTERM');
+  await w.waitFor('PASS');
 });
