@@ -5,6 +5,7 @@
  * src/pageserver/).
  *
  *   page-server --port N [--address A] -D DIR [-d] [--pidfile F] [--token T | --token-file F]
+ *   page-server --ps-socket FD -D DIR [the same options but -d]
  *               [--tls [--tls-cacert F] [--tls-cacrl F] [--tls-cert F] [--tls-key F]
  *               [--tls-no-cn-verify]] [--prev-images-dir D] [--auto-dedup] [--status-fd FD]
  *               [-o LOG] [-v N]
@@ -27,7 +28,8 @@ import { configureSmallProgram, runSmallProgram } from './small-program.js';
 import { tlsOptionsOf, type TlsFlags } from './tls-options.js';
 
 interface RawOpts extends TlsFlags {
-  port: string;
+  port?: string;
+  psSocket?: string;
   address?: string;
   imagesDir: string;
   daemon?: boolean;
@@ -42,10 +44,17 @@ interface RawOpts extends TlsFlags {
   verbosity?: string | boolean;
 }
 
-function parseFd(text: string): number {
+function parseFd(text: string, option: string): number {
   if (!/^\d+$/.test(text) || Number(text) > 0x7fffffff)
-    throw new UsageError(`Invalid value for --status-fd: "${text}" is not a file descriptor number`);
+    throw new UsageError(`Invalid value for ${option}: "${text}" is not a file descriptor number`);
   return Number(text);
+}
+
+/** --port, needed unless --ps-socket hands over a connection. */
+function portOf(raw: RawOpts): number {
+  if (raw.port !== undefined) return parsePort(raw.port);
+  if (raw.psSocket !== undefined) return 0;
+  throw new UsageError('page-server needs --port N (0 picks a free one), or --ps-socket FD');
 }
 
 function parsePort(text: string): number {
@@ -57,9 +66,10 @@ function parsePort(text: string): number {
 export function buildPageServerProgram(io: CliIo, onDone: (code: number) => void = () => undefined): Command {
   return configureSmallProgram(new Command('page-server'), io)
     .description('receive dumped pages over TCP and write them into an images directory')
-    .usage('--port N [--address A] -D DIR [options]')
+    .usage('--port N [--address A] -D DIR [options] | --ps-socket FD -D DIR [options]')
     .version(`Version: ${criuVersion()}`, '-V, --version', 'print program version')
-    .requiredOption('--port <number>', 'port to listen on (0: any free port, printed)')
+    .option('--port <number>', 'port to listen on (0: any free port, printed)')
+    .option('--ps-socket <fd>', 'serve the client at the other end of this connected socket instead')
     .option('--address <address>', 'address to listen on (default: 127.0.0.1)')
     .requiredOption('-D, --images-dir <path>', 'directory the images are written to')
     .option('-d, --daemon', 'run in the background once listening')
@@ -109,7 +119,7 @@ async function runStandalone(raw: RawOpts, io: CliIo): Promise<number> {
     const token = isChild ? process.env[TOKEN_ENV] : await readToken(raw.token, raw.tokenFile);
     const run: PageServerRun = {
       imagesDir: raw.imagesDir,
-      port: parsePort(raw.port),
+      port: portOf(raw),
       isDaemon: raw.daemon === true && !isChild,
       logFile: logger.file,
       logLevel: level,
@@ -120,7 +130,12 @@ async function runStandalone(raw: RawOpts, io: CliIo): Promise<number> {
     if (tls !== undefined) run.tls = tls;
     if (raw.prevImagesDir !== undefined) run.prevImagesDir = raw.prevImagesDir;
     if (raw.autoDedup === true) run.autoDedup = true;
-    if (raw.statusFd !== undefined && !isChild) run.statusFd = parseFd(raw.statusFd);
+    if (raw.statusFd !== undefined && !isChild) run.statusFd = parseFd(raw.statusFd, '--status-fd');
+    if (raw.psSocket !== undefined) {
+      if (run.isDaemon)
+        throw new UsageError("Options --ps-socket and -d exclude each other (the socket is this process's)");
+      run.psSocket = parseFd(raw.psSocket, '--ps-socket');
+    }
     if (raw.pidfile !== undefined && !isChild) run.pidfile = raw.pidfile;
     return await runPageServer(run, io, (port) => {
       report({ port });

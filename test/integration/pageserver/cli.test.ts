@@ -12,6 +12,7 @@ import type { CliIo } from '../../../src/cli/commands.js';
 import { readPagemap } from '../../../src/images/index.js';
 import { PageServerClient } from '../../../src/pageserver/client.js';
 import { poll } from '../../helpers/cr.js';
+import { connectedPair } from '../../helpers/page-server.js';
 import { ROOT } from '../../helpers/fixture.js';
 
 function captureIo(): CliIo & { out: () => string; err: () => string } {
@@ -175,4 +176,22 @@ t.test('criu page-server --status-fd: one NUL byte once listening, then the fd i
   const io = captureIo();
   const bad = toOptions('page-server', { imagesDir: t.testdir(), port: '0', statusFd: '987' });
   await t.rejects(runPageServerCmd(bad, io), /Cannot write to --status-fd 987: EBADF/);
+});
+
+t.test('page-server --ps-socket: serves the client at the other end of a connection it is given', async (t) => {
+  const dir = t.testdir();
+  const { client, accepted } = await connectedPair();
+  const io = captureIo();
+  // In-process: the fd is this process's own, as a parent's would be after exec.
+  const code = runPageServerCli(['--ps-socket', String(accepted.fd), '-D', dir], io);
+  const c = await PageServerClient.connect({ port: 0, fd: client.fd });
+  await c.open({ type: 'task', id: 11 });
+  await c.addPresentBytes(0x5000n, Buffer.alloc(4096, 0x5a));
+  await c.close();
+  t.equal(await code, 0, io.err());
+  t.equal(io.out(), '', 'no "listening" line: it does not listen');
+  t.same((await readPagemap(join(dir, 'pagemap-11.img'))).runs, [{ vaddr: 0x5000n, nrPages: 1, flags: 4 }]);
+  const io2 = captureIo();
+  t.equal(await runPageServerCli(['--ps-socket', '7', '-d', '-D', dir], io2), 1);
+  t.match(io2.err(), /--ps-socket and -d exclude each other/);
 });

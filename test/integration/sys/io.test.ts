@@ -1,6 +1,6 @@
 /**
- * Raw file I/O, pipes (splice, tee, vmsplice) and socket options through the addon, on real files
- * and pipes in a test directory.
+ * Raw file I/O, pipes (splice, tee, vmsplice), socket options, and fds passed over a unix socket
+ * (sendFd, recvFds) through the addon, on real files and pipes in a test directory.
  */
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -18,8 +18,11 @@ import {
   pwrite,
   pwriteAsync,
   read,
+  recvFds,
+  sendFd,
   setsockopt,
   socket,
+  socketpair,
   splice,
   spliceAsync,
   tee,
@@ -28,6 +31,7 @@ import {
 } from '../../../src/sys/native.js';
 import {
   AF_INET,
+  AF_UNIX,
   F_GETFD,
   F_GETPIPE_SZ,
   F_SETPIPE_SZ,
@@ -39,12 +43,16 @@ import {
   O_NONBLOCK,
   O_RDONLY,
   O_RDWR,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
   SOCK_STREAM,
   SOL_TCP,
   SPLICE_F_NONBLOCK,
   TCP_REPAIR,
 } from '../../../src/kernel/constants.js';
 import { SyscallError } from '../../../src/errors.js';
+
+const MSG_DONTWAIT = 0x40;
 
 function caught(fn: () => unknown): unknown {
   try {
@@ -191,5 +199,41 @@ t.test('socket options: TCP_REPAIR', async (t) => {
   t.match(
     caught(() => getsockopt(fd, 999, 1, 4)),
     { syscall: 'getsockopt', args: [fd, 999, 1] },
+  );
+});
+
+t.test('sendFd and recvFds: an fd through a unix datagram socket pair', async (t) => {
+  const [a, b] = socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC);
+  t.teardown(() => {
+    close(a);
+    close(b);
+  });
+  const [pr, pw] = pipe2(O_CLOEXEC);
+  t.teardown(() => {
+    close(pr);
+    close(pw);
+  });
+  t.equal(sendFd(a, Buffer.from('pid1'), pw, 0), 4);
+  const got = recvFds(b, 16, 0);
+  t.equal(got.data.toString(), 'pid1');
+  t.equal(got.fds.length, 1, 'one fd came with the bytes');
+  t.equal(got.isTruncated, false);
+  const copy = got.fds[0] as number;
+  t.not(copy, pw, 'a new fd');
+  t.equal(fcntl(copy, F_GETFD, 0) & FD_CLOEXEC, FD_CLOEXEC, 'received close-on-exec');
+  write(copy, Buffer.from('via the copy'), 0, 12);
+  close(copy);
+  const buf = Buffer.alloc(12);
+  t.equal(read(pr, buf, 0, 12), 12);
+  t.equal(buf.toString(), 'via the copy', 'it is the same pipe');
+  // Cut short: a 4-byte message read into 2 bytes says so.
+  sendFd(a, Buffer.from('pid2'), pw, 0);
+  const short = recvFds(b, 2, 0);
+  t.equal(short.isTruncated, true);
+  for (const fd of short.fds) close(fd);
+  t.match(
+    caught(() => recvFds(b, 4, MSG_DONTWAIT)),
+    { errnoCode: 'EAGAIN', syscall: 'recvmsg' },
+    'nothing queued: EAGAIN',
   );
 });
