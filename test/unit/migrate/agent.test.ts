@@ -17,6 +17,8 @@ import { LocalAgent } from '../../../migrate/local-agent.js';
 import { CLOSE_AUTH, decodeMessage, encodeMessage } from '../../../migrate/protocol.js';
 import { ProtocolError } from '../../../src/errors.js';
 import { createLogger, setLogger } from '../../../src/log.js';
+import { loadTlsCredentials } from '../../../src/pageserver/tls.js';
+import { makePki } from '../../helpers/pki.js';
 
 const TOKEN = 'correct horse battery staple';
 
@@ -295,4 +297,38 @@ t.test('LocalAgent: the same operations in-process', async (t) => {
   writeFileSync(path.join(dir, 'agent/m5/2/DONE'), '');
   t.match(await local.pageServerWait(ps.serverId), { state: 'exited', exitCode: 0 });
   t.equal(await local.cleanup('m5'), true);
+});
+
+t.test('a TLS agent: wss for a controller of its CA, its TLS files handed to criu page-server', async (t) => {
+  const dir = t.testdir();
+  const pkiDir = path.join(dir, 'pki');
+  mkdirSync(pkiDir);
+  const pki = makePki(pkiDir);
+  const files = { cacert: pki.ca, ...pki.issue('agent', ['IP:127.0.0.1']) };
+  const script = path.join(dir, 'fake-criu.sh');
+  const log = path.join(dir, 'criu-calls.log');
+  writeFileSync(script, FAKE_CRIU);
+  const server = await AgentServer.listen({
+    address: '127.0.0.1',
+    port: 0,
+    token: TOKEN,
+    imagesRoot: path.join(dir, 'agent'),
+    criuCommand: ['/bin/sh', script, log],
+    tls: { files, creds: await loadTlsCredentials(files) },
+  });
+  t.teardown(() => server.close());
+  const target = `127.0.0.1:${server.port}`;
+  await t.rejects(AgentClient.connect(target, TOKEN), /does the agent use --tls\?/, 'a plain controller');
+  const controller = await loadTlsCredentials({ cacert: pki.ca, ...pki.issue('controller', []) });
+  const c = await AgentClient.connect(target, TOKEN, { tls: controller });
+  t.teardown(() => c.close());
+  const ps = await c.pageServerStart({ dir: 'm6/1', port: 0 });
+  const line = readFileSync(log, 'utf8').trim().split('\n').at(-1) ?? '';
+  t.match(
+    line,
+    ` --tls --tls-no-cn-verify --tls-cacert ${files.cacert} --tls-cert ${files.cert} --tls-key ${files.key}`,
+    "the agent's TLS files; the client's name is not checked",
+  );
+  writeFileSync(path.join(dir, 'agent/m6/1/DONE'), '');
+  t.match(await c.pageServerWait(ps.serverId), { state: 'exited', exitCode: 0 });
 });
