@@ -12,7 +12,7 @@
 // best effort: an unwritable dist/ just means no cache. CRIU_TS_CODE_CACHE=0 turns it off.
 // Its first line starts node without NODE_EXTRA_CA_CERTS: node reads and parses that file of
 // certificates at every start (~40 ms here, where it names the system's whole bundle), and criu-ts
-// never uses it (the page server's --tls names its CAs itself). Run as `node bin/criu.js`, that start has paid for it already; the
+// never uses it (its --tls, the page server's and criu-migrate's, names its CAs). Run as `node bin/criu.js`, that start has paid for it already; the
 // variable is still taken out of the environment of the processes criu-ts starts.
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { Buffer } from 'node:buffer';

@@ -26,7 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { CriuError, ImageError, TaskError, UsageError, describeError } from '../src/errors.js';
 import { TRACKER_KINDS, kerndat, trackerUnavailableReason } from '../src/kerndat/index.js';
 import { log } from '../src/log.js';
-import type { TlsCredentials, TlsOptions } from '../src/index.js';
+import { tlsArgs, type TlsCredentials, type TlsOptions } from '../src/index.js';
 import { EngineOps } from './engine-ops.js';
 import {
   MAX_FILE_BYTES,
@@ -93,19 +93,6 @@ export function defaultCriuCommand(): string[] {
     if (up === dir) throw new Error('Cannot find bin/criu.js above the migrate module');
     dir = up;
   }
-}
-
-/**
- * The `criu page-server` options of the agent's TLS files. --tls-no-cn-verify: the client's name
- * is not checked against the server's address (see EngineOps); its chain is.
- */
-function tlsArgs(files: TlsOptions): string[] {
-  const args = ['--tls', '--tls-no-cn-verify'];
-  if (files.cacert !== undefined) args.push('--tls-cacert', files.cacert);
-  if (files.cacrl !== undefined) args.push('--tls-cacrl', files.cacrl);
-  if (files.cert !== undefined) args.push('--tls-cert', files.cert);
-  if (files.key !== undefined) args.push('--tls-key', files.key);
-  return args;
 }
 
 /** The last line of a command's stderr that names an error, or its last line. */
@@ -277,7 +264,8 @@ export class AgentOps {
       args.push('--prev-images-dir', relative(dir, prev));
     }
     if (this.opts.tokenFile !== undefined) args.push('--token-file', this.opts.tokenFile);
-    if (this.opts.tls !== undefined) args.push(...tlsArgs(this.opts.tls.files));
+    // The client's name is not checked against the server's address (see EngineOps); its chain is.
+    if (this.opts.tls !== undefined) args.push(...tlsArgs({ ...this.opts.tls.files, isNoCnVerify: true }));
 
     const run = this.spawnCriu(args, dir);
     const started = Date.now();

@@ -24,7 +24,7 @@ import { resolve } from 'node:path';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 
 import { CriuError, ProtocolError, UsageError, describeError } from '../src/errors.js';
-import { loadTlsCredentials, type TlsCredentials, type TlsOptions } from '../src/index.js';
+import { loadTlsCredentials, tlsServerOptions, type TlsCredentials, type TlsOptions } from '../src/index.js';
 import { createLogger, log, setLogger, type LogLevel } from '../src/log.js';
 import { AgentOps, DEFAULT_IMAGES_ROOT } from './agent-ops.js';
 import {
@@ -209,15 +209,8 @@ export class AgentServer {
  * before any HTTP is read.
  */
 function tlsServer(creds: TlsCredentials): HttpsServer {
-  const { ca, cert, key, crl } = creds;
-  const https = createHttpsServer({
-    ca,
-    cert,
-    key,
-    ...(crl === null ? {} : { crl }),
-    requestCert: true,
-    rejectUnauthorized: false, // checked below, so that the log says why
-  });
+  const https = createHttpsServer(tlsServerOptions(creds)); // the certificate is checked below
+
   https.prependListener('secureConnection', (sock: TLSSocket) => {
     if (sock.authorized) return;
     const peer = `${sock.remoteAddress}:${sock.remotePort}`;

@@ -29,8 +29,8 @@ async function pageServerSink(opts: Options): Promise<PageSink | undefined> {
   const { readToken } = await import('./page-server-cmd.js');
   const token = await readToken(opts.token, opts.tokenFile);
   const tlsOpts = tlsOptionsOf(opts, opts.workDir);
-  const { loadTlsCredentials } = await import('../pageserver/tls.js');
-  const tls = tlsOpts === undefined ? undefined : await loadTlsCredentials(tlsOpts);
+  const tls =
+    tlsOpts === undefined ? undefined : await (await import('../pageserver/tls.js')).loadTlsCredentials(tlsOpts);
   return connectPageServerSink({
     address: opts.address ?? '127.0.0.1',
     port: opts.port ?? 0,
@@ -52,12 +52,9 @@ export async function runDump(opts: Options, io: CliIo): Promise<number> {
   if (opts.leaveRunning && opts.leaveStopped)
     throw new UsageError('-R/--leave-running and -s/--leave-stopped exclude each other');
   const store = await pidfdStoreOf(opts);
-  const sink = await pageServerSink(opts).catch((err: unknown) => {
-    store?.close();
-    throw err;
-  });
   const progress = progressReporter(io);
   try {
+    const sink = await pageServerSink(opts);
     await dump({
       pid,
       imagesDir: opts.imagesDir,
@@ -86,12 +83,9 @@ export async function runDump(opts: Options, io: CliIo): Promise<number> {
 export async function runPreDump(opts: Options, io: CliIo): Promise<number> {
   const pid = treeOf(opts, 'pre-dump');
   const store = await pidfdStoreOf(opts);
-  const sink = await pageServerSink(opts).catch((err: unknown) => {
-    store?.close();
-    throw err;
-  });
   const progress = progressReporter(io);
   try {
+    const sink = await pageServerSink(opts);
     await preDump({
       pid,
       imagesDir: opts.imagesDir,

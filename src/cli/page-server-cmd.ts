@@ -22,7 +22,7 @@ import { PageServer } from '../pageserver/server.js';
 import { loadTlsCredentials, type TlsOptions } from '../pageserver/tls.js';
 import type { CliIo } from './commands.js';
 import type { Options } from './options.js';
-import { tlsOptionsOf } from './tls-options.js';
+import { tlsArgs, tlsOptionsOf } from './tls-options.js';
 
 /** The environment variable a daemon copy receives its token in. */
 export const TOKEN_ENV = 'CRIU_TS_PAGE_SERVER_TOKEN';
@@ -65,23 +65,10 @@ export async function readToken(token: string | undefined, tokenFile: string | u
   return line;
 }
 
-/** The --tls* arguments that give `tls` to another command (a daemon copy). */
-export function tlsArgs(tls: TlsOptions): string[] {
-  const args = ['--tls'];
-  if (tls.cacert !== undefined) args.push('--tls-cacert', tls.cacert);
-  if (tls.cacrl !== undefined) args.push('--tls-cacrl', tls.cacrl);
-  if (tls.cert !== undefined) args.push('--tls-cert', tls.cert);
-  if (tls.key !== undefined) args.push('--tls-key', tls.key);
-  if (tls.isNoCnVerify === true) args.push('--tls-no-cn-verify');
-  return args;
-}
-
 /** The Options of criu(8) mapped to a run (without the token: see readToken). */
 export function pageServerRun(opts: Options): PageServerRun {
   if (opts.port === undefined && opts.psSocket === undefined)
     throw new UsageError('page-server needs a port: --port N (0 picks a free one), or --ps-socket FD');
-  if (opts.psSocket !== undefined && opts.daemon)
-    throw new UsageError("Options --ps-socket and -d exclude each other (the socket is this process's)");
   const run: PageServerRun = {
     imagesDir: opts.imagesDir,
     port: opts.port ?? 0,
@@ -114,6 +101,8 @@ export async function runPageServer(
   io: CliIo,
   onListening?: (port: number) => void,
 ): Promise<number> {
+  if (run.isDaemon && run.psSocket !== undefined)
+    throw new UsageError("Options --ps-socket and -d exclude each other (the socket is this process's)");
   if (run.isDaemon) return startDaemon(run, io);
   const tls = run.tls === undefined ? undefined : await loadTlsCredentials(run.tls);
   const opts = {

@@ -131,11 +131,7 @@ async function runStandalone(raw: RawOpts, io: CliIo): Promise<number> {
     if (raw.prevImagesDir !== undefined) run.prevImagesDir = raw.prevImagesDir;
     if (raw.autoDedup === true) run.autoDedup = true;
     if (raw.statusFd !== undefined && !isChild) run.statusFd = parseFd(raw.statusFd, '--status-fd');
-    if (raw.psSocket !== undefined) {
-      if (run.isDaemon)
-        throw new UsageError("Options --ps-socket and -d exclude each other (the socket is this process's)");
-      run.psSocket = parseFd(raw.psSocket, '--ps-socket');
-    }
+    if (raw.psSocket !== undefined) run.psSocket = parseFd(raw.psSocket, '--ps-socket');
     if (raw.pidfile !== undefined && !isChild) run.pidfile = raw.pidfile;
     return await runPageServer(run, io, (port) => {
       report({ port });

@@ -1,6 +1,7 @@
 /**
  * The --tls options as the command lines take them (criu's, page-server's, criu-migrate's): the
- * flags commander collects, mapped to the TlsOptions of src/pageserver/tls.ts.
+ * flags commander collects, mapped to the TlsOptions of src/pageserver/tls.ts, and back to the
+ * arguments of a criu command that criu-ts starts (a daemon page server, an agent's).
  */
 
 import { resolve } from 'node:path';
@@ -29,4 +30,15 @@ export function tlsOptionsOf(flags: TlsFlags, baseDir = process.cwd()): TlsOptio
   if (flags.tlsKey !== undefined) tls.key = resolve(baseDir, flags.tlsKey);
   if (flags.tlsNoCnVerify === true) tls.isNoCnVerify = true;
   return tls;
+}
+
+/** The --tls arguments that give `tls` to a `criu` or `page-server` command. */
+export function tlsArgs(tls: TlsOptions): string[] {
+  const args = ['--tls'];
+  if (tls.isNoCnVerify === true) args.push('--tls-no-cn-verify');
+  if (tls.cacert !== undefined) args.push('--tls-cacert', tls.cacert);
+  if (tls.cacrl !== undefined) args.push('--tls-cacrl', tls.cacrl);
+  if (tls.cert !== undefined) args.push('--tls-cert', tls.cert);
+  if (tls.key !== undefined) args.push('--tls-key', tls.key);
+  return args;
 }

@@ -113,6 +113,22 @@ export async function loadTlsCredentials(opts: TlsOptions): Promise<TlsCredentia
   return { ca, crl, cert, key, isNoCnVerify: opts.isNoCnVerify === true, context };
 }
 
+/**
+ * The options of a TLS server with these credentials that requires a client certificate
+ * (tls.createServer's; https.createServer takes them too). The certificate is checked by the
+ * caller after the handshake, so that a refusal is reported with its reason.
+ */
+export function tlsServerOptions(creds: TlsCredentials): tls.TlsOptions {
+  return {
+    ca: creds.ca,
+    cert: creds.cert,
+    key: creds.key,
+    ...(creds.crl === null ? {} : { crl: creds.crl }),
+    requestCert: true,
+    rejectUnauthorized: false,
+  };
+}
+
 /** One line for a TLS or socket error: OpenSSL's reason when it has one, else the first line. */
 export function tlsReason(err: unknown): string {
   const e = err as Error & { reason?: unknown; code?: unknown };
@@ -184,14 +200,8 @@ export async function tlsAccept(
 ): Promise<TlsConnection> {
   const { peer, fd, raw } = toLibuv(conn);
   // A server that never listens: it only runs the handshake of the one connection handed to it.
-  // rejectUnauthorized is false so that a refused certificate is reported here, with its reason.
   const server = tls.createServer({
-    ca: creds.ca,
-    cert: creds.cert,
-    key: creds.key,
-    ...(creds.crl === null ? {} : { crl: creds.crl }),
-    requestCert: true,
-    rejectUnauthorized: false,
+    ...tlsServerOptions(creds),
     // At most TLS 1.2: a TLS 1.3 server sends session tickets after the handshake, and CRIU's
     // client (criu/tls.c) then fails its first read (GnuTLS answers GNUTLS_E_AGAIN, which it
     // does not retry: "The page server doesn't answer"). Tickets are useless anyway: one session
