@@ -401,8 +401,8 @@ export function writevAllAsync(fd: number, bufs: Buffer[]): Promise<number>;
 export function pwritevAllAsync(fd: number, bufs: Buffer[], pos: bigint): Promise<number>;
 /**
  * Move `len` bytes from `fdIn` (a socket) into `fdOut` at `offOut` through the pipe
- * (`pipeRead`, `pipeWrite`), `chunk` bytes per splice at most, without copying them through
- * user space. Resolves with the bytes moved: fewer than `len` only when fdIn reached end of
+ * (`pipeRead`, `pipeWrite`) without copying them through user space. Each write into fdOut ends on
+ * a multiple of `chunk` (or at the end, or where the pipe filled up first). Resolves with the bytes moved: fewer than `len` only when fdIn reached end of
  * stream. After a rejection the pipe may hold data: discard it.
  */
 export function spliceAllAsync(

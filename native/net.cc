@@ -284,9 +284,24 @@ Napi::Value PwritevAllAsync(const Napi::CallbackInfo& info) {
   return PromiseWorker::Start(w);
 }
 
-// splice(fdIn -> pipe) then splice(pipe -> fdOut at offOut) until len bytes have reached fdOut,
-// or fdIn reports end of stream (the result is then short). Any data left in the pipe after an
-// error is the caller's to discard (with the pipe).
+// True when the pipe whose write end is `pipe_w` has no free slot: a splice into it would block,
+// and only this thread empties it.
+bool PipeIsFull(int pipe_w) {
+  pollfd p{pipe_w, POLLOUT, 0};
+  int n;
+  do n = poll(&p, 1, 0);
+  while (n < 0 && errno == EINTR);
+  return n == 0;
+}
+
+// splice(fdIn -> pipe), then splice(pipe -> fdOut at offOut), until len bytes have reached fdOut
+// or fdIn reports end of stream (the result is then short). The pipe is filled up to the next
+// multiple of `chunk` in fdOut before it is written out, so that each write covers whole
+// chunk-sized, chunk-aligned blocks of the file: a file system with large folios (tmpfs with huge
+// pages, ext4) zeroes the rest of a folio it must create for a write that covers part of it. A
+// socket gives what it has, often far less than asked, so this takes several splices in; it stops
+// early when the pipe has no free slot (each slot holds what one splice found in one skb
+// fragment). Any data left in the pipe after an error is the caller's to discard (with the pipe).
 Napi::Value SpliceAllAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd_in = ArgInt32(info, 0, "fdIn");
@@ -301,18 +316,27 @@ Napi::Value SpliceAllAsync(const Napi::CallbackInfo& info) {
       env, "splice", {fd_in, fd_out, static_cast<long>(len)}, {},
       [=](int* err) mutable -> long {
         size_t done = 0;
-        while (done < len) {
-          ssize_t in = splice(fd_in, nullptr, pipe_w, nullptr, std::min(chunk, len - done),
-                              SPLICE_F_MOVE | SPLICE_F_MORE);
-          if (in < 0) {
-            if (errno == EINTR) continue;
-            *err = errno;
-            return -1;
+        bool at_end = false;
+        while (done < len && !at_end) {
+          size_t want = std::min(chunk - static_cast<size_t>(off_out) % chunk, len - done);
+          size_t in_pipe = 0;
+          while (in_pipe < want) {
+            if (in_pipe > 0 && PipeIsFull(pipe_w)) break;
+            ssize_t in = splice(fd_in, nullptr, pipe_w, nullptr, want - in_pipe,
+                                SPLICE_F_MOVE | SPLICE_F_MORE);
+            if (in < 0) {
+              if (errno == EINTR) continue;
+              *err = errno;
+              return -1;
+            }
+            if (in == 0) {  // end of stream
+              at_end = true;
+              break;
+            }
+            in_pipe += static_cast<size_t>(in);
           }
-          if (in == 0) break;  // end of stream
-          size_t left = static_cast<size_t>(in);
-          while (left > 0) {
-            ssize_t out = splice(pipe_r, nullptr, fd_out, &off_out, left, SPLICE_F_MOVE);
+          while (in_pipe > 0) {
+            ssize_t out = splice(pipe_r, nullptr, fd_out, &off_out, in_pipe, SPLICE_F_MOVE);
             if (out < 0) {
               if (errno == EINTR) continue;
               *err = errno;
@@ -322,9 +346,9 @@ Napi::Value SpliceAllAsync(const Napi::CallbackInfo& info) {
               *err = EIO;  // a file that takes nothing and reports no error
               return -1;
             }
-            left -= static_cast<size_t>(out);
+            in_pipe -= static_cast<size_t>(out);
+            done += static_cast<size_t>(out);
           }
-          done += static_cast<size_t>(in);
         }
         return static_cast<long>(done);
       },

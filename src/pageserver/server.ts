@@ -68,6 +68,13 @@ import { tlsAccept, type TlsCredentials } from './tls.js';
 
 /** Pipe size for socket -> file splices (root may exceed /proc/sys/fs/pipe-max-size). */
 const PIPE_BYTES = 1 << 20;
+/**
+ * Spliced page data reaches the pages file in writes that end on multiples of this (the pipe
+ * fills until then): a whole 2 MiB folio per write, which a file system with huge pages (tmpfs
+ * huge=) would otherwise zero in full before a partial write. The pipe's slots each hold a socket
+ * buffer fragment (up to 32 KiB), so 1 MiB of pipe holds this much.
+ */
+const SPLICE_WRITE_BYTES = 2 << 20;
 /** The receive buffer: the most read from the socket in one call. */
 const RECV_BYTES = 4 << 20;
 /**
@@ -627,7 +634,7 @@ class Session {
     const [pr, pw] = this.pipe;
     let moved: number;
     try {
-      moved = await sys.spliceAllAsync(fd, pr, pw, t.pagesFd, BigInt(t.pagesBytes), len, PIPE_BYTES);
+      moved = await sys.spliceAllAsync(fd, pr, pw, t.pagesFd, BigInt(t.pagesBytes), len, SPLICE_WRITE_BYTES);
     } catch (err) {
       // Which side failed: a socket error names the peer, a file error the pages image.
       if (err instanceof SyscallError && ['ECONNRESET', 'EAGAIN', 'ETIMEDOUT', 'ENOTCONN'].includes(err.errnoCode))

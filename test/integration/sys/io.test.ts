@@ -23,11 +23,14 @@ import {
   setsockopt,
   socket,
   socketpair,
+  shutdown,
   splice,
+  spliceAllAsync,
   spliceAsync,
   tee,
   vmsplice,
   write,
+  writevAllAsync,
 } from '../../../src/sys/native.js';
 import {
   AF_INET,
@@ -179,6 +182,55 @@ t.test('vmsplice, tee and splice move bytes through pipes', async (t) => {
     { errnoCode: 'EAGAIN', syscall: 'splice', args: [r1, fd, 1] },
     'empty pipe, SPLICE_F_NONBLOCK',
   );
+});
+
+t.test('spliceAllAsync: a stream lands whole in a file at an offset', async (t) => {
+  const SHUT_WR = 1;
+  /** `len` bytes through spliceAllAsync into a new file at `at`, the sender writing `pieces`. */
+  async function run(opts: { pipeBytes: number; chunk: number; at: number; pieces: Buffer[]; len: number }) {
+    const [a, b] = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+    const [pr, pw] = pipe2(O_CLOEXEC);
+    const path = join(t.testdir(), `spliced-all-${opts.pipeBytes}-${opts.chunk}`);
+    const fd = open(path, O_RDWR | O_CREAT, 0o600);
+    try {
+      t.equal(fcntl(pw, F_SETPIPE_SZ, opts.pipeBytes), opts.pipeBytes);
+      const moving = spliceAllAsync(b, pr, pw, fd, BigInt(opts.at), opts.len, opts.chunk);
+      for (const piece of opts.pieces) {
+        await writevAllAsync(a, [piece]);
+        await new Promise((r) => setImmediate(r)); // the receiver sees the stream arrive in pieces
+      }
+      shutdown(a, SHUT_WR);
+      const moved = await moving;
+      return { moved, file: readFileSync(path) };
+    } finally {
+      [a, b, pr, pw, fd].forEach((x) => close(x));
+    }
+  }
+  const pattern = (n: number): Buffer => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + (i >> 9)) & 0xff));
+  const data = pattern(300_000);
+  const pieces = (size: number): Buffer[] =>
+    Array.from({ length: Math.ceil(data.length / size) }, (_, i) => data.subarray(i * size, (i + 1) * size));
+
+  // Odd-sized pieces, an offset that is no multiple of the chunk: every byte in its place.
+  let r = await run({ pipeBytes: 1 << 20, chunk: 64 << 10, at: 5000, pieces: pieces(7001), len: data.length });
+  t.equal(r.moved, data.length);
+  t.equal(r.file.length, 5000 + data.length);
+  t.ok(r.file.subarray(5000).equals(data), 'the data follows the offset byte for byte');
+  t.ok(
+    r.file.subarray(0, 5000).every((x) => x === 0),
+    'nothing written before the offset',
+  );
+
+  // A one-page pipe fills long before a 1 MiB chunk: what it holds is written out, and the rest
+  // follows (waiting for a chunk that cannot fit would hang here for good).
+  r = await run({ pipeBytes: 4096, chunk: 1 << 20, at: 123, pieces: pieces(50_000), len: data.length });
+  t.equal(r.moved, data.length);
+  t.ok(r.file.subarray(123).equals(data), 'through a one-page pipe too');
+
+  // The sender hangs up early: the result is short, and what came is stored.
+  r = await run({ pipeBytes: 1 << 20, chunk: 64 << 10, at: 0, pieces: [data.subarray(0, 10_000)], len: data.length });
+  t.equal(r.moved, 10_000, 'short at end of stream');
+  t.ok(r.file.equals(data.subarray(0, 10_000)));
 });
 
 t.test('socket options: TCP_REPAIR', async (t) => {
