@@ -1,19 +1,23 @@
 /**
  * Page server throughput: 1 GiB (128 MiB with --quick) of a live process's memory
- * (test/fixtures/mem_touch) sent by PageServerClient to a PageServer on 127.0.0.1, images on tmpfs
- * (/dev/shm), timed from OPEN2 to CLOSE's answer (every image in place). Next to it, measured in
- * the same run on the same machine, interleaved round by round:
+ * (test/fixtures/mem_touch) sent by PageServerClient to a PageServer on 127.0.0.1, timed from
+ * OPEN2 to CLOSE's answer (every image in place), into two stores: /dev/shm (tmpfs, 4 KiB pages),
+ * and a tmpfs with huge pages that the bench mounts (root), where storing stops being the bound.
+ * Next to it, measured in the same run on the same machine, interleaved round by round:
  *   - raw TCP loopback: the same volume written from one 4 MiB Buffer and read into another, by the
  *     same native calls (writev / recv MSG_WAITALL on the thread pool), no files;
- *   - node:net loopback: the same volume through Node's own sockets (what a plain JS page server
- *     would get at best);
- *   - fresh-file writes: the same volume pwritten into a new file on the same tmpfs, no network
+ *   - fresh-file writes: the same volume pwritten into a new file on the same store, no network
  *     (storing is part of the job and is often the bound).
+ * After the rounds: node:net loopback, the same volume through Node's own sockets (what a plain JS
+ * page server would get at best; the gigabyte of Buffers it leaves to the collector made the guest
+ * hand memory back to the host during the next transfer, so it no longer runs in the rounds).
  * Inside TLS (--tls, certificates made by openssl): the same transfer twice after the rounds.
  * Also: the busy CPU time of the whole machine during each (both ends share these CPUs here, so
  * the work the page server does on top of raw TCP, reading the task's pages and storing them, sets
  * how close to raw TCP it can get); each round's transfer against that round's baselines (the
- * VM's speed wanders between rounds); bytes that passed through criu-ts's user-space memory on
+ * VM's speed wanders between rounds); the memory the guest handed back to its host meanwhile,
+ * where the kernel counts it (free page reporting: storing into such memory costs a host fault per
+ * page, and such rounds are marked); bytes that passed through criu-ts's user-space memory on
  * each side; and the peak RSS of this process (client and server both run in it).
  *
  * Scattered: what live migration sends once the task is frozen: 1 page in every SCATTER_STRIDE
@@ -24,7 +28,8 @@
 
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect, type AddressInfo } from 'node:net';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
 import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { join } from 'node:path';
 import { PE_PARENT, PE_PRESENT, type PagemapRun } from '../src/images/index.js';
@@ -37,7 +42,7 @@ import { loadTlsCredentials, type TlsCredentials } from '../src/pageserver/tls.j
 import { memTouchRange, startFixture } from '../test/helpers/fixture.js';
 import { makePki } from '../test/helpers/pki.js';
 import type { BenchOptions, BenchResult } from './run.js';
-import { machineBusySeconds, median } from './stats.js';
+import { machineBusySeconds, median, vmReportedKiB } from './stats.js';
 
 const CHUNK = 4 << 20;
 const TMP = '/dev/shm';
@@ -230,21 +235,71 @@ async function pageServerSeconds(
   };
 }
 
+/** Where a round's images go: a tmpfs, and how it stores. */
+interface Store {
+  label: string;
+  base: string;
+  fresh: number[];
+  freshCpu: number[];
+  ours: Transfer[];
+  oursCpu: number[];
+  /** MiB the guest handed back to its host from each round's fresh-file write to the transfer's end. */
+  reportedMiB: (number | null)[];
+}
+
+/**
+ * A tmpfs with huge pages (huge=always) mounted for the bench on a new directory: storing into it
+ * takes a 2 MiB page per allocation instead of 512 of 4 KiB, so that storage stops being what
+ * bounds the transfer. Needs CAP_SYS_ADMIN; without it, why not.
+ */
+function mountHugeTmpfs(sizeBytes: number): { dir: string; unmount: () => void } | { why: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'criu-ts-ps-bench-huge-'));
+  try {
+    execFileSync(
+      'mount',
+      ['-t', 'tmpfs', '-o', `huge=always,size=${Math.ceil(sizeBytes / 2 ** 20)}m,mode=0700`, 'criu-ts-bench', dir],
+      {
+        stdio: 'pipe',
+      },
+    );
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim();
+    return { why: stderr !== undefined && stderr !== '' ? stderr : String(err) };
+  }
+  return {
+    dir,
+    unmount: () => {
+      execFileSync('umount', [dir], { stdio: 'pipe' });
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> {
   const mib = opts.isQuick ? 128 : 1024;
   const rounds = opts.isQuick ? 2 : 5;
   const total = mib << 20;
   const fx = await startFixture('mem_touch', [String(mib)]);
+  const huge = mountHugeTmpfs(2 * total + (64 << 20));
   try {
     await fx.waitFor('READY', 120_000);
     const { start, nrPages } = memTouchRange(fx);
     const raw: number[] = [];
     const rawCpu: number[] = [];
-    const freshCpu: number[] = [];
-    const oursCpu: number[] = [];
     const nodeNet: number[] = [];
-    const fresh: number[] = [];
-    const ours: Transfer[] = [];
+    const newStore = (label: string, base: string): Store => ({
+      label,
+      base,
+      fresh: [],
+      freshCpu: [],
+      ours: [],
+      oursCpu: [],
+      reportedMiB: [],
+    });
+    const stores = [newStore(`${TMP} (tmpfs, 4 KiB pages)`, TMP)];
+    if ('dir' in huge) stores.push(newStore('a tmpfs with huge pages (huge=always, mounted for the bench)', huge.dir));
+    const shm = stores[0] as Store;
     const scattered: Scattered[] = [];
     const rssBefore = process.resourceUsage().maxRSS;
     // The first transfer stores into memory this VM has not used lately (the guest hands free
@@ -258,26 +313,34 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
       rmSync(firstDir, { recursive: true, force: true });
     }
     for (let i = 0; i < rounds; i++) {
-      const dir = mkdtempSync(join(TMP, 'criu-ts-ps-bench-'));
-      try {
-        let c0 = machineBusySeconds();
-        raw.push(await rawTcpSeconds(total));
-        rawCpu.push(machineBusySeconds() - c0);
-        nodeNet.push(await nodeNetSeconds(total));
-        c0 = machineBusySeconds();
-        fresh.push(await freshWriteSeconds(dir, total));
-        freshCpu.push(machineBusySeconds() - c0);
-        // Right after the fresh-file write: its store mostly reuses the memory that write has just
-        // freed, so that both are measured on memory this VM is using (see the first transfer).
-        c0 = machineBusySeconds();
-        ours.push(await pageServerSeconds(fx.pid, start, nrPages, dir));
-        oursCpu.push(machineBusySeconds() - c0);
-        // Short: several per round (the first of a process also pays for compiling the code).
-        for (let k = 0; k < 3; k++) scattered.push(await scatteredSeconds(fx.pid, start, nrPages, dir, k));
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
+      let c0 = machineBusySeconds();
+      raw.push(await rawTcpSeconds(total));
+      rawCpu.push(machineBusySeconds() - c0);
+      for (const store of stores) {
+        const dir = mkdtempSync(join(store.base, 'criu-ts-ps-bench-'));
+        try {
+          const reported0 = vmReportedKiB();
+          c0 = machineBusySeconds();
+          store.fresh.push(await freshWriteSeconds(dir, total));
+          store.freshCpu.push(machineBusySeconds() - c0);
+          // Right after the fresh-file write: its store mostly reuses the memory that write has
+          // just freed, so that both are measured on memory this VM is using (see the first transfer).
+          c0 = machineBusySeconds();
+          store.ours.push(await pageServerSeconds(fx.pid, start, nrPages, dir));
+          store.oursCpu.push(machineBusySeconds() - c0);
+          const reported1 = vmReportedKiB();
+          store.reportedMiB.push(reported0 === null || reported1 === null ? null : (reported1 - reported0) / 1024);
+          // Short: several per round (the first of a process also pays for compiling the code).
+          if (store === shm)
+            for (let k = 0; k < 3; k++) scattered.push(await scatteredSeconds(fx.pid, start, nrPages, dir, k));
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
+        }
       }
     }
+    // After the rounds: the gigabyte of JS Buffers it receives, once collected, makes the guest
+    // hand memory back to the host during whatever runs next.
+    for (let i = 0; i < 2; i++) nodeNet.push(await nodeNetSeconds(total));
     const rssPeakMiB = process.resourceUsage().maxRSS / 1024;
     // Inside TLS (--tls): the same transfer, twice, after the rounds.
     const pkiDir = mkdtempSync(join(TMP, 'criu-ts-ps-bench-pki-'));
@@ -305,49 +368,63 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
     const gib = total / 2 ** 30;
     const best = (xs: number[]): number => Math.min(...xs);
     const rate = (s: number): string => `${(gib / s).toFixed(2)} GiB/s`;
-    const oursS = ours.map((o) => o.seconds);
-    const last = ours[ours.length - 1] as Transfer;
-    // Rounds are minutes apart and this VM's speed wanders: each round's transfer against the
-    // baselines measured just before it, in the same round.
-    const ofRaw = oursS.map((o, i) => (100 * (raw[i] as number)) / o);
-    const perRound = oursS.map((o, i) => ({
-      ofRaw: (ofRaw[i] as number).toFixed(0),
-      ofBound: ((100 * Math.max(raw[i] as number, fresh[i] as number)) / o).toFixed(0),
-    }));
+    const pct = (x: number): string => `${x.toFixed(0)}%`;
+    const cpuLine = (cpu: number[], secs: number[]): string =>
+      `${(median(cpu) / gib).toFixed(2)} s/GiB (${median(cpu.map((c, i) => c / (secs[i] as number))).toFixed(2)} CPUs)`;
+    const isCounted = vmReportedKiB() !== null;
+    const storeLines = (store: Store): string[] => {
+      const oursS = store.ours.map((o) => o.seconds);
+      // Rounds are minutes apart and this VM's speed wanders: each round's transfer against the
+      // raw TCP measured at the start of the same round.
+      const ofRaw = oursS.map((o, i) => (100 * (raw[i] as number)) / o);
+      const ofBound = oursS.map((o, i) => (100 * Math.max(raw[i] as number, store.fresh[i] as number)) / o);
+      const isDisturbed = store.reportedMiB.map((r) => (r ?? 0) > 0);
+      const calm = ofRaw.filter((_, i) => !(isDisturbed[i] as boolean));
+      const marked = ofRaw.map((x, i) => `${pct(x)}${isDisturbed[i] === true ? '*' : ''}`);
+      return [
+        `into ${store.label}:`,
+        `  fresh-file write:   ${rate(best(store.fresh))} / ${rate(median(store.fresh))} (storing alone, no network)`,
+        `  page server:        ${rate(best(oursS))} / ${rate(median(oursS))}` +
+          ` = ${pct((100 * best(raw)) / best(oursS))} of raw TCP (best), ${pct((100 * median(raw)) / median(oursS))} (median)`,
+        `    round by round:   ${marked.join(', ')} of that round's raw TCP (median ${pct(median(ofRaw))}, ` +
+          `${ofRaw.filter((x) => x >= 80).length} of ${rounds} at 80% or more)` +
+          (isCounted
+            ? `; * = the guest handed memory back to the host after the fresh-file write began ` +
+              `(${store.reportedMiB.map((r) => (r ?? 0).toFixed(0)).join(', ')} MiB): the transfer may have stored into ` +
+              `memory the host had to fault in again; ` +
+              `unmarked rounds: ${calm.length === 0 ? 'none' : `median ${pct(median(calm))}`} (memory handed back earlier can still be met)`
+            : '; this kernel does not count the memory the guest hands back to the host'),
+        `    against storage:  ${ofBound.map(pct).join(', ')} of the slower of that round's raw TCP and fresh-file write ` +
+          `(what storing while receiving can reach at most)`,
+        `    CPU:              fresh-file write ${cpuLine(store.freshCpu, store.fresh)}; page server ${cpuLine(store.oursCpu, oursS)}`,
+      ];
+    };
     const sc = scattered.map((x) => x.seconds);
     const sc0 = scattered[0] as Scattered;
     const scRate = (s: number): string =>
       `${(s * 1000).toFixed(1)} ms = ${(sc0.nrRecords / s).toFixed(0)} records/s, ${(sc0.dataBytes / 1e6 / s).toFixed(1)} MB/s`;
-    const cpuLine = (cpu: number[], secs: number[]): string =>
-      `${(median(cpu) / gib).toFixed(2)} s/GiB (${median(cpu.map((c, i) => c / (secs[i] as number))).toFixed(2)} CPUs)`;
+    const shmS = shm.ours.map((o) => o.seconds);
+    const last = shm.ours[shm.ours.length - 1] as Transfer;
     const contRate = (s: number): string => `${(total / 1e6 / s).toFixed(0)} MB/s`;
     return {
-      name: `page server (${mib} MiB from a live process to ${TMP}, best/median of ${rounds})`,
+      name: `page server (${mib} MiB from a live process, best/median of ${rounds})`,
       lines: [
-        `raw TCP loopback:     ${rate(best(raw))} / ${rate(median(raw))}`,
-        `node:net loopback:    ${rate(best(nodeNet))} / ${rate(median(nodeNet))}`,
-        `fresh-file write:     ${rate(best(fresh))} / ${rate(median(fresh))}`,
-        `page server:          ${rate(best(oursS))} / ${rate(median(oursS))}` +
-          ` = ${((100 * best(raw)) / best(oursS)).toFixed(0)}% of raw TCP (best), ` +
-          `${((100 * median(raw)) / median(oursS)).toFixed(0)}% (median); ` +
-          `${((100 * best(fresh)) / best(oursS)).toFixed(0)}% of the fresh-file write, its storage alone (best)`,
-        `  round by round:     ${perRound.map((r) => `${r.ofRaw}%`).join(', ')} of that round's raw TCP ` +
-          `(median ${median(ofRaw).toFixed(0)}%, ${ofRaw.filter((x) => x >= 80).length} of ${rounds} at 80% or more); ` +
-          `${perRound.map((r) => `${r.ofBound}%`).join(', ')} of the slower of that round's raw TCP and fresh-file write ` +
-          `(what storing while receiving can reach at most)`,
-        `  first transfer:     ${rate(first.seconds)} (before the rounds: code not yet compiled, and pages stored ` +
+        `raw TCP loopback:     ${rate(best(raw))} / ${rate(median(raw))}; CPU ${cpuLine(rawCpu, raw)}`,
+        `node:net loopback:    ${rate(best(nodeNet))} / ${rate(median(nodeNet))} (after the rounds)`,
+        ...stores.flatMap(storeLines),
+        ...('why' in huge ? [`into a tmpfs with huge pages: not measured (mount: ${huge.why})`] : []),
+        `first transfer:       ${rate(first.seconds)} into ${TMP} (before the rounds: code not yet compiled, and pages stored ` +
           `into memory this VM has not used lately, which the host must fault in again)`,
-        `  contiguous:         1 record of ${nrPages} pages, ${contRate(best(oursS))} / ${contRate(median(oursS))}`,
-        `  scattered 1%:       ${sc0.nrRecords} records (${sc0.dataBytes / 4096} 1-page PE_PRESENT, the rest PE_PARENT), ` +
+        `contiguous:           1 record of ${nrPages} pages, ${contRate(best(shmS))} / ${contRate(median(shmS))} into ${TMP}`,
+        `scattered 1%:         ${sc0.nrRecords} records (${sc0.dataBytes / 4096} 1-page PE_PRESENT, the rest PE_PARENT), ` +
           `best ${scRate(best(sc))}; median of ${sc.length} ${scRate(median(sc))}`,
-        `CPU, whole machine:   raw TCP ${cpuLine(rawCpu, raw)}; fresh-file write ${cpuLine(freshCpu, fresh)}; ` +
-          `page server ${cpuLine(oursCpu, oursS)} (median busy CPU-seconds per GiB, and how many of the ` +
-          `${availableParallelism()} CPUs that keeps busy on average)`,
+        `CPU figures:          median busy CPU-seconds of the whole machine per GiB, and how many of its ` +
+          `${availableParallelism()} CPUs that keeps busy on average (both ends run on them)`,
         `user-space bytes:     client ${(last.clientUserBytes / 2 ** 20).toFixed(0)} MiB (process_vm_readv into pooled buffers), ` +
           `server ${(last.serverUserBytes / 2 ** 20).toFixed(2)} MiB (headers and the first receive chunk; the rest is spliced socket -> pipe -> file)`,
         `inside TLS:           ${rate(tlsBest)} (best of 2, after the rounds) = ` +
-          `${((100 * nodeTls) / tlsBest).toFixed(0)}% of Node's own TLS over loopback (${rate(nodeTls)}, storing nothing), ` +
-          `${((100 * median(oursS)) / tlsBest).toFixed(0)}% of the plain page server's median; OpenSSL encrypts and decrypts every byte, ` +
+          `${pct((100 * nodeTls) / tlsBest)} of Node's own TLS over loopback (${rate(nodeTls)}, storing nothing), ` +
+          `${pct((100 * median(shmS)) / tlsBest)} of the plain page server's median; OpenSSL encrypts and decrypts every byte, ` +
           `and the server copies the decrypted records (${((tlsRuns[0] as Transfer).serverUserBytes / 2 ** 20).toFixed(0)} MiB ` +
           `in user space, nothing spliced); peak RSS then ${rssTlsMiB.toFixed(0)} MiB`,
         `peak RSS:             ${rssPeakMiB.toFixed(0)} MiB (was ${(rssBefore / 1024).toFixed(0)} MiB before; client buffers 2 x ${CHUNK >> 20} MiB)`,
@@ -356,5 +433,6 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
   } finally {
     fx.write('\n');
     await fx.exited().catch(() => fx.kill());
+    if ('dir' in huge) huge.unmount();
   }
 }

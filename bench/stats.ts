@@ -28,3 +28,19 @@ export function machineBusySeconds(): number {
   const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0] = f;
   return (user + nice + system + irq + softirq) / 100;
 }
+
+/** Where this VM's kernel counts the guest memory it handed back to the host (free page reporting). */
+const REPORTED_KIB = '/sys/module/page_reporting/parameters/reported_kib';
+
+/**
+ * KiB of free memory this guest has reported to its host so far (virtio-balloon free page
+ * reporting: the host takes the memory back, and the guest's next use of it costs a host fault per
+ * page), where the kernel counts it; null where it does not (upstream kernels have no counter).
+ */
+export function vmReportedKiB(): number | null {
+  try {
+    return Number(readFileSync(REPORTED_KIB, 'utf8').trim());
+  } catch {
+    return null;
+  }
+}
