@@ -7,6 +7,7 @@
 import { eventfdFile } from './eventfd.js';
 import { eventpollFile } from './eventpoll.js';
 import { fifoFile } from './fifo.js';
+import { inetSocketFile } from './inet-socket.js';
 import { inotifyFile } from './inotify.js';
 import { memfdFile } from './memfd.js';
 import { pipeFile } from './pipe.js';
@@ -25,6 +26,7 @@ export const FD_KINDS: readonly FdKindModule[] = [
   signalfdFile,
   timerfdFile,
   inotifyFile,
+  inetSocketFile,
   ttyFile,
   regFile,
 ];

@@ -404,5 +404,47 @@ export const TCP_QUEUE_SEQ = 21;
 export const TCP_REPAIR_OPTIONS = 22;
 export const TCP_REPAIR_WINDOW = 29;
 
+/** Socket options. uapi/asm-generic/socket.h, linux/in.h, linux/in6.h, linux/tcp.h. */
+export const SO_REUSEADDR = 2;
+export const SO_TYPE = 3;
+export const SO_DONTROUTE = 5;
+export const SO_BROADCAST = 6;
+export const SO_SNDBUF = 7;
+export const SO_RCVBUF = 8;
+export const SO_KEEPALIVE = 9;
+export const SO_OOBINLINE = 10;
+export const SO_NO_CHECK = 11;
+export const SO_PRIORITY = 12;
+export const SO_LINGER = 13;
+export const SO_REUSEPORT = 15;
+export const SO_PASSCRED = 16;
+export const SO_RCVLOWAT = 18;
+export const SO_RCVTIMEO = 20; // SO_RCVTIMEO_OLD: a struct timeval of longs
+export const SO_SNDTIMEO = 21;
+export const SO_BINDTODEVICE = 25;
+export const SO_GET_FILTER = 26;
+export const SO_SNDBUFFORCE = 32;
+export const SO_RCVBUFFORCE = 33;
+export const SO_PASSSEC = 34;
+export const SO_MARK = 36;
+export const SO_PROTOCOL = 38;
+export const SO_DOMAIN = 39;
+export const SO_BUF_LOCK = 72;
+/** SO_BUF_LOCK bits: the program set the size itself. */
+export const SOCK_SNDBUF_LOCK = 1;
+export const SOCK_RCVBUF_LOCK = 2;
+export const SOL_IP = 0;
+export const IP_FREEBIND = 15;
+export const SOL_IPV6 = 41;
+export const IPV6_V6ONLY = 26;
+export const IPV6_FREEBIND = 78;
+export const IPPROTO_UDP = 17;
+export const TCP_NODELAY = 1;
+export const TCP_INFO = 11;
+export const TCP_KEEPIDLE = 4;
+export const TCP_KEEPINTVL = 5;
+export const TCP_KEEPCNT = 6;
+export const TCP_USER_TIMEOUT = 18;
+
 /** Page size on x86_64. */
 export const PAGE_SIZE = 4096;

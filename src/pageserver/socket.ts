@@ -11,16 +11,23 @@
  */
 
 import { ProtocolError, SyscallError, UsageError } from '../errors.js';
-import { AF_INET, AF_INET6, SOCK_CLOEXEC, SOCK_STREAM, SOL_SOCKET, SOL_TCP } from '../kernel/constants.js';
+import {
+  AF_INET,
+  AF_INET6,
+  SO_RCVTIMEO,
+  SO_REUSEADDR,
+  SO_SNDTIMEO,
+  SO_TYPE,
+  SOCK_CLOEXEC,
+  SOCK_STREAM,
+  SOL_SOCKET,
+  SOL_TCP,
+  TCP_NODELAY,
+  TCP_USER_TIMEOUT,
+} from '../kernel/constants.js';
 import * as sys from '../sys/native.js';
 
 /** socket(7), tcp(7), recv(2), shutdown(2) numbers not in src/kernel/constants.ts. */
-const SO_REUSEADDR = 2;
-const SO_TYPE = 3;
-const SO_RCVTIMEO = 20;
-const SO_SNDTIMEO = 21;
-const TCP_NODELAY = 1;
-const TCP_USER_TIMEOUT = 18;
 const MSG_WAITALL = 0x100;
 export const SHUT_RD = 0;
 export const SHUT_WR = 1;

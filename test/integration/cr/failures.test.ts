@@ -94,7 +94,26 @@ async function refusedUntouched(
 }
 
 t.test('dump refuses a task holding an fd of an unsupported kind', { skip: needsRoot }, async (t) => {
-  for (const kind of ['socketpair', 'tcp']) {
+  // A unix socket pair; a TCP connection (either end); a listener with a connection waiting to be
+  // accepted, which would be lost.
+  const kinds: [string, (fd: number) => RegExp][] = [
+    ['socketpair', (fd) => new RegExp(`fd ${fd}\\b.*socket`)],
+    [
+      'tcp-conn',
+      (fd) =>
+        new RegExp(
+          `fd ${fd} of task \\d+: the TCP socket 127\\.0\\.0\\.1:\\d+ -> 127\\.0\\.0\\.1:\\d+: it is connected \\(ESTABLISHED\\), and criu-ts does not restore TCP connections`,
+        ),
+    ],
+    [
+      'tcp-waiting',
+      (fd) =>
+        new RegExp(
+          `fd ${fd} of task \\d+: the TCP socket 127\\.0\\.0\\.1:\\d+: 1 connection\\(s\\) wait in its accept queue`,
+        ),
+    ],
+  ];
+  for (const [kind, expected] of kinds) {
     await t.test(kind, async (t) => {
       const dir = t.testdir();
       const w = await startWorkload('cr_state', dir, [kind]);
@@ -105,7 +124,7 @@ t.test('dump refuses a task holding an fd of an unsupported kind', { skip: needs
       const first = Number(sockets[0]?.split(' ')[0]);
       const images = path.join(dir, 'img');
       const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images], w.pid);
-      await refusedUntouched(t, w, before, images, r, new RegExp(`fd ${first}\\b.*socket`));
+      await refusedUntouched(t, w, before, images, r, expected(first));
     });
   }
 });

@@ -1,0 +1,498 @@
+/**
+ * TCP and UDP sockets, IPv4 and IPv6 (fd kind INETSK): file_entry { type: INETSK, id, isk:
+ * inet_sk_entry { id, ino, family, type, proto, state, src_port, dst_port, flags, backlog,
+ * src_addr, dst_addr, fown, opts: sk_opts_entry, v6only, ip_opts } }, as CRIU writes it.
+ *
+ * What can be dumped, as CRIU without --tcp-established: a TCP socket that listens (its accept
+ * queue empty: a connection waiting there would be lost), or that is bound or new and not
+ * connected; a UDP socket, bound or not, connected or not (datagrams waiting in its receive queue
+ * are lost, as in CRIU). A connected TCP socket is refused: criu-ts does not restore TCP
+ * connections (CRIU's --tcp-established, TCP_REPAIR).
+ *
+ * Dump reads everything from criu's own duplicate of the fd (pidfd_getfd), no injection:
+ * SO_DOMAIN, SO_TYPE, SO_PROTOCOL, getsockname and getpeername; TCP_INFO for a TCP socket's state,
+ * and for a listener its backlog (tcpi_sacked) and the connections waiting to be accepted
+ * (tcpi_unacked); the socket options of sk_opts_entry; IPV6_V6ONLY; IP_FREEBIND. Addresses are
+ * stored as CRIU does: the address bytes in network order, read as little-endian u32 words (one
+ * for IPv4, four for IPv6).
+ *
+ * Restore, injected into the task: socket(), IPV6_V6ONLY, SO_REUSEADDR on while binding (as CRIU:
+ * connections of the dumped socket may linger in TIME_WAIT on the port), SO_REUSEPORT,
+ * SO_BINDTODEVICE and IP_FREEBIND before bind(), then listen(backlog) or, for UDP, connect(), then
+ * the other options, SO_REUSEADDR as dumped, status flags and owner. Buffer sizes are set only when
+ * the program had set them (SO_BUF_LOCK), so that autotuning stays on otherwise.
+ */
+
+import { SyscallError, UnsupportedError } from '../errors.js';
+import type { ImageEntry } from '../images/index.js';
+import type { Injector } from '../inject/injector.js';
+import {
+  AF_INET,
+  AF_INET6,
+  IPPROTO_TCP,
+  SOCK_DGRAM,
+  SOCK_STREAM,
+  SOL_SOCKET,
+  SO_REUSEADDR,
+  SO_TYPE,
+  SO_DONTROUTE,
+  SO_BROADCAST,
+  SO_SNDBUF,
+  SO_RCVBUF,
+  SO_KEEPALIVE,
+  SO_OOBINLINE,
+  SO_NO_CHECK,
+  SO_PRIORITY,
+  SO_LINGER,
+  SO_REUSEPORT,
+  SO_PASSCRED,
+  SO_RCVLOWAT,
+  SO_RCVTIMEO,
+  SO_SNDTIMEO,
+  SO_BINDTODEVICE,
+  SO_GET_FILTER,
+  SO_SNDBUFFORCE,
+  SO_RCVBUFFORCE,
+  SO_PASSSEC,
+  SO_MARK,
+  SO_PROTOCOL,
+  SO_DOMAIN,
+  SO_BUF_LOCK,
+  SOCK_SNDBUF_LOCK,
+  SOCK_RCVBUF_LOCK,
+  SOL_IP,
+  IP_FREEBIND,
+  SOL_IPV6,
+  IPV6_V6ONLY,
+  IPV6_FREEBIND,
+  IPPROTO_UDP,
+  TCP_INFO,
+  TCP_KEEPIDLE,
+  TCP_KEEPINTVL,
+  TCP_KEEPCNT,
+} from '../kernel/constants.js';
+import { errnoName } from '../kernel/errno.js';
+import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
+import * as sys from '../sys/native.js';
+import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
+import { dumpFown, restoreFown } from './fown.js';
+import { FD_TYPES, type FdKindModule } from './types.js';
+
+/** TCP states (include/net/tcp_states.h); CRIU records a UDP socket as ESTABLISHED or CLOSE too. */
+export const TCP_ESTABLISHED = 1;
+export const TCP_CLOSE = 7;
+export const TCP_LISTEN = 10;
+const TCP_STATE_NAMES = [
+  '',
+  'ESTABLISHED',
+  'SYN_SENT',
+  'SYN_RECV',
+  'FIN_WAIT1',
+  'FIN_WAIT2',
+  'TIME_WAIT',
+  'CLOSE',
+  'CLOSE_WAIT',
+  'LAST_ACK',
+  'LISTEN',
+  'CLOSING',
+  'NEW_SYN_RECV',
+];
+
+/** What the dump learns of a socket before deciding whether it can be dumped. */
+interface InetSocket {
+  family: number;
+  type: number;
+  proto: number;
+  state: number;
+  /** A listener's backlog and the connections waiting in its accept queue. */
+  backlog: number;
+  nrWaiting: number;
+  src: sys.SockAddr;
+  dst: sys.SockAddr | null;
+  /** Instructions of an attached classic BPF filter (0: none). */
+  nrFilterInsns: number;
+}
+
+function intOpt(fd: number, level: number, name: number): number {
+  return sys.getsockopt(fd, level, name, 4).readInt32LE(0);
+}
+
+/** The inet socket behind criu's duplicate `fd`, or null for a socket of another family. */
+function readInetSocket(fd: number): InetSocket | null {
+  const family = intOpt(fd, SOL_SOCKET, SO_DOMAIN);
+  if (family !== AF_INET && family !== AF_INET6) return null;
+  const type = intOpt(fd, SOL_SOCKET, SO_TYPE);
+  const proto = intOpt(fd, SOL_SOCKET, SO_PROTOCOL);
+  const src = sys.getsockname(fd);
+  let dst: sys.SockAddr | null = null;
+  try {
+    dst = sys.getpeername(fd);
+  } catch {
+    // ENOTCONN: not connected
+  }
+  let state = dst === null ? TCP_CLOSE : TCP_ESTABLISHED;
+  let backlog = 0;
+  let nrWaiting = 0;
+  if (proto === IPPROTO_TCP) {
+    const info = sys.getsockopt(fd, IPPROTO_TCP, TCP_INFO, 32);
+    state = info.readUInt8(0);
+    if (state === TCP_LISTEN) {
+      nrWaiting = info.readUInt32LE(24); // tcpi_unacked: sk_ack_backlog
+      backlog = info.readUInt32LE(28); // tcpi_sacked: sk_max_ack_backlog
+    }
+  }
+  // SO_GET_FILTER counts in instructions, not bytes: the length it reports is their number.
+  const nrFilterInsns = sys.getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, 8 * 4096).length;
+  return { family, type, proto, state, backlog, nrWaiting, src, dst, nrFilterInsns };
+}
+
+function endpoint(a: sys.SockAddr): string {
+  return a.family === 6 ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+}
+
+function kindName(s: InetSocket): string {
+  const proto = s.proto === IPPROTO_TCP ? 'TCP' : s.proto === IPPROTO_UDP ? 'UDP' : `protocol ${s.proto}`;
+  return `${proto}${s.family === AF_INET6 ? '/IPv6' : ''} socket`;
+}
+
+/** Why this socket cannot be dumped, or undefined. */
+function refusalOf(pid: number, fd: number, s: InetSocket): string | undefined {
+  const what = `fd ${fd} of task ${pid}: the ${kindName(s)} ${endpoint(s.src)}`;
+  const isTcp = s.type === SOCK_STREAM && s.proto === IPPROTO_TCP;
+  const isUdp = s.type === SOCK_DGRAM && s.proto === IPPROTO_UDP;
+  if (!isTcp && !isUdp) return `Cannot dump ${what}: only TCP and UDP sockets are supported`;
+  if (isTcp && s.state === TCP_LISTEN && s.nrWaiting > 0)
+    return (
+      `Cannot dump ${what}: ${s.nrWaiting} connection(s) wait in its accept queue and would be lost ` +
+      '(dump again once they are accepted)'
+    );
+  if (isTcp && s.state !== TCP_LISTEN && s.state !== TCP_CLOSE) {
+    const peer = s.dst === null ? '' : ` -> ${endpoint(s.dst)}`;
+    return (
+      `Cannot dump ${what}${peer}: it is connected (${TCP_STATE_NAMES[s.state] ?? s.state}), and criu-ts does not ` +
+      'restore TCP connections (--tcp-established)'
+    );
+  }
+  if (s.nrFilterInsns > 0) return `Cannot dump ${what}: it has a socket filter (SO_ATTACH_FILTER), not supported`;
+  return undefined;
+}
+
+/** An address as CRIU stores it: its bytes in network order, read as little-endian u32 words. */
+export function addressWords(family: number, text: string): number[] {
+  const bytes = family === AF_INET6 ? ipv6Bytes(text) : ipv4Bytes(text);
+  const words: number[] = [];
+  for (let i = 0; i < bytes.length; i += 4) words.push(bytes.readUInt32LE(i));
+  return words;
+}
+
+/** The address bytes (network order) of CRIU's words. */
+export function wordsBytes(words: readonly number[]): Buffer {
+  const b = Buffer.alloc(words.length * 4);
+  words.forEach((w, i) => b.writeUInt32LE(w >>> 0, i * 4));
+  return b;
+}
+
+function ipv4Bytes(text: string): Buffer {
+  const parts = text.split('.').map(Number);
+  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255))
+    throw new RangeError(`Not an IPv4 address: "${text}"`);
+  return Buffer.from(parts);
+}
+
+function ipv6Bytes(text: string): Buffer {
+  let s = text.replace(/%.*$/, ''); // a zone (fe80::1%eth0)
+  let tail: Buffer = Buffer.alloc(0);
+  const v4 = /:(\d+\.\d+\.\d+\.\d+)$/.exec(s);
+  if (v4 !== null) {
+    // The last 32 bits written as IPv4 (::ffff:1.2.3.4): keep "::" whole, drop a single ':'.
+    tail = ipv4Bytes(v4[1] as string);
+    s = s.slice(0, v4.index + 1);
+    if (!s.endsWith('::')) s = s.slice(0, -1);
+  }
+  const halves = s.split('::');
+  if (halves.length > 2) throw new RangeError(`Not an IPv6 address: "${text}"`);
+  const groups = (h: string): number[] =>
+    h === '' ? [] : h.split(':').map((g) => (/^[0-9a-f]{1,4}$/i.test(g) ? parseInt(g, 16) : NaN));
+  const head = groups(halves[0] as string);
+  const rest = halves.length === 2 ? groups(halves[1] as string) : [];
+  const nrGroups = 8 - tail.length / 2;
+  const gap = nrGroups - head.length - rest.length;
+  const all = halves.length === 2 ? [...head, ...new Array<number>(Math.max(gap, 0)).fill(0), ...rest] : head;
+  if (all.length !== nrGroups || (halves.length === 2 && gap < 1) || all.some((g) => Number.isNaN(g)))
+    throw new RangeError(`Not an IPv6 address: "${text}"`);
+  const out = Buffer.alloc(16);
+  all.forEach((g, i) => out.writeUInt16BE(g, i * 2));
+  tail.copy(out, 16 - tail.length);
+  return out;
+}
+
+/** An int socket option, or undefined where this kernel has it not for this family. */
+function optionalInt(fd: number, level: number, name: number): number | undefined {
+  try {
+    return intOpt(fd, level, name);
+  } catch (err) {
+    if (err instanceof SyscallError && (err.errnoCode === 'EOPNOTSUPP' || err.errnoCode === 'ENOPROTOOPT'))
+      return undefined;
+    throw err;
+  }
+}
+
+/** The sk_opts_entry of the socket behind `fd` (CRIU's field names). */
+function readOpts(fd: number, isTcp: boolean): ImageEntry {
+  const int = (name: number): number => intOpt(fd, SOL_SOCKET, name);
+  const timeval = (name: number): [bigint, bigint] => {
+    const b = sys.getsockopt(fd, SOL_SOCKET, name, 16);
+    return [b.readBigInt64LE(0), b.readBigInt64LE(8)];
+  };
+  const [sndSec, sndUsec] = timeval(SO_SNDTIMEO);
+  const [rcvSec, rcvUsec] = timeval(SO_RCVTIMEO);
+  const linger = sys.getsockopt(fd, SOL_SOCKET, SO_LINGER, 8);
+  const dev = sys.getsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, 16).toString('latin1').replace(/\0.*$/s, '');
+  const opts: ImageEntry = {
+    so_sndbuf: int(SO_SNDBUF),
+    so_rcvbuf: int(SO_RCVBUF),
+    so_snd_tmo_sec: sndSec,
+    so_snd_tmo_usec: sndUsec,
+    so_rcv_tmo_sec: rcvSec,
+    so_rcv_tmo_usec: rcvUsec,
+    reuseaddr: int(SO_REUSEADDR) !== 0,
+    so_priority: int(SO_PRIORITY),
+    so_rcvlowat: int(SO_RCVLOWAT),
+    so_mark: int(SO_MARK),
+    so_dontroute: int(SO_DONTROUTE) !== 0,
+    so_no_check: int(SO_NO_CHECK) !== 0,
+    so_reuseport: int(SO_REUSEPORT) !== 0,
+    so_broadcast: int(SO_BROADCAST) !== 0,
+    so_keepalive: int(SO_KEEPALIVE) !== 0,
+    so_oobinline: int(SO_OOBINLINE),
+    so_buf_lock: int(SO_BUF_LOCK),
+  };
+  if (dev !== '') opts['so_bound_dev'] = dev;
+  // Since 6.x these two belong to unix and netlink sockets only: an inet socket answers EOPNOTSUPP.
+  for (const [k, name] of [
+    ['so_passcred', SO_PASSCRED],
+    ['so_passsec', SO_PASSSEC],
+  ] as const) {
+    const v = optionalInt(fd, SOL_SOCKET, name);
+    if (v !== undefined) opts[k] = v !== 0;
+  }
+  if (linger.readInt32LE(0) !== 0) opts['so_linger'] = linger.readInt32LE(4);
+  if (isTcp) {
+    opts['tcp_keepcnt'] = intOpt(fd, IPPROTO_TCP, TCP_KEEPCNT);
+    opts['tcp_keepidle'] = intOpt(fd, IPPROTO_TCP, TCP_KEEPIDLE);
+    opts['tcp_keepintvl'] = intOpt(fd, IPPROTO_TCP, TCP_KEEPINTVL);
+  }
+  return opts;
+}
+
+/** sockaddr_in or sockaddr_in6 of CRIU's address words and a port. */
+export function sockaddrOf(family: number, words: readonly number[], port: number): Buffer {
+  const addr = wordsBytes(words.length > 0 ? words : family === AF_INET6 ? [0, 0, 0, 0] : [0]);
+  if (family === AF_INET6) {
+    const sa = Buffer.alloc(28);
+    sa.writeUInt16LE(AF_INET6, 0);
+    sa.writeUInt16BE(port, 2);
+    addr.copy(sa, 8, 0, 16);
+    return sa;
+  }
+  const sa = Buffer.alloc(16);
+  sa.writeUInt16LE(AF_INET, 0);
+  sa.writeUInt16BE(port, 2);
+  addr.copy(sa, 4, 0, 4);
+  return sa;
+}
+
+/** "127.0.0.1:80" or "[::1]:80" of CRIU's address words and a port, for messages. */
+function endpointOf(family: number, words: readonly number[], port: number): string {
+  const b = wordsBytes(words);
+  if (family !== AF_INET6) return `${[...b.subarray(0, 4)].join('.')}:${port}`;
+  const groups = Array.from({ length: 8 }, (_, i) => (b.length >= 16 ? b.readUInt16BE(i * 2) : 0).toString(16));
+  return `[${groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::')}]:${port}`;
+}
+
+function int32(v: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(v);
+  return b;
+}
+
+/** Run a call inside the task; a failure names the socket it was for. */
+function callFor(injector: Injector, where: string, name: 'bind' | 'listen' | 'connect', args: bigint[]): void {
+  const ret = injector.syscall(SYSCALLS_X86_64[name], args);
+  if (ret < 0n && ret >= -4095n) {
+    const errno = Number(-ret);
+    throw new SyscallError(name, errno, errnoName(errno), [`task ${injector.pid}`, where]);
+  }
+}
+
+export const inetSocketFile: FdKindModule = {
+  type: FD_TYPES.INETSK,
+  name: 'inet socket',
+  restoreOrder: 10,
+
+  matches(input) {
+    if (!input.link.startsWith('socket:[')) return false;
+    const family = intOpt(input.localFd, SOL_SOCKET, SO_DOMAIN);
+    return family === AF_INET || family === AF_INET6;
+  },
+
+  refusal(input) {
+    const s = readInetSocket(input.localFd);
+    return s === null ? undefined : refusalOf(input.pid, input.fd, s);
+  },
+
+  async dump(input, id, ctx) {
+    const s = readInetSocket(input.localFd);
+    if (s === null) throw new UnsupportedError('fd-kind', `fd ${input.fd} of task ${input.pid} is no inet socket`);
+    const refusal = refusalOf(input.pid, input.fd, s);
+    if (refusal !== undefined) throw new UnsupportedError('fd-kind-inet-socket', refusal);
+    const isk: ImageEntry = {
+      id,
+      ino: Number(input.stat.ino),
+      family: s.family,
+      type: s.type,
+      proto: s.proto,
+      state: s.state,
+      src_port: s.src.port,
+      dst_port: s.dst?.port ?? 0,
+      flags: descriptionFlags(input.fdinfo.flags),
+      backlog: s.backlog,
+      src_addr: addressWords(s.family, s.src.address),
+      dst_addr: s.dst === null ? [] : addressWords(s.family, s.dst.address),
+      fown: dumpFown(input, ctx),
+      opts: readOpts(input.localFd, s.proto === IPPROTO_TCP),
+    };
+    if (s.family === AF_INET6) isk['v6only'] = intOpt(input.localFd, SOL_IPV6, IPV6_V6ONLY) !== 0;
+    const freebind =
+      s.family === AF_INET6
+        ? intOpt(input.localFd, SOL_IPV6, IPV6_FREEBIND)
+        : intOpt(input.localFd, SOL_IP, IP_FREEBIND);
+    if (freebind !== 0) isk['ip_opts'] = { freebind: true };
+    return { type: FD_TYPES.INETSK, id, isk };
+  },
+
+  async restore(entry, ctx) {
+    const isk = entry['isk'] as ImageEntry;
+    const opts = (isk['opts'] ?? {}) as ImageEntry;
+    const family = Number(isk['family']);
+    const type = Number(isk['type']);
+    const proto = Number(isk['proto']);
+    const state = Number(isk['state']);
+    const srcAddr = ((isk['src_addr'] ?? []) as number[]).map(Number);
+    const dstAddr = ((isk['dst_addr'] ?? []) as number[]).map(Number);
+    const srcPort = Number(isk['src_port']);
+    const flags = Number(isk['flags'] ?? 0);
+    const { injector } = ctx;
+    const fd = Number(injector.syscallOrThrow('socket', [BigInt(family), BigInt(type), BigInt(proto)]));
+    const set = (level: number, name: number, value: Buffer): void => {
+      injector.syscallOrThrow('setsockopt', [
+        BigInt(fd),
+        BigInt(level),
+        BigInt(name),
+        injector.pushData(value),
+        BigInt(value.length),
+      ]);
+    };
+    const setInt = (level: number, name: number, v: number): void => set(level, name, int32(v));
+    // Before bind: what decides which address it may take.
+    if (family === AF_INET6 && isk['v6only'] !== undefined)
+      setInt(SOL_IPV6, IPV6_V6ONLY, isk['v6only'] === true ? 1 : 0);
+    setInt(SOL_SOCKET, SO_REUSEADDR, 1);
+    if (opts['so_reuseport'] === true) setInt(SOL_SOCKET, SO_REUSEPORT, 1);
+    if (typeof opts['so_bound_dev'] === 'string' && opts['so_bound_dev'] !== '')
+      set(SOL_SOCKET, SO_BINDTODEVICE, Buffer.from(`${opts['so_bound_dev']}\0`));
+    if ((isk['ip_opts'] as ImageEntry | undefined)?.['freebind'] === true) {
+      if (family === AF_INET6) setInt(SOL_IPV6, IPV6_FREEBIND, 1);
+      else setInt(SOL_IP, IP_FREEBIND, 1);
+    }
+    const isBound = srcPort !== 0 || srcAddr.some((w) => w !== 0);
+    if (isBound) {
+      const sa = sockaddrOf(family, srcAddr, srcPort);
+      callFor(injector, endpointOf(family, srcAddr, srcPort), 'bind', [
+        BigInt(fd),
+        injector.pushData(sa),
+        BigInt(sa.length),
+      ]);
+    }
+    if (state === TCP_LISTEN) {
+      callFor(injector, endpointOf(family, srcAddr, srcPort), 'listen', [BigInt(fd), BigInt(Number(isk['backlog']))]);
+    } else if (type === SOCK_DGRAM && state === TCP_ESTABLISHED) {
+      const dstPort = Number(isk['dst_port']);
+      const sa = sockaddrOf(family, dstAddr, dstPort);
+      callFor(injector, endpointOf(family, dstAddr, dstPort), 'connect', [
+        BigInt(fd),
+        injector.pushData(sa),
+        BigInt(sa.length),
+      ]);
+    }
+    restoreOpts(set, setInt, opts, proto === IPPROTO_TCP);
+    injector.resetScratch();
+    setStatusFlagsInTask(injector, fd, flags);
+    restoreFown(injector, fd, isk['fown'] as ImageEntry | undefined);
+    return fd;
+  },
+};
+
+/** The options of sk_opts_entry, after bind/listen/connect. */
+function restoreOpts(
+  set: (level: number, name: number, value: Buffer) => void,
+  setInt: (level: number, name: number, v: number) => void,
+  opts: ImageEntry,
+  isTcp: boolean,
+): void {
+  const num = (k: string): number | undefined => (opts[k] === undefined ? undefined : Number(opts[k]));
+  // A new socket has each of these off: only what was on is set.
+  const flag = (k: string, name: number): void => {
+    if (opts[k] === true) setInt(SOL_SOCKET, name, 1);
+  };
+  // Sizes only where the program set them: setting one turns its autotuning off. The kernel
+  // doubles what it is given, and the image holds the doubled value.
+  const locks = num('so_buf_lock') ?? 0;
+  if ((locks & SOCK_SNDBUF_LOCK) !== 0) setInt(SOL_SOCKET, SO_SNDBUFFORCE, Math.floor((num('so_sndbuf') ?? 0) / 2));
+  if ((locks & SOCK_RCVBUF_LOCK) !== 0) setInt(SOL_SOCKET, SO_RCVBUFFORCE, Math.floor((num('so_rcvbuf') ?? 0) / 2));
+  if (opts['so_buf_lock'] !== undefined) setInt(SOL_SOCKET, SO_BUF_LOCK, locks);
+  const timeval = (sec: string, usec: string, name: number): void => {
+    const s = BigInt((opts[sec] as bigint | number | undefined) ?? 0);
+    const us = BigInt((opts[usec] as bigint | number | undefined) ?? 0);
+    if (s === 0n && us === 0n) return;
+    const b = Buffer.alloc(16);
+    b.writeBigInt64LE(s, 0);
+    b.writeBigInt64LE(us, 8);
+    set(SOL_SOCKET, name, b);
+  };
+  timeval('so_snd_tmo_sec', 'so_snd_tmo_usec', SO_SNDTIMEO);
+  timeval('so_rcv_tmo_sec', 'so_rcv_tmo_usec', SO_RCVTIMEO);
+  for (const [k, name] of [
+    ['so_priority', SO_PRIORITY],
+    ['so_rcvlowat', SO_RCVLOWAT],
+    ['so_mark', SO_MARK],
+  ] as const) {
+    const v = num(k);
+    if (v !== undefined && v !== 0 && !(k === 'so_rcvlowat' && v === 1)) setInt(SOL_SOCKET, name, v);
+  }
+  flag('so_passcred', SO_PASSCRED);
+  flag('so_passsec', SO_PASSSEC);
+  flag('so_dontroute', SO_DONTROUTE);
+  flag('so_no_check', SO_NO_CHECK);
+  flag('so_broadcast', SO_BROADCAST);
+  flag('so_keepalive', SO_KEEPALIVE);
+  if ((num('so_oobinline') ?? 0) !== 0) setInt(SOL_SOCKET, SO_OOBINLINE, 1);
+  const linger = num('so_linger');
+  if (linger !== undefined) {
+    const b = Buffer.alloc(8);
+    b.writeInt32LE(1, 0);
+    b.writeInt32LE(linger, 4);
+    set(SOL_SOCKET, SO_LINGER, b);
+  }
+  if (isTcp)
+    for (const [k, name] of [
+      ['tcp_keepcnt', TCP_KEEPCNT],
+      ['tcp_keepidle', TCP_KEEPIDLE],
+      ['tcp_keepintvl', TCP_KEEPINTVL],
+    ] as const) {
+      const v = num(k);
+      if (v !== undefined && v > 0) setInt(IPPROTO_TCP, name, v);
+    }
+  // On while binding (see restore): now as dumped.
+  setInt(SOL_SOCKET, SO_REUSEADDR, opts['reuseaddr'] === true ? 1 : 0);
+}

@@ -1,0 +1,165 @@
+/**
+ * TCP and UDP sockets across dump and restore (src/files/inet-socket.ts).
+ *
+ * cr_sockets holds listeners (IPv4, IPv6-only, dual-stack, a dup), a bound and a new TCP socket,
+ * and UDP sockets bound, connected and new, with options set; after restore it compares their
+ * state line by line and uses them (PASS/FAIL). The images are checked too: files.img as CRIU
+ * writes it (and Debian's crit reads it). Then what must be refused or fail cleanly: a connected
+ * TCP socket and a listener with a connection waiting (the task left as it was), and a restore
+ * whose port is taken meanwhile.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { get } from 'node:http';
+import { createServer, type AddressInfo } from 'node:net';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { readEntries, type ImageEntry } from '../../../src/images/index.js';
+import {
+  criuAsync,
+  restoreExpectPass,
+  startRestore,
+  startWorkload,
+  waitGone,
+  type Workload,
+} from '../../helpers/cr.js';
+
+const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
+const crit = ['/usr/bin/crit', '/usr/sbin/crit'].find((p) => existsSync(p));
+
+/** The inet_sk_entry of each INETSK file entry. */
+function inetSockets(files: ImageEntry[]): ImageEntry[] {
+  return files.filter((f) => f['type'] === 4).map((f) => f['isk'] as ImageEntry);
+}
+
+/** A port nothing listens on now (127.0.0.1). */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** GET http://127.0.0.1:PORT/PATH on a new connection: the body of a 200 answer. */
+function httpGet(port: number, urlPath: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = get({ host: '127.0.0.1', port, path: urlPath, agent: false, timeout: 5000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`HTTP ${res.statusCode}`))));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
+}
+
+/** Wait until GET / on `port` answers (10 s at most). */
+async function untilServing(port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if ((await httpGet(port, '/').catch(() => null)) !== null) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`nothing serves on port ${port}`);
+}
+
+/** Start `cmd` detached, stdio on /dev/null, not a child of this process: its pid. */
+function startProgram(cmd: readonly string[]): { pid: number; kill: () => void } {
+  const out = execFileSync('sh', ['-c', '"$@" </dev/null >/dev/null 2>&1 & echo $!', 'sh', ...cmd], {
+    encoding: 'utf8',
+  });
+  const pid = Number(out.trim());
+  return {
+    pid,
+    kill: () => {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    },
+  };
+}
+
+/** Start cr_sockets and dump it (it is gone then): its images and their inet sockets. */
+async function dumpCrSockets(t: Test): Promise<{ dir: string; w: Workload; images: string; isks: ImageEntry[] }> {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_sockets', dir);
+  t.teardown(() => w.kill());
+  const images = path.join(dir, 'img');
+  const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
+  t.equal(dump.status, 0, dump.stderr);
+  await waitGone(w.pid);
+  const isks = inetSockets(await readEntries(path.join(images, 'files.img'), 'FILES'));
+  return { dir, w, images, isks };
+}
+
+t.test('cr_sockets: TCP and UDP sockets come back as they were and work', { skip: needsRoot }, async (t) => {
+  const { dir, w, images, isks } = await dumpCrSockets(t);
+  t.equal(isks.length, 8, 'eight sockets (21 shares 20): one file entry each');
+  const byState = (state: number): ImageEntry[] => isks.filter((s) => s['state'] === state);
+  t.equal(byState(10).length, 3, 'three listeners (state LISTEN)');
+  const v4listener = isks.find((s) => s['state'] === 10 && s['family'] === 2);
+  t.equal(v4listener?.['backlog'], 7, 'the IPv4 listener: backlog 7');
+  t.same(v4listener?.['src_addr'], [0x0100007f], 'its address as CRIU stores it: 127.0.0.1 as a little-endian word');
+  t.equal((v4listener?.['opts'] as ImageEntry)['reuseaddr'], true, 'SO_REUSEADDR recorded');
+  t.equal((v4listener?.['flags'] as number) & 0o4000, 0o4000, 'O_NONBLOCK recorded');
+  const v6only = isks.find((s) => s['state'] === 10 && s['family'] === 10 && s['v6only'] === true);
+  t.same(v6only?.['src_addr'], [0, 0, 0, 0x01000000], '[::1] as four words');
+  const udpConnected = isks.find((s) => s['type'] === 2 && s['state'] === 1);
+  t.ok(udpConnected !== undefined && Number(udpConnected['dst_port']) > 0, 'a connected UDP socket, with its peer');
+  const fdinfo = (await readEntries(path.join(images, `fdinfo-2.img`), 'FDINFO').catch(() => [])) as ImageEntry[];
+  if (fdinfo.length > 0)
+    t.ok(
+      fdinfo.some((e) => e['fd'] === 25 && e['flags'] === 1),
+      'fd 25 close-on-exec',
+    );
+  if (crit !== undefined) {
+    const r = spawnSync(crit, ['decode', '-i', path.join(images, 'files.img')], { encoding: 'utf8' });
+    t.equal(r.status, 0, `crit decodes files.img: ${r.stderr}`);
+    t.match(r.stdout, /"INETSK"/, 'crit sees INETSK entries');
+  }
+
+  await restoreExpectPass(t, w, images, dir);
+});
+
+t.test('a restore whose port is taken fails in one line, and works once it is free', { skip: needsRoot }, async (t) => {
+  const { dir, w, images, isks } = await dumpCrSockets(t);
+  const port = Number(isks.find((s) => s['state'] === 10 && s['family'] === 2)?.['src_port']);
+
+  const squatter = createServer();
+  await new Promise<void>((resolve, reject) => {
+    squatter.once('error', reject);
+    squatter.listen(port, '127.0.0.1', resolve);
+  });
+  const refused = await criuAsync(['restore', '-D', images]);
+  await new Promise<void>((resolve) => squatter.close(() => resolve()));
+  t.equal(refused.status, 1, 'restore exits 1');
+  const lines = refused.stderr.trim().split('\n');
+  t.equal(lines.length, 1, `one line: ${refused.stderr}`);
+  t.match(lines[0], new RegExp(`bind\\(task \\d+, 127\\.0\\.0\\.1:${port}\\): EADDRINUSE`));
+  t.notOk(existsSync(`/proc/${w.pid}`), 'no half-restored task is left');
+
+  await restoreExpectPass(t, w, images, dir);
+});
+
+t.test('real servers keep serving: python3 -m http.server', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir({ 'hello.txt': 'hello from before the dump\n' });
+  const port = await freePort();
+  const w = startProgram(['python3', '-m', 'http.server', String(port), '--bind', '127.0.0.1', '--directory', dir]);
+  t.teardown(() => w.kill());
+  await untilServing(port);
+  const images = path.join(dir, 'img');
+  const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
+  t.equal(dump.status, 0, dump.stderr);
+  await waitGone(w.pid);
+  await t.rejects(httpGet(port, '/hello.txt'), 'nothing listens while it is dumped');
+  const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
+  t.equal(restored.pid, w.pid, 'restored with its PID');
+  t.equal(await httpGet(port, '/hello.txt'), 'hello from before the dump\n', 'it serves the file again');
+  t.equal(await httpGet(port, '/hello.txt'), 'hello from before the dump\n', 'and again (a second connection)');
+  process.kill(w.pid, 'SIGTERM');
+  const r = await restored.done;
+  t.ok(r.status !== null, `criu restore ends with the server: ${r.stderr}`);
+});
