@@ -163,3 +163,33 @@ t.test('real servers keep serving: python3 -m http.server', { skip: needsRoot },
   const r = await restored.done;
   t.ok(r.status !== null, `criu restore ends with the server: ${r.stderr}`);
 });
+
+/** A node http server with state: each GET /count answers the next number (this file's NODE_COUNTER). */
+const NODE_COUNTER = `
+import { createServer } from 'node:http';
+let n = 0;
+const server = createServer((req, res) => res.end(req.url === '/count' ? String(++n) : 'ok'));
+server.listen(Number(process.argv[2]), '127.0.0.1');
+process.on('SIGTERM', () => server.close(() => process.exit(0)));
+`;
+
+t.test('real servers keep serving: a node http server keeps its count', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir({ 'counter.mjs': NODE_COUNTER });
+  const port = await freePort();
+  // A clean environment: the test runner's NODE_OPTIONS would load its hooks into the server.
+  const w = startProgram(['/usr/bin/env', '-i', process.execPath, path.join(dir, 'counter.mjs'), String(port)]);
+  t.teardown(() => w.kill());
+  await untilServing(port);
+  for (let i = 1; i <= 3; i++) t.equal(await httpGet(port, '/count'), String(i), `count ${i} before the dump`);
+  const images = path.join(dir, 'img');
+  const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
+  t.equal(dump.status, 0, dump.stderr);
+  await waitGone(w.pid);
+  const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
+  t.equal(restored.pid, w.pid, 'restored with its PID');
+  t.equal(await httpGet(port, '/count'), '4', 'it counts on from where it was');
+  t.equal(await httpGet(port, '/count'), '5', 'on a second connection too');
+  process.kill(w.pid, 'SIGTERM');
+  const r = await restored.done;
+  t.equal(r.status, 0, `the server exits 0 on SIGTERM, and criu restore with it: ${r.stderr}`);
+});
