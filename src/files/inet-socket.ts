@@ -23,9 +23,8 @@
  * the program had set them (SO_BUF_LOCK), so that autotuning stays on otherwise.
  */
 
-import { SyscallError, UnsupportedError } from '../errors.js';
+import { UnsupportedError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
-import type { Injector } from '../inject/injector.js';
 import {
   AF_INET,
   AF_INET6,
@@ -35,31 +34,11 @@ import {
   SOL_SOCKET,
   SO_REUSEADDR,
   SO_TYPE,
-  SO_DONTROUTE,
-  SO_BROADCAST,
-  SO_SNDBUF,
-  SO_RCVBUF,
-  SO_KEEPALIVE,
-  SO_OOBINLINE,
-  SO_NO_CHECK,
-  SO_PRIORITY,
-  SO_LINGER,
   SO_REUSEPORT,
-  SO_PASSCRED,
-  SO_RCVLOWAT,
-  SO_RCVTIMEO,
-  SO_SNDTIMEO,
   SO_BINDTODEVICE,
   SO_GET_FILTER,
-  SO_SNDBUFFORCE,
-  SO_RCVBUFFORCE,
-  SO_PASSSEC,
-  SO_MARK,
   SO_PROTOCOL,
   SO_DOMAIN,
-  SO_BUF_LOCK,
-  SOCK_SNDBUF_LOCK,
-  SOCK_RCVBUF_LOCK,
   SOL_IP,
   IP_FREEBIND,
   SOL_IPV6,
@@ -67,15 +46,11 @@ import {
   IPV6_FREEBIND,
   IPPROTO_UDP,
   TCP_INFO,
-  TCP_KEEPIDLE,
-  TCP_KEEPINTVL,
-  TCP_KEEPCNT,
 } from '../kernel/constants.js';
-import { errnoName } from '../kernel/errno.js';
-import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import * as sys from '../sys/native.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
+import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask } from './sk-opts.js';
 import { FD_TYPES, type FdKindModule } from './types.js';
 
 /** TCP states (include/net/tcp_states.h); CRIU records a UDP socket as ESTABLISHED or CLOSE too. */
@@ -111,10 +86,6 @@ interface InetSocket {
   dst: sys.SockAddr | null;
   /** Instructions of an attached classic BPF filter (0: none). */
   nrFilterInsns: number;
-}
-
-function intOpt(fd: number, level: number, name: number): number {
-  return sys.getsockopt(fd, level, name, 4).readInt32LE(0);
 }
 
 /** The inet socket behind criu's duplicate `fd`, or null for a socket of another family. */
@@ -226,65 +197,6 @@ function ipv6Bytes(text: string): Buffer {
   return out;
 }
 
-/** An int socket option, or undefined where this kernel has it not for this family. */
-function optionalInt(fd: number, level: number, name: number): number | undefined {
-  try {
-    return intOpt(fd, level, name);
-  } catch (err) {
-    if (err instanceof SyscallError && (err.errnoCode === 'EOPNOTSUPP' || err.errnoCode === 'ENOPROTOOPT'))
-      return undefined;
-    throw err;
-  }
-}
-
-/** The sk_opts_entry of the socket behind `fd` (CRIU's field names). */
-function readOpts(fd: number, isTcp: boolean): ImageEntry {
-  const int = (name: number): number => intOpt(fd, SOL_SOCKET, name);
-  const timeval = (name: number): [bigint, bigint] => {
-    const b = sys.getsockopt(fd, SOL_SOCKET, name, 16);
-    return [b.readBigInt64LE(0), b.readBigInt64LE(8)];
-  };
-  const [sndSec, sndUsec] = timeval(SO_SNDTIMEO);
-  const [rcvSec, rcvUsec] = timeval(SO_RCVTIMEO);
-  const linger = sys.getsockopt(fd, SOL_SOCKET, SO_LINGER, 8);
-  const dev = sys.getsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, 16).toString('latin1').replace(/\0.*$/s, '');
-  const opts: ImageEntry = {
-    so_sndbuf: int(SO_SNDBUF),
-    so_rcvbuf: int(SO_RCVBUF),
-    so_snd_tmo_sec: sndSec,
-    so_snd_tmo_usec: sndUsec,
-    so_rcv_tmo_sec: rcvSec,
-    so_rcv_tmo_usec: rcvUsec,
-    reuseaddr: int(SO_REUSEADDR) !== 0,
-    so_priority: int(SO_PRIORITY),
-    so_rcvlowat: int(SO_RCVLOWAT),
-    so_mark: int(SO_MARK),
-    so_dontroute: int(SO_DONTROUTE) !== 0,
-    so_no_check: int(SO_NO_CHECK) !== 0,
-    so_reuseport: int(SO_REUSEPORT) !== 0,
-    so_broadcast: int(SO_BROADCAST) !== 0,
-    so_keepalive: int(SO_KEEPALIVE) !== 0,
-    so_oobinline: int(SO_OOBINLINE),
-    so_buf_lock: int(SO_BUF_LOCK),
-  };
-  if (dev !== '') opts['so_bound_dev'] = dev;
-  // Since 6.x these two belong to unix and netlink sockets only: an inet socket answers EOPNOTSUPP.
-  for (const [k, name] of [
-    ['so_passcred', SO_PASSCRED],
-    ['so_passsec', SO_PASSSEC],
-  ] as const) {
-    const v = optionalInt(fd, SOL_SOCKET, name);
-    if (v !== undefined) opts[k] = v !== 0;
-  }
-  if (linger.readInt32LE(0) !== 0) opts['so_linger'] = linger.readInt32LE(4);
-  if (isTcp) {
-    opts['tcp_keepcnt'] = intOpt(fd, IPPROTO_TCP, TCP_KEEPCNT);
-    opts['tcp_keepidle'] = intOpt(fd, IPPROTO_TCP, TCP_KEEPIDLE);
-    opts['tcp_keepintvl'] = intOpt(fd, IPPROTO_TCP, TCP_KEEPINTVL);
-  }
-  return opts;
-}
-
 /** sockaddr_in or sockaddr_in6 of CRIU's address words and a port. */
 export function sockaddrOf(family: number, words: readonly number[], port: number): Buffer {
   const addr = wordsBytes(words.length > 0 ? words : family === AF_INET6 ? [0, 0, 0, 0] : [0]);
@@ -308,21 +220,6 @@ function endpointOf(family: number, words: readonly number[], port: number): str
   if (family !== AF_INET6) return `${[...b.subarray(0, 4)].join('.')}:${port}`;
   const groups = Array.from({ length: 8 }, (_, i) => (b.length >= 16 ? b.readUInt16BE(i * 2) : 0).toString(16));
   return `[${groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::')}]:${port}`;
-}
-
-function int32(v: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeInt32LE(v);
-  return b;
-}
-
-/** Run a call inside the task; a failure names the socket it was for. */
-function callFor(injector: Injector, where: string, name: 'bind' | 'listen' | 'connect', args: bigint[]): void {
-  const ret = injector.syscall(SYSCALLS_X86_64[name], args);
-  if (ret < 0n && ret >= -4095n) {
-    const errno = Number(-ret);
-    throw new SyscallError(name, errno, errnoName(errno), [`task ${injector.pid}`, where]);
-  }
 }
 
 export const inetSocketFile: FdKindModule = {
@@ -360,7 +257,7 @@ export const inetSocketFile: FdKindModule = {
       src_addr: addressWords(s.family, s.src.address),
       dst_addr: s.dst === null ? [] : addressWords(s.family, s.dst.address),
       fown: dumpFown(input, ctx),
-      opts: readOpts(input.localFd, s.proto === IPPROTO_TCP),
+      opts: readSkOpts(input.localFd, s.proto === IPPROTO_TCP),
     };
     if (s.family === AF_INET6) isk['v6only'] = intOpt(input.localFd, SOL_IPV6, IPV6_V6ONLY) !== 0;
     const freebind =
@@ -384,115 +281,45 @@ export const inetSocketFile: FdKindModule = {
     const flags = Number(isk['flags'] ?? 0);
     const { injector } = ctx;
     const fd = Number(injector.syscallOrThrow('socket', [BigInt(family), BigInt(type), BigInt(proto)]));
-    const set = (level: number, name: number, value: Buffer): void => {
-      injector.syscallOrThrow('setsockopt', [
-        BigInt(fd),
-        BigInt(level),
-        BigInt(name),
-        injector.pushData(value),
-        BigInt(value.length),
-      ]);
-    };
-    const setInt = (level: number, name: number, v: number): void => set(level, name, int32(v));
+    const set = (level: number, name: number, value: Buffer | number): void =>
+      setSockOptInTask(injector, fd, level, name, value);
     // Before bind: what decides which address it may take.
-    if (family === AF_INET6 && isk['v6only'] !== undefined)
-      setInt(SOL_IPV6, IPV6_V6ONLY, isk['v6only'] === true ? 1 : 0);
-    setInt(SOL_SOCKET, SO_REUSEADDR, 1);
-    if (opts['so_reuseport'] === true) setInt(SOL_SOCKET, SO_REUSEPORT, 1);
+    if (family === AF_INET6 && isk['v6only'] !== undefined) set(SOL_IPV6, IPV6_V6ONLY, isk['v6only'] === true ? 1 : 0);
+    set(SOL_SOCKET, SO_REUSEADDR, 1);
+    if (opts['so_reuseport'] === true) set(SOL_SOCKET, SO_REUSEPORT, 1);
     if (typeof opts['so_bound_dev'] === 'string' && opts['so_bound_dev'] !== '')
       set(SOL_SOCKET, SO_BINDTODEVICE, Buffer.from(`${opts['so_bound_dev']}\0`));
     if ((isk['ip_opts'] as ImageEntry | undefined)?.['freebind'] === true) {
-      if (family === AF_INET6) setInt(SOL_IPV6, IPV6_FREEBIND, 1);
-      else setInt(SOL_IP, IP_FREEBIND, 1);
+      if (family === AF_INET6) set(SOL_IPV6, IPV6_FREEBIND, 1);
+      else set(SOL_IP, IP_FREEBIND, 1);
     }
     const isBound = srcPort !== 0 || srcAddr.some((w) => w !== 0);
     if (isBound) {
       const sa = sockaddrOf(family, srcAddr, srcPort);
-      callFor(injector, endpointOf(family, srcAddr, srcPort), 'bind', [
+      callInTask(injector, endpointOf(family, srcAddr, srcPort), 'bind', [
         BigInt(fd),
         injector.pushData(sa),
         BigInt(sa.length),
       ]);
     }
     if (state === TCP_LISTEN) {
-      callFor(injector, endpointOf(family, srcAddr, srcPort), 'listen', [BigInt(fd), BigInt(Number(isk['backlog']))]);
+      callInTask(injector, endpointOf(family, srcAddr, srcPort), 'listen', [
+        BigInt(fd),
+        BigInt(Number(isk['backlog'])),
+      ]);
     } else if (type === SOCK_DGRAM && state === TCP_ESTABLISHED) {
       const dstPort = Number(isk['dst_port']);
       const sa = sockaddrOf(family, dstAddr, dstPort);
-      callFor(injector, endpointOf(family, dstAddr, dstPort), 'connect', [
+      callInTask(injector, endpointOf(family, dstAddr, dstPort), 'connect', [
         BigInt(fd),
         injector.pushData(sa),
         BigInt(sa.length),
       ]);
     }
-    restoreOpts(set, setInt, opts, proto === IPPROTO_TCP);
+    restoreSkOpts(injector, fd, opts, proto === IPPROTO_TCP);
     injector.resetScratch();
     setStatusFlagsInTask(injector, fd, flags);
     restoreFown(injector, fd, isk['fown'] as ImageEntry | undefined);
     return fd;
   },
 };
-
-/** The options of sk_opts_entry, after bind/listen/connect. */
-function restoreOpts(
-  set: (level: number, name: number, value: Buffer) => void,
-  setInt: (level: number, name: number, v: number) => void,
-  opts: ImageEntry,
-  isTcp: boolean,
-): void {
-  const num = (k: string): number | undefined => (opts[k] === undefined ? undefined : Number(opts[k]));
-  // A new socket has each of these off: only what was on is set.
-  const flag = (k: string, name: number): void => {
-    if (opts[k] === true) setInt(SOL_SOCKET, name, 1);
-  };
-  // Sizes only where the program set them: setting one turns its autotuning off. The kernel
-  // doubles what it is given, and the image holds the doubled value.
-  const locks = num('so_buf_lock') ?? 0;
-  if ((locks & SOCK_SNDBUF_LOCK) !== 0) setInt(SOL_SOCKET, SO_SNDBUFFORCE, Math.floor((num('so_sndbuf') ?? 0) / 2));
-  if ((locks & SOCK_RCVBUF_LOCK) !== 0) setInt(SOL_SOCKET, SO_RCVBUFFORCE, Math.floor((num('so_rcvbuf') ?? 0) / 2));
-  if (opts['so_buf_lock'] !== undefined) setInt(SOL_SOCKET, SO_BUF_LOCK, locks);
-  const timeval = (sec: string, usec: string, name: number): void => {
-    const s = BigInt((opts[sec] as bigint | number | undefined) ?? 0);
-    const us = BigInt((opts[usec] as bigint | number | undefined) ?? 0);
-    if (s === 0n && us === 0n) return;
-    const b = Buffer.alloc(16);
-    b.writeBigInt64LE(s, 0);
-    b.writeBigInt64LE(us, 8);
-    set(SOL_SOCKET, name, b);
-  };
-  timeval('so_snd_tmo_sec', 'so_snd_tmo_usec', SO_SNDTIMEO);
-  timeval('so_rcv_tmo_sec', 'so_rcv_tmo_usec', SO_RCVTIMEO);
-  for (const [k, name] of [
-    ['so_priority', SO_PRIORITY],
-    ['so_rcvlowat', SO_RCVLOWAT],
-    ['so_mark', SO_MARK],
-  ] as const) {
-    const v = num(k);
-    if (v !== undefined && v !== 0 && !(k === 'so_rcvlowat' && v === 1)) setInt(SOL_SOCKET, name, v);
-  }
-  flag('so_passcred', SO_PASSCRED);
-  flag('so_passsec', SO_PASSSEC);
-  flag('so_dontroute', SO_DONTROUTE);
-  flag('so_no_check', SO_NO_CHECK);
-  flag('so_broadcast', SO_BROADCAST);
-  flag('so_keepalive', SO_KEEPALIVE);
-  if ((num('so_oobinline') ?? 0) !== 0) setInt(SOL_SOCKET, SO_OOBINLINE, 1);
-  const linger = num('so_linger');
-  if (linger !== undefined) {
-    const b = Buffer.alloc(8);
-    b.writeInt32LE(1, 0);
-    b.writeInt32LE(linger, 4);
-    set(SOL_SOCKET, SO_LINGER, b);
-  }
-  if (isTcp)
-    for (const [k, name] of [
-      ['tcp_keepcnt', TCP_KEEPCNT],
-      ['tcp_keepidle', TCP_KEEPIDLE],
-      ['tcp_keepintvl', TCP_KEEPINTVL],
-    ] as const) {
-      const v = num(k);
-      if (v !== undefined && v > 0) setInt(IPPROTO_TCP, name, v);
-    }
-  // On while binding (see restore): now as dumped.
-  setInt(SOL_SOCKET, SO_REUSEADDR, opts['reuseaddr'] === true ? 1 : 0);
-}
