@@ -20,6 +20,15 @@ export function listFds(pid: number): number[] {
   }
 }
 
+/** Where fd `fd` of task `pid` leads (readlink of /proc/PID/fd/FD), or null once it is closed. */
+export function fdLink(pid: number, fd: number): string | null {
+  try {
+    return readlinkSync(`/proc/${pid}/fd/${fd}`);
+  } catch {
+    return null;
+  }
+}
+
 /**
  * Everything the kind modules need to know about fd `fd` of the task `pidfd` refers to. The
  * caller owns `localFd` and must close it (sys.close).

@@ -141,7 +141,7 @@ export async function restoreFiles(
   injector: Injector,
   files: readonly ImageEntry[],
   fdinfo: readonly ImageEntry[],
-  ctx: Omit<FileRestoreContext, 'injector' | 'fdOfFileId' | 'shared'> & { shared?: Map<string, unknown> },
+  ctx: Omit<FileRestoreContext, 'injector' | 'fdOfFileId' | 'parkFd' | 'shared'> & { shared?: Map<string, unknown> },
   inheritFds: readonly { fd: number; key: string }[] = [],
 ): Promise<void> {
   const byId = new Map(files.map((f) => [Number(f['id']), f]));
@@ -155,6 +155,7 @@ export async function restoreFiles(
     ...ctx,
     injector,
     fdOfFileId: (id) => placed.get(id),
+    parkFd: fdParker(injector, Math.max(-1, ...fdinfo.map((e) => Number(e['fd']))) + 1),
     shared: ctx.shared ?? new Map(),
   };
   const ids = [...fdsOf.keys()].sort((a, b) => order(byId.get(a)) - order(byId.get(b)) || a - b);
@@ -194,6 +195,20 @@ export async function restoreFiles(
     injector.resetScratch();
   }
   for (const mod of FD_KINDS) await mod.finishRestore?.(full);
+}
+
+/**
+ * FileRestoreContext.parkFd for a table whose fds are all below `firstFree`: each parked fd moves
+ * to the next number from there (close-on-exec, in case it outlives the restore by mistake).
+ */
+export function fdParker(injector: Injector, firstFree: number): (fd: number) => number {
+  let next = firstFree;
+  return (fd) => {
+    const to = next++;
+    injector.syscallOrThrow('dup3', [BigInt(fd), BigInt(to), BigInt(O_CLOEXEC)]);
+    injector.syscallOrThrow('close', [BigInt(fd)]);
+    return to;
+  };
 }
 
 /** Open flags for an inherited fd: the dumped access mode and status flags, without O_CLOEXEC. */

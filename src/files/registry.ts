@@ -14,6 +14,7 @@ import { pipeFile } from './pipe.js';
 import { regFile } from './reg.js';
 import { signalfdFile } from './signalfd.js';
 import { timerfdFile } from './timerfd.js';
+import { unixSocketFile } from './unix-socket.js';
 import { ttyFile } from './tty.js';
 import type { FdKindModule } from './types.js';
 
@@ -27,6 +28,7 @@ export const FD_KINDS: readonly FdKindModule[] = [
   timerfdFile,
   inotifyFile,
   inetSocketFile,
+  unixSocketFile,
   ttyFile,
   regFile,
 ];

@@ -106,6 +106,12 @@ export interface FileRestoreContext {
   entriesOf(kindName: string): Promise<readonly { entry: ImageEntry; extra?: Uint8Array }[]>;
   /** Where a file id's description is open in the target (any one of its fds), once restored. */
   fdOfFileId(id: number): number | undefined;
+  /**
+   * Move fd `fd` of the target above every fd number of the restored table, where no later file
+   * is put over it, and return its new number: for an fd a module keeps open across files (the
+   * other end of a socket pair). The module closes it in finishRestore at the latest.
+   */
+  parkFd(fd: number): number;
   /** State shared between the files of one restore, for kind modules. */
   shared: Map<string, unknown>;
 }

@@ -5,6 +5,7 @@
  * itself and prints PASS or FAIL.
  */
 import type { ImageEntry } from '../../src/images/index.js';
+import { fdParker } from '../../src/files/index.js';
 import { Injector } from '../../src/inject/injector.js';
 import { readFdInput } from '../../src/files/collect.js';
 import type { FdKindModule, FileDumpContext, FileRestoreContext } from '../../src/files/types.js';
@@ -74,6 +75,7 @@ export async function restoreOneFd(
       imagesDir: '/nonexistent',
       entriesOf: async (kind) => dumped.extras.get(kind) ?? [],
       fdOfFileId: (id) => others.get(id),
+      parkFd: fdParker(injector, 900),
       shared: new Map(),
     };
     const tmp = await mod.restore(dumped.entry, ctx);

@@ -21,6 +21,7 @@ import {
   truncateSync,
   writeFileSync,
 } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
@@ -94,10 +95,25 @@ async function refusedUntouched(
 }
 
 t.test('dump refuses a task holding an fd of an unsupported kind', { skip: needsRoot }, async (t) => {
-  // A unix socket pair; a TCP connection (either end); a listener with a connection waiting to be
-  // accepted, which would be lost.
+  // A unix socket connected to a listener outside the task (this test's); a unix connection made
+  // through a named listener (not yet); a TCP connection (either end); a listener with a
+  // connection waiting to be accepted, which would be lost.
+  const outside = createServer();
+  const listenPath = path.join(mkdtempSync(path.join(tmpdir(), 'cr-state-')), 'l.sock');
+  await new Promise<void>((resolve) => outside.listen(listenPath, resolve));
+  t.teardown(() => new Promise<void>((resolve) => outside.close(() => resolve())));
   const kinds: [string, (fd: number) => RegExp][] = [
-    ['socketpair', (fd) => new RegExp(`fd ${fd}\\b.*socket`)],
+    [
+      `unix-ext=${listenPath}`,
+      (fd) =>
+        new RegExp(
+          `fd ${fd} of task \\d+: the unix stream socket: it is connected to the unix stream socket ${listenPath} outside the task`,
+        ),
+    ],
+    [
+      'unix-conn',
+      (fd) => new RegExp(`fd ${fd} of task \\d+: .*: a connection made to or accepted from a named unix socket`),
+    ],
     [
       'tcp-conn',
       (fd) =>
@@ -114,17 +130,19 @@ t.test('dump refuses a task holding an fd of an unsupported kind', { skip: needs
     ],
   ];
   for (const [kind, expected] of kinds) {
-    await t.test(kind, async (t) => {
+    await t.test(kind.replace(/=.*/, ''), async (t) => {
       const dir = t.testdir();
       const w = await startWorkload('cr_state', dir, [kind]);
       t.teardown(() => w.kill());
       const before = taskSnapshot(w.pid);
       const sockets = before.fds.filter((f) => f.includes('socket:['));
       t.ok(sockets.length > 0, `the task holds a socket (${sockets.join(', ')})`);
-      const first = Number(sockets[0]?.split(' ')[0]);
       const images = path.join(dir, 'img');
       const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images], w.pid);
-      await refusedUntouched(t, w, before, images, r, expected(first));
+      // The first socket the dump meets that it cannot take: the listener of unix-conn is fine.
+      const fds = sockets.map((s) => Number(s.split(' ')[0]));
+      const refused = fds.find((fd) => expected(fd).test(r.stderr)) ?? fds[0] ?? -1;
+      await refusedUntouched(t, w, before, images, r, expected(refused));
     });
   }
 });

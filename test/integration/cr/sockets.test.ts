@@ -9,7 +9,8 @@
  * whose port is taken meanwhile.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { get } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -193,3 +194,36 @@ t.test('real servers keep serving: a node http server keeps its count', { skip: 
   const r = await restored.done;
   t.equal(r.status, 0, `the server exits 0 on SIGTERM, and criu restore with it: ${r.stderr}`);
 });
+
+t.test(
+  'cr_unix: unix socket pairs, listeners and bound sockets come back with their bytes',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    // Socket paths must fit in sun_path (108 bytes): a short directory of their own.
+    const sockDir = mkdtempSync(path.join(tmpdir(), 'cr-unix-'));
+    t.teardown(() => rmSync(sockDir, { recursive: true, force: true }));
+    const w = await startWorkload('cr_unix', dir, [sockDir]);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
+    t.equal(dump.status, 0, dump.stderr);
+    await waitGone(w.pid);
+    const files = await readEntries(path.join(images, 'files.img'), 'FILES');
+    const usks = files.filter((f) => f['type'] === 5).map((f) => f['usk'] as ImageEntry);
+    t.equal(usks.length, 13, 'thirteen unix sockets');
+    const queues = await readEntries(path.join(images, 'sk-queues.img'), 'SK_QUEUES');
+    t.same(
+      queues.map((q) => q['length']).sort((a, b) => Number(a) - Number(b)),
+      [4, 10, 13, 300000],
+      'the bytes waiting in four stream sockets, in sk-queues.img',
+    );
+    if (crit !== undefined) {
+      for (const img of ['files.img', 'sk-queues.img']) {
+        const r = spawnSync(crit, ['decode', '-i', path.join(images, img)], { encoding: 'utf8' });
+        t.equal(r.status, 0, `crit decodes ${img}: ${r.stderr}`);
+      }
+    }
+    await restoreExpectPass(t, w, images, dir);
+  },
+);

@@ -6,6 +6,7 @@
  * its targets by number; a second end of a pipe is reopened through the first one).
  */
 import type { ImageEntry } from '../../../src/images/index.js';
+import { fdParker } from '../../../src/files/index.js';
 import { Injector } from '../../../src/inject/injector.js';
 import { readFdInput } from '../../../src/files/collect.js';
 import type { FdKindModule, FileDumpContext, FileRestoreContext } from '../../../src/files/types.js';
@@ -75,6 +76,7 @@ export async function restoreFds(pid: number, set: DumpedSet): Promise<void> {
     imagesDir: '/nonexistent',
     entriesOf: async (kind) => set.extras.get(kind) ?? [],
     fdOfFileId: (id) => fdOf.get(id),
+    parkFd: fdParker(injector, 900),
     shared: new Map(),
   };
   try {

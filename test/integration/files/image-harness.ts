@@ -6,6 +6,7 @@
  * restore half reads exactly what a restore would.
  */
 import { existsSync } from 'node:fs';
+import { fdParker } from '../../../src/files/index.js';
 import { join } from 'node:path';
 import { readFdInput } from '../../../src/files/collect.js';
 import { localImageSink } from '../../../src/files/image-sink.js';
@@ -97,6 +98,7 @@ export async function restoreFromDir(pid: number, dumped: readonly DumpedFile[],
         );
       },
       fdOfFileId: (id) => placed.get(id),
+      parkFd: fdParker(injector, 900),
       shared: new Map(),
     };
     for (const f of dumped) {

@@ -1,0 +1,379 @@
+/**
+ * Unix sockets (fd kind UNIXSK): file_entry { type: UNIXSK, id, usk: unix_sk_entry { id, ino,
+ * type, state, flags, uflags, backlog, peer, fown, opts, name, shutdown, file_perms, deleted } },
+ * and the bytes waiting in a stream socket in sk-queues.img (sk_packet_entry { id_for, length }
+ * then the data), as CRIU writes them.
+ *
+ * What can be dumped:
+ * - a socket pair both of whose ends the task holds (socketpair(2); asyncio's self-pipe, say),
+ *   or whose other end is closed; stream, datagram or seqpacket; with the bytes waiting in a
+ *   stream socket (peeked from criu's duplicate, MSG_PEEK: nothing is consumed) and its shutdown
+ *   state;
+ * - a socket bound to a name (an absolute path, or abstract), listening (with its backlog) or not;
+ * - a new socket, neither bound nor connected.
+ * Refused, in one line, the task left as it was: a socket connected to one outside the task (CRIU:
+ * --ext-unix-sk), a connection accepted from a listener or made to a named socket (not yet), a
+ * listener with connections waiting to be accepted, datagrams waiting in a datagram or seqpacket
+ * socket, file descriptors in flight (SCM_RIGHTS), a name relative to a directory.
+ *
+ * The peer, the name, the state and the queue lengths come from sock_diag (unix-diag.ts); the
+ * options from criu's duplicate (sk-opts.ts).
+ *
+ * Restore, injected into the task: a pair is made with socketpair(2) when its first end is
+ * restored, the other end kept for the second; each end's waiting bytes are written into it by
+ * the other end, then the shutdown bits are applied. A closed peer: its end is closed once the
+ * bytes are in. A bound name: a socket file left at the path is unlinked first (only a socket),
+ * then bind, the file's mode and owner as dumped, listen(backlog); a name whose file was deleted
+ * or replaced since is bound and unlinked again (`deleted`).
+ */
+
+import { chmodSync, chownSync, lstatSync, statSync, unlinkSync } from 'node:fs';
+import { UnsupportedError } from '../errors.js';
+import type { ImageEntry } from '../images/index.js';
+import type { Injector } from '../inject/injector.js';
+import {
+  AF_UNIX,
+  SO_BUF_LOCK,
+  SO_DOMAIN,
+  SO_SNDBUF,
+  SO_SNDBUFFORCE,
+  SO_TYPE,
+  SOCK_DGRAM,
+  SOCK_SEQPACKET,
+  SOCK_STREAM,
+  SOL_SOCKET,
+} from '../kernel/constants.js';
+import * as sys from '../sys/native.js';
+import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
+import { dumpFown, restoreFown } from './fown.js';
+import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask } from './sk-opts.js';
+import { fdLink, listFds } from './collect.js';
+import { closeInTask } from './task-io.js';
+import { FD_TYPES, type FdDumpInput, type FdKindModule, type FileRestoreContext } from './types.js';
+import { unixDiag, type UnixDiag } from './unix-diag.js';
+
+const TCP_ESTABLISHED = 1;
+const TCP_LISTEN = 10;
+const MSG_PEEK = 2;
+const MSG_DONTWAIT = 0x40;
+const SOCKET_KINDS: Record<number, string> = {
+  [SOCK_STREAM]: 'stream',
+  [SOCK_DGRAM]: 'datagram',
+  [SOCK_SEQPACKET]: 'seqpacket',
+};
+
+/** The inodes of the unix sockets fd table of task `pid` holds ("socket:[INO]" links). */
+function socketInodesOf(pid: number, ctxShared?: Map<string, unknown>): Set<number> {
+  const key = `unix-socket-inodes:${pid}`;
+  const known = ctxShared?.get(key) as Set<number> | undefined;
+  if (known !== undefined) return known;
+  const inodes = new Set<number>();
+  for (const fd of listFds(pid)) {
+    const m = /^socket:\[(\d+)\]$/.exec(fdLink(pid, fd) ?? '');
+    if (m !== null) inodes.add(Number(m[1]));
+  }
+  ctxShared?.set(key, inodes);
+  return inodes;
+}
+
+/** The file-system path of a bound name (bind's length may have counted the path's final NUL). */
+function pathOf(name: Uint8Array): string {
+  let end = name.length;
+  while (end > 0 && name[end - 1] === 0) end--;
+  return Buffer.from(name.subarray(0, end)).toString('latin1');
+}
+
+/** "the unix stream socket @name" / "... /run/x.sock" / "... (unnamed)", for messages. */
+function described(type: number, name: Buffer): string {
+  const kind = SOCKET_KINDS[type] ?? `type ${type}`;
+  if (name.length === 0) return `the unix ${kind} socket`;
+  const text = name[0] === 0 ? `@${name.subarray(1).toString('latin1')}` : pathOf(name);
+  return `the unix ${kind} socket ${text}`;
+}
+
+/** Why this socket cannot be dumped, or undefined. */
+function refusalOf(input: FdDumpInput, d: UnixDiag | null, shared?: Map<string, unknown>): string | undefined {
+  const where = `fd ${input.fd} of task ${input.pid}`;
+  if (d === null)
+    return `Cannot dump ${where}: the kernel reports no unix socket ${input.stat.ino} (another network namespace?)`;
+  const what = `${where}: ${described(d.type, d.name)}`;
+  if (d.name.length > 0 && d.name[0] !== 0 && d.name[0] !== 0x2f)
+    return `Cannot dump ${what}: it was bound to a relative path, not supported`;
+  if (d.state === TCP_LISTEN) {
+    if (d.icons.length > 0 || d.rqueue > 0)
+      return (
+        `Cannot dump ${what}: ${Math.max(d.icons.length, d.rqueue)} connection(s) wait in its accept queue and ` +
+        'would be lost (dump again once they are accepted)'
+      );
+    return undefined;
+  }
+  if (d.peer !== 0) {
+    const peer = unixDiag(d.peer);
+    const isPeerHere = socketInodesOf(input.pid, shared).has(d.peer);
+    if (peer !== null && !isPeerHere)
+      return (
+        `Cannot dump ${what}: it is connected to ${described(peer.type, peer.name)} outside the task ` +
+        '(external unix sockets are not supported)'
+      );
+    if (d.name.length > 0 || (peer !== null && peer.name.length > 0))
+      return `Cannot dump ${what}: a connection made to or accepted from a named unix socket, not supported yet`;
+  }
+  if (d.type !== SOCK_STREAM && d.rqueue > 0)
+    return `Cannot dump ${what}: messages wait in its queue, which criu-ts saves for stream sockets only`;
+  return undefined;
+}
+
+/** The socket file's mode and owner, and whether the path still leads to this socket. */
+function fileOfName(d: UnixDiag): { perms: ImageEntry; isDeleted: boolean } | null {
+  if (d.name.length === 0 || d.name[0] === 0) return null;
+  const path = pathOf(d.name);
+  try {
+    const st = statSync(path);
+    const isSame = d.vfs !== null && st.ino === d.vfs.ino && st.isSocket();
+    return { perms: { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid }, isDeleted: !isSame };
+  } catch {
+    return { perms: { mode: 0o777, uid: 0, gid: 0 }, isDeleted: true };
+  }
+}
+
+/** The bytes waiting in a stream socket, peeked (not consumed) from criu's duplicate. */
+function peekQueue(input: FdDumpInput, d: UnixDiag): Buffer {
+  const got = sys.recvFds(input.localFd, d.rqueue, MSG_PEEK | MSG_DONTWAIT);
+  for (const fd of got.fds) sys.close(fd);
+  const what = `fd ${input.fd} of task ${input.pid}: ${described(d.type, d.name)}`;
+  if (got.fds.length > 0)
+    throw new UnsupportedError(
+      'fd-kind-unix-socket',
+      `Cannot dump ${what}: file descriptors wait in its queue (SCM_RIGHTS)`,
+    );
+  if (got.data.length !== d.rqueue)
+    throw new UnsupportedError(
+      'fd-kind-unix-socket',
+      `Cannot dump ${what}: ${d.rqueue} bytes wait in its queue and only ${got.data.length} could be read in one go ` +
+        '(messages of several writers, SO_PASSCRED)',
+    );
+  return got.data;
+}
+
+/** What the restore of a pair's first end leaves for its second. */
+interface PairEnd {
+  /** The second end, open in the task. */
+  fd: number;
+  /** The first end's file id (its fd in the task, once placed) and its shutdown bits. */
+  firstId: number;
+  firstShutdown: number;
+}
+
+const pairKey = (ino: number): string => `unix-pair:${ino}`;
+
+/** socketpair(AF_UNIX, type, 0) inside the task. */
+function socketpairInTask(injector: Injector, type: number): [number, number] {
+  const [r] = injector.runCalls([
+    { name: 'socketpair', args: (out) => [BigInt(AF_UNIX), BigInt(type), 0n, out], outBytes: 8 },
+  ]);
+  if (r === undefined || r.ret < 0n)
+    throw new UnsupportedError('unix-socket', `socketpair in the task failed (${r?.ret})`);
+  return [r.out.readInt32LE(0), r.out.readInt32LE(4)];
+}
+
+/** An int socket option of the task's fd `fd`, read inside the task. */
+function getIntOptInTask(injector: Injector, fd: number, name: number): number {
+  const buf = Buffer.alloc(8);
+  buf.writeInt32LE(4, 4); // optlen
+  const addr = injector.pushData(buf);
+  injector.syscallOrThrow('getsockopt', [BigInt(fd), BigInt(SOL_SOCKET), BigInt(name), addr, addr + 4n]);
+  return injector.readMemory(addr, 4).readInt32LE(0);
+}
+
+/**
+ * Write `data` into the task's socket `fd` (its peer receives it): all of it, never blocking. What
+ * can wait is bounded by the sender's buffer: for more than fits, the buffer is raised for the
+ * write and then given back its size and lock as they were.
+ */
+function sendAllInTask(injector: Injector, fd: number, data: Uint8Array): void {
+  if (data.length === 0) return;
+  const need = data.length * 2 + (64 << 10);
+  const size = getIntOptInTask(injector, fd, SO_SNDBUF);
+  const lock = getIntOptInTask(injector, fd, SO_BUF_LOCK);
+  if (size < need) setSockOptInTask(injector, fd, SOL_SOCKET, SO_SNDBUFFORCE, need / 2);
+  const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const addr = injector.pushData(buf);
+  for (let off = 0; off < buf.length;) {
+    const n = Number(
+      injector.syscallOrThrow('sendto', [
+        BigInt(fd),
+        addr + BigInt(off),
+        BigInt(buf.length - off),
+        BigInt(MSG_DONTWAIT),
+        0n,
+        0n,
+      ]),
+    );
+    if (n <= 0) throw new UnsupportedError('unix-socket', `Cannot refill a unix socket: sendto returned ${n}`);
+    off += n;
+  }
+  if (size < need) {
+    setSockOptInTask(injector, fd, SOL_SOCKET, SO_SNDBUFFORCE, size / 2);
+    setSockOptInTask(injector, fd, SOL_SOCKET, SO_BUF_LOCK, lock);
+  }
+}
+
+/** shutdown(fd, how) for sk_shutdown bits (RCV 1, SEND 2, both 3). */
+function shutdownInTask(injector: Injector, fd: number, bits: number): void {
+  if (bits === 0) return;
+  const how = bits === 1 ? 0 : bits === 2 ? 1 : 2; // SHUT_RD, SHUT_WR, SHUT_RDWR
+  callInTask(injector, `unix socket fd ${fd}`, 'shutdown', [BigInt(fd), BigInt(how)]);
+}
+
+async function queueOf(ctx: FileRestoreContext, id: number): Promise<Uint8Array> {
+  for (const { entry, extra } of await ctx.entriesOf('SK_QUEUES')) {
+    if (Number(entry['id_for']) !== id) continue;
+    const data = extra ?? new Uint8Array(0);
+    if (data.length !== Number(entry['length']))
+      throw new UnsupportedError(
+        'unix-socket',
+        `The queue of socket ${id} in sk-queues.img has ${data.length} bytes, its entry says ${String(entry['length'])}`,
+      );
+    return data;
+  }
+  return new Uint8Array(0);
+}
+
+/** sockaddr_un of a bound name, and its length as bind(2) takes it. */
+function sockaddrUn(name: Uint8Array): Buffer {
+  if (name.length > 108) throw new UnsupportedError('unix-socket', `A unix socket name of ${name.length} bytes`);
+  const sa = Buffer.alloc(2 + name.length + (name[0] === 0 || name[name.length - 1] === 0 ? 0 : 1));
+  sa.writeUInt16LE(AF_UNIX, 0);
+  Buffer.from(name).copy(sa, 2);
+  return sa;
+}
+
+export const unixSocketFile: FdKindModule = {
+  type: FD_TYPES.UNIXSK,
+  name: 'unix socket',
+  // Before epoll (20) and after nothing: a pair's second end needs only the first.
+  restoreOrder: 10,
+
+  matches(input) {
+    return input.link.startsWith('socket:[') && intOpt(input.localFd, SOL_SOCKET, SO_DOMAIN) === AF_UNIX;
+  },
+
+  refusal(input) {
+    return refusalOf(input, unixDiag(Number(input.stat.ino)));
+  },
+
+  async dump(input, id, ctx) {
+    const d = unixDiag(Number(input.stat.ino));
+    const refusal = refusalOf(input, d, ctx.shared);
+    if (refusal !== undefined || d === null) throw new UnsupportedError('fd-kind-unix-socket', refusal ?? 'no diag');
+    const type = intOpt(input.localFd, SOL_SOCKET, SO_TYPE);
+    const usk: ImageEntry = {
+      id,
+      ino: d.ino,
+      type,
+      state: d.state,
+      flags: descriptionFlags(input.fdinfo.flags),
+      uflags: 0,
+      backlog: d.state === TCP_LISTEN ? d.wqueue : 0,
+      peer: d.peer,
+      fown: dumpFown(input, ctx),
+      opts: readSkOpts(input.localFd, false),
+      name: new Uint8Array(d.name),
+    };
+    if (d.shutdown !== 0) usk['shutdown'] = d.shutdown;
+    const file = fileOfName(d);
+    if (file !== null) {
+      usk['file_perms'] = file.perms;
+      if (file.isDeleted) usk['deleted'] = true;
+    }
+    if (type === SOCK_STREAM && d.state !== TCP_LISTEN && d.rqueue > 0) {
+      const data = peekQueue(input, d);
+      await ctx.addEntry('SK_QUEUES', { id_for: id, length: data.length }, data);
+    }
+    return { type: FD_TYPES.UNIXSK, id, usk };
+  },
+
+  async restore(entry, ctx) {
+    const usk = entry['usk'] as ImageEntry;
+    const id = Number(usk['id']);
+    const ino = Number(usk['ino']);
+    const type = Number(usk['type']);
+    const state = Number(usk['state']);
+    const peer = Number(usk['peer'] ?? 0);
+    const name = (usk['name'] ?? new Uint8Array(0)) as Uint8Array;
+    const shutdown = Number(usk['shutdown'] ?? 0);
+    const { injector } = ctx;
+    let fd: number;
+    const second = ctx.shared.get(pairKey(ino)) as PairEnd | undefined;
+    if (second !== undefined) {
+      // The second end of a pair: the first made it. Its bytes come from the first end.
+      ctx.shared.delete(pairKey(ino));
+      fd = second.fd;
+      const firstFd = ctx.fdOfFileId(second.firstId);
+      if (firstFd === undefined)
+        throw new UnsupportedError('unix-socket', `The other end of unix socket ${ino} was not placed`);
+      sendAllInTask(injector, firstFd, await queueOf(ctx, id));
+      shutdownInTask(injector, firstFd, second.firstShutdown);
+      shutdownInTask(injector, fd, shutdown);
+    } else if (peer !== 0 || state === TCP_ESTABLISHED) {
+      // The first end of a pair: the other end waits for its own entry, parked above every fd
+      // the table will use; or it was closed (the kernel reports no peer then): it is closed at
+      // the end, once the files it might be mistaken for are in place.
+      const [mine, other] = socketpairInTask(injector, type);
+      fd = mine;
+      sendAllInTask(injector, other, await queueOf(ctx, id));
+      const key = peer !== 0 ? pairKey(peer) : `${pairKey(0)}:closed:${id}`;
+      ctx.shared.set(key, { fd: ctx.parkFd(other), firstId: id, firstShutdown: shutdown } satisfies PairEnd);
+    } else {
+      fd = Number(injector.syscallOrThrow('socket', [BigInt(AF_UNIX), BigInt(type), 0n]));
+      if (name.length > 0) bindInTask(injector, fd, usk, name);
+      if (state === TCP_LISTEN)
+        callInTask(injector, described(type, Buffer.from(name)), 'listen', [
+          BigInt(fd),
+          BigInt(Number(usk['backlog'])),
+        ]);
+    }
+    restoreSkOpts(injector, fd, (usk['opts'] ?? {}) as ImageEntry, false);
+    injector.resetScratch();
+    setStatusFlagsInTask(injector, fd, Number(usk['flags'] ?? 0));
+    restoreFown(injector, fd, usk['fown'] as ImageEntry | undefined);
+    return fd;
+  },
+
+  async finishRestore(ctx) {
+    // The second ends no entry asked for: their peer was closed when dumped. Closing them now
+    // gives the first end the end of stream it had (after the bytes written into it).
+    for (const [key, value] of ctx.shared) {
+      if (!key.startsWith('unix-pair:')) continue;
+      closeInTask(ctx.injector, (value as PairEnd).fd);
+      ctx.shared.delete(key);
+    }
+  },
+};
+
+/** bind(2) the name inside the task; a file-system name gets its file's mode and owner back. */
+function bindInTask(injector: Injector, fd: number, usk: ImageEntry, name: Uint8Array): void {
+  const isPath = name[0] !== 0;
+  const path = pathOf(name);
+  if (isPath) {
+    // A socket file left by the dumped task (or by a restore that failed) would fail the bind.
+    try {
+      if (lstatSync(path).isSocket()) unlinkSync(path);
+    } catch {
+      // nothing there
+    }
+  }
+  const sa = sockaddrUn(name);
+  callInTask(injector, described(Number(usk['type']), Buffer.from(name)), 'bind', [
+    BigInt(fd),
+    injector.pushData(sa),
+    BigInt(sa.length),
+  ]);
+  if (!isPath) return;
+  const perms = usk['file_perms'] as ImageEntry | undefined;
+  if (perms !== undefined) {
+    chmodSync(path, Number(perms['mode']) & 0o7777);
+    chownSync(path, Number(perms['uid']), Number(perms['gid']));
+  }
+  if (usk['deleted'] === true) unlinkSync(path);
+}
