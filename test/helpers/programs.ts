@@ -2,10 +2,12 @@
  * Programs no one here wrote, as test workloads: scripts for python3, node and bash that keep
  * state in memory and append "READY pid digest", then "TICK n digest" every 100 ms, to the file
  * named by their last argument, and "BYE n digest" on SIGTERM. The digest covers their in-memory
- * state: it must never change. PROGRAMS starts each as a workload (cr.ts).
+ * state: it must never change. PROGRAMS starts each as a workload (cr.ts). And a server: a
+ * python asyncio counter (ASYNCIO_COUNTER) and its client (askCounter).
  */
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import { createConnection } from 'node:net';
 import path from 'node:path';
 import { startWorkload, type Workload } from './cr.js';
 
@@ -102,3 +104,51 @@ export const PROGRAMS: readonly Program[] = [
     },
   },
 ];
+
+/**
+ * A python asyncio server with state (epoll, and a unix socket pair as its self-pipe, which
+ * SIGTERM goes through): `python3 counter.py HOST PORT REPORT` answers each line it reads with the
+ * next number; "READY pid" once it listens and "BYE n" when SIGTERM ends it, in REPORT.
+ */
+export const ASYNCIO_COUNTER = `
+import asyncio, os, signal, sys
+n = 0
+def say(line):
+    with open(sys.argv[3], "a") as f:
+        f.write(line + "\\n")
+async def serve(reader, writer):
+    global n
+    while await reader.readline():
+        n += 1
+        writer.write(f"{n}\\n".encode())
+        await writer.drain()
+    writer.close()
+async def main():
+    server = await asyncio.start_server(serve, sys.argv[1], int(sys.argv[2]))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    say(f"READY {os.getpid()}")
+    async with server:
+        await stop.wait()
+    say(f"BYE {n}")
+asyncio.run(main())
+`;
+
+/** Send `lines` lines on one new connection to HOST:PORT (ASYNCIO_COUNTER): the answers. */
+export function askCounter(host: string, port: number, lines: number): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection({ host, port });
+    let got = '';
+    sock.setEncoding('utf8');
+    sock.on('connect', () => sock.write('x\n'.repeat(lines)));
+    sock.on('data', (c: string) => {
+      got += c;
+      if (got.split('\n').length > lines) {
+        sock.end();
+        resolve(got.trim().split('\n'));
+      }
+    });
+    sock.on('error', reject);
+    sock.setTimeout(5000, () => sock.destroy(new Error(`no answer from ${host}:${port}`)));
+  });
+}

@@ -12,10 +12,11 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { get } from 'node:http';
-import { createConnection, createServer, type AddressInfo } from 'node:net';
+import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { readEntries, type ImageEntry } from '../../../src/images/index.js';
+import { ASYNCIO_COUNTER, askCounter } from '../../helpers/programs.js';
 import {
   criuAsync,
   restoreExpectPass,
@@ -228,56 +229,18 @@ t.test(
   },
 );
 
-/** An asyncio server (epoll, and a unix socket pair as its self-pipe) with state: each line in, the next number out. */
-const ASYNCIO_COUNTER = `
-import asyncio, signal, sys
-n = 0
-async def serve(reader, writer):
-    global n
-    while await reader.readline():
-        n += 1
-        writer.write(f"{n}\\n".encode())
-        await writer.drain()
-    writer.close()
-async def main():
-    server = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]))
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with server:
-        await stop.wait()
-asyncio.run(main())
-`;
-
-/** Send `lines` lines on one new connection to 127.0.0.1:PORT: the answers, one per line. */
-function ask(port: number, lines: number): Promise<string[]> {
-  return new Promise((resolve, reject) => {
-    const sock = createConnection({ host: '127.0.0.1', port });
-    let got = '';
-    sock.setEncoding('utf8');
-    sock.on('connect', () => sock.write('x\n'.repeat(lines)));
-    sock.on('data', (c: string) => {
-      got += c;
-      if (got.split('\n').length > lines) {
-        sock.end();
-        resolve(got.trim().split('\n'));
-      }
-    });
-    sock.on('error', reject);
-    sock.setTimeout(5000, () => sock.destroy(new Error('timeout')));
-  });
-}
-
 t.test('real servers keep serving: a python asyncio server keeps its count', { skip: needsRoot }, async (t) => {
   const dir = t.testdir({ 'counter.py': ASYNCIO_COUNTER });
   const port = await freePort();
-  const w = startProgram(['/usr/bin/env', '-i', 'python3', path.join(dir, 'counter.py'), String(port)]);
+  const w = await startWorkload('/usr/bin/env', dir, [
+    '-i',
+    'python3',
+    path.join(dir, 'counter.py'),
+    '127.0.0.1',
+    String(port),
+  ]);
   t.teardown(() => w.kill());
-  let first: string[] = [];
-  for (let i = 0; i < 100 && first.length === 0; i++) {
-    first = await ask(port, 3).catch(() => []);
-    if (first.length === 0) await new Promise((r) => setTimeout(r, 100));
-  }
-  t.same(first, ['1', '2', '3'], 'three answers before the dump');
+  t.same(await askCounter('127.0.0.1', port, 3), ['1', '2', '3'], 'three answers before the dump');
   const images = path.join(dir, 'img');
   const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
   t.equal(dump.status, 0, dump.stderr);
@@ -289,8 +252,9 @@ t.test('real servers keep serving: a python asyncio server keeps its count', { s
   );
   const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
   t.equal(restored.pid, w.pid, 'restored with its PID');
-  t.same(await ask(port, 2), ['4', '5'], 'it counts on from where it was');
+  t.same(await askCounter('127.0.0.1', port, 2), ['4', '5'], 'it counts on from where it was');
   process.kill(w.pid, 'SIGTERM'); // through the self-pipe: the loop wakes and ends
   const r = await restored.done;
   t.equal(r.status, 0, `the server exits 0 on SIGTERM, and criu restore with it: ${r.stderr}`);
+  t.match(w.report(), /BYE 5/, 'its last words: the count');
 });

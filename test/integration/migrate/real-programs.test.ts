@@ -2,7 +2,8 @@
  * Live migration of programs no one here wrote: a python3 and a node script holding state in
  * memory (test/helpers/programs.ts) move from SRC to DST while they tick; on DST they keep their
  * PID, their ticks go on from where they were, and the digest of their in-memory state is the one
- * they started with.
+ * they started with. A python asyncio server (a listening socket, epoll, a unix socket pair) moves
+ * too and answers on DST, its count carried on.
  */
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -10,7 +11,7 @@ import t from 'tap';
 import { simHosts } from '../../../migrate/sim-hosts.js';
 import { poll } from '../../helpers/cr.js';
 import { runMigrate, startAgent, startOnHost, tokenFile } from '../../helpers/migrate.js';
-import { NODE, PYTHON } from '../../helpers/programs.js';
+import { ASYNCIO_COUNTER, askCounter, NODE, PYTHON } from '../../helpers/programs.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (namespaces, ptrace, clone3 set_tid)';
 
@@ -54,3 +55,30 @@ for (const prog of [
     t.match(w.report(), new RegExp(`BYE \\d+ ${digest}`));
   });
 }
+
+t.test('a python asyncio server migrates live and serves its count on DST', { skip: needsRoot }, async (t) => {
+  const [src, dst] = await simHosts(['src', 'dst'], { t });
+  if (src === undefined || dst === undefined) throw new Error('no hosts');
+  const dir = t.testdir();
+  const a = await startAgent(t, src, dir);
+  const b = await startAgent(t, dst, dir);
+  const script = path.join(dir, 'counter.py');
+  writeFileSync(script, ASYNCIO_COUNTER);
+  // Bound to every address: the restored socket binds again on DST, whose address differs.
+  const port = 8765;
+  const w = await startOnHost(
+    t,
+    src,
+    ['/usr/bin/env', '-i', 'python3', script, '0.0.0.0', String(port)],
+    path.join(dir, 'report.txt'),
+  );
+  t.same(await askCounter(src.addr, port, 3), ['1', '2', '3'], 'three answers from SRC');
+  const r = await runMigrate(['--json', '--token-file', tokenFile(dir), a.target, b.target, String(w.pid)]);
+  t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
+  t.equal((JSON.parse(r.stdout) as Record<string, number>)['dst_pid'], w.pid);
+  t.same(await askCounter(dst.addr, port, 2), ['4', '5'], 'DST answers, counting on from where SRC was');
+  await t.rejects(askCounter(src.addr, port, 1), 'nothing listens on SRC any more');
+  await dst.exec(`kill -TERM ${w.pid}`);
+  await w.waitFor('BYE 5');
+  t.pass('SIGTERM on DST ends it through its self-pipe, with its count');
+});
