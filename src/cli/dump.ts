@@ -67,7 +67,12 @@ export async function runDump(opts: Options, io: CliIo): Promise<number> {
       trackMem: opts.trackMem,
       tracker: opts.tracker,
       autoDedup: opts.autoDedup,
-      fileOptions: { isShellJob: opts.shellJob, isLinkRemap: opts.linkRemap, isEvasiveDevices: opts.evasiveDevices },
+      fileOptions: {
+        isShellJob: opts.shellJob,
+        isLinkRemap: opts.linkRemap,
+        isEvasiveDevices: opts.evasiveDevices,
+        isTcpEstablished: opts.tcpEstablished,
+      },
       ...(opts.prevImagesDir === undefined ? {} : { prevImagesDir: opts.prevImagesDir }),
       ...(sink === undefined ? {} : { sink }),
       ...(store === null ? {} : { pidfdStore: store }),

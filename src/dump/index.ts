@@ -32,6 +32,7 @@ import { checkFds, dumpFiles } from '../files/index.js';
 import { localImageSink } from '../files/image-sink.js';
 import type { FileOptions } from '../files/types.js';
 import { dumpDeletedMappings } from '../files/vma-ghost.js';
+import { releaseTcpRepair } from '../files/inet-socket.js';
 import { removeLinkRemaps } from '../files/link-remap.js';
 import { dumpCpuinfo } from '../cpuinfo/index.js';
 import type { DirtyTracker } from '../mem/track/index.js';
@@ -385,6 +386,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       tracker = null;
       frozen = null;
       removeLinkRemaps(filesShared);
+      releaseTcpRepair(filesShared, pid);
       resumeProcess(ending);
     } else if (opts.end === 'kill') {
       // Killed first, then the tracking ended: with the task's address space gone, closing the
@@ -416,12 +418,17 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       if (tracker !== null) await tracker.end();
       tracker = null;
       frozen = null;
-      if (opts.end === 'leave-running') resumeProcess(ending);
-      else stopProcess(ending);
+      // As CRIU: a task left running gets its connections back now; one left stopped keeps them
+      // in repair mode and locked, to be killed and restored.
+      if (opts.end === 'leave-running') {
+        releaseTcpRepair(filesShared, pid);
+        resumeProcess(ending);
+      } else stopProcess(ending);
       opts.pidfdStore?.add(pid); // the task lives on: a later dump may compare against this one
     }
   } catch (err) {
     removeLinkRemaps(filesShared);
+    releaseTcpRepair(filesShared, pid);
     copy?.abort.abort(err);
     await copy?.promise.catch(() => undefined);
     // A dump ends the tracking either way (its collect did not re-arm: markLastCollect).

@@ -23,8 +23,9 @@
  * the program had set them (SO_BUF_LOCK), so that autotuning stays on otherwise.
  */
 
-import { UnsupportedError } from '../errors.js';
-import type { ImageEntry } from '../images/index.js';
+import { join } from 'node:path';
+import { ImageError, UnsupportedError } from '../errors.js';
+import { imageFileName, readImage, type ImageEntry } from '../images/index.js';
 import {
   AF_INET,
   AF_INET6,
@@ -51,7 +52,11 @@ import * as sys from '../sys/native.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
 import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask } from './sk-opts.js';
-import { FD_TYPES, type FdKindModule } from './types.js';
+import { imageSinkOf } from './image-sink.js';
+import { lockConnection, unlock } from './net-lock.js';
+import { dumpTcpStream, endTcpRepair, restoreTcpStreamAfter, restoreTcpStreamBefore } from './tcp-stream.js';
+import { FD_TYPES, type FdKindModule, type FileOptions } from './types.js';
+import { log } from '../log.js';
 
 /** TCP states (include/net/tcp_states.h); CRIU records a UDP socket as ESTABLISHED or CLOSE too. */
 export const TCP_ESTABLISHED = 1;
@@ -127,7 +132,7 @@ function kindName(s: InetSocket): string {
 }
 
 /** Why this socket cannot be dumped, or undefined. */
-function refusalOf(pid: number, fd: number, s: InetSocket): string | undefined {
+function refusalOf(pid: number, fd: number, s: InetSocket, options: FileOptions): string | undefined {
   const what = `fd ${fd} of task ${pid}: the ${kindName(s)} ${endpoint(s.src)}`;
   const isTcp = s.type === SOCK_STREAM && s.proto === IPPROTO_TCP;
   const isUdp = s.type === SOCK_DGRAM && s.proto === IPPROTO_UDP;
@@ -137,12 +142,13 @@ function refusalOf(pid: number, fd: number, s: InetSocket): string | undefined {
       `Cannot dump ${what}: ${s.nrWaiting} connection(s) wait in its accept queue and would be lost ` +
       '(dump again once they are accepted)'
     );
-  if (isTcp && s.state !== TCP_LISTEN && s.state !== TCP_CLOSE) {
+  const isConnection = isTcp && s.state !== TCP_LISTEN && s.state !== TCP_CLOSE;
+  if (isConnection && !(s.state === TCP_ESTABLISHED && options.isTcpEstablished === true)) {
     const peer = s.dst === null ? '' : ` -> ${endpoint(s.dst)}`;
-    return (
-      `Cannot dump ${what}${peer}: it is connected (${TCP_STATE_NAMES[s.state] ?? s.state}), and criu-ts does not ` +
-      'restore TCP connections (--tcp-established)'
-    );
+    const state = TCP_STATE_NAMES[s.state] ?? String(s.state);
+    return s.state === TCP_ESTABLISHED
+      ? `Cannot dump ${what}${peer}: it is connected (ESTABLISHED); with --tcp-established the connection is dumped too`
+      : `Cannot dump ${what}${peer}: it is connected (${state}), and criu-ts restores ESTABLISHED connections only`;
   }
   if (s.nrFilterInsns > 0) return `Cannot dump ${what}: it has a socket filter (SO_ATTACH_FILTER), not supported`;
   return undefined;
@@ -222,6 +228,51 @@ function endpointOf(family: number, words: readonly number[], port: number): str
   return `[${groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::')}]:${port}`;
 }
 
+/** ctx.shared key: a TCP connection was restored (the network lock is lifted at the end). */
+const TCP_RESTORED = 'tcp-restored';
+/** ctx.shared key: the task's fds whose connections were put in repair mode by this dump. */
+const TCP_REPAIRS = 'tcp-repairs';
+
+function tcpRepairsOf(shared: Map<string, unknown>): { fds: number[] } {
+  let r = shared.get(TCP_REPAIRS) as { fds: number[] } | undefined;
+  if (r === undefined) {
+    r = { fds: [] };
+    shared.set(TCP_REPAIRS, r);
+  }
+  return r;
+}
+
+/**
+ * Undo what --tcp-established did to task `pid` when the dump fails or the task goes on running:
+ * repair mode off on its connections, the network lock lifted. Failures are logged, not thrown.
+ */
+export function releaseTcpRepair(shared: Map<string, unknown>, pid: number): void {
+  const r = shared.get(TCP_REPAIRS) as { fds: number[] } | undefined;
+  if (r === undefined) return;
+  shared.delete(TCP_REPAIRS);
+  let pidfd = -1;
+  try {
+    pidfd = sys.pidfdOpen(pid, 0);
+    for (const fd of r.fds) {
+      const local = sys.pidfdGetfd(pidfd, fd, 0);
+      try {
+        endTcpRepair(local);
+      } finally {
+        sys.close(local);
+      }
+    }
+  } catch (err) {
+    log().error(`Cannot take the TCP connections of task ${pid} out of repair mode: ${String(err)}`);
+  } finally {
+    if (pidfd >= 0) sys.close(pidfd);
+  }
+  try {
+    unlock(pid);
+  } catch (err) {
+    log().error(String(err));
+  }
+}
+
 export const inetSocketFile: FdKindModule = {
   type: FD_TYPES.INETSK,
   name: 'inet socket',
@@ -233,15 +284,15 @@ export const inetSocketFile: FdKindModule = {
     return family === AF_INET || family === AF_INET6;
   },
 
-  refusal(input) {
+  refusal(input, options) {
     const s = readInetSocket(input.localFd);
-    return s === null ? undefined : refusalOf(input.pid, input.fd, s);
+    return s === null ? undefined : refusalOf(input.pid, input.fd, s, options);
   },
 
   async dump(input, id, ctx) {
     const s = readInetSocket(input.localFd);
     if (s === null) throw new UnsupportedError('fd-kind', `fd ${input.fd} of task ${input.pid} is no inet socket`);
-    const refusal = refusalOf(input.pid, input.fd, s);
+    const refusal = refusalOf(input.pid, input.fd, s, ctx.options ?? {});
     if (refusal !== undefined) throw new UnsupportedError('fd-kind-inet-socket', refusal);
     const isk: ImageEntry = {
       id,
@@ -265,6 +316,25 @@ export const inetSocketFile: FdKindModule = {
         ? intOpt(input.localFd, SOL_IPV6, IPV6_FREEBIND)
         : intOpt(input.localFd, SOL_IP, IP_FREEBIND);
     if (freebind !== 0) isk['ip_opts'] = { freebind: true };
+    if (s.proto === IPPROTO_TCP && s.state === TCP_ESTABLISHED && s.dst !== null) {
+      // --tcp-established: the peer's packets dropped first, then the connection read in repair
+      // mode, which it stays in (see tcp-stream.ts); undone by releaseTcpRepair if need be.
+      const repaired = tcpRepairsOf(ctx.shared);
+      repaired.fds.push(input.fd);
+      lockConnection(input.pid, {
+        family: s.family === AF_INET6 ? 6 : 4,
+        local: s.src.address,
+        localPort: s.src.port,
+        remote: s.dst.address,
+        remotePort: s.dst.port,
+      });
+      const opts = isk['opts'] as ImageEntry;
+      const { entry, queues } = dumpTcpStream(
+        input.localFd,
+        2 * Math.max(Number(opts['so_sndbuf']), Number(opts['so_rcvbuf'])),
+      );
+      await imageSinkOf(ctx).writeImage('TCP_STREAM', Number(input.stat.ino), [{ entry, extra: queues }]);
+    }
     return { type: FD_TYPES.INETSK, id, isk };
   },
 
@@ -293,6 +363,16 @@ export const inetSocketFile: FdKindModule = {
       if (family === AF_INET6) set(SOL_IPV6, IPV6_FREEBIND, 1);
       else set(SOL_IP, IP_FREEBIND, 1);
     }
+    const isConnection = proto === IPPROTO_TCP && state === TCP_ESTABLISHED;
+    let stream: { entry: ImageEntry; queues: Uint8Array } | null = null;
+    if (isConnection) {
+      const file = join(ctx.imagesDir, imageFileName('TCP_STREAM', Number(isk['ino'])));
+      const record = (await readImage(file, 'TCP_STREAM')).records[0];
+      if (record === undefined) throw new ImageError(file, 'no tcp_stream_entry');
+      stream = { entry: record.entry, queues: record.extra ?? new Uint8Array(0) };
+      restoreTcpStreamBefore(injector, fd, stream.entry);
+      ctx.shared.set(TCP_RESTORED, true);
+    }
     const isBound = srcPort !== 0 || srcAddr.some((w) => w !== 0);
     if (isBound) {
       const sa = sockaddrOf(family, srcAddr, srcPort);
@@ -307,7 +387,7 @@ export const inetSocketFile: FdKindModule = {
         BigInt(fd),
         BigInt(Number(isk['backlog'])),
       ]);
-    } else if (type === SOCK_DGRAM && state === TCP_ESTABLISHED) {
+    } else if (stream !== null || (type === SOCK_DGRAM && state === TCP_ESTABLISHED)) {
       const dstPort = Number(isk['dst_port']);
       const sa = sockaddrOf(family, dstAddr, dstPort);
       callInTask(injector, endpointOf(family, dstAddr, dstPort), 'connect', [
@@ -316,10 +396,16 @@ export const inetSocketFile: FdKindModule = {
         BigInt(sa.length),
       ]);
     }
+    if (stream !== null) restoreTcpStreamAfter(injector, fd, stream.entry, stream.queues);
     restoreSkOpts(injector, fd, opts, proto === IPPROTO_TCP);
     injector.resetScratch();
     setStatusFlagsInTask(injector, fd, flags);
     restoreFown(injector, fd, isk['fown'] as ImageEntry | undefined);
     return fd;
+  },
+
+  async finishRestore(ctx) {
+    // Every connection is back: the peers' packets may come in again.
+    if (ctx.shared.get(TCP_RESTORED) === true) unlock(ctx.pid);
   },
 };

@@ -77,6 +77,8 @@ export interface FileOptions {
   isLinkRemap?: boolean;
   /** --evasive-devices: a device file whose path no longer leads to it is dumped by any path to the device. */
   isEvasiveDevices?: boolean;
+  /** --tcp-established: established TCP connections are dumped (repair mode, network lock). */
+  isTcpEstablished?: boolean;
 }
 
 export interface FileDumpContext {

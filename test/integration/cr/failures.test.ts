@@ -118,7 +118,7 @@ t.test('dump refuses a task holding an fd of an unsupported kind', { skip: needs
       'tcp-conn',
       (fd) =>
         new RegExp(
-          `fd ${fd} of task \\d+: the TCP socket 127\\.0\\.0\\.1:\\d+ -> 127\\.0\\.0\\.1:\\d+: it is connected \\(ESTABLISHED\\), and criu-ts does not restore TCP connections`,
+          `fd ${fd} of task \\d+: the TCP socket 127\\.0\\.0\\.1:\\d+ -> 127\\.0\\.0\\.1:\\d+: it is connected \\(ESTABLISHED\\); with --tcp-established the connection is dumped too`,
         ),
     ],
     [

@@ -1,24 +1,28 @@
 /**
- * TCP and UDP sockets across dump and restore (src/files/inet-socket.ts).
+ * Sockets across dump and restore (src/files/inet-socket.ts, unix-socket.ts, tcp-stream.ts).
  *
  * cr_sockets holds listeners (IPv4, IPv6-only, dual-stack, a dup), a bound and a new TCP socket,
  * and UDP sockets bound, connected and new, with options set; after restore it compares their
- * state line by line and uses them (PASS/FAIL). The images are checked too: files.img as CRIU
- * writes it (and Debian's crit reads it). Then what must be refused or fail cleanly: a connected
- * TCP socket and a listener with a connection waiting (the task left as it was), and a restore
- * whose port is taken meanwhile.
+ * state line by line and uses them (PASS/FAIL). cr_unix does the same for unix sockets: pairs with
+ * bytes waiting, a closed peer, shutdowns, listeners on a path and an abstract name. The images are
+ * checked too: as CRIU writes them (and Debian's crit reads them). A restore whose port is taken
+ * fails cleanly. Servers no one here wrote serve on after restore (python3 -m http.server, a node
+ * http server, a python asyncio server). With --tcp-established, TCP connections come back: both
+ * ends inside the task, and a client outside that keeps its connection (and a line it sent while
+ * the server was gone) under the network lock. (Refusals: test/integration/cr/failures.test.ts.)
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { get } from 'node:http';
-import { createServer, type AddressInfo } from 'node:net';
+import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { readEntries, type ImageEntry } from '../../../src/images/index.js';
 import { ASYNCIO_COUNTER, askCounter } from '../../helpers/programs.js';
 import {
   criuAsync,
+  endExpectPass,
   restoreExpectPass,
   startRestore,
   startWorkload,
@@ -230,16 +234,7 @@ t.test(
 );
 
 t.test('real servers keep serving: a python asyncio server keeps its count', { skip: needsRoot }, async (t) => {
-  const dir = t.testdir({ 'counter.py': ASYNCIO_COUNTER });
-  const port = await freePort();
-  const w = await startWorkload('/usr/bin/env', dir, [
-    '-i',
-    'python3',
-    path.join(dir, 'counter.py'),
-    '127.0.0.1',
-    String(port),
-  ]);
-  t.teardown(() => w.kill());
+  const { dir, port, w } = await startAsyncioCounter(t);
   t.same(await askCounter('127.0.0.1', port, 3), ['1', '2', '3'], 'three answers before the dump');
   const images = path.join(dir, 'img');
   const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
@@ -258,3 +253,136 @@ t.test('real servers keep serving: a python asyncio server keeps its count', { s
   t.equal(r.status, 0, `the server exits 0 on SIGTERM, and criu restore with it: ${r.stderr}`);
   t.match(w.report(), /BYE 5/, 'its last words: the count');
 });
+
+t.test(
+  '--tcp-established: a TCP connection inside the task comes back with its waiting byte',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_state', dir, ['tcp-conn']);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '--tcp-established']);
+    t.equal(dump.status, 0, dump.stderr);
+    await waitGone(w.pid);
+    const streams = readdirSync(images).filter((f) => /^tcp-stream-[0-9a-f]+\.img$/.test(f));
+    t.equal(streams.length, 2, `both ends of the connection: ${streams.join(', ')}`);
+    const queued = await Promise.all(
+      streams.map(async (f) => (await readEntries(path.join(images, f), 'TCP_STREAM'))[0]?.['inq_len']),
+    );
+    t.same(queued.sort(), [0, 1], 'one end has a byte waiting to be read');
+    if (crit !== undefined) {
+      const r = spawnSync(crit, ['decode', '-i', path.join(images, streams[0] as string)], { encoding: 'utf8' });
+      t.equal(r.status, 0, `crit decodes ${streams[0]}: ${r.stderr}`);
+    }
+    t.equal(nftTables().includes(`criu-ts-${w.pid}`), true, 'the network lock stays until the restore');
+    await restoreExpectPass(t, w, images, dir);
+    t.equal(nftTables().includes(`criu-ts-${w.pid}`), false, 'the restore lifted the lock');
+  },
+);
+
+t.test(
+  '--tcp-established: a client keeps its connection to a server across dump and restore',
+  { skip: needsRoot },
+  async (t) => {
+    const { dir, port, w } = await startAsyncioCounter(t);
+    const conn = await LineClient.connect(port);
+    t.teardown(() => conn.close());
+    t.equal(await conn.ask(), '1', 'an answer before the dump');
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '--tcp-established']);
+    t.equal(dump.status, 0, dump.stderr);
+    await waitGone(w.pid);
+    // Sent while the server is gone: the lock drops it (no reset), the client sends it again later.
+    const during = conn.ask();
+    await new Promise((r) => setTimeout(r, 300));
+    t.notOk(conn.isClosed, 'the connection lives on while the server is dumped');
+    const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
+    t.equal(await during, '2', 'the line sent meanwhile is answered after the restore');
+    t.equal(await conn.ask(), '3', 'and the next one');
+    process.kill(w.pid, 'SIGTERM');
+    const r = await restored.done;
+    t.equal(r.status, 0, r.stderr);
+  },
+);
+
+/** ASYNCIO_COUNTER on 127.0.0.1 (a free port), started as a workload of `t`. */
+async function startAsyncioCounter(t: Test): Promise<{ dir: string; port: number; w: Workload }> {
+  const dir = t.testdir({ 'counter.py': ASYNCIO_COUNTER });
+  const port = await freePort();
+  const script = path.join(dir, 'counter.py');
+  const w = await startWorkload('/usr/bin/env', dir, ['-i', 'python3', script, '127.0.0.1', String(port)]);
+  t.teardown(() => w.kill());
+  return { dir, port, w };
+}
+
+/** The nft tables there are now. */
+function nftTables(): string {
+  return spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout;
+}
+
+/** One connection to ASYNCIO_COUNTER, kept open: each ask() sends a line and waits for its answer. */
+class LineClient {
+  private buffered = '';
+  private waiting: ((line: string) => void)[] = [];
+  isClosed = false;
+
+  private constructor(private readonly sock: Socket) {
+    sock.setEncoding('utf8');
+    sock.on('data', (c: string) => {
+      this.buffered += c;
+      for (let i = this.buffered.indexOf('\n'); i >= 0; i = this.buffered.indexOf('\n')) {
+        const line = this.buffered.slice(0, i);
+        this.buffered = this.buffered.slice(i + 1);
+        this.waiting.shift()?.(line);
+      }
+    });
+    sock.on('close', () => (this.isClosed = true));
+    sock.on('error', () => undefined);
+  }
+
+  static async connect(port: number): Promise<LineClient> {
+    for (let i = 0; ; i++) {
+      try {
+        const sock = await new Promise<Socket>((resolve, reject) => {
+          const s = createConnection({ host: '127.0.0.1', port }, () => resolve(s));
+          s.once('error', reject);
+        });
+        return new LineClient(sock);
+      } catch (err) {
+        if (i >= 50) throw err;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
+  ask(timeoutMs = 15_000): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no answer')), timeoutMs);
+      this.waiting.push((line) => {
+        clearTimeout(timer);
+        resolve(line);
+      });
+      this.sock.write('x\n');
+    });
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+t.test(
+  '--tcp-established with --leave-running: the connection works on, and no lock is left',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_state', dir, ['tcp-conn']);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '--tcp-established', '-R']);
+    t.equal(dump.status, 0, dump.stderr);
+    t.equal(nftTables().includes(`criu-ts-${w.pid}`), false, 'the lock is lifted');
+    await endExpectPass(t, w); // out of repair mode: its connection carries its byte and more
+  },
+);
