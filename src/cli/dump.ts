@@ -10,6 +10,7 @@ import { dump } from '../dump/index.js';
 import { preDump } from '../dump/pre-dump.js';
 import type { PageSink } from '../dump/page-sink.js';
 import type { PidfdStore } from '../dump/pidfd-store.js';
+import type { FileOptions } from '../files/types.js';
 import type { CliIo } from './commands.js';
 import { interruptSignal } from './launch.js';
 import type { Options } from './options.js';
@@ -47,6 +48,16 @@ async function pidfdStoreOf(opts: Options): Promise<PidfdStore | null> {
   return PidfdStore.open(opts.pidfdStore.clientPid, opts.pidfdStore.fd);
 }
 
+/** The options of criu(8) that decide which fds a dump takes and how. */
+function fileOptionsOf(opts: Options): FileOptions {
+  return {
+    isShellJob: opts.shellJob,
+    isLinkRemap: opts.linkRemap,
+    isEvasiveDevices: opts.evasiveDevices,
+    isTcpEstablished: opts.tcpEstablished,
+  };
+}
+
 export async function runDump(opts: Options, io: CliIo): Promise<number> {
   const pid = treeOf(opts, 'dump');
   if (opts.leaveRunning && opts.leaveStopped)
@@ -67,12 +78,7 @@ export async function runDump(opts: Options, io: CliIo): Promise<number> {
       trackMem: opts.trackMem,
       tracker: opts.tracker,
       autoDedup: opts.autoDedup,
-      fileOptions: {
-        isShellJob: opts.shellJob,
-        isLinkRemap: opts.linkRemap,
-        isEvasiveDevices: opts.evasiveDevices,
-        isTcpEstablished: opts.tcpEstablished,
-      },
+      fileOptions: fileOptionsOf(opts),
       ...(opts.prevImagesDir === undefined ? {} : { prevImagesDir: opts.prevImagesDir }),
       ...(sink === undefined ? {} : { sink }),
       ...(store === null ? {} : { pidfdStore: store }),
@@ -97,6 +103,7 @@ export async function runPreDump(opts: Options, io: CliIo): Promise<number> {
       tracker: opts.tracker,
       signal: interruptSignal,
       onProgress: progress.update,
+      fileOptions: fileOptionsOf(opts),
       ...(opts.prevImagesDir === undefined ? {} : { prevImagesDir: opts.prevImagesDir }),
       ...(sink === undefined ? {} : { sink }),
       ...(store === null ? {} : { pidfdStore: store }),

@@ -30,6 +30,7 @@ import { readMaps, type MapsEntry } from '../proc/maps.js';
 import { SMAPS_SIZE_KEYS, type SmapsEntry } from '../proc/smaps.js';
 import { readStat } from '../proc/stat.js';
 import { checkFds } from '../files/index.js';
+import type { FileOptions } from '../files/types.js';
 import type { TrackerChoice } from '../kerndat/tracker.js';
 import { freezeProcess, resumeProcess, type FrozenProcess } from './freeze.js';
 import { PROT, VMA_AREA, classifyVma } from './vma.js';
@@ -54,6 +55,11 @@ export interface PreDumpOptions {
   pidfdStore?: PidfdStore;
   signal?: AbortSignal;
   onProgress?: (what: string, done: number, total: number) => void;
+  /**
+   * The options the final dump will have (--shell-job, --tcp-established...): a pre-dump refuses
+   * a task that dump would refuse, and only that.
+   */
+  fileOptions?: FileOptions;
 }
 
 export interface PreDumpStats extends DumpStats {
@@ -73,7 +79,7 @@ function mapsFlags(m: MapsEntry): ReadonlySet<string> {
 }
 const NO_BYTES = Object.fromEntries(SMAPS_SIZE_KEYS.map((k) => [k, 0])) as SmapsEntry['bytes'];
 
-export function checkDumpable(pid: number): void {
+export function checkDumpable(pid: number, fileOptions: FileOptions = {}): void {
   if (readStat(pid) === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
   const children = readChildren(pid) ?? scanChildren(pid);
   if (children.length > 0)
@@ -81,13 +87,13 @@ export function checkDumpable(pid: number): void {
       'process-tree',
       `Cannot dump task ${pid}: it has children (${children.join(', ')}); process trees are not supported yet`,
     );
-  checkFds(pid);
+  checkFds(pid, fileOptions);
 }
 
 /** Pre-dump process `pid` into `imagesDir` (or its page server). */
 export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   const { pid } = opts;
-  checkDumpable(pid);
+  checkDumpable(pid, opts.fileOptions);
   log().debug(`Pre-dump of ${pid}: checked`);
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;

@@ -386,3 +386,20 @@ t.test(
     await endExpectPass(t, w); // out of repair mode: its connection carries its byte and more
   },
 );
+
+t.test('pre-dump takes the options of the dump to come: --tcp-established', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_state', dir, ['tcp-conn']);
+  t.teardown(() => w.kill());
+  const refused = await criuAsync(['pre-dump', '-t', String(w.pid), '-D', path.join(dir, 'p0')]);
+  t.equal(refused.status, 1, 'without it: refused, as the dump would be');
+  t.match(refused.stderr, /it is connected \(ESTABLISHED\); with --tcp-established/);
+  const pre = await criuAsync(['pre-dump', '-t', String(w.pid), '-D', path.join(dir, 'p1'), '--tcp-established']);
+  t.equal(pre.status, 0, pre.stderr);
+  const images = path.join(dir, 'img');
+  const incremental = ['--prev-images-dir', '../p1', '--track-mem', '--tcp-established'];
+  const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, ...incremental]);
+  t.equal(dump.status, 0, dump.stderr);
+  await waitGone(w.pid);
+  await restoreExpectPass(t, w, images, dir);
+});
