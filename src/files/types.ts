@@ -79,6 +79,8 @@ export interface FileOptions {
   isEvasiveDevices?: boolean;
   /** --tcp-established: established TCP connections are dumped (repair mode, network lock). */
   isTcpEstablished?: boolean;
+  /** --ext-unix-sk: a datagram unix socket connected outside the task is dumped, to connect again by name. */
+  isExtUnixSk?: boolean;
 }
 
 export interface FileDumpContext {

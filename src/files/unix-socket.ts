@@ -49,9 +49,11 @@ import { dumpFown, restoreFown } from './fown.js';
 import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask } from './sk-opts.js';
 import { fdLink, listFds } from './collect.js';
 import { closeInTask } from './task-io.js';
-import { FD_TYPES, type FdDumpInput, type FdKindModule, type FileRestoreContext } from './types.js';
+import { FD_TYPES, type FdDumpInput, type FdKindModule, type FileOptions, type FileRestoreContext } from './types.js';
 import { unixDiag, type UnixDiag } from './unix-diag.js';
 
+/** unix_sk_entry.uflags: a socket outside the task, dumped only for its name (CRIU's USK_EXTERN). */
+const USK_EXTERN = 1;
 const TCP_ESTABLISHED = 1;
 const TCP_LISTEN = 10;
 const MSG_PEEK = 2;
@@ -92,7 +94,28 @@ function described(type: number, name: Buffer): string {
 }
 
 /** Why this socket cannot be dumped, or undefined. */
-function refusalOf(input: FdDumpInput, d: UnixDiag | null, shared?: Map<string, unknown>): string | undefined {
+/**
+ * The peer of a datagram socket that --ext-unix-sk lets through: alive, outside the task, a
+ * datagram socket with a name to connect to again. Null for any other socket.
+ */
+function externalPeerOf(
+  input: FdDumpInput,
+  d: UnixDiag,
+  options: FileOptions,
+  shared?: Map<string, unknown>,
+): UnixDiag | null {
+  if (d.peer === 0 || d.type !== SOCK_DGRAM || options.isExtUnixSk !== true) return null;
+  if (socketInodesOf(input.pid, shared).has(d.peer)) return null;
+  const peer = unixDiag(d.peer);
+  return peer !== null && peer.type === SOCK_DGRAM && peer.name.length > 0 ? peer : null;
+}
+
+function refusalOf(
+  input: FdDumpInput,
+  d: UnixDiag | null,
+  options: FileOptions,
+  shared?: Map<string, unknown>,
+): string | undefined {
   const where = `fd ${input.fd} of task ${input.pid}`;
   if (d === null)
     return `Cannot dump ${where}: the kernel reports no unix socket ${input.stat.ino} (another network namespace?)`;
@@ -107,13 +130,15 @@ function refusalOf(input: FdDumpInput, d: UnixDiag | null, shared?: Map<string, 
       );
     return undefined;
   }
-  if (d.peer !== 0) {
+  if (d.peer !== 0 && externalPeerOf(input, d, options, shared) === null) {
     const peer = unixDiag(d.peer);
     const isPeerHere = socketInodesOf(input.pid, shared).has(d.peer);
     if (peer !== null && !isPeerHere)
       return (
         `Cannot dump ${what}: it is connected to ${described(peer.type, peer.name)} outside the task ` +
-        '(external unix sockets are not supported)'
+        (d.type === SOCK_DGRAM && peer.name.length > 0
+          ? '(with --ext-unix-sk it is connected to that name again on restore)'
+          : '(of external unix sockets, as in CRIU, only datagram ones connected to a name can be dumped, with --ext-unix-sk)')
       );
     if (d.name.length > 0 || (peer !== null && peer.name.length > 0))
       return `Cannot dump ${what}: a connection made to or accepted from a named unix socket, not supported yet`;
@@ -239,6 +264,16 @@ async function queueOf(ctx: FileRestoreContext, id: number): Promise<Uint8Array>
   return new Uint8Array(0);
 }
 
+/** The name of the external socket (USK_EXTERN) with inode `ino` in files.img, or null. */
+async function externalPeerName(ctx: FileRestoreContext, ino: number): Promise<Uint8Array | null> {
+  for (const { entry } of await ctx.entriesOf('FILES')) {
+    const usk = entry['usk'] as ImageEntry | undefined;
+    if (usk !== undefined && Number(usk['ino']) === ino && (Number(usk['uflags'] ?? 0) & USK_EXTERN) !== 0)
+      return usk['name'] as Uint8Array;
+  }
+  return null;
+}
+
 /** sockaddr_un of a bound name, and its length as bind(2) takes it. */
 function sockaddrUn(name: Uint8Array): Buffer {
   if (name.length > 108) throw new UnsupportedError('unix-socket', `A unix socket name of ${name.length} bytes`);
@@ -258,13 +293,13 @@ export const unixSocketFile: FdKindModule = {
     return input.link.startsWith('socket:[') && intOpt(input.localFd, SOL_SOCKET, SO_DOMAIN) === AF_UNIX;
   },
 
-  refusal(input) {
-    return refusalOf(input, unixDiag(Number(input.stat.ino)));
+  refusal(input, options) {
+    return refusalOf(input, unixDiag(Number(input.stat.ino)), options);
   },
 
   async dump(input, id, ctx) {
     const d = unixDiag(Number(input.stat.ino));
-    const refusal = refusalOf(input, d, ctx.shared);
+    const refusal = refusalOf(input, d, ctx.options ?? {}, ctx.shared);
     if (refusal !== undefined || d === null) throw new UnsupportedError('fd-kind-unix-socket', refusal ?? 'no diag');
     const type = intOpt(input.localFd, SOL_SOCKET, SO_TYPE);
     const usk: ImageEntry = {
@@ -285,6 +320,36 @@ export const unixSocketFile: FdKindModule = {
     if (file !== null) {
       usk['file_perms'] = file.perms;
       if (file.isDeleted) usk['deleted'] = true;
+    }
+    const external = externalPeerOf(input, d, ctx.options ?? {}, ctx.shared);
+    if (external !== null && !ctx.shared.has(`unix-external:${external.ino}`)) {
+      // As CRIU: the peer gets a file entry of its own (no fd refers to it), marked external.
+      ctx.shared.set(`unix-external:${external.ino}`, true);
+      const peerId = ctx.allocId();
+      await ctx.addEntry('FILES', {
+        type: FD_TYPES.UNIXSK,
+        id: peerId,
+        usk: {
+          id: peerId,
+          ino: external.ino,
+          type: external.type,
+          state: external.state,
+          flags: 0,
+          uflags: USK_EXTERN,
+          backlog: 0,
+          peer: 0,
+          fown: { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 },
+          opts: {
+            so_sndbuf: 0,
+            so_rcvbuf: 0,
+            so_snd_tmo_sec: 0,
+            so_snd_tmo_usec: 0,
+            so_rcv_tmo_sec: 0,
+            so_rcv_tmo_usec: 0,
+          },
+          name: new Uint8Array(external.name),
+        },
+      });
     }
     if (type === SOCK_STREAM && d.state !== TCP_LISTEN && d.rqueue > 0) {
       const data = peekQueue(input, d);
@@ -315,6 +380,17 @@ export const unixSocketFile: FdKindModule = {
       sendAllInTask(injector, firstFd, await queueOf(ctx, id));
       shutdownInTask(injector, firstFd, second.firstShutdown);
       shutdownInTask(injector, fd, shutdown);
+    } else if (peer !== 0 && (await externalPeerName(ctx, peer)) !== null) {
+      // --ext-unix-sk: connected by name to the socket outside, as dumped.
+      fd = Number(injector.syscallOrThrow('socket', [BigInt(AF_UNIX), BigInt(type), 0n]));
+      if (name.length > 0) bindInTask(injector, fd, usk, name);
+      const peerName = (await externalPeerName(ctx, peer)) as Uint8Array;
+      const sa = sockaddrUn(peerName);
+      callInTask(injector, described(type, Buffer.from(peerName)), 'connect', [
+        BigInt(fd),
+        injector.pushData(sa),
+        BigInt(sa.length),
+      ]);
     } else if (peer !== 0 || state === TCP_ESTABLISHED) {
       // The first end of a pair: the other end waits for its own entry, parked above every fd
       // the table will use; or it was closed (the kernel reports no peer then): it is closed at

@@ -19,6 +19,8 @@ import { createConnection, createServer, type AddressInfo, type Socket } from 'n
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { readEntries, type ImageEntry } from '../../../src/images/index.js';
+import { AF_UNIX, SOCK_CLOEXEC, SOCK_DGRAM } from '../../../src/kernel/constants.js';
+import * as sys from '../../../src/sys/native.js';
 import { ASYNCIO_COUNTER, askCounter } from '../../helpers/programs.js';
 import {
   criuAsync,
@@ -403,3 +405,47 @@ t.test('pre-dump takes the options of the dump to come: --tcp-established', { sk
   await waitGone(w.pid);
   await restoreExpectPass(t, w, images, dir);
 });
+
+t.test(
+  '--ext-unix-sk: a datagram socket connected outside the task is connected again',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    // The socket outside: this test's, bound to a short path (sun_path holds 108 bytes).
+    const sockDir = mkdtempSync(path.join(tmpdir(), 'ext-dgram-'));
+    const outside = sys.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    t.teardown(() => {
+      sys.close(outside);
+      rmSync(sockDir, { recursive: true, force: true });
+    });
+    const where = path.join(sockDir, 'log.sock');
+    sys.bindUnix(outside, where);
+    const w = await startWorkload('cr_state', dir, [`unix-ext-dgram=${where}`]);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const refused = await criuAsync(['dump', '-t', String(w.pid), '-D', path.join(dir, 'no'), '-v0']);
+    t.equal(refused.status, 1, 'without it: refused');
+    t.match(
+      refused.stderr,
+      new RegExp(`connected to the unix datagram socket ${where} outside the task \\(with --ext-unix-sk`),
+    );
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '--ext-unix-sk']);
+    t.equal(dump.status, 0, dump.stderr);
+    await waitGone(w.pid);
+    const usks = (await readEntries(path.join(images, 'files.img'), 'FILES'))
+      .map((f) => f['usk'] as ImageEntry | undefined)
+      .filter((u) => u !== undefined);
+    t.ok(
+      usks.some(
+        (u) =>
+          u['uflags'] === 1 &&
+          Buffer.from(u['name'] as Uint8Array)
+            .toString()
+            .startsWith(where),
+      ),
+      'the peer outside: an entry of its own, marked external, with its name',
+    );
+    await restoreExpectPass(t, w, images, dir);
+    t.equal(sys.recvFds(outside, 16, 0x40).data.toString(), 'x', 'the restored task sent its datagram here');
+  },
+);
