@@ -10,11 +10,15 @@
  *   stream socket (peeked from criu's duplicate, MSG_PEEK: nothing is consumed) and its shutdown
  *   state;
  * - a socket bound to a name (an absolute path, or abstract), listening (with its backlog) or not;
- * - a new socket, neither bound nor connected.
- * Refused, in one line, the task left as it was: a socket connected to one outside the task (CRIU:
- * --ext-unix-sk), a connection accepted from a listener or made to a named socket (not yet), a
- * listener with connections waiting to be accepted, datagrams waiting in a datagram or seqpacket
- * socket, file descriptors in flight (SCM_RIGHTS), a name relative to a directory.
+ * - a new socket, neither bound nor connected;
+ * - with --ext-unix-sk, as CRIU: a datagram socket connected to a named one outside the task. The
+ *   peer gets a file entry of its own (uflags USK_EXTERN, its name; no fd refers to it), and
+ *   restore connects to that name again.
+ * Refused, in one line, the task left as it was: other sockets connected outside the task (stream
+ * ones even with --ext-unix-sk, as in CRIU), a connection accepted from a listener or made to a
+ * named socket (not yet), a listener with connections waiting to be accepted, datagrams waiting in
+ * a datagram or seqpacket socket, file descriptors in flight (SCM_RIGHTS), a name relative to a
+ * directory.
  *
  * The peer, the name, the state and the queue lengths come from sock_diag (unix-diag.ts); the
  * options from criu's duplicate (sk-opts.ts).
@@ -93,7 +97,6 @@ function described(type: number, name: Buffer): string {
   return `the unix ${kind} socket ${text}`;
 }
 
-/** Why this socket cannot be dumped, or undefined. */
 /**
  * The peer of a datagram socket that --ext-unix-sk lets through: alive, outside the task, a
  * datagram socket with a name to connect to again. Null for any other socket.
@@ -110,6 +113,25 @@ function externalPeerOf(
   return peer !== null && peer.type === SOCK_DGRAM && peer.name.length > 0 ? peer : null;
 }
 
+/** The file entry of an external peer: its name and kind, no fd, no options of its own. */
+function externalPeerEntry(id: number, peer: UnixDiag): ImageEntry {
+  const usk: ImageEntry = {
+    id,
+    ino: peer.ino,
+    type: peer.type,
+    state: peer.state,
+    flags: 0,
+    uflags: USK_EXTERN,
+    backlog: 0,
+    peer: 0,
+    fown: { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 },
+    opts: { so_sndbuf: 0, so_rcvbuf: 0, so_snd_tmo_sec: 0, so_snd_tmo_usec: 0, so_rcv_tmo_sec: 0, so_rcv_tmo_usec: 0 },
+    name: new Uint8Array(peer.name),
+  };
+  return { type: FD_TYPES.UNIXSK, id, usk };
+}
+
+/** Why this socket cannot be dumped, or undefined. */
 function refusalOf(
   input: FdDumpInput,
   d: UnixDiag | null,
@@ -325,31 +347,7 @@ export const unixSocketFile: FdKindModule = {
     if (external !== null && !ctx.shared.has(`unix-external:${external.ino}`)) {
       // As CRIU: the peer gets a file entry of its own (no fd refers to it), marked external.
       ctx.shared.set(`unix-external:${external.ino}`, true);
-      const peerId = ctx.allocId();
-      await ctx.addEntry('FILES', {
-        type: FD_TYPES.UNIXSK,
-        id: peerId,
-        usk: {
-          id: peerId,
-          ino: external.ino,
-          type: external.type,
-          state: external.state,
-          flags: 0,
-          uflags: USK_EXTERN,
-          backlog: 0,
-          peer: 0,
-          fown: { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 },
-          opts: {
-            so_sndbuf: 0,
-            so_rcvbuf: 0,
-            so_snd_tmo_sec: 0,
-            so_snd_tmo_usec: 0,
-            so_rcv_tmo_sec: 0,
-            so_rcv_tmo_usec: 0,
-          },
-          name: new Uint8Array(external.name),
-        },
-      });
+      await ctx.addEntry('FILES', externalPeerEntry(ctx.allocId(), external));
     }
     if (type === SOCK_STREAM && d.state !== TCP_LISTEN && d.rqueue > 0) {
       const data = peekQueue(input, d);
@@ -370,6 +368,7 @@ export const unixSocketFile: FdKindModule = {
     const { injector } = ctx;
     let fd: number;
     const second = ctx.shared.get(pairKey(ino)) as PairEnd | undefined;
+    const externalName = peer !== 0 ? await externalPeerName(ctx, peer) : null;
     if (second !== undefined) {
       // The second end of a pair: the first made it. Its bytes come from the first end.
       ctx.shared.delete(pairKey(ino));
@@ -380,13 +379,12 @@ export const unixSocketFile: FdKindModule = {
       sendAllInTask(injector, firstFd, await queueOf(ctx, id));
       shutdownInTask(injector, firstFd, second.firstShutdown);
       shutdownInTask(injector, fd, shutdown);
-    } else if (peer !== 0 && (await externalPeerName(ctx, peer)) !== null) {
+    } else if (externalName !== null) {
       // --ext-unix-sk: connected by name to the socket outside, as dumped.
       fd = Number(injector.syscallOrThrow('socket', [BigInt(AF_UNIX), BigInt(type), 0n]));
       if (name.length > 0) bindInTask(injector, fd, usk, name);
-      const peerName = (await externalPeerName(ctx, peer)) as Uint8Array;
-      const sa = sockaddrUn(peerName);
-      callInTask(injector, described(type, Buffer.from(peerName)), 'connect', [
+      const sa = sockaddrUn(externalName);
+      callInTask(injector, described(type, Buffer.from(externalName)), 'connect', [
         BigInt(fd),
         injector.pushData(sa),
         BigInt(sa.length),
