@@ -3,11 +3,11 @@
  * inet_sk_entry { id, ino, family, type, proto, state, src_port, dst_port, flags, backlog,
  * src_addr, dst_addr, fown, opts: sk_opts_entry, v6only, ip_opts } }, as CRIU writes it.
  *
- * What can be dumped, as CRIU without --tcp-established: a TCP socket that listens (its accept
- * queue empty: a connection waiting there would be lost), or that is bound or new and not
- * connected; a UDP socket, bound or not, connected or not (datagrams waiting in its receive queue
- * are lost, as in CRIU). A connected TCP socket is refused: criu-ts does not restore TCP
- * connections (CRIU's --tcp-established, TCP_REPAIR).
+ * What can be dumped: a TCP socket that listens (its accept queue empty: a connection waiting
+ * there would be lost), or that is bound or new and not connected; with --tcp-established, an
+ * established connection too (tcp-stream.ts: repair mode, under the network lock of
+ * net-lock.ts); a UDP socket, bound or not, connected or not (datagrams waiting in its receive
+ * queue are lost, as in CRIU). Other TCP states and protocols are refused.
  *
  * Dump reads everything from criu's own duplicate of the fd (pidfd_getfd), no injection:
  * SO_DOMAIN, SO_TYPE, SO_PROTOCOL, getsockname and getpeername; TCP_INFO for a TCP socket's state,
@@ -20,7 +20,9 @@
  * connections of the dumped socket may linger in TIME_WAIT on the port), SO_REUSEPORT,
  * SO_BINDTODEVICE and IP_FREEBIND before bind(), then listen(backlog) or, for UDP, connect(), then
  * the other options, SO_REUSEADDR as dumped, status flags and owner. Buffer sizes are set only when
- * the program had set them (SO_BUF_LOCK), so that autotuning stays on otherwise.
+ * the program had set them (SO_BUF_LOCK), so that autotuning stays on otherwise. A connection is
+ * put in repair mode before bind (so its port may be the listener's) and connected there, which
+ * sends nothing; finishRestore lifts the network lock once every file is back.
  */
 
 import { join } from 'node:path';
