@@ -6,9 +6,9 @@
  *
  * What can be dumped:
  * - a socket pair both of whose ends the task holds (socketpair(2); asyncio's self-pipe, say),
- *   or whose other end is closed; stream, datagram or seqpacket; with the bytes waiting in a
- *   stream socket (peeked from criu's duplicate, MSG_PEEK: nothing is consumed) and its shutdown
- *   state;
+ *   or whose other end is closed; stream, datagram or seqpacket; with what waits in it (peeked
+ *   from criu's duplicate, MSG_PEEK: nothing is consumed): the bytes of a stream socket, the
+ *   messages of the others, one sk-queues.img entry each, bounds kept; and its shutdown state;
  * - a socket bound to a name (an absolute path, or abstract), listening (with its backlog) or not;
  * - a new socket, neither bound nor connected;
  * - with --ext-unix-sk, as CRIU: a datagram socket connected to a named one outside the task. The
@@ -16,9 +16,9 @@
  *   restore connects to that name again.
  * Refused, in one line, the task left as it was: other sockets connected outside the task (stream
  * ones even with --ext-unix-sk, as in CRIU), a connection accepted from a listener or made to a
- * named socket (not yet), a listener with connections waiting to be accepted, datagrams waiting in
- * a datagram or seqpacket socket, file descriptors in flight (SCM_RIGHTS), a name relative to a
- * directory.
+ * named socket (not yet), a listener with connections waiting to be accepted, bytes or messages
+ * waiting from a sender outside the task, empty messages, file descriptors in flight (SCM_RIGHTS),
+ * a name relative to a directory.
  *
  * The peer, the name, the state and the queue lengths come from sock_diag (unix-diag.ts); the
  * options from criu's duplicate (sk-opts.ts).
@@ -32,13 +32,14 @@
  */
 
 import { chmodSync, chownSync, lstatSync, statSync, unlinkSync } from 'node:fs';
-import { UnsupportedError } from '../errors.js';
+import { SyscallError, UnsupportedError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import {
   AF_UNIX,
   SO_BUF_LOCK,
   SO_DOMAIN,
+  SO_RCVBUF,
   SO_SNDBUF,
   SO_SNDBUFFORCE,
   SO_TYPE,
@@ -62,6 +63,10 @@ const TCP_ESTABLISHED = 1;
 const TCP_LISTEN = 10;
 const MSG_PEEK = 2;
 const MSG_DONTWAIT = 0x40;
+/** Socket option: where MSG_PEEK reads from (-1: the head, no offset). uapi/asm-generic/socket.h. */
+const SO_PEEK_OFF = 42;
+/** The largest message dumped from a datagram or seqpacket queue (a unix datagram fits in its sender's buffer). */
+const MAX_MESSAGE_BYTES = 4 << 20;
 const SOCKET_KINDS: Record<number, string> = {
   [SOCK_STREAM]: 'stream',
   [SOCK_DGRAM]: 'datagram',
@@ -165,8 +170,14 @@ function refusalOf(
     if (d.name.length > 0 || (peer !== null && peer.name.length > 0))
       return `Cannot dump ${what}: a connection made to or accepted from a named unix socket, not supported yet`;
   }
-  if (d.type !== SOCK_STREAM && d.rqueue > 0)
-    return `Cannot dump ${what}: messages wait in its queue, which criu-ts saves for stream sockets only`;
+  // Waiting bytes are put back through the other end of a pair: a socket with no such end cannot
+  // get them back (a bound socket that others sent to, a socket connected outside).
+  const isPair =
+    d.peer !== 0
+      ? socketInodesOf(input.pid, shared).has(d.peer) || unixDiag(d.peer) === null
+      : d.state === TCP_ESTABLISHED;
+  if (d.rqueue > 0 && !isPair)
+    return `Cannot dump ${what}: ${d.type === SOCK_STREAM ? 'bytes wait' : 'messages wait'} in its queue from a sender outside the task`;
   return undefined;
 }
 
@@ -183,23 +194,62 @@ function fileOfName(d: UnixDiag): { perms: ImageEntry; isDeleted: boolean } | nu
   }
 }
 
-/** The bytes waiting in a stream socket, peeked (not consumed) from criu's duplicate. */
-function peekQueue(input: FdDumpInput, d: UnixDiag): Buffer {
-  const got = sys.recvFds(input.localFd, d.rqueue, MSG_PEEK | MSG_DONTWAIT);
-  for (const fd of got.fds) sys.close(fd);
+/**
+ * What waits in the socket's queue, peeked (not consumed) from criu's duplicate: the bytes of a
+ * stream socket (one piece), the messages of a datagram or seqpacket socket (one piece each). For
+ * messages SO_PEEK_OFF walks the queue (each peek moves it past the message read); it is put back
+ * as it was, while the task is still frozen.
+ */
+function peekQueue(input: FdDumpInput, d: UnixDiag): Buffer[] {
   const what = `fd ${input.fd} of task ${input.pid}: ${described(d.type, d.name)}`;
-  if (got.fds.length > 0)
-    throw new UnsupportedError(
-      'fd-kind-unix-socket',
-      `Cannot dump ${what}: file descriptors wait in its queue (SCM_RIGHTS)`,
-    );
-  if (got.data.length !== d.rqueue)
-    throw new UnsupportedError(
-      'fd-kind-unix-socket',
-      `Cannot dump ${what}: ${d.rqueue} bytes wait in its queue and only ${got.data.length} could be read in one go ` +
-        '(messages of several writers, SO_PASSCRED)',
-    );
-  return got.data;
+  const refuse = (why: string): never => {
+    throw new UnsupportedError('fd-kind-unix-socket', `Cannot dump ${what}: ${why}`);
+  };
+  const peek = (size: number): Buffer | null => {
+    let got: ReturnType<typeof sys.recvFds>;
+    try {
+      got = sys.recvFds(input.localFd, size, MSG_PEEK | MSG_DONTWAIT);
+    } catch (err) {
+      if (err instanceof SyscallError && err.errnoCode === 'EAGAIN') return null;
+      throw err;
+    }
+    for (const fd of got.fds) sys.close(fd);
+    if (got.fds.length > 0) refuse('file descriptors wait in its queue (SCM_RIGHTS)');
+    if (got.isTruncated) refuse(`a message of more than ${size} bytes waits in its queue`);
+    return got.data;
+  };
+  if (d.type === SOCK_STREAM) {
+    const data = peek(d.rqueue) ?? Buffer.alloc(0);
+    if (data.length !== d.rqueue)
+      refuse(
+        `${d.rqueue} bytes wait in its queue and only ${data.length} could be read in one go ` +
+          '(messages of several writers, SO_PASSCRED)',
+      );
+    return [data];
+  }
+  const before = intOpt(input.localFd, SOL_SOCKET, SO_PEEK_OFF);
+  const messages: Buffer[] = [];
+  setSockOpt(input.localFd, SO_PEEK_OFF, 0);
+  try {
+    // The queue holds at most its receive buffer's worth: more means the walk goes round.
+    const limit = 2 * intOpt(input.localFd, SOL_SOCKET, SO_RCVBUF) + MAX_MESSAGE_BYTES;
+    let total = 0;
+    for (let m = peek(MAX_MESSAGE_BYTES); m !== null; m = peek(MAX_MESSAGE_BYTES)) {
+      if (m.length === 0) refuse('an empty message waits in its queue');
+      total += m.length;
+      if (total > limit) refuse('its queue could not be walked message by message (SO_PEEK_OFF)');
+      messages.push(m);
+    }
+  } finally {
+    setSockOpt(input.localFd, SO_PEEK_OFF, before);
+  }
+  return messages;
+}
+
+function setSockOpt(fd: number, name: number, v: number): void {
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(v);
+  sys.setsockopt(fd, SOL_SOCKET, name, b);
 }
 
 /** What the restore of a pair's first end leaves for its second. */
@@ -233,31 +283,27 @@ function getIntOptInTask(injector: Injector, fd: number, name: number): number {
 }
 
 /**
- * Write `data` into the task's socket `fd` (its peer receives it): all of it, never blocking. What
- * can wait is bounded by the sender's buffer: for more than fits, the buffer is raised for the
- * write and then given back its size and lock as they were.
+ * Send `messages` through the task's socket `fd` (its peer receives them): each whole, never
+ * blocking. What can wait is bounded by the sender's buffer: for more than fits, the buffer is
+ * raised for the sends and then given back its size and lock as they were.
  */
-function sendAllInTask(injector: Injector, fd: number, data: Uint8Array): void {
-  if (data.length === 0) return;
-  const need = data.length * 2 + (64 << 10);
+function sendAllInTask(injector: Injector, fd: number, messages: readonly Uint8Array[]): void {
+  const total = messages.reduce((n, m) => n + m.length, 0);
+  if (total === 0) return;
+  const need = total * 2 + (64 << 10);
   const size = getIntOptInTask(injector, fd, SO_SNDBUF);
   const lock = getIntOptInTask(injector, fd, SO_BUF_LOCK);
   if (size < need) setSockOptInTask(injector, fd, SOL_SOCKET, SO_SNDBUFFORCE, need / 2);
-  const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  const addr = injector.pushData(buf);
-  for (let off = 0; off < buf.length;) {
-    const n = Number(
-      injector.syscallOrThrow('sendto', [
-        BigInt(fd),
-        addr + BigInt(off),
-        BigInt(buf.length - off),
-        BigInt(MSG_DONTWAIT),
-        0n,
-        0n,
-      ]),
-    );
-    if (n <= 0) throw new UnsupportedError('unix-socket', `Cannot refill a unix socket: sendto returned ${n}`);
-    off += n;
+  for (const data of messages) {
+    const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    const addr = injector.pushData(buf);
+    for (let off = 0; off < buf.length;) {
+      const args = [BigInt(fd), addr + BigInt(off), BigInt(buf.length - off), BigInt(MSG_DONTWAIT), 0n, 0n];
+      const n = Number(injector.syscallOrThrow('sendto', args));
+      if (n <= 0) throw new UnsupportedError('unix-socket', `Cannot refill a unix socket: sendto returned ${n}`);
+      off += n;
+    }
+    injector.resetScratch();
   }
   if (size < need) {
     setSockOptInTask(injector, fd, SOL_SOCKET, SO_SNDBUFFORCE, size / 2);
@@ -272,7 +318,9 @@ function shutdownInTask(injector: Injector, fd: number, bits: number): void {
   callInTask(injector, `unix socket fd ${fd}`, 'shutdown', [BigInt(fd), BigInt(how)]);
 }
 
-async function queueOf(ctx: FileRestoreContext, id: number): Promise<Uint8Array> {
+/** What waited in socket `id` (sk-queues.img): its pieces, in order (one per message). */
+async function queueOf(ctx: FileRestoreContext, id: number): Promise<Uint8Array[]> {
+  const pieces: Uint8Array[] = [];
   for (const { entry, extra } of await ctx.entriesOf('SK_QUEUES')) {
     if (Number(entry['id_for']) !== id) continue;
     const data = extra ?? new Uint8Array(0);
@@ -281,9 +329,9 @@ async function queueOf(ctx: FileRestoreContext, id: number): Promise<Uint8Array>
         'unix-socket',
         `The queue of socket ${id} in sk-queues.img has ${data.length} bytes, its entry says ${String(entry['length'])}`,
       );
-    return data;
+    pieces.push(data);
   }
-  return new Uint8Array(0);
+  return pieces;
 }
 
 /** The name of the external socket (USK_EXTERN) with inode `ino` in files.img, or null. */
@@ -349,10 +397,9 @@ export const unixSocketFile: FdKindModule = {
       ctx.shared.set(`unix-external:${external.ino}`, true);
       await ctx.addEntry('FILES', externalPeerEntry(ctx.allocId(), external));
     }
-    if (type === SOCK_STREAM && d.state !== TCP_LISTEN && d.rqueue > 0) {
-      const data = peekQueue(input, d);
-      await ctx.addEntry('SK_QUEUES', { id_for: id, length: data.length }, data);
-    }
+    if (d.state !== TCP_LISTEN && d.rqueue > 0)
+      for (const data of peekQueue(input, d))
+        await ctx.addEntry('SK_QUEUES', { id_for: id, length: data.length }, data);
     return { type: FD_TYPES.UNIXSK, id, usk };
   },
 
