@@ -10,13 +10,16 @@
  *   from criu's duplicate, MSG_PEEK: nothing is consumed): the bytes of a stream socket, the
  *   messages of the others, one sk-queues.img entry each, bounds kept; and its shutdown state;
  * - a socket bound to a name (an absolute path, or abstract), listening (with its backlog) or not;
+ * - a connection made through a listener (connect to its name, accept), both ends in the task:
+ *   made again that way, so that each end sees the names it saw (connectionInTask);
  * - a new socket, neither bound nor connected;
  * - with --ext-unix-sk, as CRIU: a datagram socket connected to a named one outside the task. The
  *   peer gets a file entry of its own (uflags USK_EXTERN, its name; no fd refers to it), and
  *   restore connects to that name again.
  * Refused, in one line, the task left as it was: other sockets connected outside the task (stream
- * ones even with --ext-unix-sk, as in CRIU), a connection accepted from a listener or made to a
- * named socket (not yet), a listener with connections waiting to be accepted, bytes or messages
+ * ones even with --ext-unix-sk, as in CRIU), a connection whose ends both have names, a datagram
+ * socket connected to a named one in the task, an accepted connection whose other end was closed
+ * (not yet), a listener with connections waiting to be accepted, bytes or messages
  * waiting from a sender outside the task, empty messages, file descriptors in flight (SCM_RIGHTS),
  * a name relative to a directory.
  *
@@ -167,8 +170,14 @@ function refusalOf(
           ? '(with --ext-unix-sk it is connected to that name again on restore)'
           : '(of external unix sockets, as in CRIU, only datagram ones connected to a name can be dumped, with --ext-unix-sk)')
       );
-    if (d.name.length > 0 || (peer !== null && peer.name.length > 0))
-      return `Cannot dump ${what}: a connection made to or accepted from a named unix socket, not supported yet`;
+    // A connection made through a listener: the accepted end carries the listener's name, the
+    // other none (restore connects again, see connectionInTask). Both named: bound by hand too.
+    if (d.name.length > 0 && peer !== null && peer.name.length > 0)
+      return `Cannot dump ${what}: both ends of its connection have names, not supported`;
+    if ((d.name.length > 0 || (peer !== null && peer.name.length > 0)) && d.type === SOCK_DGRAM)
+      return `Cannot dump ${what}: a datagram socket connected to a named one in the task, not supported yet`;
+    if (peer === null && d.name.length > 0)
+      return `Cannot dump ${what}: an accepted connection whose other end was closed, not supported yet`;
   }
   // Waiting bytes are put back through the other end of a pair: a socket with no such end cannot
   // get them back (a bound socket that others sent to, a socket connected outside).
@@ -271,6 +280,55 @@ function socketpairInTask(injector: Injector, type: number): [number, number] {
   if (r === undefined || r.ret < 0n)
     throw new UnsupportedError('unix-socket', `socketpair in the task failed (${r?.ret})`);
   return [r.out.readInt32LE(0), r.out.readInt32LE(4)];
+}
+
+/**
+ * The two ends of a connection inside the task, this entry's first. A pair with no name is made
+ * by socketpair(2). A connection made through a listener (the accepted end carries the listener's
+ * name) is made again that way, so that both ends see the names they saw: a new socket connects
+ * to the name, and the listener accepts it. The listener is the task's if it is back already;
+ * otherwise a short-lived one bound to the name, which the real one replaces when its turn comes.
+ */
+async function connectionInTask(ctx: FileRestoreContext, usk: ImageEntry): Promise<[number, number]> {
+  const { injector } = ctx;
+  const type = Number(usk['type']);
+  const own = (usk['name'] ?? new Uint8Array(0)) as Uint8Array;
+  const peer = Number(usk['peer'] ?? 0);
+  const files = (await ctx.entriesOf('FILES')).map((r) => r.entry);
+  const uskOf = (e: ImageEntry): ImageEntry | undefined => e['usk'] as ImageEntry | undefined;
+  const peerName = (files.map(uskOf).find((u) => u !== undefined && Number(u['ino']) === peer)?.['name'] ??
+    new Uint8Array(0)) as Uint8Array;
+  const name = own.length > 0 ? own : peerName;
+  if (name.length === 0) return socketpairInTask(injector, type);
+  const listenerEntry = files.find((e) => {
+    const u = uskOf(e);
+    return (
+      u !== undefined &&
+      Number(u['state']) === TCP_LISTEN &&
+      Buffer.from(u['name'] as Uint8Array).equals(Buffer.from(name))
+    );
+  });
+  const placed = listenerEntry === undefined ? undefined : ctx.fdOfFileId(Number(listenerEntry['id']));
+  let listener = placed ?? -1;
+  if (placed === undefined) {
+    listener = Number(injector.syscallOrThrow('socket', [BigInt(AF_UNIX), BigInt(type), 0n]));
+    bindInTask(injector, listener, { type, name }, name);
+    callInTask(injector, described(type, Buffer.from(name)), 'listen', [BigInt(listener), 1n]);
+  }
+  const client = Number(injector.syscallOrThrow('socket', [BigInt(AF_UNIX), BigInt(type), 0n]));
+  const sa = sockaddrUn(name);
+  callInTask(injector, described(type, Buffer.from(name)), 'connect', [
+    BigInt(client),
+    injector.pushData(sa),
+    BigInt(sa.length),
+  ]);
+  const accepted = Number(injector.syscallOrThrow('accept4', [BigInt(listener), 0n, 0n, 0n]));
+  if (placed === undefined) {
+    closeInTask(injector, listener);
+    if (name[0] !== 0) unlinkSync(pathOf(name)); // the real listener binds it again
+  }
+  injector.resetScratch();
+  return own.length > 0 ? [accepted, client] : [client, accepted];
 }
 
 /** An int socket option of the task's fd `fd`, read inside the task. */
@@ -440,7 +498,7 @@ export const unixSocketFile: FdKindModule = {
       // The first end of a pair: the other end waits for its own entry, parked above every fd
       // the table will use; or it was closed (the kernel reports no peer then): it is closed at
       // the end, once the files it might be mistaken for are in place.
-      const [mine, other] = socketpairInTask(injector, type);
+      const [mine, other] = await connectionInTask(ctx, usk);
       fd = mine;
       sendAllInTask(injector, other, await queueOf(ctx, id));
       const key = peer !== 0 ? pairKey(peer) : `${pairKey(0)}:closed:${id}`;

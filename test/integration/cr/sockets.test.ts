@@ -218,12 +218,12 @@ t.test(
     await waitGone(w.pid);
     const files = await readEntries(path.join(images, 'files.img'), 'FILES');
     const usks = files.filter((f) => f['type'] === 5).map((f) => f['usk'] as ImageEntry);
-    t.equal(usks.length, 14, 'fourteen unix sockets');
+    t.equal(usks.length, 19, 'nineteen unix sockets');
     const queues = await readEntries(path.join(images, 'sk-queues.img'), 'SK_QUEUES');
     t.same(
       queues.map((q) => q['length']).sort((a, b) => Number(a) - Number(b)),
-      [2, 2, 3, 3, 4, 4, 5, 6, 10, 13, 300000],
-      'the bytes waiting in four stream sockets and seven messages, in sk-queues.img',
+      [2, 2, 3, 3, 4, 4, 5, 6, 9, 9, 10, 13, 300000],
+      'the bytes waiting in six stream sockets and seven messages, in sk-queues.img',
     );
     if (crit !== undefined) {
       for (const img of ['files.img', 'sk-queues.img']) {
