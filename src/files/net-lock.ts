@@ -35,7 +35,8 @@ function nft(args: readonly string[], input?: string): { status: number | null; 
 }
 
 /** Drop the peer's packets of `c` until unlock(pid): in the table of task `pid` (made if need be). */
-export function lockConnection(pid: number, c: LockedConnection): void {
+export function lockConnection(pid: number, conn: LockedConnection): void {
+  const c = onTheWire(conn);
   const ip = c.family === 6 ? 'ip6' : 'ip';
   const table = tableOf(pid);
   const rule = (chain: string, saddr: string, sport: number, daddr: string, dport: number): string =>
@@ -49,6 +50,18 @@ export function lockConnection(pid: number, c: LockedConnection): void {
   ].join('\n');
   const r = nft(['-f', '-'], `${script}\n`);
   if (r.status !== 0) throw new UnsupportedError('network-lock', `Cannot lock the network with nft: ${r.stderr}`);
+}
+
+/**
+ * The connection as its packets carry it: an IPv6 socket talking to an IPv4 peer (a dual-stack
+ * listener's connection, ::ffff:a.b.c.d on both ends) sends IPv4 packets.
+ */
+function onTheWire(c: LockedConnection): LockedConnection {
+  const v4 = (a: string): string | undefined => /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(a)?.[1];
+  const local = v4(c.local);
+  const remote = v4(c.remote);
+  if (c.family !== 6 || local === undefined || remote === undefined) return c;
+  return { ...c, family: 4, local, remote };
 }
 
 /** Lift the lock of task `pid` (nothing when there is none). */

@@ -46,6 +46,13 @@ export function intOpt(fd: number, level: number, name: number): number {
   return sys.getsockopt(fd, level, name, 4).readInt32LE(0);
 }
 
+/** Set an int socket option of criu's duplicate `fd` (the socket the task holds). */
+export function setIntOpt(fd: number, level: number, name: number, v: number): void {
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(v);
+  sys.setsockopt(fd, level, name, b);
+}
+
 /** An int socket option, or undefined where this kernel has it not for this family. */
 function optionalInt(fd: number, level: number, name: number): number | undefined {
   try {

@@ -32,7 +32,7 @@ import {
   TCP_INFO,
 } from '../kernel/constants.js';
 import * as sys from '../sys/native.js';
-import { intOpt, setSockOptInTask } from './sk-opts.js';
+import { intOpt, setIntOpt, setSockOptInTask } from './sk-opts.js';
 
 const TCP_NO_QUEUE = 0;
 const TCP_RECV_QUEUE = 1;
@@ -53,18 +53,23 @@ const MSG_PEEK = 2;
 const MSG_DONTWAIT = 0x40;
 
 function setInt(fd: number, name: number, v: number): void {
-  const b = Buffer.alloc(4);
-  b.writeInt32LE(v);
-  sys.setsockopt(fd, SOL_TCP, name, b);
+  setIntOpt(fd, SOL_TCP, name, v);
 }
 
-/** The bytes of the selected queue, peeked; none when it is empty. */
+/**
+ * The bytes of the selected queue, peeked; none when it is empty. A peek that fills its buffer may
+ * have left bytes behind: it is repeated with twice the room until it does not.
+ */
 function peekQueue(fd: number, size: number): Buffer {
-  try {
-    return sys.recvFds(fd, size, MSG_PEEK | MSG_DONTWAIT).data;
-  } catch (err) {
-    if (err instanceof SyscallError && err.errnoCode === 'EAGAIN') return Buffer.alloc(0);
-    throw err;
+  for (let room = Math.max(size, 1 << 16); ; room *= 2) {
+    let data: Buffer;
+    try {
+      data = sys.recvFds(fd, room, MSG_PEEK | MSG_DONTWAIT).data;
+    } catch (err) {
+      if (err instanceof SyscallError && err.errnoCode === 'EAGAIN') return Buffer.alloc(0);
+      throw err;
+    }
+    if (data.length < room) return data;
   }
 }
 

@@ -54,7 +54,7 @@ import {
 import * as sys from '../sys/native.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask } from './sk-opts.js';
+import { callInTask, intOpt, readSkOpts, restoreSkOpts, setIntOpt, setSockOptInTask } from './sk-opts.js';
 import { fdLink, listFds } from './collect.js';
 import { closeInTask } from './task-io.js';
 import { FD_TYPES, type FdDumpInput, type FdKindModule, type FileOptions, type FileRestoreContext } from './types.js';
@@ -238,7 +238,7 @@ function peekQueue(input: FdDumpInput, d: UnixDiag): Buffer[] {
   }
   const before = intOpt(input.localFd, SOL_SOCKET, SO_PEEK_OFF);
   const messages: Buffer[] = [];
-  setSockOpt(input.localFd, SO_PEEK_OFF, 0);
+  setIntOpt(input.localFd, SOL_SOCKET, SO_PEEK_OFF, 0);
   try {
     // The queue holds at most its receive buffer's worth: more means the walk goes round.
     const limit = 2 * intOpt(input.localFd, SOL_SOCKET, SO_RCVBUF) + MAX_MESSAGE_BYTES;
@@ -250,15 +250,9 @@ function peekQueue(input: FdDumpInput, d: UnixDiag): Buffer[] {
       messages.push(m);
     }
   } finally {
-    setSockOpt(input.localFd, SO_PEEK_OFF, before);
+    setIntOpt(input.localFd, SOL_SOCKET, SO_PEEK_OFF, before);
   }
   return messages;
-}
-
-function setSockOpt(fd: number, name: number, v: number): void {
-  const b = Buffer.alloc(4);
-  b.writeInt32LE(v);
-  sys.setsockopt(fd, SOL_SOCKET, name, b);
 }
 
 /** What the restore of a pair's first end leaves for its second. */

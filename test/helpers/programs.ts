@@ -108,10 +108,11 @@ export const PROGRAMS: readonly Program[] = [
 /**
  * A python asyncio server with state (epoll, and a unix socket pair as its self-pipe, which
  * SIGTERM goes through): `python3 counter.py HOST PORT REPORT` answers each line it reads with the
- * next number; "READY pid" once it listens and "BYE n" when SIGTERM ends it, in REPORT.
+ * next number; "READY pid" once it listens and "BYE n" when SIGTERM ends it, in REPORT. HOST
+ * "dual": one IPv6 socket on [::] that takes IPv4 connections too.
  */
 export const ASYNCIO_COUNTER = `
-import asyncio, os, signal, sys
+import asyncio, os, signal, socket, sys
 n = 0
 def say(line):
     with open(sys.argv[3], "a") as f:
@@ -124,7 +125,13 @@ async def serve(reader, writer):
         await writer.drain()
     writer.close()
 async def main():
-    server = await asyncio.start_server(serve, sys.argv[1], int(sys.argv[2]))
+    if sys.argv[1] == "dual":  # one IPv6 socket for both families: IPv4 peers as ::ffff:a.b.c.d
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", int(sys.argv[2])))
+        server = await asyncio.start_server(serve, sock=sock)
+    else:
+        server = await asyncio.start_server(serve, sys.argv[1], int(sys.argv[2]))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     say(f"READY {os.getpid()}")

@@ -283,37 +283,41 @@ t.test(
   },
 );
 
-t.test(
-  '--tcp-established: a client keeps its connection to a server across dump and restore',
-  { skip: needsRoot },
-  async (t) => {
-    const { dir, port, w } = await startAsyncioCounter(t);
-    const conn = await LineClient.connect(port);
-    t.teardown(() => conn.close());
-    t.equal(await conn.ask(), '1', 'an answer before the dump');
-    const images = path.join(dir, 'img');
-    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '--tcp-established']);
-    t.equal(dump.status, 0, dump.stderr);
-    await waitGone(w.pid);
-    // Sent while the server is gone: the lock drops it (no reset), the client sends it again later.
-    const during = conn.ask();
-    await new Promise((r) => setTimeout(r, 300));
-    t.notOk(conn.isClosed, 'the connection lives on while the server is dumped');
-    const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
-    t.equal(await during, '2', 'the line sent meanwhile is answered after the restore');
-    t.equal(await conn.ask(), '3', 'and the next one');
-    process.kill(w.pid, 'SIGTERM');
-    const r = await restored.done;
-    t.equal(r.status, 0, r.stderr);
-  },
-);
+// 127.0.0.1: an IPv4 socket. dual: an IPv6 socket whose IPv4 peer it sees as ::ffff:127.0.0.1 (the
+// lock must drop IPv4 packets for it).
+for (const host of ['127.0.0.1', 'dual']) {
+  t.test(
+    `--tcp-established: a client keeps its connection to a server across dump and restore (${host})`,
+    { skip: needsRoot },
+    async (t) => {
+      const { dir, port, w } = await startAsyncioCounter(t, host);
+      const conn = await LineClient.connect(port);
+      t.teardown(() => conn.close());
+      t.equal(await conn.ask(), '1', 'an answer before the dump');
+      const images = path.join(dir, 'img');
+      const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '--tcp-established']);
+      t.equal(dump.status, 0, dump.stderr);
+      await waitGone(w.pid);
+      // Sent while the server is gone: the lock drops it (no reset), the client sends it again later.
+      const during = conn.ask();
+      await new Promise((r) => setTimeout(r, 300));
+      t.notOk(conn.isClosed, 'the connection lives on while the server is dumped');
+      const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
+      t.equal(await during, '2', 'the line sent meanwhile is answered after the restore');
+      t.equal(await conn.ask(), '3', 'and the next one');
+      process.kill(w.pid, 'SIGTERM');
+      const r = await restored.done;
+      t.equal(r.status, 0, r.stderr);
+    },
+  );
+}
 
-/** ASYNCIO_COUNTER on 127.0.0.1 (a free port), started as a workload of `t`. */
-async function startAsyncioCounter(t: Test): Promise<{ dir: string; port: number; w: Workload }> {
+/** ASYNCIO_COUNTER on `host` (a free port), started as a workload of `t`. */
+async function startAsyncioCounter(t: Test, host = '127.0.0.1'): Promise<{ dir: string; port: number; w: Workload }> {
   const dir = t.testdir({ 'counter.py': ASYNCIO_COUNTER });
   const port = await freePort();
   const script = path.join(dir, 'counter.py');
-  const w = await startWorkload('/usr/bin/env', dir, ['-i', 'python3', script, '127.0.0.1', String(port)]);
+  const w = await startWorkload('/usr/bin/env', dir, ['-i', 'python3', script, host, String(port)]);
   t.teardown(() => w.kill());
   return { dir, port, w };
 }
