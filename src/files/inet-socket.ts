@@ -53,7 +53,7 @@ import {
 import * as sys from '../sys/native.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask } from './sk-opts.js';
+import { callInTask, intOpt, socketEntryOf, readSkOpts, restoreSkOpts, setSockOptInTask } from './sk-opts.js';
 import { imageSinkOf } from './image-sink.js';
 import { lockConnection, unlock } from './net-lock.js';
 import { dumpTcpStream, endTcpRepair, restoreTcpStreamAfter, restoreTcpStreamBefore } from './tcp-stream.js';
@@ -341,7 +341,7 @@ export const inetSocketFile: FdKindModule = {
   },
 
   async restore(entry, ctx) {
-    const isk = entry['isk'] as ImageEntry;
+    const isk = socketEntryOf(entry, 'isk');
     const opts = (isk['opts'] ?? {}) as ImageEntry;
     const family = Number(isk['family']);
     const type = Number(isk['type']);

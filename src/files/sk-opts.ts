@@ -4,7 +4,7 @@
  * injected into the task. Also the helpers the socket modules share to run calls in the task.
  */
 
-import { SyscallError } from '../errors.js';
+import { ImageError, SyscallError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import {
@@ -40,6 +40,20 @@ import {
 import { errnoName } from '../kernel/errno.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import * as sys from '../sys/native.js';
+
+/**
+ * The kind's sub-message of a socket's file entry (`isk`, `usk`), or an ImageError naming the
+ * file: a files.img entry without it is corrupt.
+ */
+export function socketEntryOf(entry: ImageEntry, field: 'isk' | 'usk'): ImageEntry {
+  const sub = entry[field];
+  if (typeof sub !== 'object' || sub === null || Array.isArray(sub) || sub instanceof Uint8Array)
+    throw new ImageError(
+      'files.img',
+      `file ${String(entry['id'])} of type ${field === 'isk' ? 'INETSK' : 'UNIXSK'} has no ${field}`,
+    );
+  return sub as ImageEntry;
+}
 
 /** An int socket option of criu's duplicate `fd`. */
 export function intOpt(fd: number, level: number, name: number): number {

@@ -54,7 +54,15 @@ import {
 import * as sys from '../sys/native.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { callInTask, intOpt, readSkOpts, restoreSkOpts, setIntOpt, setSockOptInTask } from './sk-opts.js';
+import {
+  callInTask,
+  intOpt,
+  socketEntryOf,
+  readSkOpts,
+  restoreSkOpts,
+  setIntOpt,
+  setSockOptInTask,
+} from './sk-opts.js';
 import { fdLink, listFds } from './collect.js';
 import { closeInTask } from './task-io.js';
 import { FD_TYPES, type FdDumpInput, type FdKindModule, type FileOptions, type FileRestoreContext } from './types.js';
@@ -456,7 +464,7 @@ export const unixSocketFile: FdKindModule = {
   },
 
   async restore(entry, ctx) {
-    const usk = entry['usk'] as ImageEntry;
+    const usk = socketEntryOf(entry, 'usk');
     const id = Number(usk['id']);
     const ino = Number(usk['ino']);
     const type = Number(usk['type']);

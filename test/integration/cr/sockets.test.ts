@@ -18,7 +18,7 @@ import { get } from 'node:http';
 import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { readEntries, type ImageEntry } from '../../../src/images/index.js';
+import { readEntries, writeImage, type ImageEntry } from '../../../src/images/index.js';
 import { AF_UNIX, SOCK_CLOEXEC, SOCK_DGRAM } from '../../../src/kernel/constants.js';
 import * as sys from '../../../src/sys/native.js';
 import { ASYNCIO_COUNTER, askCounter } from '../../helpers/programs.js';
@@ -453,3 +453,17 @@ t.test(
     t.equal(sys.recvFds(outside, 16, 0x40).data.toString(), 'x', 'the restored task sent its datagram here');
   },
 );
+
+t.test('a socket entry without its sub-message fails the restore in one line', { skip: needsRoot }, async (t) => {
+  const { w, images } = await dumpCrSockets(t);
+  const file = path.join(images, 'files.img');
+  const files = await readEntries(file, 'FILES');
+  const broken = files.map((f) => (f['type'] === 4 ? { type: 4, id: f['id'] } : f));
+  await writeImage(file, 'FILES', broken);
+  const r = await criuAsync(['restore', '-D', images]);
+  t.equal(r.status, 1, 'restore exits 1');
+  const lines = r.stderr.trim().split('\n');
+  t.equal(lines.length, 1, r.stderr);
+  t.match(lines[0], /Cannot read image "files\.img": file \d+ of type INETSK has no isk/);
+  t.notOk(existsSync(`/proc/${w.pid}`), 'no half-restored task is left');
+});
