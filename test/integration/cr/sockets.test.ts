@@ -28,6 +28,7 @@ import {
   restoreExpectPass,
   startRestore,
   startWorkload,
+  taskState,
   waitGone,
   type Workload,
 } from '../../helpers/cr.js';
@@ -321,6 +322,17 @@ async function startAsyncioCounter(t: Test, host = '127.0.0.1'): Promise<{ dir: 
   return { dir, port, w };
 }
 
+/** Start cr_state with a TCP connection to itself and dump it with --tcp-established and `args`. */
+async function dumpTcpConn(t: Test, args: readonly string[]): Promise<{ dir: string; w: Workload; images: string }> {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_state', dir, ['tcp-conn']);
+  t.teardown(() => w.kill());
+  const images = path.join(dir, 'img');
+  const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '--tcp-established', ...args]);
+  t.equal(dump.status, 0, dump.stderr);
+  return { dir, w, images };
+}
+
 /** The nft tables there are now. */
 function nftTables(): string {
   return spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout;
@@ -381,14 +393,23 @@ t.test(
   '--tcp-established with --leave-running: the connection works on, and no lock is left',
   { skip: needsRoot },
   async (t) => {
-    const dir = t.testdir();
-    const w = await startWorkload('cr_state', dir, ['tcp-conn']);
-    t.teardown(() => w.kill());
-    const images = path.join(dir, 'img');
-    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '--tcp-established', '-R']);
-    t.equal(dump.status, 0, dump.stderr);
+    const { w } = await dumpTcpConn(t, ['-R']);
     t.equal(nftTables().includes(`criu-ts-${w.pid}`), false, 'the lock is lifted');
     await endExpectPass(t, w); // out of repair mode: its connection carries its byte and more
+  },
+);
+
+t.test(
+  '--tcp-established with --leave-stopped: repair mode and the lock stay, for a kill and a restore',
+  { skip: needsRoot },
+  async (t) => {
+    const { dir, w, images } = await dumpTcpConn(t, ['-s']);
+    t.equal(taskState(w.pid), 'T', 'left stopped');
+    t.equal(nftTables().includes(`criu-ts-${w.pid}`), true, 'the lock stays, as CRIU');
+    process.kill(w.pid, 'SIGKILL'); // its sockets, in repair mode, close silently
+    await waitGone(w.pid);
+    await restoreExpectPass(t, w, images, dir);
+    t.equal(nftTables().includes(`criu-ts-${w.pid}`), false, 'the restore lifted the lock');
   },
 );
 
