@@ -20,7 +20,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { SyscallError, UsageError } from '../errors.js';
-import { AF_UNIX, SOCK_DGRAM, SOL_SOCKET } from '../kernel/constants.js';
+import { AF_UNIX, SOCK_DGRAM, SOL_SOCKET, MSG_DONTWAIT } from '../kernel/constants.js';
 import { log } from '../log.js';
 import * as sys from '../sys/native.js';
 
@@ -29,7 +29,6 @@ const SO_TYPE = 3;
 const SO_SNDBUFFORCE = 32;
 const SO_RCVBUFFORCE = 33;
 const SO_DOMAIN = 39;
-const MSG_DONTWAIT = 0x40;
 
 export class PidfdStore {
   private constructor(

@@ -27,7 +27,7 @@
 
 import { join } from 'node:path';
 import { ImageError, UnsupportedError } from '../errors.js';
-import { imageFileName, readImage, type ImageEntry } from '../images/index.js';
+import { imageFileName, ipBytes, ipText, ipWords, readImage, type ImageEntry } from '../images/index.js';
 import {
   AF_INET,
   AF_INET6,
@@ -49,6 +49,9 @@ import {
   IPV6_FREEBIND,
   IPPROTO_UDP,
   TCP_INFO,
+  TCP_ESTABLISHED,
+  TCP_CLOSE,
+  TCP_LISTEN,
 } from '../kernel/constants.js';
 import * as sys from '../sys/native.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
@@ -60,10 +63,6 @@ import { dumpTcpStream, endTcpRepair, restoreTcpStreamAfter, restoreTcpStreamBef
 import { FD_TYPES, type FdKindModule, type FileOptions } from './types.js';
 import { log } from '../log.js';
 
-/** TCP states (include/net/tcp_states.h); CRIU records a UDP socket as ESTABLISHED or CLOSE too. */
-export const TCP_ESTABLISHED = 1;
-export const TCP_CLOSE = 7;
-export const TCP_LISTEN = 10;
 const TCP_STATE_NAMES = [
   '',
   'ESTABLISHED',
@@ -156,58 +155,9 @@ function refusalOf(pid: number, fd: number, s: InetSocket, options: FileOptions)
   return undefined;
 }
 
-/** An address as CRIU stores it: its bytes in network order, read as little-endian u32 words. */
-export function addressWords(family: number, text: string): number[] {
-  const bytes = family === AF_INET6 ? ipv6Bytes(text) : ipv4Bytes(text);
-  const words: number[] = [];
-  for (let i = 0; i < bytes.length; i += 4) words.push(bytes.readUInt32LE(i));
-  return words;
-}
-
-/** The address bytes (network order) of CRIU's words. */
-export function wordsBytes(words: readonly number[]): Buffer {
-  const b = Buffer.alloc(words.length * 4);
-  words.forEach((w, i) => b.writeUInt32LE(w >>> 0, i * 4));
-  return b;
-}
-
-function ipv4Bytes(text: string): Buffer {
-  const parts = text.split('.').map(Number);
-  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255))
-    throw new RangeError(`Not an IPv4 address: "${text}"`);
-  return Buffer.from(parts);
-}
-
-function ipv6Bytes(text: string): Buffer {
-  let s = text.replace(/%.*$/, ''); // a zone (fe80::1%eth0)
-  let tail: Buffer = Buffer.alloc(0);
-  const v4 = /:(\d+\.\d+\.\d+\.\d+)$/.exec(s);
-  if (v4 !== null) {
-    // The last 32 bits written as IPv4 (::ffff:1.2.3.4): keep "::" whole, drop a single ':'.
-    tail = ipv4Bytes(v4[1] as string);
-    s = s.slice(0, v4.index + 1);
-    if (!s.endsWith('::')) s = s.slice(0, -1);
-  }
-  const halves = s.split('::');
-  if (halves.length > 2) throw new RangeError(`Not an IPv6 address: "${text}"`);
-  const groups = (h: string): number[] =>
-    h === '' ? [] : h.split(':').map((g) => (/^[0-9a-f]{1,4}$/i.test(g) ? parseInt(g, 16) : NaN));
-  const head = groups(halves[0] as string);
-  const rest = halves.length === 2 ? groups(halves[1] as string) : [];
-  const nrGroups = 8 - tail.length / 2;
-  const gap = nrGroups - head.length - rest.length;
-  const all = halves.length === 2 ? [...head, ...new Array<number>(Math.max(gap, 0)).fill(0), ...rest] : head;
-  if (all.length !== nrGroups || (halves.length === 2 && gap < 1) || all.some((g) => Number.isNaN(g)))
-    throw new RangeError(`Not an IPv6 address: "${text}"`);
-  const out = Buffer.alloc(16);
-  all.forEach((g, i) => out.writeUInt16BE(g, i * 2));
-  tail.copy(out, 16 - tail.length);
-  return out;
-}
-
 /** sockaddr_in or sockaddr_in6 of CRIU's address words and a port. */
 export function sockaddrOf(family: number, words: readonly number[], port: number): Buffer {
-  const addr = wordsBytes(words.length > 0 ? words : family === AF_INET6 ? [0, 0, 0, 0] : [0]);
+  const addr = ipBytes(words.length > 0 ? words : family === AF_INET6 ? [0, 0, 0, 0] : [0]);
   if (family === AF_INET6) {
     const sa = Buffer.alloc(28);
     sa.writeUInt16LE(AF_INET6, 0);
@@ -224,10 +174,12 @@ export function sockaddrOf(family: number, words: readonly number[], port: numbe
 
 /** "127.0.0.1:80" or "[::1]:80" of CRIU's address words and a port, for messages. */
 function endpointOf(family: number, words: readonly number[], port: number): string {
-  const b = wordsBytes(words);
-  if (family !== AF_INET6) return `${[...b.subarray(0, 4)].join('.')}:${port}`;
-  const groups = Array.from({ length: 8 }, (_, i) => (b.length >= 16 ? b.readUInt16BE(i * 2) : 0).toString(16));
-  return `[${groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::')}]:${port}`;
+  const isV6 = family === AF_INET6;
+  return endpoint({
+    family: isV6 ? 6 : 4,
+    address: ipText(words.length > 0 ? words : isV6 ? [0, 0, 0, 0] : [0]),
+    port,
+  });
 }
 
 /** ctx.shared key: a TCP connection was restored (the network lock is lifted at the end). */
@@ -307,8 +259,8 @@ export const inetSocketFile: FdKindModule = {
       dst_port: s.dst?.port ?? 0,
       flags: descriptionFlags(input.fdinfo.flags),
       backlog: s.backlog,
-      src_addr: addressWords(s.family, s.src.address),
-      dst_addr: s.dst === null ? [] : addressWords(s.family, s.dst.address),
+      src_addr: ipWords(s.src.address),
+      dst_addr: s.dst === null ? [] : ipWords(s.dst.address),
       fown: dumpFown(input, ctx),
       opts: readSkOpts(input.localFd, s.proto === IPPROTO_TCP),
     };

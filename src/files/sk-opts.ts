@@ -9,6 +9,8 @@ import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import {
   IPPROTO_TCP,
+  MSG_DONTWAIT,
+  MSG_PEEK,
   SO_BINDTODEVICE,
   SO_BROADCAST,
   SO_BUF_LOCK,
@@ -65,6 +67,23 @@ export function setIntOpt(fd: number, level: number, name: number, v: number): v
   const b = Buffer.alloc(4);
   b.writeInt32LE(v);
   sys.setsockopt(fd, level, name, b);
+}
+
+/**
+ * recvmsg(MSG_PEEK | MSG_DONTWAIT) of at most `size` bytes on criu's duplicate `fd`: what waits
+ * in the socket, left where it is; null when nothing does. Fds that came with it (SCM_RIGHTS) are
+ * closed here: the caller learns their number.
+ */
+export function peekSocket(fd: number, size: number): { data: Buffer; nrFds: number; isTruncated: boolean } | null {
+  let got: ReturnType<typeof sys.recvFds>;
+  try {
+    got = sys.recvFds(fd, size, MSG_PEEK | MSG_DONTWAIT);
+  } catch (err) {
+    if (err instanceof SyscallError && err.errnoCode === 'EAGAIN') return null;
+    throw err;
+  }
+  for (const received of got.fds) sys.close(received);
+  return { data: got.data, nrFds: got.fds.length, isTruncated: got.isTruncated };
 }
 
 /** An int socket option, or undefined where this kernel has it not for this family. */

@@ -18,7 +18,6 @@
  * timestamp, repair mode off; the lock is lifted once every file is restored.
  */
 
-import { SyscallError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import {
@@ -32,7 +31,7 @@ import {
   TCP_INFO,
 } from '../kernel/constants.js';
 import * as sys from '../sys/native.js';
-import { intOpt, setIntOpt, setSockOptInTask } from './sk-opts.js';
+import { intOpt, peekSocket, setIntOpt, setSockOptInTask } from './sk-opts.js';
 
 const TCP_NO_QUEUE = 0;
 const TCP_RECV_QUEUE = 1;
@@ -49,8 +48,6 @@ const TCPOPT_MSS = 2;
 const TCPOPT_WINDOW = 3;
 const TCPOPT_SACK_PERM = 4;
 const TCPOPT_TIMESTAMP = 8;
-const MSG_PEEK = 2;
-const MSG_DONTWAIT = 0x40;
 
 function setInt(fd: number, name: number, v: number): void {
   setIntOpt(fd, SOL_TCP, name, v);
@@ -62,13 +59,7 @@ function setInt(fd: number, name: number, v: number): void {
  */
 function peekQueue(fd: number, size: number): Buffer {
   for (let room = Math.max(size, 1 << 16); ; room *= 2) {
-    let data: Buffer;
-    try {
-      data = sys.recvFds(fd, room, MSG_PEEK | MSG_DONTWAIT).data;
-    } catch (err) {
-      if (err instanceof SyscallError && err.errnoCode === 'EAGAIN') return Buffer.alloc(0);
-      throw err;
-    }
+    const data = peekSocket(fd, room)?.data ?? Buffer.alloc(0);
     if (data.length < room) return data;
   }
 }

@@ -35,7 +35,7 @@
  */
 
 import { chmodSync, chownSync, lstatSync, statSync, unlinkSync } from 'node:fs';
-import { SyscallError, UnsupportedError } from '../errors.js';
+import { UnsupportedError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import {
@@ -50,13 +50,17 @@ import {
   SOCK_SEQPACKET,
   SOCK_STREAM,
   SOL_SOCKET,
+  TCP_ESTABLISHED,
+  TCP_LISTEN,
+  MSG_DONTWAIT,
+  SO_PEEK_OFF,
 } from '../kernel/constants.js';
-import * as sys from '../sys/native.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
 import {
   callInTask,
   intOpt,
+  peekSocket,
   socketEntryOf,
   readSkOpts,
   restoreSkOpts,
@@ -70,12 +74,6 @@ import { unixDiag, type UnixDiag } from './unix-diag.js';
 
 /** unix_sk_entry.uflags: a socket outside the task, dumped only for its name (CRIU's USK_EXTERN). */
 const USK_EXTERN = 1;
-const TCP_ESTABLISHED = 1;
-const TCP_LISTEN = 10;
-const MSG_PEEK = 2;
-const MSG_DONTWAIT = 0x40;
-/** Socket option: where MSG_PEEK reads from (-1: the head, no offset). uapi/asm-generic/socket.h. */
-const SO_PEEK_OFF = 42;
 /** The largest message dumped from a datagram or seqpacket queue (a unix datagram fits in its sender's buffer). */
 const MAX_MESSAGE_BYTES = 4 << 20;
 const SOCKET_KINDS: Record<number, string> = {
@@ -113,20 +111,26 @@ function described(type: number, name: Buffer): string {
   return `the unix ${kind} socket ${text}`;
 }
 
+/** The other end of a connected socket: what the kernel reports of it (null: closed), and whether the task holds it. */
+interface Peer {
+  diag: UnixDiag | null;
+  isHere: boolean;
+}
+
+/** The peer of socket `d` of task `pid`, asked once for the refusal and the dump; null: none. */
+function peerOf(pid: number, d: UnixDiag, shared?: Map<string, unknown>): Peer | null {
+  if (d.peer === 0) return null;
+  return { diag: unixDiag(d.peer), isHere: socketInodesOf(pid, shared).has(d.peer) };
+}
+
 /**
  * The peer of a datagram socket that --ext-unix-sk lets through: alive, outside the task, a
  * datagram socket with a name to connect to again. Null for any other socket.
  */
-function externalPeerOf(
-  input: FdDumpInput,
-  d: UnixDiag,
-  options: FileOptions,
-  shared?: Map<string, unknown>,
-): UnixDiag | null {
-  if (d.peer === 0 || d.type !== SOCK_DGRAM || options.isExtUnixSk !== true) return null;
-  if (socketInodesOf(input.pid, shared).has(d.peer)) return null;
-  const peer = unixDiag(d.peer);
-  return peer !== null && peer.type === SOCK_DGRAM && peer.name.length > 0 ? peer : null;
+function externalPeerOf(d: UnixDiag, peer: Peer | null, options: FileOptions): UnixDiag | null {
+  if (peer === null || peer.isHere || d.type !== SOCK_DGRAM || options.isExtUnixSk !== true) return null;
+  const p = peer.diag;
+  return p !== null && p.type === SOCK_DGRAM && p.name.length > 0 ? p : null;
 }
 
 /** The file entry of an external peer: its name and kind, no fd, no options of its own. */
@@ -154,10 +158,16 @@ function refusalOf(
   options: FileOptions,
   shared?: Map<string, unknown>,
 ): string | undefined {
-  const where = `fd ${input.fd} of task ${input.pid}`;
-  if (d === null)
-    return `Cannot dump ${where}: the kernel reports no unix socket ${input.stat.ino} (another network namespace?)`;
-  const what = `${where}: ${described(d.type, d.name)}`;
+  return d === null ? noDiag(input) : refusalWith(input, d, peerOf(input.pid, d, shared), options);
+}
+
+function noDiag(input: FdDumpInput): string {
+  return `Cannot dump fd ${input.fd} of task ${input.pid}: the kernel reports no unix socket ${input.stat.ino} (another network namespace?)`;
+}
+
+/** Why socket `d`, whose peer is `peer`, cannot be dumped, or undefined. */
+function refusalWith(input: FdDumpInput, d: UnixDiag, peer: Peer | null, options: FileOptions): string | undefined {
+  const what = `fd ${input.fd} of task ${input.pid}: ${described(d.type, d.name)}`;
   if (d.name.length > 0 && d.name[0] !== 0 && d.name[0] !== 0x2f)
     return `Cannot dump ${what}: it was bound to a relative path, not supported`;
   if (d.state === TCP_LISTEN) {
@@ -168,31 +178,27 @@ function refusalOf(
       );
     return undefined;
   }
-  if (d.peer !== 0 && externalPeerOf(input, d, options, shared) === null) {
-    const peer = unixDiag(d.peer);
-    const isPeerHere = socketInodesOf(input.pid, shared).has(d.peer);
-    if (peer !== null && !isPeerHere)
+  if (peer !== null && externalPeerOf(d, peer, options) === null) {
+    const p = peer.diag;
+    if (p !== null && !peer.isHere)
       return (
-        `Cannot dump ${what}: it is connected to ${described(peer.type, peer.name)} outside the task ` +
-        (d.type === SOCK_DGRAM && peer.name.length > 0
+        `Cannot dump ${what}: it is connected to ${described(p.type, p.name)} outside the task ` +
+        (d.type === SOCK_DGRAM && p.name.length > 0
           ? '(with --ext-unix-sk it is connected to that name again on restore)'
           : '(of external unix sockets, as in CRIU, only datagram ones connected to a name can be dumped, with --ext-unix-sk)')
       );
     // A connection made through a listener: the accepted end carries the listener's name, the
     // other none (restore connects again, see connectionInTask). Both named: bound by hand too.
-    if (d.name.length > 0 && peer !== null && peer.name.length > 0)
+    if (d.name.length > 0 && p !== null && p.name.length > 0)
       return `Cannot dump ${what}: both ends of its connection have names, not supported`;
-    if ((d.name.length > 0 || (peer !== null && peer.name.length > 0)) && d.type === SOCK_DGRAM)
+    if ((d.name.length > 0 || (p !== null && p.name.length > 0)) && d.type === SOCK_DGRAM)
       return `Cannot dump ${what}: a datagram socket connected to a named one in the task, not supported yet`;
-    if (peer === null && d.name.length > 0)
+    if (p === null && d.name.length > 0)
       return `Cannot dump ${what}: an accepted connection whose other end was closed, not supported yet`;
   }
   // Waiting bytes are put back through the other end of a pair: a socket with no such end cannot
   // get them back (a bound socket that others sent to, a socket connected outside).
-  const isPair =
-    d.peer !== 0
-      ? socketInodesOf(input.pid, shared).has(d.peer) || unixDiag(d.peer) === null
-      : d.state === TCP_ESTABLISHED;
+  const isPair = peer !== null ? peer.isHere || peer.diag === null : d.state === TCP_ESTABLISHED;
   if (d.rqueue > 0 && !isPair)
     return `Cannot dump ${what}: ${d.type === SOCK_STREAM ? 'bytes wait' : 'messages wait'} in its queue from a sender outside the task`;
   return undefined;
@@ -223,15 +229,9 @@ function peekQueue(input: FdDumpInput, d: UnixDiag): Buffer[] {
     throw new UnsupportedError('fd-kind-unix-socket', `Cannot dump ${what}: ${why}`);
   };
   const peek = (size: number): Buffer | null => {
-    let got: ReturnType<typeof sys.recvFds>;
-    try {
-      got = sys.recvFds(input.localFd, size, MSG_PEEK | MSG_DONTWAIT);
-    } catch (err) {
-      if (err instanceof SyscallError && err.errnoCode === 'EAGAIN') return null;
-      throw err;
-    }
-    for (const fd of got.fds) sys.close(fd);
-    if (got.fds.length > 0) refuse('file descriptors wait in its queue (SCM_RIGHTS)');
+    const got = peekSocket(input.localFd, size);
+    if (got === null) return null;
+    if (got.nrFds > 0) refuse('file descriptors wait in its queue (SCM_RIGHTS)');
     if (got.isTruncated) refuse(`a message of more than ${size} bytes waits in its queue`);
     return got.data;
   };
@@ -429,8 +429,10 @@ export const unixSocketFile: FdKindModule = {
 
   async dump(input, id, ctx) {
     const d = unixDiag(Number(input.stat.ino));
-    const refusal = refusalOf(input, d, ctx.options ?? {}, ctx.shared);
-    if (refusal !== undefined || d === null) throw new UnsupportedError('fd-kind-unix-socket', refusal ?? 'no diag');
+    if (d === null) throw new UnsupportedError('fd-kind-unix-socket', noDiag(input));
+    const peer = peerOf(input.pid, d, ctx.shared);
+    const refusal = refusalWith(input, d, peer, ctx.options ?? {});
+    if (refusal !== undefined) throw new UnsupportedError('fd-kind-unix-socket', refusal);
     const type = intOpt(input.localFd, SOL_SOCKET, SO_TYPE);
     const usk: ImageEntry = {
       id,
@@ -451,7 +453,7 @@ export const unixSocketFile: FdKindModule = {
       usk['file_perms'] = file.perms;
       if (file.isDeleted) usk['deleted'] = true;
     }
-    const external = externalPeerOf(input, d, ctx.options ?? {}, ctx.shared);
+    const external = externalPeerOf(d, peer, ctx.options ?? {});
     if (external !== null && !ctx.shared.has(`unix-external:${external.ino}`)) {
       // As CRIU: the peer gets a file entry of its own (no fd refers to it), marked external.
       ctx.shared.set(`unix-external:${external.ino}`, true);

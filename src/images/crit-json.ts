@@ -15,6 +15,7 @@
  *
  * Touches no kernel interface.
  */
+import { ipText, ipWords } from './ip-address.js';
 import type { EntryValue, ImageEntry } from './entry-codec.js';
 import type { JsonObject, JsonValue } from './json-text.js';
 import { EnumType, MessageType } from './proto.js';
@@ -217,29 +218,6 @@ function qpDecode(text: string): Buffer {
 // ---------------------------------------------------------------------------------------------
 // Entry → crit JSON.
 
-function ipToText(words: readonly number[]): string {
-  const b = Buffer.alloc(words.length * 4);
-  words.forEach((w, i) => b.writeUInt32LE(w >>> 0, i * 4)); // network-order words stored host-LE
-  if (words.length === 1) return [...b].join('.');
-  // IPv6, compressed as Python's ipaddress does: longest run (≥2) of zero groups becomes "::".
-  const groups = Array.from({ length: 8 }, (_, i) => b.readUInt16BE(i * 2));
-  let best = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8;) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) [best, bestLen] = [i, j - i];
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestLen < 2) return hex.join(':');
-  return hex.slice(0, best).join(':') + '::' + hex.slice(best + bestLen).join(':');
-}
-
 function scalarToJson(field: PbField, v: EntryValue, pretty: boolean, isHex: boolean): JsonValue {
   const rt = field.resolvedType;
   if (rt instanceof MessageType) return entryToCritJson(rt, v as ImageEntry, pretty, isHex || criuOptions(field).hex);
@@ -276,7 +254,7 @@ export function entryToCritJson(type: PbType, entry: ImageEntry, pretty = true, 
     if (field.repeated) {
       const arr = v as readonly EntryValue[];
       if (arr.length === 0) continue;
-      if (pretty && criuOptions(field).ipadd) out[field.name] = [ipToText(arr as readonly number[])];
+      if (pretty && criuOptions(field).ipadd) out[field.name] = [ipText(arr as readonly number[])];
       else out[field.name] = arr.map((x) => scalarToJson(field, x, pretty, inheritedHex));
     } else {
       out[field.name] = scalarToJson(field, v, pretty, inheritedHex);
@@ -289,16 +267,11 @@ export function entryToCritJson(type: PbType, entry: ImageEntry, pretty = true, 
 // crit JSON → entry (dict2pb).
 
 function ipFromText(text: string): number[] {
-  const toWords = (b: Buffer): number[] => Array.from({ length: b.length / 4 }, (_, i) => b.readUInt32LE(i * 4));
-  if (/^\d+\.\d+\.\d+\.\d+$/.test(text)) return toWords(Buffer.from(text.split('.').map(Number)));
-  const [head = '', tail] = text.split('::');
-  const hs = head === '' ? [] : head.split(':');
-  const ts = tail === undefined || tail === '' ? [] : tail.split(':');
-  const groups = tail === undefined ? hs : [...hs, ...Array<string>(8 - hs.length - ts.length).fill('0'), ...ts];
-  if (groups.length !== 8) throw new CritJsonError(`Bad IP address "${text}"`);
-  const b = Buffer.alloc(16);
-  groups.forEach((g, i) => b.writeUInt16BE(parseInt(g, 16), i * 2));
-  return toWords(b);
+  try {
+    return ipWords(text);
+  } catch (err) {
+    throw new CritJsonError(`Bad IP address "${text}"`, { cause: err });
+  }
 }
 
 function intFromJson(field: PbField, v: JsonValue): bigint {

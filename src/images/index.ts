@@ -44,6 +44,7 @@ export {
 } from './pages.js';
 export { PARENT_LINK, readParentLink, writeParentLink, parentDir, parentChain } from './parent.js';
 export { entryToCritJson, critJsonToEntry, CritJsonError } from './crit-json.js';
+export { ipBytes, ipText, ipWords } from './ip-address.js';
 export { formatPyJson, parseJson, type JsonValue, type JsonObject } from './json-text.js';
 export {
   showImage,

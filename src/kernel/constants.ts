@@ -445,6 +445,18 @@ export const TCP_KEEPIDLE = 4;
 export const TCP_KEEPINTVL = 5;
 export const TCP_KEEPCNT = 6;
 export const TCP_USER_TIMEOUT = 18;
+export const SO_PEEK_OFF = 42;
+
+/** send/recv flags. uapi/linux/socket.h. */
+export const MSG_PEEK = 0x2;
+export const MSG_TRUNC = 0x20;
+export const MSG_DONTWAIT = 0x40;
+export const MSG_WAITALL = 0x100;
+
+/** Socket states as sock_diag and TCP_INFO report them (include/net/tcp_states.h); unix sockets use them too. */
+export const TCP_ESTABLISHED = 1;
+export const TCP_CLOSE = 7;
+export const TCP_LISTEN = 10;
 
 /** Page size on x86_64. */
 export const PAGE_SIZE = 4096;

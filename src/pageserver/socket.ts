@@ -24,11 +24,11 @@ import {
   SOL_TCP,
   TCP_NODELAY,
   TCP_USER_TIMEOUT,
+  MSG_WAITALL,
 } from '../kernel/constants.js';
 import * as sys from '../sys/native.js';
 
 /** socket(7), tcp(7), recv(2), shutdown(2) numbers not in src/kernel/constants.ts. */
-const MSG_WAITALL = 0x100;
 export const SHUT_RD = 0;
 export const SHUT_WR = 1;
 export const SHUT_RDWR = 2;

@@ -10,13 +10,11 @@
 
 import { chmodSync, unlinkSync } from 'node:fs';
 import { ProtocolError, UsageError } from '../errors.js';
-import { AF_UNIX, SOCK_CLOEXEC, SOCK_SEQPACKET, SOL_SOCKET } from '../kernel/constants.js';
+import { AF_UNIX, SOCK_CLOEXEC, SOCK_SEQPACKET, SOL_SOCKET, MSG_PEEK, MSG_TRUNC } from '../kernel/constants.js';
 import * as sys from '../sys/native.js';
 
 /** socket(7) and recv(2) numbers not in src/kernel/constants.ts. */
 const SO_PEERCRED = 17;
-const MSG_PEEK = 0x2;
-const MSG_TRUNC = 0x20;
 const SHUT_RDWR = 2;
 
 /** sun_path's room, less its terminating NUL. */

@@ -15,13 +15,14 @@ import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_proce
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { get } from 'node:http';
-import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
+import { createConnection, createServer, type Socket } from 'node:net';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { readEntries, writeImage, type ImageEntry } from '../../../src/images/index.js';
 import { AF_UNIX, SOCK_CLOEXEC, SOCK_DGRAM } from '../../../src/kernel/constants.js';
 import * as sys from '../../../src/sys/native.js';
 import { ASYNCIO_COUNTER, askCounter } from '../../helpers/programs.js';
+import { freePort } from '../../helpers/real-criu.js';
 import {
   criuAsync,
   endExpectPass,
@@ -53,13 +54,11 @@ async function sameAsCrit(t: Test, images: string, names: readonly string[]): Pr
   }
 }
 
-/** A port nothing listens on now (127.0.0.1). */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
+/** A directory for socket files, short enough for sun_path (108 bytes), removed after `t`. */
+function socketDir(t: Test): string {
+  const dir = mkdtempSync(path.join(tmpdir(), 'cts-sk-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }
 
 /** GET http://127.0.0.1:PORT/PATH on a new connection: the body of a 200 answer. */
@@ -162,7 +161,7 @@ t.test('a restore whose port is taken fails in one line, and works once it is fr
 
 t.test('real servers keep serving: python3 -m http.server', { skip: needsRoot }, async (t) => {
   const dir = t.testdir({ 'hello.txt': 'hello from before the dump\n' });
-  const port = await freePort();
+  const port = freePort();
   const w = startProgram(['python3', '-m', 'http.server', String(port), '--bind', '127.0.0.1', '--directory', dir]);
   t.teardown(() => w.kill());
   await untilServing(port);
@@ -191,7 +190,7 @@ process.on('SIGTERM', () => server.close(() => process.exit(0)));
 
 t.test('real servers keep serving: a node http server keeps its count', { skip: needsRoot }, async (t) => {
   const dir = t.testdir({ 'counter.mjs': NODE_COUNTER });
-  const port = await freePort();
+  const port = freePort();
   // A clean environment: the test runner's NODE_OPTIONS would load its hooks into the server.
   const w = startProgram(['/usr/bin/env', '-i', process.execPath, path.join(dir, 'counter.mjs'), String(port)]);
   t.teardown(() => w.kill());
@@ -215,9 +214,7 @@ t.test(
   { skip: needsRoot },
   async (t) => {
     const dir = t.testdir();
-    // Socket paths must fit in sun_path (108 bytes): a short directory of their own.
-    const sockDir = mkdtempSync(path.join(tmpdir(), 'cr-unix-'));
-    t.teardown(() => rmSync(sockDir, { recursive: true, force: true }));
+    const sockDir = socketDir(t);
     const w = await startWorkload('cr_unix', dir, [sockDir]);
     t.teardown(() => w.kill());
     const images = path.join(dir, 'img');
@@ -315,7 +312,7 @@ for (const host of ['127.0.0.1', 'dual']) {
 /** ASYNCIO_COUNTER on `host` (a free port), started as a workload of `t`. */
 async function startAsyncioCounter(t: Test, host = '127.0.0.1'): Promise<{ dir: string; port: number; w: Workload }> {
   const dir = t.testdir({ 'counter.py': ASYNCIO_COUNTER });
-  const port = await freePort();
+  const port = freePort();
   const script = path.join(dir, 'counter.py');
   const w = await startWorkload('/usr/bin/env', dir, ['-i', 'python3', script, host, String(port)]);
   t.teardown(() => w.kill());
@@ -435,13 +432,10 @@ t.test(
   { skip: needsRoot },
   async (t) => {
     const dir = t.testdir();
-    // The socket outside: this test's, bound to a short path (sun_path holds 108 bytes).
-    const sockDir = mkdtempSync(path.join(tmpdir(), 'ext-dgram-'));
+    // The socket outside: this test's.
+    const sockDir = socketDir(t);
     const outside = sys.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    t.teardown(() => {
-      sys.close(outside);
-      rmSync(sockDir, { recursive: true, force: true });
-    });
+    t.teardown(() => sys.close(outside));
     const where = path.join(sockDir, 'log.sock');
     sys.bindUnix(outside, where);
     const w = await startWorkload('cr_state', dir, [`unix-ext-dgram=${where}`]);
