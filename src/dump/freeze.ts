@@ -7,8 +7,10 @@
  * dropped. Kernel interfaces: ptrace(2), /proc/PID/task.
  */
 
-import { TaskError } from '../errors.js';
+import { TaskError, UnsupportedError } from '../errors.js';
 import { Injector, findSyscallSite } from '../inject/injector.js';
+import { readChildren } from '../proc/children.js';
+import { readStat } from '../proc/stat.js';
 import { listThreads, readStatus } from '../proc/status.js';
 import * as sys from '../sys/native.js';
 import { PTRACE_O_SUSPEND_SECCOMP, SIGKILL, SIGSTOP, __WALL } from '../kernel/constants.js';
@@ -59,6 +61,47 @@ export function freezeProcess(pid: number, options: { timeoutMs?: number } = {})
   const leader = threads[0];
   if (leader === undefined) throw new TaskError(pid, `Task ${pid} has no live thread to dump`);
   return { pid, threads, leader };
+}
+
+/** A frozen process of a tree, with its parent's pid (0 for the tree's root). */
+export interface FrozenTask extends FrozenProcess {
+  ppid: number;
+}
+
+/**
+ * Freeze process `pid` and all its descendants, parents before their children: once a process
+ * is frozen it cannot fork, so its list of children is final when read. On failure every
+ * process frozen so far is resumed. A zombie child is refused (see refuseZombie).
+ */
+export function freezeTree(pid: number, options: { timeoutMs?: number } = {}): FrozenTask[] {
+  const tasks: FrozenTask[] = [];
+  const visit = (p: number, ppid: number): void => {
+    tasks.push({ ...freezeProcess(p, options), ppid });
+    for (const child of readChildren(p) ?? []) {
+      refuseZombie(p, child);
+      visit(child, p);
+    }
+  };
+  try {
+    visit(pid, 0);
+  } catch (err) {
+    for (const t of tasks.reverse()) safely(() => resumeProcess(t));
+    throw err;
+  }
+  return tasks;
+}
+
+/**
+ * A child that has exited but was not reaped keeps only its exit status, which criu-ts does not
+ * restore yet (CRIU makes it again as a zombie): refused rather than lost.
+ */
+export function refuseZombie(parent: number, child: number): void {
+  const state = readStat(child)?.state;
+  if (state === 'Z' || state === 'X')
+    throw new UnsupportedError(
+      'zombie',
+      `Cannot dump task ${parent}: its child ${child} is a zombie (exited, not reaped); zombies are not supported yet`,
+    );
 }
 
 /** Put every thread back as it was and let the process run on. */

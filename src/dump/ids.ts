@@ -4,7 +4,8 @@
  *
  * CRIU numbers the objects it meets from 1: its own (root_ids) come first, so they are vm, files,
  * fs and sighand 1 and, for namespaces, pid 1, net 2, ipc 3, uts 4, time 5, mnt 6, user 7, cgroup 8;
- * a dumped task's vm, files, fs and sighand are 2. A namespace the task shares with the dumper has
+ * the dumped tasks' vm, files, fs and sighand follow in tree order (2 for the first, 3 for the
+ * next...), one of each per process (criu-ts refuses tasks that share them). A namespace the task shares with the dumper has
  * the dumper's id, which tells a restore to leave it alone; one it does not share gets an id of its
  * own (criu-ts does not dump namespaces, and a restore by CRIU would ask for their images).
  * A namespace kind this kernel lacks gets no id, as CRIU does.
@@ -25,17 +26,21 @@ export interface KobjIds {
   root: ImageEntry;
 }
 
-/** The ids of task `pid` and of this process, as CRIU would write them. */
-export function kobjIds(pid: number): KobjIds {
+/**
+ * The ids of task `pid`, the `index`-th of the dumped tree (0: its root), and of this process,
+ * as CRIU would write them.
+ */
+export function kobjIds(pid: number, index = 0): KobjIds {
   const mine = readNamespaces(process.pid);
   const its = readNamespaces(pid);
-  const task: ImageEntry = { vm_id: 2, files_id: 2, fs_id: 2, sighand_id: 2 };
+  const own = 2 + index;
+  const task: ImageEntry = { vm_id: own, files_id: own, fs_id: own, sighand_id: own };
   let next = NS_KINDS.length + 1;
   NS_KINDS.forEach((kind, i) => {
-    const own = mine?.get(kind);
-    if (own === undefined) return;
+    const ours = mine?.get(kind);
+    if (ours === undefined) return;
     const theirs = its?.get(kind);
-    task[`${kind}_ns_id`] = theirs === undefined || theirs.inode === own.inode ? i + 1 : next++;
+    task[`${kind}_ns_id`] = theirs === undefined || theirs.inode === ours.inode ? i + 1 : next++;
   });
   return { task, root: rootIds(mine) };
 }

@@ -1,12 +1,16 @@
 /**
- * `criu dump`: checkpoint one running process (all its threads) into CRIU-format images.
+ * `criu dump`: checkpoint a running process, its threads and its descendants, into CRIU-format
+ * images (pstree.img lists the processes, parents first; each has its own mm, core, fdinfo, fs,
+ * ids and pagemap images, and files.img is shared: a description open in several processes is
+ * one entry).
  *
  * Steps, in order; any failure before the images are complete puts the process back exactly as
  * it was (threads resumed, registers and masks restored, no scratch mapping, not traced) and
  * removes what was written:
- *   1. check: the task exists, has no children, and every fd is of a supported kind
- *   2. freeze: seize and stop every thread
- *   3. collect: mm and VMAs, fds, per-thread cores, fs, ids (in memory)
+ *   1. check: the task exists, no zombie or shared kernel object in its tree, and every fd of
+ *      every process is of a supported kind
+ *   2. freeze: seize and stop every thread of every process, parents first
+ *   3. collect, process by process: mm and VMAs, fds, per-thread cores, fs, ids (in memory)
  *   4. memory: present pages copied into pages-1.img, pagemap-<pid>.img (or sent to a page
  *      server); with a tracker and a parent image, unchanged pages are left to the parent
  *   5. write the images (temporary names, renamed on completion), inventory.img last
@@ -18,13 +22,14 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { readlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { TaskError, UnsupportedError } from '../errors.js';
+import * as sys from '../sys/native.js';
 import { imageFileName, PARENT_LINK, writeParentLink, type ImageEntry } from '../images/index.js';
 import { prepareImageKinds, writeImagesSync, type ImageToWrite } from '../images/image-writer.js';
 import { log } from '../log.js';
 import { injectedCallCounts } from '../inject/injector.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
 import { pagesBytes } from '../mem/dump-pages.js';
-import { readChildren, scanChildren } from '../proc/children.js';
+import { readTree } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
 import type * as TrackModule from '../mem/track/index.js';
@@ -41,13 +46,22 @@ import type { TrackerChoice } from '../kerndat/tracker.js';
 import { kerndat } from '../kerndat/index.js';
 import { dumpTaskCore, dumpThread } from './core.js';
 import type { ActionHook } from '../actions.js';
-import { freezeProcess, killProcess, resumeProcess, stopProcess, type FrozenProcess } from './freeze.js';
-import { completeMm, dumpMm, dumpMmShmem, MM_CALLS, pathFileEntry, preReadMm } from './mm.js';
+import {
+  freezeTree,
+  killProcess,
+  refuseZombie,
+  resumeProcess,
+  stopProcess,
+  type FrozenProcess,
+  type FrozenTask,
+} from './freeze.js';
+import { completeMm, dumpMm, dumpMmShmem, MM_CALLS, pathFileEntry, preReadMm, type MmPreRead } from './mm.js';
 import { dumpSeccomp } from './seccomp.js';
 import { decodeKnown, planMemory } from './memory.js';
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
-import { kobjIds } from './ids.js';
+import { kobjIds, rootIds } from './ids.js';
+import { classifyVma, VMA_AREA, type VmaInfo } from './vma.js';
 import type { PidfdStore } from './pidfd-store.js';
 
 export type { DumpStats } from './entries.js';
@@ -132,40 +146,41 @@ function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted === true) throw new TaskError(0, 'Dump interrupted', { cause: signal.reason });
 }
 
-/** Dump process `pid` into `imagesDir`. Returns the statistics written to stats-dump. */
+/** Dump process `pid` and its descendants into `imagesDir`. Returns the statistics written to stats-dump. */
 export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const { pid } = opts;
   await opts.onAction?.('pre-dump', pid);
   const durability = { isDurable: opts.isDurable !== false };
   const reserving = copyBuffers.reserveAsync(2);
   reserving.catch(() => undefined); // awaited before the freeze
-  const stat = readStat(pid);
-  if (stat === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
-  const children = readChildren(pid) ?? scanChildren(pid);
-  if (children.length > 0)
-    throw new UnsupportedError(
-      'process-tree',
-      `Cannot dump task ${pid}: it has children (${children.join(', ')}); process trees are not supported yet`,
-    );
+  if (readStat(pid) === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
+  const isTracking = opts.trackMem === true || isTrackingRecorded(pid);
+  const seen = readTree(pid);
+  for (const t of seen.slice(1)) refuseZombie(t.ppid, t.pid);
+  // A tracking record left for a pid now reused, or stale, does not count (trackingKept).
+  const isTrackingTree = async (): Promise<boolean> =>
+    opts.trackMem === true || (isTracking && (await import('../mem/track/index.js')).trackingKept(pid) !== null);
+  if (seen.length > 1) refuseTreeWith(pid, seen, opts, await isTrackingTree());
   // smaps, read on the thread pool while the rest of the preparation runs (see preReadMm).
-  const mmPreReading = preReadMm(pid);
-  mmPreReading.catch(() => undefined); // awaited before the freeze
-  checkFds(pid, opts.fileOptions ?? {});
+  const mmPreReading = new Map(seen.map((t) => [t.pid, preReadMm(t.pid)]));
+  for (const reading of mmPreReading.values()) reading.catch(() => undefined); // awaited before the freeze
+  for (const t of seen) checkFds(t.pid, opts.fileOptions ?? {});
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
-  let nextPagesId = 2; // pages-1.img holds the task's memory
-  const sink = opts.sink ?? localPageSink(dir);
+  let nextPagesId = 2; // pages-1.img holds the first task's memory
+  const allocPagesId = (): number => nextPagesId++;
+  const sink = opts.sink ?? localPageSink(dir, allocPagesId);
   const isLinkingParent = opts.prevImagesDir !== undefined && sink.isLocal;
   const isParentLinkEarly = isLinkingParent && !before.has(PARENT_LINK);
   // A full dump reserves room for its pages at once, on the thread pool (PageSink.reserve): it
   // is allocated while the rest is prepared. A failure from here on discards it (sink.abort).
-  const isTracking = opts.trackMem === true || isTrackingRecorded(pid);
+  // (The first task's pages go into the reserved pages-1.img: its estimate only.)
   const estimate = opts.prevImagesDir === undefined && !isTracking ? estimatePagesBytes(pid) : 0;
   if (estimate >= RESERVE_MIN_BYTES) sink.reserve?.(estimate);
   let track: typeof TrackModule | null;
-  let mmPre: Awaited<typeof mmPreReading>;
-  let frozen: FrozenProcess | null;
+  const mmPre = new Map<number, MmPreRead | null>();
+  let tasks: FrozenTask[] | null;
   let t0: number;
   try {
     await dumpCpuinfo(dir);
@@ -180,18 +195,25 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     prepareImageKinds(DUMP_IMAGE_KINDS);
     log().debug('dump: prepared (cpuinfo written, image coders ready)');
     // smaps walks every page table: read before the freeze; once frozen only checked to still hold.
-    mmPre = await mmPreReading;
+    for (const [p, reading] of mmPreReading) mmPre.set(p, await reading);
     log().debug('dump: smaps read');
+    // Memory shared between processes, refused before the freeze (checked again frozen).
+    if (seen.length > 1) {
+      const sharedMemory = new Map<number, number>();
+      for (const [p, pre] of mmPre) if (pre !== null) refuseSharedMemory(p, pre.smaps.map(classifyVma), sharedMemory);
+    }
     await reserving; // the copy buffers' first touch is slow on VMs: not while frozen (buffer-pool.ts)
     log().debug('dump: copy buffers ready');
     t0 = nowUs();
-    frozen = freezeProcess(pid);
+    tasks = freezeTree(pid);
   } catch (err) {
     await sink.abort();
+    await removeNew(dir, before);
     throw err;
   }
   const tFrozen = nowUs();
-  log().info(`Frozen ${frozen.threads.length} thread(s) of ${pid} in ${tFrozen - t0} us`);
+  const nrThreads = tasks.reduce((n, t) => n + t.threads.length, 0);
+  log().info(`Frozen ${tasks.length} process(es) of tree ${pid}, ${nrThreads} thread(s), in ${tFrozen - t0} us`);
   const stats: DumpResult = {
     freezingTimeUs: tFrozen - t0,
     frozenTimeUs: 0,
@@ -201,161 +223,157 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     pagesSkippedParent: 0,
     pagesWritten: 0,
   };
-  let tracker: DirtyTracker | null = null;
+  // Set by each process's dump (a closure): typed so that TypeScript does not narrow them to null.
+  let tracker = null as DirtyTracker | null;
   /** The page copy once started: stopped and settled before the sink is discarded after a failure. */
-  let copy: { promise: Promise<unknown>; abort: AbortController } | null = null;
+  let copy = null as { promise: Promise<unknown>; abort: AbortController } | null;
   // The files' shared state: one ghost table for the fds and the mappings (a deleted file open
-  // and mapped is one ghost), and the --link-remap links a failed dump removes.
+  // and mapped is one ghost), and the --link-remap links a failed dump removes. One for the
+  // tree: a description open in several processes is one file entry.
   const filesShared = new Map<string, unknown>();
   let postDumpError: unknown = null;
   try {
+    // Processes forked while the tree was read are checked now (a refusal resumes the tree).
+    for (const t of tasks) if (!mmPreReading.has(t.pid)) checkFds(t.pid, opts.fileOptions ?? {});
+    if (tasks.length > 1) refuseTreeWith(pid, tasks, opts, await isTrackingTree());
     throwIfAborted(opts.signal);
     let nextId = 1;
     const allocId = (): number => nextId++;
     const extraImages = new Map<string, { entry: ImageEntry; extra?: Uint8Array }[]>();
-
-    log().debug('dump: mm');
-    const mm = dumpMm(pid, allocId, mmPre);
-    const dirEntry = (p: string): number => {
-      const id = allocId();
-      mm.files.push(pathFileEntry(id, p, O_DIRECTORY, statSync(`/proc/${pid}/root${p}`, { bigint: true })));
-      return id;
-    };
-    const fsEntry = {
-      cwd_id: dirEntry(readlinkSync(`/proc/${pid}/cwd`)),
-      root_id: dirEntry(readlinkSync(`/proc/${pid}/root`)),
-      umask: readStatus(pid)?.umask ?? 0o22,
-    };
-    // The scratch mapping of the injected calls, made before the page copy starts: mmap and
-    // munmap wait for the task's mmap lock, which each read of the copy holds (an injected mmap
-    // took 10-17 ms beside a copy), and readers of /proc/PID then queue behind them. The other
-    // threads' calls use the same mapping (they are made one thread after the other).
-    const scratch = frozen.leader.prepareScratch(SCRATCH_BYTES);
-    for (const t of frozen.threads) if (t !== frozen.leader) t.useScratch(scratch.addr, scratch.sizeBytes);
-    // The memory first: its copy runs on the thread pool while this thread collects the rest and
-    // writes the small images. The injected calls meanwhile only write to the scratch mapping,
-    // which is not one of mm.vmas (and the task is frozen).
-    log().debug('dump: memory');
-    const tMem = nowUs();
-    if (track !== null && (opts.trackMem === true || track.trackingKept(pid) !== null)) {
-      tracker = await track.openTracker({ pid, injector: frozen.leader, choice: opts.tracker ?? 'auto' });
-      // A dump ends the tracking (below, or on failure): its collect need not re-arm.
-      tracker.markLastCollect();
-    }
-    log().debug('dump: memory plan');
-    const hasParent = await sink.open(pid, opts.prevImagesDir);
-    const isReused = hasParent && opts.pidfdStore?.isReusedSinceParent(pid, opts.prevImagesDir) === true;
-    const known =
-      hasParent && tracker !== null && !isReused
-        ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir)
-        : null;
-    const plan = await planMemory(pid, mm.vmas, tracker, known);
-    log().debug('dump: memory copy');
-    const totalBytes = pagesBytes(plan.copy);
-    // Stopped at its next chunk by the caller's signal, or by a failure of what runs beside it.
-    const copyAbort = new AbortController();
-    const onAbort = (): void => copyAbort.abort(opts.signal?.reason);
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    const copying = sink
-      .writePages(pid, plan, {
-        running: false,
-        signal: copyAbort.signal,
-        onProgress: (done) => opts.onProgress?.('memory', done, totalBytes),
-      })
-      .then((pages) => {
-        stats.memdumpTimeUs = nowUs() - tMem;
-        return pages;
-      })
-      .finally(() => opts.signal?.removeEventListener('abort', onAbort));
-    copy = { promise: copying, abort: copyAbort };
-    copying.catch(() => undefined); // awaited below, or before the sink is discarded
-
-    log().debug('dump: files');
-    const images = localImageSink(dir, () => nextPagesId++);
     const addEntry = async (kind: string, entry: ImageEntry, extra?: Uint8Array): Promise<void> => {
-      if (kind === 'FILES') {
-        mm.files.push(entry); // a file entry another refers to (a FIFO's path, say)
-        return;
-      }
       const list = extraImages.get(kind) ?? [];
       list.push(extra === undefined ? { entry } : { entry, extra });
       extraImages.set(kind, list);
     };
+    const images = localImageSink(dir, allocPagesId);
     const fileOptions = opts.fileOptions ?? {};
-    const files = await dumpFiles(pid, frozen.leader, {
-      allocId,
-      images,
-      options: fileOptions,
-      shared: filesShared,
-      addEntry,
-    });
-    await dumpDeletedMappings(pid, mm.deleted, {
-      pid,
-      injector: frozen.leader,
-      allocId,
-      images,
-      options: fileOptions,
-      shared: filesShared,
-      addEntry,
-    });
-    // Shared memory contents, after the fds: a mapped memfd may be open as an fd too.
-    const memfdInodes = extraImages.get('MEMFD_INODE') ?? [];
-    const inodeEntries = memfdInodes.map((e) => e.entry);
-    await dumpMmShmem(pid, mm, { allocId, images, memfdInodes: inodeEntries });
-    for (const entry of inodeEntries.slice(memfdInodes.length)) memfdInodes.push({ entry });
-    if (memfdInodes.length > 0) extraImages.set('MEMFD_INODE', memfdInodes);
-    throwIfAborted(opts.signal);
-
-    log().debug('dump: task core');
-    // The mm's injected calls go in the task core's batch: one resumption of the task for both.
-    const { tc: taskCore, extra: mmResults } = dumpTaskCore(pid, frozen.leader, MM_CALLS);
-    completeMm(mm, mmResults);
-    log().debug('dump: thread cores');
-    const seccomp = dumpSeccomp(
-      pid,
-      frozen.threads.map((t) => t.tid),
-    );
-    const cores = frozen.threads.map((inj) => {
-      const t = dumpThread(pid, inj);
-      const sc = seccomp.threads.get(inj.tid);
-      if (sc !== undefined && sc.mode !== 0) {
-        t.thread_core['seccomp_mode'] = sc.mode;
-        if (sc.newest !== undefined) t.thread_core['seccomp_filter'] = sc.newest;
-      }
-      const core: ImageEntry = { mtype: 1, thread_info: t.thread_info, thread_core: t.thread_core };
-      if (inj.tid === frozen?.leader.tid) core['tc'] = taskCore;
-      return { tid: inj.tid, core };
-    });
-
-    // The small images in one synchronous batch (src/images/image-writer.ts says why), while the
-    // pages are still being copied: the inventory, written last, is what makes the dump whole.
     const batch: ImageToWrite[] = [];
     const add = (name: string, kind: string, entries: ImageToWrite['entries']): void => {
       batch.push({ path: path.join(dir, name), kind, entries });
     };
-    add(`mm-${pid}.img`, 'MM', [mm.entry]);
-    for (const { tid, core } of cores) add(`core-${tid}.img`, 'CORE', [core]);
-    add('files.img', 'FILES', [...mm.files, ...files.files]);
-    add('fdinfo-2.img', 'FDINFO', files.fdinfo);
+    /** files.img: every task's file entries (its mappings' files, then its fds'). */
+    const fileEntries: ImageEntry[] = [];
+    const pstree: ImageEntry[] = [];
+    const seccomp = dumpSeccomp(tasks.map((t) => ({ pid: t.pid, tids: t.threads.map((inj) => inj.tid) })));
+    const sharedMemory = new Map<number, number>(); // shmem inode -> the first process mapping it
+    const tMem = nowUs();
+    const isOneProcess = tasks.length === 1;
+
+    /** One process of the tree: its images go into `batch`, its pages through the sink. */
+    const dumpTask = async (task: FrozenTask, index: number): Promise<void> => {
+      const tp = task.pid;
+      log().debug(`dump: mm of ${tp}`);
+      const mm = dumpMm(tp, allocId, mmPre.get(tp) ?? null);
+      refuseSharedMemory(tp, mm.vmas, sharedMemory);
+      const dirEntry = (p: string): number => {
+        const id = allocId();
+        mm.files.push(pathFileEntry(id, p, O_DIRECTORY, statSync(`/proc/${tp}/root${p}`, { bigint: true })));
+        return id;
+      };
+      const fsEntry = {
+        cwd_id: dirEntry(readlinkSync(`/proc/${tp}/cwd`)),
+        root_id: dirEntry(readlinkSync(`/proc/${tp}/root`)),
+        umask: readStatus(tp)?.umask ?? 0o22,
+      };
+      // The scratch mapping of the injected calls, made before the page copy starts: mmap and
+      // munmap wait for the task's mmap lock, which each read of the copy holds (an injected mmap
+      // took 10-17 ms beside a copy), and readers of /proc/PID then queue behind them. The other
+      // threads' calls use the same mapping (they are made one thread after the other).
+      const scratch = task.leader.prepareScratch(SCRATCH_BYTES);
+      for (const t of task.threads) if (t !== task.leader) t.useScratch(scratch.addr, scratch.sizeBytes);
+      // The memory first: its copy runs on the thread pool while this thread collects the rest and
+      // writes the small images. The injected calls meanwhile only write to the scratch mapping,
+      // which is not one of mm.vmas (and the task is frozen).
+      log().debug('dump: memory');
+      if (track !== null && isOneProcess && (opts.trackMem === true || track.trackingKept(tp) !== null)) {
+        tracker = await track.openTracker({ pid: tp, injector: task.leader, choice: opts.tracker ?? 'auto' });
+        // A dump ends the tracking (below, or on failure): its collect need not re-arm.
+        tracker.markLastCollect();
+      }
+      log().debug('dump: memory plan');
+      const hasParent = await sink.open(tp, opts.prevImagesDir);
+      const isReused = hasParent && opts.pidfdStore?.isReusedSinceParent(tp, opts.prevImagesDir) === true;
+      const known =
+        hasParent && tracker !== null && !isReused
+          ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir)
+          : null;
+      const plan = await planMemory(tp, mm.vmas, tracker, known);
+      log().debug('dump: memory copy');
+      const totalBytes = pagesBytes(plan.copy);
+      // Stopped at its next chunk by the caller's signal, or by a failure of what runs beside it.
+      const copyAbort = new AbortController();
+      const onAbort = (): void => copyAbort.abort(opts.signal?.reason);
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      const copying = sink
+        .writePages(tp, plan, {
+          running: false,
+          signal: copyAbort.signal,
+          onProgress: (done) => opts.onProgress?.('memory', done, totalBytes),
+        })
+        .finally(() => opts.signal?.removeEventListener('abort', onAbort));
+      copy = { promise: copying, abort: copyAbort };
+      copying.catch(() => undefined); // awaited below, or before the sink is discarded
+
+      log().debug('dump: files');
+      const fileCtx = { allocId, images, options: fileOptions, shared: filesShared, addEntry };
+      const files = await dumpFiles(tp, task.leader, fileCtx);
+      await dumpDeletedMappings(tp, mm.deleted, { ...fileCtx, pid: tp, injector: task.leader });
+      // Shared memory contents, after the fds: a mapped memfd may be open as an fd too.
+      const memfdInodes = extraImages.get('MEMFD_INODE') ?? [];
+      const inodeEntries = memfdInodes.map((e) => e.entry);
+      await dumpMmShmem(tp, mm, { allocId, images, memfdInodes: inodeEntries });
+      for (const entry of inodeEntries.slice(memfdInodes.length)) memfdInodes.push({ entry });
+      if (memfdInodes.length > 0) extraImages.set('MEMFD_INODE', memfdInodes);
+      throwIfAborted(opts.signal);
+
+      log().debug('dump: task core');
+      // The mm's injected calls go in the task core's batch: one resumption of the task for both.
+      const { tc: taskCore, extra: mmResults } = dumpTaskCore(tp, task.leader, MM_CALLS);
+      completeMm(mm, mmResults);
+      log().debug('dump: thread cores');
+      for (const inj of task.threads) {
+        const t = dumpThread(tp, inj);
+        const sc = seccomp.threads.get(inj.tid);
+        if (sc !== undefined && sc.mode !== 0) {
+          t.thread_core['seccomp_mode'] = sc.mode;
+          if (sc.newest !== undefined) t.thread_core['seccomp_filter'] = sc.newest;
+        }
+        const core: ImageEntry = { mtype: 1, thread_info: t.thread_info, thread_core: t.thread_core };
+        if (inj.tid === task.leader.tid) core['tc'] = taskCore;
+        add(`core-${inj.tid}.img`, 'CORE', [core]);
+      }
+      const ids = kobjIds(tp, index);
+      add(`mm-${tp}.img`, 'MM', [mm.entry]);
+      add(`fdinfo-${Number(ids.task['files_id'])}.img`, 'FDINFO', files.fdinfo);
+      add(`fs-${tp}.img`, 'FS', [fsEntry]);
+      add(`ids-${tp}.img`, 'IDS', [ids.task]);
+      fileEntries.push(...mm.files, ...files.files);
+      const st = readStat(tp);
+      if (st === null) throw new TaskError(tp, `Task ${tp} exited while being dumped`);
+      pstree.push({
+        pid: tp,
+        ppid: task.ppid,
+        pgid: st.pgrp,
+        sid: st.session,
+        threads: task.threads.map((t) => t.tid).sort((a, b) => (a === tp ? -1 : b === tp ? 1 : a - b)),
+      });
+      const pages = await copying;
+      stats.pagesScanned += plan.pagesScanned;
+      stats.pagesSkippedParent += plan.pagesInParent;
+      stats.pagesWritten += pages.pagesWritten;
+    };
+
+    for (const [i, task] of tasks.entries()) await dumpTask(task, i);
+    stats.memdumpTimeUs = nowUs() - tMem;
+    // The small images in one synchronous batch (src/images/image-writer.ts says why). Files
+    // other modules refer to (a FIFO's path, say) come in as FILES entries of addEntry.
+    const filesExtra = extraImages.get('FILES') ?? [];
+    extraImages.delete('FILES');
+    add('files.img', 'FILES', [...fileEntries, ...filesExtra.map((e) => e.entry)]);
     for (const [kind, list] of extraImages) add(imageFileName(kind), kind, list);
-    add(`fs-${pid}.img`, 'FS', [fsEntry]);
-    const ids = kobjIds(pid);
-    add(`ids-${pid}.img`, 'IDS', [ids.task]);
-    add('pstree.img', 'PSTREE', [
-      {
-        pid,
-        ppid: 0,
-        pgid: stat.pgrp,
-        sid: stat.session,
-        threads: frozen.threads.map((t) => t.tid).sort((a, b) => (a === pid ? -1 : b === pid ? 1 : a - b)),
-      },
-    ]);
+    add('pstree.img', 'PSTREE', pstree);
     add('seccomp.img', 'SECCOMP', [seccomp.filters.length > 0 ? { seccomp_filters: seccomp.filters } : {}]);
     writeImagesSync(batch, durability);
-    const pages = await copying;
-    stats.pagesScanned = plan.pagesScanned;
-    stats.pagesSkippedParent = plan.pagesInParent;
-    stats.pagesWritten = pages.pagesWritten;
     throwIfAborted(opts.signal);
 
     log().debug('dump: images');
@@ -365,8 +383,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     if (isLinkingParent && !isParentLinkEarly) await writeParentLink(dir, opts.prevImagesDir as string);
     stats.memwriteTimeUs = nowUs() - tWrite;
     // Last: the inventory makes the directory a complete dump.
-    add('inventory.img', 'INVENTORY', [inventoryEntry(ids.root)]);
-    writeImagesSync(batch.slice(-1), durability);
+    writeImagesSync(
+      [{ path: path.join(dir, 'inventory.img'), kind: 'INVENTORY', entries: [inventoryEntry(rootIds())] }],
+      durability,
+    );
     stats.frozenTimeUs = nowUs() - tFrozen;
     // Frozen time: the counts are formatted only when they will be written.
     if (log().isEnabled(4)) log().debug(`dump: end (injected calls so far: ${JSON.stringify(injectedCallCounts())})`);
@@ -378,26 +398,29 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       }
     }
 
-    const ending = frozen;
+    const ending = tasks;
+    const root = ending[0] as FrozenTask;
     if (postDumpError !== null) {
       // As CRIU: a failed post-dump action leaves the task running and the images in place; the
       // caller learns the script's status and decides (kill it, or let it run).
       if (tracker !== null) await tracker.end().catch(() => undefined);
       tracker = null;
-      frozen = null;
+      tasks = null;
       removeLinkRemaps(filesShared);
-      releaseTcpRepair(filesShared, pid);
-      resumeProcess(ending);
+      releaseTree(filesShared, ending);
+      resumeTree(ending);
     } else if (opts.end === 'kill') {
       // Killed first, then the tracking ended: with the task's address space gone, closing the
       // userfaultfd has no VMA left to unregister (~40 ms for 1 GiB otherwise). The images are
       // complete: a failure to end the tracking is only logged.
       const last = tracker;
       tracker = null;
-      frozen = null;
-      // With tracking, the end is collected: see above.
-      killProcess(ending, { isReaping: last !== null || opts.canLeaveKilledUnreaped !== true });
-      log().debug(`dump: task ${pid} killed`);
+      tasks = null;
+      // With tracking, the end is collected: see above. Children first: each is gone before its
+      // parent, which is then not woken by their SIGCHLD.
+      for (const t of [...ending].reverse())
+        killProcess(t, { isReaping: last !== null || opts.canLeaveKilledUnreaped !== true });
+      log().debug(`dump: tree ${pid} killed`);
       if (last !== null)
         await last
           .end()
@@ -407,8 +430,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       // ends the tracking, cheaply: see above) or resumes it (ending the tracking first).
       const last = tracker;
       tracker = null;
-      frozen = null;
-      stats.frozen = ending;
+      tasks = null;
+      stats.frozen = root;
       stats.frozenAtUs = t0; // the freeze began there: its own time is downtime too
       stats.endTracking = async () => {
         if (last !== null) await last.end();
@@ -417,28 +440,28 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       // Tracking ends with the final dump: the task is left as it was before the first pre-dump.
       if (tracker !== null) await tracker.end();
       tracker = null;
-      frozen = null;
+      tasks = null;
       // As CRIU: a task left running gets its connections back now; one left stopped keeps them
       // in repair mode and locked, to be killed and restored.
       if (opts.end === 'leave-running') {
-        releaseTcpRepair(filesShared, pid);
-        resumeProcess(ending);
-      } else stopProcess(ending);
-      opts.pidfdStore?.add(pid); // the task lives on: a later dump may compare against this one
+        releaseTree(filesShared, ending);
+        resumeTree(ending);
+      } else for (const t of ending) stopProcess(t);
+      for (const t of ending) opts.pidfdStore?.add(t.pid); // alive: a later dump may compare against this one
     }
   } catch (err) {
     removeLinkRemaps(filesShared);
-    releaseTcpRepair(filesShared, pid);
+    if (tasks !== null) releaseTree(filesShared, tasks);
     copy?.abort.abort(err);
     await copy?.promise.catch(() => undefined);
     // A dump ends the tracking either way (its collect did not re-arm: markLastCollect).
     if (tracker !== null) await tracker.end().catch(() => undefined);
     await sink.abort();
-    if (frozen !== null) {
+    if (tasks !== null) {
       try {
-        resumeProcess(frozen);
+        resumeTree(tasks);
       } catch (resumeErr) {
-        log().error(`Cannot resume task ${pid} after a failed dump: ${String(resumeErr)}`);
+        log().error(`Cannot resume tree ${pid} after a failed dump: ${String(resumeErr)}`);
       }
     }
     await removeNew(dir, before);
@@ -456,4 +479,85 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     log().info(`auto-dedup: ${saved} bytes punched out of the parent images`);
   }
   return stats;
+}
+
+/** kcmp(2) types of the objects a clone can share without CLONE_THREAD. uapi/linux/kcmp.h. */
+const SHARED_OBJECTS = [
+  { type: 1, what: 'address space (vfork or CLONE_VM)' },
+  { type: 2, what: 'fd table (CLONE_FILES)' },
+  { type: 3, what: 'cwd and root (CLONE_FS)' },
+  { type: 4, what: 'signal handlers (CLONE_SIGHAND)' },
+];
+
+/**
+ * What a tree dump cannot do yet, refused before anything changes: memory tracking and a live
+ * migration's frozen end for more than one process, and processes that share kernel objects
+ * with their parent, or a session or process group restore could not make again.
+ */
+function refuseTreeWith(
+  pid: number,
+  tree: readonly { pid: number; ppid: number }[],
+  opts: DumpOptions,
+  isTracking: boolean,
+): void {
+  const refuse = (why: string): never => {
+    throw new UnsupportedError('process-tree', `Cannot dump tree ${pid}: ${why}`);
+  };
+  if (isTracking) refuse('memory tracking (--track-mem, pre-dump) of a process tree is not supported yet');
+  if (opts.end === 'keep-frozen') refuse('live migration of a process tree is not supported yet');
+  const stats = new Map(tree.map((t) => [t.pid, readStat(t.pid)]));
+  for (const t of tree.slice(1)) {
+    for (const o of SHARED_OBJECTS) {
+      let same: number;
+      try {
+        same = sys.kcmp(t.ppid, t.pid, o.type, 0n, 0n);
+      } catch {
+        continue; // gone: the freeze finds out
+      }
+      if (same === 0) refuse(`process ${t.pid} shares its parent's ${o.what}; not supported yet`);
+    }
+    const st = stats.get(t.pid);
+    const parent = stats.get(t.ppid);
+    if (st == null || parent == null) continue;
+    if (st.session !== parent.session && st.session !== t.pid)
+      refuse(`process ${t.pid} is in session ${st.session}, neither its own nor its parent's; not supported yet`);
+    const leader = stats.get(st.pgrp);
+    if (st.pgrp !== parent.pgrp && st.pgrp !== t.pid && (leader == null || leader.session !== st.session))
+      refuse(`process ${t.pid} is in process group ${st.pgrp}, whose leader is outside the tree; not supported yet`);
+  }
+}
+
+/**
+ * Shared anonymous memory and memfds mapped by more than one process of the tree would be
+ * restored as separate copies: refused (`first` maps each such object to the first mapper).
+ */
+function refuseSharedMemory(pid: number, vmas: readonly VmaInfo[], first: Map<number, number>): void {
+  for (const v of vmas) {
+    if (v.inode === 0 || (v.status & (VMA_AREA.ANON_SHARED | VMA_AREA.MEMFD)) === 0) continue;
+    const other = first.get(v.inode);
+    if (other === undefined) first.set(v.inode, pid);
+    else if (other !== pid)
+      throw new UnsupportedError(
+        'process-tree',
+        `Cannot dump task ${pid}: it shares memory (shmem inode ${v.inode}) with process ${other}; shared memory between processes is not supported yet`,
+      );
+  }
+}
+
+/** Undo --tcp-established in every process of the tree (repair mode off, locks lifted). */
+function releaseTree(shared: Map<string, unknown>, tasks: readonly FrozenTask[]): void {
+  for (const t of tasks) releaseTcpRepair(shared, t.pid);
+}
+
+/** Resume every process of the tree; the first failure is thrown once all were tried. */
+function resumeTree(tasks: readonly FrozenTask[]): void {
+  const errors: unknown[] = [];
+  for (const t of tasks) {
+    try {
+      resumeProcess(t);
+    } catch (err) {
+      errors.push(err);
+    }
+  }
+  if (errors.length > 0) throw errors[0];
 }

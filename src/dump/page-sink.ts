@@ -39,9 +39,14 @@ export interface PageSink {
   destination(dir: string): string;
 }
 
-/** Pages as files in `dir`: pages-1.img (copied data) and pagemap-<pid>.img (written on commit). */
-export function localPageSink(dir: string): PageSink {
-  let pending: { pid: number; plan: MemoryPlan } | null = null;
+/**
+ * Pages as files in `dir`: pages-<n>.img (copied data) and pagemap-<pid>.img (written on commit)
+ * for each task opened, pages-1.img for the first; `allocPagesId` numbers the others.
+ */
+export function localPageSink(dir: string, allocPagesId?: () => number): PageSink {
+  let nextOwnId = 2;
+  const nextId = allocPagesId ?? ((): number => nextOwnId++);
+  const pending: { pid: number; plan: MemoryPlan; pagesId: number }[] = [];
   const written: string[] = [];
   let prepared: Promise<PreparedPagesFile> | null = null;
   /** The reserved file, now the caller's (undefined: none, or its open failed). */
@@ -64,22 +69,25 @@ export function localPageSink(dir: string): PageSink {
       return Promise.resolve(ok);
     },
     async writePages(pid, plan, opts) {
-      const file = await takePrepared();
-      const res = await writePages(pid, plan.copy, dir, 1, opts.onProgress, opts.signal, opts.running, file);
-      written.push('pages-1.img');
+      // The reserved file is the first task's (its estimate is the tree's: a hint only).
+      const pagesId = pending.length === 0 ? 1 : nextId();
+      const file = pagesId === 1 ? await takePrepared() : undefined;
+      const res = await writePages(pid, plan.copy, dir, pagesId, opts.onProgress, opts.signal, opts.running, file);
+      written.push(`pages-${pagesId}.img`);
       if (res.pagesGone > 0) log().info(`${res.pagesGone} pages were unmapped during the copy (zeros written)`);
-      pending = { pid, plan };
+      pending.push({ pid, plan, pagesId });
       return { pagesWritten: res.pagesWritten };
     },
     async commit() {
-      if (pending === null) return;
-      const name = `pagemap-${pending.pid}.img`;
-      await writeImage(path.join(dir, name), 'PAGEMAP', [
-        { entry: { pages_id: 1 } },
-        ...pending.plan.entries.map((r) => ({ entry: pagemapEntry(r) })),
-      ]);
-      written.push(name);
-      pending = null;
+      for (const p of pending) {
+        const name = `pagemap-${p.pid}.img`;
+        await writeImage(path.join(dir, name), 'PAGEMAP', [
+          { entry: { pages_id: p.pagesId } },
+          ...p.plan.entries.map((r) => ({ entry: pagemapEntry(r) })),
+        ]);
+        written.push(name);
+      }
+      pending.length = 0;
     },
     async abort() {
       const file = await takePrepared();

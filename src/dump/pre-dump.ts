@@ -85,7 +85,7 @@ export function checkDumpable(pid: number, fileOptions: FileOptions = {}): void 
   if (children.length > 0)
     throw new UnsupportedError(
       'process-tree',
-      `Cannot dump task ${pid}: it has children (${children.join(', ')}); process trees are not supported yet`,
+      `Cannot pre-dump task ${pid}: it has children (${children.join(', ')}); pre-dump of a process tree is not supported yet (dump it without pre-dumps)`,
     );
   checkFds(pid, fileOptions);
 }

@@ -35,11 +35,12 @@ function readChain(tid: number): Buffer[] {
   return chain.reverse(); // oldest first
 }
 
-export function dumpSeccomp(pid: number, tids: readonly number[]): SeccompDump {
+/** The seccomp state of threads (`pid`: each one's process), with one filter list for all. */
+export function dumpSeccomp(threadsOf: readonly { pid: number; tids: readonly number[] }[]): SeccompDump {
   const filters: ImageEntry[] = [];
   const known = new Map<string, number>(); // chain prefix key -> index of its last filter
   const threads = new Map<number, { mode: number; newest?: number }>();
-  for (const tid of tids) {
+  for (const { pid, tid } of threadsOf.flatMap((p) => p.tids.map((tid) => ({ pid: p.pid, tid })))) {
     const mode = SECCOMP_MODES[readStatus(pid, tid)?.seccompMode ?? 'disabled'];
     if (mode !== SECCOMP_MODE_FILTER) {
       threads.set(tid, { mode });

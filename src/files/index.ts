@@ -77,9 +77,12 @@ export async function dumpFiles(
   const pidfd = sys.pidfdOpen(pid, 0);
   const files: ImageEntry[] = [];
   const fdinfo: ImageEntry[] = [];
-  const seen: { input: FdDumpInput; id: number; type: number }[] = [];
-  // `shared` may come from the caller: the mm dump saves deleted mapped files as ghosts too.
+  /** This process's descriptions so far, with criu's duplicates (closed at the end). */
+  const seen: { localFd: number; d: DumpedDescription }[] = [];
+  // `shared` may come from the caller: the mm dump saves deleted mapped files as ghosts too, and
+  // the other processes of a tree may hold the same descriptions (one entry for all).
   const full: FileDumpContext = { ...ctx, pid, injector, shared: ctx.shared ?? new Map() };
+  const dumpedBefore = sharedList<DumpedDescription>(full.shared, DESCRIPTIONS);
   try {
     for (const fd of listFds(pid)) {
       const input = readFdInput(pid, pidfd, fd);
@@ -96,13 +99,12 @@ export async function dumpFiles(
         sys.close(input.localFd);
         throw new UnsupportedError(`fd-kind-${mod.name}`, refusal);
       }
-      const same = seen.find(
-        (s) =>
-          s.type === mod.type &&
-          s.input.stat.dev === input.stat.dev &&
-          s.input.stat.ino === input.stat.ino &&
-          sys.kcmp(pid, pid, KCMP_FILE, BigInt(s.input.fd), BigInt(fd)) === 0,
-      );
+      const isSame = (s: DumpedDescription): boolean =>
+        s.type === mod.type &&
+        s.dev === input.stat.dev &&
+        s.ino === input.stat.ino &&
+        sys.kcmp(s.pid, pid, KCMP_FILE, BigInt(s.fd), BigInt(fd)) === 0;
+      const same = seen.map((s) => s.d).find(isSame) ?? dumpedBefore.find(isSame);
       let id: number;
       if (same !== undefined) {
         id = same.id;
@@ -110,21 +112,43 @@ export async function dumpFiles(
       } else {
         id = ctx.allocId();
         files.push(await mod.dump(input, id, full));
-        seen.push({ input, id, type: mod.type });
+        seen.push({
+          localFd: input.localFd,
+          d: { pid, fd, dev: input.stat.dev, ino: input.stat.ino, id, type: mod.type },
+        });
       }
       fdinfo.push({ id, flags: (input.fdinfo.flags & O_CLOEXEC) !== 0 ? FD_CLOEXEC : 0, type: mod.type, fd });
     }
   } finally {
-    for (const s of seen) sys.close(s.input.localFd);
+    for (const s of seen) sys.close(s.localFd);
     sys.close(pidfd);
   }
+  dumpedBefore.push(...seen.map((s) => s.d));
   return { files, fdinfo };
 }
 
-/**
- * Rebuild the fd table inside a task being restored (whose own fds were closed before), from
- * files.img entries and the task's fdinfo entries.
- */
+/** A description dumped for an earlier process of the tree: where it was, its file id. */
+interface DumpedDescription {
+  pid: number;
+  fd: number;
+  dev: bigint;
+  ino: bigint;
+  id: number;
+  type: number;
+}
+
+/** ctx.shared key: the DumpedDescription list of the processes dumped so far. */
+const DESCRIPTIONS = 'files.descriptions';
+
+function sharedList<T>(shared: Map<string, unknown>, key: string): T[] {
+  let list = shared.get(key) as T[] | undefined;
+  if (list === undefined) {
+    list = [];
+    shared.set(key, list);
+  }
+  return list;
+}
+
 /** What --inherit-fd fd[N]:KEY keys a file by: "pipe:[ID]" for pipes, the path for files. */
 export function inheritKeyOf(entry: ImageEntry): string[] {
   const pipe = entry['pipe'] as ImageEntry | undefined;
@@ -137,13 +161,34 @@ export function inheritKeyOf(entry: ImageEntry): string[] {
   return [];
 }
 
+/**
+ * What the processes of a restored tree share: where each file was restored first, so that the
+ * other processes holding the same description get that one (by pidfd_getfd inside them), and
+ * the kind modules' state that pairs descriptions across processes (a pipe's two ends).
+ */
+export class TreeFiles {
+  /** File id -> the process it was restored in first and one of its fds there. */
+  readonly placed = new Map<number, { pid: number; fd: number }>();
+  readonly shared = new Map<string, unknown>();
+}
+
+/**
+ * Rebuild the fd table inside a task being restored (whose own fds were closed before), from
+ * files.img entries and the task's fdinfo entries. In a tree, `tree` is shared by the restores
+ * of all its processes, and the modules' finishing work (closing what they kept for later files)
+ * is left to the returned `finish`, to be called once every process has its files; without a
+ * tree it is done before returning.
+ */
 export async function restoreFiles(
   injector: Injector,
   files: readonly ImageEntry[],
   fdinfo: readonly ImageEntry[],
-  ctx: Omit<FileRestoreContext, 'injector' | 'fdOfFileId' | 'parkFd' | 'shared'> & { shared?: Map<string, unknown> },
+  ctx: Omit<FileRestoreContext, 'injector' | 'fdOfFileId' | 'parkFd' | 'shared' | 'tree'> & {
+    shared?: Map<string, unknown>;
+  },
   inheritFds: readonly { fd: number; key: string }[] = [],
-): Promise<void> {
+  tree?: TreeFiles,
+): Promise<{ finish: () => Promise<void> }> {
   const byId = new Map(files.map((f) => [Number(f['id']), f]));
   const fdsOf = new Map<number, ImageEntry[]>();
   for (const e of fdinfo) {
@@ -157,6 +202,15 @@ export async function restoreFiles(
     fdOfFileId: (id) => placed.get(id),
     parkFd: fdParker(injector, Math.max(-1, ...fdinfo.map((e) => Number(e['fd']))) + 1),
     shared: ctx.shared ?? new Map(),
+    ...(tree === undefined
+      ? {}
+      : {
+          tree: {
+            shared: tree.shared,
+            fdOfFileId: (id: number) => tree.placed.get(id),
+            takeFrom: (pid: number, fd: number) => takeFdFrom(injector, pid, fd),
+          },
+        }),
   };
   const ids = [...fdsOf.keys()].sort((a, b) => order(byId.get(a)) - order(byId.get(b)) || a - b);
   for (const id of ids) {
@@ -170,17 +224,20 @@ export async function restoreFiles(
         `Cannot restore file ${id}: fd type ${String(entry['type'])} is not supported`,
       );
     const inherited = inheritFds.find((i) => inheritKeyOf(entry).includes(i.key));
+    const elsewhere = tree?.placed.get(id);
     const tmp =
-      inherited === undefined
-        ? await mod.restore(entry, full)
-        : Number(
-            injector.syscallOrThrow('openat', [
-              -100n,
-              injector.pushData(Buffer.from(`/proc/${process.pid}/fd/${inherited.fd}\0`)),
-              BigInt(inheritOpenFlags(entry)),
-              0n,
-            ]),
-          );
+      elsewhere !== undefined
+        ? takeFdFrom(injector, elsewhere.pid, elsewhere.fd)
+        : inherited === undefined
+          ? await mod.restore(entry, full)
+          : Number(
+              injector.syscallOrThrow('openat', [
+                -100n,
+                injector.pushData(Buffer.from(`/proc/${process.pid}/fd/${inherited.fd}\0`)),
+                BigInt(inheritOpenFlags(entry)),
+                0n,
+              ]),
+            );
     const targets = (fdsOf.get(id) ?? []).map((e) => ({
       fd: Number(e['fd']),
       isCloexec: (Number(e['flags']) & FD_CLOEXEC) !== 0,
@@ -192,9 +249,30 @@ export async function restoreFiles(
     }
     if (!targets.some((t) => t.fd === tmp)) injector.syscallOrThrow('close', [BigInt(tmp)]);
     placed.set(id, targets[0]?.fd ?? tmp);
+    if (elsewhere === undefined && targets[0] !== undefined) tree?.placed.set(id, { pid: ctx.pid, fd: targets[0].fd });
     injector.resetScratch();
   }
-  for (const mod of FD_KINDS) await mod.finishRestore?.(full);
+  const finish = async (): Promise<void> => {
+    for (const mod of FD_KINDS) await mod.finishRestore?.(full);
+  };
+  if (tree === undefined) await finish();
+  return { finish: tree === undefined ? () => Promise.resolve() : finish };
+}
+
+/**
+ * Give the task being restored (`injector`) the open file description of fd `fd` of process
+ * `pid` (another process of the tree, stopped and traced by criu): pidfd_open and pidfd_getfd
+ * inside the task. Returns its fd number there, without close-on-exec.
+ */
+function takeFdFrom(injector: Injector, pid: number, fd: number): number {
+  const pidfd = injector.syscallOrThrow('pidfd_open', [BigInt(pid), 0n]);
+  try {
+    const got = injector.syscallOrThrow('pidfd_getfd', [pidfd, BigInt(fd), 0n]);
+    injector.syscallOrThrow('fcntl', [got, 2n /* F_SETFD */, 0n]);
+    return Number(got);
+  } finally {
+    injector.syscallOrThrow('close', [pidfd]);
+  }
 }
 
 /**

@@ -184,14 +184,14 @@ function endpointOf(family: number, words: readonly number[], port: number): str
 
 /** ctx.shared key: a TCP connection was restored (the network lock is lifted at the end). */
 const TCP_RESTORED = 'tcp-restored';
-/** ctx.shared key: the task's fds whose connections were put in repair mode by this dump. */
-const TCP_REPAIRS = 'tcp-repairs';
+/** ctx.shared key: task `pid`'s fds whose connections were put in repair mode by this dump. */
+const tcpRepairsKey = (pid: number): string => `tcp-repairs:${pid}`;
 
-function tcpRepairsOf(shared: Map<string, unknown>): { fds: number[] } {
-  let r = shared.get(TCP_REPAIRS) as { fds: number[] } | undefined;
+function tcpRepairsOf(shared: Map<string, unknown>, pid: number): { fds: number[] } {
+  let r = shared.get(tcpRepairsKey(pid)) as { fds: number[] } | undefined;
   if (r === undefined) {
     r = { fds: [] };
-    shared.set(TCP_REPAIRS, r);
+    shared.set(tcpRepairsKey(pid), r);
   }
   return r;
 }
@@ -201,9 +201,9 @@ function tcpRepairsOf(shared: Map<string, unknown>): { fds: number[] } {
  * repair mode off on its connections, the network lock lifted. Failures are logged, not thrown.
  */
 export function releaseTcpRepair(shared: Map<string, unknown>, pid: number): void {
-  const r = shared.get(TCP_REPAIRS) as { fds: number[] } | undefined;
+  const r = shared.get(tcpRepairsKey(pid)) as { fds: number[] } | undefined;
   if (r === undefined) return;
-  shared.delete(TCP_REPAIRS);
+  shared.delete(tcpRepairsKey(pid));
   let pidfd = -1;
   try {
     pidfd = sys.pidfdOpen(pid, 0);
@@ -273,7 +273,7 @@ export const inetSocketFile: FdKindModule = {
     if (s.proto === IPPROTO_TCP && s.state === TCP_ESTABLISHED && s.dst !== null) {
       // --tcp-established: the peer's packets dropped first, then the connection read in repair
       // mode, which it stays in (see tcp-stream.ts); undone by releaseTcpRepair if need be.
-      const repaired = tcpRepairsOf(ctx.shared);
+      const repaired = tcpRepairsOf(ctx.shared, input.pid);
       repaired.fds.push(input.fd);
       lockConnection(input.pid, {
         family: s.family === AF_INET6 ? 6 : 4,

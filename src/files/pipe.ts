@@ -229,8 +229,19 @@ export const pipeFile: FdKindModule = {
     const key = `pipe:${pipeId}`;
     const { injector } = ctx;
     const known = ctx.shared.get(key) as PipeRestoreState | undefined;
+    // In a tree, the pipe may have been made by another process: this end is opened from there.
+    const madeElsewhere = ctx.tree?.shared.get(key) as { fileId: number } | undefined;
+    const elsewhere = madeElsewhere === undefined ? undefined : ctx.tree?.fdOfFileId(madeElsewhere.fileId);
     let fd: number;
-    if (known === undefined) {
+    if (known === undefined && elsewhere !== undefined && ctx.tree !== undefined) {
+      const theirs = ctx.tree.takeFrom(elsewhere.pid, elsewhere.fd);
+      try {
+        fd = reopenPipeInTask(injector, theirs, flags);
+      } finally {
+        closeInTask(injector, theirs);
+      }
+      ctx.shared.set(key, { fileId: Number(pe['id']), fd } satisfies PipeRestoreState);
+    } else if (known === undefined) {
       const [r, w] = pipeInTask(injector);
       try {
         const pd = await findPipeData(ctx, 'PIPES_DATA', pipeId);
@@ -245,6 +256,7 @@ export const pipeFile: FdKindModule = {
       closeInTask(injector, isWrite ? r : w);
       setStatusFlagsInTask(injector, fd, flags);
       ctx.shared.set(key, { fileId: Number(pe['id']), fd } satisfies PipeRestoreState);
+      ctx.tree?.shared.set(key, { fileId: Number(pe['id']) });
     } else {
       fd = reopenPipeInTask(injector, ctx.fdOfFileId(known.fileId) ?? known.fd, flags);
     }

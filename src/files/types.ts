@@ -118,6 +118,15 @@ export interface FileRestoreContext {
   parkFd(fd: number): number;
   /** State shared between the files of one restore, for kind modules. */
   shared: Map<string, unknown>;
+  /** In the restore of a process tree: the other processes' files (absent for one process). */
+  tree?: {
+    /** State shared by the restores of all the tree's processes, for kind modules. */
+    shared: Map<string, unknown>;
+    /** Where a file id was restored in the tree: the process and one of its fds there. */
+    fdOfFileId(id: number): { pid: number; fd: number } | undefined;
+    /** Open in the target the description of fd `fd` of process `pid` of the tree; its fd number here. */
+    takeFrom(pid: number, fd: number): number;
+  };
 }
 
 export interface FdKindModule {

@@ -7,7 +7,7 @@
  *
  * Without CONFIG_PROC_CHILDREN the file does not exist: fall back to scanning /proc/[0-9]*\/stat for
  * ppid == pid (ppid is the parent's tgid, so it covers every thread's children). Pids are in the
- * reader's pid namespace. The dumper refuses a process with children (no process trees yet).
+ * reader's pid namespace.
  */
 
 import { existsSync } from 'node:fs';
@@ -49,4 +49,18 @@ export function scanChildren(pid: number): number[] {
     if (text !== null && parseStat(text).ppid === pid) pids.push(Number(name));
   }
   return pids.sort((a, b) => a - b);
+}
+
+/**
+ * Process `pid` and its descendants, parents before their children, each with its parent's pid
+ * (0 for `pid`). Read while the processes run: a dumper reads it again as it freezes them.
+ */
+export function readTree(pid: number): { pid: number; ppid: number }[] {
+  const tree: { pid: number; ppid: number }[] = [];
+  const visit = (p: number, ppid: number): void => {
+    tree.push({ pid: p, ppid });
+    for (const child of readChildren(p) ?? []) visit(child, p);
+  };
+  visit(pid, 0);
+  return tree;
 }

@@ -12,8 +12,8 @@ import type { Run } from '../mem/runs.js';
 import { PageChain, type PageSource } from '../mem/page-chain.js';
 import { log } from '../log.js';
 
-export interface RestoreImages {
-  dir: string;
+/** The images of one process of the dumped tree. */
+export interface TaskImages {
   pid: number;
   pstree: ImageEntry;
   /** core entry by tid; the leader's has `tc`. */
@@ -28,11 +28,18 @@ export interface RestoreImages {
   pageChain: PageChain;
   /** The pages this image holds itself (PE_PRESENT), not its parents. */
   pagesPresent: Run[];
+  fdinfo: ImageEntry[];
+  fs: ImageEntry;
+}
+
+/** A dump as restore reads it: its root process's images, every process's, and what they share. */
+export interface RestoreImages extends TaskImages {
+  dir: string;
+  /** Every process, parents before their children; the root (the fields above) first. */
+  tree: TaskImages[];
   /** The same for each pagemap-shmem-<shmid>.img, by file name. */
   shmemPages: Map<string, PageSource[]>;
   files: ImageEntry[];
-  fdinfo: ImageEntry[];
-  fs: ImageEntry;
   /** seccomp_entry.seccomp_filters (empty when none). */
   seccompFilters: ImageEntry[];
   /** Entries (with raw payloads) of other kinds, loaded on demand. */
@@ -77,57 +84,27 @@ export async function loadImages(dir: string, opts: LoadOptions = {}): Promise<R
   const inventory = await single(dir, 'inventory.img', 'INVENTORY');
   if (Number(inventory['img_version']) !== 2)
     throw new ImageError('inventory.img', `unsupported image version ${String(inventory['img_version'])}`);
-  const tree = await entries(dir, 'pstree.img', 'PSTREE');
-  if (tree.length !== 1)
-    throw new UnsupportedError(
-      'process-tree',
-      `Cannot restore ${tree.length} processes: process trees are not supported yet`,
-    );
-  const pstree = tree[0] as ImageEntry;
-  const pid = Number(pstree['pid']);
-  const threads = ((pstree['threads'] as number[] | undefined) ?? [pid]).map(Number);
-  const cores = new Map<number, ImageEntry>();
-  for (const tid of threads) {
-    const core = await single(dir, `core-${tid}.img`, 'CORE');
-    if (Number(core['mtype']) !== 1) throw new UnsupportedError('arch', `core-${tid}.img is not an x86_64 task`);
-    cores.set(tid, core);
-  }
-  if (cores.get(pid)?.['tc'] === undefined) throw new ImageError(`core-${pid}.img`, 'the task core (tc) is missing');
-  const mm = await single(dir, `mm-${pid}.img`, 'MM');
-  log().debug('restore: cores and mm read');
-  const pagemapName = `pagemap-${pid}.img`;
-  if (!existsSync(path.join(dir, pagemapName))) throw new ImageError(pagemapName, 'the image is missing');
-  const chain = await PageChain.open(dir, pagemapName);
-  const pages = opts.isPageChainLazy === true ? null : await chain.sources();
-  const pagesPresent = await chain.presentRuns();
+  const entriesOfTree = await entries(dir, 'pstree.img', 'PSTREE');
+  checkTree(entriesOfTree);
+  const tree: TaskImages[] = [];
+  for (const pstree of entriesOfTree) tree.push(await loadTask(dir, pstree, opts));
+  const root = tree[0] as TaskImages;
   const shmemPages = new Map<string, PageSource[]>();
   for (const name of readdirSync(dir).filter((n) => /^pagemap-shmem-\d+\.img$/.test(n)))
     shmemPages.set(name, await pageSources(dir, name));
-  log().debug('restore: page chain resolved');
-  const ids = await single(dir, `ids-${pid}.img`, 'IDS');
+  log().debug('restore: page chains resolved');
   const files = await entries(dir, 'files.img', 'FILES');
-  const fdinfoName = `fdinfo-${Number(ids['files_id'] ?? 2)}.img`;
-  const fdinfo = existsSync(path.join(dir, fdinfoName)) ? await entries(dir, fdinfoName, 'FDINFO') : [];
-  const fs = await single(dir, `fs-${pid}.img`, 'FS');
   const seccompFile = path.join(dir, 'seccomp.img');
   const seccompFilters = existsSync(seccompFile)
     ? (((await single(dir, 'seccomp.img', 'SECCOMP'))['seccomp_filters'] as ImageEntry[] | undefined) ?? [])
     : [];
   const extraCache = new Map<string, { entry: ImageEntry; extra?: Uint8Array }[]>();
   return {
+    ...root,
     dir,
-    pid,
-    pstree,
-    cores,
-    threads,
-    mm,
-    pages,
-    pageChain: chain,
-    pagesPresent,
+    tree,
     shmemPages,
     files,
-    fdinfo,
-    fs,
     seccompFilters,
     extras: async (kind) => {
       const known = extraCache.get(kind);
@@ -143,4 +120,68 @@ export async function loadImages(dir: string, opts: LoadOptions = {}): Promise<R
       return list;
     },
   };
+}
+
+/** The images of the process of pstree entry `pstree`. */
+async function loadTask(dir: string, pstree: ImageEntry, opts: LoadOptions): Promise<TaskImages> {
+  const pid = Number(pstree['pid']);
+  const threads = ((pstree['threads'] as number[] | undefined) ?? [pid]).map(Number);
+  const cores = new Map<number, ImageEntry>();
+  for (const tid of threads) {
+    const core = await single(dir, `core-${tid}.img`, 'CORE');
+    if (Number(core['mtype']) !== 1) throw new UnsupportedError('arch', `core-${tid}.img is not an x86_64 task`);
+    cores.set(tid, core);
+  }
+  if (cores.get(pid)?.['tc'] === undefined) throw new ImageError(`core-${pid}.img`, 'the task core (tc) is missing');
+  const mm = await single(dir, `mm-${pid}.img`, 'MM');
+  log().debug(`restore: cores and mm of ${pid} read`);
+  const pagemapName = `pagemap-${pid}.img`;
+  if (!existsSync(path.join(dir, pagemapName))) throw new ImageError(pagemapName, 'the image is missing');
+  const chain = await PageChain.open(dir, pagemapName);
+  const pages = opts.isPageChainLazy === true ? null : await chain.sources();
+  const pagesPresent = await chain.presentRuns();
+  const ids = await single(dir, `ids-${pid}.img`, 'IDS');
+  const fdinfoName = `fdinfo-${Number(ids['files_id'] ?? 2)}.img`;
+  const fdinfo = existsSync(path.join(dir, fdinfoName)) ? await entries(dir, fdinfoName, 'FDINFO') : [];
+  const fs = await single(dir, `fs-${pid}.img`, 'FS');
+  return { pid, pstree, cores, threads, mm, pages, pageChain: chain, pagesPresent, fdinfo, fs };
+}
+
+/**
+ * pstree.img must be a tree whose processes restore can make again: the root first (ppid 0),
+ * every other process after its parent, each pid once; and each process in its parent's
+ * session or its own, and in its parent's process group, its own, or one another process of
+ * the tree leads in the same session (what clone, setsid and setpgid can make).
+ */
+export function checkTree(list: readonly ImageEntry[]): void {
+  const bad = (why: string): never => {
+    throw new ImageError('pstree.img', why);
+  };
+  if (list.length === 0) bad('the image has no entry');
+  const byPid = new Map<number, ImageEntry>();
+  for (const [i, e] of list.entries()) {
+    const pid = Number(e['pid']);
+    const ppid = Number(e['ppid'] ?? 0);
+    if (!Number.isInteger(pid) || pid <= 0) bad(`entry ${i} has no valid pid`);
+    if (byPid.has(pid)) bad(`process ${pid} is listed twice`);
+    if (i === 0 && ppid !== 0) bad(`the first process (${pid}) has a parent (${ppid})`);
+    if (i > 0 && !byPid.has(ppid)) bad(`process ${pid} comes before its parent ${ppid}, or its parent is missing`);
+    byPid.set(pid, e);
+  }
+  const root = list[0] as ImageEntry;
+  const unsupported = (why: string): never => {
+    throw new UnsupportedError('process-tree', `Cannot restore the tree of ${String(root['pid'])}: ${why}`);
+  };
+  for (const e of list.slice(1)) {
+    const pid = Number(e['pid']);
+    const parent = byPid.get(Number(e['ppid'])) as ImageEntry;
+    const sid = Number(e['sid']);
+    const pgid = Number(e['pgid']);
+    if (sid !== pid && sid !== Number(parent['sid']))
+      unsupported(`process ${pid} is in session ${sid}, neither its own nor its parent's`);
+    const leader = byPid.get(pgid);
+    const isJoinable = leader !== undefined && Number(leader['sid']) === sid;
+    if (pgid !== pid && pgid !== Number(parent['pgid']) && !isJoinable)
+      unsupported(`process ${pid} is in process group ${pgid}, whose leader is not in the tree`);
+  }
 }

@@ -1,15 +1,19 @@
 /**
- * `criu restore`: bring a dumped process back with its PID, threads, memory, files and state.
+ * `criu restore`: bring a dumped process tree back with its PIDs, threads, memory, files and state.
  *
  * Steps (any failure kills what was created and leaves the images as they were):
  *   1. load and check every image (before any process exists)
- *   2. start the stub as the dumped PID and empty it (stub.ts)
+ *   2. start the stub as the root's PID and empty it (stub.ts); fork the other processes from
+ *      their parents' stubs, with their sessions and groups (tree.ts)
+ *   then for each process:
  *   3. memory: VMAs, pages, protections, vDSO, mm fields (mm.ts)
- *   4. files, cwd/root, umask, personality, session
+ *   4. files (a description another process restored already is taken from it), cwd/root,
+ *      umask, personality
  *   5. signal actions, itimers, POSIX timers, rlimits
  *   6. threads: clone3(set_tid) inside the task, each attached at birth
- *   7. per thread: name, robust list, rseq, sigaltstack, pending signals, FPU state, registers,
- *      blocked mask; then the scratch area is unmapped and every thread let go
+ *   7. once every process has its files: per thread: name, robust list, rseq, sigaltstack,
+ *      pending signals, FPU state, registers, blocked mask; then the scratch area is unmapped
+ *      and every thread of every process let go
  *   8. without --restore-detached, wait for the task and return its exit status (criu stays its
  *      parent, as CRIU does)
  */
@@ -24,10 +28,11 @@ import { Injector, injectedCallCounts } from '../inject/injector.js';
 import { log } from '../log.js';
 import * as sys from '../sys/native.js';
 import { SIGSTOP, WNOHANG, __WALL } from '../kernel/constants.js';
-import { restoreFiles } from '../files/index.js';
+import { restoreFiles, TreeFiles } from '../files/index.js';
 import { checkTtyRestore } from '../files/tty.js';
 import { prepareDeletedMappings, removeMaterializedGhosts } from '../files/vma-ghost.js';
-import { loadImages } from './images.js';
+import { loadImages, type TaskImages } from './images.js';
+import { forkStub, joinGroups, leadAsDumped } from './tree.js';
 import { restoreSeccomp } from './seccomp.js';
 import { restoreCreds } from './creds.js';
 import { punchRestored } from '../mem/dedup.js';
@@ -35,7 +40,7 @@ import { reserveFillBuffers } from '../mem/fill-pages.js';
 import { countPages } from '../mem/runs.js';
 import { nowUs } from '../dump/entries.js';
 import { dumpedVmas, restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
-import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES, waitForFreePid } from './stub.js';
+import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES, waitForFreePid, type Stub } from './stub.js';
 import type { Skeleton } from './skeleton.js';
 import { runLoggedAction, type ActionHook } from '../actions.js';
 import {
@@ -85,13 +90,34 @@ export interface RestoreResult {
 const CLONE_THREAD_FLAGS = 0x100n | 0x200n | 0x400n | 0x800n | 0x10000n | 0x40000n; // VM FS FILES SIGHAND THREAD SYSVSEM
 const PAGE = 4096n;
 
+/** A process of the tree being restored. */
+interface Restoring {
+  img: TaskImages;
+  stub: Stub;
+  /** Its other threads, once created. */
+  threads: Injector[];
+  /** Its files' shared state (kind modules), and the ghosts they materialized. */
+  filesShared: Map<string, unknown>;
+  finishFiles: () => Promise<void>;
+  pagesRestored: number;
+}
+
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const t0 = nowUs();
   const img = await loadImages(opts.imagesDir, { isPageChainLazy: opts.skeleton !== undefined });
   const { pid } = img;
   log().debug('restore: images loaded and checked');
+  const skeleton = opts.skeleton;
+  if (skeleton !== undefined && img.tree.length > 1)
+    throw new UnsupportedError(
+      'process-tree',
+      `Cannot restore a tree of ${img.tree.length} processes into a pre-copied task`,
+    );
   // A restore into a pre-copied skeleton has little left to fill (and a long-lived caller's buffers).
-  const reserving = opts.skeleton === undefined ? reserveFillBuffers(countPages(img.pagesPresent)) : undefined;
+  const reserving =
+    skeleton === undefined
+      ? reserveFillBuffers(img.tree.reduce((n, t) => n + countPages(t.pagesPresent), 0))
+      : undefined;
   if (existsSync(path.join(img.dir, 'cpuinfo.img'))) {
     const mismatches = await checkCpuinfoDir(img.dir, opts.cpuCap ?? ['fpu']);
     if (mismatches.length > 0)
@@ -101,8 +127,6 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       );
   }
   log().debug('restore: cpu checked');
-  const leaderCore = img.cores.get(pid) as ImageEntry;
-  const tc = leaderCore['tc'] as ImageEntry;
   const regNames = new Map<number, string>();
   for (const f of img.files) {
     const reg = f['reg'] as ImageEntry | undefined;
@@ -118,85 +142,104 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     (await img.extras('TTY_INFO')).map((e) => e.entry),
     { isShellJob: opts.isShellJob === true },
   );
-  const skeleton = opts.skeleton;
   if (skeleton !== undefined && skeleton.pid !== pid)
     throw new TaskError(pid, `The pre-copied task is ${skeleton.pid}, the dump is of ${pid}`);
   await opts.onAction?.('pre-restore', undefined);
-  if (skeleton === undefined) waitForFreePid(pid);
+  if (skeleton === undefined) for (const t of img.tree) waitForFreePid(t.pid);
 
   const prefilled = skeleton === undefined ? undefined : { mapped: skeleton.mappedRuns, present: img.pagesPresent };
-  const stub =
+  // One scratch address for the whole tree (children are forked from their parent's stub): a
+  // hole in every process's layout, room for the most threads any has.
+  const layout = img.tree.flatMap((t) => dumpedVmas(t.mm));
+  const maxThreads = Math.max(...img.tree.map((t) => t.threads.length));
+  const rootStub =
     skeleton === undefined
-      ? startStub(pid, dumpedVmas(img.mm), img.threads.length, { isSibling: opts.isSibling === true })
+      ? startStub(pid, layout, maxThreads, { isSibling: opts.isSibling === true })
       : skeleton.prepareFinal(dumpedVmas(img.mm), img.threads.length);
-  const leader = stub.injector;
-  const threads: Injector[] = [];
-  let pagesRestored: number;
-  // The files' shared state, from before the memory: deleted mapped files are recreated for the
-  // VMAs and opened by the fds of the same ghost, then removed (vma-ghost.ts).
-  const filesShared = new Map<string, unknown>();
-  try {
+  const restoring = (t: TaskImages, stub: Stub): Restoring => ({
+    img: t,
+    stub,
+    threads: [],
+    filesShared: new Map(),
+    finishFiles: () => Promise.resolve(),
+    pagesRestored: 0,
+  });
+  const procs: Restoring[] = [restoring(img, rootStub)];
+  const treeFiles = img.tree.length > 1 ? new TreeFiles() : undefined;
+
+  /** Memory, files (not finished), fs, signals, timers, limits and threads of one process. */
+  const restoreTask = async (p: Restoring): Promise<void> => {
+    const t = p.img;
+    const leader = p.stub.injector;
+    const tc = t.cores.get(t.pid)?.['tc'] as ImageEntry;
+    // Deleted mapped files are recreated for the VMAs and opened by the fds of the same ghost,
+    // then removed (vma-ghost.ts).
     const ghostPaths = await prepareDeletedMappings(
-      img.mm,
+      t.mm,
       await img.extras('REMAP_FPATH'),
       regNames,
       img.dir,
-      filesShared,
+      p.filesShared,
     );
-    log().debug('restore: memory');
+    log().debug(`restore: memory of ${t.pid}`);
     await reserving;
-    pagesRestored = (
+    p.pagesRestored = (
       await restoreMemory(
         leader,
-        img.mm,
-        img.pages ?? img.pageChain,
+        t.mm,
+        t.pages ?? t.pageChain,
         img.dir,
         (id) => ghostPaths.get(id) ?? fileName(id),
-        prefilled,
+        t === img ? prefilled : undefined,
       )
     ).pagesRestored;
     log().debug('restore: vdso');
-    restoreVdso(leader, img.mm, pid);
+    restoreVdso(leader, t.mm, t.pid);
     log().debug('restore: mm fields');
-    restoreMmFields(leader, img.mm, fileName(Number(img.mm['exe_file_id'])));
-    // The session before the files: a terminal's foreground group (tty.ts) needs the task's own.
-    if (Number(img.pstree['sid']) === pid) leader.syscallOrThrow('setsid', []);
-    else if (Number(img.pstree['pgid']) === pid) leader.syscallOrThrow('setpgid', [0n, 0n]);
+    restoreMmFields(leader, t.mm, fileName(Number(t.mm['exe_file_id'])));
     log().debug('restore: files');
-    await restoreFiles(
+    const files = await restoreFiles(
       leader,
       img.files,
-      img.fdinfo,
+      t.fdinfo,
       {
-        pid,
+        pid: t.pid,
         imagesDir: img.dir,
         options: { isShellJob: opts.isShellJob === true },
-        shared: filesShared,
+        shared: p.filesShared,
         entriesOf: async (kind) => (kind === 'FILES' ? img.files.map((entry) => ({ entry })) : img.extras(kind)),
       },
       opts.inheritFds ?? [],
+      treeFiles,
     );
-    removeMaterializedGhosts(filesShared);
+    p.finishFiles = files.finish;
+    removeMaterializedGhosts(p.filesShared);
     log().debug('restore: memfd mappings');
-    await restoreMemfdMappings(leader, pid, img.mm, img.files, img.fdinfo, img.dir, (kind) => img.extras(kind));
+    await restoreMemfdMappings(leader, t.pid, t.mm, img.files, t.fdinfo, img.dir, (kind) => img.extras(kind));
     log().debug('restore: fs and misc');
-    restoreProcessMisc(leader, tc, img.fs, fileName);
+    restoreProcessMisc(leader, tc, t.fs, fileName);
     log().debug('restore: signals');
     restoreSigactions(leader, tc);
     restoreTimers(leader, tc);
-    restoreRlimits(pid, tc);
-
+    restoreRlimits(t.pid, tc);
     log().debug('restore: threads');
-    for (const tid of img.threads) {
-      if (tid === pid) continue;
-      const inj = createThread(leader, pid, tid);
-      inj.useScratch(threadScratch(stub.scratch, threads.length), THREAD_SCRATCH_BYTES);
-      threads.push(inj);
+    for (const tid of t.threads) {
+      if (tid === t.pid) continue;
+      const inj = createThread(leader, t.pid, tid);
+      inj.useScratch(threadScratch(p.stub.scratch, p.threads.length), THREAD_SCRATCH_BYTES);
+      p.threads.push(inj);
     }
-    log().debug('restore: per-thread state');
-    const all = [leader, ...threads];
+  };
+
+  /** Per-thread state, seccomp, credentials; the scratch area removed and the registers set. */
+  const completeTask = (p: Restoring): void => {
+    const t = p.img;
+    const leader = p.stub.injector;
+    const tc = t.cores.get(t.pid)?.['tc'] as ImageEntry;
+    log().debug(`restore: per-thread state of ${t.pid}`);
+    const all = [leader, ...p.threads];
     for (const inj of all) {
-      const core = img.cores.get(inj.tid) as ImageEntry;
+      const core = t.cores.get(inj.tid) as ImageEntry;
       restoreThreadMisc(inj, core);
       restorePendingSignals(
         inj,
@@ -207,20 +250,20 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     restorePendingSignals(leader, tc['signals_s'] as ImageEntry | undefined, true);
     // Seccomp last: suspended for the tracer (PTRACE_O_SUSPEND_SECCOMP) until the task is let go.
     for (const inj of all)
-      restoreSeccomp(inj, img.cores.get(inj.tid)?.['thread_core'] as ImageEntry | undefined, img.seccompFilters);
+      restoreSeccomp(inj, t.cores.get(inj.tid)?.['thread_core'] as ImageEntry | undefined, img.seccompFilters);
     // Credentials after everything that needs root in the task.
     for (const inj of all)
       restoreCreds(
         inj,
-        (img.cores.get(inj.tid)?.['thread_core'] as ImageEntry | undefined)?.['creds'] as ImageEntry | undefined,
+        (t.cores.get(inj.tid)?.['thread_core'] as ImageEntry | undefined)?.['creds'] as ImageEntry | undefined,
       );
     // Last call through the scratch area: remove it (the call returns into nothing, but the
     // thread is stopped at the syscall exit and gets its own registers before it runs).
     log().debug('restore: scratch removal');
-    leader.syscallOrThrow('munmap', [stub.scratch + PAGE, stub.scratchBytes - PAGE]);
-    leader.syscallOrThrow('munmap', [stub.scratch, PAGE]);
+    leader.syscallOrThrow('munmap', [p.stub.scratch + PAGE, p.stub.scratchBytes - PAGE]);
+    leader.syscallOrThrow('munmap', [p.stub.scratch, PAGE]);
     for (const inj of all) {
-      const core = img.cores.get(inj.tid) as ImageEntry;
+      const core = t.cores.get(inj.tid) as ImageEntry;
       restoreFpu(inj.tid, core);
       const regs = dumpedRegisters(core);
       let insn: Buffer = Buffer.alloc(0);
@@ -235,32 +278,58 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         (tcore?.['blk_sigset'] as bigint | undefined) ?? (tc['blk_sigset'] as bigint | undefined) ?? 0n,
       );
     }
-    // The task is whole, not yet running: a failed post-restore action kills it (below).
+  };
+
+  try {
+    // Sessions and groups before the children exist: they inherit them (tree.ts).
+    leadAsDumped(rootStub, img.pstree);
+    for (const t of img.tree.slice(1)) {
+      const parent = procs.find((p) => p.img.pid === Number(t.pstree['ppid'])) as Restoring;
+      log().debug(`restore: process ${t.pid}, a child of ${parent.img.pid}`);
+      const stub = forkStub(parent.stub, t.pid);
+      procs.push(restoring(t, stub));
+      leadAsDumped(stub, t.pstree);
+    }
+    joinGroups(procs.map((p) => ({ stub: p.stub, pstree: p.img.pstree })));
+    for (const p of procs) await restoreTask(p);
+    // Files kept open for other files (a pair's end, a pipe another process reopens) are closed
+    // once every process has its own.
+    for (const p of procs) await p.finishFiles();
+    for (const p of procs) completeTask(p);
+    // The tree is whole, not yet running: a failed post-restore action kills it (below).
     await opts.onAction?.('post-restore', pid);
   } catch (err) {
-    for (const inj of [...threads, leader]) {
-      try {
-        inj.release();
-      } catch {
-        // the task is killed below anyway
+    for (const p of [...procs].reverse()) {
+      for (const inj of [...p.threads, p.stub.injector]) {
+        try {
+          inj.release();
+        } catch {
+          // the task is killed below anyway
+        }
       }
+      killStub(p.img.pid);
+      removeMaterializedGhosts(p.filesShared);
     }
-    killStub(pid);
-    removeMaterializedGhosts(filesShared);
     throw err;
   }
   await runLoggedAction(opts.onAction, 'pre-resume', pid);
   // -s/--leave-stopped: the stop is queued before the threads go, so they stop at once.
-  if (opts.isLeftStopped === true) sys.kill(pid, SIGSTOP);
-  // The leader first: a process-directed signal that came during the restore (blocked until now
+  if (opts.isLeftStopped === true) for (const p of procs) sys.kill(p.img.pid, SIGSTOP);
+  // Each leader first: a process-directed signal that came during the restore (blocked until now
   // in every thread) then goes to it, as the kernel prefers the main thread for such signals.
-  for (const inj of [leader, ...threads]) {
-    log().debug(`restore: letting thread ${inj.tid} go at rip 0x${inj.registers.rip.toString(16)}`);
-    inj.release();
+  for (const p of procs) {
+    for (const inj of [p.stub.injector, ...p.threads]) {
+      log().debug(`restore: letting thread ${inj.tid} go at rip 0x${inj.registers.rip.toString(16)}`);
+      inj.release();
+    }
   }
   const restoreUs = nowUs() - t0;
+  const pagesRestored = procs.reduce((n, p) => n + p.pagesRestored, 0);
+  const nrThreads = img.tree.reduce((n, t) => n + t.threads.length, 0);
   await runLoggedAction(opts.onAction, 'post-resume', pid);
-  log().info(`Restored task ${pid} (${img.threads.length} thread(s), ${pagesRestored} pages) in ${restoreUs} us`);
+  log().info(
+    `Restored task ${pid} (${procs.length} process(es), ${nrThreads} thread(s), ${pagesRestored} pages) in ${restoreUs} us`,
+  );
   if (log().isEnabled(4)) log().debug(`Injected calls so far: ${JSON.stringify(injectedCallCounts())}`);
   if (opts.pidfile !== undefined) await writeFile(opts.pidfile, `${pid}\n`);
   await writeImage(path.join(img.dir, 'stats-restore'), 'STATS', [
@@ -278,8 +347,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   ]).catch((err: unknown) => log().warn(`Cannot write stats-restore: ${String(err)}`));
   if (opts.autoDedup === true) {
     try {
-      const pages = img.pages ?? (await img.pageChain.sources());
-      log().info(`auto-dedup: ${punchRestored(pages)} bytes of restored pages punched out of the images`);
+      let bytes = 0;
+      for (const t of img.tree) bytes += punchRestored(t.pages ?? (await t.pageChain.sources()));
+      log().info(`auto-dedup: ${bytes} bytes of restored pages punched out of the images`);
     } catch (err) {
       log().warn(`auto-dedup: cannot punch the restored pages: ${String(err)}`);
     }

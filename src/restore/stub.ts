@@ -2,8 +2,8 @@
  * Starting the restore stub (native/stub/stub.S) with the dumped PID, and preparing it to be
  * rebuilt by injection:
  *   1. clone3(set_tid = [pid]) + execve of the stub, from the tracer thread (so criu is its parent);
- *   2. the stub stops itself (SIGSTOP); we seize it with PTRACE_O_TRACECLONE (threads made later
- *      are attached at birth);
+ *   2. the stub stops itself (SIGSTOP); we seize it with PTRACE_O_TRACECLONE and
+ *      PTRACE_O_TRACEFORK (threads and child processes made later are attached at birth);
  *   3. a scratch region is mapped in a hole of the dumped layout: its first page holds the
  *      `syscall` instruction all later calls go through, the rest carries call arguments;
  *   4. every other mapping of the stub (its code, stack, vDSO) is removed, and its fds closed.
@@ -17,6 +17,7 @@ import { Injector } from '../inject/injector.js';
 import {
   PTRACE_O_SUSPEND_SECCOMP,
   PTRACE_O_TRACECLONE,
+  PTRACE_O_TRACEFORK,
   SIGCHLD,
   SIGCONT,
   SIGKILL,
@@ -166,7 +167,10 @@ function emptyStub(
     // Out of its stop first (SIGCONT with the default action is not queued), so that the task
     // is not left in a group stop when it is let go.
     sys.kill(child, SIGCONT);
-    const injector = Injector.attach(child, { ptraceOptions: PTRACE_O_TRACECLONE | PTRACE_O_SUSPEND_SECCOMP });
+    // Threads and child processes it is made to create are attached at birth (tree.ts).
+    const injector = Injector.attach(child, {
+      ptraceOptions: PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK | PTRACE_O_SUSPEND_SECCOMP,
+    });
     try {
       const stubMaps = readMaps(child) ?? [];
       const scratch = findHole([...layout, ...stubMaps], SCRATCH_BYTES);

@@ -1,0 +1,80 @@
+/**
+ * Making a dumped process tree again, before any process gets its state: the root is the stub
+ * started as its PID (stub.ts); every other process is forked by its restored parent, by an
+ * injected clone3 with set_tid = [its PID], while that parent is still an empty stub. Its child
+ * is then an empty stub too (only the scratch area is mapped, every signal blocked), and the
+ * kernel attaches it to criu at birth (PTRACE_O_TRACEFORK on the stubs, stub.ts).
+ *
+ * Sessions and process groups follow the clone order: a process that led its session calls
+ * setsid, and one that led its group setpgid(0, 0), right after its birth and before its own
+ * children are forked, so that they inherit them as they did; a process in another process's
+ * group joins it once every process exists. pstree.img was checked to allow no other case
+ * (images.ts checkTree).
+ */
+
+import { TaskError } from '../errors.js';
+import type { ImageEntry } from '../images/index.js';
+import { Injector } from '../inject/injector.js';
+import { SIGCHLD, __WALL } from '../kernel/constants.js';
+import { readStat } from '../proc/stat.js';
+import * as sys from '../sys/native.js';
+import { LEADER_SCRATCH_BYTES, type Stub } from './stub.js';
+
+const PAGE = 4096n;
+
+/** Fork `pid` from `parent` (an emptied stub, stopped and traced): the child, attached and stopped. */
+export function forkStub(parent: Stub, pid: number): Stub {
+  const inj = parent.injector;
+  const tid = Buffer.alloc(4);
+  tid.writeInt32LE(pid, 0);
+  const tidAddr = inj.pushData(tid);
+  // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
+  // set_tid, set_tid_size, cgroup (11 u64)
+  const args = Buffer.alloc(88);
+  args.writeBigUInt64LE(BigInt(SIGCHLD), 32);
+  args.writeBigUInt64LE(tidAddr, 64);
+  args.writeBigUInt64LE(1n, 72);
+  let got: bigint;
+  try {
+    got = inj.syscallOrThrow('clone3', [inj.pushData(args), 88n]);
+  } catch (err) {
+    throw new TaskError(pid, `Cannot create process ${pid} (a child of ${parent.pid})`, { cause: err });
+  } finally {
+    inj.resetScratch();
+  }
+  if (Number(got) !== pid) throw new TaskError(pid, `Process ${pid} was created as ${got}`);
+  const st = sys.waitpid(pid, __WALL, 5000);
+  if (st === null) throw new TaskError(pid, `Process ${pid} did not stop after its creation`);
+  const injector = Injector.adopt(pid, pid, parent.scratch);
+  injector.useScratch(parent.scratch + PAGE, LEADER_SCRATCH_BYTES);
+  return { pid, injector, scratch: parent.scratch, scratchBytes: parent.scratchBytes };
+}
+
+/** Right after its birth: make the process the leader of its session or group if it was one. */
+export function leadAsDumped(stub: Stub, pstree: ImageEntry): void {
+  if (Number(pstree['sid']) === stub.pid) stub.injector.syscallOrThrow('setsid', []);
+  else if (Number(pstree['pgid']) === stub.pid) stub.injector.syscallOrThrow('setpgid', [0n, 0n]);
+}
+
+/**
+ * Once every process exists: each non-root process whose group is not the one it was born in
+ * joins it. A group that was the root's and led outside the tree (a shell job's) is the group the
+ * root is in now.
+ */
+export function joinGroups(tree: readonly { stub: Stub; pstree: ImageEntry }[]): void {
+  const root = tree[0];
+  if (root === undefined) return;
+  const rootGroup = Number(root.pstree['pgid']);
+  const pids = new Set(tree.map((t) => t.stub.pid));
+  for (const t of tree.slice(1)) {
+    const dumped = Number(t.pstree['pgid']);
+    const want = pids.has(dumped) || dumped !== rootGroup ? dumped : currentGroup(root.stub.pid);
+    if (currentGroup(t.stub.pid) !== want) t.stub.injector.syscallOrThrow('setpgid', [0n, BigInt(want)]);
+  }
+}
+
+function currentGroup(pid: number): number {
+  const st = readStat(pid);
+  if (st === null) throw new TaskError(pid, `Process ${pid} is gone during the restore`);
+  return st.pgrp;
+}

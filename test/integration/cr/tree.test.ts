@@ -1,0 +1,350 @@
+/**
+ * Process trees across dump and restore.
+ *
+ * cr_tree (test/fixtures/cr_tree.c) is four processes: R, a session leader; its children A and B,
+ * B leading a group of its own; A's child G, in B's group. They share a pipe (A writes, B reads),
+ * a file description with its offset (R's, inherited) and the report file; each checks its own
+ * pid, ppid, pgid, sid and memory on SIGTERM, and R reports PASS once its children did. The test
+ * knows the four by the "TREE R=... A=... B=... G=..." line of the report, and reads their links
+ * from /proc/PID/stat before and after.
+ *
+ * - dump, then restore: the four come back with their pids, parents, groups and session, and PASS;
+ * - dump --leave-running: the four run on, untraced, and PASS;
+ * - pstree.img: one entry each, root first and every parent before its children (CRIU's order),
+ *   as Debian's crit shows it;
+ * - a program no one here wrote: bash waiting for its `sleep` child; restored detached, bash is
+ *   the sleep's parent again and its `wait` sees the sleep killed (exit status 137);
+ * - a zombie child (python that never reaps it) is refused in one line, and the tree runs on.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { SYSCALLS_X86_64 } from '../../../src/kernel/syscalls.js';
+import {
+  criuAsync,
+  endExpectPass,
+  poll,
+  restoreExpectPass,
+  signalTask,
+  startRestore,
+  startWorkload,
+  taskSnapshot,
+  taskState,
+  waitGone,
+  waitInSyscall,
+  type Workload,
+} from '../../helpers/cr.js';
+
+const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
+const crit = ['/usr/bin/crit', '/usr/sbin/crit'].find((p) => existsSync(p));
+const TEST_TIMEOUT_MS = 60_000;
+
+const ROLES = ['R', 'A', 'B', 'G'] as const;
+type Role = (typeof ROLES)[number];
+
+/** A task's links as /proc/PID/stat shows them. */
+interface TaskIds {
+  state: string;
+  ppid: number;
+  pgrp: number;
+  session: number;
+}
+
+/** /proc/PID/stat of `pid`: its state, parent, group and session; undefined when it is gone. */
+function taskIds(pid: number): TaskIds | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const [state = '?', ppid, pgrp, session] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { state, ppid: Number(ppid), pgrp: Number(pgrp), session: Number(session) };
+}
+
+function comm(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+function isUntraced(pid: number): boolean {
+  return taskSnapshot(pid).tracers.every((x) => x.endsWith(':0'));
+}
+
+/** Start `cmd` detached, stdio on /dev/null, not a child of this process: its pid. */
+function startProgram(cmd: readonly string[]): number {
+  const out = execFileSync('sh', ['-c', '"$@" </dev/null >/dev/null 2>&1 & echo $!', 'sh', ...cmd], {
+    encoding: 'utf8',
+  });
+  return Number(out.trim());
+}
+
+/** The number in `file` once it is written whole (a line). */
+async function pidFromFile(file: string, timeoutMs = 10_000): Promise<number> {
+  const text = (): string => (existsSync(file) ? readFileSync(file, 'utf8') : '');
+  await poll(() => /^\d+\n$/.test(text()), `a pid in ${file}`, timeoutMs);
+  return Number(text());
+}
+
+interface Tree {
+  dir: string;
+  w: Workload;
+  pids: Record<Role, number>;
+  /** Each one's links before any dump. */
+  before: Record<Role, TaskIds>;
+}
+
+/** Start cr_tree, read its four pids and their links; the teardown kills all four. */
+async function startTree(t: Test): Promise<Tree> {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_tree', dir);
+  const m = /^TREE R=(\d+) A=(\d+) B=(\d+) G=(\d+)$/m.exec(w.report());
+  if (m === null) throw new Error(`cr_tree wrote no TREE line: ${w.report()}`);
+  const pids = { R: Number(m[1]), A: Number(m[2]), B: Number(m[3]), G: Number(m[4]) };
+  t.teardown(() => ROLES.forEach((role) => signalTask(pids[role], 'SIGKILL')));
+  const ids = (role: Role): TaskIds => {
+    const x = taskIds(pids[role]);
+    if (x === undefined) throw new Error(`${role} (${pids[role]}) of cr_tree is gone: ${w.report()}`);
+    return x;
+  };
+  const before = { R: ids('R'), A: ids('A'), B: ids('B'), G: ids('G') };
+  t.same(
+    ROLES.map((role) => [before[role].ppid === pids.R, before[role].pgrp, before[role].session]),
+    [
+      [false, pids.R, pids.R],
+      [true, pids.R, pids.R],
+      [true, pids.B, pids.R],
+      [false, pids.B, pids.R],
+    ],
+    'the tree as cr_tree built it: A and B children of R, G of A; groups R, R, B, B; session R',
+  );
+  t.equal(before.G.ppid, pids.A, "G's parent is A");
+  return { dir, w, pids, before };
+}
+
+/** Wait until each of `pids` sleeps (back in its pause or wait after criu let go). */
+async function allSleep(t: Test, pids: Record<string, number>): Promise<void> {
+  for (const [name, pid] of Object.entries(pids)) {
+    await poll(() => taskState(pid) === 'S', `${name} (${pid}) to sleep`, 5000).catch(() => undefined);
+    t.equal(taskState(pid), 'S', `${name} (${pid}) runs (sleeping)`);
+    t.ok(isUntraced(pid), `${name} (${pid}) is not traced`);
+  }
+}
+
+t.test(
+  'cr_tree: dump then restore brings the four back with their links',
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    const { dir, w, pids, before } = await startTree(t);
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(pids.R), '-D', images]);
+    if (!t.equal(dump.status, 0, `dump succeeds: ${dump.stderr}`)) return;
+    for (const role of ROLES) await waitGone(pids[role]);
+    t.pass('the four are gone after the dump');
+
+    // The pidfile is written once the whole tree is back and let go.
+    const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
+    t.equal(restored.pid, pids.R, 'R restored with its pid');
+    for (const role of ROLES) {
+      const now = taskIds(pids[role]);
+      if (now === undefined) {
+        t.fail(`${role} (${pids[role]}) is not back`);
+        continue;
+      }
+      if (role === 'R')
+        t.match(readFileSync(`/proc/${now.ppid}/cmdline`, 'utf8'), /criu/, "R's parent is criu restore");
+      else t.equal(now.ppid, before[role].ppid, `${role}'s parent is ${before[role].ppid} again`);
+      t.equal(now.pgrp, before[role].pgrp, `${role} is in group ${before[role].pgrp} again`);
+      t.equal(now.session, before[role].session, `${role} is in session ${before[role].session} again`);
+      t.not(now.state, 'Z', `${role} is alive`);
+    }
+    await endExpectPass(t, w);
+    const r = await restored.done;
+    t.equal(r.status, 0, `criu restore exits with R's status 0 (${r.stderr})`);
+  },
+);
+
+t.test(
+  "a task and its child in the shell's session and group: the child is its own child again",
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    // cr_state's child dies with its parent (PR_SET_PDEATHSIG) and, on SIGTERM, the parent
+    // checks with waitpid(child, WNOHANG) that the child lives and is its own. Both are in the
+    // session and group of the shell that started them: restored, they are in criu's.
+    const dir = t.testdir();
+    const w = await startWorkload('cr_state', dir, ['child']);
+    const child = Number(readFileSync(`/proc/${w.pid}/task/${w.pid}/children`, 'utf8').trim());
+    t.teardown(() => {
+      w.kill();
+      signalTask(child, 'SIGKILL');
+    });
+    t.ok(child > 0, `cr_state has a child (${child})`);
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
+    if (!t.equal(dump.status, 0, `dump succeeds: ${dump.stderr}`)) return;
+    await waitGone(w.pid);
+    await waitGone(child);
+    await restoreExpectPass(t, w, images, dir, {
+      whileRunning: () => {
+        const ids = taskIds(child);
+        t.equal(ids?.ppid, w.pid, 'the child is back, a child of the task');
+        t.equal(ids?.pgrp, taskIds(w.pid)?.pgrp, "in the task's group");
+        t.equal(ids?.session, taskIds(w.pid)?.session, "and in the task's session");
+      },
+    });
+  },
+);
+
+t.test(
+  'cr_tree: dump --leave-running leaves the four running',
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    const { dir, w, pids, before } = await startTree(t);
+    const dump = await criuAsync(['dump', '-t', String(pids.R), '-D', path.join(dir, 'img'), '-R']);
+    t.equal(dump.status, 0, `dump -R succeeds: ${dump.stderr}`);
+    await allSleep(t, pids);
+    for (const role of ROLES)
+      t.same(taskIds(pids[role]), before[role], `${role}'s parent, group and session as they were`);
+    await endExpectPass(t, w);
+  },
+);
+
+t.test(
+  'cr_tree: pstree.img holds the four, root first, as crit shows it',
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    const { dir, w, pids, before } = await startTree(t);
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(pids.R), '-D', images, '-R']);
+    if (!t.equal(dump.status, 0, `dump -R succeeds: ${dump.stderr}`)) return;
+    const file = path.join(images, 'pstree.img');
+    const shown = await criuAsync(['show', '-f', file]);
+    t.equal(shown.status, 0, `criu show pstree.img: ${shown.stderr}`);
+    const doc = JSON.parse(shown.stdout) as { magic: string; entries: Record<string, unknown>[] };
+    t.equal(doc.magic, 'PSTREE', 'a PSTREE image');
+    const byPid = (a: Record<string, unknown>, b: Record<string, unknown>): number =>
+      Number(a['pid']) - Number(b['pid']);
+    t.same(
+      [...doc.entries].sort(byPid),
+      ROLES.map((role) => ({
+        pid: pids[role],
+        // The root's parent is outside the tree: 0, as CRIU writes it.
+        ppid: role === 'R' ? 0 : before[role].ppid,
+        pgid: before[role].pgrp,
+        sid: before[role].session,
+        threads: [pids[role]],
+      })).sort(byPid),
+      'one entry each: pid, ppid, pgid, sid, threads',
+    );
+    const order = doc.entries.map((e) => Number(e['pid']));
+    t.equal(order[0], pids.R, 'the root first');
+    t.ok(
+      doc.entries.every((e, i) => i === 0 || order.slice(0, i).includes(Number(e['ppid']))),
+      `every parent before its children, as CRIU reads them (${order.join(' ')})`,
+    );
+    if (crit === undefined) t.pass('criu show pstree.img compared with crit', { skip: 'crit is not installed' });
+    else {
+      const theirs = spawnSync(crit, ['show', file], { encoding: 'utf8' });
+      t.equal(theirs.status, 0, `crit shows pstree.img: ${theirs.stderr}`);
+      t.equal(shown.stdout, theirs.stdout, 'criu show pstree.img prints what crit does');
+    }
+    await endExpectPass(t, w);
+  },
+);
+
+t.test(
+  'bash waiting for its sleep: restored as parent and child, its wait sees the sleep killed',
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    const dir = t.testdir();
+    const [bashFile, childFile, endFile] = ['bash.pid', 'child.pid', 'end.txt'].map((f) => path.join(dir, f)) as [
+      string,
+      string,
+      string,
+    ];
+    // setsid: bash leads its own session and group, so every id of the tree is one of its own.
+    const script = 'echo $$ >"$1"; sleep 1000 & echo $! >"$2"; wait $!; echo done $? >"$3"';
+    const pids = { bash: 0, sleep: 0 };
+    t.teardown(() => Object.values(pids).forEach((pid) => pid > 0 && signalTask(pid, 'SIGKILL')));
+    startProgram(['setsid', 'bash', '-c', script, 'bash', bashFile, childFile, endFile]);
+    pids.bash = await pidFromFile(bashFile);
+    pids.sleep = await pidFromFile(childFile);
+    await poll(() => comm(pids.sleep) === 'sleep', 'the child to be sleep', 5000);
+    await waitInSyscall(pids.bash, [SYSCALLS_X86_64.wait4]);
+    const before = { bash: taskIds(pids.bash), sleep: taskIds(pids.sleep) };
+    t.equal(before.sleep?.ppid, pids.bash, "sleep's parent is bash");
+
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(pids.bash), '-D', images]);
+    if (!t.equal(dump.status, 0, `dump succeeds: ${dump.stderr}`)) return;
+    await waitGone(pids.bash);
+    await waitGone(pids.sleep);
+    t.notOk(existsSync(endFile), 'bash never saw its child end: the dump killed both');
+
+    const pidfile = path.join(dir, 'restored.pid');
+    const r = await criuAsync(['restore', '-D', images, '--restore-detached', '--pidfile', pidfile]);
+    if (!t.equal(r.status, 0, `restore --restore-detached exits 0 once the tree runs: ${r.stderr}`)) return;
+    t.equal(
+      existsSync(pidfile) ? readFileSync(pidfile, 'utf8').trim() : '',
+      String(pids.bash),
+      'the pidfile names bash',
+    );
+    t.equal(comm(pids.bash), 'bash', 'bash is back with its pid');
+    t.equal(comm(pids.sleep), 'sleep', 'sleep is back with its pid');
+    const after = { bash: taskIds(pids.bash), sleep: taskIds(pids.sleep) };
+    t.equal(after.sleep?.ppid, pids.bash, "sleep's parent is bash again");
+    t.same(
+      [after.sleep?.pgrp, after.sleep?.session, after.bash?.pgrp, after.bash?.session],
+      [before.sleep?.pgrp, before.sleep?.session, before.bash?.pgrp, before.bash?.session],
+      'groups and session as they were',
+    );
+    await allSleep(t, pids);
+
+    signalTask(pids.sleep, 'SIGKILL');
+    const ended = (): string => (existsSync(endFile) ? readFileSync(endFile, 'utf8') : '');
+    await poll(() => ended().endsWith('\n'), `bash to write ${endFile}`, 10_000).catch(() => undefined);
+    t.equal(ended(), 'done 137\n', "bash's wait saw its own child killed by SIGKILL");
+    await waitGone(pids.bash);
+  },
+);
+
+t.test(
+  'a zombie child: dump refuses it in one line, and the tree runs on',
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    const dir = t.testdir();
+    // The child exits at once; its parent sleeps without ever reaping it.
+    const python = startProgram(['python3', '-c', 'import os,time; os.fork() or os._exit(0); time.sleep(1000)']);
+    t.teardown(() => signalTask(python, 'SIGKILL'));
+    const children = (): number[] =>
+      existsSync(`/proc/${python}`)
+        ? readFileSync(`/proc/${python}/task/${python}/children`, 'utf8')
+            .trim()
+            .split(/\s+/)
+            .filter((x) => x !== '')
+            .map(Number)
+        : [];
+    await poll(
+      () => children().length === 1 && taskState(children()[0] ?? 0) === 'Z' && taskState(python) === 'S',
+      'python asleep beside its zombie child',
+      10_000,
+    );
+    const zombie = children()[0] ?? 0;
+
+    const images = path.join(dir, 'img');
+    const r = await criuAsync(['dump', '-t', String(python), '-D', images]);
+    t.ok(r.status !== null && r.status !== 0, `dump exits non-zero (${r.status})`);
+    const lines = r.stderr.trim().split('\n');
+    t.equal(lines.length, 1, `one line on stderr: ${r.stderr}`);
+    t.match(lines[0] ?? '', /^Error \(criu\): /);
+    t.match(lines[0] ?? '', /zombie/);
+    t.notOk(existsSync(path.join(images, 'inventory.img')), 'no inventory.img is left');
+    await allSleep(t, { python });
+    t.same(children(), [zombie], 'the zombie is still its unreaped child');
+    t.equal(taskState(zombie), 'Z', 'and still a zombie');
+  },
+);
