@@ -22,12 +22,12 @@ import {
   connectPageServerSink,
   endTracking,
   dump,
-  killProcess,
+  killTree,
   preDump,
-  resumeProcess,
+  resumeTree,
   reapWhenDone,
   restore,
-  stopProcess,
+  stopTree,
   PageServer,
   IMAGE_KINDS,
   prepareImageKinds,
@@ -72,7 +72,8 @@ export interface FinalDumpResult {
 }
 
 export class EngineOps {
-  private readonly frozen = new Map<number, { task: FrozenProcess; endTracking: () => Promise<void> }>();
+  /** The frozen sources by root pid: the tree, parents first. */
+  private readonly frozen = new Map<number, { tree: FrozenProcess[]; endTracking: () => Promise<void> }>();
   private readonly skeletons = new Map<number, Skeleton>();
   private readonly servers = new Map<number, { server: PageServer; done: Promise<PageServerSummary> }>();
   private nextServerId = 1;
@@ -144,7 +145,7 @@ export class EngineOps {
       ...(sink === undefined ? {} : { sink }),
     });
     if (s.frozen !== undefined)
-      this.frozen.set(pid, { task: s.frozen, endTracking: s.endTracking ?? (() => Promise.resolve()) });
+      this.frozen.set(pid, { tree: s.frozen, endTracking: s.endTracking ?? (() => Promise.resolve()) });
     const images = readImageFiles(dir);
     const nowUs = Number(process.hrtime.bigint() / 1000n); // dump()'s clock
     return {
@@ -167,12 +168,12 @@ export class EngineOps {
     if (f !== undefined) {
       // Killed first, then the tracking ended (cheap once the memory is gone); otherwise ended
       // first, so that the task runs on untracked.
-      if (action === 'kill') killProcess(f.task);
+      if (action === 'kill') killTree(f.tree);
       await f
         .endTracking()
         .catch((err: unknown) => log().warn(`agent: cannot end the tracking of ${pid}: ${String(err)}`));
-      if (action === 'stop') stopProcess(f.task);
-      else if (action === 'resume') resumeProcess(f.task);
+      if (action === 'stop') stopTree(f.tree);
+      else if (action === 'resume') resumeTree(f.tree);
       log().info(`agent: source task ${pid}: ${action}`);
     }
     if (action === 'resume') await endTracking(pid);
@@ -232,6 +233,12 @@ export class EngineOps {
     for (let i = 0; i + 1 < anonVmas.length; i += 2)
       vmas.push({ start: BigInt(anonVmas[i] as number), end: BigInt(anonVmas[i + 1] as number) });
     let sk = this.skeletons.get(pid);
+    if (sk === undefined && isTreeDump(dir)) {
+      // A skeleton holds one process: a tree's pre-copied pages stay in the images, and the final
+      // restore reads them (its downtime includes that read).
+      log().info(`agent: ${pid} is a process tree: its pages are read at the final restore`);
+      return { pagesFilled: 0 };
+    }
     if (sk === undefined) {
       // The agent is the restored task's parent and reaps it (restoreFinal); were the task a
       // sibling instead, its parent would be whoever started the agent, which may never reap it.
@@ -259,12 +266,17 @@ export class EngineOps {
   ): Promise<{ pid: number; restoreUs: number; pagesReceived: number; bytes: number }> {
     await this.warming;
     const t0 = process.hrtime.bigint();
-    const sk = this.skeletons.get(pid);
+    let sk = this.skeletons.get(pid);
     this.skeletons.delete(pid);
     try {
       const received =
         serverId === undefined ? { pagesReceived: 0, bytes: 0 } : await this.receiveWait(serverId, 60_000);
       writeImageFiles(dir, images);
+      if (sk !== undefined && isTreeDump(dir)) {
+        // The task forked since the skeleton was made: the tree is restored from the images.
+        sk.abort();
+        sk = undefined;
+      }
       const r = await restore({ imagesDir: dir, isDetached: true, ...(sk === undefined ? {} : { skeleton: sk }) });
       reapWhenDone(r.pid);
       return { pid: r.pid, restoreUs: Number((process.hrtime.bigint() - t0) / 1000n), ...received };
@@ -290,7 +302,7 @@ export class EngineOps {
     for (const [pid, f] of this.frozen) {
       try {
         void f.endTracking().catch(() => undefined);
-        resumeProcess(f.task);
+        resumeTree(f.tree);
       } catch (err) {
         log().error(`agent: cannot resume source task ${pid}: ${String(err)}`);
       }
@@ -353,4 +365,9 @@ async function warmUp(): Promise<void> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** A (pre-)dump of more than one process (a pagemap each). */
+function isTreeDump(dir: string): boolean {
+  return readdirSync(dir).filter((n) => /^pagemap-\d+\.img$/.test(n)).length > 1;
 }

@@ -5,7 +5,15 @@
 
 export { dump, type DumpOptions, type DumpStats } from './dump/index.js';
 export { preDump, type PreDumpOptions, type PreDumpStats } from './dump/pre-dump.js';
-export { killProcess, resumeProcess, stopProcess, type FrozenProcess } from './dump/freeze.js';
+export {
+  killProcess,
+  killTree,
+  resumeProcess,
+  resumeTree,
+  stopProcess,
+  stopTree,
+  type FrozenProcess,
+} from './dump/freeze.js';
 export { connectPageServerSink, type PageServerTarget } from './dump/page-server-sink.js';
 export type { PageSink } from './dump/page-sink.js';
 export { reapWhenDone, restore, type RestoreOptions, type RestoreResult } from './restore/index.js';

@@ -147,6 +147,32 @@ export function killProcess(frozen: FrozenProcess, options: { isReaping?: boolea
   }
 }
 
+/** Resume every process of a tree; the first failure is thrown once all were tried. */
+export function resumeTree(tasks: readonly FrozenProcess[]): void {
+  const errors: unknown[] = [];
+  for (const t of tasks) {
+    try {
+      resumeProcess(t);
+    } catch (err) {
+      errors.push(err);
+    }
+  }
+  if (errors.length > 0) throw errors[0];
+}
+
+/** Leave every process of a tree stopped. */
+export function stopTree(tasks: readonly FrozenProcess[]): void {
+  for (const t of tasks) stopProcess(t);
+}
+
+/**
+ * Kill every process of a tree (parents first): children first, so that each is gone before its
+ * parent, which its SIGCHLD then does not wake.
+ */
+export function killTree(tasks: readonly FrozenProcess[], options: { isReaping?: boolean } = {}): void {
+  for (const t of [...tasks].reverse()) killProcess(t, options);
+}
+
 function safely(f: () => void): void {
   try {
     f();

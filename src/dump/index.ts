@@ -21,15 +21,13 @@
 import { mkdir, readdir } from 'node:fs/promises';
 import { readlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { TaskError, UnsupportedError } from '../errors.js';
-import * as sys from '../sys/native.js';
+import { TaskError } from '../errors.js';
 import { imageFileName, PARENT_LINK, writeParentLink, type ImageEntry } from '../images/index.js';
 import { prepareImageKinds, writeImagesSync, type ImageToWrite } from '../images/image-writer.js';
 import { log } from '../log.js';
 import { injectedCallCounts } from '../inject/injector.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
 import { pagesBytes } from '../mem/dump-pages.js';
-import { readTree } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
 import type * as TrackModule from '../mem/track/index.js';
@@ -46,22 +44,15 @@ import type { TrackerChoice } from '../kerndat/tracker.js';
 import { kerndat } from '../kerndat/index.js';
 import { dumpTaskCore, dumpThread } from './core.js';
 import type { ActionHook } from '../actions.js';
-import {
-  freezeTree,
-  killProcess,
-  refuseZombie,
-  resumeProcess,
-  stopProcess,
-  type FrozenProcess,
-  type FrozenTask,
-} from './freeze.js';
+import { freezeTree, killTree, resumeTree, stopTree, type FrozenTask } from './freeze.js';
 import { completeMm, dumpMm, dumpMmShmem, MM_CALLS, pathFileEntry, preReadMm, type MmPreRead } from './mm.js';
 import { dumpSeccomp } from './seccomp.js';
 import { decodeKnown, planMemory } from './memory.js';
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
 import { kobjIds, rootIds } from './ids.js';
-import { classifyVma, VMA_AREA, type VmaInfo } from './vma.js';
+import { classifyVma } from './vma.js';
+import { readDumpTree, refuseSharedMemory, refuseTreeShape } from './tree.js';
 import type { PidfdStore } from './pidfd-store.js';
 
 export type { DumpStats } from './entries.js';
@@ -105,7 +96,8 @@ export interface DumpOptions {
 
 /** What dump() returns: the stats, and with end 'keep-frozen' the task still frozen. */
 export type DumpResult = DumpStats & {
-  frozen?: FrozenProcess;
+  /** The tree, parents first. */
+  frozen?: FrozenTask[];
   /** With 'keep-frozen': when the task was frozen (nowUs clock: process.hrtime in µs). */
   frozenAtUs?: number;
   endTracking?: () => Promise<void>;
@@ -155,12 +147,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   reserving.catch(() => undefined); // awaited before the freeze
   if (readStat(pid) === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
   const isTracking = opts.trackMem === true || isTrackingRecorded(pid);
-  const seen = readTree(pid);
-  for (const t of seen.slice(1)) refuseZombie(t.ppid, t.pid);
-  // A tracking record left for a pid now reused, or stale, does not count (trackingKept).
-  const isTrackingTree = async (): Promise<boolean> =>
-    opts.trackMem === true || (isTracking && (await import('../mem/track/index.js')).trackingKept(pid) !== null);
-  if (seen.length > 1) refuseTreeWith(pid, seen, opts, await isTrackingTree());
+  const seen = readDumpTree(pid);
   // smaps, read on the thread pool while the rest of the preparation runs (see preReadMm).
   const mmPreReading = new Map(seen.map((t) => [t.pid, preReadMm(t.pid)]));
   for (const reading of mmPreReading.values()) reading.catch(() => undefined); // awaited before the freeze
@@ -223,8 +210,20 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     pagesSkippedParent: 0,
     pagesWritten: 0,
   };
-  // Set by each process's dump (a closure): typed so that TypeScript does not narrow them to null.
-  let tracker = null as DirtyTracker | null;
+  /** The memory trackers of the processes dumped so far (each ends with this dump). */
+  const trackers: { pid: number; tracker: DirtyTracker }[] = [];
+  /** End every tracker (each at most once); with `isQuiet`, a failure is only logged. */
+  const endTrackers = async (isQuiet: boolean): Promise<void> => {
+    for (const { pid: tp, tracker } of trackers.splice(0)) {
+      try {
+        await tracker.end();
+      } catch (err) {
+        if (!isQuiet) throw err;
+        log().warn(`Cannot end the memory tracking of ${tp}: ${String(err)}`);
+      }
+    }
+  };
+  // Set by each process's dump (a closure): typed so that TypeScript does not narrow it to null.
   /** The page copy once started: stopped and settled before the sink is discarded after a failure. */
   let copy = null as { promise: Promise<unknown>; abort: AbortController } | null;
   // The files' shared state: one ghost table for the fds and the mappings (a deleted file open
@@ -235,7 +234,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   try {
     // Processes forked while the tree was read are checked now (a refusal resumes the tree).
     for (const t of tasks) if (!mmPreReading.has(t.pid)) checkFds(t.pid, opts.fileOptions ?? {});
-    if (tasks.length > 1) refuseTreeWith(pid, tasks, opts, await isTrackingTree());
+    refuseTreeShape(pid, tasks);
     throwIfAborted(opts.signal);
     let nextId = 1;
     const allocId = (): number => nextId++;
@@ -257,7 +256,6 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const seccomp = dumpSeccomp(tasks.map((t) => ({ pid: t.pid, tids: t.threads.map((inj) => inj.tid) })));
     const sharedMemory = new Map<number, number>(); // shmem inode -> the first process mapping it
     const tMem = nowUs();
-    const isOneProcess = tasks.length === 1;
 
     /** One process of the tree: its images go into `batch`, its pages through the sink. */
     const dumpTask = async (task: FrozenTask, index: number): Promise<void> => {
@@ -285,8 +283,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       // writes the small images. The injected calls meanwhile only write to the scratch mapping,
       // which is not one of mm.vmas (and the task is frozen).
       log().debug('dump: memory');
-      if (track !== null && isOneProcess && (opts.trackMem === true || track.trackingKept(tp) !== null)) {
+      let tracker: DirtyTracker | null = null;
+      if (track !== null && (opts.trackMem === true || track.trackingKept(tp) !== null)) {
         tracker = await track.openTracker({ pid: tp, injector: task.leader, choice: opts.tracker ?? 'auto' });
+        trackers.push({ pid: tp, tracker });
         // A dump ends the tracking (below, or on failure): its collect need not re-arm.
         tracker.markLastCollect();
       }
@@ -399,12 +399,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     }
 
     const ending = tasks;
-    const root = ending[0] as FrozenTask;
     if (postDumpError !== null) {
       // As CRIU: a failed post-dump action leaves the task running and the images in place; the
       // caller learns the script's status and decides (kill it, or let it run).
-      if (tracker !== null) await tracker.end().catch(() => undefined);
-      tracker = null;
+      await endTrackers(true);
       tasks = null;
       removeLinkRemaps(filesShared);
       releaseTree(filesShared, ending);
@@ -413,40 +411,28 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       // Killed first, then the tracking ended: with the task's address space gone, closing the
       // userfaultfd has no VMA left to unregister (~40 ms for 1 GiB otherwise). The images are
       // complete: a failure to end the tracking is only logged.
-      const last = tracker;
-      tracker = null;
       tasks = null;
-      // With tracking, the end is collected: see above. Children first: each is gone before its
-      // parent, which is then not woken by their SIGCHLD.
-      for (const t of [...ending].reverse())
-        killProcess(t, { isReaping: last !== null || opts.canLeaveKilledUnreaped !== true });
+      // With tracking, the end is collected: see above.
+      killTree(ending, { isReaping: trackers.length > 0 || opts.canLeaveKilledUnreaped !== true });
       log().debug(`dump: tree ${pid} killed`);
-      if (last !== null)
-        await last
-          .end()
-          .catch((err: unknown) => log().warn(`Cannot end the memory tracking of ${pid}: ${String(err)}`));
+      await endTrackers(true);
     } else if (opts.end === 'keep-frozen') {
       // Live migration: still frozen and traced by this process until the caller kills it (then
       // ends the tracking, cheaply: see above) or resumes it (ending the tracking first).
-      const last = tracker;
-      tracker = null;
       tasks = null;
-      stats.frozen = root;
+      stats.frozen = ending;
       stats.frozenAtUs = t0; // the freeze began there: its own time is downtime too
-      stats.endTracking = async () => {
-        if (last !== null) await last.end();
-      };
+      stats.endTracking = () => endTrackers(false);
     } else {
       // Tracking ends with the final dump: the task is left as it was before the first pre-dump.
-      if (tracker !== null) await tracker.end();
-      tracker = null;
+      await endTrackers(false);
       tasks = null;
       // As CRIU: a task left running gets its connections back now; one left stopped keeps them
       // in repair mode and locked, to be killed and restored.
       if (opts.end === 'leave-running') {
         releaseTree(filesShared, ending);
         resumeTree(ending);
-      } else for (const t of ending) stopProcess(t);
+      } else stopTree(ending);
       for (const t of ending) opts.pidfdStore?.add(t.pid); // alive: a later dump may compare against this one
     }
   } catch (err) {
@@ -455,7 +441,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     copy?.abort.abort(err);
     await copy?.promise.catch(() => undefined);
     // A dump ends the tracking either way (its collect did not re-arm: markLastCollect).
-    if (tracker !== null) await tracker.end().catch(() => undefined);
+    await endTrackers(true);
     await sink.abort();
     if (tasks !== null) {
       try {
@@ -481,83 +467,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   return stats;
 }
 
-/** kcmp(2) types of the objects a clone can share without CLONE_THREAD. uapi/linux/kcmp.h. */
-const SHARED_OBJECTS = [
-  { type: 1, what: 'address space (vfork or CLONE_VM)' },
-  { type: 2, what: 'fd table (CLONE_FILES)' },
-  { type: 3, what: 'cwd and root (CLONE_FS)' },
-  { type: 4, what: 'signal handlers (CLONE_SIGHAND)' },
-];
-
-/**
- * What a tree dump cannot do yet, refused before anything changes: memory tracking and a live
- * migration's frozen end for more than one process, and processes that share kernel objects
- * with their parent, or a session or process group restore could not make again.
- */
-function refuseTreeWith(
-  pid: number,
-  tree: readonly { pid: number; ppid: number }[],
-  opts: DumpOptions,
-  isTracking: boolean,
-): void {
-  const refuse = (why: string): never => {
-    throw new UnsupportedError('process-tree', `Cannot dump tree ${pid}: ${why}`);
-  };
-  if (isTracking) refuse('memory tracking (--track-mem, pre-dump) of a process tree is not supported yet');
-  if (opts.end === 'keep-frozen') refuse('live migration of a process tree is not supported yet');
-  const stats = new Map(tree.map((t) => [t.pid, readStat(t.pid)]));
-  for (const t of tree.slice(1)) {
-    for (const o of SHARED_OBJECTS) {
-      let same: number;
-      try {
-        same = sys.kcmp(t.ppid, t.pid, o.type, 0n, 0n);
-      } catch {
-        continue; // gone: the freeze finds out
-      }
-      if (same === 0) refuse(`process ${t.pid} shares its parent's ${o.what}; not supported yet`);
-    }
-    const st = stats.get(t.pid);
-    const parent = stats.get(t.ppid);
-    if (st == null || parent == null) continue;
-    if (st.session !== parent.session && st.session !== t.pid)
-      refuse(`process ${t.pid} is in session ${st.session}, neither its own nor its parent's; not supported yet`);
-    const leader = stats.get(st.pgrp);
-    if (st.pgrp !== parent.pgrp && st.pgrp !== t.pid && (leader == null || leader.session !== st.session))
-      refuse(`process ${t.pid} is in process group ${st.pgrp}, whose leader is outside the tree; not supported yet`);
-  }
-}
-
-/**
- * Shared anonymous memory and memfds mapped by more than one process of the tree would be
- * restored as separate copies: refused (`first` maps each such object to the first mapper).
- */
-function refuseSharedMemory(pid: number, vmas: readonly VmaInfo[], first: Map<number, number>): void {
-  for (const v of vmas) {
-    if (v.inode === 0 || (v.status & (VMA_AREA.ANON_SHARED | VMA_AREA.MEMFD)) === 0) continue;
-    const other = first.get(v.inode);
-    if (other === undefined) first.set(v.inode, pid);
-    else if (other !== pid)
-      throw new UnsupportedError(
-        'process-tree',
-        `Cannot dump task ${pid}: it shares memory (shmem inode ${v.inode}) with process ${other}; shared memory between processes is not supported yet`,
-      );
-  }
-}
-
 /** Undo --tcp-established in every process of the tree (repair mode off, locks lifted). */
 function releaseTree(shared: Map<string, unknown>, tasks: readonly FrozenTask[]): void {
   for (const t of tasks) releaseTcpRepair(shared, t.pid);
-}
-
-/** Resume every process of the tree; the first failure is thrown once all were tried. */
-function resumeTree(tasks: readonly FrozenTask[]): void {
-  const errors: unknown[] = [];
-  for (const t of tasks) {
-    try {
-      resumeProcess(t);
-    } catch (err) {
-      errors.push(err);
-    }
-  }
-  if (errors.length > 0) throw errors[0];
 }

@@ -2,8 +2,10 @@
  * `criu pre-dump`: copy a running process's memory without stopping it for long, as a step
  * towards a final dump (or a live migration) that then has little left to copy.
  *
- *   1. check: the task exists, has no children, every fd is of a kind the final dump supports
- *      (a pre-dump of a task that cannot be dumped would be wasted work);
+ *   1. check: the task exists, its tree holds nothing the final dump refuses (src/dump/tree.ts),
+ *      every fd of every process is of a kind the final dump supports (a pre-dump of a task that
+ *      cannot be dumped would be wasted work);
+ *   then for each process of the tree, parents first:
  *   2. learn the VMAs, collect the dirty pages from the tracker (which re-arms it), scan the
  *      present pages; plan which pages to copy and which the parent holds. The task is frozen
  *      only while the tracker needs it: to create its userfaultfd (first iteration), or for the
@@ -13,19 +15,19 @@
  *      before the copy: a page the task changes during the copy is reported again at the next
  *      collect and copied again then, so a torn copy never survives to a final dump (which
  *      copies frozen). A range unmapped during the copy is written as zeros for the same reason;
- *   4. write pagemap, the `parent` link, inventory (last), stats-dump; keep the tracker for the
- *      next iteration. As in CRIU, a pre-dump always tracks memory (--track-mem is implied).
- * The task is never killed, and it is running again whatever happens.
+ *   4. write the pagemaps, the `parent` link, inventory (last), stats-dump; keep each process's
+ *      tracker for the next iteration. As in CRIU, a pre-dump always tracks memory (--track-mem
+ *      is implied).
+ * The tasks are never killed, and they are running again whatever happens.
  *
- * Images: pagemap-<pid>.img, pages-<n>.img, inventory.img, stats-dump, `parent`.
+ * Images: pagemap-<pid>.img and pages-<n>.img per process, inventory.img, stats-dump, `parent`.
  */
 
 import { mkdir, readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { TaskError, UnsupportedError } from '../errors.js';
+import { TaskError } from '../errors.js';
 import { writeImage, writeParentLink } from '../images/index.js';
 import { log } from '../log.js';
-import { readChildren, scanChildren } from '../proc/children.js';
 import { readMaps, type MapsEntry } from '../proc/maps.js';
 import { SMAPS_SIZE_KEYS, type SmapsEntry } from '../proc/smaps.js';
 import { readStat } from '../proc/stat.js';
@@ -39,7 +41,8 @@ import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sin
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
 import { rootIds } from './ids.js';
 import type { PidfdStore } from './pidfd-store.js';
-import { openTracker } from '../mem/track/index.js';
+import { openTracker, type DirtyTracker } from '../mem/track/index.js';
+import { readDumpTree, refuseSharedMemory, type TreeMember } from './tree.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
 import { isSmallCopy, pagesBytes } from '../mem/dump-pages.js';
 
@@ -79,61 +82,84 @@ function mapsFlags(m: MapsEntry): ReadonlySet<string> {
 }
 const NO_BYTES = Object.fromEntries(SMAPS_SIZE_KEYS.map((k) => [k, 0])) as SmapsEntry['bytes'];
 
-export function checkDumpable(pid: number, fileOptions: FileOptions = {}): void {
+/**
+ * The tree a pre-dump of `pid` takes, checked as the final dump would check it (tree.ts, and
+ * every fd of every process), without changing anything.
+ */
+export function checkDumpable(pid: number, fileOptions: FileOptions = {}): TreeMember[] {
   if (readStat(pid) === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
-  const children = readChildren(pid) ?? scanChildren(pid);
-  if (children.length > 0)
-    throw new UnsupportedError(
-      'process-tree',
-      `Cannot pre-dump task ${pid}: it has children (${children.join(', ')}); pre-dump of a process tree is not supported yet (dump it without pre-dumps)`,
-    );
-  checkFds(pid, fileOptions);
+  const tree = readDumpTree(pid);
+  for (const t of tree) checkFds(t.pid, fileOptions);
+  return tree;
 }
 
-/** Pre-dump process `pid` into `imagesDir` (or its page server). */
+/** What one process's part of a pre-dump leaves for the end of the pre-dump. */
+interface ProcessPreDump {
+  pid: number;
+  tracker: DirtyTracker;
+  plan: MemoryPlan;
+  pagesWritten: number;
+}
+
+/** Pre-dump process `pid` and its descendants into `imagesDir` (or its page server). */
 export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   const { pid } = opts;
-  checkDumpable(pid, opts.fileOptions);
-  log().debug(`Pre-dump of ${pid}: checked`);
+  const tree = checkDumpable(pid, opts.fileOptions);
+  log().debug(`Pre-dump of ${pid}: checked (${tree.length} process(es))`);
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
   const sink = opts.sink ?? localPageSink(dir);
-  // Frozen only as long as needed: to create the tracker's userfaultfd in the task (first
-  // iteration), and for a whole collect when the tracker cannot collect with the task running
-  // (soft-dirty). The uffd tracker's later iterations do not stop the task at all.
-  let frozen: FrozenProcess | null = null;
-  let freezingUs = 0;
-  let frozenUs = 0;
-  let frozenAt = 0;
-  const freeze = (): FrozenProcess => {
-    if (frozen === null) {
-      const t0 = nowUs();
-      frozen = freezeProcess(pid);
-      frozenAt = nowUs();
-      freezingUs += frozenAt - t0;
-    }
-    return frozen;
+  const stats: PreDumpStats = {
+    freezingTimeUs: 0,
+    frozenTimeUs: 0,
+    memdumpTimeUs: 0,
+    memwriteTimeUs: 0,
+    pagesScanned: 0,
+    pagesSkippedParent: 0,
+    pagesWritten: 0,
+    tracker: '',
+    anonVmas: [],
   };
-  const resume = (): void => {
-    if (frozen === null) return;
-    const f = frozen;
-    frozen = null;
-    resumeProcess(f);
-    frozenUs += nowUs() - frozenAt;
-  };
-  let plan: MemoryPlan;
-  let anonVmas: { start: bigint; end: bigint }[];
-  let tracker: Awaited<ReturnType<typeof openTracker>> | null = null;
+  /** Each process's tracker once opened: kept at the end, or ended on failure. */
+  const done: ProcessPreDump[] = [];
+  const opened: DirtyTracker[] = [];
+  const sharedMemory = new Map<number, number>();
   let reserving: Promise<void> | null = null;
-  try {
+
+  /** One process: its dirty pages collected and planned (frozen only as needed), then copied. */
+  const preDumpProcess = async (p: number): Promise<void> => {
+    // Frozen only as long as needed: to create the tracker's userfaultfd in the task (first
+    // iteration), and for a whole collect when the tracker cannot collect with the task running
+    // (soft-dirty). The uffd tracker's later iterations do not stop the task at all.
+    let frozen: FrozenProcess | null = null;
+    let frozenAt = 0;
+    const freeze = (): FrozenProcess => {
+      if (frozen === null) {
+        const t0 = nowUs();
+        frozen = freezeProcess(p);
+        frozenAt = nowUs();
+        stats.freezingTimeUs += frozenAt - t0;
+      }
+      return frozen;
+    };
+    const resume = (): void => {
+      if (frozen === null) return;
+      const f = frozen;
+      frozen = null;
+      resumeProcess(f);
+      stats.frozenTimeUs += nowUs() - frozenAt;
+    };
+    let plan: MemoryPlan;
+    let tracker: DirtyTracker;
     try {
-      tracker = await openTracker({ pid, injector: () => freeze().leader, choice: opts.tracker });
+      tracker = await openTracker({ pid: p, injector: () => freeze().leader, choice: opts.tracker });
+      opened.push(tracker);
       // The copy buffers' first touch is slow on VMs (buffer-pool.ts). A first iteration copies
       // everything: faulting them in on the thread pool overlaps the collect. A later one copies
       // what was written since, usually a few MB that bring small buffers of their own
       // (dump-pages.ts), and a page server's client has buffers of its own.
-      if (sink.isLocal && (tracker.fresh || opts.prevImagesDir === undefined)) {
+      if (reserving === null && sink.isLocal && (tracker.fresh || opts.prevImagesDir === undefined)) {
         reserving = copyBuffers.reserveAsync(2);
         reserving.catch(() => undefined); // awaited before the copy
       }
@@ -141,8 +167,8 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
       else freeze();
       // maps, not smaps: smaps walks every page table for its counters (65-125 ms for 1 GiB
       // here), and the VmFlags it adds change nothing in which pages a pre-dump copies.
-      const maps = readMaps(pid);
-      if (maps === null) throw new TaskError(pid, `Task ${pid} exited while being dumped`);
+      const maps = readMaps(p);
+      if (maps === null) throw new TaskError(p, `Task ${p} exited while being dumped`);
       const vmas = maps.map((map) =>
         classifyVma({
           map,
@@ -153,58 +179,60 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
           isThpEligible: false,
         }),
       );
-      const parent = await sink.open(pid, opts.prevImagesDir);
-      const isReused = parent && opts.pidfdStore?.isReusedSinceParent(pid, opts.prevImagesDir) === true;
+      if (tree.length > 1) refuseSharedMemory(p, vmas, sharedMemory);
+      const parent = await sink.open(p, opts.prevImagesDir);
+      const isReused = parent && opts.pidfdStore?.isReusedSinceParent(p, opts.prevImagesDir) === true;
       const known = parent && !isReused ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
-      plan = await planMemory(pid, vmas, tracker, known);
-      anonVmas = vmas
-        .filter((v) => (v.status & VMA_AREA.ANON_PRIVATE) !== 0 && (v.prot & PROT.WRITE) !== 0)
-        .map((v) => ({ start: v.start, end: v.end }));
+      plan = await planMemory(p, vmas, tracker, known);
+      if (p === pid)
+        stats.anonVmas = vmas
+          .filter((v) => (v.status & VMA_AREA.ANON_PRIVATE) !== 0 && (v.prot & PROT.WRITE) !== 0)
+          .map((v) => ({ start: v.start, end: v.end }));
     } finally {
       resume(); // running again from here on, whatever happened
     }
-    log().info(`Pre-dump of ${pid}: frozen ${frozenUs} us (tracker ${tracker.kind})`);
+    log().info(`Pre-dump of ${p}: tracker ${tracker.kind}`);
+    stats.tracker = tracker.kind;
     // What this iteration copies (progress ends at 100% of it, not at the share of all present pages).
     const total = pagesBytes(plan.copy);
     if (sink.isLocal && reserving === null && !isSmallCopy(total)) reserving = copyBuffers.reserveAsync(2);
     await reserving;
     const tMem = nowUs();
-    const written = await sink.writePages(pid, plan, {
+    const written = await sink.writePages(p, plan, {
       running: true,
       signal: opts.signal,
-      onProgress: (done) => opts.onProgress?.('memory', done, total),
+      onProgress: (bytes) => opts.onProgress?.('memory', bytes, total),
     });
-    const memdump = nowUs() - tMem;
-    log().debug(`Pre-dump of ${pid}: ${written.pagesWritten} pages written in ${memdump} us`);
+    stats.memdumpTimeUs += nowUs() - tMem;
+    log().debug(`Pre-dump of ${p}: ${written.pagesWritten} pages written`);
+    done.push({ pid: p, tracker, plan, pagesWritten: written.pagesWritten });
+  };
+
+  try {
+    for (const member of tree) await preDumpProcess(member.pid);
+    log().info(`Pre-dump of ${pid}: frozen ${stats.frozenTimeUs} us in all`);
     const tWrite = nowUs();
     const prev = opts.prevImagesDir;
     if (prev !== undefined && sink.isLocal) await writeParentLink(dir, prev);
     await sink.commit();
     // Last: the inventory makes the directory a complete pre-dump (and names it for the tracker).
     await writeImage(path.join(dir, 'inventory.img'), 'INVENTORY', [{ entry: inventoryEntry(rootIds()) }]);
-    opts.pidfdStore?.add(pid);
-    const trackerKind = tracker.kind;
-    tracker.state = encodeKnown({ dest: sink.destination(dir), known: plan.present });
-    await tracker.keep();
-    tracker = null;
-    log().debug(`Pre-dump of ${pid}: images written, tracker kept`);
-    const stats: PreDumpStats = {
-      freezingTimeUs: freezingUs,
-      frozenTimeUs: frozenUs,
-      memdumpTimeUs: memdump,
-      memwriteTimeUs: nowUs() - tWrite,
-      pagesScanned: plan.pagesScanned,
-      pagesSkippedParent: plan.pagesInParent,
-      pagesWritten: written.pagesWritten,
-      tracker: trackerKind,
-      anonVmas,
-    };
+    for (const d of done) {
+      opts.pidfdStore?.add(d.pid);
+      d.tracker.state = encodeKnown({ dest: sink.destination(dir), known: d.plan.present });
+      await d.tracker.keep();
+      opened.splice(opened.indexOf(d.tracker), 1);
+      stats.pagesScanned += d.plan.pagesScanned;
+      stats.pagesSkippedParent += d.plan.pagesInParent;
+      stats.pagesWritten += d.pagesWritten;
+    }
+    log().debug(`Pre-dump of ${pid}: images written, trackers kept`);
+    stats.memwriteTimeUs = nowUs() - tWrite;
     await writeImage(path.join(dir, 'stats-dump'), 'STATS', [{ entry: { dump: dumpStatsEntry(stats) } }]);
     return stats;
   } catch (err) {
-    resume();
     // A failed iteration must not be taken as a base by the next: its state is dropped.
-    if (tracker !== null) await tracker.end().catch(() => undefined);
+    for (const tracker of opened.splice(0)) await tracker.end().catch(() => undefined);
     await sink.abort();
     await removeNew(dir, before);
     throw err;

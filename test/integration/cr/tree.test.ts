@@ -200,6 +200,53 @@ t.test(
 );
 
 t.test(
+  'cr_tree: two pre-dumps, then a tracked dump on top of them, restore the four',
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    const { dir, w, pids, before } = await startTree(t);
+    const pre1 = path.join(dir, 'pre1');
+    const pre2 = path.join(dir, 'pre2');
+    const final = path.join(dir, 'final');
+    const r1 = await criuAsync(['pre-dump', '-t', String(pids.R), '-D', pre1]);
+    if (!t.equal(r1.status, 0, `first pre-dump: ${r1.stderr}`)) return;
+    await allSleep(t, pids); // running on, untraced, between iterations
+    const r2 = await criuAsync(['pre-dump', '-t', String(pids.R), '-D', pre2, '--prev-images-dir', '../pre1']);
+    if (!t.equal(r2.status, 0, `second pre-dump: ${r2.stderr}`)) return;
+    for (const role of ROLES) {
+      const pid = pids[role];
+      t.ok(existsSync(path.join(pre1, `pagemap-${pid}.img`)), `the first pre-dump has ${role}'s pagemap`);
+      // Nothing was written between the iterations: the second pre-dump left every page to the first.
+      const show = await criuAsync(['show', '-f', path.join(pre2, `pagemap-${pid}.img`)]);
+      const shown = JSON.parse(show.stdout) as { entries: { flags?: string }[] };
+      const runs = shown.entries.slice(1);
+      t.ok(
+        runs.length > 0 && runs.every((e) => e.flags === 'PE_PARENT'),
+        `${role}'s pages in the second pre-dump are all in its parent`,
+      );
+    }
+    const d = await criuAsync([
+      'dump',
+      '-t',
+      String(pids.R),
+      '-D',
+      final,
+      '--prev-images-dir',
+      '../pre2',
+      '--track-mem',
+    ]);
+    if (!t.equal(d.status, 0, `the final dump: ${d.stderr}`)) return;
+    for (const role of ROLES) await waitGone(pids[role]);
+    const restored = await startRestore(['-D', final], path.join(dir, 'restored.pid'));
+    t.equal(restored.pid, pids.R, 'R restored with its pid');
+    for (const role of ROLES)
+      if (role !== 'R') t.equal(taskIds(pids[role])?.ppid, before[role].ppid, `${role}'s parent again`);
+    await endExpectPass(t, w);
+    const r = await restored.done;
+    t.equal(r.status, 0, `criu restore exits with R's status 0 (${r.stderr})`);
+  },
+);
+
+t.test(
   'cr_tree: dump --leave-running leaves the four running',
   { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
   async (t) => {

@@ -3,13 +3,15 @@
  * memory (test/helpers/programs.ts) move from SRC to DST while they tick; on DST they keep their
  * PID, their ticks go on from where they were, and the digest of their in-memory state is the one
  * they started with. A python asyncio server (a listening socket, epoll, a unix socket pair) moves
- * too and answers on DST, its count carried on.
+ * too and answers on DST, its count carried on. A process tree (cr_tree: four processes, two
+ * groups, a pipe and a file offset shared between them) moves whole and passes its own checks on DST.
  */
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { simHosts } from '../../../migrate/sim-hosts.js';
 import { poll } from '../../helpers/cr.js';
+import { fixturePath } from '../../helpers/fixture.js';
 import { runMigrate, startAgent, startOnHost, tokenFile } from '../../helpers/migrate.js';
 import { ASYNCIO_COUNTER, askCounter, NODE, PYTHON } from '../../helpers/programs.js';
 
@@ -81,4 +83,28 @@ t.test('a python asyncio server migrates live and serves its count on DST', { sk
   await dst.exec(`kill -TERM ${w.pid}`);
   await w.waitFor('BYE 5');
   t.pass('SIGTERM on DST ends it through its self-pipe, with its count');
+});
+
+t.test('a process tree (cr_tree) migrates live and passes its checks on DST', { skip: needsRoot }, async (t) => {
+  const [src, dst] = await simHosts(['src', 'dst'], { t });
+  if (src === undefined || dst === undefined) throw new Error('no hosts');
+  const dir = t.testdir();
+  const a = await startAgent(t, src, dir);
+  const b = await startAgent(t, dst, dir);
+  const w = await startOnHost(t, src, [fixturePath('cr_tree')], path.join(dir, 'report.txt'));
+  const tree = /^TREE R=(\d+) A=(\d+) B=(\d+) G=(\d+)$/m.exec(w.report())?.slice(1).map(Number) ?? [];
+  t.equal(tree.length, 4, `four processes: ${w.report()}`);
+  const r = await runMigrate(['--json', '--token-file', tokenFile(dir), a.target, b.target, String(w.pid)]);
+  t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
+  const s = JSON.parse(r.stdout) as Record<string, number>;
+  t.equal(s['dst_pid'], w.pid);
+  t.comment(`downtime ${s['downtime_ms']} ms, total ${s['total_ms']} ms`);
+  for (const pid of tree) {
+    t.equal((await dst.exec(`test -e /proc/${pid}`)).status, 0, `${pid} runs on DST`);
+    t.not((await src.exec(`test -e /proc/${pid}`)).status, 0, `${pid} is gone from SRC`);
+  }
+  await dst.exec(`kill -TERM ${w.pid}`);
+  await w.waitFor(/PASS|FAIL/);
+  t.match(w.report(), /PASS/, w.report());
+  t.notMatch(w.report(), /FAIL/);
 });
