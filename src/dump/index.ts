@@ -151,7 +151,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // smaps, read on the thread pool while the rest of the preparation runs (see preReadMm).
   const mmPreReading = new Map(seen.map((t) => [t.pid, preReadMm(t.pid)]));
   for (const reading of mmPreReading.values()) reading.catch(() => undefined); // awaited before the freeze
-  for (const t of seen) checkFds(t.pid, opts.fileOptions ?? {});
+  // A socket whose peer another process of the tree holds is inside the dump (treePids).
+  const treeOptions = (tree: readonly { pid: number }[]): FileOptions =>
+    tree.length > 1 ? { ...opts.fileOptions, treePids: tree.map((t) => t.pid) } : (opts.fileOptions ?? {});
+  for (const t of seen) checkFds(t.pid, treeOptions(seen));
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
@@ -233,7 +236,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   let postDumpError: unknown = null;
   try {
     // Processes forked while the tree was read are checked now (a refusal resumes the tree).
-    for (const t of tasks) if (!mmPreReading.has(t.pid)) checkFds(t.pid, opts.fileOptions ?? {});
+    const fileOptions = treeOptions(tasks);
+    for (const t of tasks) if (!mmPreReading.has(t.pid)) checkFds(t.pid, fileOptions);
     refuseTreeShape(pid, tasks);
     throwIfAborted(opts.signal);
     let nextId = 1;
@@ -245,7 +249,6 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       extraImages.set(kind, list);
     };
     const images = localImageSink(dir, allocPagesId);
-    const fileOptions = opts.fileOptions ?? {};
     const batch: ImageToWrite[] = [];
     const add = (name: string, kind: string, entries: ImageToWrite['entries']): void => {
       batch.push({ path: path.join(dir, name), kind, entries });

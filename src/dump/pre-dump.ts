@@ -89,7 +89,8 @@ const NO_BYTES = Object.fromEntries(SMAPS_SIZE_KEYS.map((k) => [k, 0])) as Smaps
 export function checkDumpable(pid: number, fileOptions: FileOptions = {}): TreeMember[] {
   if (readStat(pid) === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
   const tree = readDumpTree(pid);
-  for (const t of tree) checkFds(t.pid, fileOptions);
+  const options = tree.length > 1 ? { ...fileOptions, treePids: tree.map((t) => t.pid) } : fileOptions;
+  for (const t of tree) checkFds(t.pid, options);
   return tree;
 }
 

@@ -81,6 +81,11 @@ export interface FileOptions {
   isTcpEstablished?: boolean;
   /** --ext-unix-sk: a datagram unix socket connected outside the task is dumped, to connect again by name. */
   isExtUnixSk?: boolean;
+  /**
+   * The processes dumped together (a tree): a socket's peer held by any of them is inside the dump.
+   * Absent: the task alone.
+   */
+  treePids?: readonly number[];
 }
 
 export interface FileDumpContext {

@@ -6,7 +6,7 @@
  *
  * What can be dumped:
  * - a socket pair both of whose ends the task holds (socketpair(2); asyncio's self-pipe, say),
- *   or whose other end is closed; stream, datagram or seqpacket; with what waits in it (peeked
+ *   or another process of the dumped tree (FileOptions.treePids), or whose other end is closed; stream, datagram or seqpacket; with what waits in it (peeked
  *   from criu's duplicate, MSG_PEEK: nothing is consumed): the bytes of a stream socket, the
  *   messages of the others, one sk-queues.img entry each, bounds kept; and its shutdown state;
  * - a socket bound to a name (an absolute path, or abstract), listening (with its backlog) or not;
@@ -27,7 +27,8 @@
  * options from criu's duplicate (sk-opts.ts).
  *
  * Restore, injected into the task: a pair is made with socketpair(2) when its first end is
- * restored, the other end kept for the second; each end's waiting bytes are written into it by
+ * restored, the other end kept for the second (in a tree, another process takes it from there,
+ * by pidfd_getfd); each end's waiting bytes are written into it by
  * the other end, then the shutdown bits are applied. A closed peer: its end is closed once the
  * bytes are in. A bound name: a socket file left at the path is unlinked first (only a socket),
  * then bind, the file's mode and owner as dumped, listen(backlog); a name whose file was deleted
@@ -111,16 +112,23 @@ function described(type: number, name: Buffer): string {
   return `the unix ${kind} socket ${text}`;
 }
 
-/** The other end of a connected socket: what the kernel reports of it (null: closed), and whether the task holds it. */
+/**
+ * The other end of a connected socket: what the kernel reports of it (null: closed), and whether
+ * the dump holds it (the task, or another process of the dumped tree).
+ */
 interface Peer {
   diag: UnixDiag | null;
   isHere: boolean;
 }
 
-/** The peer of socket `d` of task `pid`, asked once for the refusal and the dump; null: none. */
-function peerOf(pid: number, d: UnixDiag, shared?: Map<string, unknown>): Peer | null {
+/**
+ * The peer of socket `d` of task `pid` (one of `options.treePids`, if given), asked once for the
+ * refusal and the dump; null: none.
+ */
+function peerOf(pid: number, d: UnixDiag, options: FileOptions, shared?: Map<string, unknown>): Peer | null {
   if (d.peer === 0) return null;
-  return { diag: unixDiag(d.peer), isHere: socketInodesOf(pid, shared).has(d.peer) };
+  const pids = options.treePids ?? [pid];
+  return { diag: unixDiag(d.peer), isHere: pids.some((p) => socketInodesOf(p, shared).has(d.peer)) };
 }
 
 /**
@@ -158,7 +166,7 @@ function refusalOf(
   options: FileOptions,
   shared?: Map<string, unknown>,
 ): string | undefined {
-  return d === null ? noDiag(input) : refusalWith(input, d, peerOf(input.pid, d, shared), options);
+  return d === null ? noDiag(input) : refusalWith(input, d, peerOf(input.pid, d, options, shared), options);
 }
 
 function noDiag(input: FdDumpInput): string {
@@ -430,7 +438,7 @@ export const unixSocketFile: FdKindModule = {
   async dump(input, id, ctx) {
     const d = unixDiag(Number(input.stat.ino));
     if (d === null) throw new UnsupportedError('fd-kind-unix-socket', noDiag(input));
-    const peer = peerOf(input.pid, d, ctx.shared);
+    const peer = peerOf(input.pid, d, ctx.options ?? {}, ctx.shared);
     const refusal = refusalWith(input, d, peer, ctx.options ?? {});
     if (refusal !== undefined) throw new UnsupportedError('fd-kind-unix-socket', refusal);
     const type = intOpt(input.localFd, SOL_SOCKET, SO_TYPE);
@@ -477,16 +485,35 @@ export const unixSocketFile: FdKindModule = {
     const { injector } = ctx;
     let fd: number;
     const second = ctx.shared.get(pairKey(ino)) as PairEnd | undefined;
+    // In a tree, the first end may have been made by another process, where the second is parked.
+    const secondElsewhere = ctx.tree?.shared.get(pairKey(ino)) as (PairEnd & { pid: number }) | undefined;
     const externalName = peer !== 0 ? await externalPeerName(ctx, peer) : null;
     if (second !== undefined) {
       // The second end of a pair: the first made it. Its bytes come from the first end.
       ctx.shared.delete(pairKey(ino));
+      ctx.tree?.shared.delete(pairKey(ino));
       fd = second.fd;
       const firstFd = ctx.fdOfFileId(second.firstId);
       if (firstFd === undefined)
         throw new UnsupportedError('unix-socket', `The other end of unix socket ${ino} was not placed`);
       sendAllInTask(injector, firstFd, await queueOf(ctx, id));
       shutdownInTask(injector, firstFd, second.firstShutdown);
+      shutdownInTask(injector, fd, shutdown);
+    } else if (secondElsewhere !== undefined && ctx.tree !== undefined) {
+      // The same, with both ends taken from that process (its parked copy is closed by its own
+      // finishRestore, once every process has its files).
+      ctx.tree.shared.delete(pairKey(ino));
+      const first = ctx.tree.fdOfFileId(secondElsewhere.firstId);
+      if (first === undefined)
+        throw new UnsupportedError('unix-socket', `The other end of unix socket ${ino} was not placed`);
+      fd = ctx.tree.takeFrom(secondElsewhere.pid, secondElsewhere.fd);
+      const firstFd = ctx.tree.takeFrom(first.pid, first.fd);
+      try {
+        sendAllInTask(injector, firstFd, await queueOf(ctx, id));
+        shutdownInTask(injector, firstFd, secondElsewhere.firstShutdown);
+      } finally {
+        closeInTask(injector, firstFd);
+      }
       shutdownInTask(injector, fd, shutdown);
     } else if (externalName !== null) {
       // --ext-unix-sk: connected by name to the socket outside, as dumped.
@@ -506,7 +533,9 @@ export const unixSocketFile: FdKindModule = {
       fd = mine;
       sendAllInTask(injector, other, await queueOf(ctx, id));
       const key = peer !== 0 ? pairKey(peer) : `${pairKey(0)}:closed:${id}`;
-      ctx.shared.set(key, { fd: ctx.parkFd(other), firstId: id, firstShutdown: shutdown } satisfies PairEnd);
+      const parked: PairEnd = { fd: ctx.parkFd(other), firstId: id, firstShutdown: shutdown };
+      ctx.shared.set(key, parked);
+      ctx.tree?.shared.set(key, { ...parked, pid: ctx.pid });
     } else {
       fd = Number(injector.syscallOrThrow('socket', [BigInt(AF_UNIX), BigInt(type), 0n]));
       if (name.length > 0) bindInTask(injector, fd, usk, name);

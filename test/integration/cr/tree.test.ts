@@ -3,7 +3,8 @@
  *
  * cr_tree (test/fixtures/cr_tree.c) is four processes: R, a session leader; its children A and B,
  * B leading a group of its own; A's child G, in B's group. They share a pipe (A writes, B reads),
- * a file description with its offset (R's, inherited) and the report file; each checks its own
+ * a unix socket pair (A and B, a message waiting at each end), a file description with its offset
+ * (R's, inherited) and the report file; each checks its own
  * pid, ppid, pgid, sid and memory on SIGTERM, and R reports PASS once its children did. The test
  * knows the four by the "TREE R=... A=... B=... G=..." line of the report, and reads their links
  * from /proc/PID/stat before and after.
