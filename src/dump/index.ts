@@ -187,7 +187,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     // smaps walks every page table: read before the freeze; once frozen only checked to still hold.
     for (const [p, reading] of mmPreReading) mmPre.set(p, await reading);
     log().debug('dump: smaps read');
-    // Memory shared between processes, refused before the freeze (checked again frozen).
+    // memfds mapped by several processes, refused before the freeze (checked again frozen).
     if (seen.length > 1) {
       const sharedMemory = new Map<number, number>();
       for (const [p, pre] of mmPre) if (pre !== null) refuseSharedMemory(p, pre.smaps.map(classifyVma), sharedMemory);
@@ -257,7 +257,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const fileEntries: ImageEntry[] = [];
     const pstree: ImageEntry[] = [];
     const seccomp = dumpSeccomp(tasks.map((t) => ({ pid: t.pid, tids: t.threads.map((inj) => inj.tid) })));
-    const sharedMemory = new Map<number, number>(); // shmem inode -> the first process mapping it
+    const sharedMemory = new Map<number, number>(); // memfd inode -> the first process mapping it
+    const dumpedShmem = new Set<number>(); // shared anonymous memory: dumped once for the tree
     const tMem = nowUs();
 
     /** One process of the tree: its images go into `batch`, its pages through the sink. */
@@ -324,7 +325,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       // Shared memory contents, after the fds: a mapped memfd may be open as an fd too.
       const memfdInodes = extraImages.get('MEMFD_INODE') ?? [];
       const inodeEntries = memfdInodes.map((e) => e.entry);
-      await dumpMmShmem(tp, mm, { allocId, images, memfdInodes: inodeEntries });
+      await dumpMmShmem(tp, mm, { allocId, images, memfdInodes: inodeEntries, dumpedShmem });
       for (const entry of inodeEntries.slice(memfdInodes.length)) memfdInodes.push({ entry });
       if (memfdInodes.length > 0) extraImages.set('MEMFD_INODE', memfdInodes);
       throwIfAborted(opts.signal);

@@ -250,6 +250,8 @@ export interface ShmemDumpContext {
    * to; the fds' files dump must be complete.
    */
   memfdInodes: ImageEntry[];
+  /** The shared anonymous objects dumped so far (by inode), for a tree: each is dumped once. */
+  dumpedShmem?: Set<number>;
 }
 
 const FD_TYPE_MEMFD = 18;
@@ -260,7 +262,7 @@ const FD_TYPE_MEMFD = 18;
  */
 export async function dumpMmShmem(pid: number, mm: MmDump, ctx: ShmemDumpContext): Promise<void> {
   const vmaEntries = mm.entry['vmas'] as ImageEntry[];
-  const dumpedInodes = new Set<number>();
+  const dumpedInodes = ctx.dumpedShmem ?? new Set<number>();
   const memfdFileIds = new Map<number, number>();
   for (let i = 0; i < mm.vmas.length; i++) {
     const v = mm.vmas[i] as VmaInfo;

@@ -8,7 +8,7 @@
  *   - a process in a session that is neither its own nor its parent's, or in a process group
  *     whose leader is neither in the tree nor its parent's group: clone, setsid and setpgid could
  *     not make those again (restore checks the same on any images: src/restore/images.ts);
- *   - shared anonymous memory or a memfd mapped by two processes (restored, they would be two).
+ *   - a memfd mapped by two processes (restored, they would be two).
  */
 
 import { UnsupportedError } from '../errors.js';
@@ -69,18 +69,19 @@ export function refuseTreeShape(pid: number, tree: readonly TreeMember[]): void 
 }
 
 /**
- * Shared anonymous memory and memfds mapped by more than one process of the tree would be
- * restored as separate copies: refused. `first` maps each such object to its first mapper.
+ * A memfd mapped by more than one process of the tree would be restored as separate copies:
+ * refused. `first` maps each such object to its first mapper. (Shared anonymous memory is made
+ * by one process and mapped from it by the others: src/restore/mm.ts.)
  */
 export function refuseSharedMemory(pid: number, vmas: readonly VmaInfo[], first: Map<number, number>): void {
   for (const v of vmas) {
-    if (v.inode === 0 || (v.status & (VMA_AREA.ANON_SHARED | VMA_AREA.MEMFD)) === 0) continue;
+    if (v.inode === 0 || (v.status & VMA_AREA.MEMFD) === 0) continue;
     const other = first.get(v.inode);
     if (other === undefined) first.set(v.inode, pid);
     else if (other !== pid)
       throw new UnsupportedError(
         'process-tree',
-        `Cannot dump task ${pid}: it shares memory (shmem inode ${v.inode}) with process ${other}; shared memory between processes is not supported yet`,
+        `Cannot dump task ${pid}: it maps a memfd (inode ${v.inode}) that process ${other} maps too; memfds mapped by several processes are not supported yet`,
       );
   }
 }

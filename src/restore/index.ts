@@ -39,7 +39,14 @@ import { punchRestored } from '../mem/dedup.js';
 import { reserveFillBuffers } from '../mem/fill-pages.js';
 import { countPages } from '../mem/runs.js';
 import { nowUs } from '../dump/entries.js';
-import { dumpedVmas, restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso } from './mm.js';
+import {
+  dumpedVmas,
+  restoreMemfdMappings,
+  restoreMemory,
+  restoreMmFields,
+  restoreVdso,
+  type SharedObjects,
+} from './mm.js';
 import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES, waitForFreePid, type Stub } from './stub.js';
 import type { Skeleton } from './skeleton.js';
 import { runLoggedAction, type ActionHook } from '../actions.js';
@@ -166,6 +173,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   });
   const procs: Restoring[] = [restoring(img, rootStub)];
   const treeFiles = img.tree.length > 1 ? new TreeFiles() : undefined;
+  /** Shared anonymous memory made by one process of the tree, mapped from it by the others. */
+  const sharedObjects: SharedObjects = new Map();
 
   /** Memory, files (not finished), fs, signals, timers, limits and threads of one process. */
   const restoreTask = async (p: Restoring): Promise<void> => {
@@ -191,6 +200,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         img.dir,
         (id) => ghostPaths.get(id) ?? fileName(id),
         t === img ? prefilled : undefined,
+        sharedObjects,
       )
     ).pagesRestored;
     log().debug('restore: vdso');

@@ -12,7 +12,7 @@
 
 import { existsSync, fchmodSync, fchownSync, ftruncateSync } from 'node:fs';
 import path from 'node:path';
-import { ImageError, UnsupportedError } from '../errors.js';
+import { ImageError, TaskError, UnsupportedError } from '../errors.js';
 import { PE_PRESENT, PagesReader, readPagemap, type ImageEntry } from '../images/index.js';
 import { PageChain, type PageSource } from '../mem/page-chain.js';
 import type { Injector } from '../inject/injector.js';
@@ -142,6 +142,7 @@ export async function restoreMemory(
   imagesDir: string,
   fileName: (id: number) => string,
   prefilled?: Prefilled,
+  sharedObjects?: SharedObjects,
 ): Promise<{ pagesRestored: number }> {
   const vmas = ((mm['vmas'] as ImageEntry[] | undefined) ?? []).map(toVma);
   let pages: readonly PageSource[] = allPages instanceof PageChain ? [] : allPages;
@@ -193,7 +194,7 @@ export async function restoreMemory(
       if (isSpecial(v) || (v.status & VMA_AREA.REGULAR) === 0 || (v.status & VMA_AREA.MEMFD) !== 0) continue;
       if ((v.status & VMA_AREA.ANON_SHARED) !== 0) {
         if (mappedProt.has(i)) continue; // mapped with the first piece of its object
-        restored += await mapAnonShared(inj, vmas, i, imagesDir, mappedProt);
+        restored += await mapAnonShared(inj, vmas, i, imagesDir, mappedProt, sharedObjects);
         continue;
       }
       const len = v.end - v.start;
@@ -336,10 +337,20 @@ function adviseVma(inj: Injector, v: Vma): void {
 }
 
 /**
+ * The shared anonymous objects a tree's restore has made so far, by dumped shmid: the process
+ * that made one, and an address where it maps it.
+ */
+export type SharedObjects = Map<bigint, { pid: number; addr: bigint }>;
+
+/**
  * Shared anonymous memory: the VMAs of one object (shmid = its dumped inode; contiguous, as the
  * dump checked) are mapped at once with mmap(MAP_SHARED | MAP_ANONYMOUS), so that the kernel makes
  * a shmem object of its own, shown as "/dev/zero (deleted)" as before (only its inode number is
  * new), filled, and split again by the mprotects of step 3. Returns the pages filled.
+ *
+ * In a tree, an object another process made already (`shared`) is mapped from there instead:
+ * opened through /proc/PID/map_files/ of that process's mapping, inside this one, and mapped
+ * MAP_SHARED at this process's offset; its pages are in it already.
  */
 async function mapAnonShared(
   inj: Injector,
@@ -347,6 +358,7 @@ async function mapAnonShared(
   first: number,
   imagesDir: string,
   mappedProt: Map<number, bigint>,
+  shared?: SharedObjects,
 ): Promise<number> {
   const head = vmas[first] as Vma;
   const group: number[] = [];
@@ -360,12 +372,39 @@ async function mapAnonShared(
   }
   const len = end - head.start;
   const shmid = BigInt(head.shmid);
+  const made = shared?.get(shmid);
+  if (made !== undefined) {
+    const fd = openSharedObject(inj, made.pid, made.addr);
+    try {
+      const flags = (head.flags & ~(MAP_FIXED | MAP_ANONYMOUS)) | MAP_SHARED | MAP_FIXED_NOREPLACE;
+      mapAt(inj, head.start, len, head.prot, flags, fd, head.pgoff);
+    } finally {
+      inj.syscallOrThrow('close', [fd]);
+      inj.resetScratch();
+    }
+    for (const j of group) mappedProt.set(j, head.prot);
+    return 0;
+  }
   const hasPages = existsSync(path.join(imagesDir, shmemPagemapFileName(shmid)));
   const prot = hasPages ? head.prot | PROT_WRITE : head.prot;
   const flags = (head.flags & ~MAP_FIXED) | MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE;
   mapAt(inj, head.start, len, prot, flags, -1n, 0n);
   for (const j of group) mappedProt.set(j, prot);
+  shared?.set(shmid, { pid: inj.pid, addr: head.start });
   return fillShmemMapping(inj, imagesDir, shmid, head.start, head.pgoff, len);
+}
+
+/**
+ * Open, inside the task of `inj`, the shmem object process `pid` maps at `addr`: by the
+ * map_files entry of the VMA that holds `addr` there now (the mprotects of its restore may have
+ * split the first mapping).
+ */
+function openSharedObject(inj: Injector, pid: number, addr: bigint): bigint {
+  const vma = (readMaps(pid) ?? []).find((m) => m.start <= addr && addr < m.end);
+  if (vma === undefined)
+    throw new TaskError(pid, `Process ${pid} no longer maps its shared memory at 0x${addr.toString(16)}`);
+  const name = `/proc/${pid}/map_files/${vma.start.toString(16)}-${vma.end.toString(16)}`;
+  return BigInt(openInTask(inj, name, O_RDWR));
 }
 
 /**
