@@ -7,7 +7,7 @@
  * dropped. Kernel interfaces: ptrace(2), /proc/PID/task.
  */
 
-import { TaskError, UnsupportedError } from '../errors.js';
+import { TaskError } from '../errors.js';
 import { Injector, findSyscallSite } from '../inject/injector.js';
 import { readChildren } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
@@ -68,18 +68,26 @@ export interface FrozenTask extends FrozenProcess {
   ppid: number;
 }
 
+/** The processes of a tree: the live ones frozen, parents first; the zombies (not frozen). */
+export interface FrozenTree {
+  tasks: FrozenTask[];
+  zombies: { pid: number; ppid: number }[];
+}
+
 /**
  * Freeze process `pid` and all its descendants, parents before their children: once a process
- * is frozen it cannot fork, so its list of children is final when read. On failure every
- * process frozen so far is resumed. A zombie child is refused (see refuseZombie).
+ * is frozen it cannot fork, so its list of children is final when read. A zombie child (exited,
+ * not reaped) cannot be seized and has no children: it is only listed. On failure every process
+ * frozen so far is resumed.
  */
-export function freezeTree(pid: number, options: { timeoutMs?: number } = {}): FrozenTask[] {
+export function freezeTree(pid: number, options: { timeoutMs?: number } = {}): FrozenTree {
   const tasks: FrozenTask[] = [];
+  const zombies: { pid: number; ppid: number }[] = [];
   const visit = (p: number, ppid: number): void => {
     tasks.push({ ...freezeProcess(p, options), ppid });
     for (const child of readChildren(p) ?? []) {
-      refuseZombie(p, child);
-      visit(child, p);
+      if (isZombie(child)) zombies.push({ pid: child, ppid: p });
+      else visit(child, p);
     }
   };
   try {
@@ -88,20 +96,13 @@ export function freezeTree(pid: number, options: { timeoutMs?: number } = {}): F
     for (const t of tasks.reverse()) safely(() => resumeProcess(t));
     throw err;
   }
-  return tasks;
+  return { tasks, zombies };
 }
 
-/**
- * A child that has exited but was not reaped keeps only its exit status, which criu-ts does not
- * restore yet (CRIU makes it again as a zombie): refused rather than lost.
- */
-export function refuseZombie(parent: number, child: number): void {
-  const state = readStat(child)?.state;
-  if (state === 'Z' || state === 'X')
-    throw new UnsupportedError(
-      'zombie',
-      `Cannot dump task ${parent}: its child ${child} is a zombie (exited, not reaped); zombies are not supported yet`,
-    );
+/** Process `pid` has exited and waits to be reaped. */
+export function isZombie(pid: number): boolean {
+  const state = readStat(pid)?.state;
+  return state === 'Z' || state === 'X';
 }
 
 /** Put every thread back as it was and let the process run on. */

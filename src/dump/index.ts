@@ -28,7 +28,7 @@ import { log } from '../log.js';
 import { injectedCallCounts } from '../inject/injector.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
 import { pagesBytes } from '../mem/dump-pages.js';
-import { readStat } from '../proc/stat.js';
+import { readStat, type TaskStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
 import type * as TrackModule from '../mem/track/index.js';
 import { checkFds, dumpFiles } from '../files/index.js';
@@ -147,7 +147,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   reserving.catch(() => undefined); // awaited before the freeze
   if (readStat(pid) === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
   const isTracking = opts.trackMem === true || isTrackingRecorded(pid);
-  const seen = readDumpTree(pid);
+  const seen = readDumpTree(pid).filter((t) => t.isZombie !== true);
   // smaps, read on the thread pool while the rest of the preparation runs (see preReadMm).
   const mmPreReading = new Map(seen.map((t) => [t.pid, preReadMm(t.pid)]));
   for (const reading of mmPreReading.values()) reading.catch(() => undefined); // awaited before the freeze
@@ -171,6 +171,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   let track: typeof TrackModule | null;
   const mmPre = new Map<number, MmPreRead | null>();
   let tasks: FrozenTask[] | null;
+  let zombies: { pid: number; ppid: number }[];
   let t0: number;
   try {
     await dumpCpuinfo(dir);
@@ -195,7 +196,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     await reserving; // the copy buffers' first touch is slow on VMs: not while frozen (buffer-pool.ts)
     log().debug('dump: copy buffers ready');
     t0 = nowUs();
-    tasks = freezeTree(pid);
+    ({ tasks, zombies } = freezeTree(pid));
   } catch (err) {
     await sink.abort();
     await removeNew(dir, before);
@@ -238,7 +239,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     // Processes forked while the tree was read are checked now (a refusal resumes the tree).
     const fileOptions = treeOptions(tasks);
     for (const t of tasks) if (!mmPreReading.has(t.pid)) checkFds(t.pid, fileOptions);
-    refuseTreeShape(pid, tasks);
+    refuseTreeShape(pid, [...tasks, ...zombies]);
     throwIfAborted(opts.signal);
     let nextId = 1;
     const allocId = (): number => nextId++;
@@ -368,6 +369,14 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     };
 
     for (const [i, task] of tasks.entries()) await dumpTask(task, i);
+    for (const z of zombies) {
+      // A zombie: its exit status (as waitpid reports it) and its place in the tree, as CRIU.
+      const st = readStat(z.pid);
+      if (st === null) throw new TaskError(z.pid, `Zombie ${z.pid} was reaped while its parent was frozen`);
+      add(`core-${z.pid}.img`, 'CORE', [zombieCore(st)]);
+      pstree.push({ pid: z.pid, ppid: z.ppid, pgid: st.pgrp, sid: st.session, threads: [z.pid] });
+    }
+    if (zombies.length > 0) log().info(`Dumped ${zombies.length} zombie(s) of tree ${pid}`);
     stats.memdumpTimeUs = nowUs() - tMem;
     // The small images in one synchronous batch (src/images/image-writer.ts says why). Files
     // other modules refer to (a FIFO's path, say) come in as FILES entries of addEntry.
@@ -474,4 +483,15 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
 /** Undo --tcp-established in every process of the tree (repair mode off, locks lifted). */
 function releaseTree(shared: Map<string, unknown>, tasks: readonly FrozenTask[]): void {
   for (const t of tasks) releaseTcpRepair(shared, t.pid);
+}
+
+/** CRIU's task_state of a zombie (TASK_DEAD; crit shows it as "Zombie"). */
+const TASK_DEAD = 3;
+
+/** The core of a zombie: its task core only, with the exit status to die of again. */
+function zombieCore(st: TaskStat): ImageEntry {
+  return {
+    mtype: 1,
+    tc: { task_state: TASK_DEAD, exit_code: st.exit_code, personality: 0, flags: 0, blk_sigset: 0n, comm: st.comm },
+  };
 }

@@ -88,7 +88,8 @@ const NO_BYTES = Object.fromEntries(SMAPS_SIZE_KEYS.map((k) => [k, 0])) as Smaps
  */
 export function checkDumpable(pid: number, fileOptions: FileOptions = {}): TreeMember[] {
   if (readStat(pid) === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
-  const tree = readDumpTree(pid);
+  // Zombies have no memory or files: the final dump takes their exit status.
+  const tree = readDumpTree(pid).filter((t) => t.isZombie !== true);
   const options = tree.length > 1 ? { ...fileOptions, treePids: tree.map((t) => t.pid) } : fileOptions;
   for (const t of tree) checkFds(t.pid, options);
   return tree;

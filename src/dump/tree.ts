@@ -1,8 +1,8 @@
 /**
  * The process tree a dump or pre-dump takes: a process and its descendants, parents first, and
  * what criu-ts refuses in one, checked before anything is frozen (and again once frozen, for a
- * process forked meanwhile):
- *   - a zombie child (exited, not reaped: CRIU would make it again as a zombie);
+ * process forked meanwhile). A zombie child (exited, not reaped) is part of the tree: dumped as
+ * its exit status, restored as a zombie again (as CRIU does). Refused:
  *   - a child that shares its parent's address space (vfork, CLONE_VM), fd table, fs or signal
  *     handlers (kcmp(2) says so);
  *   - a process in a session that is neither its own nor its parent's, or in a process group
@@ -15,13 +15,15 @@ import { UnsupportedError } from '../errors.js';
 import { readTree } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
 import * as sys from '../sys/native.js';
-import { refuseZombie } from './freeze.js';
+import { isZombie } from './freeze.js';
 import { VMA_AREA, type VmaInfo } from './vma.js';
 
 export interface TreeMember {
   pid: number;
   /** The parent's pid; 0 for the tree's root. */
   ppid: number;
+  /** Exited, not reaped: nothing of it is dumped but its exit status. */
+  isZombie?: boolean;
 }
 
 /** kcmp(2) types of the objects a clone can share without CLONE_THREAD. uapi/linux/kcmp.h. */
@@ -34,8 +36,7 @@ const SHARED_OBJECTS = [
 
 /** Process `pid` and its descendants, parents first, with the refusals above (but memory). */
 export function readDumpTree(pid: number): TreeMember[] {
-  const tree = readTree(pid);
-  for (const t of tree.slice(1)) refuseZombie(t.ppid, t.pid);
+  const tree: TreeMember[] = readTree(pid).map((t) => (t.ppid !== 0 && isZombie(t.pid) ? { ...t, isZombie: true } : t));
   refuseTreeShape(pid, tree);
   return tree;
 }

@@ -32,11 +32,20 @@ export interface TaskImages {
   fs: ImageEntry;
 }
 
+/** A zombie of the dumped tree: its place, and the status it died with (as waitpid reports it). */
+export interface ZombieImages {
+  pid: number;
+  pstree: ImageEntry;
+  exitStatus: number;
+}
+
 /** A dump as restore reads it: its root process's images, every process's, and what they share. */
 export interface RestoreImages extends TaskImages {
   dir: string;
-  /** Every process, parents before their children; the root (the fields above) first. */
+  /** Every live process, parents before their children; the root (the fields above) first. */
   tree: TaskImages[];
+  /** The zombies (each a child of one of `tree`, with no children of its own). */
+  zombies: ZombieImages[];
   /** The same for each pagemap-shmem-<shmid>.img, by file name. */
   shmemPages: Map<string, PageSource[]>;
   files: ImageEntry[];
@@ -87,7 +96,16 @@ export async function loadImages(dir: string, opts: LoadOptions = {}): Promise<R
   const entriesOfTree = await entries(dir, 'pstree.img', 'PSTREE');
   checkTree(entriesOfTree);
   const tree: TaskImages[] = [];
-  for (const pstree of entriesOfTree) tree.push(await loadTask(dir, pstree, opts));
+  const zombies: ZombieImages[] = [];
+  for (const pstree of entriesOfTree) {
+    const pid = Number(pstree['pid']);
+    const core = await single(dir, `core-${pid}.img`, 'CORE');
+    const tc = core['tc'] as ImageEntry | undefined;
+    if (Number(tc?.['task_state'] ?? TASK_ALIVE) === TASK_DEAD)
+      zombies.push({ pid, pstree, exitStatus: Number(tc?.['exit_code'] ?? 0) });
+    else tree.push(await loadTask(dir, pstree, opts));
+  }
+  checkZombies(entriesOfTree, zombies);
   const root = tree[0] as TaskImages;
   const shmemPages = new Map<string, PageSource[]>();
   for (const name of readdirSync(dir).filter((n) => /^pagemap-shmem-\d+\.img$/.test(n)))
@@ -103,6 +121,7 @@ export async function loadImages(dir: string, opts: LoadOptions = {}): Promise<R
     ...root,
     dir,
     tree,
+    zombies,
     shmemPages,
     files,
     seccompFilters,
@@ -120,6 +139,19 @@ export async function loadImages(dir: string, opts: LoadOptions = {}): Promise<R
       return list;
     },
   };
+}
+
+/** CRIU's task_state values (crit: "Alive", "Zombie"). */
+const TASK_ALIVE = 1;
+const TASK_DEAD = 3;
+
+/** A zombie is neither the root nor anyone's parent (it had exited: its children were reparented). */
+function checkZombies(list: readonly ImageEntry[], zombies: readonly ZombieImages[]): void {
+  const dead = new Set(zombies.map((z) => z.pid));
+  if (dead.has(Number(list[0]?.['pid']))) throw new ImageError('pstree.img', 'the root process is a zombie');
+  for (const e of list)
+    if (dead.has(Number(e['ppid'])))
+      throw new ImageError('pstree.img', `process ${String(e['pid'])} is a child of zombie ${String(e['ppid'])}`);
 }
 
 /** The images of the process of pstree entry `pstree`. */

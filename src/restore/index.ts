@@ -32,7 +32,7 @@ import { restoreFiles, TreeFiles } from '../files/index.js';
 import { checkTtyRestore } from '../files/tty.js';
 import { prepareDeletedMappings, removeMaterializedGhosts } from '../files/vma-ghost.js';
 import { loadImages, type TaskImages } from './images.js';
-import { forkStub, joinGroups, leadAsDumped } from './tree.js';
+import { dieAsDumped, forkStub, joinGroups, leadAsDumped } from './tree.js';
 import { restoreSeccomp } from './seccomp.js';
 import { restoreCreds } from './creds.js';
 import { punchRestored } from '../mem/dedup.js';
@@ -115,7 +115,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const { pid } = img;
   log().debug('restore: images loaded and checked');
   const skeleton = opts.skeleton;
-  if (skeleton !== undefined && img.tree.length > 1)
+  if (skeleton !== undefined && img.tree.length + img.zombies.length > 1)
     throw new UnsupportedError(
       'process-tree',
       `Cannot restore a tree of ${img.tree.length} processes into a pre-copied task`,
@@ -152,7 +152,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   if (skeleton !== undefined && skeleton.pid !== pid)
     throw new TaskError(pid, `The pre-copied task is ${skeleton.pid}, the dump is of ${pid}`);
   await opts.onAction?.('pre-restore', undefined);
-  if (skeleton === undefined) for (const t of img.tree) waitForFreePid(t.pid);
+  if (skeleton === undefined) for (const t of [...img.tree, ...img.zombies]) waitForFreePid(t.pid);
 
   const prefilled = skeleton === undefined ? undefined : { mapped: skeleton.mappedRuns, present: img.pagesPresent };
   // One scratch address for the whole tree (children are forked from their parent's stub): a
@@ -172,6 +172,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     pagesRestored: 0,
   });
   const procs: Restoring[] = [restoring(img, rootStub)];
+  /** The zombies' stubs, killed with the tree if the restore fails before they die as dumped. */
+  const zombieStubs: Stub[] = [];
   const treeFiles = img.tree.length > 1 ? new TreeFiles() : undefined;
   /** Shared anonymous memory made by one process of the tree, mapped from it by the others. */
   const sharedObjects: SharedObjects = new Map();
@@ -300,7 +302,19 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       procs.push(restoring(t, stub));
       leadAsDumped(stub, t.pstree);
     }
-    joinGroups(procs.map((p) => ({ stub: p.stub, pstree: p.img.pstree })));
+    // Zombies last: children of live processes, with no children of their own.
+    const zombies = img.zombies.map((z) => {
+      const parent = procs.find((p) => p.img.pid === Number(z.pstree['ppid'])) as Restoring;
+      const stub = forkStub(parent.stub, z.pid);
+      zombieStubs.push(stub);
+      leadAsDumped(stub, z.pstree);
+      return { z, stub, parent };
+    });
+    joinGroups([
+      ...procs.map((p) => ({ stub: p.stub, pstree: p.img.pstree })),
+      ...zombies.map(({ z, stub }) => ({ stub, pstree: z.pstree })),
+    ]);
+    for (const { z, stub, parent } of zombies) dieAsDumped(stub, z.exitStatus, parent.stub);
     for (const p of procs) await restoreTask(p);
     // Files kept open for other files (a pair's end, a pipe another process reopens) are closed
     // once every process has its own.
@@ -309,6 +323,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // The tree is whole, not yet running: a failed post-restore action kills it (below).
     await opts.onAction?.('post-restore', pid);
   } catch (err) {
+    for (const z of zombieStubs) killStub(z.pid);
     for (const p of [...procs].reverse()) {
       for (const inj of [...p.threads, p.stub.injector]) {
         try {

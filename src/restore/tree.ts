@@ -5,6 +5,10 @@
  * is then an empty stub too (only the scratch area is mapped, every signal blocked), and the
  * kernel attaches it to criu at birth (PTRACE_O_TRACEFORK on the stubs, stub.ts).
  *
+ * A zombie is forked the same way, put in its session and group, and made to die as it died:
+ * exit_group with its exit code, or its fatal signal (no core file), so that its parent's waitpid
+ * reports what it reported before the dump.
+ *
  * Sessions and process groups follow the clone order: a process that led its session calls
  * setsid, and one that led its group setpgid(0, 0), right after its birth and before its own
  * children are forked, so that they inherit them as they did; a process in another process's
@@ -15,7 +19,10 @@
 import { TaskError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import { Injector } from '../inject/injector.js';
-import { SIGCHLD, __WALL } from '../kernel/constants.js';
+import { RLIMIT_CORE, SIGCHLD, __WALL } from '../kernel/constants.js';
+import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
+import { log } from '../log.js';
+import { sleepMs } from '../sys/wait.js';
 import { readStat } from '../proc/stat.js';
 import * as sys from '../sys/native.js';
 import { LEADER_SCRATCH_BYTES, type Stub } from './stub.js';
@@ -77,4 +84,34 @@ function currentGroup(pid: number): number {
   const st = readStat(pid);
   if (st === null) throw new TaskError(pid, `Process ${pid} is gone during the restore`);
   return st.pgrp;
+}
+
+/**
+ * Make the stub `stub` die with wait status `status` (exit code, or terminating signal) while its
+ * parent `parent` is still stopped, and take back the SIGCHLD this sends the parent: the parent
+ * had it (and handled it, or not) before the dump, and gets its own pending signals back later.
+ */
+export function dieAsDumped(stub: Stub, status: number, parent: Stub): void {
+  const signal = status & 0x7f;
+  if (signal === 0) {
+    try {
+      stub.injector.syscall(SYSCALLS_X86_64.exit_group, [BigInt((status >> 8) & 0xff)]);
+    } catch (err) {
+      log().debug(`restore: zombie ${stub.pid} exited (${String(err)})`);
+    }
+  } else {
+    sys.prlimit(stub.pid, RLIMIT_CORE, { cur: 0n, max: 0n }); // killed as dumped, without a core file
+    sys.kill(stub.pid, signal);
+    stub.injector.signalMask = 0n; // the signal is delivered as the stub is let go
+    stub.injector.release();
+  }
+  for (let i = 0; readStat(stub.pid)?.state !== 'Z'; i++) {
+    if (i > 5000) throw new TaskError(stub.pid, `Process ${stub.pid} did not become a zombie again`);
+    sleepMs(1);
+  }
+  const set = Buffer.alloc(8);
+  set.writeBigUInt64LE(1n << BigInt(SIGCHLD - 1), 0);
+  const inj = parent.injector;
+  inj.syscall(SYSCALLS_X86_64.rt_sigtimedwait, [inj.pushData(set), 0n, inj.pushData(Buffer.alloc(16)), 8n]);
+  inj.resetScratch();
 }

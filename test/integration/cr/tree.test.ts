@@ -15,7 +15,8 @@
  *   as Debian's crit shows it;
  * - a program no one here wrote: bash waiting for its `sleep` child; restored detached, bash is
  *   the sleep's parent again and its `wait` sees the sleep killed (exit status 137);
- * - a zombie child (python that never reaps it) is refused in one line, and the tree runs on.
+ * - zombies: python's unreaped child is a zombie again after the restore, its child; cr_state's
+ *   two zombies die again as they died (its waitpid checks the exit code and the signal).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -361,7 +362,7 @@ t.test(
 );
 
 t.test(
-  'a zombie child: dump refuses it in one line, and the tree runs on',
+  'a zombie child comes back a zombie, a child of its parent (python that never reaps it)',
   { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
   async (t) => {
     const dir = t.testdir();
@@ -382,17 +383,35 @@ t.test(
       10_000,
     );
     const zombie = children()[0] ?? 0;
-
     const images = path.join(dir, 'img');
     const r = await criuAsync(['dump', '-t', String(python), '-D', images]);
-    t.ok(r.status !== null && r.status !== 0, `dump exits non-zero (${r.status})`);
-    const lines = r.stderr.trim().split('\n');
-    t.equal(lines.length, 1, `one line on stderr: ${r.stderr}`);
-    t.match(lines[0] ?? '', /^Error \(criu\): /);
-    t.match(lines[0] ?? '', /zombie/);
-    t.notOk(existsSync(path.join(images, 'inventory.img')), 'no inventory.img is left');
+    if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return;
+    await waitGone(python);
+    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
+    t.equal(restored.pid, python, 'python restored with its pid');
+    t.same(children(), [zombie], 'its zombie is its child again');
+    t.equal(taskState(zombie), 'Z', 'and a zombie');
     await allSleep(t, { python });
-    t.same(children(), [zombie], 'the zombie is still its unreaped child');
-    t.equal(taskState(zombie), 'Z', 'and still a zombie');
+  },
+);
+
+t.test(
+  'zombies die again as they died: waitpid reports exit 5 and SIGUSR2 (cr_state zombies)',
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_state', dir, ['zombies']);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const r = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
+    if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return;
+    const show = await criuAsync(['show', '-f', path.join(images, 'pstree.img')]);
+    t.equal(
+      (JSON.parse(show.stdout) as { entries: unknown[] }).entries.length,
+      3,
+      'pstree.img: the task and two zombies',
+    );
+    await waitGone(w.pid);
+    await restoreExpectPass(t, w, images, dir);
   },
 );
