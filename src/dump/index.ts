@@ -334,6 +334,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       log().debug('dump: task core');
       // The mm's injected calls go in the task core's batch: one resumption of the task for both.
       const { tc: taskCore, extra: mmResults } = dumpTaskCore(tp, task.leader, MM_CALLS);
+      // A process in a group stop (SIGSTOP, Ctrl-Z) when seized comes back stopped, as in CRIU.
+      if (task.leader.seizeState === 'group-stop') taskCore['task_state'] = TASK_STOPPED;
       completeMm(mm, mmResults);
       log().debug('dump: thread cores');
       for (const inj of task.threads) {
@@ -485,8 +487,9 @@ function releaseTree(shared: Map<string, unknown>, tasks: readonly FrozenTask[])
   for (const t of tasks) releaseTcpRepair(shared, t.pid);
 }
 
-/** CRIU's task_state of a zombie (TASK_DEAD; crit shows it as "Zombie"). */
+/** CRIU's task_state of a zombie (TASK_DEAD; crit shows it as "Zombie") and of a stopped task. */
 const TASK_DEAD = 3;
+const TASK_STOPPED = 6;
 
 /** The core of a zombie: its task core only, with the exit status to die of again. */
 function zombieCore(st: TaskStat): ImageEntry {

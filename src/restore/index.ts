@@ -338,8 +338,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     throw err;
   }
   await runLoggedAction(opts.onAction, 'pre-resume', pid);
-  // -s/--leave-stopped: the stop is queued before the threads go, so they stop at once.
-  if (opts.isLeftStopped === true) for (const p of procs) sys.kill(p.img.pid, SIGSTOP);
+  // -s/--leave-stopped, or a process that was stopped when dumped: the stop is queued before the
+  // threads go, so they stop at once.
+  for (const p of procs)
+    if (opts.isLeftStopped === true || isDumpedStopped(p.img)) sys.kill(p.img.pid, SIGSTOP);
   // Each leader first: a process-directed signal that came during the restore (blocked until now
   // in every thread) then goes to it, as the kernel prefers the main thread for such signals.
   for (const p of procs) {
@@ -422,4 +424,11 @@ export function reapWhenDone(pid: number, everyMs = 500): void {
     }
   }, everyMs);
   timer.unref();
+}
+
+/** CRIU's task_state of a task that was stopped (group stop) when dumped. */
+const TASK_STOPPED = 6;
+
+function isDumpedStopped(t: TaskImages): boolean {
+  return Number((t.cores.get(t.pid)?.['tc'] as ImageEntry | undefined)?.['task_state']) === TASK_STOPPED;
 }

@@ -249,6 +249,36 @@ t.test(
 );
 
 t.test(
+  'cr_tree with G stopped (SIGSTOP): G comes back stopped, the others running, and all pass once G is continued',
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    const { dir, w, pids } = await startTree(t);
+    signalTask(pids.G, 'SIGSTOP');
+    await poll(() => taskState(pids.G) === 'T', 'G stopped', 5000);
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(pids.R), '-D', images]);
+    if (!t.equal(dump.status, 0, `dump succeeds: ${dump.stderr}`)) return;
+    const core = await criuAsync(['show', '-f', path.join(images, `core-${pids.G}.img`)]);
+    t.match(core.stdout, /"task_state": "Stopped"/, "G's core says it was stopped");
+    for (const role of ROLES) await waitGone(pids[role]);
+    const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
+    await poll(() => taskState(pids.G) === 'T', 'G stopped again', 5000).catch(() => undefined);
+    t.equal(taskState(pids.G), 'T', 'G is stopped after the restore');
+    for (const role of ['R', 'A', 'B'] as const)
+      await poll(() => taskState(pids[role]) === 'S', `${role} running`, 5000).catch(() => undefined);
+    t.same(
+      (['R', 'A', 'B'] as const).map((role) => taskState(pids[role])),
+      ['S', 'S', 'S'],
+      'R, A and B run (asleep in their wait)',
+    );
+    signalTask(pids.G, 'SIGCONT');
+    await endExpectPass(t, w);
+    const r = await restored.done;
+    t.equal(r.status, 0, `criu restore exits with R's status 0 (${r.stderr})`);
+  },
+);
+
+t.test(
   'cr_tree: dump --leave-running leaves the four running',
   { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
   async (t) => {
