@@ -340,8 +340,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   await runLoggedAction(opts.onAction, 'pre-resume', pid);
   // -s/--leave-stopped, or a process that was stopped when dumped: the stop is queued before the
   // threads go, so they stop at once.
-  for (const p of procs)
-    if (opts.isLeftStopped === true || isDumpedStopped(p.img)) sys.kill(p.img.pid, SIGSTOP);
+  for (const p of procs) if (opts.isLeftStopped === true || isDumpedStopped(p.img)) sys.kill(p.img.pid, SIGSTOP);
   // Each leader first: a process-directed signal that came during the restore (blocked until now
   // in every thread) then goes to it, as the kernel prefers the main thread for such signals.
   for (const p of procs) {
