@@ -249,7 +249,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       list.push(extra === undefined ? { entry } : { entry, extra });
       extraImages.set(kind, list);
     };
-    const images = localImageSink(dir, allocPagesId);
+    // Shared memory contents go where the task pages go (a page server's, as CRIU's).
+    const localImages = localImageSink(dir, allocPagesId);
+    const images =
+      sink.writeShmem === undefined
+        ? localImages
+        : { writeImage: localImages.writeImage, writeShmemPages: sink.writeShmem.bind(sink) };
     const batch: ImageToWrite[] = [];
     const add = (name: string, kind: string, entries: ImageToWrite['entries']): void => {
       batch.push({ path: path.join(dir, name), kind, entries });

@@ -27,21 +27,34 @@ export async function connectPageServerSink(target: PageServerTarget): Promise<P
   log().info(
     `Sending pages to the page server at ${client.peer}${target.tls === undefined ? '' : ' (TLS handshake completed)'}`,
   );
+  // One session carries every pagemap in turn (a task's, then a shmem object's...): each step
+  // waits for the one before, so that a shmem object stored while a task's pages are still being
+  // sent (the dump collects the files meanwhile) does not cut into them.
+  let last: Promise<unknown> = Promise.resolve();
+  const inTurn = <T>(step: () => Promise<T>): Promise<T> => {
+    const next = last.catch(() => undefined).then(step);
+    last = next;
+    return next;
+  };
   return {
     isLocal: false,
-    async open(pid) {
-      return (await client.open({ type: 'task', id: pid })).hasParent;
-    },
-    async writePages(pid, plan, opts) {
-      const res = await client.sendPagemap(pid, plan.entries, {
-        isRunning: opts.running,
-        ...(opts.signal === undefined ? {} : { signal: opts.signal }),
-        ...(opts.onProgress === undefined ? {} : { onProgress: opts.onProgress }),
-      });
-      if (res.nrPagesGone > 0) log().info(`${res.nrPagesGone} pages were unmapped during the copy (zeros sent)`);
-      return { pagesWritten: res.nrPagesSent };
-    },
-    commit: () => client.close(),
+    open: (pid) => inTurn(async () => (await client.open({ type: 'task', id: pid })).hasParent),
+    writePages: (pid, plan, opts) =>
+      inTurn(async () => {
+        const res = await client.sendPagemap(pid, plan.entries, {
+          isRunning: opts.running,
+          ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+          ...(opts.onProgress === undefined ? {} : { onProgress: opts.onProgress }),
+        });
+        if (res.nrPagesGone > 0) log().info(`${res.nrPagesGone} pages were unmapped during the copy (zeros sent)`);
+        return { pagesWritten: res.nrPagesSent };
+      }),
+    writeShmem: (shmid, runs) =>
+      inTurn(async () => {
+        await client.open({ type: 'shmem', id: Number(shmid) });
+        for (const run of runs) await client.addPresentBytes(BigInt(run.pageIndex) * PAGE_BYTES, run.data);
+      }),
+    commit: () => inTurn(() => client.close()),
     abort: () => {
       client.abort();
       return Promise.resolve();
@@ -49,3 +62,5 @@ export async function connectPageServerSink(target: PageServerTarget): Promise<P
     destination: () => pageServerDest(target.address, target.port),
   };
 }
+
+const PAGE_BYTES = 4096n;

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { pagemapEntry, writeImage } from '../images/index.js';
 import { log } from '../log.js';
 import { discardPagesFile, preparePagesFile, writePages, type PreparedPagesFile } from '../mem/dump-pages.js';
+import type { ShmemRun } from '../files/image-sink.js';
 import { localDest, type KnownState, type MemoryPlan } from './memory.js';
 
 export interface WritePagesOptions {
@@ -37,6 +38,11 @@ export interface PageSink {
   abort(): Promise<void>;
   /** The destination's name for the tracker's known state. */
   destination(dir: string): string;
+  /**
+   * Store the contents of a shmem object (shared anonymous memory, a memfd) with the task pages,
+   * as CRIU does with a page server (pagemap-shmem-<shmid>.img there). Absent: local files.
+   */
+  writeShmem?(shmid: bigint, runs: readonly ShmemRun[]): Promise<void>;
 }
 
 /**
