@@ -194,14 +194,20 @@ export async function restoreGhost(
     return fd;
   }
   const { created, isDir } = await createGhost(ghostId, path, ctx.imagesDir);
+  const remove = (): void => (isDir ? rmdirSync(created) : unlinkSync(created));
+  let fd: number;
   try {
-    const fd = await openInTask(ctx.injector, created, flags);
-    firstOwners.set(ghostId, regId);
-    return fd;
-  } finally {
-    if (isDir) rmdirSync(created);
-    else unlinkSync(created);
+    fd = await openInTask(ctx.injector, created, flags);
+  } catch (err) {
+    remove();
+    throw err;
   }
+  firstOwners.set(ghostId, regId);
+  // In a tree, another process may open the same deleted file: left for it, and removed with the
+  // mappings' ghosts once every process has its files.
+  if (ctx.tree !== undefined) sharedMap<number, string>(ctx.shared, GHOSTS_MATERIALIZED).set(ghostId, created);
+  else remove();
+  return fd;
 }
 
 /** shared-map key: ghost id → the path it was recreated at and left for others to open. */

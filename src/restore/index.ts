@@ -31,6 +31,7 @@ import { SIGSTOP, WNOHANG, __WALL } from '../kernel/constants.js';
 import { restoreFiles, TreeFiles } from '../files/index.js';
 import { checkTtyRestore } from '../files/tty.js';
 import { prepareDeletedMappings, removeMaterializedGhosts } from '../files/vma-ghost.js';
+import { GHOSTS_MATERIALIZED } from '../files/ghost.js';
 import { loadImages, type TaskImages } from './images.js';
 import { dieAsDumped, forkStub, joinGroups, leadAsDumped } from './tree.js';
 import { restoreSeccomp } from './seccomp.js';
@@ -163,15 +164,19 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     skeleton === undefined
       ? startStub(pid, layout, maxThreads, { isSibling: opts.isSibling === true })
       : skeleton.prepareFinal(dumpedVmas(img.mm), img.threads.length);
+  const treeGhosts = new Map<number, string>();
   const restoring = (t: TaskImages, stub: Stub): Restoring => ({
     img: t,
     stub,
     threads: [],
-    filesShared: new Map(),
+    // In a tree, a deleted file recreated for one process (a ghost) is the one the others map
+    // and open too: one table of them for all, emptied once every process has its files.
+    filesShared: new Map<string, unknown>(img.tree.length > 1 ? [[GHOSTS_MATERIALIZED, treeGhosts]] : []),
     finishFiles: () => Promise.resolve(),
     pagesRestored: 0,
   });
-  const procs: Restoring[] = [restoring(img, rootStub)];
+  const rootProc = restoring(img, rootStub);
+  const procs: Restoring[] = [rootProc];
   /** The zombies' stubs, killed with the tree if the restore fails before they die as dumped. */
   const zombieStubs: Stub[] = [];
   const treeFiles = img.tree.length > 1 ? new TreeFiles() : undefined;
@@ -225,7 +230,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       treeFiles,
     );
     p.finishFiles = files.finish;
-    removeMaterializedGhosts(p.filesShared);
+    if (treeFiles === undefined) removeMaterializedGhosts(p.filesShared);
     log().debug('restore: memfd mappings');
     await restoreMemfdMappings(leader, t.pid, t.mm, img.files, t.fdinfo, img.dir, (kind) => img.extras(kind));
     log().debug('restore: fs and misc');
@@ -316,6 +321,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     ]);
     for (const { z, stub, parent } of zombies) dieAsDumped(stub, z.exitStatus, parent.stub);
     for (const p of procs) await restoreTask(p);
+    if (treeFiles !== undefined) removeMaterializedGhosts(rootProc.filesShared);
     // Files kept open for other files (a pair's end, a pipe another process reopens) are closed
     // once every process has its own.
     for (const p of procs) await p.finishFiles();

@@ -159,3 +159,22 @@ export function askCounter(host: string, port: number, lines: number): Promise<s
     sock.setTimeout(5000, () => sock.destroy(new Error(`no answer from ${host}:${port}`)));
   });
 }
+
+/**
+ * A python multiprocessing pool: the parent maps a function over two worker processes (pipes
+ * between them, and POSIX semaphores: deleted /dev/shm files all three map), and appends
+ * "ROUND <n> <sum>" to the file of argv[1] after each round.
+ */
+export const PYTHON_POOL = `
+import multiprocessing as mp, sys, time
+def square(x):
+    return x * x
+if __name__ == '__main__':
+    out = open(sys.argv[1], 'a', buffering=1)
+    with mp.Pool(2) as pool:
+        n = 0
+        while True:
+            n += 1
+            out.write(f"ROUND {n} {sum(pool.map(square, range(10)))}\\n")
+            time.sleep(0.02)
+`;

@@ -19,7 +19,7 @@
  *   two zombies die again as they died (its waitpid checks the exit code and the signal).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { SYSCALLS_X86_64 } from '../../../src/kernel/syscalls.js';
@@ -37,6 +37,7 @@ import {
   waitInSyscall,
   type Workload,
 } from '../../helpers/cr.js';
+import { PYTHON_POOL } from '../../helpers/programs.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
 const crit = ['/usr/bin/crit', '/usr/sbin/crit'].find((p) => existsSync(p));
@@ -398,6 +399,91 @@ t.test(
     await poll(() => ended().endsWith('\n'), `bash to write ${endFile}`, 10_000).catch(() => undefined);
     t.equal(ended(), 'done 137\n', "bash's wait saw its own child killed by SIGKILL");
     await waitGone(pids.bash);
+  },
+);
+
+t.test(
+  'a shell pipeline (sh, its counting subshell with a sleep, cat) counts on after the restore, no line lost',
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    const dir = t.testdir();
+    const out = path.join(dir, 'out.txt');
+    const lines = (): number[] =>
+      (existsSync(out) ? readFileSync(out, 'utf8') : '')
+        .split('\n')
+        .filter((l) => l !== '')
+        .map(Number);
+    const sh = startProgram([
+      'setsid',
+      'sh',
+      '-c',
+      'i=0; while :; do i=$((i+1)); echo $i; sleep 0.02; done | cat > "$1"',
+      'sh',
+      out,
+    ]);
+    t.teardown(() => spawnSync('pkill', ['-KILL', '-s', String(sh)]));
+    await poll(() => lines().length >= 5, 'five lines', 10_000);
+    const images = path.join(dir, 'img');
+    const r = await criuAsync(['dump', '-t', String(sh), '-D', images]);
+    if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return;
+    await waitGone(sh);
+    const atDump = lines().length;
+    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
+    t.equal(restored.pid, sh, 'sh restored with its pid');
+    await poll(() => lines().length >= atDump + 10, 'ten more lines', 10_000);
+    const got = lines();
+    t.ok(
+      got.every((n, i) => n === i + 1),
+      `1..${got.length} in order, none lost or repeated across the restore (at the dump: ${atDump})`,
+    );
+  },
+);
+
+t.test(
+  'a python multiprocessing pool works on after the restore, its semaphores shared again',
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    const dir = t.testdir();
+    const script = path.join(dir, 'pool.py');
+    writeFileSync(script, PYTHON_POOL);
+    const out = path.join(dir, 'out.txt');
+    const rounds = (): string[] =>
+      existsSync(out)
+        ? readFileSync(out, 'utf8')
+            .split('\n')
+            .filter((l) => l !== '')
+        : [];
+    const python = startProgram(['setsid', 'python3', script, out]);
+    t.teardown(() => spawnSync('pkill', ['-KILL', '-s', String(python)]));
+    await poll(() => rounds().length >= 3, 'three rounds', 20_000);
+    const semaphores = (pid: number): string[] =>
+      readFileSync(`/proc/${pid}/maps`, 'utf8')
+        .split('\n')
+        .filter((l) => l.includes('/dev/shm/sem.'))
+        .map((l) => `${l.split(/\s+/)[5] ?? ''} ${l.split(/\s+/)[4] ?? ''}`);
+    const images = path.join(dir, 'img');
+    const r = await criuAsync(['dump', '-t', String(python), '-D', images]);
+    if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return;
+    await waitGone(python);
+    const atDump = rounds().length;
+    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
+    t.equal(restored.pid, python, 'python restored with its pid');
+    const workers = readFileSync(`/proc/${python}/task/${python}/children`, 'utf8').trim().split(/\s+/).map(Number);
+    t.equal(workers.length, 2, 'its two workers are back, its children');
+    const mine = semaphores(python);
+    t.ok(mine.length > 0, `python maps its semaphores (${mine.length})`);
+    for (const w of workers) t.same(semaphores(w), mine, `worker ${w} maps the same semaphore files (inodes)`);
+    await poll(() => rounds().length >= atDump + 5, 'five more rounds', 20_000);
+    const got = rounds();
+    t.ok(
+      got.every((l, i) => l === `ROUND ${i + 1} 285`),
+      `rounds 1..${got.length} in order, each right (at the dump: ${atDump})`,
+    );
+    t.same(
+      readdirSync('/dev/shm').filter((n) => n.startsWith('sem.')),
+      [],
+      'no recreated semaphore file is left in /dev/shm',
+    );
   },
 );
 
