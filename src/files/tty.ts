@@ -258,7 +258,14 @@ function masterIndexOf(input: FdDumpInput): number | undefined {
   return m === null ? undefined : Number(m[1]);
 }
 
-/** Does task `pid` hold the master of pty `index` (then its slave is no shell's terminal)? */
+/**
+ * Does the dump hold the master of pty `index` (then its slave is no shell's terminal): task
+ * `pid`, or another process of the dumped tree (`options.treePids`)?
+ */
+function dumpHoldsMaster(pid: number, index: number, options: FileOptions): boolean {
+  return (options.treePids ?? [pid]).some((p) => taskHoldsMaster(p, index));
+}
+
 function taskHoldsMaster(pid: number, index: number): boolean {
   let fds: string[];
   try {
@@ -302,6 +309,8 @@ function ptyMaster(ctx: FileRestoreContext, index: number, flags: number): numbe
   ctx.shared.set('tty.masters', pending);
   const known = pending.get(index);
   if (known !== undefined) return known;
+  // In a tree, another process may have made the pty already (its master, or for its slaves).
+  if (ctx.tree !== undefined && treeMasters(ctx.tree.shared).has(index)) return undefined;
   const inj = ctx.injector;
   const extra: number[] = [];
   try {
@@ -320,8 +329,11 @@ function ptyMaster(ctx: FileRestoreContext, index: number, flags: number): numbe
         const unlock = Buffer.alloc(4);
         ioctlOrThrow(inj, fd, TIOCSPTLCK, 4, 'TIOCSPTLCK', unlock);
         inj.resetScratch();
-        pending.set(index, fd);
-        return fd;
+        // Kept above the fd table until its own entry (or finishRestore) claims it.
+        const parked = ctx.parkFd(fd);
+        pending.set(index, parked);
+        if (ctx.tree !== undefined) treeMasters(ctx.tree.shared).set(index, { pid: ctx.pid, fd: parked });
+        return parked;
       }
       extra.push(fd);
       if (got > index || extra.length > 4096)
@@ -332,11 +344,32 @@ function ptyMaster(ctx: FileRestoreContext, index: number, flags: number): numbe
   }
 }
 
+/**
+ * In a tree: the ptys made so far, by index: where the master is open (the process that made it
+ * for its slaves, its fd parked there; or the one whose master it is, `fd` -1 then).
+ */
+function treeMasters(shared: Map<string, unknown>): Map<number, { pid: number; fd: number }> {
+  let m = shared.get('tty.treeMasters') as Map<number, { pid: number; fd: number }> | undefined;
+  if (m === undefined) {
+    m = new Map();
+    shared.set('tty.treeMasters', m);
+  }
+  return m;
+}
+
 async function restoreMaster(tty: ImageEntry, info: ImageEntry, ctx: FileRestoreContext): Promise<number> {
   const inj = ctx.injector;
   const index = Number((info['pty'] as ImageEntry)['index']);
-  const fd = ptyMaster(ctx, index, Number(tty['flags']));
+  // Made by another process of the tree for its slaves: the master is taken from there.
+  const elsewhere = ctx.tree === undefined ? undefined : treeMasters(ctx.tree.shared).get(index);
+  const fd =
+    elsewhere !== undefined && elsewhere.pid !== ctx.pid && elsewhere.fd >= 0 && ctx.tree !== undefined
+      ? ctx.tree.takeFrom(elsewhere.pid, elsewhere.fd)
+      : ptyMaster(ctx, index, Number(tty['flags']));
   if (fd === undefined) throw new ImageError('tty-info.img', `pty ${index} has two masters`);
+  if (ctx.tree !== undefined) treeMasters(ctx.tree.shared).set(index, { pid: ctx.pid, fd: -1 });
+  ctx.shared.set('tty.masters', ctx.shared.get('tty.masters') ?? new Map<number, number>());
+  ctx.shared.set('tty.mastersPlaced', ctx.shared.get('tty.mastersPlaced') ?? new Set<number>());
   (ctx.shared.get('tty.masters') as Map<number, number>).delete(index);
   (ctx.shared.get('tty.mastersPlaced') as Set<number>).add(index);
   // Opened for a slave first maybe, without the master's own status flags.
@@ -356,7 +389,11 @@ async function restorePairedSlave(tty: ImageEntry, info: ImageEntry, ctx: FileRe
   ptyMaster(ctx, index, 2 /* O_RDWR */);
   // The task's controlling terminal when it led the session owning it: opened without
   // O_NOCTTY by the (new) session leader, it becomes that again.
-  const isCtty = Number(info['sid']) === ctx.pid;
+  const infos = (await ctx.entriesOf('TTY_INFO')).map((e) => e.entry);
+  const master = pairedMasterOf(info, infos);
+  const session =
+    master === undefined ? { sid: Number(info['sid']), pgrp: Number(info['pgrp']) } : ptySession(info, master);
+  const isCtty = session.sid === ctx.pid;
   const path = `/dev/pts/${index}`;
   const flags = reopenFlags(Number(tty['flags'])) | (isCtty ? 0 : O_NOCTTY);
   const ret = inj.syscall(NR.openat, [AT_FDCWD, inj.pushData(Buffer.from(`${path}\0`)), BigInt(flags), 0n]);
@@ -379,8 +416,10 @@ async function restorePairedSlave(tty: ImageEntry, info: ImageEntry, ctx: FileRe
         buf.writeUInt16LE(Number(ws['ws_ypixel']), 6);
         ioctlOrThrow(inj, fd, TIOCSWINSZ, 8, 'TIOCSWINSZ', buf);
       }
-      if (isCtty && Number(info['pgrp']) === ctx.pid)
-        ctx.shared.set('tty.foreground', { fileId: Number(tty['id']), pgrp: ctx.pid });
+      // Its foreground group: this process's, or (in a tree) another's of its session.
+      const { pgrp } = session;
+      if (isCtty && (pgrp === ctx.pid || (ctx.tree !== undefined && pgrp > 0)))
+        ctx.shared.set('tty.foreground', { fileId: Number(tty['id']), pgrp });
     }
     restoreFown(inj, fd, tty['fown'] as ImageEntry | undefined);
   } catch (err) {
@@ -410,7 +449,7 @@ export const ttyFile: FdKindModule = {
       return masterIndexOf(input) === undefined
         ? `${where}: pty master ${input.link} is not supported (a legacy BSD pty)`
         : undefined;
-    if (role === 'pty-slave' && taskHoldsMaster(input.pid, slaveIndexOf(input.stat.rdev))) return undefined;
+    if (role === 'pty-slave' && dumpHoldsMaster(input.pid, slaveIndexOf(input.stat.rdev), options)) return undefined;
     if (options.isShellJob !== true)
       return `${where}: terminal ${input.link} is not supported without --shell-job (-j)`;
     return undefined;
@@ -422,7 +461,8 @@ export const ttyFile: FdKindModule = {
     const role = ttyRole(input.stat.rdev);
     const masterIndex = role === 'pty-master' ? masterIndexOf(input) : undefined;
     const isPaired =
-      masterIndex !== undefined || (role === 'pty-slave' && taskHoldsMaster(input.pid, slaveIndexOf(input.stat.rdev)));
+      masterIndex !== undefined ||
+      (role === 'pty-slave' && dumpHoldsMaster(input.pid, slaveIndexOf(input.stat.rdev), ctx.options ?? {}));
     // Masters all have /dev/ptmx's device number: they are told apart by their pty index.
     const key = masterIndex !== undefined ? `master:${masterIndex}` : `rdev:${input.stat.rdev}`;
     let infoId = infos.get(key);
@@ -507,6 +547,7 @@ export const ttyFile: FdKindModule = {
       if (fd !== undefined) ioctlInTask(ctx.injector, fd, TIOCSPTLCK, 4, Buffer.from([1, 0, 0, 0]));
     }
     ctx.injector.resetScratch();
+    if (ctx.tree !== undefined) await restoreTreeCtty(ctx);
     const wish = ctx.shared.get('tty.foreground') as ForegroundWish | undefined;
     if (wish === undefined) return;
     const fd = ctx.fdOfFileId(wish.fileId);
@@ -521,6 +562,47 @@ export const ttyFile: FdKindModule = {
     ctx.injector.resetScratch();
   },
 };
+
+/**
+ * In a tree, a session leader may hold its controlling terminal by a description another
+ * process restored (inherited across fork, as script(1)'s child has its slave): taken over, not
+ * opened, it did not become the controlling terminal on open. TIOCSCTTY makes it so, and its
+ * foreground group is set with the others' (finishRestore).
+ */
+async function restoreTreeCtty(ctx: FileRestoreContext): Promise<void> {
+  const infos = (await ctx.entriesOf('TTY_INFO')).map((e) => e.entry);
+  for (const { entry } of await ctx.entriesOf('FILES')) {
+    if (Number(entry['type']) !== FD_TYPES.TTY) continue;
+    const tty = entry['tty'] as ImageEntry | undefined;
+    const info = infos.find((i) => Number(i['id']) === Number(tty?.['tty_info_id']));
+    const master = info === undefined ? undefined : pairedMasterOf(info, infos);
+    if (info === undefined || master === undefined || ptySession(info, master).sid !== ctx.pid) continue;
+    const fd = ctx.fdOfFileId(Number(entry['id']));
+    if (fd === undefined) continue;
+    const got = ioctlInTask(ctx.injector, fd, TIOCSCTTY, 0);
+    if (typeof got === 'bigint')
+      log().warn(
+        `Cannot make pty ${String((info['pty'] as ImageEntry)['index'])} the terminal of session ${ctx.pid}: ${got}`,
+      );
+    const { pgrp } = ptySession(info, master);
+    if (pgrp > 0 && !ctx.shared.has('tty.foreground'))
+      ctx.shared.set('tty.foreground', { fileId: Number(entry['id']), pgrp });
+    ctx.injector.resetScratch();
+    return;
+  }
+}
+
+/**
+ * The session a pty is the controlling terminal of, and its foreground group: as the slave's
+ * info says, or, when the slave was dumped from a process outside that session (which the
+ * kernel does not tell), as its master's does (TIOCGSID and TIOCGPGRP answer on a master).
+ */
+function ptySession(slave: ImageEntry, master: ImageEntry): { sid: number; pgrp: number } {
+  const sid = Number(slave['sid'] ?? 0);
+  return sid !== 0
+    ? { sid, pgrp: Number(slave['pgrp'] ?? 0) }
+    : { sid: Number(master['sid'] ?? 0), pgrp: Number(master['pgrp'] ?? 0) };
+}
 
 /** tcsetattr and the locked termios, as dumped. */
 function restoreTtyParams(inj: Injector, fd: number, info: ImageEntry): void {

@@ -488,6 +488,56 @@ t.test(
 );
 
 t.test(
+  'script(1) and its shell in a pty: the shell gets its controlling terminal and foreground group back',
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    // script holds the pty's master and a slave; its child, a session leader, has the slave
+    // (the same description, inherited) as its controlling terminal and counts into a file.
+    const dir = t.testdir();
+    const out = path.join(dir, 'out.txt');
+    const loop = path.join(dir, 'loop.sh');
+    writeFileSync(loop, `i=0; while :; do i=$((i+1)); echo $i >> '${out}'; echo tick $i; sleep 0.02; done\n`);
+    const script = startProgram(['setsid', 'script', '-q', '-c', `sh ${loop}`, path.join(dir, 'typescript')]);
+    t.teardown(() => {
+      spawnSync('pkill', ['-KILL', '-f', loop]);
+      signalTask(script, 'SIGKILL');
+    });
+    const lines = (): number[] =>
+      (existsSync(out) ? readFileSync(out, 'utf8') : '')
+        .split('\n')
+        .filter((l) => l !== '')
+        .map(Number);
+    await poll(() => lines().length >= 5, 'five lines', 10_000);
+    const shell = Number(readFileSync(`/proc/${script}/task/${script}/children`, 'utf8').trim().split(/\s+/)[0]);
+    const ttyOf = (pid: number): { ttyNr: number; tpgid: number } => {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return { ttyNr: Number(f[4]), tpgid: Number(f[5]) };
+    };
+    const before = ttyOf(shell);
+    t.ok(
+      before.ttyNr !== 0 && before.tpgid === shell,
+      `the shell leads the pty's foreground (${JSON.stringify(before)})`,
+    );
+    const images = path.join(dir, 'img');
+    const r = await criuAsync(['dump', '-t', String(script), '-D', images]);
+    if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return;
+    await waitGone(script);
+    await waitGone(shell);
+    const atDump = lines().length;
+    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
+    t.equal(restored.pid, script, 'script restored with its pid');
+    t.same(ttyOf(shell), before, 'the shell has its controlling terminal and foreground group back');
+    await poll(() => lines().length >= atDump + 10, 'ten more lines', 10_000);
+    const got = lines();
+    t.ok(
+      got.every((n, i) => n === i + 1),
+      `1..${got.length} in order across the restore (at the dump: ${atDump})`,
+    );
+  },
+);
+
+t.test(
   'a zombie child comes back a zombie, a child of its parent (python that never reaps it)',
   { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
   async (t) => {
