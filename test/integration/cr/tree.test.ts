@@ -66,6 +66,11 @@ function taskIds(pid: number): TaskIds | undefined {
   return { state, ppid: Number(ppid), pgrp: Number(pgrp), session: Number(session) };
 }
 
+/** The non-empty lines of `file` so far (none while it does not exist). */
+function linesOf(file: string): string[] {
+  return (existsSync(file) ? readFileSync(file, 'utf8') : '').split('\n').filter((l) => l !== '');
+}
+
 /** The tids of process `pid`, the leader first. */
 function threadsOf(pid: number): number[] {
   const tids = readdirSync(`/proc/${pid}/task`).map(Number);
@@ -408,11 +413,7 @@ t.test(
   async (t) => {
     const dir = t.testdir();
     const out = path.join(dir, 'out.txt');
-    const lines = (): number[] =>
-      (existsSync(out) ? readFileSync(out, 'utf8') : '')
-        .split('\n')
-        .filter((l) => l !== '')
-        .map(Number);
+    const lines = (): number[] => linesOf(out).map(Number);
     const sh = startProgram([
       'setsid',
       'sh',
@@ -447,12 +448,7 @@ t.test(
     const script = path.join(dir, 'pool.py');
     writeFileSync(script, PYTHON_POOL);
     const out = path.join(dir, 'out.txt');
-    const rounds = (): string[] =>
-      existsSync(out)
-        ? readFileSync(out, 'utf8')
-            .split('\n')
-            .filter((l) => l !== '')
-        : [];
+    const rounds = (): string[] => linesOf(out);
     const python = startProgram(['setsid', 'python3', script, out]);
     t.teardown(() => spawnSync('pkill', ['-KILL', '-s', String(python)]));
     await poll(() => rounds().length >= 3, 'three rounds', 20_000);
@@ -502,11 +498,7 @@ t.test(
       spawnSync('pkill', ['-KILL', '-f', loop]);
       signalTask(script, 'SIGKILL');
     });
-    const lines = (): number[] =>
-      (existsSync(out) ? readFileSync(out, 'utf8') : '')
-        .split('\n')
-        .filter((l) => l !== '')
-        .map(Number);
+    const lines = (): number[] => linesOf(out).map(Number);
     await poll(() => lines().length >= 5, 'five lines', 10_000);
     const shell = Number(readFileSync(`/proc/${script}/task/${script}/children`, 'utf8').trim().split(/\s+/)[0]);
     const ttyOf = (pid: number): { ttyNr: number; tpgid: number } => {
