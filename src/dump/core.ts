@@ -30,6 +30,7 @@ import { readTimers } from '../proc/timers.js';
 import * as sys from '../sys/native.js';
 import type { UserRegs } from '../sys/regs.js';
 import { decodeXsave } from './xsave.js';
+import { TASK_STATE } from '../images/task-state.js';
 
 const NT_X86_XSTATE = 0x202;
 const XSTATE_BUF_BYTES = 16384;
@@ -275,7 +276,7 @@ export function dumpTaskCore(
     posix: posixEntries,
   };
   const tc: ImageEntry = {
-    task_state: 1, // TASK_ALIVE
+    task_state: TASK_STATE.ALIVE,
     exit_code: 0,
     personality,
     flags: stat.flags,

@@ -13,6 +13,7 @@ import { readChildren } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
 import { listThreads, readStatus } from '../proc/status.js';
 import * as sys from '../sys/native.js';
+import { sleepMs } from '../sys/wait.js';
 import { PTRACE_O_SUSPEND_SECCOMP, SIGKILL, SIGSTOP, __WALL } from '../kernel/constants.js';
 
 export interface FrozenProcess {
@@ -84,7 +85,18 @@ export function freezeTree(pid: number, options: { timeoutMs?: number } = {}): F
   const tasks: FrozenTask[] = [];
   const zombies: { pid: number; ppid: number }[] = [];
   const visit = (p: number, ppid: number): void => {
-    tasks.push({ ...freezeProcess(p, options), ppid });
+    let frozen: FrozenProcess;
+    try {
+      frozen = freezeProcess(p, options);
+    } catch (err) {
+      // A child that exited since its parent was frozen is a zombie now, or on its way there
+      // (its memory already gone), or gone (its parent ignores SIGCHLD): not an error.
+      if (ppid === 0) throw err;
+      if (!hasExited(p)) throw err;
+      if (isZombie(p)) zombies.push({ pid: p, ppid });
+      return;
+    }
+    tasks.push({ ...frozen, ppid });
     for (const child of readChildren(p) ?? []) {
       if (isZombie(child)) zombies.push({ pid: child, ppid: p });
       else visit(child, p);
@@ -103,6 +115,24 @@ export function freezeTree(pid: number, options: { timeoutMs?: number } = {}): F
 export function isZombie(pid: number): boolean {
   const state = readStat(pid)?.state;
   return state === 'Z' || state === 'X';
+}
+
+const PF_EXITING = 0x4;
+/** How long a freeze waits for an exiting child to become a zombie. */
+const EXITING_WAIT_MS = 1000;
+
+/**
+ * Process `pid` has exited: a zombie, or gone (reaped). One in the middle of its exit (its
+ * memory and files already released) is waited for, a little.
+ */
+export function hasExited(pid: number): boolean {
+  const until = Date.now() + EXITING_WAIT_MS;
+  for (;;) {
+    const st = readStat(pid);
+    if (st === null || st.state === 'Z' || st.state === 'X') return true;
+    if ((st.flags & PF_EXITING) === 0 || Date.now() > until) return false;
+    sleepMs(1);
+  }
 }
 
 /** Put every thread back as it was and let the process run on. */

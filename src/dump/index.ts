@@ -11,15 +11,16 @@
  *      every process is of a supported kind
  *   2. freeze: seize and stop every thread of every process, parents first
  *   3. collect, process by process: mm and VMAs, fds, per-thread cores, fs, ids (in memory)
- *   4. memory: present pages copied into pages-1.img, pagemap-<pid>.img (or sent to a page
- *      server); with a tracker and a parent image, unchanged pages are left to the parent
+ *      (process.ts); a zombie: its exit status
+ *   4. memory, each process's while its other state is collected: present pages copied into
+ *      pages-<n>.img, pagemap-<pid>.img (or sent to a page server); with a tracker and a parent
+ *      image, unchanged pages are left to the parent
  *   5. write the images (temporary names, renamed on completion), inventory.img last
- *   6. end: kill the task (default), leave it running (-R) or stopped (-s)
+ *   6. end: kill the tree (default), leave it running (-R) or stopped (-s)
  *   7. stats-dump
  */
 
 import { mkdir, readdir } from 'node:fs/promises';
-import { readlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { TaskError } from '../errors.js';
 import { imageFileName, PARENT_LINK, writeParentLink, type ImageEntry } from '../images/index.js';
@@ -27,32 +28,27 @@ import { prepareImageKinds, writeImagesSync, type ImageToWrite } from '../images
 import { log } from '../log.js';
 import { injectedCallCounts } from '../inject/injector.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
-import { pagesBytes } from '../mem/dump-pages.js';
-import { readStat, type TaskStat } from '../proc/stat.js';
+import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
 import type * as TrackModule from '../mem/track/index.js';
-import { checkFds, dumpFiles } from '../files/index.js';
 import { localImageSink } from '../files/image-sink.js';
 import type { FileOptions } from '../files/types.js';
-import { dumpDeletedMappings } from '../files/vma-ghost.js';
-import { releaseTcpRepair } from '../files/inet-socket.js';
 import { removeLinkRemaps } from '../files/link-remap.js';
 import { dumpCpuinfo } from '../cpuinfo/index.js';
 import type { DirtyTracker } from '../mem/track/index.js';
 import { dedupChain } from '../mem/dedup.js';
 import type { TrackerChoice } from '../kerndat/tracker.js';
 import { kerndat } from '../kerndat/index.js';
-import { dumpTaskCore, dumpThread } from './core.js';
 import type { ActionHook } from '../actions.js';
-import { freezeTree, killTree, resumeTree, stopTree, type FrozenTask } from './freeze.js';
-import { completeMm, dumpMm, dumpMmShmem, MM_CALLS, pathFileEntry, preReadMm, type MmPreRead } from './mm.js';
+import { killTree, resumeTree, stopTree, type FrozenTask } from './freeze.js';
+import { preReadMm, type MmPreRead } from './mm.js';
 import { dumpSeccomp } from './seccomp.js';
-import { decodeKnown, planMemory } from './memory.js';
-import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
+import { localPageSink, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
-import { kobjIds, rootIds } from './ids.js';
+import { rootIds } from './ids.js';
 import { classifyVma } from './vma.js';
-import { readDumpTree, refuseSharedMemory, refuseTreeShape } from './tree.js';
+import { checkTreeFds, freezeDumpTree, readDumpTree, refuseSharedMemory, releaseTree, zombieCore } from './tree.js';
+import { dumpProcess, type ProcessDumpContext } from './process.js';
 import type { PidfdStore } from './pidfd-store.js';
 
 export type { DumpStats } from './entries.js';
@@ -103,9 +99,6 @@ export type DumpResult = DumpStats & {
   endTracking?: () => Promise<void>;
 };
 
-const O_DIRECTORY = 0o200000;
-/** The scratch space made for the injected calls of a dump (the task core's take ~3 KiB). */
-const SCRATCH_BYTES = 16n << 10n;
 /** Full dumps with fewer bytes of pages than this do not reserve room for them ahead. */
 const RESERVE_MIN_BYTES = 64 << 20;
 
@@ -154,7 +147,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // A socket whose peer another process of the tree holds is inside the dump (treePids).
   const treeOptions = (tree: readonly { pid: number }[]): FileOptions =>
     tree.length > 1 ? { ...opts.fileOptions, treePids: tree.map((t) => t.pid) } : (opts.fileOptions ?? {});
-  for (const t of seen) checkFds(t.pid, treeOptions(seen));
+  checkTreeFds(seen, treeOptions(seen));
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
@@ -196,7 +189,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     await reserving; // the copy buffers' first touch is slow on VMs: not while frozen (buffer-pool.ts)
     log().debug('dump: copy buffers ready');
     t0 = nowUs();
-    ({ tasks, zombies } = freezeTree(pid));
+    ({ tasks, zombies } = freezeDumpTree(pid));
   } catch (err) {
     await sink.abort();
     await removeNew(dir, before);
@@ -238,150 +231,56 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   try {
     // Processes forked while the tree was read are checked now (a refusal resumes the tree).
     const fileOptions = treeOptions(tasks);
-    for (const t of tasks) if (!mmPreReading.has(t.pid)) checkFds(t.pid, fileOptions);
-    refuseTreeShape(pid, [...tasks, ...zombies]);
+    checkTreeFds(
+      tasks.filter((t) => !mmPreReading.has(t.pid)),
+      fileOptions,
+    );
     throwIfAborted(opts.signal);
     let nextId = 1;
-    const allocId = (): number => nextId++;
     const extraImages = new Map<string, { entry: ImageEntry; extra?: Uint8Array }[]>();
-    const addEntry = async (kind: string, entry: ImageEntry, extra?: Uint8Array): Promise<void> => {
-      const list = extraImages.get(kind) ?? [];
-      list.push(extra === undefined ? { entry } : { entry, extra });
-      extraImages.set(kind, list);
-    };
-    // Shared memory contents go where the task pages go (a page server's, as CRIU's).
-    const localImages = localImageSink(dir, allocPagesId);
-    const images =
-      sink.writeShmem === undefined
-        ? localImages
-        : { writeImage: localImages.writeImage, writeShmemPages: sink.writeShmem.bind(sink) };
     const batch: ImageToWrite[] = [];
     const add = (name: string, kind: string, entries: ImageToWrite['entries']): void => {
       batch.push({ path: path.join(dir, name), kind, entries });
     };
-    /** files.img: every task's file entries (its mappings' files, then its fds'). */
-    const fileEntries: ImageEntry[] = [];
-    const pstree: ImageEntry[] = [];
-    const seccomp = dumpSeccomp(tasks.map((t) => ({ pid: t.pid, tids: t.threads.map((inj) => inj.tid) })));
-    const sharedMemory = new Map<number, number>(); // memfd inode -> the first process mapping it
-    const dumpedShmem = new Set<number>(); // shared anonymous memory: dumped once for the tree
-    const tMem = nowUs();
-
-    /** One process of the tree: its images go into `batch`, its pages through the sink. */
-    const dumpTask = async (task: FrozenTask, index: number): Promise<void> => {
-      const tp = task.pid;
-      log().debug(`dump: mm of ${tp}`);
-      const mm = dumpMm(tp, allocId, mmPre.get(tp) ?? null);
-      refuseSharedMemory(tp, mm.vmas, sharedMemory);
-      const dirEntry = (p: string): number => {
-        const id = allocId();
-        mm.files.push(pathFileEntry(id, p, O_DIRECTORY, statSync(`/proc/${tp}/root${p}`, { bigint: true })));
-        return id;
-      };
-      const fsEntry = {
-        cwd_id: dirEntry(readlinkSync(`/proc/${tp}/cwd`)),
-        root_id: dirEntry(readlinkSync(`/proc/${tp}/root`)),
-        umask: readStatus(tp)?.umask ?? 0o22,
-      };
-      // The scratch mapping of the injected calls, made before the page copy starts: mmap and
-      // munmap wait for the task's mmap lock, which each read of the copy holds (an injected mmap
-      // took 10-17 ms beside a copy), and readers of /proc/PID then queue behind them. The other
-      // threads' calls use the same mapping (they are made one thread after the other).
-      const scratch = task.leader.prepareScratch(SCRATCH_BYTES);
-      for (const t of task.threads) if (t !== task.leader) t.useScratch(scratch.addr, scratch.sizeBytes);
-      // The memory first: its copy runs on the thread pool while this thread collects the rest and
-      // writes the small images. The injected calls meanwhile only write to the scratch mapping,
-      // which is not one of mm.vmas (and the task is frozen).
-      log().debug('dump: memory');
-      let tracker: DirtyTracker | null = null;
-      if (track !== null && (opts.trackMem === true || track.trackingKept(tp) !== null)) {
-        tracker = await track.openTracker({ pid: tp, injector: task.leader, choice: opts.tracker ?? 'auto' });
-        trackers.push({ pid: tp, tracker });
-        // A dump ends the tracking (below, or on failure): its collect need not re-arm.
-        tracker.markLastCollect();
-      }
-      log().debug('dump: memory plan');
-      const hasParent = await sink.open(tp, opts.prevImagesDir);
-      const isReused = hasParent && opts.pidfdStore?.isReusedSinceParent(tp, opts.prevImagesDir) === true;
-      const known =
-        hasParent && tracker !== null && !isReused
-          ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir)
-          : null;
-      const plan = await planMemory(tp, mm.vmas, tracker, known);
-      log().debug('dump: memory copy');
-      const totalBytes = pagesBytes(plan.copy);
-      // Stopped at its next chunk by the caller's signal, or by a failure of what runs beside it.
-      const copyAbort = new AbortController();
-      const onAbort = (): void => copyAbort.abort(opts.signal?.reason);
-      opts.signal?.addEventListener('abort', onAbort, { once: true });
-      const copying = sink
-        .writePages(tp, plan, {
-          running: false,
-          signal: copyAbort.signal,
-          onProgress: (done) => opts.onProgress?.('memory', done, totalBytes),
-        })
-        .finally(() => opts.signal?.removeEventListener('abort', onAbort));
-      copy = { promise: copying, abort: copyAbort };
-      copying.catch(() => undefined); // awaited below, or before the sink is discarded
-
-      log().debug('dump: files');
-      const fileCtx = { allocId, images, options: fileOptions, shared: filesShared, addEntry };
-      const files = await dumpFiles(tp, task.leader, fileCtx);
-      await dumpDeletedMappings(tp, mm.deleted, { ...fileCtx, pid: tp, injector: task.leader });
-      // Shared memory contents, after the fds: a mapped memfd may be open as an fd too.
-      const memfdInodes = extraImages.get('MEMFD_INODE') ?? [];
-      const inodeEntries = memfdInodes.map((e) => e.entry);
-      await dumpMmShmem(tp, mm, { allocId, images, memfdInodes: inodeEntries, dumpedShmem });
-      for (const entry of inodeEntries.slice(memfdInodes.length)) memfdInodes.push({ entry });
-      if (memfdInodes.length > 0) extraImages.set('MEMFD_INODE', memfdInodes);
-      throwIfAborted(opts.signal);
-
-      log().debug('dump: task core');
-      // The mm's injected calls go in the task core's batch: one resumption of the task for both.
-      const { tc: taskCore, extra: mmResults } = dumpTaskCore(tp, task.leader, MM_CALLS);
-      // A process in a group stop (SIGSTOP, Ctrl-Z) when seized comes back stopped, as in CRIU.
-      if (task.leader.seizeState === 'group-stop') taskCore['task_state'] = TASK_STOPPED;
-      completeMm(mm, mmResults);
-      log().debug('dump: thread cores');
-      for (const inj of task.threads) {
-        const t = dumpThread(tp, inj);
-        const sc = seccomp.threads.get(inj.tid);
-        if (sc !== undefined && sc.mode !== 0) {
-          t.thread_core['seccomp_mode'] = sc.mode;
-          if (sc.newest !== undefined) t.thread_core['seccomp_filter'] = sc.newest;
-        }
-        const core: ImageEntry = { mtype: 1, thread_info: t.thread_info, thread_core: t.thread_core };
-        if (inj.tid === task.leader.tid) core['tc'] = taskCore;
-        add(`core-${inj.tid}.img`, 'CORE', [core]);
-      }
-      const ids = kobjIds(tp, index);
-      add(`mm-${tp}.img`, 'MM', [mm.entry]);
-      add(`fdinfo-${Number(ids.task['files_id'])}.img`, 'FDINFO', files.fdinfo);
-      add(`fs-${tp}.img`, 'FS', [fsEntry]);
-      add(`ids-${tp}.img`, 'IDS', [ids.task]);
-      fileEntries.push(...mm.files, ...files.files);
-      const st = readStat(tp);
-      if (st === null) throw new TaskError(tp, `Task ${tp} exited while being dumped`);
-      pstree.push({
-        pid: tp,
-        ppid: task.ppid,
-        pgid: st.pgrp,
-        sid: st.session,
-        threads: task.threads.map((t) => t.tid).sort((a, b) => (a === tp ? -1 : b === tp ? 1 : a - b)),
-      });
-      const pages = await copying;
-      stats.pagesScanned += plan.pagesScanned;
-      stats.pagesSkippedParent += plan.pagesInParent;
-      stats.pagesWritten += pages.pagesWritten;
+    // Shared memory contents go where the task pages go (a page server's, as CRIU's).
+    const localImages = localImageSink(dir, allocPagesId);
+    const ctx: ProcessDumpContext = {
+      options: opts,
+      dir,
+      sink,
+      track,
+      mmPre,
+      allocId: () => nextId++,
+      images:
+        sink.writeShmem === undefined
+          ? localImages
+          : { writeImage: localImages.writeImage, writeShmemPages: sink.writeShmem.bind(sink) },
+      fileOptions,
+      filesShared,
+      addEntry: async (kind, entry, extra) => {
+        const list = extraImages.get(kind) ?? [];
+        list.push(extra === undefined ? { entry } : { entry, extra });
+        extraImages.set(kind, list);
+      },
+      extraImages,
+      seccomp: dumpSeccomp(tasks.map((t) => ({ pid: t.pid, tids: t.threads.map((inj) => inj.tid) }))),
+      sharedMemory: new Map(),
+      dumpedShmem: new Set(),
+      add,
+      fileEntries: [],
+      pstree: [],
+      stats,
+      onTracker: (tp, tracker) => trackers.push({ pid: tp, tracker }),
+      onCopy: (c) => (copy = c),
     };
-
-    for (const [i, task] of tasks.entries()) await dumpTask(task, i);
+    const tMem = nowUs();
+    for (const [i, task] of tasks.entries()) await dumpProcess(task, i, ctx);
     for (const z of zombies) {
       // A zombie: its exit status (as waitpid reports it) and its place in the tree, as CRIU.
       const st = readStat(z.pid);
       if (st === null) throw new TaskError(z.pid, `Zombie ${z.pid} was reaped while its parent was frozen`);
       add(`core-${z.pid}.img`, 'CORE', [zombieCore(st)]);
-      pstree.push({ pid: z.pid, ppid: z.ppid, pgid: st.pgrp, sid: st.session, threads: [z.pid] });
+      ctx.pstree.push({ pid: z.pid, ppid: z.ppid, pgid: st.pgrp, sid: st.session, threads: [z.pid] });
     }
     if (zombies.length > 0) log().info(`Dumped ${zombies.length} zombie(s) of tree ${pid}`);
     stats.memdumpTimeUs = nowUs() - tMem;
@@ -389,10 +288,11 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     // other modules refer to (a FIFO's path, say) come in as FILES entries of addEntry.
     const filesExtra = extraImages.get('FILES') ?? [];
     extraImages.delete('FILES');
-    add('files.img', 'FILES', [...fileEntries, ...filesExtra.map((e) => e.entry)]);
+    add('files.img', 'FILES', [...ctx.fileEntries, ...filesExtra.map((e) => e.entry)]);
     for (const [kind, list] of extraImages) add(imageFileName(kind), kind, list);
-    add('pstree.img', 'PSTREE', pstree);
-    add('seccomp.img', 'SECCOMP', [seccomp.filters.length > 0 ? { seccomp_filters: seccomp.filters } : {}]);
+    add('pstree.img', 'PSTREE', ctx.pstree);
+    const { filters } = ctx.seccomp;
+    add('seccomp.img', 'SECCOMP', [filters.length > 0 ? { seccomp_filters: filters } : {}]);
     writeImagesSync(batch, durability);
     throwIfAborted(opts.signal);
 
@@ -485,21 +385,4 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     log().info(`auto-dedup: ${saved} bytes punched out of the parent images`);
   }
   return stats;
-}
-
-/** Undo --tcp-established in every process of the tree (repair mode off, locks lifted). */
-function releaseTree(shared: Map<string, unknown>, tasks: readonly FrozenTask[]): void {
-  for (const t of tasks) releaseTcpRepair(shared, t.pid);
-}
-
-/** CRIU's task_state of a zombie (TASK_DEAD; crit shows it as "Zombie") and of a stopped task. */
-const TASK_DEAD = 3;
-const TASK_STOPPED = 6;
-
-/** The core of a zombie: its task core only, with the exit status to die of again. */
-function zombieCore(st: TaskStat): ImageEntry {
-  return {
-    mtype: 1,
-    tc: { task_state: TASK_DEAD, exit_code: st.exit_code, personality: 0, flags: 0, blk_sigset: 0n, comm: st.comm },
-  };
 }

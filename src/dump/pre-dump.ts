@@ -31,10 +31,9 @@ import { log } from '../log.js';
 import { readMaps, type MapsEntry } from '../proc/maps.js';
 import { SMAPS_SIZE_KEYS, type SmapsEntry } from '../proc/smaps.js';
 import { readStat } from '../proc/stat.js';
-import { checkFds } from '../files/index.js';
 import type { FileOptions } from '../files/types.js';
 import type { TrackerChoice } from '../kerndat/tracker.js';
-import { freezeProcess, resumeProcess, type FrozenProcess } from './freeze.js';
+import { freezeProcess, hasExited, resumeProcess, type FrozenProcess } from './freeze.js';
 import { PROT, VMA_AREA, classifyVma } from './vma.js';
 import { decodeKnown, encodeKnown, planMemory, type MemoryPlan } from './memory.js';
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
@@ -42,7 +41,7 @@ import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries
 import { rootIds } from './ids.js';
 import type { PidfdStore } from './pidfd-store.js';
 import { openTracker, type DirtyTracker } from '../mem/track/index.js';
-import { readDumpTree, refuseSharedMemory, type TreeMember } from './tree.js';
+import { checkTreeFds, readDumpTree, refuseSharedMemory, type TreeMember } from './tree.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
 import { isSmallCopy, pagesBytes } from '../mem/dump-pages.js';
 
@@ -90,8 +89,7 @@ export function checkDumpable(pid: number, fileOptions: FileOptions = {}): TreeM
   if (readStat(pid) === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
   // Zombies have no memory or files: the final dump takes their exit status.
   const tree = readDumpTree(pid).filter((t) => t.isZombie !== true);
-  const options = tree.length > 1 ? { ...fileOptions, treePids: tree.map((t) => t.pid) } : fileOptions;
-  for (const t of tree) checkFds(t.pid, options);
+  checkTreeFds(tree, tree.length > 1 ? { ...fileOptions, treePids: tree.map((t) => t.pid) } : fileOptions);
   return tree;
 }
 
@@ -211,7 +209,20 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   };
 
   try {
-    for (const member of tree) await preDumpProcess(member.pid);
+    for (const member of tree) {
+      try {
+        await preDumpProcess(member.pid);
+      } catch (err) {
+        // A child that exited since the tree was read has no memory left to pre-dump.
+        if (member.ppid === 0 || !hasExited(member.pid)) throw err;
+        log().info(`Pre-dump of ${pid}: process ${member.pid} exited meanwhile`);
+        const left = opened.filter((tr) => !done.some((d) => d.tracker === tr));
+        for (const tracker of left) {
+          opened.splice(opened.indexOf(tracker), 1);
+          await tracker.end().catch(() => undefined);
+        }
+      }
+    }
     log().info(`Pre-dump of ${pid}: frozen ${stats.frozenTimeUs} us in all`);
     const tWrite = nowUs();
     const prev = opts.prevImagesDir;

@@ -12,11 +12,21 @@
  */
 
 import { UnsupportedError } from '../errors.js';
+import { KCMP_FILES, KCMP_FS, KCMP_SIGHAND, KCMP_VM } from '../kernel/constants.js';
 import { readTree } from '../proc/children.js';
-import { readStat } from '../proc/stat.js';
+import { readStat, type TaskStat } from '../proc/stat.js';
 import * as sys from '../sys/native.js';
-import { isZombie } from './freeze.js';
+import { freezeTree, hasExited, isZombie, resumeTree, type FrozenTree } from './freeze.js';
+import { sleepMs } from '../sys/wait.js';
+import { checkFds } from '../files/index.js';
+import type { FileOptions } from '../files/types.js';
+import { releaseTcpRepair } from '../files/inet-socket.js';
+import type { ImageEntry } from '../images/index.js';
+import { TASK_STATE } from '../images/task-state.js';
 import { VMA_AREA, type VmaInfo } from './vma.js';
+
+/** UnsupportedError.feature of a vfork child (a shared address space). */
+const VFORK = 'vfork';
 
 export interface TreeMember {
   pid: number;
@@ -26,26 +36,83 @@ export interface TreeMember {
   isZombie?: boolean;
 }
 
-/** kcmp(2) types of the objects a clone can share without CLONE_THREAD. uapi/linux/kcmp.h. */
+/**
+ * The objects a clone can share without CLONE_THREAD, by kcmp(2) type. A shared address space
+ * is usually a vfork child (posix_spawn, a shell's), there only until it calls execve: refused
+ * with its own feature name, which the freeze waits out (freezeDumpTree).
+ */
 const SHARED_OBJECTS = [
-  { type: 1, what: 'address space (vfork or CLONE_VM)' },
-  { type: 2, what: 'fd table (CLONE_FILES)' },
-  { type: 3, what: 'cwd and root (CLONE_FS)' },
-  { type: 4, what: 'signal handlers (CLONE_SIGHAND)' },
+  { type: KCMP_VM, what: 'address space (vfork or CLONE_VM)', feature: VFORK },
+  { type: KCMP_FILES, what: 'fd table (CLONE_FILES)', feature: 'process-tree' },
+  { type: KCMP_FS, what: 'cwd and root (CLONE_FS)', feature: 'process-tree' },
+  { type: KCMP_SIGHAND, what: 'signal handlers (CLONE_SIGHAND)', feature: 'process-tree' },
 ];
+
+/** How long a dump waits for a vfork child to execve (or exit) before refusing it. */
+const VFORK_WAIT_MS = 1000;
 
 /** Process `pid` and its descendants, parents first, with the refusals above (but memory). */
 export function readDumpTree(pid: number): TreeMember[] {
-  const tree: TreeMember[] = readTree(pid).map((t) => (t.ppid !== 0 && isZombie(t.pid) ? { ...t, isZombie: true } : t));
-  refuseTreeShape(pid, tree);
-  return tree;
+  return untilNoVfork(() => {
+    const tree: TreeMember[] = readTree(pid).map((t) =>
+      t.ppid !== 0 && isZombie(t.pid) ? { ...t, isZombie: true } : t,
+    );
+    refuseTreeShape(pid, tree);
+    return tree;
+  });
+}
+
+/**
+ * Freeze the tree of `pid` (freeze.ts) and check its shape again, frozen. A vfork child caught
+ * before its execve is let go with the rest of the tree, and the freeze tried again.
+ */
+export function freezeDumpTree(pid: number): FrozenTree {
+  return untilNoVfork(() => {
+    const tree = freezeTree(pid);
+    try {
+      refuseTreeShape(pid, [...tree.tasks, ...tree.zombies]);
+    } catch (err) {
+      resumeTree(tree.tasks);
+      throw err;
+    }
+    return tree;
+  });
+}
+
+/** `step`, again while it meets a vfork child, for up to VFORK_WAIT_MS. */
+function untilNoVfork<T>(step: () => T): T {
+  const until = Date.now() + VFORK_WAIT_MS;
+  for (;;) {
+    try {
+      return step();
+    } catch (err) {
+      if (!(err instanceof UnsupportedError && err.feature === VFORK) || Date.now() > until) throw err;
+      sleepMs(2);
+    }
+  }
+}
+
+/**
+ * Check every fd of the tree's live processes (files/index.ts checkFds), with `options` for all
+ * (treePids set for a tree). A child that exited since the tree was read is skipped: the freeze
+ * reads the tree again.
+ */
+export function checkTreeFds(tree: readonly TreeMember[], options: FileOptions): void {
+  for (const t of tree) {
+    if (t.isZombie === true) continue;
+    try {
+      checkFds(t.pid, options);
+    } catch (err) {
+      if (t.ppid === 0 || !hasExited(t.pid)) throw err;
+    }
+  }
 }
 
 /** The refusals above but zombies and memory, for the members of a tree (read or frozen). */
 export function refuseTreeShape(pid: number, tree: readonly TreeMember[]): void {
   if (tree.length < 2) return;
-  const refuse = (why: string): never => {
-    throw new UnsupportedError('process-tree', `Cannot dump tree ${pid}: ${why}`);
+  const refuse = (why: string, feature = 'process-tree'): never => {
+    throw new UnsupportedError(feature, `Cannot dump tree ${pid}: ${why}`);
   };
   const stats = new Map(tree.map((t) => [t.pid, readStat(t.pid)]));
   for (const t of tree.slice(1)) {
@@ -56,7 +123,7 @@ export function refuseTreeShape(pid: number, tree: readonly TreeMember[]): void 
       } catch {
         continue; // gone: the freeze finds out
       }
-      if (same === 0) refuse(`process ${t.pid} shares its parent's ${o.what}; not supported yet`);
+      if (same === 0) refuse(`process ${t.pid} shares its parent's ${o.what}; not supported yet`, o.feature);
     }
     const st = stats.get(t.pid);
     const parent = stats.get(t.ppid);
@@ -85,4 +152,24 @@ export function refuseSharedMemory(pid: number, vmas: readonly VmaInfo[], first:
         `Cannot dump task ${pid}: it maps a memfd (inode ${v.inode}) that process ${other} maps too; memfds mapped by several processes are not supported yet`,
       );
   }
+}
+
+/** Undo --tcp-established in every process of the tree (repair mode off, locks lifted). */
+export function releaseTree(shared: Map<string, unknown>, tasks: readonly { pid: number }[]): void {
+  for (const t of tasks) releaseTcpRepair(shared, t.pid);
+}
+
+/** The core of a zombie: its task core only, with the exit status to die of again. */
+export function zombieCore(st: TaskStat): ImageEntry {
+  return {
+    mtype: 1,
+    tc: {
+      task_state: TASK_STATE.DEAD,
+      exit_code: st.exit_code,
+      personality: 0,
+      flags: 0,
+      blk_sigset: 0n,
+      comm: st.comm,
+    },
+  };
 }

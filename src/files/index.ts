@@ -10,12 +10,12 @@ import { UnsupportedError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import * as sys from '../sys/native.js';
+import { KCMP_FILE } from '../kernel/constants.js';
 import { listFds, readFdInput } from './collect.js';
 import { FD_KINDS } from './registry.js';
 import type { FdDumpInput, FdKindModule, FileDumpContext, FileOptions, FileRestoreContext } from './types.js';
 
 const O_CLOEXEC = 0o2000000;
-const KCMP_FILE = 0;
 const FD_CLOEXEC = 1;
 
 /** What an fd link says it is, for error messages: "socket", "anon_inode:[eventfd]", a path. */

@@ -11,6 +11,7 @@ import { imageFileName, readImage, type ImageEntry } from '../images/index.js';
 import type { Run } from '../mem/runs.js';
 import { PageChain, type PageSource } from '../mem/page-chain.js';
 import { log } from '../log.js';
+import { TASK_STATE } from '../images/task-state.js';
 
 /** The images of one process of the dumped tree. */
 export interface TaskImages {
@@ -101,7 +102,7 @@ export async function loadImages(dir: string, opts: LoadOptions = {}): Promise<R
     const pid = Number(pstree['pid']);
     const core = await single(dir, `core-${pid}.img`, 'CORE');
     const tc = core['tc'] as ImageEntry | undefined;
-    if (Number(tc?.['task_state'] ?? TASK_ALIVE) === TASK_DEAD)
+    if (Number(tc?.['task_state'] ?? TASK_STATE.ALIVE) === TASK_STATE.DEAD)
       zombies.push({ pid, pstree, exitStatus: Number(tc?.['exit_code'] ?? 0) });
     else tree.push(await loadTask(dir, pstree, opts));
   }
@@ -140,10 +141,6 @@ export async function loadImages(dir: string, opts: LoadOptions = {}): Promise<R
     },
   };
 }
-
-/** CRIU's task_state values (crit: "Alive", "Zombie"). */
-const TASK_ALIVE = 1;
-const TASK_DEAD = 3;
 
 /** A zombie is neither the root nor anyone's parent (it had exited: its children were reparented). */
 function checkZombies(list: readonly ImageEntry[], zombies: readonly ZombieImages[]): void {

@@ -4,8 +4,9 @@
  * Steps (any failure kills what was created and leaves the images as they were):
  *   1. load and check every image (before any process exists)
  *   2. start the stub as the root's PID and empty it (stub.ts); fork the other processes from
- *      their parents' stubs, with their sessions and groups (tree.ts)
- *   then for each process:
+ *      their parents' stubs, with their sessions and groups, and the zombies, which die again
+ *      as they died (tree.ts)
+ *   then for each process (process.ts):
  *   3. memory: VMAs, pages, protections, vDSO, mm fields (mm.ts)
  *   4. files (a description another process restored already is taken from it), cwd/root,
  *      umask, personality
@@ -24,45 +25,26 @@ import { existsSync } from 'node:fs';
 import { ImageError, TaskError, UnsupportedError } from '../errors.js';
 import { checkCpuinfoDir } from '../cpuinfo/index.js';
 import { writeImage, type ImageEntry } from '../images/index.js';
-import { Injector, injectedCallCounts } from '../inject/injector.js';
+import { injectedCallCounts } from '../inject/injector.js';
 import { log } from '../log.js';
 import * as sys from '../sys/native.js';
 import { SIGSTOP, WNOHANG, __WALL } from '../kernel/constants.js';
-import { restoreFiles, TreeFiles } from '../files/index.js';
+import { TreeFiles } from '../files/index.js';
 import { checkTtyRestore } from '../files/tty.js';
-import { prepareDeletedMappings, removeMaterializedGhosts } from '../files/vma-ghost.js';
+import { removeMaterializedGhosts } from '../files/vma-ghost.js';
 import { GHOSTS_MATERIALIZED } from '../files/ghost.js';
 import { loadImages, type TaskImages } from './images.js';
+import { TASK_STATE } from '../images/task-state.js';
 import { dieAsDumped, forkStub, joinGroups, leadAsDumped } from './tree.js';
-import { restoreSeccomp } from './seccomp.js';
-import { restoreCreds } from './creds.js';
+import { completeProcess, restoreProcess, type ProcessRestoreContext, type Restoring } from './process.js';
 import { punchRestored } from '../mem/dedup.js';
 import { reserveFillBuffers } from '../mem/fill-pages.js';
 import { countPages } from '../mem/runs.js';
 import { nowUs } from '../dump/entries.js';
-import {
-  dumpedVmas,
-  restoreMemfdMappings,
-  restoreMemory,
-  restoreMmFields,
-  restoreVdso,
-  type SharedObjects,
-} from './mm.js';
-import { killStub, startStub, threadScratch, THREAD_SCRATCH_BYTES, waitForFreePid, type Stub } from './stub.js';
+import { dumpedVmas, type SharedObjects } from './mm.js';
+import { killStub, startStub, waitForFreePid, type Stub } from './stub.js';
 import type { Skeleton } from './skeleton.js';
 import { runLoggedAction, type ActionHook } from '../actions.js';
-import {
-  dumpedOrigRax,
-  dumpedRegisters,
-  resumeInSyscall,
-  restoreFpu,
-  restorePendingSignals,
-  restoreProcessMisc,
-  restoreRlimits,
-  restoreSigactions,
-  restoreThreadMisc,
-  restoreTimers,
-} from './task.js';
 
 export interface RestoreOptions {
   imagesDir: string;
@@ -93,21 +75,6 @@ export interface RestoreResult {
   pid: number;
   /** Without --restore-detached: how the task ended. */
   exit?: { code: number } | { signal: number };
-}
-
-const CLONE_THREAD_FLAGS = 0x100n | 0x200n | 0x400n | 0x800n | 0x10000n | 0x40000n; // VM FS FILES SIGHAND THREAD SYSVSEM
-const PAGE = 4096n;
-
-/** A process of the tree being restored. */
-interface Restoring {
-  img: TaskImages;
-  stub: Stub;
-  /** Its other threads, once created. */
-  threads: Injector[];
-  /** Its files' shared state (kind modules), and the ghosts they materialized. */
-  filesShared: Map<string, unknown>;
-  finishFiles: () => Promise<void>;
-  pagesRestored: number;
 }
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
@@ -183,118 +150,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   /** Shared anonymous memory made by one process of the tree, mapped from it by the others. */
   const sharedObjects: SharedObjects = new Map();
 
-  /** Memory, files (not finished), fs, signals, timers, limits and threads of one process. */
-  const restoreTask = async (p: Restoring): Promise<void> => {
-    const t = p.img;
-    const leader = p.stub.injector;
-    const tc = t.cores.get(t.pid)?.['tc'] as ImageEntry;
-    // Deleted mapped files are recreated for the VMAs and opened by the fds of the same ghost,
-    // then removed (vma-ghost.ts).
-    const ghostPaths = await prepareDeletedMappings(
-      t.mm,
-      await img.extras('REMAP_FPATH'),
-      regNames,
-      img.dir,
-      p.filesShared,
-    );
-    log().debug(`restore: memory of ${t.pid}`);
-    await reserving;
-    p.pagesRestored = (
-      await restoreMemory(
-        leader,
-        t.mm,
-        t.pages ?? t.pageChain,
-        img.dir,
-        (id) => ghostPaths.get(id) ?? fileName(id),
-        t === img ? prefilled : undefined,
-        sharedObjects,
-      )
-    ).pagesRestored;
-    log().debug('restore: vdso');
-    restoreVdso(leader, t.mm, t.pid);
-    log().debug('restore: mm fields');
-    restoreMmFields(leader, t.mm, fileName(Number(t.mm['exe_file_id'])));
-    log().debug('restore: files');
-    const files = await restoreFiles(
-      leader,
-      img.files,
-      t.fdinfo,
-      {
-        pid: t.pid,
-        imagesDir: img.dir,
-        options: { isShellJob: opts.isShellJob === true },
-        shared: p.filesShared,
-        entriesOf: async (kind) => (kind === 'FILES' ? img.files.map((entry) => ({ entry })) : img.extras(kind)),
-      },
-      opts.inheritFds ?? [],
-      treeFiles,
-    );
-    p.finishFiles = files.finish;
-    if (treeFiles === undefined) removeMaterializedGhosts(p.filesShared);
-    log().debug('restore: memfd mappings');
-    await restoreMemfdMappings(leader, t.pid, t.mm, img.files, t.fdinfo, img.dir, (kind) => img.extras(kind));
-    log().debug('restore: fs and misc');
-    restoreProcessMisc(leader, tc, t.fs, fileName);
-    log().debug('restore: signals');
-    restoreSigactions(leader, tc);
-    restoreTimers(leader, tc);
-    restoreRlimits(t.pid, tc);
-    log().debug('restore: threads');
-    for (const tid of t.threads) {
-      if (tid === t.pid) continue;
-      const inj = createThread(leader, t.pid, tid);
-      inj.useScratch(threadScratch(p.stub.scratch, p.threads.length), THREAD_SCRATCH_BYTES);
-      p.threads.push(inj);
-    }
-  };
-
-  /** Per-thread state, seccomp, credentials; the scratch area removed and the registers set. */
-  const completeTask = (p: Restoring): void => {
-    const t = p.img;
-    const leader = p.stub.injector;
-    const tc = t.cores.get(t.pid)?.['tc'] as ImageEntry;
-    log().debug(`restore: per-thread state of ${t.pid}`);
-    const all = [leader, ...p.threads];
-    for (const inj of all) {
-      const core = t.cores.get(inj.tid) as ImageEntry;
-      restoreThreadMisc(inj, core);
-      restorePendingSignals(
-        inj,
-        (core['thread_core'] as ImageEntry | undefined)?.['signals_p'] as ImageEntry | undefined,
-        false,
-      );
-    }
-    restorePendingSignals(leader, tc['signals_s'] as ImageEntry | undefined, true);
-    // Seccomp last: suspended for the tracer (PTRACE_O_SUSPEND_SECCOMP) until the task is let go.
-    for (const inj of all)
-      restoreSeccomp(inj, t.cores.get(inj.tid)?.['thread_core'] as ImageEntry | undefined, img.seccompFilters);
-    // Credentials after everything that needs root in the task.
-    for (const inj of all)
-      restoreCreds(
-        inj,
-        (t.cores.get(inj.tid)?.['thread_core'] as ImageEntry | undefined)?.['creds'] as ImageEntry | undefined,
-      );
-    // Last call through the scratch area: remove it (the call returns into nothing, but the
-    // thread is stopped at the syscall exit and gets its own registers before it runs).
-    log().debug('restore: scratch removal');
-    leader.syscallOrThrow('munmap', [p.stub.scratch + PAGE, p.stub.scratchBytes - PAGE]);
-    leader.syscallOrThrow('munmap', [p.stub.scratch, PAGE]);
-    for (const inj of all) {
-      const core = t.cores.get(inj.tid) as ImageEntry;
-      restoreFpu(inj.tid, core);
-      const regs = dumpedRegisters(core);
-      let insn: Buffer = Buffer.alloc(0);
-      try {
-        insn = inj.readMemory(regs.rip, 2);
-      } catch {
-        // rip in memory we cannot read: not on a syscall instruction either
-      }
-      inj.setResumeRegisters(resumeInSyscall(regs, dumpedOrigRax(core), insn));
-      const tcore = core['thread_core'] as ImageEntry | undefined;
-      inj.signalMask = BigInt(
-        (tcore?.['blk_sigset'] as bigint | undefined) ?? (tc['blk_sigset'] as bigint | undefined) ?? 0n,
-      );
-    }
+  const ctx: ProcessRestoreContext = {
+    img,
+    fileName,
+    regNames,
+    options: opts,
+    reserving,
+    prefilled,
+    sharedObjects,
+    ...(treeFiles === undefined ? {} : { treeFiles }),
   };
 
   try {
@@ -320,12 +184,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       ...zombies.map(({ z, stub }) => ({ stub, pstree: z.pstree })),
     ]);
     for (const { z, stub, parent } of zombies) dieAsDumped(stub, z.exitStatus, parent.stub);
-    for (const p of procs) await restoreTask(p);
+    for (const p of procs) await restoreProcess(p, ctx);
     if (treeFiles !== undefined) removeMaterializedGhosts(rootProc.filesShared);
     // Files kept open for other files (a pair's end, a pipe another process reopens) are closed
     // once every process has its own.
     for (const p of procs) await p.finishFiles();
-    for (const p of procs) completeTask(p);
+    for (const p of procs) completeProcess(p, ctx);
     // The tree is whole, not yet running: a failed post-restore action kills it (below).
     await opts.onAction?.('post-restore', pid);
   } catch (err) {
@@ -394,25 +258,6 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   return { pid, exit: { signal: status & 0x7f } };
 }
 
-/** clone3 a thread with `tid` inside the task; the kernel attaches it to us stopped. */
-function createThread(leader: Injector, pid: number, tid: number): Injector {
-  const tidArr = Buffer.alloc(4);
-  tidArr.writeInt32LE(tid, 0);
-  const tidAddr = leader.pushData(tidArr);
-  // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
-  // set_tid, set_tid_size, cgroup (11 u64)
-  const args = Buffer.alloc(88);
-  args.writeBigUInt64LE(CLONE_THREAD_FLAGS, 0);
-  args.writeBigUInt64LE(tidAddr, 64);
-  args.writeBigUInt64LE(1n, 72);
-  const got = leader.syscallOrThrow('clone3', [leader.pushData(args), 88n]);
-  leader.resetScratch();
-  if (Number(got) !== tid) throw new TaskError(pid, `Thread ${tid} was created as ${got}`);
-  const st = sys.waitpid(tid, __WALL, 5000);
-  if (st === null) throw new TaskError(pid, `Thread ${tid} did not stop after its creation`);
-  return Injector.adopt(pid, tid, leader.syscallSite);
-}
-
 /**
  * Reap a detached restored task (our child) once it ends, without blocking anything: a long-lived
  * process that restores (the migration agent) must not leave zombies that keep the PID taken.
@@ -431,9 +276,6 @@ export function reapWhenDone(pid: number, everyMs = 500): void {
   timer.unref();
 }
 
-/** CRIU's task_state of a task that was stopped (group stop) when dumped. */
-const TASK_STOPPED = 6;
-
 function isDumpedStopped(t: TaskImages): boolean {
-  return Number((t.cores.get(t.pid)?.['tc'] as ImageEntry | undefined)?.['task_state']) === TASK_STOPPED;
+  return Number((t.cores.get(t.pid)?.['tc'] as ImageEntry | undefined)?.['task_state']) === TASK_STATE.STOPPED;
 }
