@@ -530,6 +530,44 @@ t.test(
 );
 
 t.test(
+  'a shell forking /bin/true without pause: ten dumps and pre-dumps in a row all succeed, and it is restored',
+  { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
+  async (t) => {
+    // Children appear, vfork, exec and exit all the time: the dump must take the tree as it is
+    // when frozen (a child mid-exit as a zombie or not at all, a vfork child waited out).
+    const dir = t.testdir();
+    const sh = startProgram(['setsid', 'sh', '-c', 'while :; do /bin/true; done']);
+    t.teardown(() => spawnSync('pkill', ['-KILL', '-s', String(sh)]));
+    const failures: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const kind = i % 2 === 0 ? 'dump' : 'pre-dump';
+      const r = await criuAsync([
+        kind,
+        '-t',
+        String(sh),
+        '-D',
+        path.join(dir, `img-${i}`),
+        ...(kind === 'dump' ? ['-R'] : []),
+      ]);
+      if (r.status !== 0) failures.push(`${kind}: ${r.stderr.trim()}`);
+    }
+    t.same(failures, [], 'every dump -R and pre-dump succeeded');
+    const images = path.join(dir, 'final');
+    const r = await criuAsync(['dump', '-t', String(sh), '-D', images]);
+    if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return;
+    await waitGone(sh);
+    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
+    t.equal(restored.pid, sh, 'sh restored with its pid');
+    await poll(
+      () => taskState(sh) !== undefined && readFileSync(`/proc/${sh}/task/${sh}/children`, 'utf8').trim() !== '',
+      'sh forking again',
+      5000,
+    );
+    t.pass('it forks on after the restore');
+  },
+);
+
+t.test(
   'a zombie child comes back a zombie, a child of its parent (python that never reaps it)',
   { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
   async (t) => {
