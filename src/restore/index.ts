@@ -227,7 +227,6 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     `Restored task ${pid} (${procs.length} process(es), ${nrThreads} thread(s), ${pagesRestored} pages) in ${restoreUs} us`,
   );
   if (log().isEnabled(4)) log().debug(`Injected calls so far: ${JSON.stringify(injectedCallCounts())}`);
-  if (opts.pidfile !== undefined) await writeFile(opts.pidfile, `${pid}\n`);
   await writeImage(path.join(img.dir, 'stats-restore'), 'STATS', [
     {
       entry: {
@@ -241,6 +240,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       },
     },
   ]).catch((err: unknown) => log().warn(`Cannot write stats-restore: ${String(err)}`));
+  // Last of what goes into the images directory: a script that waits for the pidfile may then
+  // move or remove it.
+  if (opts.pidfile !== undefined) await writeFile(opts.pidfile, `${pid}\n`);
   if (opts.autoDedup === true) {
     try {
       let bytes = 0;

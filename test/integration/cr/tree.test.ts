@@ -66,6 +66,16 @@ function taskIds(pid: number): TaskIds | undefined {
   return { state, ppid: Number(ppid), pgrp: Number(pgrp), session: Number(session) };
 }
 
+/**
+ * Kill every process of session `sid` and wait (synchronously: tap removes the test directory
+ * without waiting for an async teardown) until none is left running, up to 5 s.
+ */
+function endSession(sid: number): void {
+  spawnSync('sh', ['-c', `pkill -KILL -s ${sid}; while pgrep -r R,S,D,T -s ${sid} >/dev/null; do sleep 0.01; done`], {
+    timeout: 5000,
+  });
+}
+
 /** The non-empty lines of `file` so far (none while it does not exist). */
 function linesOf(file: string): string[] {
   return (existsSync(file) ? readFileSync(file, 'utf8') : '').split('\n').filter((l) => l !== '');
@@ -422,7 +432,7 @@ t.test(
       'sh',
       out,
     ]);
-    t.teardown(() => spawnSync('pkill', ['-KILL', '-s', String(sh)]));
+    t.teardown(() => endSession(sh));
     await poll(() => lines().length >= 5, 'five lines', 10_000);
     const images = path.join(dir, 'img');
     const r = await criuAsync(['dump', '-t', String(sh), '-D', images]);
@@ -431,6 +441,9 @@ t.test(
     const atDump = lines().length;
     const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
     t.equal(restored.pid, sh, 'sh restored with its pid');
+    // criu restore -d writes stats-restore after the pidfile: its end, before the directory goes.
+    const ended = await restored.done;
+    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
     await poll(() => lines().length >= atDump + 10, 'ten more lines', 10_000);
     const got = lines();
     t.ok(
@@ -450,7 +463,7 @@ t.test(
     const out = path.join(dir, 'out.txt');
     const rounds = (): string[] => linesOf(out);
     const python = startProgram(['setsid', 'python3', script, out]);
-    t.teardown(() => spawnSync('pkill', ['-KILL', '-s', String(python)]));
+    t.teardown(() => endSession(python));
     await poll(() => rounds().length >= 3, 'three rounds', 20_000);
     const semaphores = (pid: number): string[] =>
       readFileSync(`/proc/${pid}/maps`, 'utf8')
@@ -464,6 +477,9 @@ t.test(
     const atDump = rounds().length;
     const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
     t.equal(restored.pid, python, 'python restored with its pid');
+    // criu restore -d writes stats-restore after the pidfile: its end, before the directory goes.
+    const ended = await restored.done;
+    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
     const workers = readFileSync(`/proc/${python}/task/${python}/children`, 'utf8').trim().split(/\s+/).map(Number);
     t.equal(workers.length, 2, 'its two workers are back, its children');
     const mine = semaphores(python);
@@ -494,13 +510,16 @@ t.test(
     const loop = path.join(dir, 'loop.sh');
     writeFileSync(loop, `i=0; while :; do i=$((i+1)); echo $i >> '${out}'; echo tick $i; sleep 0.02; done\n`);
     const script = startProgram(['setsid', 'script', '-q', '-c', `sh ${loop}`, path.join(dir, 'typescript')]);
+    // script's session first: left alone, script writes the end of its typescript once its
+    // shell dies; then the shell's (it leads a session of its own).
+    let shell = 0;
     t.teardown(() => {
-      spawnSync('pkill', ['-KILL', '-f', loop]);
-      signalTask(script, 'SIGKILL');
+      endSession(script);
+      if (shell > 0) endSession(shell);
     });
     const lines = (): number[] => linesOf(out).map(Number);
     await poll(() => lines().length >= 5, 'five lines', 10_000);
-    const shell = Number(readFileSync(`/proc/${script}/task/${script}/children`, 'utf8').trim().split(/\s+/)[0]);
+    shell = Number(readFileSync(`/proc/${script}/task/${script}/children`, 'utf8').trim().split(/\s+/)[0]);
     const ttyOf = (pid: number): { ttyNr: number; tpgid: number } => {
       const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -519,6 +538,9 @@ t.test(
     const atDump = lines().length;
     const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
     t.equal(restored.pid, script, 'script restored with its pid');
+    // criu restore -d writes stats-restore after the pidfile: its end, before the directory goes.
+    const ended = await restored.done;
+    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
     t.same(ttyOf(shell), before, 'the shell has its controlling terminal and foreground group back');
     await poll(() => lines().length >= atDump + 10, 'ten more lines', 10_000);
     const got = lines();
@@ -537,7 +559,7 @@ t.test(
     // when frozen (a child mid-exit as a zombie or not at all, a vfork child waited out).
     const dir = t.testdir();
     const sh = startProgram(['setsid', 'sh', '-c', 'while :; do /bin/true; done']);
-    t.teardown(() => spawnSync('pkill', ['-KILL', '-s', String(sh)]));
+    t.teardown(() => endSession(sh));
     const failures: string[] = [];
     for (let i = 0; i < 10; i++) {
       const kind = i % 2 === 0 ? 'dump' : 'pre-dump';
@@ -558,6 +580,9 @@ t.test(
     await waitGone(sh);
     const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
     t.equal(restored.pid, sh, 'sh restored with its pid');
+    // criu restore -d writes stats-restore after the pidfile: its end, before the directory goes.
+    const ended = await restored.done;
+    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
     await poll(
       () => taskState(sh) !== undefined && readFileSync(`/proc/${sh}/task/${sh}/children`, 'utf8').trim() !== '',
       'sh forking again',
@@ -595,6 +620,9 @@ t.test(
     await waitGone(python);
     const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
     t.equal(restored.pid, python, 'python restored with its pid');
+    // criu restore -d writes stats-restore after the pidfile: its end, before the directory goes.
+    const ended = await restored.done;
+    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
     t.same(children(), [zombie], 'its zombie is its child again');
     t.equal(taskState(zombie), 'Z', 'and a zombie');
     await allSleep(t, { python });
