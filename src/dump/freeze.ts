@@ -7,7 +7,7 @@
  * dropped. Kernel interfaces: ptrace(2), /proc/PID/task.
  */
 
-import { TaskError } from '../errors.js';
+import { TaskError, UnsupportedError } from '../errors.js';
 import { Injector, findSyscallSite } from '../inject/injector.js';
 import { readChildren } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
@@ -30,7 +30,7 @@ export function freezeProcess(pid: number, options: { timeoutMs?: number } = {})
   if (status === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
   if (status.tgid !== pid)
     throw new TaskError(pid, `Cannot dump task ${pid}: it is a thread of process ${status.tgid}`);
-  const site = findSyscallSite(pid);
+  const site = syscallSiteOf(pid);
   const seized = new Map<number, Injector>();
   try {
     for (let pass = 0; pass < 100; pass++) {
@@ -62,6 +62,26 @@ export function freezeProcess(pid: number, options: { timeoutMs?: number } = {})
   const leader = threads[0];
   if (leader === undefined) throw new TaskError(pid, `Task ${pid} has no live thread to dump`);
   return { pid, threads, leader };
+}
+
+/** How long a freeze waits for a process in the middle of an execve to have its new mappings. */
+const EXEC_WAIT_MS = 200;
+
+/**
+ * Where injected calls of process `pid` go (findSyscallSite). A process caught in the middle of
+ * an execve has only its new stack mapped for a moment (a shell's children do that all the time):
+ * it is read again until its code and vDSO are there.
+ */
+function syscallSiteOf(pid: number): bigint {
+  const until = Date.now() + EXEC_WAIT_MS;
+  for (;;) {
+    try {
+      return findSyscallSite(pid);
+    } catch (err) {
+      if (!(err instanceof UnsupportedError && err.feature === 'syscall-site') || Date.now() > until) throw err;
+      sleepMs(1);
+    }
+  }
 }
 
 /** A frozen process of a tree, with its parent's pid (0 for the tree's root). */
