@@ -46,8 +46,7 @@ import { dumpSeccomp } from './seccomp.js';
 import { localPageSink, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
 import { rootIds } from './ids.js';
-import { classifyVma } from './vma.js';
-import { checkTreeFds, freezeDumpTree, readDumpTree, refuseSharedMemory, releaseTree, zombieCore } from './tree.js';
+import { checkTreeFds, freezeDumpTree, readDumpTree, releaseTree, zombieCore } from './tree.js';
 import { dumpProcess, type ProcessDumpContext } from './process.js';
 import type { PidfdStore } from './pidfd-store.js';
 
@@ -181,11 +180,6 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     // smaps walks every page table: read before the freeze; once frozen only checked to still hold.
     for (const [p, reading] of mmPreReading) mmPre.set(p, await reading);
     log().debug('dump: smaps read');
-    // memfds mapped by several processes, refused before the freeze (checked again frozen).
-    if (seen.length > 1) {
-      const sharedMemory = new Map<number, number>();
-      for (const [p, pre] of mmPre) if (pre !== null) refuseSharedMemory(p, pre.smaps.map(classifyVma), sharedMemory);
-    }
     await reserving; // the copy buffers' first touch is slow on VMs: not while frozen (buffer-pool.ts)
     log().debug('dump: copy buffers ready');
     t0 = nowUs();
@@ -264,7 +258,6 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       },
       extraImages,
       seccomp: dumpSeccomp(tasks.map((t) => ({ pid: t.pid, tids: t.threads.map((inj) => inj.tid) }))),
-      sharedMemory: new Map(),
       dumpedShmem: new Set(),
       add,
       fileEntries: [],

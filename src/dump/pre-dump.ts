@@ -41,7 +41,7 @@ import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries
 import { rootIds } from './ids.js';
 import type { PidfdStore } from './pidfd-store.js';
 import { openTracker, type DirtyTracker } from '../mem/track/index.js';
-import { checkTreeFds, readDumpTree, refuseSharedMemory, type TreeMember } from './tree.js';
+import { checkTreeFds, readDumpTree, type TreeMember } from './tree.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
 import { isSmallCopy, pagesBytes } from '../mem/dump-pages.js';
 
@@ -124,7 +124,6 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   /** Each process's tracker once opened: kept at the end, or ended on failure. */
   const done: ProcessPreDump[] = [];
   const opened: DirtyTracker[] = [];
-  const sharedMemory = new Map<number, number>();
   let reserving: Promise<void> | null = null;
 
   /** One process: its dirty pages collected and planned (frozen only as needed), then copied. */
@@ -179,7 +178,6 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
           isThpEligible: false,
         }),
       );
-      if (tree.length > 1) refuseSharedMemory(p, vmas, sharedMemory);
       const parent = await sink.open(p, opts.prevImagesDir);
       const isReused = parent && opts.pidfdStore?.isReusedSinceParent(p, opts.prevImagesDir) === true;
       const known = parent && !isReused ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;

@@ -27,7 +27,6 @@ import { decodeKnown, planMemory } from './memory.js';
 import { completeMm, dumpMm, dumpMmShmem, MM_CALLS, pathFileEntry, type MmPreRead } from './mm.js';
 import { parentKnown, type PageSink } from './page-sink.js';
 import type { SeccompDump } from './seccomp.js';
-import { refuseSharedMemory } from './tree.js';
 import type { DumpOptions, DumpResult } from './index.js';
 
 const O_DIRECTORY = 0o200000;
@@ -53,8 +52,6 @@ export interface ProcessDumpContext {
   /** The entries of the other image kinds so far (MEMFD_INODE is extended here). */
   extraImages: Map<string, { entry: ImageEntry; extra?: Uint8Array }[]>;
   seccomp: SeccompDump;
-  /** memfd inode -> the first process mapping it (mapped by two: refused). */
-  sharedMemory: Map<number, number>;
   /** Shared anonymous objects dumped so far (each once for the tree). */
   dumpedShmem: Set<number>;
   /** Add an image to the batch written once every process is dumped. */
@@ -82,7 +79,6 @@ export async function dumpProcess(task: FrozenTask, index: number, ctx: ProcessD
   const tp = task.pid;
   log().debug(`dump: mm of ${tp}`);
   const mm = dumpMm(tp, allocId, ctx.mmPre.get(tp) ?? null);
-  refuseSharedMemory(tp, mm.vmas, ctx.sharedMemory);
   const dirEntry = (p: string): number => {
     const id = allocId();
     mm.files.push(pathFileEntry(id, p, O_DIRECTORY, statSync(`/proc/${tp}/root${p}`, { bigint: true })));

@@ -8,7 +8,6 @@
  *   - a process in a session that is neither its own nor its parent's, or in a process group
  *     whose leader is neither in the tree nor its parent's group: clone, setsid and setpgid could
  *     not make those again (restore checks the same on any images: src/restore/images.ts);
- *   - a memfd mapped by two processes (restored, they would be two).
  */
 
 import { UnsupportedError } from '../errors.js';
@@ -23,7 +22,6 @@ import type { FileOptions } from '../files/types.js';
 import { releaseTcpRepair } from '../files/inet-socket.js';
 import type { ImageEntry } from '../images/index.js';
 import { TASK_STATE } from '../images/task-state.js';
-import { VMA_AREA, type VmaInfo } from './vma.js';
 
 /** UnsupportedError.feature of a vfork child (a shared address space). */
 const VFORK = 'vfork';
@@ -133,24 +131,6 @@ export function refuseTreeShape(pid: number, tree: readonly TreeMember[]): void 
     const leader = stats.get(st.pgrp);
     if (st.pgrp !== parent.pgrp && st.pgrp !== t.pid && (leader == null || leader.session !== st.session))
       refuse(`process ${t.pid} is in process group ${st.pgrp}, whose leader is outside the tree; not supported yet`);
-  }
-}
-
-/**
- * A memfd mapped by more than one process of the tree would be restored as separate copies:
- * refused. `first` maps each such object to its first mapper. (Shared anonymous memory is made
- * by one process and mapped from it by the others: src/restore/mm.ts.)
- */
-export function refuseSharedMemory(pid: number, vmas: readonly VmaInfo[], first: Map<number, number>): void {
-  for (const v of vmas) {
-    if (v.inode === 0 || (v.status & VMA_AREA.MEMFD) === 0) continue;
-    const other = first.get(v.inode);
-    if (other === undefined) first.set(v.inode, pid);
-    else if (other !== pid)
-      throw new UnsupportedError(
-        'process-tree',
-        `Cannot dump task ${pid}: it maps a memfd (inode ${v.inode}) that process ${other} maps too; memfds mapped by several processes are not supported yet`,
-      );
   }
 }
 

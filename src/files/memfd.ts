@@ -31,6 +31,7 @@ import { PAGE_SIZE, PE_PRESENT, PagesReader, imageFileName, readPagemap, type Im
 import { O_CLOEXEC, O_LARGEFILE, O_RDWR } from '../kernel/constants.js';
 import { SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
 import * as sys from '../sys/native.js';
+import { readMaps } from '../proc/maps.js';
 import { dumpFown, restoreFown } from './fown.js';
 import { imageSinkOf, shmemPagemapFileName, type ShmemRun } from './image-sink.js';
 import { DELETED_SUFFIX } from './ghost.js';
@@ -166,9 +167,14 @@ export const memfdFile: FdKindModule = {
     const byInode = sharedMap(ctx.shared, 'memfd.firstFileId');
     const first = byInode.get(inodeId);
     const firstFd = first === undefined ? undefined : ctx.fdOfFileId(first);
+    // In a tree, another process may have the memfd already (treeMemfdPath).
+    const elsewhere = firstFd === undefined && ctx.tree !== undefined ? treeMemfdPath(ctx.tree, inodeId) : undefined;
     let fd: number;
     if (firstFd !== undefined) fd = openInTask(ctx.injector, `/proc/self/fd/${firstFd}`, flags);
-    else {
+    else if (elsewhere !== undefined) {
+      fd = openInTask(ctx.injector, elsewhere, flags);
+      byInode.set(inodeId, id);
+    } else {
       fd = await createMemfd(inodeId, ctx);
       if (reopenFlags(flags) !== (O_RDWR | O_LARGEFILE)) {
         try {
@@ -181,6 +187,7 @@ export const memfdFile: FdKindModule = {
         }
       }
       byInode.set(inodeId, id);
+      ctx.tree?.shared.set(`memfd:${inodeId}`, { pid: ctx.pid, fileId: id } satisfies TreeMemfd);
     }
     try {
       seekInTask(ctx.injector, fd, BigInt(memfd['pos'] as bigint));
@@ -250,4 +257,28 @@ function sharedMap(shared: Map<string, unknown>, key: string): Map<number, numbe
     shared.set(key, m);
   }
   return m;
+}
+
+/** Where a memfd of a tree was made: by an fd (its file id) or for a mapping (an address in it). */
+export type TreeMemfd = { pid: number; fileId: number } | { pid: number; addr: bigint };
+
+/**
+ * The path to open, in another process of the tree, the memfd of inode `inodeId` one process
+ * made already: its fd there (/proc/PID/fd/N), or its mapping (/proc/PID/map_files/START-END of
+ * the VMA that holds the address, which the process's own restore may have split since).
+ */
+export function treeMemfdPath(
+  tree: Pick<NonNullable<FileRestoreContext['tree']>, 'shared' | 'fdOfFileId'>,
+  inodeId: number,
+): string | undefined {
+  const made = tree.shared.get(`memfd:${inodeId}`) as TreeMemfd | undefined;
+  if (made === undefined) return undefined;
+  if ('fileId' in made) {
+    const where = tree.fdOfFileId(made.fileId);
+    return where === undefined ? undefined : `/proc/${where.pid}/fd/${where.fd}`;
+  }
+  const vma = (readMaps(made.pid) ?? []).find((m) => m.start <= made.addr && made.addr < m.end);
+  return vma === undefined
+    ? undefined
+    : `/proc/${made.pid}/map_files/${vma.start.toString(16)}-${vma.end.toString(16)}`;
 }

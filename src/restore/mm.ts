@@ -421,6 +421,7 @@ export async function restoreMemfdMappings(
   fdinfo: readonly ImageEntry[],
   imagesDir: string,
   entriesOf: (kind: string) => Promise<readonly { entry: ImageEntry }[]>,
+  tree?: TreeMemfds,
 ): Promise<void> {
   const vmas = ((mm['vmas'] as ImageEntry[] | undefined) ?? [])
     .map(toVma)
@@ -444,10 +445,12 @@ export async function restoreMemfdMappings(
       if (inodeId === undefined)
         throw new ImageError('files.img', `the memfd file ${v.shmid} of VMA 0x${v.start.toString(16)} is missing`);
       const taskFd = fdOfInode.get(inodeId);
+      const elsewhere = taskFd === undefined && !made.has(inodeId) ? tree?.pathOf(inodeId) : undefined;
       let fd: number;
       let isOwned = false;
-      if (taskFd !== undefined) {
-        fd = openInTask(inj, `/proc/self/fd/${taskFd}`, v.fdflags === O_RDWR ? O_RDWR : O_RDONLY);
+      if (taskFd !== undefined || elsewhere !== undefined) {
+        const from = elsewhere ?? `/proc/self/fd/${String(taskFd)}`;
+        fd = openInTask(inj, from, v.fdflags === O_RDWR ? O_RDWR : O_RDONLY);
         isOwned = true;
       } else {
         let m = made.get(inodeId);
@@ -456,6 +459,7 @@ export async function restoreMemfdMappings(
           if (inode === undefined) throw new ImageError('memfd.img', `no memfd inode ${inodeId}`);
           m = { fd: await createMemfd(inj, pid, inode, imagesDir), seals: Number(inode['seals'] ?? 0) };
           made.set(inodeId, m);
+          tree?.madeAt(inodeId, pid, v.start);
         }
         fd = m.fd;
       }
@@ -477,6 +481,16 @@ export async function restoreMemfdMappings(
   } finally {
     for (const m of made.values()) inj.syscall(SYSCALLS_X86_64.close, [BigInt(m.fd)]);
   }
+}
+
+/**
+ * In a tree: where a memfd another process of the tree has already is, as a path to open in
+ * this one (/proc/PID/fd/N of its fd there, or /proc/PID/map_files/ of its mapping); and the
+ * record of one this process makes for a mapping.
+ */
+export interface TreeMemfds {
+  pathOf(inodeId: number): string | undefined;
+  madeAt(inodeId: number, pid: number, addr: bigint): void;
 }
 
 /** memfd_create in the task, then its contents and attributes from criu's side. Returns its fd there. */

@@ -12,6 +12,7 @@ import { log } from '../log.js';
 import * as sys from '../sys/native.js';
 import { __WALL } from '../kernel/constants.js';
 import { restoreFiles, type TreeFiles } from '../files/index.js';
+import { treeMemfdPath, type TreeMemfd } from '../files/memfd.js';
 import { prepareDeletedMappings, removeMaterializedGhosts } from '../files/vma-ghost.js';
 import type { RestoreImages, TaskImages } from './images.js';
 import { restoreSeccomp } from './seccomp.js';
@@ -115,7 +116,22 @@ export async function restoreProcess(p: Restoring, ctx: ProcessRestoreContext): 
   p.finishFiles = files.finish;
   if (ctx.treeFiles === undefined) removeMaterializedGhosts(p.filesShared);
   log().debug('restore: memfd mappings');
-  await restoreMemfdMappings(leader, t.pid, t.mm, img.files, t.fdinfo, img.dir, (kind) => img.extras(kind));
+  const tree = ctx.treeFiles;
+  await restoreMemfdMappings(
+    leader,
+    t.pid,
+    t.mm,
+    img.files,
+    t.fdinfo,
+    img.dir,
+    (kind) => img.extras(kind),
+    tree === undefined
+      ? undefined
+      : {
+          pathOf: (inodeId) => treeMemfdPath({ shared: tree.shared, fdOfFileId: (id) => tree.placed.get(id) }, inodeId),
+          madeAt: (inodeId, pid, addr) => tree.shared.set(`memfd:${inodeId}`, { pid, addr } satisfies TreeMemfd),
+        },
+  );
   log().debug('restore: fs and misc');
   restoreProcessMisc(leader, tc, t.fs, fileName);
   log().debug('restore: signals');

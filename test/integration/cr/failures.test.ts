@@ -142,7 +142,7 @@ t.test('dump refuses a task holding an fd of an unsupported kind', { skip: needs
   }
 });
 
-t.test('dump refuses processes that map one memfd before touching them', { skip: needsRoot }, async (t) => {
+t.test('dump refuses a child sharing its fd table before touching the tree', { skip: needsRoot }, async (t) => {
   const dir = t.testdir();
   const w = await startWorkload('cr_state', dir, ['shared-child']);
   t.teardown(() => w.kill());
@@ -155,7 +155,7 @@ t.test('dump refuses processes that map one memfd before touching them', { skip:
     before,
     images,
     r,
-    /maps a memfd \(inode \d+\) that process \d+ maps too; memfds mapped by several processes are not supported yet/,
+    /process \d+ shares its parent's fd table \(CLONE_FILES\); not supported yet/,
   );
 });
 
