@@ -40,7 +40,7 @@ import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sin
 import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
 import { rootIds } from './ids.js';
 import type { PidfdStore } from './pidfd-store.js';
-import { openTracker, type DirtyTracker } from '../mem/track/index.js';
+import { openTracker, sweepStaleTracking, type DirtyTracker } from '../mem/track/index.js';
 import { checkTreeFds, readDumpTree, type TreeMember } from './tree.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
 import { isSmallCopy, pagesBytes } from '../mem/dump-pages.js';
@@ -207,6 +207,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   };
 
   try {
+    await sweepStaleTracking();
     for (const member of tree) {
       try {
         await preDumpProcess(member.pid);

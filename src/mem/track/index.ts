@@ -18,13 +18,14 @@
  * tracks on, and exits with the task, or at the next end() / endTracking().
  */
 
+import { readdirSync } from 'node:fs';
 import { TaskError } from '../../errors.js';
 import { chooseTracker, describeTracker, type TrackerKind } from '../../kerndat/index.js';
 import { log } from '../../log.js';
 import { findHolders, isHolderAlive, startTimeOf, stopHolder } from './holder.js';
 import { NoneTracker } from './none.js';
 import { SoftDirtyTracker } from './soft-dirty.js';
-import { lockTracking, readKept, removeKept, trackDir, type KeptRecord } from './state.js';
+import { lockTracking, readKept, removeKept, trackDir, type KeptRecord, type TrackLock } from './state.js';
 import type { DirtyTracker, KeptInput, OpenTrackerOptions, TrackContext } from './types.js';
 import { UffdTracker } from './uffd.js';
 
@@ -109,6 +110,47 @@ export async function endTracking(pid: number): Promise<void> {
   } finally {
     lock.release();
   }
+}
+
+/**
+ * Remove the tracking state kept for tasks that are gone (or whose pid another process has now),
+ * and stop their holders: a pre-dumped tree's short-lived children leave many. A task another
+ * criu process is working on is left alone. Failures are logged, not thrown.
+ */
+export async function sweepStaleTracking(): Promise<number> {
+  const dir = trackDir();
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return 0; // nothing kept yet
+  }
+  let removed = 0;
+  for (const name of names) {
+    const m = /^(\d+)\.json$/.exec(name);
+    if (m === null) continue;
+    const pid = Number(m[1]);
+    const found = readKept(dir, pid);
+    if (found === null || typeof found === 'string') continue;
+    const startTime = startTimeOf(pid);
+    if (startTime !== null && startTime === found.rec.targetStartTime) continue;
+    let lock: TrackLock;
+    try {
+      lock = await lockTracking(pid);
+    } catch {
+      continue; // another criu process holds it
+    }
+    try {
+      await dropKept(dir, pid, found.rec);
+      removed++;
+    } catch (err) {
+      log().warn(`Dirty memory tracker: cannot remove the stale tracking state of ${pid}: ${String(err)}`);
+    } finally {
+      lock.release();
+    }
+  }
+  if (removed > 0) log().debug(`Dirty memory tracker: removed the state of ${removed} task(s) that are gone`);
+  return removed;
 }
 
 /** Whether tracking state is kept for pid (and can be continued), and its kind. */
