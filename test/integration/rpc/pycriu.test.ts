@@ -5,8 +5,9 @@
  * leave_running leaves the task running and its restore gives it back its memory; the iterative
  * migration of pycriu users (pre_dump, pre_dump with parent_img, dump with track_mem, restore)
  * stores in the second pre-dump only the pages rewritten since the first, and the restored
- * workload finds every page as it left it; a failed dump raises CRIUExceptionExternal with
- * CRIU's errno (ESRCH for a pid that does not exist).
+ * workload finds every page as it left it; a process tree (cr_tree) dumped and restored by
+ * pycriu passes its own checks; a failed dump raises CRIUExceptionExternal with CRIU's errno
+ * (ESRCH for a pid that does not exist).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -159,6 +160,28 @@ t.test('dump with leave_running, then restore', { skip: needsPycriu }, async (t)
   t.same(pycriu(t, dir, ['restore', images]), [{ what: 'restore', pid: w.pid }], 'restored with its pid');
   await verdict(t, w, 'PASS 0 steps');
 });
+
+t.test(
+  'a process tree (cr_tree): dump, then restore, and its four processes pass',
+  { skip: needsPycriu },
+  async (t) => {
+    const dir = t.testdir();
+    const images = path.join(dir, 'images');
+    mkdirSync(images);
+    const w = await startWorkload('cr_tree', dir);
+    const pids = (/^TREE R=(\d+) A=(\d+) B=(\d+) G=(\d+)$/m.exec(w.report()) ?? []).slice(1).map(Number);
+    t.teardown(() => pids.forEach((pid) => signalTask(pid, 'SIGKILL')));
+    t.equal(pids.length, 4, 'four processes');
+    t.same(pycriu(t, dir, ['dump', images, String(w.pid)]), [{ what: 'dump', ok: true }]);
+    for (const pid of pids) await waitGone(pid);
+    t.same(pycriu(t, dir, ['restore', images]), [{ what: 'restore', pid: w.pid }], 'restored with its pid');
+    t.ok(
+      pids.every((pid) => alive(pid)),
+      'all four are back',
+    );
+    await verdict(t, w, 'PASS');
+  },
+);
 
 t.test('pre_dump, pre_dump, dump with track_mem, restore', { skip: needsPycriu }, async (t) => {
   const dir = t.testdir();
