@@ -35,6 +35,19 @@ export interface DumpStats {
   pagesWritten: number;
 }
 
+/** Stats with nothing counted yet. */
+export function noDumpStats(): DumpStats {
+  return {
+    freezingTimeUs: 0,
+    frozenTimeUs: 0,
+    memdumpTimeUs: 0,
+    memwriteTimeUs: 0,
+    pagesScanned: 0,
+    pagesSkippedParent: 0,
+    pagesWritten: 0,
+  };
+}
+
 export function dumpStatsEntry(s: DumpStats): ImageEntry {
   return {
     freezing_time: s.freezingTimeUs,

@@ -44,7 +44,7 @@ import { killTree, resumeTree, stopTree, type FrozenTask } from './freeze.js';
 import { preReadMm, type MmPreRead } from './mm.js';
 import { dumpSeccomp } from './seccomp.js';
 import { localPageSink, removeNew, type PageSink } from './page-sink.js';
-import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
+import { dumpStatsEntry, inventoryEntry, noDumpStats, nowUs, type DumpStats } from './entries.js';
 import { rootIds } from './ids.js';
 import { checkTreeFds, freezeDumpTree, readDumpTree, releaseTree, zombieCore } from './tree.js';
 import { dumpProcess, type ProcessDumpContext } from './process.js';
@@ -192,15 +192,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const tFrozen = nowUs();
   const nrThreads = tasks.reduce((n, t) => n + t.threads.length, 0);
   log().info(`Frozen ${tasks.length} process(es) of tree ${pid}, ${nrThreads} thread(s), in ${tFrozen - t0} us`);
-  const stats: DumpResult = {
-    freezingTimeUs: tFrozen - t0,
-    frozenTimeUs: 0,
-    memdumpTimeUs: 0,
-    memwriteTimeUs: 0,
-    pagesScanned: 0,
-    pagesSkippedParent: 0,
-    pagesWritten: 0,
-  };
+  const stats: DumpResult = { ...noDumpStats(), freezingTimeUs: tFrozen - t0 };
   /** The memory trackers of the processes dumped so far (each ends with this dump). */
   const trackers: { pid: number; tracker: DirtyTracker }[] = [];
   /** End every tracker (each at most once); with `isQuiet`, a failure is only logged. */

@@ -37,7 +37,7 @@ import { freezeProcess, hasExited, resumeProcess, type FrozenProcess } from './f
 import { PROT, VMA_AREA, classifyVma } from './vma.js';
 import { decodeKnown, encodeKnown, planMemory, type MemoryPlan } from './memory.js';
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
-import { dumpStatsEntry, inventoryEntry, nowUs, type DumpStats } from './entries.js';
+import { dumpStatsEntry, inventoryEntry, noDumpStats, nowUs, type DumpStats } from './entries.js';
 import { rootIds } from './ids.js';
 import type { PidfdStore } from './pidfd-store.js';
 import { openTracker, sweepStaleTracking, type DirtyTracker } from '../mem/track/index.js';
@@ -110,17 +110,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
   const sink = opts.sink ?? localPageSink(dir);
-  const stats: PreDumpStats = {
-    freezingTimeUs: 0,
-    frozenTimeUs: 0,
-    memdumpTimeUs: 0,
-    memwriteTimeUs: 0,
-    pagesScanned: 0,
-    pagesSkippedParent: 0,
-    pagesWritten: 0,
-    tracker: '',
-    anonVmas: [],
-  };
+  const stats: PreDumpStats = { ...noDumpStats(), tracker: '', anonVmas: [] };
   /** Each process's tracker once opened: kept at the end, or ended on failure. */
   const done: ProcessPreDump[] = [];
   const opened: DirtyTracker[] = [];

@@ -76,6 +76,42 @@ function endSession(sid: number): void {
   });
 }
 
+/**
+ * Dump process `pid` (its tree) into DIR/img; once it and `others` are gone, `onDumped`; then
+ * restore it detached, expect its pid back, and wait for criu's end (it writes stats-restore after
+ * the pidfile: before the test directory goes). False, after a failed assertion, if the dump failed.
+ */
+async function dumpRestoreDetached(
+  t: Test,
+  dir: string,
+  pid: number,
+  name: string,
+  others: readonly number[] = [],
+  onDumped?: () => void,
+): Promise<boolean> {
+  const images = path.join(dir, 'img');
+  const r = await criuAsync(['dump', '-t', String(pid), '-D', images]);
+  if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return false;
+  for (const p of [pid, ...others]) await waitGone(p);
+  onDumped?.();
+  const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
+  t.equal(restored.pid, pid, `${name} restored with its pid`);
+  const ended = await restored.done;
+  t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
+  return true;
+}
+
+/** SIGTERM to R, the tree's PASS, and the end of `criu restore` (R's parent) with R's status 0. */
+async function endTreePass(
+  t: Test,
+  w: Workload,
+  restored: { done: Promise<{ status: number | null; stderr: string }> },
+): Promise<void> {
+  await endExpectPass(t, w);
+  const r = await restored.done;
+  t.equal(r.status, 0, `criu restore exits with R's status 0 (${r.stderr})`);
+}
+
 /** The non-empty lines of `file` so far (none while it does not exist). */
 function linesOf(file: string): string[] {
   return (existsSync(file) ? readFileSync(file, 'utf8') : '').split('\n').filter((l) => l !== '');
@@ -186,9 +222,7 @@ t.test(
       t.equal(now.session, before[role].session, `${role} is in session ${before[role].session} again`);
       t.not(now.state, 'Z', `${role} is alive`);
     }
-    await endExpectPass(t, w);
-    const r = await restored.done;
-    t.equal(r.status, 0, `criu restore exits with R's status 0 (${r.stderr})`);
+    await endTreePass(t, w, restored);
   },
 );
 
@@ -267,9 +301,7 @@ t.test(
     t.equal(restored.pid, pids.R, 'R restored with its pid');
     for (const role of ROLES)
       if (role !== 'R') t.equal(taskIds(pids[role])?.ppid, before[role].ppid, `${role}'s parent again`);
-    await endExpectPass(t, w);
-    const r = await restored.done;
-    t.equal(r.status, 0, `criu restore exits with R's status 0 (${r.stderr})`);
+    await endTreePass(t, w, restored);
   },
 );
 
@@ -297,9 +329,7 @@ t.test(
       'R, A and B run (asleep in their wait)',
     );
     signalTask(pids.G, 'SIGCONT');
-    await endExpectPass(t, w);
-    const r = await restored.done;
-    t.equal(r.status, 0, `criu restore exits with R's status 0 (${r.stderr})`);
+    await endTreePass(t, w, restored);
   },
 );
 
@@ -434,16 +464,8 @@ t.test(
     ]);
     t.teardown(() => endSession(sh));
     await poll(() => lines().length >= 5, 'five lines', 10_000);
-    const images = path.join(dir, 'img');
-    const r = await criuAsync(['dump', '-t', String(sh), '-D', images]);
-    if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return;
-    await waitGone(sh);
-    const atDump = lines().length;
-    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
-    t.equal(restored.pid, sh, 'sh restored with its pid');
-    // criu restore -d writes stats-restore after the pidfile: its end, before the directory goes.
-    const ended = await restored.done;
-    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
+    let atDump = 0;
+    if (!(await dumpRestoreDetached(t, dir, sh, 'sh', [], () => (atDump = lines().length)))) return;
     await poll(() => lines().length >= atDump + 10, 'ten more lines', 10_000);
     const got = lines();
     t.ok(
@@ -470,16 +492,8 @@ t.test(
         .split('\n')
         .filter((l) => l.includes('/dev/shm/sem.'))
         .map((l) => `${l.split(/\s+/)[5] ?? ''} ${l.split(/\s+/)[4] ?? ''}`);
-    const images = path.join(dir, 'img');
-    const r = await criuAsync(['dump', '-t', String(python), '-D', images]);
-    if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return;
-    await waitGone(python);
-    const atDump = rounds().length;
-    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
-    t.equal(restored.pid, python, 'python restored with its pid');
-    // criu restore -d writes stats-restore after the pidfile: its end, before the directory goes.
-    const ended = await restored.done;
-    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
+    let atDump = 0;
+    if (!(await dumpRestoreDetached(t, dir, python, 'python', [], () => (atDump = rounds().length)))) return;
     const workers = readFileSync(`/proc/${python}/task/${python}/children`, 'utf8').trim().split(/\s+/).map(Number);
     t.equal(workers.length, 2, 'its two workers are back, its children');
     const mine = semaphores(python);
@@ -530,17 +544,8 @@ t.test(
       before.ttyNr !== 0 && before.tpgid === shell,
       `the shell leads the pty's foreground (${JSON.stringify(before)})`,
     );
-    const images = path.join(dir, 'img');
-    const r = await criuAsync(['dump', '-t', String(script), '-D', images]);
-    if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return;
-    await waitGone(script);
-    await waitGone(shell);
-    const atDump = lines().length;
-    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
-    t.equal(restored.pid, script, 'script restored with its pid');
-    // criu restore -d writes stats-restore after the pidfile: its end, before the directory goes.
-    const ended = await restored.done;
-    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
+    let atDump = 0;
+    if (!(await dumpRestoreDetached(t, dir, script, 'script', [shell], () => (atDump = lines().length)))) return;
     t.same(ttyOf(shell), before, 'the shell has its controlling terminal and foreground group back');
     await poll(() => lines().length >= atDump + 10, 'ten more lines', 10_000);
     const got = lines();
@@ -574,15 +579,7 @@ t.test(
       if (r.status !== 0) failures.push(`${kind}: ${r.stderr.trim()}`);
     }
     t.same(failures, [], 'every dump -R and pre-dump succeeded');
-    const images = path.join(dir, 'final');
-    const r = await criuAsync(['dump', '-t', String(sh), '-D', images]);
-    if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return;
-    await waitGone(sh);
-    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
-    t.equal(restored.pid, sh, 'sh restored with its pid');
-    // criu restore -d writes stats-restore after the pidfile: its end, before the directory goes.
-    const ended = await restored.done;
-    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
+    if (!(await dumpRestoreDetached(t, dir, sh, 'sh'))) return;
     await poll(
       () => taskState(sh) !== undefined && readFileSync(`/proc/${sh}/task/${sh}/children`, 'utf8').trim() !== '',
       'sh forking again',
@@ -614,15 +611,7 @@ t.test(
       10_000,
     );
     const zombie = children()[0] ?? 0;
-    const images = path.join(dir, 'img');
-    const r = await criuAsync(['dump', '-t', String(python), '-D', images]);
-    if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return;
-    await waitGone(python);
-    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
-    t.equal(restored.pid, python, 'python restored with its pid');
-    // criu restore -d writes stats-restore after the pidfile: its end, before the directory goes.
-    const ended = await restored.done;
-    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
+    if (!(await dumpRestoreDetached(t, dir, python, 'python'))) return;
     t.same(children(), [zombie], 'its zombie is its child again');
     t.equal(taskState(zombie), 'Z', 'and a zombie');
     await allSleep(t, { python });
