@@ -4,7 +4,8 @@
  * with its termios, as the foreground job (test/fixtures/cr_tty.c checks itself). An interactive
  * bash survives the same and still runs what is typed afterwards. Without -j the dump is refused
  * and the task keeps running untouched; a -j dump restored without -j is refused before any
- * process exists.
+ * process exists. An interactive bash with a background job and a stopped one (a tree, each job
+ * a group of its own) gets both back: `jobs` lists them, `kill %1` and `wait` work.
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -168,6 +169,69 @@ for (const mode of ['dump', 'leave-running'] as const) {
     );
   });
 }
+
+t.test(
+  'an interactive bash with a background job and a stopped one: -j dump and restore keep both',
+  { skip: needsRoot },
+  async (t) => {
+    // bash puts each job in a process group of its own, in its session; the restored tree must keep
+    // them its children, in their groups, one stopped, for `jobs`, `kill %N` and `wait` to work.
+    const dir = t.testdir();
+    const job = startPtyJob(['bash', '--norc', '--noprofile', '-i'], dir);
+    t.teardown(() => job.child.kill('SIGKILL'));
+    job.type('PS1="bash> "; echo "PID=$$"\n');
+    const pid = Number(/PID=(\d+)/.exec(await job.waitFor(/PID=\d+/))?.[0].slice(4));
+    job.type('sleep 1001 & echo "BG=$!"\n');
+    const bg = Number(/BG=(\d+)/.exec(await job.waitFor(/BG=\d+/))?.[0].slice(3));
+    job.type('sleep 1002\n');
+    await poll(() => job.output().includes('sleep 1002'), 'the command to echo', 5000);
+    await new Promise((r) => setTimeout(r, 300));
+    job.type('\x1a');
+    await job.waitFor(/Stopped\s+sleep 1002/);
+    const stopped = Number(execFileSync('pgrep', ['-P', String(pid), '-f', 'sleep 1002'], { encoding: 'utf8' }).trim());
+    const kill = (p: number): void => {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    };
+    t.teardown(() => [pid, bg, stopped].forEach(kill));
+    await poll(() => /^(0|270|7|23) /.test(readFileSync(`/proc/${pid}/syscall`, 'utf8')), 'bash at its prompt', 10_000);
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-j', '-t', String(pid), '-D', images]);
+    t.equal(dump.status, 0, dump.stderr);
+    for (const p of [pid, bg, stopped]) await waitGone(p);
+    await job.exited().catch(() => undefined);
+
+    const restored = await restoreUnderPty(images, dir, pid);
+    t.teardown(() => restored.child.kill('SIGKILL'));
+    const stat = (p: number): string[] => {
+      const text = readFileSync(`/proc/${p}/stat`, 'utf8');
+      return text.slice(text.lastIndexOf(')') + 2).split(' ');
+    };
+    t.same(
+      [bg, stopped].map((p) => [stat(p)[1], stat(p)[2], stat(p)[0]]),
+      [
+        [String(pid), String(bg), 'S'],
+        [String(pid), String(stopped), 'T'],
+      ],
+      "both jobs are bash's children again, each leading its group; the second stopped",
+    );
+    restored.type('jobs\n');
+    await restored.waitFor(/Running\s+sleep 1001[^]*Stopped\s+sleep 1002|Stopped\s+sleep 1002[^]*Running\s+sleep 1001/);
+    restored.type('kill %1; wait %1; echo "bg=$?"\n');
+    await restored.waitFor('bg=143');
+    restored.type('kill -9 %2; echo done\n');
+    await restored.waitFor('done');
+    restored.type('exit 3\n');
+    t.equal(
+      await restored.exited(),
+      3,
+      `bash exits 3 through criu; the terminal showed ${JSON.stringify(restored.output())}`,
+    );
+  },
+);
 
 t.test('dump -j refuses a second terminal besides the shell job', { skip: needsRoot }, async (t) => {
   const dir = t.testdir();
