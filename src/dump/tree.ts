@@ -7,13 +7,14 @@
  *     handlers (kcmp(2) says so);
  *   - a process in a session that is neither its own nor its parent's, or in a process group
  *     whose leader is neither in the tree nor its parent's group: clone, setsid and setpgid could
- *     not make those again (restore checks the same on any images: src/restore/images.ts);
+ *     not make those again (src/images/pstree-shape.ts; restore checks the same on any images).
  */
 
 import { UnsupportedError } from '../errors.js';
 import { KCMP_FILES, KCMP_FS, KCMP_SIGHAND, KCMP_VM } from '../kernel/constants.js';
 import { readTree } from '../proc/children.js';
 import { readStat, type TaskStat } from '../proc/stat.js';
+import { pstreeShapeProblem } from '../images/pstree-shape.js';
 import * as sys from '../sys/native.js';
 import { freezeTree, hasExited, isZombie, resumeTree, type FrozenTree } from './freeze.js';
 import { sleepMs } from '../sys/wait.js';
@@ -49,7 +50,7 @@ const SHARED_OBJECTS = [
 /** How long a dump waits for a vfork child to execve (or exit) before refusing it. */
 const VFORK_WAIT_MS = 1000;
 
-/** Process `pid` and its descendants, parents first, with the refusals above (but memory). */
+/** Process `pid` and its descendants, parents first, with the refusals above. */
 export function readDumpTree(pid: number): TreeMember[] {
   return untilNoVfork(() => {
     const tree: TreeMember[] = readTree(pid).map((t) =>
@@ -106,13 +107,12 @@ export function checkTreeFds(tree: readonly TreeMember[], options: FileOptions):
   }
 }
 
-/** The refusals above but zombies and memory, for the members of a tree (read or frozen). */
+/** The refusals above, for the members of a tree (read or frozen). */
 export function refuseTreeShape(pid: number, tree: readonly TreeMember[]): void {
   if (tree.length < 2) return;
   const refuse = (why: string, feature = 'process-tree'): never => {
     throw new UnsupportedError(feature, `Cannot dump tree ${pid}: ${why}`);
   };
-  const stats = new Map(tree.map((t) => [t.pid, readStat(t.pid)]));
   for (const t of tree.slice(1)) {
     for (const o of SHARED_OBJECTS) {
       let same: number;
@@ -123,15 +123,14 @@ export function refuseTreeShape(pid: number, tree: readonly TreeMember[]): void 
       }
       if (same === 0) refuse(`process ${t.pid} shares its parent's ${o.what}; not supported yet`, o.feature);
     }
-    const st = stats.get(t.pid);
-    const parent = stats.get(t.ppid);
-    if (st == null || parent == null) continue;
-    if (st.session !== parent.session && st.session !== t.pid)
-      refuse(`process ${t.pid} is in session ${st.session}, neither its own nor its parent's; not supported yet`);
-    const leader = stats.get(st.pgrp);
-    if (st.pgrp !== parent.pgrp && st.pgrp !== t.pid && (leader == null || leader.session !== st.session))
-      refuse(`process ${t.pid} is in process group ${st.pgrp}, whose leader is outside the tree; not supported yet`);
   }
+  // Sessions and groups as restore can make them (a process gone meanwhile is the freeze's to see).
+  const shapes = tree.flatMap((t) => {
+    const st = readStat(t.pid);
+    return st === null ? [] : [{ pid: t.pid, ppid: t.ppid, sid: st.session, pgid: st.pgrp }];
+  });
+  const problem = pstreeShapeProblem(shapes);
+  if (problem !== undefined) refuse(`${problem}; not supported yet`);
 }
 
 /** Undo --tcp-established in every process of the tree (repair mode off, locks lifted). */

@@ -12,6 +12,7 @@ import type { Run } from '../mem/runs.js';
 import { PageChain, type PageSource } from '../mem/page-chain.js';
 import { log } from '../log.js';
 import { TASK_STATE } from '../images/task-state.js';
+import { pstreeShapeProblem } from '../images/pstree-shape.js';
 
 /** The images of one process of the dumped tree. */
 export interface TaskImages {
@@ -201,16 +202,13 @@ export function checkTree(list: readonly ImageEntry[]): void {
   const unsupported = (why: string): never => {
     throw new UnsupportedError('process-tree', `Cannot restore the tree of ${String(root['pid'])}: ${why}`);
   };
-  for (const e of list.slice(1)) {
-    const pid = Number(e['pid']);
-    const parent = byPid.get(Number(e['ppid'])) as ImageEntry;
-    const sid = Number(e['sid']);
-    const pgid = Number(e['pgid']);
-    if (sid !== pid && sid !== Number(parent['sid']))
-      unsupported(`process ${pid} is in session ${sid}, neither its own nor its parent's`);
-    const leader = byPid.get(pgid);
-    const isJoinable = leader !== undefined && Number(leader['sid']) === sid;
-    if (pgid !== pid && pgid !== Number(parent['pgid']) && !isJoinable)
-      unsupported(`process ${pid} is in process group ${pgid}, whose leader is not in the tree`);
-  }
+  const problem = pstreeShapeProblem(
+    list.map((e) => ({
+      pid: Number(e['pid']),
+      ppid: Number(e['ppid'] ?? 0),
+      sid: Number(e['sid']),
+      pgid: Number(e['pgid']),
+    })),
+  );
+  if (problem !== undefined) unsupported(problem);
 }
