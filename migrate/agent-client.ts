@@ -3,8 +3,8 @@
  * and check the agent's proof, then typed requests (agent-api.ts) with per-request timeouts.
  *
  * A dead agent is noticed two ways: a closed connection rejects every pending request at once,
- * and a ping every `keepaliveMs` without a pong before the next one cuts a connection whose peer
- * vanished without a FIN (a host whose network went away). Either way the error is a
+ * and pings every `keepaliveMs` cut a connection whose peer vanished without a FIN (a host whose
+ * network went away) once `keepaliveMisses` of them in a row got no pong and nothing else came. Either way the error is a
  * ProtocolError naming the agent and the operation that was pending.
  */
 
@@ -56,8 +56,14 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
   /** Default per-request timeout (0: none); default 60 s. */
   requestTimeoutMs?: number;
-  /** Ping interval; a missing pong by the next one drops the connection. Default 5 s. */
+  /** Ping interval. Default 5 s. */
   keepaliveMs?: number;
+  /**
+   * Pings in a row that may go unanswered (no pong, no other message) before the connection is
+   * dropped. Default 3: an agent busy restoring a large process can keep its event loop (which
+   * answers pings) from running for seconds; a host that is gone stays silent for good.
+   */
+  keepaliveMisses?: number;
   /** TLS (wss): the agent's certificate must be the CA's and name its address (unless isNoCnVerify). */
   tls?: TlsCredentials;
 }
@@ -174,7 +180,7 @@ export class AgentClient extends AgentBase {
         throw new ProtocolError(target, 'the agent refused the token', 'auth', { cause: err });
       throw err;
     }
-    client.startKeepalive(opts.keepaliveMs ?? 5000);
+    client.startKeepalive(opts.keepaliveMs ?? 5000, opts.keepaliveMisses ?? 3);
     return client;
   }
 
@@ -244,16 +250,20 @@ export class AgentClient extends AgentBase {
       this.settle(id, new ProtocolError(this.name, `${reason} while waiting`, p.op));
   }
 
-  private startKeepalive(intervalMs: number): void {
-    let isAlive = true;
-    this.ws.on('pong', () => (isAlive = true));
+  private startKeepalive(intervalMs: number, maxMisses: number): void {
+    let misses = 0;
+    const answered = (): void => {
+      misses = 0;
+    };
+    this.ws.on('pong', answered);
+    this.ws.on('message', answered);
     this.keepalive = setInterval(() => {
-      if (!isAlive) {
-        this.onClose(`no answer to a ping within ${intervalMs} ms (the agent or its host is gone)`);
+      if (misses >= Math.max(1, maxMisses)) {
+        this.onClose(`no answer to ${misses} pings over ${misses * intervalMs} ms (the agent or its host is gone)`);
         this.ws.terminate();
         return;
       }
-      isAlive = false;
+      misses++;
       this.ws.ping();
     }, intervalMs);
     this.keepalive.unref();

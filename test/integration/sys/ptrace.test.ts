@@ -186,7 +186,9 @@ t.test('async wait does not hold up synchronous calls', async (t) => {
   const t0 = process.hrtime.bigint();
   for (let i = 0; i < 100; i++) ptraceGetSigmask(stopped);
   const perCallUs = Number(process.hrtime.bigint() - t0) / 100 / 1000;
-  t.ok(perCallUs < 2000, `sync calls proceed while an async wait polls (${perCallUs.toFixed(1)} us/call)`);
+  // Held up, they would not return before the wait ends (the interrupt below). The bound is only
+  // a sanity check, loose enough for a loaded 2-core machine: speed is the bench's business.
+  t.ok(perCallUs < 20_000, `sync calls proceed while an async wait polls (${perCallUs.toFixed(1)} us/call)`);
   t.equal(settled, false);
 
   ptraceInterrupt(running);
