@@ -6,8 +6,10 @@
  * the same run (a plain socket blast over the same veth bridge), the ceiling of any transfer.
  * Targets (issue #5): downtime under 100 ms for 1 GiB at 10 MB/s; at most 1.2 × the memory size
  * sent at 10 MB/s; at 100 MB/s it converges or says why not within the iteration limit.
- * --quick: 256 MiB at 0 and 10 MB/s only. CRIU_TS_BENCH_MIGRATE=MIB:RATE[,MIB:RATE...] runs
- * those cases instead (a look at one case). Needs root.
+ * A process tree too: a shell whose two children (migrate_counter each) hold the memory and share
+ * the rate, restored into a skeleton of the three.
+ * --quick: 256 MiB at 0 and 10 MB/s, and the tree of 256 MiB at 10 MB/s.
+ * CRIU_TS_BENCH_MIGRATE=MIB:RATE[:tree][,...] runs those cases instead (a look at one case). Needs root.
  */
 
 import { spawn } from 'node:child_process';
@@ -48,19 +50,28 @@ async function rawTcpMBps(src: SimHost, dst: SimHost): Promise<number> {
 interface Case {
   mib: number;
   rate: number;
+  /** A shell with two children, each half the memory and half the rate. */
+  isTree?: boolean;
 }
 
 export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
   if (process.getuid?.() !== 0) return { name: 'migrate', lines: ['skipped: needs root (namespaces, ptrace)'] };
   const only = process.env['CRIU_TS_BENCH_MIGRATE'];
   const cases: Case[] = only
-    ? only.split(',').map((c) => ({ mib: Number(c.split(':')[0]), rate: Number(c.split(':')[1] ?? 0) }))
+    ? only.split(',').map((c) => {
+        const [mib, rate, tree] = c.split(':');
+        return { mib: Number(mib), rate: Number(rate ?? 0), isTree: tree === 'tree' };
+      })
     : opts.isQuick
       ? [
           { mib: 256, rate: 0 },
           { mib: 256, rate: 10 },
+          { mib: 256, rate: 10, isTree: true },
         ]
-      : [256, 1024].flatMap((mib) => [0, 10, 100].map((rate) => ({ mib, rate })));
+      : [
+          ...[256, 1024].flatMap((mib) => [0, 10, 100].map((rate) => ({ mib, rate }))),
+          { mib: 1024, rate: 10, isTree: true },
+        ];
   const dir = mkdtempSync(path.join(tmpdir(), 'criu-ts-bench-migrate-'));
   const tokenFile = path.join(dir, 'token');
   writeFileSync(tokenFile, 'bench-token\n', { mode: 0o600 });
@@ -82,12 +93,23 @@ export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
     for (const [i, c] of cases.entries()) {
       // One report per case: a case given twice must not read the READY of the one before.
       const report = path.join(dir, `w-${i}-${c.mib}-${c.rate}.txt`);
-      await src.exec(
-        `echo 19999 > /proc/sys/kernel/ns_last_pid; '${WORKLOAD}' ${c.mib} ${c.rate} '${report}' </dev/null >/dev/null 2>&1 &`,
-      );
-      const text = (): string => (existsSync(report) ? readFileSync(report, 'utf8') : '');
-      while (!/COUNT/.test(text())) await sleep(100);
-      const pid = Number(/READY (\d+)/.exec(text())?.[1]);
+      const run = (mib: number, rate: number, to: string): string => `'${WORKLOAD}' ${mib} ${rate} '${to}'`;
+      const reports = c.isTree === true ? [`${report}.a`, `${report}.b`] : [report];
+      const half = (x: number): number => Math.max(1, Math.floor(x / 2));
+      const cmd =
+        c.isTree === true
+          ? `sh -c "${run(half(c.mib), c.rate / 2, `${report}.a`)} & ${run(half(c.mib), c.rate / 2, `${report}.b`)} & wait"`
+          : run(c.mib, c.rate, report);
+      await src.exec(`echo 19999 > /proc/sys/kernel/ns_last_pid; ${cmd} </dev/null >/dev/null 2>&1 &`);
+      const text = (f: string): string => (existsSync(f) ? readFileSync(f, 'utf8') : '');
+      while (!reports.every((f) => /COUNT/.test(text(f)))) await sleep(100);
+      const workers = reports.map((f) => Number(/READY (\d+)/.exec(text(f))?.[1]));
+      // A tree is migrated by its root: the workers' parent, the shell.
+      const pids =
+        c.isTree === true
+          ? [Number((await src.exec(`ps -o ppid= -p ${workers[0]}`)).stdout.trim()), ...workers]
+          : workers;
+      const pid = pids[0] as number;
       const mig = spawn(
         process.execPath,
         [MIGRATE, '--json', ...(only ? ['-v', '3'] : []), '--token-file', tokenFile, a.target, b.target, String(pid)],
@@ -98,10 +120,10 @@ export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
       mig.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
       mig.stderr.setEncoding('utf8').on('data', (s: string) => (err += s));
       const code = await new Promise<number | null>((r) => mig.on('close', r));
-      const label = `${String(c.mib).padStart(4)} MiB at ${String(c.rate).padStart(3)} MB/s:`;
+      const label = `${String(c.mib).padStart(4)} MiB at ${String(c.rate).padStart(3)} MB/s${c.isTree === true ? ' (a tree of 3)' : ''}:`;
       if (code !== 0) {
         lines.push(`${label} FAILED: ${err.trim()}`);
-        await src.exec(`kill -KILL ${pid}`);
+        await src.exec(`kill -KILL ${pids.join(' ')}`);
         continue;
       }
       const s = JSON.parse(out) as Record<string, number | string>;
@@ -123,7 +145,7 @@ export async function migrateBench(opts: BenchOptions): Promise<BenchResult> {
           lines.push(`-- ${who} agent log`, ...log.slice(Math.max(0, from - 30)).filter((l) => l.trim() !== ''));
         }
       }
-      await dst.exec(`kill -KILL ${pid}`);
+      await dst.exec(`kill -KILL ${pids.join(' ')}`);
     }
     return { name: 'migrate', lines };
   } finally {

@@ -6,8 +6,8 @@
  *                 dump that leaves the task frozen and traced here, and its end: killed once the
  *                 destination runs it, or resumed untouched when the migration fails;
  *   destination:  page servers (listening before the freeze, no start-up in the downtime), the
- *                 pre-copy skeleton (the task with its PID, its memory read in as pre-dumps
- *                 arrive), and the final restore into it.
+ *                 pre-copy skeleton (the task, or its tree, with its PIDs, memory read in as
+ *                 pre-dumps arrive), and the final restore into it.
  * Paths are absolute here (agent-ops.ts resolves and checks the agent-relative ones).
  */
 
@@ -32,10 +32,12 @@ import {
   IMAGE_KINDS,
   prepareImageKinds,
   type FrozenProcess,
+  type ProcessLayout,
   type PageServerSummary,
   type TlsCredentials,
 } from '../src/index.js';
 import { log } from '../src/log.js';
+import type { ProcessWire } from './protocol.js';
 
 /**
  * How long the data connection of a migration (SRC's dump -> DST's page server) may move nothing
@@ -57,8 +59,8 @@ export interface PreDumpResult {
   copyUs: number;
   pagesWritten: number;
   pagesSkipped: number;
-  /** The task's writable private anonymous VMAs, flat [start, end, start, end...] (byte addresses). */
-  anonVmas: number[];
+  /** The processes pre-dumped, parents first: the skeleton's shape and memory. */
+  processes: ProcessWire[];
 }
 
 export interface FinalDumpResult {
@@ -126,7 +128,13 @@ export class EngineOps {
       copyUs: s.memdumpTimeUs,
       pagesWritten: s.pagesWritten,
       pagesSkipped: s.pagesSkippedParent,
-      anonVmas: s.anonVmas.flatMap((v) => [Number(v.start), Number(v.end)]),
+      processes: s.processes.map((p) => ({
+        pid: p.pid,
+        ppid: p.ppid,
+        pgid: p.pgid,
+        sid: p.sid,
+        anonVmas: p.anonVmas.flatMap((v) => [Number(v.start), Number(v.end)]),
+      })),
     };
   }
 
@@ -226,27 +234,34 @@ export class EngineOps {
     }
   }
 
-  /** Read a pre-dump that arrived in `dir` into the skeleton of `pid` (made on first use). */
-  async skeletonApply(pid: number, dir: string, anonVmas: readonly number[]): Promise<{ pagesFilled: number }> {
+  /**
+   * Read a pre-dump that arrived in `dir` into the skeleton of `pid`'s tree: made on first use, and
+   * made again when the tree is no longer the skeleton's (a process forked, exited or changed its
+   * session or group since): the new one reads every pre-copied page from the chain.
+   */
+  async skeletonApply(pid: number, dir: string, processes: readonly ProcessWire[]): Promise<{ pagesFilled: number }> {
     await this.warming;
-    const vmas: { start: bigint; end: bigint }[] = [];
-    for (let i = 0; i + 1 < anonVmas.length; i += 2)
-      vmas.push({ start: BigInt(anonVmas[i] as number), end: BigInt(anonVmas[i + 1] as number) });
+    const layouts: ProcessLayout[] = processes.map((p) => {
+      const anonVmas: { start: bigint; end: bigint }[] = [];
+      for (let i = 0; i + 1 < p.anonVmas.length; i += 2)
+        anonVmas.push({ start: BigInt(p.anonVmas[i] as number), end: BigInt(p.anonVmas[i + 1] as number) });
+      return { pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, anonVmas };
+    });
+    if (layouts[0]?.pid !== pid) throw new UsageError(`The pre-dumped tree is not ${pid}'s`);
     let sk = this.skeletons.get(pid);
-    if (sk === undefined && isTreeDump(dir)) {
-      // A skeleton holds one process: a tree's pre-copied pages stay in the images, and the final
-      // restore reads them (its downtime includes that read).
-      log().info(`agent: ${pid} is a process tree: its pages are read at the final restore`);
-      return { pagesFilled: 0 };
+    if (sk !== undefined && !sk.fits(layouts)) {
+      log().info(`agent: the tree of ${pid} changed since the last pre-dump: its skeleton is made again`);
+      this.skeletonAbort(pid);
+      sk = undefined;
     }
     if (sk === undefined) {
       // The agent is the restored task's parent and reaps it (restoreFinal); were the task a
       // sibling instead, its parent would be whoever started the agent, which may never reap it.
-      sk = Skeleton.create(pid, vmas, 1);
+      sk = Skeleton.create(layouts);
       this.skeletons.set(pid, sk);
     }
     try {
-      return { pagesFilled: (await sk.apply(dir, vmas)).pagesFilled };
+      return { pagesFilled: (await sk.apply(dir, layouts)).pagesFilled };
     } catch (err) {
       this.skeletonAbort(pid);
       throw err;
@@ -266,17 +281,13 @@ export class EngineOps {
   ): Promise<{ pid: number; restoreUs: number; pagesReceived: number; bytes: number }> {
     await this.warming;
     const t0 = process.hrtime.bigint();
-    let sk = this.skeletons.get(pid);
+    const sk = this.skeletons.get(pid);
     this.skeletons.delete(pid);
     try {
       const received =
         serverId === undefined ? { pagesReceived: 0, bytes: 0 } : await this.receiveWait(serverId, 60_000);
       writeImageFiles(dir, images);
-      if (sk !== undefined && isTreeDump(dir)) {
-        // The task forked since the skeleton was made: the tree is restored from the images.
-        sk.abort();
-        sk = undefined;
-      }
+      // A skeleton whose tree is not the dump's is dropped by restore(), which then starts afresh.
       const r = await restore({ imagesDir: dir, isDetached: true, ...(sk === undefined ? {} : { skeleton: sk }) });
       reapWhenDone(r.pid);
       return { pid: r.pid, restoreUs: Number((process.hrtime.bigint() - t0) / 1000n), ...received };
@@ -365,9 +376,4 @@ async function warmUp(): Promise<void> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-}
-
-/** A (pre-)dump of more than one process (a pagemap each). */
-function isTreeDump(dir: string): boolean {
-  return readdirSync(dir).filter((n) => /^pagemap-\d+\.img$/.test(n)).length > 1;
 }

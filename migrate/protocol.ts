@@ -28,7 +28,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Packr } from 'msgpackr';
 
 /** Bumped on any incompatible change; both sides refuse another version. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /** WebSocket close code: authentication missing or refused. */
 export const CLOSE_AUTH = 4001;
@@ -168,7 +168,17 @@ export interface PreDumpResultWire {
   copyUs: number;
   pagesWritten: number;
   pagesSkipped: number;
-  /** The task's writable private anonymous VMAs, flat [start, end, ...] byte addresses. */
+  /** The processes pre-dumped, parents first (the skeleton's shape and memory). */
+  processes: ProcessWire[];
+}
+
+/** One pre-dumped process (src/dump/pre-dump.ts ProcessLayout) on the wire. */
+export interface ProcessWire {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  sid: number;
+  /** Its writable private anonymous VMAs, flat [start, end, ...] byte addresses. */
   anonVmas: number[];
 }
 
@@ -222,7 +232,7 @@ export interface Ops {
   'source-end': { params: { pid: number; action: string }; result: { isDone: boolean } };
   'receive-pages': { params: ReceivePagesParams; result: { serverId: number; address: string; port: number } };
   'receive-wait': { params: PageServerWaitParams; result: { pagesReceived: number; bytes: number } };
-  'skeleton-apply': { params: { pid: number; dir: string; anonVmas: number[] }; result: { pagesFilled: number } };
+  'skeleton-apply': { params: { pid: number; dir: string; processes: ProcessWire[] }; result: { pagesFilled: number } };
   'skeleton-abort': { params: PidParams; result: { isDone: boolean } };
   'restore-final': {
     params: RestoreFinalParams;
@@ -334,6 +344,20 @@ function isBytes(x: unknown): x is Uint8Array {
   return x instanceof Uint8Array;
 }
 
+function isIntegers(x: unknown): x is number[] {
+  return Array.isArray(x) && x.every((n) => typeof n === 'number' && Number.isSafeInteger(n));
+}
+
+function isProcess(x: unknown): x is ProcessWire {
+  return (
+    isObject(x) &&
+    Object.keys(x).length === 5 &&
+    ['pid', 'ppid', 'pgid', 'sid'].every((k) => isId(x[k])) &&
+    isIntegers(x['anonVmas']) &&
+    x['anonVmas'].length % 2 === 0
+  );
+}
+
 function isImageFile(x: unknown): x is ImageFileWire {
   return (
     isObject(x) &&
@@ -351,13 +375,14 @@ const FIELD_KIND_NAMES: Record<FieldKind, string> = {
   strings: 'a list of strings',
   numbers: 'a list of integers',
   files: 'a list of {name, data} with plain file names',
+  processes: 'a list of {pid, ppid, pgid, sid, anonVmas}',
 };
 
 function isId(x: unknown): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 }
 
-type FieldKind = 'string' | 'number' | 'bytes' | 'strings' | 'numbers' | 'files';
+type FieldKind = 'string' | 'number' | 'bytes' | 'strings' | 'numbers' | 'files' | 'processes';
 type Shape = Record<string, { kind: FieldKind; isOptional?: boolean }>;
 
 const req = (kind: FieldKind): { kind: FieldKind } => ({ kind });
@@ -393,7 +418,7 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
   'source-end': { pid: req('number'), action: req('string') },
   'receive-pages': { dir: req('string'), port: req('number'), address: opt('string'), prevDir: opt('string') },
   'receive-wait': { serverId: req('number'), timeoutMs: opt('number') },
-  'skeleton-apply': { pid: req('number'), dir: req('string'), anonVmas: req('numbers') },
+  'skeleton-apply': { pid: req('number'), dir: req('string'), processes: req('processes') },
   'skeleton-abort': { pid: req('number') },
   'restore-final': { pid: req('number'), dir: req('string'), images: opt('files'), serverId: opt('number') },
 };
@@ -418,10 +443,12 @@ function checkParams(op: OpName, params: Record<string, unknown>): string | null
           : kind === 'bytes'
             ? isBytes(v)
             : kind === 'numbers'
-              ? Array.isArray(v) && v.every((n) => typeof n === 'number' && Number.isSafeInteger(n))
+              ? isIntegers(v)
               : kind === 'files'
                 ? Array.isArray(v) && v.every(isImageFile)
-                : Array.isArray(v) && v.every((s) => typeof s === 'string');
+                : kind === 'processes'
+                  ? Array.isArray(v) && v.every(isProcess)
+                  : Array.isArray(v) && v.every((s) => typeof s === 'string');
     if (!isOk) return `field "${key}" is not ${FIELD_KIND_NAMES[kind]}`;
   }
   return null;

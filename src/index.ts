@@ -4,7 +4,7 @@
  */
 
 export { dump, type DumpOptions, type DumpStats } from './dump/index.js';
-export { preDump, type PreDumpOptions, type PreDumpStats } from './dump/pre-dump.js';
+export { preDump, type PreDumpOptions, type PreDumpStats, type ProcessLayout } from './dump/pre-dump.js';
 export {
   killProcess,
   killTree,

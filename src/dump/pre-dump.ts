@@ -66,7 +66,18 @@ export interface PreDumpOptions {
 
 export interface PreDumpStats extends DumpStats {
   tracker: string;
-  /** The task's writable private anonymous VMAs at this pre-dump (what a Skeleton maps). */
+  /** The processes pre-dumped, parents first: what a skeleton of the tree is made of (skeleton.ts). */
+  processes: ProcessLayout[];
+}
+
+/** One process of a pre-dumped tree: its place in the tree and its private anonymous memory. */
+export interface ProcessLayout {
+  pid: number;
+  /** 0 for the tree's root. */
+  ppid: number;
+  pgid: number;
+  sid: number;
+  /** Its writable private anonymous VMAs at this pre-dump (what its skeleton maps). */
   anonVmas: { start: bigint; end: bigint }[];
 }
 
@@ -110,14 +121,14 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
   const sink = opts.sink ?? localPageSink(dir);
-  const stats: PreDumpStats = { ...noDumpStats(), tracker: '', anonVmas: [] };
+  const stats: PreDumpStats = { ...noDumpStats(), tracker: '', processes: [] };
   /** Each process's tracker once opened: kept at the end, or ended on failure. */
   const done: ProcessPreDump[] = [];
   const opened: DirtyTracker[] = [];
   let reserving: Promise<void> | null = null;
 
   /** One process: its dirty pages collected and planned (frozen only as needed), then copied. */
-  const preDumpProcess = async (p: number): Promise<void> => {
+  const preDumpProcess = async (p: number, ppid: number): Promise<void> => {
     // Frozen only as long as needed: to create the tracker's userfaultfd in the task (first
     // iteration), and for a whole collect when the tracker cannot collect with the task running
     // (soft-dirty). The uffd tracker's later iterations do not stop the task at all.
@@ -141,6 +152,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
     };
     let plan: MemoryPlan;
     let tracker: DirtyTracker;
+    let layout: ProcessLayout;
     try {
       tracker = await openTracker({ pid: p, injector: () => freeze().leader, choice: opts.tracker });
       opened.push(tracker);
@@ -172,10 +184,17 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
       const isReused = parent && opts.pidfdStore?.isReusedSinceParent(p, opts.prevImagesDir) === true;
       const known = parent && !isReused ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
       plan = await planMemory(p, vmas, tracker, known);
-      if (p === pid)
-        stats.anonVmas = vmas
+      const st = readStat(p);
+      if (st === null) throw new TaskError(p, `Task ${p} exited while being dumped`);
+      layout = {
+        pid: p,
+        ppid,
+        pgid: st.pgrp,
+        sid: st.session,
+        anonVmas: vmas
           .filter((v) => (v.status & VMA_AREA.ANON_PRIVATE) !== 0 && (v.prot & PROT.WRITE) !== 0)
-          .map((v) => ({ start: v.start, end: v.end }));
+          .map((v) => ({ start: v.start, end: v.end })),
+      };
     } finally {
       resume(); // running again from here on, whatever happened
     }
@@ -194,13 +213,14 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
     stats.memdumpTimeUs += nowUs() - tMem;
     log().debug(`Pre-dump of ${p}: ${written.pagesWritten} pages written`);
     done.push({ pid: p, tracker, plan, pagesWritten: written.pagesWritten });
+    stats.processes.push(layout);
   };
 
   try {
     await sweepStaleTracking();
     for (const member of tree) {
       try {
-        await preDumpProcess(member.pid);
+        await preDumpProcess(member.pid, member.ppid);
       } catch (err) {
         // A child that exited since the tree was read has no memory left to pre-dump.
         if (member.ppid === 0 || !hasExited(member.pid)) throw err;

@@ -22,7 +22,7 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { existsSync } from 'node:fs';
-import { ImageError, TaskError, UnsupportedError } from '../errors.js';
+import { ImageError, UnsupportedError } from '../errors.js';
 import { checkCpuinfoDir } from '../cpuinfo/index.js';
 import { writeImage, type ImageEntry } from '../images/index.js';
 import { injectedCallCounts } from '../inject/injector.js';
@@ -41,7 +41,7 @@ import { punchRestored } from '../mem/dedup.js';
 import { reserveFillBuffers } from '../mem/fill-pages.js';
 import { countPages } from '../mem/runs.js';
 import { nowUs } from '../dump/entries.js';
-import { dumpedVmas, type SharedObjects } from './mm.js';
+import { dumpedVmas, type Prefilled, type SharedObjects } from './mm.js';
 import { killStub, startStub, waitForFreePid, type Stub } from './stub.js';
 import type { Skeleton } from './skeleton.js';
 import { runLoggedAction, type ActionHook } from '../actions.js';
@@ -82,12 +82,19 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const img = await loadImages(opts.imagesDir, { isPageChainLazy: opts.skeleton !== undefined });
   const { pid } = img;
   log().debug('restore: images loaded and checked');
-  const skeleton = opts.skeleton;
-  if (skeleton !== undefined && img.tree.length + img.zombies.length > 1)
-    throw new UnsupportedError(
-      'process-tree',
-      `Cannot restore a tree of ${img.tree.length} processes into a pre-copied task`,
-    );
+  let skeleton = opts.skeleton;
+  const places = img.tree.map((t) => ({
+    pid: t.pid,
+    ppid: Number(t.pstree['ppid']),
+    pgid: Number(t.pstree['pgid']),
+    sid: Number(t.pstree['sid']),
+  }));
+  if (skeleton !== undefined && !skeleton.fits(places)) {
+    // The tree changed since the last pre-dump (a fork, an exit, a setsid): from scratch.
+    log().info(`restore: the tree of ${pid} is not the pre-copied one; restoring it from the images`);
+    skeleton.abort();
+    skeleton = undefined;
+  }
   // A restore into a pre-copied skeleton has little left to fill (and a long-lived caller's buffers).
   const reserving =
     skeleton === undefined
@@ -117,20 +124,24 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     (await img.extras('TTY_INFO')).map((e) => e.entry),
     { isShellJob: opts.isShellJob === true },
   );
-  if (skeleton !== undefined && skeleton.pid !== pid)
-    throw new TaskError(pid, `The pre-copied task is ${skeleton.pid}, the dump is of ${pid}`);
   await opts.onAction?.('pre-restore', undefined);
-  if (skeleton === undefined) for (const t of [...img.tree, ...img.zombies]) waitForFreePid(t.pid);
+  for (const t of [...(skeleton === undefined ? img.tree : []), ...img.zombies]) waitForFreePid(t.pid);
 
-  const prefilled = skeleton === undefined ? undefined : { mapped: skeleton.mappedRuns, present: img.pagesPresent };
+  /** A process's stub and memory from the skeleton (prepareFinal: its scratch area out of the way). */
+  const fromSkeleton = (t: TaskImages): { stub: Stub; prefilled: Prefilled } | undefined => {
+    const task = skeleton?.task(t.pid);
+    if (task === undefined) return undefined;
+    const prefilled = { mapped: task.mappedRuns, present: t.pagesPresent };
+    return { stub: task.prepareFinal(dumpedVmas(t.mm), t.threads.length), prefilled };
+  };
+  const prefilled = new Map<number, Prefilled>();
   // One scratch address for the whole tree (children are forked from their parent's stub): a
   // hole in every process's layout, room for the most threads any has.
   const layout = img.tree.flatMap((t) => dumpedVmas(t.mm));
   const maxThreads = Math.max(...img.tree.map((t) => t.threads.length));
-  const rootStub =
-    skeleton === undefined
-      ? startStub(pid, layout, maxThreads, { isSibling: opts.isSibling === true })
-      : skeleton.prepareFinal(dumpedVmas(img.mm), img.threads.length);
+  const rootSkeleton = fromSkeleton(img);
+  if (rootSkeleton !== undefined) prefilled.set(pid, rootSkeleton.prefilled);
+  const rootStub = rootSkeleton?.stub ?? startStub(pid, layout, maxThreads, { isSibling: opts.isSibling === true });
   const treeGhosts = new Map<number, string>();
   const restoring = (t: TaskImages, stub: Stub): Restoring => ({
     img: t,
@@ -162,14 +173,17 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   };
 
   try {
-    // Sessions and groups before the children exist: they inherit them (tree.ts).
-    leadAsDumped(rootStub, img.pstree);
+    // Sessions and groups before the children exist: they inherit them (tree.ts). A skeleton's
+    // processes are in theirs already.
+    if (rootSkeleton === undefined) leadAsDumped(rootStub, img.pstree);
     for (const t of img.tree.slice(1)) {
       const parent = procs.find((p) => p.img.pid === Number(t.pstree['ppid'])) as Restoring;
       log().debug(`restore: process ${t.pid}, a child of ${parent.img.pid}`);
-      const stub = forkStub(parent.stub, t.pid);
+      const pre = fromSkeleton(t);
+      if (pre !== undefined) prefilled.set(t.pid, pre.prefilled);
+      const stub = pre?.stub ?? forkStub(parent.stub, t.pid);
       procs.push(restoring(t, stub));
-      leadAsDumped(stub, t.pstree);
+      if (pre === undefined) leadAsDumped(stub, t.pstree);
     }
     // Zombies last: children of live processes, with no children of their own.
     const zombies = img.zombies.map((z) => {
@@ -193,6 +207,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // The tree is whole, not yet running: a failed post-restore action kills it (below).
     await opts.onAction?.('post-restore', pid);
   } catch (err) {
+    skeleton?.abort(); // what the restore has not taken from it yet
     for (const z of zombieStubs) killStub(z.pid);
     for (const p of [...procs].reverse()) {
       for (const inj of [...p.threads, p.stub.injector]) {

@@ -58,8 +58,8 @@ export interface ProcessRestoreContext {
   options: RestoreOptions;
   /** The fill buffers being reserved (awaited before the first pages are read). */
   reserving: Promise<void> | undefined;
-  /** A live migration's pre-copied memory, for the root only. */
-  prefilled: Prefilled | undefined;
+  /** A live migration's pre-copied memory (skeleton.ts), by pid. */
+  prefilled: ReadonlyMap<number, Prefilled>;
   /** Shared anonymous memory made by one process of the tree, mapped from it by the others. */
   sharedObjects: SharedObjects;
   /** In a tree: the descriptions restored so far, for the processes that share them. */
@@ -90,7 +90,7 @@ export async function restoreProcess(p: Restoring, ctx: ProcessRestoreContext): 
       t.pages ?? t.pageChain,
       img.dir,
       (id) => ghostPaths.get(id) ?? fileName(id),
-      t === img ? ctx.prefilled : undefined,
+      ctx.prefilled.get(t.pid),
       ctx.sharedObjects,
     )
   ).pagesRestored;

@@ -14,8 +14,16 @@
  * every iteration's PE_PRESENT pages in order, holds exactly what the chain resolves it to.
  * Pages the skeleton holds but the final image lacks are zeroed (they were dropped since).
  *
- * The VMA ranges come from the pre-dump's caller (the migration controller learns them from the
- * source), not from the images: a pre-dump writes only what CRIU's does.
+ * A process tree gets a skeleton of the same shape: the root's stub is started first, and each
+ * other process is forked from its parent's stub (tree.ts forkStub) before any memory is mapped,
+ * in its session and group, as the final restore would make it; each then gets its own memory
+ * as above. The final restore takes each process's stub from the skeleton instead of forking it.
+ * A tree whose shape changed since the skeleton was made (a fork, an exit, a setsid) cannot use
+ * it: the migration makes a new one from the next pre-dump (which reads every pre-copied page
+ * again), and the final restore one from scratch.
+ *
+ * The VMA ranges and the tree's shape come from the pre-dump's caller (the migration controller
+ * learns them from the source), not from the images: a pre-dump writes only what CRIU's does.
  */
 
 import path from 'node:path';
@@ -26,7 +34,17 @@ import { PageChain, clipSources } from '../mem/page-chain.js';
 import { fillPages } from '../mem/fill-pages.js';
 import { intersect, normalize, pageAddr, pageIndex, subtract, type Run } from '../mem/runs.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
-import { LEADER_SCRATCH_BYTES, findHole, killStub, scratchBytes, startStub, type Stub } from './stub.js';
+import {
+  LEADER_SCRATCH_BYTES,
+  findHole,
+  killStub,
+  scratchBytes,
+  startStub,
+  waitForFreePid,
+  type Stub,
+} from './stub.js';
+import { forkStub, joinGroups, leadAsDumped } from './tree.js';
+import type { ProcessLayout } from '../dump/pre-dump.js';
 
 const PAGE = 4096n;
 const MAP_PRIVATE_ANON = 0x22n;
@@ -38,28 +56,98 @@ export interface SkeletonStats {
   pagesMapped: number;
 }
 
+/** Where a process sits in a tree: what a skeleton must match to be restored into. */
+export type TreePlace = Pick<ProcessLayout, 'pid' | 'ppid' | 'pgid' | 'sid'>;
+
+/** The skeleton of a process tree (of one process, often): a SkeletonTask per process. */
 export class Skeleton {
+  private isDone = false;
+
+  private constructor(
+    /** Parents first, as made. */
+    private readonly tasks: readonly { place: TreePlace; task: SkeletonTask }[],
+  ) {}
+
+  /**
+   * Start the root's stub as its PID (free here), then fork each other process from its parent's
+   * stub, parents first, in its session and group. With isSibling the root is a child of this
+   * process's parent (who reaps it), as `criu restore -S` makes it. On failure nothing is left.
+   */
+  static create(processes: readonly ProcessLayout[], options: { isSibling?: boolean } = {}): Skeleton {
+    const [root] = processes;
+    if (root === undefined) throw new TaskError(0, 'A skeleton needs a process');
+    const layout = processes.flatMap((p) => p.anonVmas);
+    const tasks: { place: TreePlace; task: SkeletonTask }[] = [];
+    // A skeleton made again (the tree changed) waits for the last one's processes to be reaped.
+    for (const p of processes) waitForFreePid(p.pid);
+    try {
+      for (const p of processes) {
+        const place = { pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid };
+        const parent = tasks.find((t) => t.place.pid === p.ppid)?.task;
+        if (p !== root && parent === undefined)
+          throw new TaskError(p.pid, `The parent of ${p.pid} (${p.ppid}) comes after it, or not at all`);
+        const stub = parent === undefined ? startStub(p.pid, layout, 1, options) : forkStub(parent.stub, p.pid);
+        tasks.push({ place, task: new SkeletonTask(p.pid, stub) });
+        leadAsDumped(stub, place);
+      }
+      joinGroups(tasks.map(({ place, task }) => ({ stub: task.stub, pstree: place })));
+    } catch (err) {
+      for (const { task } of tasks.reverse()) task.abort();
+      throw err;
+    }
+    return new Skeleton(tasks);
+  }
+
+  /** The root's PID. */
+  get pid(): number {
+    return (this.tasks[0] as { task: SkeletonTask }).task.pid;
+  }
+
+  /** Whether `places` (any order) is the tree this skeleton has: the same processes, parents, groups, sessions. */
+  fits(places: readonly TreePlace[]): boolean {
+    if (places.length !== this.tasks.length) return false;
+    return places.every((p) => {
+      const mine = this.tasks.find((t) => t.place.pid === p.pid)?.place;
+      return mine !== undefined && mine.ppid === p.ppid && mine.pgid === p.pgid && mine.sid === p.sid;
+    });
+  }
+
+  /** The skeleton of process `pid`. */
+  task(pid: number): SkeletonTask | undefined {
+    return this.tasks.find((t) => t.place.pid === pid)?.task;
+  }
+
+  /** Bring every process's memory to pre-dump `dir` (SkeletonTask.apply): `processes` must fit. */
+  async apply(dir: string, processes: readonly ProcessLayout[]): Promise<SkeletonStats> {
+    if (this.isDone) throw new TaskError(this.pid, 'The pre-copy skeleton is finished or aborted');
+    if (!this.fits(processes)) throw new TaskError(this.pid, `The tree of ${this.pid} is not the skeleton's`);
+    const sum: SkeletonStats = { pagesFilled: 0, pagesMapped: 0 };
+    for (const p of processes) {
+      const got = await (this.task(p.pid) as SkeletonTask).apply(dir, p.anonVmas);
+      sum.pagesFilled += got.pagesFilled;
+      sum.pagesMapped += got.pagesMapped;
+    }
+    return sum;
+  }
+
+  /** Kill every stub the final restore has not taken (a migration that failed or was called off). */
+  abort(): void {
+    if (this.isDone) return;
+    this.isDone = true;
+    for (const { task } of [...this.tasks].reverse()) task.abort();
+  }
+}
+
+/** The skeleton of one process: its stub, and the pre-copied memory in it. */
+export class SkeletonTask {
   /** Page runs mapped (anonymous, private, RW) and holding pre-copied contents. */
   private mapped: Run[] = [];
   private isDone = false;
 
-  private constructor(
+  constructor(
     readonly pid: number,
     readonly stub: Stub,
   ) {}
-
-  /**
-   * Start the stub as `pid` (free here), its scratch area away from `layout`. With isSibling the
-   * task is a child of this process's parent (who reaps it), as `criu restore -S` makes it.
-   */
-  static create(
-    pid: number,
-    layout: readonly { start: bigint; end: bigint }[],
-    nrThreads = 1,
-    options: { isSibling?: boolean } = {},
-  ): Skeleton {
-    return new Skeleton(pid, startStub(pid, layout, nrThreads, options));
-  }
 
   get injector(): Injector {
     return this.stub.injector;

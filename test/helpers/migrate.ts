@@ -25,8 +25,9 @@ export async function startAgent(
   host: SimHost,
   dir: string,
   imagesRoot = path.join(dir, `agent-${host.name}`),
-): Promise<{ agent: HostProcess; target: string }> {
-  const started = await startAgentIn(host, tokenFile(dir), imagesRoot);
+  extraArgs: readonly string[] = [],
+): Promise<{ agent: HostProcess; target: string; stderr: () => string }> {
+  const started = await startAgentIn(host, tokenFile(dir), imagesRoot, extraArgs);
   t.teardown(() => started.agent.kill('SIGKILL'));
   return started;
 }

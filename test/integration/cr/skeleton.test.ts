@@ -5,16 +5,17 @@
  * Here on one host (the PID is free once the final dump has killed the task, so the skeleton is
  * built after it; a migration builds it on the other host while the task still runs).
  * cr_incr checks its memory after three steps of rewrites; cr_mem checks its maps line by line
- * and every kind of mapping.
+ * and every kind of mapping; cr_tree (four processes) checks its tree, and the memory its
+ * processes share or hold apart.
  */
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { readImage } from '../../../src/images/index.js';
-import { preDump, type PreDumpStats } from '../../../src/dump/pre-dump.js';
+import { preDump, type PreDumpStats, type ProcessLayout } from '../../../src/dump/pre-dump.js';
 import { dump } from '../../../src/dump/index.js';
 import { restore } from '../../../src/restore/index.js';
 import { Skeleton } from '../../../src/restore/skeleton.js';
-import { startWorkload, waitGone, type Workload } from '../../helpers/cr.js';
+import { endExpectPass, signalTask, startWorkload, waitGone, type Workload } from '../../helpers/cr.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
 
@@ -55,11 +56,17 @@ async function migrateLike(
   return { final, pre, progress };
 }
 
-async function intoSkeleton(pid: number, root: string, pre: PreDumpStats[]): Promise<Skeleton> {
-  const sk = Skeleton.create(pid, pre[0]?.anonVmas ?? []);
+async function intoSkeleton(root: string, pre: PreDumpStats[], shape = pre[0]?.processes ?? []): Promise<Skeleton> {
+  const sk = Skeleton.create(shape);
   for (let k = 1; k <= pre.length; k++)
-    await sk.apply(path.join(root, String(k)), (pre[k - 1] as PreDumpStats).anonVmas);
+    if (sk.fits((pre[k - 1] as PreDumpStats).processes))
+      await sk.apply(path.join(root, String(k)), (pre[k - 1] as PreDumpStats).processes);
   return sk;
+}
+
+/** A process alone, with no memory of its own yet: the skeleton of `pid` for the failure cases. */
+function alone(pid: number): ProcessLayout[] {
+  return [{ pid, ppid: 0, pgid: pid, sid: pid, anonVmas: [] }];
 }
 
 t.test(
@@ -82,7 +89,7 @@ t.test(
       );
     });
     t.ok((pre[1]?.pagesWritten ?? 0) < 4096 / 2, 'the later pre-dumps copied a part of the memory');
-    const sk = await intoSkeleton(w.pid, root, pre);
+    const sk = await intoSkeleton(root, pre);
     await restore({ imagesDir: final, isDetached: true, skeleton: sk });
     const read = await restoredPages(final);
     t.ok(read > 0 && read < 1000, `the final restore read ${read} pages (of 4096+ in the task)`);
@@ -100,7 +107,7 @@ t.test('cr_mem: every kind of mapping and its maps lines survive the skeleton pa
   t.teardown(() => w.kill());
   await w.waitFor('SPARSE');
   const { final, pre } = await migrateLike(w, root, async () => undefined);
-  const sk = await intoSkeleton(w.pid, root, pre);
+  const sk = await intoSkeleton(root, pre);
   await restore({ imagesDir: final, isDetached: true, skeleton: sk });
   await new Promise((r) => setTimeout(r, 100));
   process.kill(w.pid, 'SIGTERM');
@@ -110,13 +117,80 @@ t.test('cr_mem: every kind of mapping and its maps lines survive the skeleton pa
 });
 
 t.test('a skeleton whose PID is taken fails at once; abort kills it', { skip: needsRoot }, async (t) => {
-  t.throws(() => Skeleton.create(process.pid, []), { message: /in use/ });
+  t.throws(() => Skeleton.create(alone(process.pid)), { message: /in use/ });
   const root = t.testdir();
   const w = await startWorkload('cr_incr', root, ['16']);
   const pid = w.pid;
   w.kill();
   await waitGone(pid);
-  const sk = Skeleton.create(pid, []);
+  const sk = Skeleton.create(alone(pid));
   sk.abort();
   await waitGone(pid);
 });
+
+/** cr_tree's four processes (R, its children A and B, A's child G), from its TREE line. */
+async function startTree(t: Test, root: string): Promise<{ w: Workload; pids: number[] }> {
+  const w = await startWorkload('cr_tree', root);
+  const m = /^TREE R=(\d+) A=(\d+) B=(\d+) G=(\d+)$/m.exec(w.report());
+  if (m === null) throw new Error(`cr_tree wrote no TREE line: ${w.report()}`);
+  const pids = m.slice(1).map(Number);
+  t.teardown(() => pids.forEach((pid) => signalTask(pid, 'SIGKILL')));
+  return { w, pids };
+}
+
+t.test(
+  "cr_tree: a skeleton of the four processes; the final restore takes each one's stub and memory",
+  { skip: needsRoot },
+  async (t) => {
+    const root = t.testdir();
+    const { w, pids } = await startTree(t, root);
+    const [r, a, b, g] = pids as [number, number, number, number];
+    const { final, pre } = await migrateLike(w, root, async () => undefined);
+    for (const pid of pids) await waitGone(pid);
+    const reported = (pre[0] as PreDumpStats).processes;
+    const byPid = (x: number[], y: number[]): number => (x[0] as number) - (y[0] as number);
+    t.same(
+      reported.map((p) => [p.pid, p.ppid, p.pgid, p.sid]).sort(byPid),
+      [
+        [r, 0, r, r],
+        [a, r, r, r],
+        [b, r, b, r],
+        [g, a, b, r],
+      ].sort(byPid),
+      "each pre-dump reports the tree's shape: parents, groups, session",
+    );
+    t.ok(
+      reported.every((p, i) => p.ppid === 0 || reported.slice(0, i).some((q) => q.pid === p.ppid)),
+      'parents first',
+    );
+    const sk = await intoSkeleton(root, pre);
+    const inSkeleton = pids.map((pid) => sk.task(pid)?.mappedRuns.reduce((n, x) => n + x.end - x.start, 0) ?? 0);
+    t.ok(
+      inSkeleton.every((n) => n > 0),
+      `each process's skeleton holds its pre-copied memory (${inSkeleton.join(', ')} pages)`,
+    );
+    const full = pre[0]?.pagesWritten ?? 0;
+    await restore({ imagesDir: final, isDetached: true, skeleton: sk });
+    const read = await restoredPages(final);
+    t.ok(read >= 0 && read < full / 4, `the final restore read ${read} pages (the first pre-dump copied ${full})`);
+    await endExpectPass(t, w);
+  },
+);
+
+t.test(
+  'cr_tree: a skeleton of another shape (the root alone) is dropped; the tree is restored from the images',
+  { skip: needsRoot },
+  async (t) => {
+    const root = t.testdir();
+    const { w, pids } = await startTree(t, root);
+    const { final, pre } = await migrateLike(w, root, async () => undefined);
+    for (const pid of pids) await waitGone(pid);
+    const [first] = (pre[0] as PreDumpStats).processes;
+    const sk = await intoSkeleton(root, pre, first === undefined ? [] : [first]);
+    await restore({ imagesDir: final, isDetached: true, skeleton: sk });
+    const read = await restoredPages(final);
+    const full = pre[0]?.pagesWritten ?? 0;
+    t.ok(read >= full / 2, `the final restore read ${read} pages itself (the first pre-dump copied ${full})`);
+    await endExpectPass(t, w);
+  },
+);

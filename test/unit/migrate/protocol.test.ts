@@ -67,6 +67,16 @@ t.test('malformed messages are refused with a reason', async (t) => {
   t.match(files([{ name: 'core-1.img', data: 'text' }]), /plain file names/);
   t.match(files([{ name: 'core-1.img', data: new Uint8Array(1), extra: 1 }]), /plain file names/);
   t.equal(files([{ name: 'core-1.img', data: new Uint8Array(1) }]), 'ACCEPTED');
+  // The tree a skeleton is made of: whole processes, ids and VMA bounds in pairs.
+  const tree = (processes: unknown): string =>
+    bad({ kind: 'request', id: 1, op: 'skeleton-apply', params: { pid: 1, dir: 'a', processes } });
+  const proc = { pid: 7, ppid: 0, pgid: 7, sid: 3, anonVmas: [4096, 8192] };
+  t.equal(tree([proc, { ...proc, pid: 8, ppid: 7, anonVmas: [] }]), 'ACCEPTED');
+  t.match(tree([{ ...proc, anonVmas: [4096] }]), /list of \{pid, ppid, pgid, sid, anonVmas\}/, 'an odd VMA list');
+  t.match(tree([{ ...proc, pid: -1 }]), /list of \{pid/, 'a negative pid');
+  t.match(tree([{ ...proc, sid: undefined }]), /list of \{pid/, 'a missing sid');
+  t.match(tree([{ ...proc, extra: 1 }]), /list of \{pid/, 'an unknown field');
+  t.match(tree(proc), /list of \{pid/, 'not a list');
   t.match(bad({ kind: 'response', id: 1, ok: false, error: 'x' }), /malformed error/);
   t.equal(
     bad({ kind: 'request', id: 1, op: 'kill', params: { pid: 1, signal: null } }),
