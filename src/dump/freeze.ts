@@ -13,7 +13,7 @@ import { readChildren } from '../proc/children.js';
 import { readStat } from '../proc/stat.js';
 import { listThreads, readStatus } from '../proc/status.js';
 import * as sys from '../sys/native.js';
-import { sleepMs } from '../sys/wait.js';
+import { retrySync, sleepMs } from '../sys/wait.js';
 import { PTRACE_O_SUSPEND_SECCOMP, SIGKILL, SIGSTOP, __WALL } from '../kernel/constants.js';
 
 export interface FrozenProcess {
@@ -73,15 +73,11 @@ const EXEC_WAIT_MS = 200;
  * it is read again until its code and vDSO are there.
  */
 function syscallSiteOf(pid: number): bigint {
-  const until = Date.now() + EXEC_WAIT_MS;
-  for (;;) {
-    try {
-      return findSyscallSite(pid);
-    } catch (err) {
-      if (!(err instanceof UnsupportedError && err.feature === 'syscall-site') || Date.now() > until) throw err;
-      sleepMs(1);
-    }
-  }
+  return retrySync(
+    () => findSyscallSite(pid),
+    (err) => err instanceof UnsupportedError && err.feature === 'syscall-site',
+    EXEC_WAIT_MS,
+  );
 }
 
 /** A frozen process of a tree, with its parent's pid (0 for the tree's root). */

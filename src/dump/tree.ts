@@ -17,7 +17,7 @@ import { readStat, type TaskStat } from '../proc/stat.js';
 import { pstreeShapeProblem } from '../images/pstree-shape.js';
 import * as sys from '../sys/native.js';
 import { freezeTree, hasExited, isZombie, resumeTree, type FrozenTree } from './freeze.js';
-import { sleepMs } from '../sys/wait.js';
+import { retrySync } from '../sys/wait.js';
 import { checkFds } from '../files/index.js';
 import type { FileOptions } from '../files/types.js';
 import { releaseTcpRepair } from '../files/inet-socket.js';
@@ -80,15 +80,7 @@ export function freezeDumpTree(pid: number): FrozenTree {
 
 /** `step`, again while it meets a vfork child, for up to VFORK_WAIT_MS. */
 function untilNoVfork<T>(step: () => T): T {
-  const until = Date.now() + VFORK_WAIT_MS;
-  for (;;) {
-    try {
-      return step();
-    } catch (err) {
-      if (!(err instanceof UnsupportedError && err.feature === VFORK) || Date.now() > until) throw err;
-      sleepMs(2);
-    }
-  }
+  return retrySync(step, (err) => err instanceof UnsupportedError && err.feature === VFORK, VFORK_WAIT_MS, 2);
 }
 
 /**

@@ -45,6 +45,7 @@ import { kdev } from './dev.js';
 import { imageSinkOf, type ImageRecordOut } from './image-sink.js';
 import { openInTask } from './task-io.js';
 import type { FdDumpInput, FileDumpContext, FileRestoreContext } from './types.js';
+import { sharedMap } from './shared.js';
 
 /** CRIU's default --ghost-limit. */
 export const GHOST_LIMIT_BYTES = 1 << 20;
@@ -290,13 +291,4 @@ function applyAttrs(fd: number, head: ImageEntry): void {
   const atime = secs(head['atim'] as ImageEntry | undefined);
   const mtime = secs(head['mtim'] as ImageEntry | undefined);
   if (atime !== undefined && mtime !== undefined) futimesSync(fd, atime, mtime);
-}
-
-export function sharedMap<K, V>(shared: Map<string, unknown>, key: string): Map<K, V> {
-  let m = shared.get(key) as Map<K, V> | undefined;
-  if (m === undefined) {
-    m = new Map<K, V>();
-    shared.set(key, m);
-  }
-  return m;
 }

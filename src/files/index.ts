@@ -14,6 +14,7 @@ import { KCMP_FILE } from '../kernel/constants.js';
 import { listFds, readFdInput } from './collect.js';
 import { FD_KINDS } from './registry.js';
 import type { FdDumpInput, FdKindModule, FileDumpContext, FileOptions, FileRestoreContext } from './types.js';
+import { sharedEntry } from './shared.js';
 
 const O_CLOEXEC = 0o2000000;
 const FD_CLOEXEC = 1;
@@ -82,7 +83,7 @@ export async function dumpFiles(
   // `shared` may come from the caller: the mm dump saves deleted mapped files as ghosts too, and
   // the other processes of a tree may hold the same descriptions (one entry for all).
   const full: FileDumpContext = { ...ctx, pid, injector, shared: ctx.shared ?? new Map() };
-  const dumpedBefore = sharedList<DumpedDescription>(full.shared, DESCRIPTIONS);
+  const dumpedBefore = sharedEntry(full.shared, DESCRIPTIONS, (): DumpedDescription[] => []);
   try {
     for (const fd of listFds(pid)) {
       const input = readFdInput(pid, pidfd, fd);
@@ -139,15 +140,6 @@ interface DumpedDescription {
 
 /** ctx.shared key: the DumpedDescription list of the processes dumped so far. */
 const DESCRIPTIONS = 'files.descriptions';
-
-function sharedList<T>(shared: Map<string, unknown>, key: string): T[] {
-  let list = shared.get(key) as T[] | undefined;
-  if (list === undefined) {
-    list = [];
-    shared.set(key, list);
-  }
-  return list;
-}
 
 /** What --inherit-fd fd[N]:KEY keys a file by: "pipe:[ID]" for pipes, the path for files. */
 export function inheritKeyOf(entry: ImageEntry): string[] {

@@ -62,6 +62,7 @@ import { lockConnection, unlock } from './net-lock.js';
 import { dumpTcpStream, endTcpRepair, restoreTcpStreamAfter, restoreTcpStreamBefore } from './tcp-stream.js';
 import { FD_TYPES, type FdKindModule, type FileOptions } from './types.js';
 import { log } from '../log.js';
+import { sharedEntry } from './shared.js';
 
 const TCP_STATE_NAMES = [
   '',
@@ -188,12 +189,7 @@ const TCP_RESTORED = 'tcp-restored';
 const tcpRepairsKey = (pid: number): string => `tcp-repairs:${pid}`;
 
 function tcpRepairsOf(shared: Map<string, unknown>, pid: number): { fds: number[] } {
-  let r = shared.get(tcpRepairsKey(pid)) as { fds: number[] } | undefined;
-  if (r === undefined) {
-    r = { fds: [] };
-    shared.set(tcpRepairsKey(pid), r);
-  }
-  return r;
+  return sharedEntry(shared, tcpRepairsKey(pid), () => ({ fds: [] as number[] }));
 }
 
 /**

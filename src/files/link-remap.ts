@@ -28,7 +28,7 @@ import { UnsupportedError, isErrno } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import { SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
 import { log } from '../log.js';
-import { sharedMap } from './ghost.js';
+import { sharedMap } from './shared.js';
 import { AT_FDCWD, openInTask, taskSyscallError } from './task-io.js';
 import { FD_TYPES, type FdDumpInput, type FileDumpContext, type FileRestoreContext } from './types.js';
 

@@ -37,6 +37,7 @@ import { imageSinkOf, shmemPagemapFileName, type ShmemRun } from './image-sink.j
 import { DELETED_SUFFIX } from './ghost.js';
 import { isMemfdLink } from './reg.js';
 import { closeInTask, openInTask, reopenFlags, seekInTask, taskSyscallError } from './task-io.js';
+import { sharedMap } from './shared.js';
 import {
   FD_TYPES,
   type FdDumpInput,
@@ -67,11 +68,7 @@ interface DumpedInode {
  * contents) the first time it is seen in this dump.
  */
 export async function memfdInodeId(input: FdDumpInput, ctx: FileDumpContext): Promise<number> {
-  let inodes = ctx.shared.get('memfd.inodes') as Map<bigint, DumpedInode> | undefined;
-  if (inodes === undefined) {
-    inodes = new Map();
-    ctx.shared.set('memfd.inodes', inodes);
-  }
+  const inodes = sharedMap<bigint, DumpedInode>(ctx.shared, 'memfd.inodes');
   const known = inodes.get(input.stat.ino);
   if (known !== undefined) return known.inodeId;
   const st = input.stat;
@@ -164,7 +161,7 @@ export const memfdFile: FdKindModule = {
     const id = Number(memfd['id']);
     const flags = Number(memfd['flags']);
     const inodeId = Number(memfd['inode_id']);
-    const byInode = sharedMap(ctx.shared, 'memfd.firstFileId');
+    const byInode = sharedMap<number, number>(ctx.shared, 'memfd.firstFileId');
     const first = byInode.get(inodeId);
     const firstFd = first === undefined ? undefined : ctx.fdOfFileId(first);
     // In a tree, another process may have the memfd already (treeMemfdPath).
@@ -248,15 +245,6 @@ async function fillShmem(fd: number, dir: string, shmid: bigint): Promise<void> 
   } finally {
     await pages.close();
   }
-}
-
-function sharedMap(shared: Map<string, unknown>, key: string): Map<number, number> {
-  let m = shared.get(key) as Map<number, number> | undefined;
-  if (m === undefined) {
-    m = new Map();
-    shared.set(key, m);
-  }
-  return m;
 }
 
 /** Where a memfd of a tree was made: by an fd (its file id) or for a mapping (an address in it). */

@@ -21,7 +21,8 @@ import { UnsupportedError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import { O_RDONLY } from '../kernel/constants.js';
 import * as sys from '../sys/native.js';
-import { DELETED_SUFFIX, GHOSTS_MATERIALIZED, REMAP_TYPE_GHOST, createGhost, dumpGhost, sharedMap } from './ghost.js';
+import { DELETED_SUFFIX, GHOSTS_MATERIALIZED, REMAP_TYPE_GHOST, createGhost, dumpGhost } from './ghost.js';
+import { sharedMap } from './shared.js';
 import type { FdDumpInput, FileDumpContext } from './types.js';
 
 /** A mapping of an unlinked file, as the mm dump found it. */

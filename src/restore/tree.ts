@@ -22,12 +22,14 @@ import { Injector } from '../inject/injector.js';
 import { RLIMIT_CORE, SIGCHLD, __WALL } from '../kernel/constants.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import { log } from '../log.js';
-import { sleepMs } from '../sys/wait.js';
+import { pollSync } from '../sys/wait.js';
 import { readStat } from '../proc/stat.js';
 import * as sys from '../sys/native.js';
 import { LEADER_SCRATCH_BYTES, type Stub } from './stub.js';
 
 const PAGE = 4096n;
+/** How long a zombie-to-be may take to die again. */
+const ZOMBIE_WAIT_MS = 5000;
 
 /** Fork `pid` from `parent` (an emptied stub, stopped and traced): the child, attached and stopped. */
 export function forkStub(parent: Stub, pid: number): Stub {
@@ -105,10 +107,8 @@ export function dieAsDumped(stub: Stub, status: number, parent: Stub): void {
     stub.injector.signalMask = 0n; // the signal is delivered as the stub is let go
     stub.injector.release();
   }
-  for (let i = 0; readStat(stub.pid)?.state !== 'Z'; i++) {
-    if (i > 5000) throw new TaskError(stub.pid, `Process ${stub.pid} did not become a zombie again`);
-    sleepMs(1);
-  }
+  if (!pollSync(() => readStat(stub.pid)?.state === 'Z', ZOMBIE_WAIT_MS))
+    throw new TaskError(stub.pid, `Process ${stub.pid} did not become a zombie again`);
   const set = Buffer.alloc(8);
   set.writeBigUInt64LE(1n << BigInt(SIGCHLD - 1), 0);
   const inj = parent.injector;

@@ -102,3 +102,30 @@ export function describeWaitStatus(s: WaitStatus): string {
 export function sleepMs(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
+
+/**
+ * `step()`, called again every `pauseMs` while what it throws is `isTransient`, for up to `forMs`
+ * milliseconds; any other error, or a transient one past that, is thrown. For a state the task
+ * passes through on its own (an execve half done, a vfork child not yet gone).
+ */
+export function retrySync<T>(step: () => T, isTransient: (err: unknown) => boolean, forMs: number, pauseMs = 1): T {
+  const until = Date.now() + forMs;
+  for (;;) {
+    try {
+      return step();
+    } catch (err) {
+      if (!isTransient(err) || Date.now() > until) throw err;
+      sleepMs(pauseMs);
+    }
+  }
+}
+
+/** Whether `isDone()` holds within `forMs` milliseconds, asked every `pauseMs`. */
+export function pollSync(isDone: () => boolean, forMs: number, pauseMs = 1): boolean {
+  const until = Date.now() + forMs;
+  for (;;) {
+    if (isDone()) return true;
+    if (Date.now() > until) return false;
+    sleepMs(pauseMs);
+  }
+}

@@ -5,6 +5,8 @@ import {
   encodeWaitStatus,
   isGroupStop,
   isInterruptStop,
+  pollSync,
+  retrySync,
 } from '../../../src/sys/wait.js';
 import type { WaitStatus } from '../../../src/sys/wait.js';
 
@@ -44,4 +46,64 @@ t.test('describes statuses for messages', async (t) => {
   t.equal(describeWaitStatus(decodeWaitStatus(0x008b)), 'killed by signal 11 (core dumped)');
   t.equal(describeWaitStatus(decodeWaitStatus(0x80057f)), 'stopped by signal 5 (event 128)');
   t.equal(describeWaitStatus(decodeWaitStatus(0x857f)), 'syscall-stop');
+});
+
+t.test('retrySync: again while transient, until its time is up; other errors at once', async (t) => {
+  class Passing extends Error {}
+  let calls = 0;
+  const third = (): string => {
+    if (++calls < 3) throw new Passing('not yet');
+    return 'done';
+  };
+  t.equal(
+    retrySync(third, (e) => e instanceof Passing, 1000),
+    'done',
+    'returns once the step succeeds',
+  );
+  t.equal(calls, 3);
+  calls = 0;
+  t.throws(
+    () =>
+      retrySync(
+        () => {
+          calls++;
+          throw new Error('broken');
+        },
+        (e) => e instanceof Passing,
+        1000,
+      ),
+    /broken/,
+    'a lasting error is thrown at once',
+  );
+  t.equal(calls, 1);
+  const t0 = Date.now();
+  t.throws(
+    () =>
+      retrySync(
+        () => {
+          throw new Passing('never');
+        },
+        () => true,
+        30,
+        5,
+      ),
+    /never/,
+    'a transient one past the time',
+  );
+  t.ok(Date.now() - t0 >= 30, 'after its time');
+});
+
+t.test('pollSync: true once the condition holds, false when the time is up', async (t) => {
+  let n = 0;
+  t.equal(
+    pollSync(() => ++n === 4, 1000),
+    true,
+  );
+  t.equal(n, 4);
+  const t0 = Date.now();
+  t.equal(
+    pollSync(() => false, 30, 5),
+    false,
+  );
+  t.ok(Date.now() - t0 >= 30, 'after its time');
 });
