@@ -227,7 +227,7 @@ async function pageServerSeconds(
   const dataBytes = sent.nrPagesSent * 4096;
   return {
     seconds,
-    // process_vm_readv copies every page into the client's pooled buffers; writev then hands
+    // Reading /proc/PID/mem copies every page into the client's pooled buffers; writev then hands
     // them to the kernel (a kernel-side copy). The server splices what its first receive chunk
     // did not hold: only headers and that first chunk reach user space.
     clientUserBytes: dataBytes,
@@ -420,7 +420,7 @@ export async function pageServerBench(opts: BenchOptions): Promise<BenchResult> 
           `best ${scRate(best(sc))}; median of ${sc.length} ${scRate(median(sc))}`,
         `CPU figures:          median busy CPU-seconds of the whole machine per GiB, and how many of its ` +
           `${availableParallelism()} CPUs that keeps busy on average (both ends run on them)`,
-        `user-space bytes:     client ${(last.clientUserBytes / 2 ** 20).toFixed(0)} MiB (process_vm_readv into pooled buffers), ` +
+        `user-space bytes:     client ${(last.clientUserBytes / 2 ** 20).toFixed(0)} MiB (read from /proc/PID/mem into pooled buffers), ` +
           `server ${(last.serverUserBytes / 2 ** 20).toFixed(2)} MiB (headers and the first receive chunk; the rest is spliced socket -> pipe -> file)`,
         `inside TLS:           ${rate(tlsBest)} (best of 2, after the rounds) = ` +
           `${pct((100 * nodeTls) / tlsBest)} of Node's own TLS over loopback (${rate(nodeTls)}, storing nothing), ` +

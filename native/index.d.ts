@@ -154,6 +154,14 @@ export function processVmReadvAsync(
   dstOffset: number,
   remote: BigUint64Array,
 ): Promise<number>;
+/**
+ * pread(memFd, ...) at each (addr, len) pair of `remote` in turn, `memFd` open on /proc/PID/mem,
+ * into consecutive bytes of `dst` from `dstOffset`: process_vm_readv's result (the bytes read,
+ * short at the first pair that cannot be read whole; an error only when nothing was read),
+ * without pinning the pages, which would unshare what the task shares copy-on-write.
+ */
+export function memReadv(memFd: number, dst: Buffer, dstOffset: number, remote: BigUint64Array): number;
+export function memReadvAsync(memFd: number, dst: Buffer, dstOffset: number, remote: BigUint64Array): Promise<number>;
 /** process_vm_writev(pid, [src], remote). Returns the bytes written. */
 export function processVmWritev(pid: number, src: Buffer, srcOffset: number, remote: BigUint64Array): number;
 export function processVmWritevAsync(

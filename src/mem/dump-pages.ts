@@ -4,8 +4,8 @@
  * Which pages: /proc/PID/pagemap (src/proc/pagemap.ts: PAGEMAP_SCAN, or reading it) tells, per
  * VMA policy (src/dump/vma.ts): every present or swapped page of private anonymous memory; only
  * the copied-on-write pages of private file mappings.
- * How: process_vm_readv in large batches (up to IOV_MAX runs, `CHUNK_BYTES` at a time) on the
- * thread pool, double-buffered against the writes of the previous batch, so copying and writing
+ * How: reads of /proc/PID/mem (task-memory.ts says why not process_vm_readv) in large batches
+ * (up to IOV_MAX runs, `CHUNK_BYTES` at a time) on the thread pool, double-buffered against the writes of the previous batch, so copying and writing
  * overlap and criu's memory use stays bounded whatever the size of the task. Small copies (a
  * final dump or a pre-dump iteration after the first) go another way: see writePagesSmall.
  *
@@ -23,6 +23,7 @@ import * as sys from '../sys/native.js';
 import type { PagesPolicy } from '../dump/vma.js';
 import { COPY_BUFFER_BYTES, copyBuffers } from './buffer-pool.js';
 import { remoteIov } from './runs.js';
+import { TaskMemory } from './task-memory.js';
 
 const PAGE = BigInt(PAGE_SIZE);
 const CHUNK_BYTES = COPY_BUFFER_BYTES;
@@ -195,17 +196,17 @@ export async function writePages(
   let written = 0;
   let gone = 0;
   let turn = 0;
+  let mem: TaskMemory | null = null;
   try {
+    mem = TaskMemory.open(pid);
     for (const batch of batches(runs)) {
       // An interrupted dump stops here, between two batches, not only after the whole copy.
       if (signal?.aborted === true) throw new TaskError(pid, 'Dump interrupted', { cause: signal.reason });
       const buf = buffers[turn++ % 2] as Buffer;
       const bytes = pagesBytes(batch);
       // The previous write must be done before its buffer is refilled (two turns later).
-      const got = await sys
-        .processVmReadvAsync(pid, buf, 0, remoteIov(batch))
-        .catch((err: unknown) => readFailed(err, tolerateGone));
-      gone += checkRead(pid, buf, batch, got, bytes, tolerateGone);
+      const got = await mem.readAsync(buf, 0, remoteIov(batch));
+      gone += checkRead(mem, buf, batch, got, bytes, tolerateGone);
       await pending;
       pending = writeAll(fh, buf, bytes);
       // Its failure is awaited at the next turn; meanwhile it must not count as unhandled.
@@ -225,6 +226,7 @@ export async function writePages(
     if (err instanceof CriuError) throw err; // the task's memory could not be read
     throw new ImageError(final, 'the file system refused it', undefined, { cause: err, isWrite: true });
   } finally {
+    mem?.close();
     for (const b of buffers) copyBuffers.give(b);
   }
   return { entries: pagemapEntries(runs), pagesWritten: written / PAGE_SIZE, pagesGone: gone };
@@ -235,18 +237,12 @@ export function pagesBytes(runs: readonly PageRun[]): number {
   return runs.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
 }
 
-/** A process_vm_readv that failed: nothing read when the task runs and a range went away. */
-function readFailed(err: unknown, tolerateGone: boolean): number {
-  if (tolerateGone && isErrno(err, 'EFAULT', 'ENOMEM')) return 0;
-  throw err;
-}
-
 /**
  * After reading `got` of a batch's `bytes`: a short read is an error for a frozen task; for a
  * running one the rest is read page by page (zeros where gone). Returns the pages zeroed.
  */
 function checkRead(
-  pid: number,
+  mem: TaskMemory,
   buf: Buffer,
   batch: readonly PageRun[],
   got: number,
@@ -254,8 +250,9 @@ function checkRead(
   tolerateGone: boolean,
 ): number {
   if (got === bytes) return 0;
+  const { pid } = mem;
   if (!tolerateGone) throw new TaskError(pid, `Cannot read the memory of task ${pid}: got ${got} of ${bytes} bytes`);
-  return readPageByPage(pid, buf, batch, got);
+  return readPageByPage(mem, buf, batch, got);
 }
 
 function pagemapEntries(runs: readonly PageRun[]): ImageEntry[] {
@@ -264,7 +261,7 @@ function pagemapEntries(runs: readonly PageRun[]): ImageEntry[] {
 
 /**
  * writePages for a small copy (SYNC_MAX_BYTES): a few MB, the dirty pages of a pre-dump iteration
- * or of a final dump after pre-dumps. The reads are synchronous (a few MB by process_vm_readv take
+ * or of a final dump after pre-dumps. The reads are synchronous (a few MB from /proc/PID/mem take
  * about a millisecond) and the writes go to the thread pool, so that the next batch is read while
  * the previous one is written: one round trip per batch. A 1% iteration of 1 GiB on the
  * development VM: 43 ms of copy with synchronous writes, 36-38 ms so (storing is most of it: a
@@ -292,19 +289,16 @@ async function writePagesSmall(
   let pos = 0;
   let gone = 0;
   let turn = 0;
+  let mem: TaskMemory | null = null;
   try {
     try {
+      mem = TaskMemory.open(pid);
       for (const batch of batches(runs, chunkBytes)) {
         // This buffer's last write (two batches ago) is done: the previous batch's waited for it.
         const buf = bufs[turn++ % 2] as Buffer;
         const bytes = pagesBytes(batch);
-        let got: number;
-        try {
-          got = sys.processVmReadv(pid, buf, 0, remoteIov(batch));
-        } catch (err) {
-          got = readFailed(err, tolerateGone);
-        }
-        gone += checkRead(pid, buf, batch, got, bytes, tolerateGone);
+        const got = mem.read(buf, 0, remoteIov(batch));
+        gone += checkRead(mem, buf, batch, got, bytes, tolerateGone);
         await inFlight;
         inFlight = sys.pwritevAllAsync(fd, [buf.subarray(0, bytes)], BigInt(pos)).then(() => undefined);
         inFlight.catch(() => undefined); // awaited at the next batch or below
@@ -315,6 +309,7 @@ async function writePagesSmall(
     } finally {
       await inFlight?.catch(() => undefined); // no write may still run on the closed fd
       closeSync(fd);
+      mem?.close();
     }
     renameSync(tmp, final);
   } catch (err) {
@@ -352,12 +347,12 @@ function smallCopyBuffers(): { bufs: readonly [Buffer, Buffer]; chunkBytes: numb
 }
 
 /**
- * After a short process_vm_readv of a running task (a range was unmapped meanwhile), read the rest
+ * After a short read of a running task (a range was unmapped meanwhile), read the rest
  * of the batch page by page from byte `from` on; pages that cannot be read are zeroed. Their
  * contents do not matter: the range is gone or mapped anew, which the next collect reports whole.
  * Returns the pages zeroed.
  */
-function readPageByPage(pid: number, buf: Buffer, batch: readonly PageRun[], from: number): number {
+function readPageByPage(mem: TaskMemory, buf: Buffer, batch: readonly PageRun[], from: number): number {
   let zeroed = 0;
   let off = 0;
   const iov = new BigUint64Array(2);
@@ -366,13 +361,7 @@ function readPageByPage(pid: number, buf: Buffer, batch: readonly PageRun[], fro
       if (off < from) continue;
       iov[0] = r.vaddr + BigInt(i) * PAGE;
       iov[1] = PAGE;
-      let n = 0;
-      try {
-        n = sys.processVmReadv(pid, buf.subarray(off, off + PAGE_SIZE), 0, iov);
-      } catch (err) {
-        if (!isErrno(err, 'EFAULT', 'ENOMEM')) throw err;
-      }
-      if (n !== PAGE_SIZE) {
+      if (mem.read(buf, off, iov) !== PAGE_SIZE) {
         buf.fill(0, off, off + PAGE_SIZE);
         zeroed++;
       }

@@ -22,6 +22,7 @@ import * as sys from '../sys/native.js';
 import { COPY_BUFFER_BYTES, copyBuffers } from './buffer-pool.js';
 import type { PageSource } from './page-chain.js';
 import { remoteIov } from './runs.js';
+import { TaskMemory } from './task-memory.js';
 
 const CHUNK_BYTES = COPY_BUFFER_BYTES;
 /** Runs per process_vm_writev at most (IOV_MAX). */
@@ -83,11 +84,7 @@ export async function fillPages(
   const fdOf = (file: string): number => {
     let fd = fds.get(file);
     if (fd === undefined) {
-      try {
-        fd = sys.open(file, O_RDONLY_CLOEXEC, 0);
-      } catch (err) {
-        throw new ImageError(path.basename(file), 'cannot be opened', undefined, { cause: err });
-      }
+      fd = openImage(file);
       fds.set(file, fd);
     }
     return fd;
@@ -127,6 +124,79 @@ export async function fillPages(
     for (const fd of fds.values()) sys.close(fd);
   }
   return total / PAGE_SIZE;
+}
+
+/**
+ * Write the sources' pages into task `pid` only where the task holds something else there: for
+ * memory it inherited copy-on-write from its parent (restore/mm.ts inheritMemory), which stays
+ * shared wherever it is the same, as it was when dumped. Each chunk is read from the image and
+ * from the task (/proc/PID/mem: process_vm_readv would unshare them, task-memory.ts), compared
+ * page by page, and the pages that differ written.
+ */
+export async function fillChangedPages(
+  pid: number,
+  sources: readonly PageSource[],
+): Promise<{ compared: number; written: number }> {
+  const fds = new Map<string, number>();
+  const mem = TaskMemory.open(pid);
+  const [image, held] = [copyBuffers.take(), copyBuffers.take()] as [Buffer, Buffer];
+  let compared = 0;
+  let written = 0;
+  try {
+    for (const c of chunksOf(sources)) {
+      let fd = fds.get(c.file);
+      if (fd === undefined) {
+        fd = openImage(c.file);
+        fds.set(c.file, fd);
+      }
+      await readChunk(fd, image, c);
+      const got = await mem.readAsync(held, 0, remoteIov(c.runs));
+      if (got !== c.bytes)
+        throw new TaskError(pid, `Cannot read the memory task ${pid} inherited (${got} of ${c.bytes} bytes)`);
+      // The pages that differ, moved together at the front of `image`, and where they go.
+      const changed: { vaddr: bigint; nrPages: number }[] = [];
+      let at = 0;
+      let off = 0;
+      for (const r of c.runs) {
+        for (let i = 0; i < r.nrPages; i++, off += PAGE_SIZE) {
+          if (image.compare(held, off, off + PAGE_SIZE, off, off + PAGE_SIZE) === 0) continue;
+          if (at !== off) image.copy(image, at, off, off + PAGE_SIZE);
+          at += PAGE_SIZE;
+          const vaddr = r.vaddr + BigInt(i * PAGE_SIZE);
+          const last = changed[changed.length - 1];
+          if (last !== undefined && last.vaddr + BigInt(last.nrPages * PAGE_SIZE) === vaddr) last.nrPages++;
+          else changed.push({ vaddr, nrPages: 1 });
+        }
+      }
+      compared += c.bytes / PAGE_SIZE;
+      for (let k = 0, from = 0; k < changed.length; k += CHUNK_RUNS) {
+        const part = changed.slice(k, k + CHUNK_RUNS);
+        const bytes = part.reduce((n, x) => n + x.nrPages * PAGE_SIZE, 0);
+        const n = await sys.processVmWritevAsync(pid, image, from, remoteIov(part));
+        if (n !== bytes)
+          throw new TaskError(
+            pid,
+            `Cannot write the memory of task ${pid}: ${n} of ${bytes} bytes at 0x${part[0]?.vaddr.toString(16)}`,
+          );
+        from += bytes;
+        written += bytes / PAGE_SIZE;
+      }
+    }
+  } finally {
+    mem.close();
+    for (const fd of fds.values()) sys.close(fd);
+    copyBuffers.give(image);
+    copyBuffers.give(held);
+  }
+  return { compared, written };
+}
+
+function openImage(file: string): number {
+  try {
+    return sys.open(file, O_RDONLY_CLOEXEC, 0);
+  } catch (err) {
+    throw new ImageError(path.basename(file), 'cannot be opened', undefined, { cause: err });
+  }
 }
 
 /** Group sources (kept in order per file) into chunks of at most CHUNK_BYTES and CHUNK_RUNS. */

@@ -2,21 +2,20 @@
  * The sending side of the page server (`criu dump|pre-dump --page-server`): connects to a page
  * server (ours or CRIU's), opens a pagemap per task, sends its page records, and ends with CLOSE.
  *
- * Data path: pages are read from the target with process_vm_readv into two pooled native Buffers
+ * Data path: pages are read from the target (its /proc/PID/mem, task-memory.ts) into two pooled native Buffers
  * (CHUNK_BYTES each) on the thread pool, and each batch goes out with a single writev of its
  * headers and data, also on the thread pool, while the next batch is being read. A batch holds
  * up to MAX_PIECES records (1024 of them with data): thousands of scattered 1-page records cost a
  * few thread-pool trips, and nothing is awaited per record. Memory use is
  * 2 × CHUNK_BYTES whatever the size of the target; no page byte is touched by JavaScript.
  *
- * Kernel interfaces: process_vm_readv(2), socket/connect/writev/recv (native/net.cc).
+ * Kernel interfaces: /proc/PID/mem (src/mem/task-memory.ts), socket/connect/writev/recv (native/net.cc).
  *
  * Not for concurrent use: one call at a time (await each), as the protocol is a single stream.
  */
 
-import { ProtocolError, TaskError, isErrno } from '../errors.js';
+import { ProtocolError, TaskError } from '../errors.js';
 import { PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT } from '../images/index.js';
-import * as sys from '../sys/native.js';
 import {
   AUTH_ACCEPTED,
   PS_IOV_SIZE,
@@ -34,10 +33,11 @@ import { BufferPool } from '../mem/buffer-pool.js';
 import { remoteIov } from '../mem/runs.js';
 import { Connection, DEFAULT_ADDRESS, type Transport } from './socket.js';
 import { tlsConnect, type TlsCredentials } from './tls.js';
+import { TaskMemory } from '../mem/task-memory.js';
 
 /** Bytes read from the target per batch (and size of each of the two pooled buffers). */
 export const CHUNK_BYTES = 4 << 20;
-/** Pieces with data per batch at most (IOV_MAX of process_vm_readv's remote iovecs). */
+/** Pieces with data per batch at most (IOV_MAX: one writev carries their data). */
 const MAX_DATA_PIECES = 1024;
 /**
  * Pieces per batch at most, with and without data. Scattered dirty pages (live migration) come
@@ -231,6 +231,7 @@ export class PageServerClient implements PageTransport {
     let turn = 0;
     let done = 0;
     let gone = 0;
+    let mem: TaskMemory | null = null;
     try {
       for (const batch of batches(runs)) {
         if (progress.signal?.aborted === true)
@@ -239,7 +240,10 @@ export class PageServerClient implements PageTransport {
         const data = batch.filter((p) => (p.flags & PE_PRESENT) !== 0);
         const bytes = data.reduce((n, p) => n + p.nrPages * PAGE_SIZE, 0);
         // This buffer was last sent two turns ago; that send finished before the last one began.
-        if (bytes > 0) gone += await readPieces(pid, buf, data, bytes, progress.isRunning === true);
+        if (bytes > 0) {
+          mem ??= TaskMemory.open(pid);
+          gone += await readPieces(mem, buf, data, bytes, progress.isRunning === true);
+        }
         // A run longer than a batch goes out as one record: its header with the first piece, the
         // rest of its data in the following batches (the server then splices it in one go).
         // Headers with no data between them (a record without data, then the next record's
@@ -280,6 +284,7 @@ export class PageServerClient implements PageTransport {
       await sending.catch(() => undefined); // the buffers must be free before anyone reuses them
       throw err;
     } finally {
+      mem?.close();
       this.isSending = false;
       if (this.isDone) this.releaseBuffers(); // aborted meanwhile
     }
@@ -403,19 +408,20 @@ function* batches(runs: readonly PageRecord[]): Generator<Piece[]> {
 }
 
 /**
- * process_vm_readv of the pieces into buf. A short read fails, unless the task runs (pre-dump):
- * then each piece is read alone and what cannot be read (unmapped meanwhile) becomes zeros.
- * Returns the pages that were gone.
+ * The pieces read into buf. A short read fails, unless the task runs (pre-dump): then each piece
+ * is read alone and what cannot be read (unmapped meanwhile) becomes zeros. Returns the pages
+ * that were gone.
  */
 async function readPieces(
-  pid: number,
+  mem: TaskMemory,
   buf: Buffer,
   pieces: readonly Piece[],
   bytes: number,
   isRunning: boolean,
 ): Promise<number> {
-  const got = await readv(pid, buf, 0, remoteIov(pieces));
+  const got = await mem.readAsync(buf, 0, remoteIov(pieces));
   if (got === bytes) return 0;
+  const { pid } = mem;
   if (!isRunning) throw new TaskError(pid, `Cannot read the memory of task ${pid}: got ${got} of ${bytes} bytes`);
   let gone = 0;
   let off = 0;
@@ -423,7 +429,7 @@ async function readPieces(
     const len = p.nrPages * PAGE_SIZE;
     for (let at = 0; at < len; at += PAGE_SIZE) {
       // Page by page: one unmapped page must not take its neighbours with it.
-      const n = await readv(pid, buf, off + at, new BigUint64Array([p.vaddr + BigInt(at), BigInt(PAGE_SIZE)]));
+      const n = await mem.readAsync(buf, off + at, new BigUint64Array([p.vaddr + BigInt(at), BigInt(PAGE_SIZE)]));
       if (n < PAGE_SIZE) {
         buf.fill(0, off + at, off + at + PAGE_SIZE);
         gone++;
@@ -432,15 +438,4 @@ async function readPieces(
     off += len;
   }
   return gone;
-}
-
-/** process_vm_readv; a task that is gone altogether (ESRCH) is a TaskError, EFAULT a short read. */
-async function readv(pid: number, buf: Buffer, offset: number, remote: BigUint64Array): Promise<number> {
-  try {
-    return await sys.processVmReadvAsync(pid, buf, offset, remote);
-  } catch (err) {
-    if (isErrno(err, 'EFAULT', 'ENOMEM')) return 0;
-    if (isErrno(err, 'ESRCH')) throw new TaskError(pid, `Task ${pid} exited while its pages were sent`, { cause: err });
-    throw err;
-  }
 }

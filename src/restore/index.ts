@@ -3,11 +3,13 @@
  *
  * Steps (any failure kills what was created and leaves the images as they were):
  *   1. load and check every image (before any process exists)
- *   2. start the stub as the root's PID and empty it (stub.ts); fork the other processes from
- *      their parents' stubs, with their sessions and groups, and the zombies, which die again
- *      as they died (tree.ts)
+ *   2. start the stub as the root's PID and empty it (stub.ts); parents first, each process's
+ *      memory (VMAs, pages, protections: mm.ts), then its children forked from its stub, with
+ *      their sessions and groups (tree.ts): a child keeps the private memory it shared with its
+ *      parent, copy-on-write, where its pages are the same (mm.ts inheritMemory); last the
+ *      zombies, which die again as they died
  *   then for each process (process.ts):
- *   3. memory: VMAs, pages, protections, vDSO, mm fields (mm.ts)
+ *   3. vDSO, mm fields (mm.ts)
  *   4. files (a description another process restored already is taken from it), cwd/root,
  *      umask, personality
  *   5. signal actions, itimers, POSIX timers, rlimits
@@ -36,12 +38,18 @@ import { GHOSTS_MATERIALIZED } from '../files/ghost.js';
 import { loadImages, type TaskImages } from './images.js';
 import { TASK_STATE } from '../images/task-state.js';
 import { dieAsDumped, forkStub, joinGroups, leadAsDumped } from './tree.js';
-import { completeProcess, restoreProcess, type ProcessRestoreContext, type Restoring } from './process.js';
+import {
+  completeProcess,
+  restoreProcess,
+  restoreProcessMemory,
+  type ProcessRestoreContext,
+  type Restoring,
+} from './process.js';
 import { punchRestored } from '../mem/dedup.js';
 import { reserveFillBuffers } from '../mem/fill-pages.js';
 import { countPages } from '../mem/runs.js';
 import { nowUs } from '../dump/entries.js';
-import { dumpedVmas, type Prefilled, type SharedObjects } from './mm.js';
+import { dumpedVmas, inheritMemory, type Prefilled, type SharedObjects } from './mm.js';
 import { killStub, startStub, waitForFreePid, type Stub } from './stub.js';
 import type { Skeleton } from './skeleton.js';
 import { runLoggedAction, type ActionHook } from '../actions.js';
@@ -152,6 +160,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     filesShared: new Map<string, unknown>(img.tree.length > 1 ? [[GHOSTS_MATERIALIZED, treeGhosts]] : []),
     finishFiles: () => Promise.resolve(),
     pagesRestored: 0,
+    pagesCompared: 0,
+    pagesSkippedCow: 0,
   });
   const rootProc = restoring(img, rootStub);
   const procs: Restoring[] = [rootProc];
@@ -174,16 +184,25 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
 
   try {
     // Sessions and groups before the children exist: they inherit them (tree.ts). A skeleton's
-    // processes are in theirs already.
+    // processes are in theirs already. Memory too, parents first: a child forked once its
+    // parent's memory is restored keeps what they shared copy-on-write (mm.ts inheritMemory).
     if (rootSkeleton === undefined) leadAsDumped(rootStub, img.pstree);
+    await restoreProcessMemory(rootProc, ctx);
     for (const t of img.tree.slice(1)) {
       const parent = procs.find((p) => p.img.pid === Number(t.pstree['ppid'])) as Restoring;
       log().debug(`restore: process ${t.pid}, a child of ${parent.img.pid}`);
       const pre = fromSkeleton(t);
-      if (pre !== undefined) prefilled.set(t.pid, pre.prefilled);
       const stub = pre?.stub ?? forkStub(parent.stub, t.pid);
-      procs.push(restoring(t, stub));
-      if (pre === undefined) leadAsDumped(stub, t.pstree);
+      const proc = restoring(t, stub);
+      procs.push(proc);
+      if (pre === undefined) {
+        leadAsDumped(stub, t.pstree);
+        const scratch = { start: stub.scratch, end: stub.scratch + stub.scratchBytes };
+        prefilled.set(t.pid, inheritMemory(stub.injector, parent.img.mm, t.mm, scratch));
+      } else {
+        prefilled.set(t.pid, pre.prefilled);
+      }
+      await restoreProcessMemory(proc, ctx);
     }
     // Zombies last: children of live processes, with no children of their own.
     const zombies = img.zombies.map((z) => {
@@ -246,8 +265,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     {
       entry: {
         restore: {
-          pages_compared: 0,
-          pages_skipped_cow: 0,
+          pages_compared: procs.reduce((n, p) => n + p.pagesCompared, 0),
+          pages_skipped_cow: procs.reduce((n, p) => n + p.pagesSkippedCow, 0),
           forking_time: 0,
           restore_time: restoreUs,
           pages_restored: pagesRestored,

@@ -22,13 +22,14 @@ import { readMaps } from '../proc/maps.js';
 import * as sys from '../sys/native.js';
 import { MAP, VMA_AREA } from '../dump/vma.js';
 import { clipOutSources, clipSources, coverageOf } from '../mem/page-chain.js';
-import { fillPages } from '../mem/fill-pages.js';
+import { fillChangedPages, fillPages } from '../mem/fill-pages.js';
 import { openUffdFill } from '../mem/uffd-fill.js';
 import { countPages, intersect, normalize, pageAddr, pageIndex, subtract, type Run } from '../mem/runs.js';
 import { shmemPagemapFileName } from '../files/image-sink.js';
 import { F_ADD_SEALS, MFD_ALLOW_SEALING } from '../files/memfd.js';
 import { openInTask } from '../files/task-io.js';
 import { O_CLOEXEC } from '../kernel/constants.js';
+import { TASK_SIZE } from './stub.js';
 
 const PAGE = 4096n;
 const PROT_WRITE = 2n;
@@ -143,7 +144,7 @@ export async function restoreMemory(
   fileName: (id: number) => string,
   prefilled?: Prefilled,
   sharedObjects?: SharedObjects,
-): Promise<{ pagesRestored: number }> {
+): Promise<{ pagesRestored: number; pagesCompared: number; pagesSkippedCow: number }> {
   const vmas = ((mm['vmas'] as ImageEntry[] | undefined) ?? []).map(toVma);
   let pages: readonly PageSource[] = allPages instanceof PageChain ? [] : allPages;
   const mappedProt = new Map<number, bigint>();
@@ -160,11 +161,13 @@ export async function restoreMemory(
     // Kept pages the dump does not have were dropped since (MADV_DONTNEED, say): zero them.
     for (const r of subtract(keep, covered))
       inj.syscallOrThrow('madvise', [pageAddr(r.start), BigInt(r.end - r.start) * PAGE, MADV_DONTNEED]);
-    // Kept pages hold their latest pre-copied contents: only the ones this image has anew are read.
-    const wanted = subtract(covered, subtract(keep, prefilled.present));
+    // Kept pages hold their latest pre-copied contents: only the ones this image has anew are
+    // read. Inherited ones hold the parent's: all are read, and compared (below).
+    const wanted = prefilled.isInherited === true ? covered : subtract(covered, subtract(keep, prefilled.present));
     pages = allPages instanceof PageChain ? await allPages.sourcesIn(wanted) : clipSources(pages, wanted);
     log().info(
-      `Pre-copied memory: ${countPages(keep)} pages kept, ${countPages(prefilled.mapped) - countPages(keep)} dropped`,
+      `${prefilled.isInherited === true ? 'Inherited' : 'Pre-copied'} memory: ${countPages(keep)} pages kept, ` +
+        `${countPages(prefilled.mapped) - countPages(keep)} dropped`,
     );
   } else if (allPages instanceof PageChain) {
     pages = await allPages.sources();
@@ -230,10 +233,19 @@ export async function restoreMemory(
   }
   // 2. fill from the pages files (this image's and its parents'): src/mem/fill-pages.ts; memory
   // just mapped private anonymous (all of it, unless pre-copied memory was kept) by UFFDIO_COPY.
-  const fresh = prefilled === undefined ? freshAnonRuns(vmas, mappedProt, withPages) : [];
+  const isInherited = prefilled?.isInherited === true;
+  const fresh =
+    prefilled === undefined || isInherited
+      ? freshAnonRuns(vmas, mappedProt, withPages).filter((r) => intersect([r], keep).length === 0)
+      : [];
   const code = normalize([...codeWithPages].map((i) => vmaRun(vmas[i] as Vma)));
+  // Inherited memory: a page is written only where it differs from the parent's.
+  const compared = isInherited ? clipSources(pages, keep) : [];
+  if (isInherited) pages = clipOutSources(pages, keep);
   restored += await fillMemory(inj, clipOutSources(pages, code), fresh);
   if (code.length > 0) restored += await fillCode(inj.pid, clipSources(pages, code));
+  const cow = compared.length === 0 ? { compared: 0, written: 0 } : await fillChangedPages(inj.pid, compared);
+  restored += cow.written;
   // 3. protections and advice
   for (let i = 0; i < vmas.length; i++) {
     const v = vmas[i] as Vma;
@@ -242,7 +254,7 @@ export async function restoreMemory(
     if (prot !== v.prot) inj.syscallOrThrow('mprotect', [v.start, v.end - v.start, v.prot]);
     adviseVma(inj, v);
   }
-  return { pagesRestored: restored };
+  return { pagesRestored: restored, pagesCompared: cow.compared, pagesSkippedCow: cow.compared - cow.written };
 }
 
 /** Write pages into mappings that are not writable, through /proc/PID/mem. */
@@ -298,13 +310,43 @@ async function fillMemory(inj: Injector, pages: readonly PageSource[], freshAnon
 }
 
 /**
- * Memory already in the task before its restore proper (skeleton.ts): anonymous private RW
- * mappings covering `mapped`, holding the latest pre-copied contents; `present` are the pages the
- * final image itself holds (PE_PRESENT), which are newer.
+ * Memory already in the task before its restore proper: anonymous private RW mappings covering
+ * `mapped`. Either a live migration's pre-copied contents (skeleton.ts), the latest but for
+ * `present`, the pages the final image itself holds (PE_PRESENT), which are newer; or, with
+ * isInherited, the parent's memory the process was forked with (inheritMemory): every page the
+ * image has there is compared, and written only where it differs, so that the rest stays shared
+ * copy-on-write with the parent, as it was when dumped.
  */
 export interface Prefilled {
   mapped: Run[];
   present: Run[];
+  isInherited?: boolean;
+}
+
+/**
+ * A process just forked from its parent's stub, once the parent's memory is restored: keep the
+ * parent's private anonymous VMAs that the process had too (same range, protections and flags,
+ * both plain writable memory), unmap every other mapping but the scratch area, close every fd.
+ * What is kept goes to restoreMemory as Prefilled.
+ */
+export function inheritMemory(
+  inj: Injector,
+  parentMm: ImageEntry,
+  mm: ImageEntry,
+  scratch: { start: bigint; end: bigint },
+): Prefilled {
+  const theirs = ((parentMm['vmas'] as ImageEntry[] | undefined) ?? []).map(toVma).filter(isReusable);
+  const same = (a: Vma, b: Vma): boolean =>
+    a.start === b.start && a.end === b.end && a.prot === b.prot && a.flags === b.flags && a.madv === b.madv;
+  const mine = ((mm['vmas'] as ImageEntry[] | undefined) ?? []).map(toVma).filter(isReusable);
+  const kept = normalize(mine.filter((v) => theirs.some((w) => same(v, w))).map(vmaRun));
+  const runOf = (x: { start: bigint; end: bigint }): Run => ({ start: pageIndex(x.start), end: pageIndex(x.end) });
+  const held = normalize([runOf(scratch), ...kept]);
+  const maps = (readMaps(inj.pid) ?? []).filter((m) => m.start < TASK_SIZE);
+  for (const r of subtract(normalize(maps.map(runOf)), held))
+    inj.syscallOrThrow('munmap', [pageAddr(r.start), BigInt(r.end - r.start) * PAGE]);
+  inj.syscallOrThrow('close_range', [0n, 0xffff_ffffn, 0n]);
+  return { mapped: kept, present: [], isInherited: true };
 }
 
 /** A VMA pre-copied memory can become: plain writable private anonymous memory. */

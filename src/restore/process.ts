@@ -1,8 +1,9 @@
 /**
- * The restore of one process of a tree, in the stub forked for it (tree.ts), in two halves that
- * the tree's restore (index.ts) runs for every process in turn: restoreProcess (memory, files,
- * fs and misc, signal actions, timers, limits, threads), then, once every process has its files,
- * completeProcess (per-thread state, pending signals, seccomp, credentials, registers).
+ * The restore of one process of a tree, in the stub forked for it (tree.ts), in three parts that
+ * the tree's restore (index.ts) runs for every process in turn: restoreProcessMemory (before its
+ * children are forked), restoreProcess (files, fs and misc, signal actions, timers, limits,
+ * threads), then, once every process has its files, completeProcess (per-thread state, pending
+ * signals, seccomp, credentials, registers).
  */
 
 import type { ImageEntry } from '../images/index.js';
@@ -48,6 +49,9 @@ export interface Restoring {
   /** The files' finishing work (closing what they kept for later files), once all have theirs. */
   finishFiles: () => Promise<void>;
   pagesRestored: number;
+  /** Of the pages it inherited from its parent, how many were compared, and left shared. */
+  pagesCompared: number;
+  pagesSkippedCow: number;
 }
 
 /** What the restores of a tree's processes share. */
@@ -58,7 +62,7 @@ export interface ProcessRestoreContext {
   options: RestoreOptions;
   /** The fill buffers being reserved (awaited before the first pages are read). */
   reserving: Promise<void> | undefined;
-  /** A live migration's pre-copied memory (skeleton.ts), by pid. */
+  /** Memory in a process before its restore: pre-copied (skeleton.ts) or inherited, by pid. */
   prefilled: ReadonlyMap<number, Prefilled>;
   /** Shared anonymous memory made by one process of the tree, mapped from it by the others. */
   sharedObjects: SharedObjects;
@@ -66,12 +70,14 @@ export interface ProcessRestoreContext {
   treeFiles?: TreeFiles;
 }
 
-/** Memory, files (not finished: Restoring.finishFiles), fs, signals, timers, limits and threads. */
-export async function restoreProcess(p: Restoring, ctx: ProcessRestoreContext): Promise<void> {
-  const { img, fileName, regNames, options: opts } = ctx;
+/**
+ * The memory of the process (its mappings and pages), before its children are forked from it:
+ * they inherit what they shared with it copy-on-write (mm.ts inheritMemory).
+ */
+export async function restoreProcessMemory(p: Restoring, ctx: ProcessRestoreContext): Promise<void> {
+  const { img, fileName, regNames } = ctx;
   const t = p.img;
   const leader = p.stub.injector;
-  const tc = t.cores.get(t.pid)?.['tc'] as ImageEntry;
   // Deleted mapped files are recreated for the VMAs and opened by the fds of the same ghost,
   // then removed (vma-ghost.ts).
   const ghostPaths = await prepareDeletedMappings(
@@ -83,17 +89,26 @@ export async function restoreProcess(p: Restoring, ctx: ProcessRestoreContext): 
   );
   log().debug(`restore: memory of ${t.pid}`);
   await ctx.reserving;
-  p.pagesRestored = (
-    await restoreMemory(
-      leader,
-      t.mm,
-      t.pages ?? t.pageChain,
-      img.dir,
-      (id) => ghostPaths.get(id) ?? fileName(id),
-      ctx.prefilled.get(t.pid),
-      ctx.sharedObjects,
-    )
-  ).pagesRestored;
+  const got = await restoreMemory(
+    leader,
+    t.mm,
+    t.pages ?? t.pageChain,
+    img.dir,
+    (id) => ghostPaths.get(id) ?? fileName(id),
+    ctx.prefilled.get(t.pid),
+    ctx.sharedObjects,
+  );
+  p.pagesRestored = got.pagesRestored;
+  p.pagesCompared = got.pagesCompared;
+  p.pagesSkippedCow = got.pagesSkippedCow;
+}
+
+/** Then files (not finished: Restoring.finishFiles), fs, signals, timers, limits and threads. */
+export async function restoreProcess(p: Restoring, ctx: ProcessRestoreContext): Promise<void> {
+  const { img, fileName, options: opts } = ctx;
+  const t = p.img;
+  const leader = p.stub.injector;
+  const tc = t.cores.get(t.pid)?.['tc'] as ImageEntry;
   log().debug('restore: vdso');
   restoreVdso(leader, t.mm, t.pid);
   log().debug('restore: mm fields');

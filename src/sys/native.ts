@@ -83,6 +83,8 @@ export const {
   waitidAsync,
   processVmReadv,
   processVmReadvAsync,
+  memReadv,
+  memReadvAsync,
   processVmWritev,
   processVmWritevAsync,
   uffdioCopy,

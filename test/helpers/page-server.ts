@@ -1,6 +1,10 @@
 // A page server of criu-ts for the page-server tests: listening on a free port, its one session's
 // outcome (a summary or the error) as a value, never an unhandled rejection.
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Test } from 'tap';
+import { criuAsync } from './criu.js';
+import { signalTask } from './cr.js';
 import { PageServer, type PageServerOptions, type PageServerSummary } from '../../src/pageserver/server.js';
 import { Connection, Listener } from '../../src/pageserver/socket.js';
 
@@ -34,4 +38,31 @@ export async function connectedPair(): Promise<{ client: Connection; accepted: C
   } finally {
     listener.close();
   }
+}
+
+/**
+ * `criu page-server -D srv --address 127.0.0.1 --port PORT -d` (and `args`), its pidfile in
+ * `dir`: criu's result once the server is up. It ends after one session; if that never came, the
+ * teardown kills it (when its pid is still that server's).
+ */
+export async function startCriuPageServer(
+  t: Test,
+  dir: string,
+  srv: string,
+  port: number,
+  args: readonly string[] = [],
+): Promise<{ status: number | null; stderr: string }> {
+  const pidfile = path.join(dir, 'ps.pid');
+  const ps = await criuAsync([
+    ...['page-server', '-D', srv, '--address', '127.0.0.1', '--port', String(port)],
+    ...['-d', '--pidfile', pidfile],
+    ...args,
+  ]);
+  t.teardown(() => {
+    const psPid = existsSync(pidfile) ? Number(readFileSync(pidfile, 'utf8')) : 0;
+    const cmdline =
+      psPid > 0 && existsSync(`/proc/${psPid}/cmdline`) ? readFileSync(`/proc/${psPid}/cmdline`, 'utf8') : '';
+    if (cmdline.includes(srv)) signalTask(psPid, 'SIGKILL');
+  });
+  return ps;
 }

@@ -19,13 +19,12 @@ import {
   endExpectPass,
   poll,
   restoreExpectPass,
-  signalTask,
   startRestore,
   startWorkload,
   waitGone,
   type Workload,
 } from '../../helpers/cr.js';
-import { connectedPair } from '../../helpers/page-server.js';
+import { connectedPair, startCriuPageServer } from '../../helpers/page-server.js';
 import { makePki } from '../../helpers/pki.js';
 import { PROGRAMS } from '../../helpers/programs.js';
 import {
@@ -135,21 +134,8 @@ for (const { wire, tlsArgs } of WIRES) {
     const srv = path.join(dir, 'srv');
     const local = path.join(dir, 'local');
     const port = freePort();
-    const pidfile = path.join(dir, 'ps.pid');
     const [serverTls, clientTls] = tlsArgs(dir);
-    const ps = await criuAsync(
-      ['page-server', '-D', srv, '--address', '127.0.0.1', '--port', String(port)].concat(
-        ['-d', '--pidfile', pidfile],
-        serverTls,
-      ),
-    );
-    // It ends after one session; if the dump never came, it must not outlive the test.
-    t.teardown(() => {
-      const psPid = existsSync(pidfile) ? Number(readFileSync(pidfile, 'utf8')) : 0;
-      const cmdline =
-        psPid > 0 && existsSync(`/proc/${psPid}/cmdline`) ? readFileSync(`/proc/${psPid}/cmdline`, 'utf8') : '';
-      if (cmdline.includes(srv)) signalTask(psPid, 'SIGKILL'); // still that server, not a reused pid
-    });
+    const ps = await startCriuPageServer(t, dir, srv, port, serverTls);
     t.equal(ps.status, 0, ps.stderr);
     await criuDump(t, w.pid, local, [...toPageServer(port), ...clientTls]);
     await waitGone(w.pid);

@@ -1,5 +1,6 @@
 /**
- * Cross-process calls on real processes: process_vm_readv/writev, pidfd_open/pidfd_getfd/
+ * Cross-process calls on real processes: process_vm_readv/writev, reads of /proc/PID/mem
+ * (memReadv), pidfd_open/pidfd_getfd/
  * pidfd_send_signal, prlimit, get_robust_list, kcmp, kill, and clone3Exec with set_tid.
  */
 import { fstatSync, readFileSync, statSync } from 'node:fs';
@@ -7,6 +8,9 @@ import t from 'tap';
 import {
   clone3Exec,
   close,
+  memReadv,
+  memReadvAsync,
+  open,
   getRobustList,
   kcmp,
   pidfdGetfd,
@@ -22,7 +26,15 @@ import {
   ptraceSeize,
   waitpid,
 } from '../../../src/sys/native.js';
-import { __WALL, KCMP_FILE, KCMP_VM, RLIMIT_NOFILE, SIGCHLD, SIGKILL } from '../../../src/kernel/constants.js';
+import {
+  __WALL,
+  KCMP_FILE,
+  KCMP_VM,
+  O_CLOEXEC,
+  RLIMIT_NOFILE,
+  SIGCHLD,
+  SIGKILL,
+} from '../../../src/kernel/constants.js';
 import { decodeWaitStatus } from '../../../src/sys/wait.js';
 import { SyscallError } from '../../../src/errors.js';
 import { argvRange, freePid, killAndReap, spawnDetached, waitGone } from './procs.js';
@@ -32,6 +44,35 @@ t.setTimeout(60000);
 function remote(...pairs: [bigint, bigint][]): BigUint64Array {
   return new BigUint64Array(pairs.flat());
 }
+
+t.test("memReadv: /proc/PID/mem read range by range, with process_vm_readv's result", async (t) => {
+  const pid = spawnDetached(t, 'sleep 1000.25');
+  const argv = argvRange(pid);
+  const len = Number(argv.end - argv.start);
+  const cmdline = readFileSync(`/proc/${pid}/cmdline`);
+  const fd = open(`/proc/${pid}/mem`, O_CLOEXEC, 0);
+  t.teardown(() => close(fd));
+  const dst = Buffer.alloc(len + 8, 0xee);
+  t.equal(memReadv(fd, dst, 4, remote([argv.start, BigInt(len)])), len);
+  t.same(dst.subarray(4, 4 + len), cmdline);
+  t.equal(dst[0], 0xee, 'bytes before dstOffset untouched');
+  t.equal(dst[len + 4], 0xee, 'bytes after the read untouched');
+  const two = Buffer.alloc(len);
+  t.equal(await memReadvAsync(fd, two, 0, remote([argv.start + 6n, BigInt(len - 7)], [argv.start, 6n])), len - 1);
+  t.equal(two.subarray(0, len - 1).toString('latin1'), '1000.25sleep\u0000', 'ranges gathered in order');
+  // A range that cannot be read: short after what was read; an error (EIO) when nothing was.
+  t.equal(memReadv(fd, dst, 0, remote([argv.start, 5n], [8n, 8n], [argv.start, 5n])), 5, 'short at the unmapped range');
+  let unmapped: unknown = null;
+  try {
+    memReadv(fd, dst, 0, remote([8n, 8n]));
+  } catch (err) {
+    unmapped = err;
+  }
+  t.match(unmapped, { code: 'ESYSCALL', errnoCode: 'EIO', syscall: 'pread(/proc/PID/mem)' }, 'nothing readable: EIO');
+  t.throws(() => memReadv(fd, Buffer.alloc(4), 0, remote([argv.start, 8n])), RangeError, 'local range checked');
+  killAndReap(pid);
+  t.equal(memReadv(fd, dst, 0, remote([argv.start, 8n])), 0, 'a task gone: nothing read, no error (end of file)');
+});
 
 t.test('process_vm_readv/writev on the argv of another process', async (t) => {
   const pid = spawnDetached(t, 'sleep 1000.5');

@@ -1,0 +1,137 @@
+/**
+ * Memory a parent and its child share copy-on-write stays shared across dump and restore
+ * (src/restore/mm.ts inheritMemory): the child is forked once its parent's memory is restored,
+ * and only the pages that differ from the parent's are written into it. cr_cow
+ * (test/fixtures/cr_cow.c) shares seven pages in eight of 32 MiB with its child; the test counts
+ * the page frames both map (/proc/PID/pagemap) before the dump and after the restore, and both
+ * check their memory themselves. Reading the memory of a live tree (pre-dump, into a directory or
+ * a page server, and dump --leave-running) leaves its sharing as it was (src/mem/task-memory.ts).
+ */
+import { closeSync, existsSync, openSync, readSync } from 'node:fs';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { readImage } from '../../../src/images/index.js';
+import {
+  criuAsync,
+  endExpectPass,
+  signalTask,
+  startRestore,
+  startWorkload,
+  waitGone,
+  type Workload,
+} from '../../helpers/cr.js';
+import { startCriuPageServer } from '../../helpers/page-server.js';
+import { freePort } from '../../helpers/real-criu.js';
+
+const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid, page frames)';
+const PFN_MASK = (1n << 55n) - 1n;
+const PRESENT = 1n << 63n;
+
+/** The page frames of `nrPages` pages of `pid` from `addr` (0 for a page not present). */
+function pageFrames(pid: number, addr: bigint, nrPages: number): bigint[] {
+  const fd = openSync(`/proc/${pid}/pagemap`, 'r');
+  try {
+    const buf = Buffer.alloc(nrPages * 8);
+    const got = readSync(fd, buf, 0, buf.length, Number((addr / 4096n) * 8n));
+    if (got !== buf.length) throw new Error(`pagemap of ${pid}: ${got} of ${buf.length} bytes`);
+    return Array.from({ length: nrPages }, (_, i) => {
+      const e = buf.readBigUInt64LE(i * 8);
+      return (e & PRESENT) === 0n ? 0n : e & PFN_MASK;
+    });
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** How many of the pages both processes map to the same frame. */
+function sharedPages(a: number, b: number, addr: bigint, nrPages: number): number {
+  const fb = pageFrames(b, addr, nrPages);
+  return pageFrames(a, addr, nrPages).filter((f, i) => f !== 0n && f === fb[i]).length;
+}
+
+/** Start cr_cow: its two pids, where its memory is and how many pages; the teardown kills both. */
+async function startCow(
+  t: Test,
+  dir: string,
+): Promise<{ w: Workload; p: number; c: number; at: bigint; pages: number; expected: number }> {
+  const w = await startWorkload('cr_cow', dir);
+  const m = /^COW P=(\d+) C=(\d+) AT=([0-9a-f]+) PAGES=(\d+)$/m.exec(w.report());
+  if (m === null) throw new Error(`cr_cow wrote no COW line: ${w.report()}`);
+  const [p, c, pages] = [Number(m[1]), Number(m[2]), Number(m[4])];
+  t.teardown(() => [p, c].forEach((pid) => signalTask(pid, 'SIGKILL')));
+  const expected = pages - pages / 8; // C rewrote one page in eight
+  const at = BigInt(`0x${m[3]}`);
+  t.equal(sharedPages(p, c, at, pages), expected, `P and C share ${expected} pages`);
+  return { w, p, c, at, pages, expected };
+}
+
+t.test(
+  'cr_cow: pre-dumps (into a directory, into a page server) and dump -R leave the tree sharing its memory',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const { w, p, c, at, pages, expected } = await startCow(t, dir);
+    const stillShared = (after: string): void => {
+      const now = sharedPages(p, c, at, pages);
+      t.equal(now, expected, `after ${after}, P and C still share ${expected} pages (${now})`);
+    };
+    const pre1 = path.join(dir, 'pre1');
+    const r1 = await criuAsync(['pre-dump', '-t', String(p), '-D', pre1]);
+    t.equal(r1.status, 0, `pre-dump: ${r1.stderr}`);
+    stillShared('a pre-dump');
+
+    const srv = path.join(dir, 'srv');
+    const port = freePort();
+    const ps = await startCriuPageServer(t, dir, srv, port);
+    t.equal(ps.status, 0, `page-server: ${ps.stderr}`);
+    const local = path.join(dir, 'local');
+    const r2 = await criuAsync([
+      'pre-dump',
+      '-t',
+      String(p),
+      '-D',
+      local,
+      '--page-server',
+      '--address',
+      '127.0.0.1',
+      '--port',
+      String(port),
+    ]);
+    t.equal(r2.status, 0, `pre-dump --page-server: ${r2.stderr}`);
+    t.ok(existsSync(path.join(srv, `pagemap-${c}.img`)), "C's pages went to the page server");
+    stillShared('a pre-dump into a page server');
+
+    const d = await criuAsync(['dump', '-t', String(p), '-D', path.join(dir, 'img'), '-R']);
+    t.equal(d.status, 0, `dump -R: ${d.stderr}`);
+    stillShared('dump --leave-running');
+    await endExpectPass(t, w);
+  },
+);
+
+t.test(
+  'cr_cow: the memory a parent and its child shared copy-on-write is shared again after the restore',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const { w, p, c, at, pages, expected } = await startCow(t, dir);
+
+    const images = path.join(dir, 'img');
+    const d = await criuAsync(['dump', '-t', String(p), '-D', images]);
+    if (!t.equal(d.status, 0, `dump: ${d.stderr}`)) return;
+    for (const pid of [p, c]) await waitGone(pid);
+    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
+    t.equal(restored.pid, p, 'P restored with its pid');
+    const ended = await restored.done;
+    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
+
+    const after = sharedPages(p, c, at, pages);
+    t.equal(after, expected, `after the restore, P and C share ${expected} pages again (${after})`);
+    const stats = (await readImage(path.join(images, 'stats-restore'), 'STATS')).records[0]?.entry['restore'] as
+      Record<string, unknown> | undefined;
+    const compared = Number(stats?.['pages_compared']);
+    const skipped = Number(stats?.['pages_skipped_cow']);
+    t.ok(compared >= pages, `stats-restore: ${compared} pages compared (C's ${pages} among them)`);
+    t.ok(skipped >= expected, `stats-restore: ${skipped} pages left shared (${expected} of C's among them)`);
+    await endExpectPass(t, w);
+  },
+);
