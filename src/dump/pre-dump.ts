@@ -242,8 +242,15 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
     for (const d of done) {
       opts.pidfdStore?.add(d.pid);
       d.tracker.state = encodeKnown({ dest: sink.destination(dir), known: d.plan.present });
-      await d.tracker.keep();
       opened.splice(opened.indexOf(d.tracker), 1);
+      try {
+        await d.tracker.keep(); // undoes its own work when it fails
+      } catch (err) {
+        // A child that exited since its pages were taken (its holder then ends at once): its
+        // pages stay in the images, and there is nothing left to track.
+        if (d.pid === pid || !hasExited(d.pid)) throw err;
+        log().info(`Pre-dump of ${pid}: process ${d.pid} exited before its tracking could be kept`);
+      }
       stats.pagesScanned += d.plan.pagesScanned;
       stats.pagesSkippedParent += d.plan.pagesInParent;
       stats.pagesWritten += d.pagesWritten;

@@ -7,6 +7,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import { get } from 'node:http';
 import { createConnection } from 'node:net';
 import path from 'node:path';
 import { startWorkload, type Workload } from './cr.js';
@@ -178,3 +179,55 @@ if __name__ == '__main__':
             out.write(f"ROUND {n} {sum(pool.map(square, range(10)))}\\n")
             time.sleep(0.02)
 `;
+
+/** GET `urlPath` from an HTTP server at `host`:`port` (a new connection): the body of a 200. */
+export function httpGet(port: number, urlPath: string, host = '127.0.0.1'): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = get({ host, port, path: urlPath, agent: false, timeout: 5000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`HTTP ${res.statusCode}`))));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
+}
+
+/** Wait until GET / at `host`:`port` answers (10 s at most). */
+export async function untilServing(port: number, host = '127.0.0.1'): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if ((await httpGet(port, '/', host).catch(() => null)) !== null) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`nothing serves on ${host}:${port}`);
+}
+
+/** Debian's nginx (package nginx-light, installed by .ci/run). */
+export const NGINX = '/usr/sbin/nginx';
+
+/**
+ * An nginx.conf with everything under `dir` (pid file, logs, temp paths): a master and two
+ * workers listening on `listen`, answering every request with "pid=<worker's pid> conn=<the
+ * connection's serial number>" (a counter in nginx's shared memory zone).
+ */
+export function nginxConf(dir: string, listen: string): string {
+  return `worker_processes 2;
+pid ${dir}/nginx.pid;
+error_log ${dir}/logs/error.log;
+daemon on;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/tmp/body;
+  proxy_temp_path ${dir}/tmp/proxy;
+  fastcgi_temp_path ${dir}/tmp/fastcgi;
+  uwsgi_temp_path ${dir}/tmp/uwsgi;
+  scgi_temp_path ${dir}/tmp/scgi;
+  server {
+    listen ${listen};
+    location / { return 200 "pid=$pid conn=$connection\\n"; }
+  }
+}
+`;
+}

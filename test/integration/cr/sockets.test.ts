@@ -14,14 +14,13 @@
 import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { get } from 'node:http';
 import { createConnection, createServer, type Socket } from 'node:net';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { readEntries, writeImage, type ImageEntry } from '../../../src/images/index.js';
 import { AF_UNIX, SOCK_CLOEXEC, SOCK_DGRAM } from '../../../src/kernel/constants.js';
 import * as sys from '../../../src/sys/native.js';
-import { ASYNCIO_COUNTER, askCounter } from '../../helpers/programs.js';
+import { ASYNCIO_COUNTER, askCounter, httpGet, untilServing } from '../../helpers/programs.js';
 import { freePort } from '../../helpers/real-criu.js';
 import {
   criuAsync,
@@ -62,29 +61,6 @@ function socketDir(t: Test): string {
   const dir = mkdtempSync(path.join(tmpdir(), 'cts-sk-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
-}
-
-/** GET http://127.0.0.1:PORT/PATH on a new connection: the body of a 200 answer. */
-function httpGet(port: number, urlPath: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = get({ host: '127.0.0.1', port, path: urlPath, agent: false, timeout: 5000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`HTTP ${res.statusCode}`))));
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-  });
-}
-
-/** Wait until GET / on `port` answers (10 s at most). */
-async function untilServing(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    if ((await httpGet(port, '/').catch(() => null)) !== null) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`nothing serves on port ${port}`);
 }
 
 /** Start `cmd` detached, stdio on /dev/null, not a child of this process: its pid. */

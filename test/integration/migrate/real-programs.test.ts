@@ -6,16 +6,27 @@
  * too and answers on DST, its count carried on. A process tree (cr_tree: four processes, two
  * groups, a pipe and a file offset shared between them) moves whole, through a skeleton of the
  * four on DST, and passes its own checks there. A shell forking a new child every 50 ms (its tree
- * changes between iterations) moves too and counts on.
+ * changes between iterations) moves too and counts on. nginx (a master and two workers, a shared
+ * memory zone) moves and serves on DST from the same workers, its connection counter going on.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { simHosts } from '../../../migrate/sim-hosts.js';
 import { poll } from '../../helpers/cr.js';
 import { fixturePath } from '../../helpers/fixture.js';
 import { runMigrate, startAgent, startOnHost, tokenFile } from '../../helpers/migrate.js';
-import { ASYNCIO_COUNTER, askCounter, NODE, PYTHON } from '../../helpers/programs.js';
+import {
+  ASYNCIO_COUNTER,
+  askCounter,
+  httpGet,
+  NGINX,
+  nginxConf,
+  NODE,
+  PYTHON,
+  untilServing,
+} from '../../helpers/programs.js';
+import { freePort } from '../../helpers/real-criu.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (namespaces, ptrace, clone3 set_tid)';
 
@@ -145,3 +156,58 @@ t.test('a shell forking a child every 50 ms migrates live and counts on', { skip
   t.match(b.stderr(), /made again|not the pre-copied one/, 'DST saw the tree change');
   await dst.exec(`kill -KILL ${w.pid}`);
 });
+
+t.test(
+  'nginx migrates live: DST serves from the same workers, its connection counter going on',
+  { skip: needsRoot || (existsSync(NGINX) ? false : `${NGINX} is not installed (.ci/run installs nginx-light)`) },
+  async (t) => {
+    const [src, dst] = await simHosts(['src', 'dst'], { t });
+    if (src === undefined || dst === undefined) throw new Error('no hosts');
+    const dir = t.testdir();
+    const a = await startAgent(t, src, dir);
+    const b = await startAgent(t, dst, dir);
+    mkdirSync(path.join(dir, 'logs'));
+    mkdirSync(path.join(dir, 'tmp'));
+    const port = freePort();
+    const conf = path.join(dir, 'nginx.conf');
+    // Every address: DST's differs from SRC's.
+    writeFileSync(conf, nginxConf(dir, `0.0.0.0:${port}`));
+    // PIDs above 20000 (free on DST); nginx daemonizes, its master's PID in SRC's namespace.
+    const r0 = await src.exec(`echo 19999 > /proc/sys/kernel/ns_last_pid; '${NGINX}' -c '${conf}' -p '${dir}'`);
+    t.equal(r0.status, 0, `nginx starts on SRC: ${r0.stderr}`);
+    const master = Number(readFileSync(path.join(dir, 'nginx.pid'), 'utf8'));
+    t.teardown(async () => {
+      for (const h of [src, dst]) await h.exec(`pkill -KILL -f '${conf}'; kill -KILL ${master}`).catch(() => undefined);
+    });
+    await untilServing(port, src.addr);
+    const answer = (body: string): { pid: number; conn: number } => {
+      const m = /^pid=(\d+) conn=(\d+)$/m.exec(body);
+      if (m === null) throw new Error(`not nginx's answer: ${body}`);
+      return { pid: Number(m[1]), conn: Number(m[2]) };
+    };
+    const before = [];
+    for (let i = 0; i < 4; i++) before.push(answer(await httpGet(port, '/', src.addr)));
+    const workers = new Set(before.map((x) => x.pid));
+    const r = await runMigrate(['--json', '--token-file', tokenFile(dir), a.target, b.target, String(master)]);
+    t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
+    t.comment(`downtime ${(JSON.parse(r.stdout) as Record<string, number>)['downtime_ms']} ms`);
+    const after = [];
+    for (let i = 0; i < 4; i++) after.push(answer(await httpGet(port, '/', dst.addr)));
+    const lastConn = Math.max(...before.map((x) => x.conn));
+    t.ok(
+      after.every((x) => x.conn > lastConn),
+      `DST answers, the connection counter going on (${lastConn}, then ${after.map((x) => x.conn).join(' ')})`,
+    );
+    const children = (await dst.exec(`cat /proc/${master}/task/${master}/children`)).stdout.trim().split(/\s+/);
+    t.equal(children.length, 2, `the master runs on DST with its two workers (${children.join(' ')})`);
+    t.ok(
+      after.every((x) => children.includes(String(x.pid))),
+      `its workers answer (${[...new Set(after.map((x) => x.pid))].join(' ')}; on SRC: ${[...workers].join(' ')})`,
+    );
+    await t.rejects(httpGet(port, '/', src.addr), 'nothing serves on SRC any more');
+    const q = await dst.exec(
+      `kill -QUIT ${master}; for i in $(seq 100); do kill -0 ${master} 2>/dev/null || exit 0; sleep 0.1; done; exit 1`,
+    );
+    t.equal(q.status, 0, 'SIGQUIT ends it on DST');
+  },
+);
