@@ -14,10 +14,13 @@
  * every iteration's PE_PRESENT pages in order, holds exactly what the chain resolves it to.
  * Pages the skeleton holds but the final image lacks are zeroed (they were dropped since).
  *
- * A process tree gets a skeleton of the same shape: the root's stub is started first, and each
- * other process is forked from its parent's stub (tree.ts forkStub) before any memory is mapped,
- * in its session and group, as the final restore would make it; each then gets its own memory
- * as above. The final restore takes each process's stub from the skeleton instead of forking it.
+ * A process tree gets a skeleton of the same shape: the root's stub is started first, and at the
+ * first pre-dump each other process is forked from its parent's stub (tree.ts forkStub) once
+ * that holds the parent's memory, in its session and group, as the final restore would make it.
+ * It keeps the parent's memory where it has the same VMAs, and its pages are compared with the
+ * parent's: only those that differ are written, so that what parent and child shared
+ * copy-on-write on the source is shared on the destination too. The final restore takes each
+ * process's stub from the skeleton instead of forking it.
  * A tree whose shape changed since the skeleton was made (a fork, an exit, a setsid) cannot use
  * it: the migration makes a new one from the next pre-dump (which reads every pre-copied page
  * again), and the final restore one from scratch.
@@ -31,7 +34,7 @@ import { TaskError } from '../errors.js';
 import type { Injector } from '../inject/injector.js';
 import { log } from '../log.js';
 import { PageChain, clipSources } from '../mem/page-chain.js';
-import { fillPages } from '../mem/fill-pages.js';
+import { fillChangedPages, fillPages } from '../mem/fill-pages.js';
 import { intersect, normalize, pageAddr, pageIndex, subtract, type Run } from '../mem/runs.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import {
@@ -50,10 +53,13 @@ const PAGE = 4096n;
 const MAP_PRIVATE_ANON = 0x22n;
 const MAP_FIXED_NOREPLACE = 0x100000n;
 const PROT_RW = 3n;
+const MADV_DONTNEED = 4n;
 
 export interface SkeletonStats {
   pagesFilled: number;
   pagesMapped: number;
+  /** Pages a process inherited from its parent and keeps shared with it (the same contents). */
+  pagesShared: number;
 }
 
 /** Where a process sits in a tree: what a skeleton must match to be restored into. */
@@ -62,40 +68,47 @@ export type TreePlace = Pick<ProcessLayout, 'pid' | 'ppid' | 'pgid' | 'sid'>;
 /** The skeleton of a process tree (of one process, often): a SkeletonTask per process. */
 export class Skeleton {
   private isDone = false;
+  /** The processes made so far, parents first: the root at once, the others at the first apply. */
+  private readonly tasks: { place: TreePlace; task: SkeletonTask }[] = [];
 
   private constructor(
-    /** Parents first, as made. */
-    private readonly tasks: readonly { place: TreePlace; task: SkeletonTask }[],
-  ) {}
+    /** The tree's processes, parents first. */
+    private readonly places: readonly TreePlace[],
+    root: SkeletonTask,
+  ) {
+    this.tasks.push({ place: places[0] as TreePlace, task: root });
+  }
 
   /**
-   * Start the root's stub as its PID (free here), then fork each other process from its parent's
-   * stub, parents first, in its session and group. With isSibling the root is a child of this
-   * process's parent (who reaps it), as `criu restore -S` makes it. On failure nothing is left.
+   * Start the root's stub as its PID (free here), in its session and group; the other processes
+   * are forked from their parents' stubs at the first apply (apply says why). With isSibling the
+   * root is a child of this process's parent (who reaps it), as `criu restore -S` makes it.
+   * `processes` come parents first. On failure nothing is left.
    */
   static create(processes: readonly ProcessLayout[], options: { isSibling?: boolean } = {}): Skeleton {
     const [root] = processes;
     if (root === undefined) throw new TaskError(0, 'A skeleton needs a process');
-    const layout = processes.flatMap((p) => p.anonVmas);
-    const tasks: { place: TreePlace; task: SkeletonTask }[] = [];
+    const places = processes.map((p) => ({ pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid }));
+    places.forEach((p, i) => {
+      if (i > 0 && !places.slice(0, i).some((q) => q.pid === p.ppid))
+        throw new TaskError(p.pid, `The parent of ${p.pid} (${p.ppid}) comes after it, or not at all`);
+    });
     // A skeleton made again (the tree changed) waits for the last one's processes to be reaped.
     for (const p of processes) waitForFreePid(p.pid);
+    const stub = startStub(
+      root.pid,
+      processes.flatMap((p) => p.anonVmas),
+      1,
+      options,
+    );
+    const task = new SkeletonTask(root.pid, stub);
     try {
-      for (const p of processes) {
-        const place = { pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid };
-        const parent = tasks.find((t) => t.place.pid === p.ppid)?.task;
-        if (p !== root && parent === undefined)
-          throw new TaskError(p.pid, `The parent of ${p.pid} (${p.ppid}) comes after it, or not at all`);
-        const stub = parent === undefined ? startStub(p.pid, layout, 1, options) : forkStub(parent.stub, p.pid);
-        tasks.push({ place, task: new SkeletonTask(p.pid, stub) });
-        leadAsDumped(stub, place);
-      }
-      joinGroups(tasks.map(({ place, task }) => ({ stub: task.stub, pstree: place })));
+      leadAsDumped(stub, places[0] as TreePlace);
     } catch (err) {
-      for (const { task } of tasks.reverse()) task.abort();
+      task.abort();
       throw err;
     }
-    return new Skeleton(tasks);
+    return new Skeleton(places, task);
   }
 
   /** The root's PID. */
@@ -105,29 +118,50 @@ export class Skeleton {
 
   /** Whether `places` (any order) is the tree this skeleton has: the same processes, parents, groups, sessions. */
   fits(places: readonly TreePlace[]): boolean {
-    if (places.length !== this.tasks.length) return false;
+    if (places.length !== this.places.length) return false;
     return places.every((p) => {
-      const mine = this.tasks.find((t) => t.place.pid === p.pid)?.place;
+      const mine = this.places.find((q) => q.pid === p.pid);
       return mine !== undefined && mine.ppid === p.ppid && mine.pgid === p.pgid && mine.sid === p.sid;
     });
   }
 
-  /** The skeleton of process `pid`. */
+  /** The skeleton of process `pid`, once made. */
   task(pid: number): SkeletonTask | undefined {
     return this.tasks.find((t) => t.place.pid === pid)?.task;
   }
 
-  /** Bring every process's memory to pre-dump `dir` (SkeletonTask.apply): `processes` must fit. */
+  /**
+   * Bring every process's memory to pre-dump `dir` (SkeletonTask.apply): `processes` must fit.
+   * At the first, parents first, each other process is forked from its parent's stub once that
+   * holds its memory: it keeps what it had in common with its parent (the same VMAs) and shares
+   * it copy-on-write where its pages are the same, as on the source (SkeletonTask.inherit).
+   */
   async apply(dir: string, processes: readonly ProcessLayout[]): Promise<SkeletonStats> {
     if (this.isDone) throw new TaskError(this.pid, 'The pre-copy skeleton is finished or aborted');
     if (!this.fits(processes)) throw new TaskError(this.pid, `The tree of ${this.pid} is not the skeleton's`);
-    const sum: SkeletonStats = { pagesFilled: 0, pagesMapped: 0 };
-    for (const p of processes) {
-      const got = await (this.task(p.pid) as SkeletonTask).apply(dir, p.anonVmas);
+    const sum: SkeletonStats = { pagesFilled: 0, pagesMapped: 0, pagesShared: 0 };
+    const layoutOf = (pid: number): ProcessLayout => processes.find((p) => p.pid === pid) as ProcessLayout;
+    const isFirst = this.tasks.length < this.places.length;
+    for (const place of this.places) {
+      const p = layoutOf(place.pid);
+      const task = this.task(p.pid) ?? this.fork(place, layoutOf(place.ppid), p);
+      const got = await task.apply(dir, p.anonVmas);
       sum.pagesFilled += got.pagesFilled;
       sum.pagesMapped += got.pagesMapped;
+      sum.pagesShared += got.pagesShared;
     }
+    if (isFirst) joinGroups(this.tasks.map(({ place, task }) => ({ stub: task.stub, pstree: place })));
     return sum;
+  }
+
+  /** Fork process `p` from its parent's stub (its memory of this pre-dump in place), in its session and group. */
+  private fork(place: TreePlace, parent: ProcessLayout, p: ProcessLayout): SkeletonTask {
+    const from = this.task(place.ppid) as SkeletonTask;
+    const task = new SkeletonTask(p.pid, forkStub(from.stub, p.pid));
+    this.tasks.push({ place, task }); // killed with the others from here on
+    leadAsDumped(task.stub, place);
+    task.inherit(parent.anonVmas, p.anonVmas, from.mappedRuns);
+    return task;
   }
 
   /** Kill every stub the final restore has not taken (a migration that failed or was called off). */
@@ -142,6 +176,8 @@ export class Skeleton {
 export class SkeletonTask {
   /** Page runs mapped (anonymous, private, RW) and holding pre-copied contents. */
   private mapped: Run[] = [];
+  /** Of those, what was inherited from the parent at the fork and not yet compared (inherit). */
+  private inherited: Run[] = [];
   private isDone = false;
 
   constructor(
@@ -156,6 +192,28 @@ export class SkeletonTask {
   /** The memory held: what the final restore starts from. */
   get mappedRuns(): Run[] {
     return this.mapped;
+  }
+
+  /**
+   * Right after the fork from the parent's stub, which held `parentMapped`: keep the parent's
+   * memory where this process has the same VMA as the parent had (`parentVmas`, `vmas`: their
+   * private anonymous VMAs at this pre-dump), unmap the rest (the scratch area stays: the same
+   * address, this process's own now). The next apply compares the kept pages with this process's
+   * own and writes only those that differ.
+   */
+  inherit(
+    parentVmas: readonly { start: bigint; end: bigint }[],
+    vmas: readonly { start: bigint; end: bigint }[],
+    parentMapped: readonly Run[],
+  ): void {
+    const same = vmas.filter((v) => parentVmas.some((w) => w.start === v.start && w.end === v.end));
+    const kept = intersect(normalize(same.map((v) => ({ start: pageIndex(v.start), end: pageIndex(v.end) }))), [
+      ...parentMapped,
+    ]);
+    const inj = this.stub.injector;
+    for (const r of subtract([...parentMapped], kept)) inj.syscallOrThrow('munmap', [pageAddr(r.start), len(r)]);
+    this.mapped = kept;
+    this.inherited = kept;
   }
 
   /**
@@ -182,15 +240,30 @@ export class SkeletonTask {
       if (got !== pageAddr(r.start)) throw new TaskError(this.pid, `Pre-copy mapping landed at 0x${got.toString(16)}`);
     }
     const kept = intersect(this.mapped, want);
+    // Inherited from the parent: every page this process has there is compared (below).
+    const cow = intersect(this.inherited, kept);
+    this.inherited = [];
     this.mapped = want;
     const chain = await PageChain.open(dir, `pagemap-${this.pid}.img`);
     const present = await chain.presentRuns();
     // Kept ranges: only the new contents; added ranges: all their pages, wherever in the chain.
-    const wanted = normalize([...intersect(present, kept), ...added]);
-    const sources = clipSources(await chain.sources(), wanted);
-    const filled = await fillPages(this.pid, sources);
-    log().info(`Pre-copy ${path.basename(dir)}: ${filled} pages read into task ${this.pid}`);
-    return { pagesFilled: filled, pagesMapped: want.reduce((n, r) => n + r.end - r.start, 0) };
+    const wanted = normalize([...intersect(present, subtract(kept, cow)), ...added]);
+    const all = await chain.sources();
+    let filled = await fillPages(this.pid, clipSources(all, wanted));
+    let shared = 0;
+    if (cow.length > 0) {
+      // The parent's pages this process does not have (never touched, or dropped) go.
+      for (const r of subtract(cow, await chain.coverage()))
+        inj.syscallOrThrow('madvise', [pageAddr(r.start), len(r), MADV_DONTNEED]);
+      const got = await fillChangedPages(this.pid, clipSources(all, cow));
+      filled += got.written;
+      shared = got.compared - got.written;
+    }
+    log().info(
+      `Pre-copy ${path.basename(dir)}: ${filled} pages read into task ${this.pid}` +
+        (cow.length > 0 ? `, ${shared} inherited pages kept shared with its parent` : ''),
+    );
+    return { pagesFilled: filled, pagesMapped: want.reduce((n, r) => n + r.end - r.start, 0), pagesShared: shared };
   }
 
   /**

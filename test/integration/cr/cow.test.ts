@@ -7,7 +7,7 @@
  * check their memory themselves. Reading the memory of a live tree (pre-dump, into a directory or
  * a page server, and dump --leave-running) leaves its sharing as it was (src/mem/task-memory.ts).
  */
-import { closeSync, existsSync, openSync, readSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { readImage } from '../../../src/images/index.js';
@@ -20,35 +20,11 @@ import {
   waitGone,
   type Workload,
 } from '../../helpers/cr.js';
+import { sharedPages } from '../../helpers/frames.js';
 import { startCriuPageServer } from '../../helpers/page-server.js';
 import { freePort } from '../../helpers/real-criu.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid, page frames)';
-const PFN_MASK = (1n << 55n) - 1n;
-const PRESENT = 1n << 63n;
-
-/** The page frames of `nrPages` pages of `pid` from `addr` (0 for a page not present). */
-function pageFrames(pid: number, addr: bigint, nrPages: number): bigint[] {
-  const fd = openSync(`/proc/${pid}/pagemap`, 'r');
-  try {
-    const buf = Buffer.alloc(nrPages * 8);
-    const got = readSync(fd, buf, 0, buf.length, Number((addr / 4096n) * 8n));
-    if (got !== buf.length) throw new Error(`pagemap of ${pid}: ${got} of ${buf.length} bytes`);
-    return Array.from({ length: nrPages }, (_, i) => {
-      const e = buf.readBigUInt64LE(i * 8);
-      return (e & PRESENT) === 0n ? 0n : e & PFN_MASK;
-    });
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** How many of the pages both processes map to the same frame. */
-function sharedPages(a: number, b: number, addr: bigint, nrPages: number): number {
-  const fb = pageFrames(b, addr, nrPages);
-  return pageFrames(a, addr, nrPages).filter((f, i) => f !== 0n && f === fb[i]).length;
-}
-
 /** Start cr_cow: its two pids, where its memory is and how many pages; the teardown kills both. */
 async function startCow(
   t: Test,

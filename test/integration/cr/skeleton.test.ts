@@ -6,7 +6,8 @@
  * built after it; a migration builds it on the other host while the task still runs).
  * cr_incr checks its memory after three steps of rewrites; cr_mem checks its maps line by line
  * and every kind of mapping; cr_tree (four processes) checks its tree, and the memory its
- * processes share or hold apart.
+ * processes share or hold apart; cr_cow's parent and child share 28 of their 32 MiB
+ * copy-on-write, in the skeleton and in the restored tree as on the source.
  */
 import path from 'node:path';
 import t, { type Test } from 'tap';
@@ -16,6 +17,7 @@ import { dump } from '../../../src/dump/index.js';
 import { restore } from '../../../src/restore/index.js';
 import { Skeleton } from '../../../src/restore/skeleton.js';
 import { endExpectPass, signalTask, startWorkload, waitGone, type Workload } from '../../helpers/cr.js';
+import { sharedPages } from '../../helpers/frames.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
 
@@ -191,6 +193,30 @@ t.test(
     const read = await restoredPages(final);
     const full = pre[0]?.pagesWritten ?? 0;
     t.ok(read >= full / 2, `the final restore read ${read} pages itself (the first pre-dump copied ${full})`);
+    await endExpectPass(t, w);
+  },
+);
+
+t.test(
+  'cr_cow: the skeleton forks the child from its parent and keeps what they share copy-on-write',
+  { skip: needsRoot },
+  async (t) => {
+    const root = t.testdir();
+    const w = await startWorkload('cr_cow', root);
+    const m = /^COW P=(\d+) C=(\d+) AT=([0-9a-f]+) PAGES=(\d+)$/m.exec(w.report());
+    if (m === null) throw new Error(`cr_cow wrote no COW line: ${w.report()}`);
+    const [p, c, pages] = [Number(m[1]), Number(m[2]), Number(m[4])];
+    const at = BigInt(`0x${m[3]}`);
+    t.teardown(() => [p, c].forEach((pid) => signalTask(pid, 'SIGKILL')));
+    const expected = pages - pages / 8; // C rewrote one page in eight
+    const { final, pre } = await migrateLike(w, root, async () => undefined);
+    await waitGone(c);
+    const sk = await intoSkeleton(root, pre);
+    const inSkeleton = sharedPages(p, c, at, pages);
+    t.equal(inSkeleton, expected, `the skeletons of P and C share ${expected} pages (${inSkeleton})`);
+    await restore({ imagesDir: final, isDetached: true, skeleton: sk });
+    const restored = sharedPages(p, c, at, pages);
+    t.equal(restored, expected, `restored into them, P and C still share ${expected} pages (${restored})`);
     await endExpectPass(t, w);
   },
 );
