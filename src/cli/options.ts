@@ -278,7 +278,7 @@ function parseLevel(raw: unknown): LogLevel {
 export function toOptions(command: CommandName, raw: RawOptions, operands: readonly string[] = []): Options {
   const imagesDir = str(raw, 'imagesDir') ?? '.';
   // CRIU's splice mode vmsplices the pages while the task is frozen; criu-ts always reads them
-  // with process_vm_readv, the task running (CRIU's read mode). Both words are taken.
+  // (from /proc/PID/mem), the task running (CRIU's read mode). Both words are taken.
   const preDumpMode = str(raw, 'preDumpMode');
   if (preDumpMode !== undefined && preDumpMode !== 'splice' && preDumpMode !== 'read')
     throw new UsageError(`Invalid value for --pre-dump-mode: "${preDumpMode}" (known: splice, read)`);

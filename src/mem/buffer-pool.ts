@@ -3,7 +3,7 @@
  * page-server sessions (the server's receive buffer, the client's two read buffers).
  *
  * Why: a fresh 4 MiB Buffer costs one page fault per 4 KiB page the first time it is written
- * (recv, process_vm_readv), ~1000 of them, and page faults are slow in virtual machines (~15 µs
+ * (recv, a read of the task's memory), ~1000 of them, and page faults are slow in virtual machines (~15 µs
  * each measured on the 2-core development VM: 15 ms per buffer). A scattered transfer of a few
  * thousand pages touched three such buffers while the task was frozen: more time than the
  * transfer itself. The pool pays it once per process, when a server starts listening or a client

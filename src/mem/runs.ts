@@ -80,7 +80,7 @@ export function countPages(runs: readonly Run[]): number {
   return runs.reduce((n, r) => n + r.end - r.start, 0);
 }
 
-/** The remote (address, length) pairs of process_vm_readv/writev for runs of whole pages. */
+/** The remote (address, length) pairs of process_vm_readv/writev (and memReadv) for runs of whole pages. */
 export function remoteIov(runs: readonly { vaddr: bigint; nrPages: number }[]): BigUint64Array {
   const iov = new BigUint64Array(runs.length * 2);
   runs.forEach((r, i) => {

@@ -64,8 +64,8 @@ const HANDLED = new Set([
 
 /**
  * Fields accepted at a value that changes nothing here: CRIU's defaults, and choices between ways
- * of doing what criu-ts does its own way (pre_dump_mode: pages are always read with
- * process_vm_readv; network_lock: criu-ts locks no network; display_stats: the stats are in
+ * of doing what criu-ts does its own way (pre_dump_mode: pages are always read, from
+ * /proc/PID/mem; network_lock: criu-ts locks no network; display_stats: the stats are in
  * stats-dump either way).
  */
 const HARMLESS: Record<string, (v: unknown) => boolean> = {

@@ -9,38 +9,14 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { readImage } from '../../../src/images/index.js';
-import {
-  criuAsync,
-  endExpectPass,
-  signalTask,
-  startRestore,
-  startWorkload,
-  waitGone,
-  type Workload,
-} from '../../helpers/cr.js';
-import { sharedPages } from '../../helpers/frames.js';
+import { criuAsync, endExpectPass, startRestore, waitGone } from '../../helpers/cr.js';
+import { sharedPages, startCow } from '../../helpers/frames.js';
 import { startCriuPageServer } from '../../helpers/page-server.js';
 import { freePort } from '../../helpers/real-criu.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid, page frames)';
-/** Start cr_cow: its two pids, where its memory is and how many pages; the teardown kills both. */
-async function startCow(
-  t: Test,
-  dir: string,
-): Promise<{ w: Workload; p: number; c: number; at: bigint; pages: number; expected: number }> {
-  const w = await startWorkload('cr_cow', dir);
-  const m = /^COW P=(\d+) C=(\d+) AT=([0-9a-f]+) PAGES=(\d+)$/m.exec(w.report());
-  if (m === null) throw new Error(`cr_cow wrote no COW line: ${w.report()}`);
-  const [p, c, pages] = [Number(m[1]), Number(m[2]), Number(m[4])];
-  t.teardown(() => [p, c].forEach((pid) => signalTask(pid, 'SIGKILL')));
-  const expected = pages - pages / 8; // C rewrote one page in eight
-  const at = BigInt(`0x${m[3]}`);
-  t.equal(sharedPages(p, c, at, pages), expected, `P and C share ${expected} pages`);
-  return { w, p, c, at, pages, expected };
-}
-
 t.test(
   'cr_cow: pre-dumps (into a directory, into a page server) and dump -R leave the tree sharing its memory',
   { skip: needsRoot },

@@ -17,7 +17,7 @@ import { dump } from '../../../src/dump/index.js';
 import { restore } from '../../../src/restore/index.js';
 import { Skeleton } from '../../../src/restore/skeleton.js';
 import { endExpectPass, signalTask, startWorkload, waitGone, type Workload } from '../../helpers/cr.js';
-import { sharedPages } from '../../helpers/frames.js';
+import { sharedPages, startCow } from '../../helpers/frames.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
 
@@ -202,13 +202,7 @@ t.test(
   { skip: needsRoot },
   async (t) => {
     const root = t.testdir();
-    const w = await startWorkload('cr_cow', root);
-    const m = /^COW P=(\d+) C=(\d+) AT=([0-9a-f]+) PAGES=(\d+)$/m.exec(w.report());
-    if (m === null) throw new Error(`cr_cow wrote no COW line: ${w.report()}`);
-    const [p, c, pages] = [Number(m[1]), Number(m[2]), Number(m[4])];
-    const at = BigInt(`0x${m[3]}`);
-    t.teardown(() => [p, c].forEach((pid) => signalTask(pid, 'SIGKILL')));
-    const expected = pages - pages / 8; // C rewrote one page in eight
+    const { w, p, c, at, pages, expected } = await startCow(t, root);
     const { final, pre } = await migrateLike(w, root, async () => undefined);
     await waitGone(c);
     const sk = await intoSkeleton(root, pre);

@@ -74,15 +74,13 @@ function taskIds(pid: number): TaskIds | undefined {
  */
 function endProcesses(sid: number, dir: string): void {
   // DIR through the environment: on this shell's own command line, pkill -f would kill the shell.
-  const alive = 'pgrep -r R,S,D,T -s "$SID" || pgrep -r R,S,D,T -f "$DIR"';
-  spawnSync(
-    'sh',
-    ['-c', `pkill -KILL -s "$SID"; pkill -KILL -f "$DIR"; while ${alive} >/dev/null; do sleep 0.01; done`],
-    {
-      timeout: 5000,
-      env: { ...process.env, SID: String(sid), DIR: dir },
-    },
-  );
+  // Killed again in every round: a process forked while the first round ran escaped it.
+  const alive = 'pgrep -r R,S,D,T,t -s "$SID" || pgrep -r R,S,D,T,t -f "$DIR"';
+  const kill = 'pkill -KILL -s "$SID"; pkill -KILL -f "$DIR"';
+  spawnSync('sh', ['-c', `${kill}; while ${alive} >/dev/null; do ${kill}; sleep 0.01; done`], {
+    timeout: 5000,
+    env: { ...process.env, SID: String(sid), DIR: dir },
+  });
 }
 
 /**
