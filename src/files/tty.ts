@@ -51,6 +51,7 @@ import { setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
 import { AT_FDCWD, closeInTask, reopenFlags, taskSyscallError } from './task-io.js';
 import { FD_TYPES, type FdDumpInput, type FdKindModule, type FileOptions, type FileRestoreContext } from './types.js';
+import { readStat } from '../proc/stat.js';
 
 /** TtyType of proto/tty.proto. */
 export const TTY_TYPE = { UNKNOWN: 0, PTY: 1, CONSOLE: 2, VT: 3, CTTY: 4, EXT_TTY: 5, SERIAL: 6 } as const;
@@ -215,6 +216,8 @@ export function checkTtyRestore(
     const infoId = Number((f['tty'] as ImageEntry | undefined)?.['tty_info_id']);
     const info = infos.find((i) => Number(i['id']) === infoId);
     if (info !== undefined && (isMasterInfo(info) || pairedMasterOf(info, infos) !== undefined)) continue;
+    // /dev/tty, when the dump holds a pty master: the controlling terminal is that pty's slave.
+    if (info !== undefined && Number(info['type']) === TTY_TYPE.CTTY && infos.some(isMasterInfo)) continue;
     throw new UnsupportedError(
       'shell-job',
       `Cannot restore file ${String(f['id'])}: it is a terminal of a shell job; restore with --shell-job (-j)`,
@@ -287,6 +290,42 @@ function taskHoldsMaster(pid: number, index: number): boolean {
 
 function isMasterInfo(info: ImageEntry): boolean {
   return Number(info['rdev']) === PTMX_RDEV_K && info['pty'] !== undefined;
+}
+
+/**
+ * Is task `pid`'s controlling terminal (tty_nr of /proc/PID/stat) the slave of a pty whose master
+ * the dump holds? Then its /dev/tty is that slave, which the restore makes its terminal again.
+ */
+function cttyIsDumpedPty(pid: number, options: FileOptions): boolean {
+  const ttyNr = readStat(pid)?.tty_nr ?? 0;
+  if (ttyNr <= 0) return false;
+  const rdev = BigInt(ttyNr);
+  return ttyRole(rdev) === 'pty-slave' && dumpHoldsMaster(pid, slaveIndexOf(rdev), options);
+}
+
+/** /dev/tty opened in the task, whose controlling terminal is set again by now. */
+function openCtty(tty: ImageEntry, ctx: FileRestoreContext): number {
+  const inj = ctx.injector;
+  const flags = reopenFlags(Number(tty['flags']));
+  const ret = inj.syscall(NR.openat, [AT_FDCWD, inj.pushData(Buffer.from('/dev/tty\0')), BigInt(flags), 0n]);
+  inj.resetScratch();
+  if (ret < 0n && ret >= -4095n) {
+    if (ret === -6n)
+      // ENXIO: no controlling terminal
+      throw new UnsupportedError(
+        'ctty',
+        `Cannot restore /dev/tty of task ${ctx.pid}: its controlling terminal (a pty of the dump) is not back yet`,
+      );
+    throw taskSyscallError('openat', ret, ['"/dev/tty"', `0${flags.toString(8)}`]);
+  }
+  const fd = Number(ret);
+  try {
+    restoreFown(inj, fd, tty['fown'] as ImageEntry | undefined);
+  } catch (err) {
+    closeInTask(inj, fd);
+    throw err;
+  }
+  return fd;
 }
 
 /** The master's info of a pty slave's info, when the task held both ends. */
@@ -450,6 +489,7 @@ export const ttyFile: FdKindModule = {
         ? `${where}: pty master ${input.link} is not supported (a legacy BSD pty)`
         : undefined;
     if (role === 'pty-slave' && dumpHoldsMaster(input.pid, slaveIndexOf(input.stat.rdev), options)) return undefined;
+    if (role === 'ctty' && cttyIsDumpedPty(input.pid, options)) return undefined;
     if (options.isShellJob !== true)
       return `${where}: terminal ${input.link} is not supported without --shell-job (-j)`;
     return undefined;
@@ -512,6 +552,10 @@ export const ttyFile: FdKindModule = {
     const infos = (await ctx.entriesOf('TTY_INFO')).map((e) => e.entry);
     if (isMasterInfo(info)) return restoreMaster(tty, info, ctx);
     if (pairedMasterOf(info, infos) !== undefined) return restorePairedSlave(tty, info, ctx);
+    // /dev/tty of a task whose controlling terminal is a pty of the dump (restored by now: the
+    // session leader's slave, opened or made its terminal again, comes first): /dev/tty again.
+    if (Number(info['type']) === TTY_TYPE.CTTY && ctx.options?.isShellJob !== true && infos.some(isMasterInfo))
+      return openCtty(tty, ctx);
     checkTtyRestore([entry], infos, ctx.options ?? {});
     const path = criuTerminal();
     const flags = reopenFlags(Number(tty['flags'])) | O_NOCTTY;

@@ -67,20 +67,34 @@ function taskIds(pid: number): TaskIds | undefined {
 }
 
 /**
- * Kill every process of session `sid`, and every process whose command line names `dir` (the
+ * Kill every process of the sessions `sids`, and every process whose command line names `dir` (the
  * test's directory: a restored process's pid or session could differ from the one the test
- * knows), and wait (synchronously: tap removes the test directory without waiting for an async
- * teardown) until none is left running, up to 5 s.
+ * knows), and wait (synchronously) until none is left running, up to 5 s.
  */
-function endProcesses(sid: number, dir: string): void {
+function endProcesses(sids: readonly number[], dir: string): void {
   // DIR through the environment: on this shell's own command line, pkill -f would kill the shell.
-  // Killed again in every round: a process forked while the first round ran escaped it.
-  const alive = 'pgrep -r R,S,D,T,t -s "$SID" || pgrep -r R,S,D,T,t -f "$DIR"';
-  const kill = 'pkill -KILL -s "$SID"; pkill -KILL -f "$DIR"';
+  // Killed again in every round: a process forked while the first round ran escaped it. (A
+  // session 0 would be pkill's own: never asked for.)
+  const bySession = sids.filter((sid) => sid > 0).map((sid) => `-s ${sid}`);
+  const alive = [...bySession.map((s) => `pgrep -r R,S,D,T,t ${s}`), 'pgrep -r R,S,D,T,t -f "$DIR"'].join(' || ');
+  const kill = [...bySession.map((s) => `pkill -KILL ${s}`), 'pkill -KILL -f "$DIR"'].join('; ');
   spawnSync('sh', ['-c', `${kill}; while ${alive} >/dev/null; do ${kill}; sleep 0.01; done`], {
     timeout: 5000,
-    env: { ...process.env, SID: String(sid), DIR: dir },
+    env: { ...process.env, DIR: dir },
   });
+}
+
+/**
+ * The test's directory (t.testdir), with a teardown that first ends the processes of the sessions
+ * `sessions()` (asked at teardown) and those naming the directory: tap runs teardowns in the order
+ * they were added, and t.testdir adds the directory's removal, which a process still writing
+ * there makes fail (ENOTEMPTY).
+ */
+function testDirEnding(t: Test, sessions: () => readonly number[]): string {
+  let dir = '';
+  t.teardown(() => endProcesses(sessions(), dir));
+  dir = t.testdir();
+  return dir;
 }
 
 /**
@@ -458,10 +472,11 @@ t.test(
   'a shell pipeline (sh, its counting subshell with a sleep, cat) counts on after the restore, no line lost',
   { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
   async (t) => {
-    const dir = t.testdir();
+    let sh = 0;
+    const dir = testDirEnding(t, () => [sh]);
     const out = path.join(dir, 'out.txt');
     const lines = (): number[] => linesOf(out).map(Number);
-    const sh = startProgram([
+    sh = startProgram([
       'setsid',
       'sh',
       '-c',
@@ -469,7 +484,6 @@ t.test(
       'sh',
       out,
     ]);
-    t.teardown(() => endProcesses(sh, dir));
     await poll(() => lines().length >= 5, 'five lines', 10_000);
     let atDump = 0;
     if (!(await dumpRestoreDetached(t, dir, sh, 'sh', [], () => (atDump = lines().length)))) return;
@@ -486,13 +500,13 @@ t.test(
   'a python multiprocessing pool works on after the restore, its semaphores shared again',
   { skip: needsRoot, timeout: TEST_TIMEOUT_MS },
   async (t) => {
-    const dir = t.testdir();
+    let python = 0;
+    const dir = testDirEnding(t, () => [python]);
     const script = path.join(dir, 'pool.py');
     writeFileSync(script, PYTHON_POOL);
     const out = path.join(dir, 'out.txt');
     const rounds = (): string[] => linesOf(out);
-    const python = startProgram(['setsid', 'python3', script, out]);
-    t.teardown(() => endProcesses(python, dir));
+    python = startProgram(['setsid', 'python3', script, out]);
     await poll(() => rounds().length >= 3, 'three rounds', 20_000);
     const semaphores = (pid: number): string[] =>
       readFileSync(`/proc/${pid}/maps`, 'utf8')
@@ -526,18 +540,14 @@ t.test(
   async (t) => {
     // script holds the pty's master and a slave; its child, a session leader, has the slave
     // (the same description, inherited) as its controlling terminal and counts into a file.
-    const dir = t.testdir();
+    // Both sessions at the end: script's, and its shell's (it leads a session of its own).
+    let script = 0;
+    let shell = 0;
+    const dir = testDirEnding(t, () => [script, shell]);
     const out = path.join(dir, 'out.txt');
     const loop = path.join(dir, 'loop.sh');
     writeFileSync(loop, `i=0; while :; do i=$((i+1)); echo $i >> '${out}'; echo tick $i; sleep 0.02; done\n`);
-    const script = startProgram(['setsid', 'script', '-q', '-c', `sh ${loop}`, path.join(dir, 'typescript')]);
-    // script's session first: left alone, script writes the end of its typescript once its
-    // shell dies; then the shell's (it leads a session of its own).
-    let shell = 0;
-    t.teardown(() => {
-      endProcesses(script, dir);
-      if (shell > 0) endProcesses(shell, dir);
-    });
+    script = startProgram(['setsid', 'script', '-q', '-c', `sh ${loop}`, path.join(dir, 'typescript')]);
     const lines = (): number[] => linesOf(out).map(Number);
     await poll(() => lines().length >= 5, 'five lines', 10_000);
     shell = Number(readFileSync(`/proc/${script}/task/${script}/children`, 'utf8').trim().split(/\s+/)[0]);
@@ -569,12 +579,12 @@ t.test(
   async (t) => {
     // Children appear, vfork, exec and exit all the time: the dump must take the tree as it is
     // when frozen (a child mid-exit as a zombie or not at all, a vfork child waited out).
-    const dir = t.testdir();
+    let sh = 0;
+    const dir = testDirEnding(t, () => [sh]);
     // At the lowest priority, and with a pause: a loop that forks flat out starves the tests that
     // run beside it (CI saw a worker thread of another test's fixture never run, and an agent
     // miss its pings). Two forks every 5 ms still keep children appearing and exiting.
-    const sh = startProgram(['setsid', 'nice', '-n', '19', 'sh', '-c', 'while :; do /bin/true; sleep 0.005; done']);
-    t.teardown(() => endProcesses(sh, dir));
+    sh = startProgram(['setsid', 'nice', '-n', '19', 'sh', '-c', 'while :; do /bin/true; sleep 0.005; done']);
     const failures: string[] = [];
     for (let i = 0; i < 10; i++) {
       const kind = i % 2 === 0 ? 'dump' : 'pre-dump';
