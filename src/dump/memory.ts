@@ -18,7 +18,7 @@ import { PE_PARENT, PE_PRESENT, type PagemapRun } from '../images/index.js';
 import { log } from '../log.js';
 import type { DumpRange, PageRun } from '../mem/dump-pages.js';
 import { findPageRuns } from '../mem/dump-pages.js';
-import { countPages, intersect, normalize, pageAddr, pageIndex, subtract, type Run } from '../mem/runs.js';
+import { countPages, intersect, normalize, pageAddr, pageIndex, pageRuns, subtract, type Run } from '../mem/runs.js';
 
 /** The part of src/mem/track's DirtyTracker the dumper uses. */
 export interface TrackerLike {
@@ -103,7 +103,7 @@ export async function planMemory(
   const present = normalize(runs.map((r) => ({ start: pageIndex(r.vaddr), end: pageIndex(r.vaddr) + r.nrPages })));
   let inParent: Run[] = [];
   if (dirtyRanges !== null && parent !== null && !(tracker?.fresh ?? true)) {
-    const dirty = normalize(dirtyRanges.map((r) => ({ start: pageIndex(r.start), end: pageIndex(r.end) })));
+    const dirty = pageRuns(dirtyRanges);
     inParent = subtract(intersect(present, parent.known), dirty);
   }
   const copy = subtract(present, inParent);

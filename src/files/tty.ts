@@ -40,7 +40,7 @@
  */
 
 import { fstatSync, readdirSync, readFileSync, readlinkSync, constants as fsc } from 'node:fs';
-import { ImageError, UnsupportedError } from '../errors.js';
+import { ImageError, UnsupportedError, isErrno } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import { O_NOCTTY } from '../kernel/constants.js';
@@ -49,7 +49,7 @@ import { log } from '../log.js';
 import { devMajor, devMinor, kdev } from './dev.js';
 import { setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { AT_FDCWD, closeInTask, reopenFlags, taskSyscallError } from './task-io.js';
+import { AT_FDCWD, closeInTask, openInTask, reopenFlags, taskSyscallError } from './task-io.js';
 import { FD_TYPES, type FdDumpInput, type FdKindModule, type FileOptions, type FileRestoreContext } from './types.js';
 import { readStat } from '../proc/stat.js';
 
@@ -216,8 +216,7 @@ export function checkTtyRestore(
     const infoId = Number((f['tty'] as ImageEntry | undefined)?.['tty_info_id']);
     const info = infos.find((i) => Number(i['id']) === infoId);
     if (info !== undefined && (isMasterInfo(info) || pairedMasterOf(info, infos) !== undefined)) continue;
-    // /dev/tty, when the dump holds a pty master: the controlling terminal is that pty's slave.
-    if (info !== undefined && Number(info['type']) === TTY_TYPE.CTTY && infos.some(isMasterInfo)) continue;
+    if (info !== undefined && isPtyCtty(info, infos)) continue;
     throw new UnsupportedError(
       'shell-job',
       `Cannot restore file ${String(f['id'])}: it is a terminal of a shell job; restore with --shell-job (-j)`,
@@ -303,22 +302,29 @@ function cttyIsDumpedPty(pid: number, options: FileOptions): boolean {
   return ttyRole(rdev) === 'pty-slave' && dumpHoldsMaster(pid, slaveIndexOf(rdev), options);
 }
 
+/** /dev/tty, when the dump holds a pty master: the controlling terminal is that pty's slave. */
+function isPtyCtty(info: ImageEntry, infos: readonly ImageEntry[]): boolean {
+  return Number(info['type']) === TTY_TYPE.CTTY && infos.some(isMasterInfo);
+}
+
 /** /dev/tty opened in the task, whose controlling terminal is set again by now. */
 function openCtty(tty: ImageEntry, ctx: FileRestoreContext): number {
   const inj = ctx.injector;
-  const flags = reopenFlags(Number(tty['flags']));
-  const ret = inj.syscall(NR.openat, [AT_FDCWD, inj.pushData(Buffer.from('/dev/tty\0')), BigInt(flags), 0n]);
-  inj.resetScratch();
-  if (ret < 0n && ret >= -4095n) {
-    if (ret === -6n)
-      // ENXIO: no controlling terminal
+  let fd: number;
+  try {
+    fd = openInTask(inj, '/dev/tty', Number(tty['flags']));
+  } catch (err) {
+    // ENXIO: the task has no controlling terminal.
+    if (isErrno(err, 'ENXIO'))
       throw new UnsupportedError(
         'ctty',
         `Cannot restore /dev/tty of task ${ctx.pid}: its controlling terminal (a pty of the dump) is not back yet`,
+        { cause: err },
       );
-    throw taskSyscallError('openat', ret, ['"/dev/tty"', `0${flags.toString(8)}`]);
+    throw err;
+  } finally {
+    inj.resetScratch();
   }
-  const fd = Number(ret);
   try {
     restoreFown(inj, fd, tty['fown'] as ImageEntry | undefined);
   } catch (err) {
@@ -554,8 +560,7 @@ export const ttyFile: FdKindModule = {
     if (pairedMasterOf(info, infos) !== undefined) return restorePairedSlave(tty, info, ctx);
     // /dev/tty of a task whose controlling terminal is a pty of the dump (restored by now: the
     // session leader's slave, opened or made its terminal again, comes first): /dev/tty again.
-    if (Number(info['type']) === TTY_TYPE.CTTY && ctx.options?.isShellJob !== true && infos.some(isMasterInfo))
-      return openCtty(tty, ctx);
+    if (ctx.options?.isShellJob !== true && isPtyCtty(info, infos)) return openCtty(tty, ctx);
     checkTtyRestore([entry], infos, ctx.options ?? {});
     const path = criuTerminal();
     const flags = reopenFlags(Number(tty['flags'])) | O_NOCTTY;

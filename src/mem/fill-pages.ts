@@ -80,15 +80,7 @@ export async function fillPages(
         : sys.uffdioCopyAsync(uffd, buf, 0, remoteIov(c.runs));
   const chunks = [...chunksOf(sources)];
   const total = chunks.reduce((n, c) => n + c.bytes, 0);
-  const fds = new Map<string, number>();
-  const fdOf = (file: string): number => {
-    let fd = fds.get(file);
-    if (fd === undefined) {
-      fd = openImage(file);
-      fds.set(file, fd);
-    }
-    return fd;
-  };
+  const { fdOf, closeAll } = imageFiles();
   try {
     if (total <= SYNC_MAX_BYTES) {
       // A pooled buffer when there is one (hot), else one just big enough (fewer first touches).
@@ -121,7 +113,7 @@ export async function fillPages(
       await writing;
     }
   } finally {
-    for (const fd of fds.values()) sys.close(fd);
+    closeAll();
   }
   return total / PAGE_SIZE;
 }
@@ -137,19 +129,14 @@ export async function fillChangedPages(
   pid: number,
   sources: readonly PageSource[],
 ): Promise<{ compared: number; written: number }> {
-  const fds = new Map<string, number>();
+  const { fdOf, closeAll } = imageFiles();
   const mem = TaskMemory.open(pid);
   const [image, held] = [copyBuffers.take(), copyBuffers.take()] as [Buffer, Buffer];
   let compared = 0;
   let written = 0;
   try {
     for (const c of chunksOf(sources)) {
-      let fd = fds.get(c.file);
-      if (fd === undefined) {
-        fd = openImage(c.file);
-        fds.set(c.file, fd);
-      }
-      await readChunk(fd, image, c);
+      await readChunk(fdOf(c.file), image, c);
       const got = await mem.readAsync(held, 0, remoteIov(c.runs));
       if (got !== c.bytes)
         throw new TaskError(pid, `Cannot read the memory task ${pid} inherited (${got} of ${c.bytes} bytes)`);
@@ -184,19 +171,33 @@ export async function fillChangedPages(
     }
   } finally {
     mem.close();
-    for (const fd of fds.values()) sys.close(fd);
+    closeAll();
     copyBuffers.give(image);
     copyBuffers.give(held);
   }
   return { compared, written };
 }
 
-function openImage(file: string): number {
-  try {
-    return sys.open(file, O_RDONLY_CLOEXEC, 0);
-  } catch (err) {
-    throw new ImageError(path.basename(file), 'cannot be opened', undefined, { cause: err });
-  }
+/** The pages files a fill reads, each opened once (read-only), and all closed at the end. */
+function imageFiles(): { fdOf: (file: string) => number; closeAll: () => void } {
+  const fds = new Map<string, number>();
+  return {
+    fdOf: (file) => {
+      let fd = fds.get(file);
+      if (fd === undefined) {
+        try {
+          fd = sys.open(file, O_RDONLY_CLOEXEC, 0);
+        } catch (err) {
+          throw new ImageError(path.basename(file), 'cannot be opened', undefined, { cause: err });
+        }
+        fds.set(file, fd);
+      }
+      return fd;
+    },
+    closeAll: () => {
+      for (const fd of fds.values()) sys.close(fd);
+    },
+  };
 }
 
 /** Group sources (kept in order per file) into chunks of at most CHUNK_BYTES and CHUNK_RUNS. */

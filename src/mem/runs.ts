@@ -25,6 +25,11 @@ export function pageAddr(index: number): bigint {
   return BigInt(index * PAGE_SIZE);
 }
 
+/** The pages of byte ranges (page-aligned), as normalized runs. */
+export function pageRuns(ranges: readonly { start: bigint; end: bigint }[]): Run[] {
+  return normalize(ranges.map((r) => ({ start: pageIndex(r.start), end: pageIndex(r.end) })));
+}
+
 /** Sort, and merge runs that overlap or touch. */
 export function normalize(runs: readonly Run[]): Run[] {
   const sorted = runs.filter((r) => r.end > r.start).sort((a, b) => a.start - b.start);

@@ -15,10 +15,8 @@
  */
 
 import { TaskError, isErrno } from '../errors.js';
-import { O_CLOEXEC } from '../kernel/constants.js';
+import { O_CLOEXEC, O_RDONLY } from '../kernel/constants.js';
 import * as sys from '../sys/native.js';
-
-const O_RDONLY = 0;
 
 /** A task's /proc/PID/mem, open for reading: read()/readAsync() have process_vm_readv's result. */
 export class TaskMemory {

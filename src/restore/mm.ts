@@ -24,7 +24,7 @@ import { MAP, VMA_AREA } from '../dump/vma.js';
 import { clipOutSources, clipSources, coverageOf } from '../mem/page-chain.js';
 import { fillChangedPages, fillPages } from '../mem/fill-pages.js';
 import { openUffdFill } from '../mem/uffd-fill.js';
-import { countPages, intersect, normalize, pageAddr, pageIndex, subtract, type Run } from '../mem/runs.js';
+import { countPages, intersect, normalize, pageAddr, pageIndex, pageRuns, subtract, type Run } from '../mem/runs.js';
 import { shmemPagemapFileName } from '../files/image-sink.js';
 import { F_ADD_SEALS, MFD_ALLOW_SEALING } from '../files/memfd.js';
 import { openInTask } from '../files/task-io.js';
@@ -76,8 +76,13 @@ const vmaRun = (v: Vma): Run => ({ start: pageIndex(v.start), end: pageIndex(v.e
 
 const isSpecial = (v: Vma): boolean => (v.status & (VMA_AREA.VDSO | VMA_AREA.VVAR | VMA_AREA.VSYSCALL)) !== 0;
 
-export function dumpedVmas(mm: ImageEntry): { start: bigint; end: bigint }[] {
+/** The VMAs of an mm image. */
+function vmasOf(mm: ImageEntry): Vma[] {
   return ((mm['vmas'] as ImageEntry[] | undefined) ?? []).map(toVma);
+}
+
+export function dumpedVmas(mm: ImageEntry): { start: bigint; end: bigint }[] {
+  return vmasOf(mm);
 }
 
 /** Which VMAs (by index) get pages from the pagemap: they are mapped writable while filled. */
@@ -145,7 +150,7 @@ export async function restoreMemory(
   prefilled?: Prefilled,
   sharedObjects?: SharedObjects,
 ): Promise<{ pagesRestored: number; pagesCompared: number; pagesSkippedCow: number }> {
-  const vmas = ((mm['vmas'] as ImageEntry[] | undefined) ?? []).map(toVma);
+  const vmas = vmasOf(mm);
   let pages: readonly PageSource[] = allPages instanceof PageChain ? [] : allPages;
   const mappedProt = new Map<number, bigint>();
   let restored = 0;
@@ -335,15 +340,13 @@ export function inheritMemory(
   mm: ImageEntry,
   scratch: { start: bigint; end: bigint },
 ): Prefilled {
-  const theirs = ((parentMm['vmas'] as ImageEntry[] | undefined) ?? []).map(toVma).filter(isReusable);
+  const theirs = vmasOf(parentMm).filter(isReusable);
   const same = (a: Vma, b: Vma): boolean =>
     a.start === b.start && a.end === b.end && a.prot === b.prot && a.flags === b.flags && a.madv === b.madv;
-  const mine = ((mm['vmas'] as ImageEntry[] | undefined) ?? []).map(toVma).filter(isReusable);
-  const kept = normalize(mine.filter((v) => theirs.some((w) => same(v, w))).map(vmaRun));
-  const runOf = (x: { start: bigint; end: bigint }): Run => ({ start: pageIndex(x.start), end: pageIndex(x.end) });
-  const held = normalize([runOf(scratch), ...kept]);
+  const kept = pageRuns(vmasOf(mm).filter((v) => isReusable(v) && theirs.some((w) => same(v, w))));
+  const held = normalize([...pageRuns([scratch]), ...kept]);
   const maps = (readMaps(inj.pid) ?? []).filter((m) => m.start < TASK_SIZE);
-  for (const r of subtract(normalize(maps.map(runOf)), held))
+  for (const r of subtract(pageRuns(maps), held))
     inj.syscallOrThrow('munmap', [pageAddr(r.start), BigInt(r.end - r.start) * PAGE]);
   inj.syscallOrThrow('close_range', [0n, 0xffff_ffffn, 0n]);
   return { mapped: kept, present: [], isInherited: true };
@@ -578,7 +581,7 @@ async function createMemfd(inj: Injector, pid: number, inode: ImageEntry, images
 
 /** Put the vDSO (and vvar) back where they were, and check the layout matches the dump. */
 export function restoreVdso(inj: Injector, mm: ImageEntry, pid: number): void {
-  const vmas = ((mm['vmas'] as ImageEntry[] | undefined) ?? []).map(toVma);
+  const vmas = vmasOf(mm);
   const vvar = vmas.filter((v) => (v.status & VMA_AREA.VVAR) !== 0);
   const vdso = vmas.find((v) => (v.status & VMA_AREA.VDSO) !== 0);
   if (vdso === undefined) return; // the task had unmapped it

@@ -35,7 +35,7 @@ import type { Injector } from '../inject/injector.js';
 import { log } from '../log.js';
 import { PageChain, clipSources } from '../mem/page-chain.js';
 import { fillChangedPages, fillPages } from '../mem/fill-pages.js';
-import { intersect, normalize, pageAddr, pageIndex, subtract, type Run } from '../mem/runs.js';
+import { intersect, normalize, pageAddr, pageIndex, pageRuns, subtract, type Run } from '../mem/runs.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import {
   LEADER_SCRATCH_BYTES,
@@ -207,11 +207,9 @@ export class SkeletonTask {
     parentMapped: readonly Run[],
   ): void {
     const same = vmas.filter((v) => parentVmas.some((w) => w.start === v.start && w.end === v.end));
-    const kept = intersect(normalize(same.map((v) => ({ start: pageIndex(v.start), end: pageIndex(v.end) }))), [
-      ...parentMapped,
-    ]);
+    const kept = intersect(pageRuns(same), parentMapped);
     const inj = this.stub.injector;
-    for (const r of subtract([...parentMapped], kept)) inj.syscallOrThrow('munmap', [pageAddr(r.start), len(r)]);
+    for (const r of subtract(parentMapped, kept)) inj.syscallOrThrow('munmap', [pageAddr(r.start), len(r)]);
     this.mapped = kept;
     this.inherited = kept;
   }
@@ -224,7 +222,7 @@ export class SkeletonTask {
   async apply(dir: string, anonVmas: readonly { start: bigint; end: bigint }[]): Promise<SkeletonStats> {
     this.assertLive();
     const inj = this.stub.injector;
-    const want = normalize(anonVmas.map((v) => ({ start: pageIndex(v.start), end: pageIndex(v.end) })));
+    const want = pageRuns(anonVmas);
     this.relocateScratch(want);
     for (const r of subtract(this.mapped, want)) inj.syscallOrThrow('munmap', [pageAddr(r.start), len(r)]);
     const added = subtract(want, this.mapped);
@@ -273,7 +271,7 @@ export class SkeletonTask {
   prepareFinal(layout: readonly { start: bigint; end: bigint }[], nrThreads: number): Stub {
     this.assertLive();
     const size = scratchBytes(nrThreads);
-    const runs = normalize(layout.map((v) => ({ start: pageIndex(v.start), end: pageIndex(v.end) })));
+    const runs = pageRuns(layout);
     this.relocateScratch(runs, size);
     this.isDone = true; // the restore owns the task from here
     return this.stub;

@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
+import { readImage } from '../../src/images/index.js';
 import { criuAsync } from './criu.js';
 import { fixturePath, ROOT } from './fixture.js';
 import type { Test } from 'tap';
@@ -318,4 +319,54 @@ export async function dumpRestoreCheck(t: Test, program: string): Promise<void> 
   const r = await restored.done;
   t.match(w.report(), /PASS/, w.report());
   t.equal(r.status, 0, r.stderr);
+}
+
+/**
+ * Dump process `pid` (its tree) into DIR/img; once it and `others` are gone, `onDumped`; then
+ * restore it detached, expect its pid back, and wait for criu's end (it writes stats-restore after
+ * the pidfile: before the test directory goes). `onDumped` may be async. False, after a failed
+ * assertion, if the dump failed.
+ */
+export async function dumpRestoreDetached(
+  t: Test,
+  dir: string,
+  pid: number,
+  name: string,
+  others: readonly number[] = [],
+  onDumped?: () => unknown,
+): Promise<boolean> {
+  const images = path.join(dir, 'img');
+  const r = await criuAsync(['dump', '-t', String(pid), '-D', images]);
+  if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return false;
+  for (const p of [pid, ...others]) await waitGone(p);
+  await onDumped?.();
+  const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
+  t.equal(restored.pid, pid, `${name} restored with its pid`);
+  const ended = await restored.done;
+  t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
+  return true;
+}
+
+/** Wait until `pid` has ended: gone, or a zombie its parent (init, often) has not reaped yet. */
+export async function waitEnded(pid: number, timeoutMs = 10_000): Promise<void> {
+  await poll(
+    () => !existsSync(`/proc/${pid}`) || /\) Z/.test(readProcFile(`/proc/${pid}/stat`)),
+    `${pid} to end`,
+    timeoutMs,
+  );
+}
+
+function readProcFile(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** A counter of the restore_stats entry criu restore leaves in `imagesDir`/stats-restore (NaN when absent). */
+export async function restoreStat(imagesDir: string, field: string): Promise<number> {
+  const e = (await readImage(path.join(imagesDir, 'stats-restore'), 'STATS')).records[0]?.entry['restore'] as
+    Record<string, unknown> | undefined;
+  return Number(e?.[field]);
 }

@@ -8,6 +8,8 @@
  * writes goes to the pty master (typed on the terminal), what the terminal shows comes back.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { Test } from 'tap';
 
 const RELAY = `
 import os, pty, select, signal, sys
@@ -95,4 +97,45 @@ export function startPtyJob(argv: readonly string[], cwd?: string): PtyJob {
     },
     child,
   };
+}
+
+/** The tests' pty lock: a directory, with the pid of the test process holding it. */
+const PTY_LOCK = '/tmp/criu-ts-tests-pty.lock';
+
+/**
+ * Hold the tests' pty lock until test `t` ends. A restore must get the pty index its dump had
+ * (the lowest free one when the dumped program opened it), and a pty opened meanwhile by a test
+ * running beside it (tap runs test files in parallel) takes that index. Every test that opens
+ * ptys takes the lock first. A lock whose holder is gone is taken over.
+ */
+export async function holdPtys(t: Test, timeoutMs = 120_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      mkdirSync(PTY_LOCK);
+      writeFileSync(`${PTY_LOCK}/pid`, String(process.pid));
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    let holder = 0;
+    try {
+      holder = Number(readFileSync(`${PTY_LOCK}/pid`, 'utf8'));
+    } catch {
+      // being taken or let go right now
+    }
+    if (holder > 0 && !isAlive(holder)) rmSync(PTY_LOCK, { recursive: true, force: true });
+    if (Date.now() > until) throw new Error(`the pty lock is still held by ${holder} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  t.teardown(() => rmSync(PTY_LOCK, { recursive: true, force: true }));
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

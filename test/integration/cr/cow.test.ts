@@ -10,8 +10,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { readImage } from '../../../src/images/index.js';
-import { criuAsync, endExpectPass, startRestore, waitGone } from '../../helpers/cr.js';
+import { criuAsync, dumpRestoreDetached, endExpectPass, restoreStat } from '../../helpers/cr.js';
 import { sharedPages, startCow } from '../../helpers/frames.js';
 import { startCriuPageServer } from '../../helpers/page-server.js';
 import { freePort } from '../../helpers/real-criu.js';
@@ -68,20 +67,12 @@ t.test(
     const { w, p, c, at, pages, expected } = await startCow(t, dir);
 
     const images = path.join(dir, 'img');
-    const d = await criuAsync(['dump', '-t', String(p), '-D', images]);
-    if (!t.equal(d.status, 0, `dump: ${d.stderr}`)) return;
-    for (const pid of [p, c]) await waitGone(pid);
-    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
-    t.equal(restored.pid, p, 'P restored with its pid');
-    const ended = await restored.done;
-    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
+    if (!(await dumpRestoreDetached(t, dir, p, 'P', [c]))) return;
 
     const after = sharedPages(p, c, at, pages);
     t.equal(after, expected, `after the restore, P and C share ${expected} pages again (${after})`);
-    const stats = (await readImage(path.join(images, 'stats-restore'), 'STATS')).records[0]?.entry['restore'] as
-      Record<string, unknown> | undefined;
-    const compared = Number(stats?.['pages_compared']);
-    const skipped = Number(stats?.['pages_skipped_cow']);
+    const compared = await restoreStat(images, 'pages_compared');
+    const skipped = await restoreStat(images, 'pages_skipped_cow');
     t.ok(compared >= pages, `stats-restore: ${compared} pages compared (C's ${pages} among them)`);
     t.ok(skipped >= expected, `stats-restore: ${skipped} pages left shared (${expected} of C's among them)`);
     await endExpectPass(t, w);

@@ -13,8 +13,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { readImage } from '../../../src/images/index.js';
-import { criuAsync, poll, signalTask, startRestore, waitGone } from '../../helpers/cr.js';
+import { dumpRestoreDetached, poll, restoreStat, signalTask, waitEnded } from '../../helpers/cr.js';
 import { NGINX, httpGet, nginxConf, untilServing } from '../../helpers/programs.js';
 import { freePort } from '../../helpers/real-criu.js';
 
@@ -68,15 +67,8 @@ t.test('nginx: dump then restore, it serves on from the same workers and obeys i
   const lastConn = Math.max(...before.map((a) => a.conn));
 
   const images = path.join(dir, 'img');
-  const d = await criuAsync(['dump', '-t', String(master), '-D', images]);
-  if (!t.equal(d.status, 0, `dump: ${d.stderr}`)) return;
-  for (const pid of [master, ...workers]) await waitGone(pid);
-  await t.rejects(httpGet(port, '/'), 'nothing listens while it is dumped');
-
-  const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
-  t.equal(restored.pid, master, 'the master restored with its pid');
-  const ended = await restored.done;
-  t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
+  const nothingListens = (): Promise<unknown> => t.rejects(httpGet(port, '/'), 'nothing listens while it is dumped');
+  if (!(await dumpRestoreDetached(t, dir, master, 'the master', workers, nothingListens))) return;
   t.same(childrenOf(master), workers, 'its two workers are back, its children');
   const after = [];
   for (let i = 0; i < 4; i++) after.push(answer(await httpGet(port, '/')));
@@ -88,9 +80,7 @@ t.test('nginx: dump then restore, it serves on from the same workers and obeys i
     after.every((a) => a.conn > lastConn),
     `the connection counter in the shared zone goes on (${lastConn}, then ${after.map((a) => a.conn).join(' ')})`,
   );
-  const stats = (await readImage(path.join(images, 'stats-restore'), 'STATS')).records[0]?.entry['restore'] as
-    Record<string, unknown> | undefined;
-  const shared = Number(stats?.['pages_skipped_cow']);
+  const shared = await restoreStat(images, 'pages_skipped_cow');
   t.ok(shared > 0, `what the master shared with its workers is shared again (${shared} pages)`);
 
   // The master still commands its workers: SIGHUP starts new ones, and the old ones go.
@@ -107,12 +97,7 @@ t.test('nginx: dump then restore, it serves on from the same workers and obeys i
   const next = answer(await httpGet(port, '/'));
   t.ok(fresh.includes(next.pid), `a new worker answers (${next.pid} of ${fresh.join(' ')})`);
   process.kill(master, 'SIGQUIT');
-  for (const pid of [master, ...fresh])
-    await poll(
-      () => !existsSync(`/proc/${pid}`) || /\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')),
-      `${pid} to end`,
-      10_000,
-    );
+  for (const pid of [master, ...fresh]) await waitEnded(pid);
   t.pass('SIGQUIT ends the master and its workers');
   t.notMatch(
     readFileSync(path.join(dir, 'logs', 'error.log'), 'utf8'),

@@ -13,7 +13,7 @@ import path from 'node:path';
 import t from 'tap';
 import { criuAsync, poll, ROOT, waitGone } from '../../helpers/cr.js';
 import { fixturePath } from '../../helpers/fixture.js';
-import { startPtyJob, type PtyJob } from '../../helpers/job-pty.js';
+import { holdPtys, startPtyJob, type PtyJob } from '../../helpers/job-pty.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
 const CRIU = path.join(ROOT, 'bin/criu.js');
@@ -43,6 +43,7 @@ async function restoreUnderPty(images: string, dir: string, pid: number): Promis
 
 for (const mode of ['dump', 'leave-running'] as const) {
   t.test(`cr_tty: a shell job on a pty survives ${mode} -j then restore -j`, { skip: needsRoot }, async (t) => {
+    await holdPtys(t);
     const dir = t.testdir();
     const report = path.join(dir, 'report.txt');
     const job = startPtyJob([fixturePath('cr_tty'), report]);
@@ -108,6 +109,7 @@ for (const mode of ['dump', 'leave-running'] as const) {
 
 for (const mode of ['dump', 'leave-running'] as const) {
   t.test(`an interactive bash on a pty survives ${mode} -j and restore -j`, { skip: needsRoot }, async (t) => {
+    await holdPtys(t);
     const dir = t.testdir();
     const job = startPtyJob(['bash', '--norc', '--noprofile', '-i'], dir);
     t.teardown(() => job.child.kill('SIGKILL'));
@@ -174,6 +176,7 @@ t.test(
   'an interactive bash with a background job and a stopped one: -j dump and restore keep both',
   { skip: needsRoot },
   async (t) => {
+    await holdPtys(t);
     // bash puts each job in a process group of its own, in its session; the restored tree must keep
     // them its children, in their groups, one stopped, for `jobs`, `kill %N` and `wait` to work.
     const dir = t.testdir();
@@ -234,6 +237,7 @@ t.test(
 );
 
 t.test('dump -j refuses a second terminal besides the shell job', { skip: needsRoot }, async (t) => {
+  await holdPtys(t);
   const dir = t.testdir();
   const other = startPtyJob(['sh', '-c', 'tty; exec sleep 60']);
   t.teardown(() => other.child.kill('SIGKILL'));

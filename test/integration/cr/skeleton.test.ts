@@ -11,20 +11,18 @@
  */
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { readImage } from '../../../src/images/index.js';
 import { preDump, type PreDumpStats, type ProcessLayout } from '../../../src/dump/pre-dump.js';
 import { dump } from '../../../src/dump/index.js';
 import { restore } from '../../../src/restore/index.js';
 import { Skeleton } from '../../../src/restore/skeleton.js';
-import { endExpectPass, signalTask, startWorkload, waitGone, type Workload } from '../../helpers/cr.js';
+import { endExpectPass, restoreStat, signalTask, startWorkload, waitGone, type Workload } from '../../helpers/cr.js';
 import { sharedPages, startCow } from '../../helpers/frames.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
 
 async function restoredPages(dir: string): Promise<number> {
-  const e = (await readImage(path.join(dir, 'stats-restore'), 'STATS')).records[0]?.entry['restore'] as
-    Record<string, unknown> | undefined;
-  return Number(e?.['pages_restored'] ?? -1);
+  const n = await restoreStat(dir, 'pages_restored');
+  return Number.isNaN(n) ? -1 : n;
 }
 
 async function migrateLike(

@@ -10,7 +10,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t from 'tap';
-import { criuAsync, poll, signalTask, startRestore, waitGone } from '../../helpers/cr.js';
+import { dumpRestoreDetached, poll, signalTask, waitEnded } from '../../helpers/cr.js';
+import { holdPtys } from '../../helpers/job-pty.js';
 
 const TMUX = '/usr/bin/tmux';
 const skip =
@@ -31,6 +32,7 @@ t.test(
   'tmux: its server and the shell in its pane come back, with the pane, its state and its terminal',
   { skip },
   async (t) => {
+    await holdPtys(t);
     const dir = t.testdir();
     // A short path: a unix socket's name has room for 107 bytes.
     const sockDir = mkdtempSync(path.join(tmpdir(), 'cts-tmux-'));
@@ -52,14 +54,7 @@ t.test(
       `the shell leads its pane's terminal (${JSON.stringify(before)})`,
     );
 
-    const images = path.join(dir, 'img');
-    const d = await criuAsync(['dump', '-t', String(server), '-D', images]);
-    if (!t.equal(d.status, 0, `dump: ${d.stderr}`)) return;
-    for (const pid of [server, shell]) await waitGone(pid);
-    const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
-    t.equal(restored.pid, server, 'the server restored with its pid');
-    const ended = await restored.done;
-    t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
+    if (!(await dumpRestoreDetached(t, dir, server, 'the server', [shell]))) return;
 
     t.same(ttyOf(shell), before, 'the shell has its terminal and foreground group back');
     tmux('send-keys', '-t', 't', 'echo after $X', 'Enter');
@@ -69,12 +64,7 @@ t.test(
     t.match(pane(), /after 42/, 'a client reaches the server, and keys typed reach the shell, which kept X');
     t.match(pane(), /before 42/, 'the pane kept what it showed');
     tmux('kill-server');
-    for (const pid of [server, shell])
-      await poll(
-        () => !existsSync(`/proc/${pid}`) || /\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')),
-        `${pid} to end`,
-        10_000,
-      );
+    for (const pid of [server, shell]) await waitEnded(pid);
     t.pass('kill-server ends it');
   },
 );

@@ -24,6 +24,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { SYSCALLS_X86_64 } from '../../../src/kernel/syscalls.js';
 import {
+  dumpRestoreDetached,
   criuAsync,
   endExpectPass,
   poll,
@@ -38,6 +39,7 @@ import {
   type Workload,
 } from '../../helpers/cr.js';
 import { PYTHON_POOL } from '../../helpers/programs.js';
+import { holdPtys } from '../../helpers/job-pty.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
 const crit = ['/usr/bin/crit', '/usr/sbin/crit'].find((p) => existsSync(p));
@@ -95,31 +97,6 @@ function testDirEnding(t: Test, sessions: () => readonly number[]): string {
   t.teardown(() => endProcesses(sessions(), dir));
   dir = t.testdir();
   return dir;
-}
-
-/**
- * Dump process `pid` (its tree) into DIR/img; once it and `others` are gone, `onDumped`; then
- * restore it detached, expect its pid back, and wait for criu's end (it writes stats-restore after
- * the pidfile: before the test directory goes). False, after a failed assertion, if the dump failed.
- */
-async function dumpRestoreDetached(
-  t: Test,
-  dir: string,
-  pid: number,
-  name: string,
-  others: readonly number[] = [],
-  onDumped?: () => void,
-): Promise<boolean> {
-  const images = path.join(dir, 'img');
-  const r = await criuAsync(['dump', '-t', String(pid), '-D', images]);
-  if (!t.equal(r.status, 0, `dump: ${r.stderr}`)) return false;
-  for (const p of [pid, ...others]) await waitGone(p);
-  onDumped?.();
-  const restored = await startRestore(['-D', images, '-d'], path.join(dir, 'restored.pid'));
-  t.equal(restored.pid, pid, `${name} restored with its pid`);
-  const ended = await restored.done;
-  t.equal(ended.status, 0, `criu restore -d exits 0 (${ended.stderr})`);
-  return true;
 }
 
 /** SIGTERM to R, the tree's PASS, and the end of `criu restore` (R's parent) with R's status 0. */
@@ -540,6 +517,7 @@ t.test(
   async (t) => {
     // script holds the pty's master and a slave; its child, a session leader, has the slave
     // (the same description, inherited) as its controlling terminal and counts into a file.
+    await holdPtys(t); // its pty's index must be free again at the restore
     // Both sessions at the end: script's, and its shell's (it leads a session of its own).
     let script = 0;
     let shell = 0;

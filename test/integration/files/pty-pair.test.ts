@@ -6,11 +6,13 @@
 import path from 'node:path';
 import t from 'tap';
 import { criuAsync, startRestore, startWorkload, waitGone } from '../../helpers/cr.js';
+import { holdPtys } from '../../helpers/job-pty.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid)';
 
 for (const mode of ['dump', 'leave-running'] as const) {
   t.test(`a pty pair the task owns survives ${mode} then restore, without -j`, { skip: needsRoot }, async (t) => {
+    await holdPtys(t);
     const dir = t.testdir();
     const w = await startWorkload('cr_pty', dir);
     t.teardown(() => w.kill());
