@@ -16,7 +16,8 @@
         "native/task.cc",
         "native/sockets.cc",
         "native/cpuid.cc",
-        "native/net.cc"
+        "native/net.cc",
+        "native/ipc.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],

@@ -24,6 +24,7 @@ import {
   dump,
   killTree,
   preDump,
+  removeSysvShm,
   resumeTree,
   reapWhenDone,
   restore,
@@ -75,7 +76,10 @@ export interface FinalDumpResult {
 
 export class EngineOps {
   /** The frozen sources by root pid: the tree, parents first. */
-  private readonly frozen = new Map<number, { tree: FrozenProcess[]; endTracking: () => Promise<void> }>();
+  private readonly frozen = new Map<
+    number,
+    { tree: FrozenProcess[]; endTracking: () => Promise<void>; sysvShmIds: number[] }
+  >();
   private readonly skeletons = new Map<number, Skeleton>();
   private readonly servers = new Map<number, { server: PageServer; done: Promise<PageServerSummary> }>();
   private nextServerId = 1;
@@ -153,7 +157,11 @@ export class EngineOps {
       ...(sink === undefined ? {} : { sink }),
     });
     if (s.frozen !== undefined)
-      this.frozen.set(pid, { tree: s.frozen, endTracking: s.endTracking ?? (() => Promise.resolve()) });
+      this.frozen.set(pid, {
+        tree: s.frozen,
+        endTracking: s.endTracking ?? (() => Promise.resolve()),
+        sysvShmIds: s.sysvShmIds ?? [],
+      });
     const images = readImageFiles(dir);
     const nowUs = Number(process.hrtime.bigint() / 1000n); // dump()'s clock
     return {
@@ -176,7 +184,11 @@ export class EngineOps {
     if (f !== undefined) {
       // Killed first, then the tracking ended (cheap once the memory is gone); otherwise ended
       // first, so that the task runs on untracked.
-      if (action === 'kill') killTree(f.tree);
+      if (action === 'kill') {
+        // Its System V segments go with it, as in a dump that kills (dump/sysv-shm.ts).
+        for (const line of removeSysvShm(f.sysvShmIds)) log().warn(`agent: ${line}`);
+        killTree(f.tree);
+      }
       await f
         .endTracking()
         .catch((err: unknown) => log().warn(`agent: cannot end the tracking of ${pid}: ${String(err)}`));

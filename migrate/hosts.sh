@@ -1,10 +1,11 @@
 #!/bin/sh
 # Simulated hosts for live migration on one machine (iproute2 netns, unshare, nsenter).
 #
-# Each host is its own network, PID and mount namespace (with its own /proc), so a PID held on one
-# host is free on another, as between real machines: clone3(set_tid) and
-# /proc/sys/kernel/ns_last_pid act per PID namespace. Every host's mount namespace starts as a copy
-# of this machine's, so the repo, node, /dev/shm and /run stay visible inside it.
+# Each host is its own network, PID, IPC and mount namespace (with its own /proc), so a PID held on
+# one host is free on another, as between real machines: clone3(set_tid) and
+# /proc/sys/kernel/ns_last_pid act per PID namespace (and System V IPC ids per IPC namespace).
+# Every host's mount namespace starts as a copy of this machine's, so the repo, node, /dev/shm
+# and /run stay visible inside it.
 #
 # Network: host NAME gets a veth pair; its inside end is eth0 in netns "cts-NAME" with an address
 # from 198.18.0.0/24 (198.18.0.0/15 is reserved for benchmarks and never routed off the machine);
@@ -12,7 +13,7 @@
 # hosts reach each other over veth + bridge, and a controller running here reaches every agent.
 #
 # A host lives as long as its init: a small reaper that is PID 1 of the host's PID namespace,
-# started as `ip netns exec cts-NAME unshare --pid --fork --mount-proc`; later commands join all
+# started as `ip netns exec cts-NAME unshare --pid --ipc --fork --mount-proc`; later commands join all
 # of its namespaces with `nsenter -t INIT -a`. Killing the init kills everything in the host.
 #
 # Usage:
@@ -126,7 +127,7 @@ up_one() {
 		POSIX::close($_) for @fds;
 		open(my $f, ">", $pidfile) or die; print $f "$$\n"; close($f);
 		my $init = q{$0 = "criu-ts-host-init $ARGV[0]"; while (1) { sleep 1 if wait() == -1 }};
-		exec("ip", "netns", "exec", $ns, "unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+		exec("ip", "netns", "exec", $ns, "unshare", "--pid", "--ipc", "--fork", "--mount-proc", "--kill-child",
 			"perl", "-e", $init, $name) or die;
 	' "$STATE/$name/unshare.pid" "$ns" "$name" </dev/null >/dev/null 2>&1 9>&- &
 	n=0

@@ -1,6 +1,6 @@
 /**
  * Simulated hosts for tests, the demo and benchmarks: a TypeScript face of migrate/hosts.sh (read
- * its header for how a host is made: its own network, PID and mount namespace, a veth pair to the
+ * its header for how a host is made: its own network, PID, IPC and mount namespace, a veth pair to the
  * bridge cts-br0, an address in 198.18.0.0/24).
  *
  *   const [src, dst] = await simHosts(['src', 'dst'], { t });

@@ -8,6 +8,7 @@ namespace criu {
 
 void InitNet(Napi::Env env, Napi::Object exports);    // net.cc
 void InitChain(Napi::Env env, Napi::Object exports);  // chain.cc
+void InitIpc(Napi::Env env, Napi::Object exports);    // ipc.cc
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitErrors(env, exports);
@@ -22,6 +23,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSockets(env, exports);
   InitCpuid(env, exports);
   InitNet(env, exports);
+  InitIpc(env, exports);
   return exports;
 }
 

@@ -295,6 +295,14 @@ export function getRobustList(pid: number): { head: bigint; len: bigint };
 export function kcmp(pid1: number, pid2: number, type: number, idx1: bigint, idx2: bigint): number;
 
 // ---------------------------------------------------------------------------------------------
+// System V shared memory.
+
+/** shmget(key, size, flags): the segment's id. */
+export function shmget(key: number, size: number, flags: number): number;
+/** shmctl(id, cmd, buf): buf, when given, is a struct shmid_ds the kernel reads or fills. */
+export function shmctl(id: number, cmd: number, buf: Buffer | null): number;
+
+// ---------------------------------------------------------------------------------------------
 // Processes and signals.
 
 export function kill(pid: number, sig: number): void;

@@ -14,6 +14,7 @@ export {
   stopTree,
   type FrozenProcess,
 } from './dump/freeze.js';
+export { removeSysvShm } from './dump/sysv-shm.js';
 export { connectPageServerSink, type PageServerTarget } from './dump/page-server-sink.js';
 export type { PageSink } from './dump/page-sink.js';
 export { reapWhenDone, restore, type RestoreOptions, type RestoreResult } from './restore/index.js';

@@ -45,7 +45,8 @@ import { preReadMm, type MmPreRead } from './mm.js';
 import { dumpSeccomp } from './seccomp.js';
 import { localPageSink, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, noDumpStats, nowUs, type DumpStats } from './entries.js';
-import { rootIds } from './ids.js';
+import { kobjIds, rootIds } from './ids.js';
+import { dumpSysvShm, removeSysvShm } from './sysv-shm.js';
 import { checkTreeFds, freezeDumpTree, readDumpTree, releaseTree, zombieCore } from './tree.js';
 import { dumpProcess, type ProcessDumpContext } from './process.js';
 import type { PidfdStore } from './pidfd-store.js';
@@ -96,6 +97,8 @@ export type DumpResult = DumpStats & {
   /** With 'keep-frozen': when the task was frozen (nowUs clock: process.hrtime in µs). */
   frozenAtUs?: number;
   endTracking?: () => Promise<void>;
+  /** With 'keep-frozen': the System V segments to remove (removeSysvShm) when it is killed. */
+  sysvShmIds?: number[];
 };
 
 /** Full dumps with fewer bytes of pages than this do not reserve room for them ahead. */
@@ -214,6 +217,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // tree: a description open in several processes is one file entry.
   const filesShared = new Map<string, unknown>();
   let postDumpError: unknown = null;
+  /** The System V segments to remove when the tree is killed. */
+  let sysvShmIds: number[] = [];
   try {
     // Processes forked while the tree was read are checked now (a refusal resumes the tree).
     const fileOptions = treeOptions(tasks);
@@ -251,6 +256,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       extraImages,
       seccomp: dumpSeccomp(tasks.map((t) => ({ pid: t.pid, tids: t.threads.map((inj) => inj.tid) }))),
       dumpedShmem: new Set(),
+      sysvShm: new Map(),
       add,
       fileEntries: [],
       pstree: [],
@@ -268,6 +274,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       ctx.pstree.push({ pid: z.pid, ppid: z.ppid, pgid: st.pgrp, sid: st.session, threads: [z.pid] });
     }
     if (zombies.length > 0) log().info(`Dumped ${zombies.length} zombie(s) of tree ${pid}`);
+    const shm = dumpSysvShm(ctx.sysvShm);
+    if (shm.records.length > 0) {
+      add(imageFileName('IPCNS_SHM', Number(kobjIds(pid).task['ipc_ns_id'] ?? 0)), 'IPCNS_SHM', shm.records);
+      sysvShmIds = shm.removedWithTree;
+      log().info(`Dumped ${shm.records.length} System V shared memory segment(s)`);
+    }
     stats.memdumpTimeUs = nowUs() - tMem;
     // The small images in one synchronous batch (src/images/image-writer.ts says why). Files
     // other modules refer to (a FIFO's path, say) come in as FILES entries of addEntry.
@@ -317,6 +329,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       // userfaultfd has no VMA left to unregister (~40 ms for 1 GiB otherwise). The images are
       // complete: a failure to end the tracking is only logged.
       tasks = null;
+      for (const line of removeSysvShm(sysvShmIds)) log().warn(line);
       // With tracking, the end is collected: see above.
       killTree(ending, { isReaping: trackers.length > 0 || opts.canLeaveKilledUnreaped !== true });
       log().debug(`dump: tree ${pid} killed`);
@@ -326,6 +339,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       // ends the tracking, cheaply: see above) or resumes it (ending the tracking first).
       tasks = null;
       stats.frozen = ending;
+      stats.sysvShmIds = sysvShmIds;
       stats.frozenAtUs = t0; // the freeze began there: its own time is downtime too
       stats.endTracking = () => endTrackers(false);
     } else {

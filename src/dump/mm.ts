@@ -171,7 +171,7 @@ export function dumpMm(pid: number, allocId: () => number, pre: MmPreRead | null
     // A memfd's shmid is the id of its MEMFD file entry, made by dumpMmShmem once the fds are
     // dumped (the same inode may be open as an fd too); shared anonymous memory's is its inode.
     let shmid = 0n;
-    if (isAnonShared) shmid = BigInt(v.inode);
+    if (isAnonShared || (v.status & VMA_AREA.SYSVIPC) !== 0) shmid = BigInt(v.inode);
     else if (v.path !== undefined && !isMemfd && v.isDeleted) shmid = BigInt(deletedFileId({ ...v, path: v.path }));
     else if (v.path !== undefined && !isMemfd) shmid = BigInt(fileId(v.path, v.fdflags));
     const e: ImageEntry = {

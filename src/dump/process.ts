@@ -28,6 +28,7 @@ import { completeMm, dumpMm, dumpMmShmem, MM_CALLS, pathFileEntry, type MmPreRea
 import { parentKnown, type PageSink } from './page-sink.js';
 import type { SeccompDump } from './seccomp.js';
 import type { DumpOptions, DumpResult } from './index.js';
+import { noteSysvShm, type SysvUse } from './sysv-shm.js';
 
 const O_DIRECTORY = 0o200000;
 /** The scratch space made for the injected calls of a dump (the task core's take ~3 KiB). */
@@ -54,6 +55,8 @@ export interface ProcessDumpContext {
   seccomp: SeccompDump;
   /** Shared anonymous objects dumped so far (each once for the tree). */
   dumpedShmem: Set<number>;
+  /** The System V segments the tree's processes attach, by id (dumped once all are seen). */
+  sysvShm: Map<number, SysvUse>;
   /** Add an image to the batch written once every process is dumped. */
   add(name: string, kind: string, entries: ImageToWrite['entries']): void;
   /** files.img: every process's file entries (its mappings' files, then its fds'). */
@@ -79,6 +82,7 @@ export async function dumpProcess(task: FrozenTask, index: number, ctx: ProcessD
   const tp = task.pid;
   log().debug(`dump: mm of ${tp}`);
   const mm = dumpMm(tp, allocId, ctx.mmPre.get(tp) ?? null);
+  noteSysvShm(tp, mm.vmas, ctx.sysvShm);
   const dirEntry = (p: string): number => {
     const id = allocId();
     mm.files.push(pathFileEntry(id, p, O_DIRECTORY, statSync(`/proc/${tp}/root${p}`, { bigint: true })));

@@ -81,11 +81,16 @@ export interface VmaInfo {
   pages: PagesPolicy;
   /** Special kernel areas: "[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", or "". */
   special: string;
-  /** The backing inode number (shmem objects: shared anonymous memory and memfds), else 0. */
+  /**
+   * The backing inode number (shmem objects: shared anonymous memory and memfds; a System V
+   * segment's is its id), else 0.
+   */
   inode: number;
 }
 
 const DELETED = ' (deleted)';
+/** The name the kernel gives a System V segment's file: its key in 8 hex digits. */
+const SYSV_NAME = /^\/SYSV[0-9a-f]{8}$/;
 
 /** Classify one VMA. Throws UnsupportedError for kinds criu-ts cannot dump (device memory, ...). */
 export function classifyVma(e: SmapsEntry): VmaInfo {
@@ -173,8 +178,20 @@ export function classifyVma(e: SmapsEntry): VmaInfo {
     throw new UnsupportedError('vma-special', `Cannot dump ${where}: unknown special mapping`);
   const isDeleted = m.path.endsWith(DELETED);
   const path = isDeleted ? m.path.slice(0, -DELETED.length) : m.path;
-  if (isShared && path.startsWith('/SYSV'))
-    throw new UnsupportedError('vma-sysvipc', `Cannot dump ${where}: System V shared memory is not supported yet`);
+  if ((isShared || f.has('ms')) && isDeleted && SYSV_NAME.test(path)) {
+    // shmat(2): a segment of System V shared memory, the inode number its id (CRIU's vma.shmid).
+    // Its contents go into ipcns-shm-<ns>.img with the segment (src/dump/sysv-shm.ts). Attached
+    // read-only it is not VM_SHARED ("sh"), only VM_MAYSHARE ("ms"), as any shared mapping of a
+    // file opened read-only.
+    return {
+      ...base,
+      flags: MAP.SHARED | extra,
+      status: VMA_AREA.REGULAR | VMA_AREA.SYSVIPC,
+      path: undefined,
+      pages: 'none',
+      special: '',
+    };
+  }
   if (isShared && path === '/dev/zero' && isDeleted) {
     // MAP_SHARED | MAP_ANONYMOUS: a shmem object of its own; CRIU's shmid is its inode number and
     // its pages go into pagemap-shmem-<shmid>.img.

@@ -3,7 +3,8 @@
  *
  * Steps (any failure kills what was created and leaves the images as they were):
  *   1. load and check every image (before any process exists)
- *   2. start the stub as the root's PID and empty it (stub.ts); parents first, each process's
+ *   2. start the stub as the root's PID and empty it (stub.ts); make the System V shared memory
+ *      segments (sysv-shm.ts); parents first, each process's
  *      memory (VMAs, pages, protections: mm.ts), then its children forked from its stub, with
  *      their sessions and groups (tree.ts): a child keeps the private memory it shared with its
  *      parent, copy-on-write, where its pages are the same (mm.ts inheritMemory); last the
@@ -52,6 +53,7 @@ import { nowUs } from '../dump/entries.js';
 import { dumpedVmas, inheritMemory, type Prefilled, type SharedObjects } from './mm.js';
 import { killStub, startStub, waitForFreePid, type Stub } from './stub.js';
 import type { Skeleton } from './skeleton.js';
+import { SysvSegments } from './sysv-shm.js';
 import { runLoggedAction, type ActionHook } from '../actions.js';
 
 export interface RestoreOptions {
@@ -132,6 +134,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     (await img.extras('TTY_INFO')).map((e) => e.entry),
     { isShellJob: opts.isShellJob === true },
   );
+  const sysv = await SysvSegments.load(img.dir);
+  sysv.check();
   await opts.onAction?.('pre-restore', undefined);
   for (const t of [...(skeleton === undefined ? img.tree : []), ...img.zombies]) waitForFreePid(t.pid);
 
@@ -179,6 +183,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     reserving,
     prefilled,
     sharedObjects,
+    sysv,
     ...(treeFiles === undefined ? {} : { treeFiles }),
   };
 
@@ -187,6 +192,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // processes are in theirs already. Memory too, parents first: a child forked once its
     // parent's memory is restored keeps what they shared copy-on-write (mm.ts inheritMemory).
     if (rootSkeleton === undefined) leadAsDumped(rootStub, img.pstree);
+    sysv.create();
     await restoreProcessMemory(rootProc, ctx);
     for (const t of img.tree.slice(1)) {
       const parent = procs.find((p) => p.img.pid === Number(t.pstree['ppid'])) as Restoring;
@@ -223,10 +229,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // once every process has its own.
     for (const p of procs) await p.finishFiles();
     for (const p of procs) completeProcess(p, ctx);
+    sysv.finish();
     // The tree is whole, not yet running: a failed post-restore action kills it (below).
     await opts.onAction?.('post-restore', pid);
   } catch (err) {
     skeleton?.abort(); // what the restore has not taken from it yet
+    sysv.removeMade();
     for (const z of zombieStubs) killStub(z.pid);
     for (const p of [...procs].reverse()) {
       for (const inj of [...p.threads, p.stub.injector]) {

@@ -30,6 +30,7 @@ import { F_ADD_SEALS, MFD_ALLOW_SEALING } from '../files/memfd.js';
 import { openInTask } from '../files/task-io.js';
 import { O_CLOEXEC } from '../kernel/constants.js';
 import { TASK_SIZE } from './stub.js';
+import type { SysvSegments } from './sysv-shm.js';
 
 const PAGE = 4096n;
 const PROT_WRITE = 2n;
@@ -149,6 +150,7 @@ export async function restoreMemory(
   fileName: (id: number) => string,
   prefilled?: Prefilled,
   sharedObjects?: SharedObjects,
+  sysv?: SysvSegments,
 ): Promise<{ pagesRestored: number; pagesCompared: number; pagesSkippedCow: number }> {
   const vmas = vmasOf(mm);
   let pages: readonly PageSource[] = allPages instanceof PageChain ? [] : allPages;
@@ -200,6 +202,11 @@ export async function restoreMemory(
     for (let i = 0; i < vmas.length; i++) {
       const v = vmas[i] as Vma;
       if (isSpecial(v) || (v.status & VMA_AREA.REGULAR) === 0 || (v.status & VMA_AREA.MEMFD) !== 0) continue;
+      if ((v.status & VMA_AREA.SYSVIPC) !== 0) {
+        if (mappedProt.has(i)) continue; // attached with the first piece of its attachment
+        attachSysv(inj, vmas, i, mappedProt, sysv);
+        continue;
+      }
       if ((v.status & VMA_AREA.ANON_SHARED) !== 0) {
         if (mappedProt.has(i)) continue; // mapped with the first piece of its object
         restored += await mapAnonShared(inj, vmas, i, imagesDir, mappedProt, sharedObjects);
@@ -437,6 +444,35 @@ async function mapAnonShared(
   for (const j of group) mappedProt.set(j, prot);
   shared?.set(shmid, { pid: inj.pid, addr: head.start });
   return fillShmemMapping(inj, imagesDir, shmid, head.start, head.pgoff, len);
+}
+
+/**
+ * A System V attachment: its VMAs (contiguous, one segment; mprotect splits one) attached at once
+ * with every protection any of them has, then mprotected piece by piece in step 3.
+ */
+function attachSysv(
+  inj: Injector,
+  vmas: readonly Vma[],
+  first: number,
+  mappedProt: Map<number, bigint>,
+  sysv: SysvSegments | undefined,
+): void {
+  const head = vmas[first] as Vma;
+  const group = [first];
+  for (let j = first + 1; j < vmas.length; j++) {
+    const o = vmas[j] as Vma;
+    const prev = vmas[j - 1] as Vma;
+    if ((o.status & VMA_AREA.SYSVIPC) === 0 || o.shmid !== head.shmid || o.start !== prev.end) break;
+    group.push(j);
+  }
+  const prot = group.reduce((p, j) => p | (vmas[j] as Vma).prot, 0n);
+  if (sysv === undefined)
+    throw new ImageError(
+      'mm image',
+      `System V shared memory at 0x${head.start.toString(16)} needs its segment's image`,
+    );
+  sysv.attach(inj, head.shmid, head.start, prot);
+  for (const j of group) mappedProt.set(j, prot);
 }
 
 /**

@@ -18,6 +18,7 @@ import { prepareDeletedMappings, removeMaterializedGhosts } from '../files/vma-g
 import type { RestoreImages, TaskImages } from './images.js';
 import { restoreSeccomp } from './seccomp.js';
 import { restoreCreds } from './creds.js';
+import type { SysvSegments } from './sysv-shm.js';
 import { restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso, type SharedObjects } from './mm.js';
 import { threadScratch, THREAD_SCRATCH_BYTES, type Stub } from './stub.js';
 import type { Prefilled } from './mm.js';
@@ -66,6 +67,8 @@ export interface ProcessRestoreContext {
   prefilled: ReadonlyMap<number, Prefilled>;
   /** Shared anonymous memory made by one process of the tree, mapped from it by the others. */
   sharedObjects: SharedObjects;
+  /** The dump's System V shared memory segments, made before the first process's memory. */
+  sysv: SysvSegments;
   /** In a tree: the descriptions restored so far, for the processes that share them. */
   treeFiles?: TreeFiles;
 }
@@ -97,6 +100,7 @@ export async function restoreProcessMemory(p: Restoring, ctx: ProcessRestoreCont
     (id) => ghostPaths.get(id) ?? fileName(id),
     ctx.prefilled.get(t.pid),
     ctx.sharedObjects,
+    ctx.sysv,
   );
   p.pagesRestored = got.pagesRestored;
   p.pagesCompared = got.pagesCompared;

@@ -120,6 +120,8 @@ export const {
   prlimit,
   getRobustList,
   kcmp,
+  shmget,
+  shmctl,
   kill,
   tgkill,
   gettid,

@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
-import { startAgentIn, type HostProcess, type SimHost } from '../../migrate/sim-hosts.js';
+import { simHosts, startAgentIn, type HostProcess, type SimHost } from '../../migrate/sim-hosts.js';
 import { poll } from './cr.js';
 import { ROOT } from './fixture.js';
 
@@ -72,4 +72,24 @@ export function runMigrate(
     child.on('close', (status) => resolve({ status, stdout, stderr }));
     onSpawn?.(child);
   });
+}
+
+/**
+ * Two simulated hosts, SRC and DST, each with an agent (DST's started with `dstArgs`); `dir`: the
+ * test's directory.
+ */
+export async function hostPair(
+  t: Test,
+  dstArgs: readonly string[] = [],
+): Promise<{
+  src: SimHost;
+  dst: SimHost;
+  dir: string;
+  a: Awaited<ReturnType<typeof startAgent>>;
+  b: Awaited<ReturnType<typeof startAgent>>;
+}> {
+  const [src, dst] = await simHosts(['src', 'dst'], { t });
+  if (src === undefined || dst === undefined) throw new Error('no hosts');
+  const dir = t.testdir();
+  return { src, dst, dir, a: await startAgent(t, src, dir), b: await startAgent(t, dst, dir, undefined, dstArgs) };
 }

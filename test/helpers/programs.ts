@@ -5,8 +5,8 @@
  * state: it must never change. PROGRAMS starts each as a workload (cr.ts). And a server: a
  * python asyncio counter (ASYNCIO_COUNTER) and its client (askCounter).
  */
-import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { execFile, execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
 import { createConnection } from 'node:net';
 import path from 'node:path';
@@ -230,4 +230,61 @@ http {
   }
 }
 `;
+}
+
+/** Debian's PostgreSQL 15 (package postgresql-15, installed by .ci/run). */
+export const PG_BIN = '/usr/lib/postgresql/15/bin';
+
+/** Runs a shell command somewhere (here, or in a simulated host: SimHost.exec). */
+export type ShellRunner = (cmd: string) => Promise<{ status: number | null; stdout: string; stderr: string }>;
+
+/** Run `cmd` here with sh -c. */
+export const runHere: ShellRunner = (cmd) =>
+  new Promise((resolve) => {
+    execFile('sh', ['-c', cmd], { encoding: 'utf8' }, (err, stdout, stderr) =>
+      resolve({ status: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr }),
+    );
+  });
+
+export interface Postgres {
+  /** The postmaster's pid (in the PID namespace it was started in). */
+  pid: number;
+  dataDir: string;
+  logFile: string;
+  /** Run `sql` through psql as the postgres user (`run`: where): its output, unaligned, tuples only. */
+  psql(sql: string, run?: ShellRunner): Promise<string>;
+}
+
+const quote = (s: string): string => `'${s.replaceAll("'", "'\\''")}'`;
+const asPostgres = (argv: readonly string[]): string =>
+  ['setpriv', '--reuid=postgres', '--regid=postgres', '--clear-groups', '--', ...argv].map(quote).join(' ');
+
+/**
+ * A cluster of its own in `dir` (made by initdb, owned by the postgres user), started by `run`
+ * (here unless given) on a unix socket only, in `dir`: resolves once it accepts connections.
+ * postgres refuses to run as root, so it runs as the postgres user; `dir` must be one that user
+ * can reach (not under /work). `before`: shell commands run first, in the same shell.
+ */
+export async function startPostgres(
+  dir: string,
+  port: number,
+  opts: { run?: ShellRunner; before?: string } = {},
+): Promise<Postgres> {
+  const run = opts.run ?? runHere;
+  const dataDir = path.join(dir, 'data');
+  const logFile = path.join(dir, 'postgres.log');
+  execFileSync('chown', ['postgres:postgres', dir]);
+  const options = ['-k', dir, '-p', String(port), '-c', 'listen_addresses=', '-c', 'fsync=off'].join(' ');
+  const init = asPostgres([path.join(PG_BIN, 'initdb'), '-D', dataDir, '-A', 'trust', '-U', 'postgres', '--no-sync']);
+  const start = asPostgres([path.join(PG_BIN, 'pg_ctl'), '-D', dataDir, '-l', logFile, '-o', options, 'start', '-w']);
+  const r = await run(`cd ${quote(dir)} && ${init} >/dev/null && ${opts.before ?? ':'}; ${start} >/dev/null`);
+  if (r.status !== 0) throw new Error(`postgres does not start: ${r.stderr}`);
+  const pid = Number(readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  const psql = async (sql: string, where = run): Promise<string> => {
+    const argv = [path.join(PG_BIN, 'psql'), '-h', dir, '-p', String(port), '-U', 'postgres', '-X', '-A', '-t'];
+    const q = await where(`${asPostgres([...argv, '-v', 'ON_ERROR_STOP=1', '-c', sql])}`);
+    if (q.status !== 0) throw new Error(`psql: ${q.stderr}`);
+    return q.stdout.trim();
+  };
+  return { pid, dataDir, logFile, psql };
 }

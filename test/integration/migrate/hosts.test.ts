@@ -1,6 +1,6 @@
 /**
- * Simulated hosts (migrate/hosts.sh through migrate/sim-hosts.ts): each is its own network, PID
- * and mount namespace, hosts reach each other and this namespace reaches them, a PID held on one
+ * Simulated hosts (migrate/hosts.sh through migrate/sim-hosts.ts): each is its own network, PID,
+ * IPC and mount namespace, hosts reach each other and this namespace reaches them, a PID held on one
  * is free on the other, criu's needs (repo, node, /dev/shm, /run) are visible inside, and `down`
  * leaves nothing behind, also after a crash.
  */
@@ -43,8 +43,8 @@ t.test('two hosts: namespaces, network, visibility, free PIDs, clean down', { sk
   t.match(netnsList(), new RegExp(`^cts-${src.hostName}\\b`, 'm'));
   t.ok(linkExists(`cts-${dst.hostName}`), 'the outside end of the veth pair');
 
-  // Own namespaces: PID, network and mount differ from ours and from each other.
-  for (const ns of ['pid', 'net', 'mnt']) {
+  // Own namespaces: PID, network, IPC and mount differ from ours and from each other.
+  for (const ns of ['pid', 'net', 'ipc', 'mnt']) {
     const ours = readlinkSync(`/proc/self/ns/${ns}`);
     const a = await execOk(t, src, `readlink /proc/self/ns/${ns}`);
     const b = await execOk(t, dst, `readlink /proc/self/ns/${ns}`);

@@ -7,10 +7,9 @@
  */
 import path from 'node:path';
 import t from 'tap';
-import { simHosts } from '../../../migrate/sim-hosts.js';
 import { fixturePath } from '../../helpers/fixture.js';
 import { poll } from '../../helpers/cr.js';
-import { runMigrate, startAgent, startOnHost, tokenFile } from '../../helpers/migrate.js';
+import { hostPair, runMigrate, startOnHost, tokenFile } from '../../helpers/migrate.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (namespaces, ptrace, clone3 set_tid)';
 
@@ -20,11 +19,7 @@ t.test(
   'migrate a process that dirties memory: same PID on DST, state intact, source gone',
   { skip: needsRoot },
   async (t) => {
-    const [src, dst] = await simHosts(['src', 'dst'], { t });
-    if (src === undefined || dst === undefined) throw new Error('no hosts');
-    const dir = t.testdir();
-    const a = await startAgent(t, src, dir);
-    const b = await startAgent(t, dst, dir);
+    const { src, dst, dir, a, b } = await hostPair(t);
     const w = await startOnHost(t, src, [fixturePath('migrate_counter'), '64', '10'], path.join(dir, 'report.txt'));
     await w.waitFor(/COUNT[^\n]*\n[^\n]*COUNT/, 10_000); // two reports: it runs
     const r = await runMigrate(['--json', '--token-file', tokenFile(dir), a.target, b.target, String(w.pid)]);

@@ -8,14 +8,16 @@
  * four on DST, and passes its own checks there. A shell forking a new child every 50 ms (its tree
  * changes between iterations) moves too and counts on. nginx (a master and two workers, a shared
  * memory zone) moves and serves on DST from the same workers, its connection counter going on.
+ * PostgreSQL (six processes, shared buffers, a System V segment: each host has its own IPC
+ * namespace, as real machines do) moves and answers on DST from the same processes.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t from 'tap';
-import { simHosts } from '../../../migrate/sim-hosts.js';
-import { poll } from '../../helpers/cr.js';
+import { poll, sleep } from '../../helpers/cr.js';
 import { fixturePath } from '../../helpers/fixture.js';
-import { runMigrate, startAgent, startOnHost, tokenFile } from '../../helpers/migrate.js';
+import { hostPair, runMigrate, startOnHost, tokenFile } from '../../helpers/migrate.js';
 import {
   ASYNCIO_COUNTER,
   askCounter,
@@ -23,7 +25,9 @@ import {
   NGINX,
   nginxConf,
   NODE,
+  PG_BIN,
   PYTHON,
+  startPostgres,
   untilServing,
 } from '../../helpers/programs.js';
 import { freePort } from '../../helpers/real-criu.js';
@@ -37,11 +41,7 @@ for (const prog of [
   { name: 'node', file: 'progress.mjs', text: NODE, argv: (f: string) => ['/usr/bin/env', '-i', process.execPath, f] },
 ]) {
   t.test(`${prog.name} migrates live and keeps its state`, { skip: needsRoot }, async (t) => {
-    const [src, dst] = await simHosts(['src', 'dst'], { t });
-    if (src === undefined || dst === undefined) throw new Error('no hosts');
-    const dir = t.testdir();
-    const a = await startAgent(t, src, dir);
-    const b = await startAgent(t, dst, dir);
+    const { src, dst, dir, a, b } = await hostPair(t);
     const script = path.join(dir, prog.file);
     writeFileSync(script, prog.text);
     const w = await startOnHost(t, src, prog.argv(script), path.join(dir, 'report.txt'));
@@ -72,11 +72,7 @@ for (const prog of [
 }
 
 t.test('a python asyncio server migrates live and serves its count on DST', { skip: needsRoot }, async (t) => {
-  const [src, dst] = await simHosts(['src', 'dst'], { t });
-  if (src === undefined || dst === undefined) throw new Error('no hosts');
-  const dir = t.testdir();
-  const a = await startAgent(t, src, dir);
-  const b = await startAgent(t, dst, dir);
+  const { src, dst, dir, a, b } = await hostPair(t);
   const script = path.join(dir, 'counter.py');
   writeFileSync(script, ASYNCIO_COUNTER);
   // Bound to every address: the restored socket binds again on DST, whose address differs.
@@ -99,11 +95,7 @@ t.test('a python asyncio server migrates live and serves its count on DST', { sk
 });
 
 t.test('a process tree (cr_tree) migrates live and passes its checks on DST', { skip: needsRoot }, async (t) => {
-  const [src, dst] = await simHosts(['src', 'dst'], { t });
-  if (src === undefined || dst === undefined) throw new Error('no hosts');
-  const dir = t.testdir();
-  const a = await startAgent(t, src, dir);
-  const b = await startAgent(t, dst, dir, undefined, ['-v', '3']);
+  const { src, dst, dir, a, b } = await hostPair(t, ['-v', '3']);
   const w = await startOnHost(t, src, [fixturePath('cr_tree')], path.join(dir, 'report.txt'));
   const tree = /^TREE R=(\d+) A=(\d+) B=(\d+) G=(\d+)$/m.exec(w.report())?.slice(1).map(Number) ?? [];
   t.equal(tree.length, 4, `four processes: ${w.report()}`);
@@ -131,11 +123,7 @@ t.test('a process tree (cr_tree) migrates live and passes its checks on DST', { 
 });
 
 t.test('a shell forking a child every 50 ms migrates live and counts on', { skip: needsRoot }, async (t) => {
-  const [src, dst] = await simHosts(['src', 'dst'], { t });
-  if (src === undefined || dst === undefined) throw new Error('no hosts');
-  const dir = t.testdir();
-  const a = await startAgent(t, src, dir);
-  const b = await startAgent(t, dst, dir, undefined, ['-v', '3']);
+  const { src, dst, dir, a, b } = await hostPair(t, ['-v', '3']);
   // $0 is the report file (startOnHost's last argument).
   const loop = 'echo "READY $$" > "$0"; i=0; while :; do i=$((i+1)); echo "TICK $i" >> "$0"; sleep 0.05; done';
   const w = await startOnHost(t, src, ['/bin/sh', '-c', loop], path.join(dir, 'report.txt'));
@@ -161,11 +149,7 @@ t.test(
   'nginx migrates live: DST serves from the same workers, its connection counter going on',
   { skip: needsRoot || (existsSync(NGINX) ? false : `${NGINX} is not installed (.ci/run installs nginx-light)`) },
   async (t) => {
-    const [src, dst] = await simHosts(['src', 'dst'], { t });
-    if (src === undefined || dst === undefined) throw new Error('no hosts');
-    const dir = t.testdir();
-    const a = await startAgent(t, src, dir);
-    const b = await startAgent(t, dst, dir);
+    const { src, dst, dir, a, b } = await hostPair(t);
     mkdirSync(path.join(dir, 'logs'));
     mkdirSync(path.join(dir, 'tmp'));
     const port = freePort();
@@ -209,5 +193,53 @@ t.test(
       `kill -QUIT ${master}; for i in $(seq 100); do kill -0 ${master} 2>/dev/null || exit 0; sleep 0.1; done; exit 1`,
     );
     t.equal(q.status, 0, 'SIGQUIT ends it on DST');
+  },
+);
+
+t.test(
+  'postgres migrates live: DST answers from the same processes, its System V segment moved',
+  {
+    skip:
+      needsRoot ||
+      (existsSync(path.join(PG_BIN, 'postgres'))
+        ? false
+        : `${PG_BIN} is not installed (.ci/run installs postgresql-15)`),
+  },
+  async (t) => {
+    const { src, dst, dir, a, b } = await hostPair(t);
+    // postgres runs as its own user, which cannot reach the test directory under /work.
+    const pgDir = mkdtempSync(path.join(tmpdir(), 'criu-ts-pg-'));
+    // PIDs above 20000 (free on DST).
+    const pg = await startPostgres(pgDir, freePort(), {
+      run: (cmd) => src.exec(cmd),
+      before: 'echo 19999 > /proc/sys/kernel/ns_last_pid',
+    });
+    t.teardown(async () => {
+      for (const h of [src, dst]) await h.exec(`pkill -KILL -f '${pg.dataDir}'`).catch(() => undefined);
+      rmSync(pgDir, { recursive: true, force: true });
+    });
+    const ipcs = async (h: typeof src): Promise<string> => (await h.exec('tail -n +2 /proc/sysvipc/shm')).stdout.trim();
+    t.notSame(await ipcs(src), '', 'its System V segment on SRC');
+    t.equal(await ipcs(dst), '', 'none on DST (an IPC namespace of its own)');
+    await pg.psql('CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 500);');
+    const childrenOn = async (h: typeof src): Promise<string> =>
+      (await h.exec(`cat /proc/${pg.pid}/task/${pg.pid}/children`)).stdout.trim();
+    for (let i = 0; i < 100 && (await childrenOn(src)).split(/\s+/).length !== 5; i++) await sleep(100);
+    const children = await childrenOn(src);
+    const r = await runMigrate(['--json', '--token-file', tokenFile(dir), a.target, b.target, String(pg.pid)]);
+    t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
+    t.comment(`downtime ${(JSON.parse(r.stdout) as Record<string, number>)['downtime_ms']} ms`);
+    t.equal(await childrenOn(dst), children, `the same processes on DST (${children})`);
+    t.equal(await ipcs(src), '', 'the segment left SRC');
+    t.match(await ipcs(dst), new RegExp(`^\\s*\\d+\\s+\\d+\\s+600\\s+56\\s+`), 'and is on DST');
+    t.equal(await pg.psql('SELECT count(*) FROM t', (cmd) => dst.exec(cmd)), '500', 'DST answers: the table');
+    await pg.psql('INSERT INTO t VALUES (501)', (cmd) => dst.exec(cmd));
+    t.equal(await pg.psql('SELECT max(n) FROM t', (cmd) => dst.exec(cmd)), '501', 'and writes');
+    const q = await dst.exec(
+      `kill -INT ${pg.pid}; for i in $(seq 100); do kill -0 ${pg.pid} 2>/dev/null || exit 0; sleep 0.1; done; exit 1`,
+    );
+    t.equal(q.status, 0, 'a fast shutdown ends it on DST');
+    t.match(readFileSync(pg.logFile, 'utf8'), /database system is shut down/, 'cleanly');
+    t.equal(await ipcs(dst), '', 'postgres removed its segment on DST');
   },
 );

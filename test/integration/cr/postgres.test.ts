@@ -1,0 +1,93 @@
+/**
+ * PostgreSQL 15 (Debian's postgresql-15, which .ci/run installs), a server no one here wrote: a
+ * postmaster and five processes it forked (checkpointer, background writer, WAL writer,
+ * autovacuum and logical replication launchers), sharing its buffers in 140 MiB of shared
+ * anonymous memory, a POSIX shared memory file in /dev/shm, and a System V segment (its
+ * interlock, which its children attach too); each child waits in epoll on a signalfd and the
+ * postmaster's pipes. Dumped as a tree and restored, it answers from the same processes: what a
+ * table held is there, new connections (each a new backend forked by the restored postmaster)
+ * write to it, and a fast shutdown ends it cleanly (a checkpoint, and its System V segment
+ * removed by itself).
+ */
+import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import t from 'tap';
+import { readShmSegments } from '../../../src/proc/sysvipc.js';
+import { dumpRestoreDetached, poll, signalTask, waitEnded } from '../../helpers/cr.js';
+import { PG_BIN, startPostgres } from '../../helpers/programs.js';
+import { freePort } from '../../helpers/real-criu.js';
+
+const skip =
+  process.getuid?.() !== 0
+    ? 'needs root (ptrace, clone3 set_tid)'
+    : existsSync(path.join(PG_BIN, 'postgres'))
+      ? false
+      : `${PG_BIN}/postgres is not installed (.ci/run installs postgresql-15)`;
+
+function childrenOf(pid: number): number[] {
+  const text = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
+  return text === '' ? [] : text.split(/\s+/).map(Number).sort();
+}
+
+/** The System V segments process `pid` attaches (ids, from its maps). */
+function sysvIdsOf(pid: number): number[] {
+  const maps = readFileSync(`/proc/${pid}/maps`, 'utf8');
+  return [...maps.matchAll(/ 00:\w+ (\d+)\s+\/SYSV[0-9a-f]{8} \(deleted\)$/gm)].map((m) => Number(m[1]));
+}
+
+t.test(
+  'postgres: dump then restore, it answers from the same processes and shuts down cleanly',
+  { skip },
+  async (t) => {
+    // postgres runs as its own user, which cannot reach the test directory under /work.
+    const dir = mkdtempSync(path.join(tmpdir(), 'criu-ts-pg-'));
+    const pg = await startPostgres(dir, freePort());
+    t.teardown(() => {
+      if (existsSync(`/proc/${pg.pid}`)) for (const c of childrenOf(pg.pid)) signalTask(c, 'SIGKILL');
+      signalTask(pg.pid, 'SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    });
+    await pg.psql(
+      'CREATE TABLE t (n int, s text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g;',
+    );
+    const digest = await pg.psql("SELECT count(*), md5(string_agg(s, ',' ORDER BY n)) FROM t");
+    // The children it keeps (a backend of the last psql may still be leaving).
+    await poll(() => childrenOf(pg.pid).length === 5, 'five processes of postgres', 10_000);
+    const children = childrenOf(pg.pid);
+    const [segment] = sysvIdsOf(pg.pid);
+    t.ok(segment !== undefined, `the postmaster attaches a System V segment (${segment})`);
+    const before = readShmSegments().get(segment as number);
+
+    const isDumped = await dumpRestoreDetached(t, dir, pg.pid, 'the postmaster', children, () => {
+      t.notOk(readShmSegments().has(segment as number), 'the segment left with the dumped tree');
+    });
+    if (!isDumped) return;
+    t.same(childrenOf(pg.pid), children, 'the same five processes');
+    const after = readShmSegments().get(segment as number);
+    t.same(
+      after === undefined
+        ? undefined
+        : { key: after.key, size: after.size, mode: after.mode, uid: after.uid, nattch: after.nattch },
+      before === undefined
+        ? undefined
+        : { key: before.key, size: before.size, mode: before.mode, uid: before.uid, nattch: before.nattch },
+      'its System V segment is back: id, key, size, mode, owner, attachments',
+    );
+    t.equal(
+      await pg.psql("SELECT count(*), md5(string_agg(s, ',' ORDER BY n)) FROM t"),
+      digest,
+      'the table is as it was',
+    );
+    await pg.psql("INSERT INTO t VALUES (1001, 'after the restore'); UPDATE t SET s = 'x' WHERE n = 1;");
+    t.equal(await pg.psql('SELECT count(*) FROM t'), '1001', 'a new connection writes');
+    t.equal(await pg.psql('SELECT s FROM t WHERE n = 1001'), 'after the restore', 'and reads back');
+
+    signalTask(pg.pid, 'SIGINT'); // fast shutdown
+    await waitEnded(pg.pid, 20_000);
+    const log = readFileSync(pg.logFile, 'utf8');
+    t.match(log, /database system is shut down/, 'a clean shutdown');
+    t.notMatch(log, /PANIC|terminated by signal/, 'no crash in its log');
+    t.notOk(readShmSegments().has(segment as number), 'postgres removed its segment itself');
+  },
+);
