@@ -178,6 +178,18 @@ Napi::Value Fsync(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// lseek(fd, offset, whence): the new offset (SEEK_DATA / SEEK_HOLE find a file's holes; ENXIO:
+// no data at or after the offset).
+Napi::Value Lseek(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  int64_t offset = ArgBigInt64(info, 1, "offset");
+  int whence = ArgInt32(info, 2, "whence");
+  off_t r = lseek(fd, static_cast<off_t>(offset), whence);
+  if (r < 0) ThrowSyscall(env, "lseek", errno, {fd, static_cast<long>(offset), whence});
+  return Napi::BigInt::New(env, static_cast<int64_t>(r));
+}
+
 // open_by_handle_at(mount_fd, {handle_bytes, handle_type, f_handle}, flags): the handle's bytes
 // come as a Buffer, its type as a number (the two fields of struct file_handle besides the bytes).
 Napi::Value OpenByHandleAt(const Napi::CallbackInfo& info) {
@@ -217,6 +229,7 @@ void InitFileIo(Napi::Env env, Napi::Object exports) {
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("fallocateAsync", Napi::Function::New(env, FallocateAsync, "fallocateAsync"));
   exports.Set("fsync", Napi::Function::New(env, Fsync, "fsync"));
+  exports.Set("lseek", Napi::Function::New(env, Lseek, "lseek"));
   exports.Set("openByHandleAt", Napi::Function::New(env, OpenByHandleAt, "openByHandleAt"));
 }
 

@@ -209,6 +209,8 @@ export function fallocate(fd: number, mode: number, offset: bigint, len: bigint)
 export function fallocateAsync(fd: number, mode: number, offset: bigint, len: bigint): Promise<void>;
 /** fsync(fd). */
 export function fsync(fd: number): void;
+/** lseek(fd, offset, whence): the new offset; SEEK_DATA past the last data throws ENXIO. */
+export function lseek(fd: number, offset: bigint, whence: number): bigint;
 /**
  * open_by_handle_at(mountFd, handle, flags): open the file a file handle (name_to_handle_at,
  * or an inotify/fanotify mark's fdinfo "f_handle") names, on the filesystem `mountFd` is on (any

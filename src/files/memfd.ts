@@ -24,9 +24,9 @@
  * (memory dump) must use the same inode ids: see `memfdInodeId`.
  */
 
-import { existsSync, fchmodSync, fchownSync, ftruncateSync } from 'node:fs';
+import { closeSync, existsSync, fchmodSync, fchownSync, ftruncateSync, openSync } from 'node:fs';
 import { join } from 'node:path';
-import { ImageError, UnsupportedError } from '../errors.js';
+import { ImageError, isErrno, UnsupportedError } from '../errors.js';
 import { PAGE_SIZE, PE_PRESENT, PagesReader, imageFileName, readPagemap, type ImageEntry } from '../images/index.js';
 import { O_CLOEXEC, O_LARGEFILE, O_RDWR } from '../kernel/constants.js';
 import { SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
@@ -94,7 +94,11 @@ export async function memfdInodeId(input: FdDumpInput, ctx: FileDumpContext): Pr
   return inodeId;
 }
 
-/** The non-zero pages of the first `size` bytes of `fd`, merged into runs. */
+/**
+ * The non-zero pages of the first `size` bytes of `fd`, merged into runs. Only where the file has
+ * data (SEEK_DATA / SEEK_HOLE): a shmem object's holes are never read (PostgreSQL's 140 MiB of
+ * shared buffers hold a few MiB), and where the file system cannot tell, everything is.
+ */
 export function readNonZeroPages(fd: number, size: number): ShmemRun[] {
   const runs: ShmemRun[] = [];
   const chunkPages = 256;
@@ -104,28 +108,71 @@ export function readNonZeroPages(fd: number, size: number): ShmemRun[] {
     if (pending !== null) runs.push({ pageIndex: pending.pageIndex, data: Buffer.concat(pending.pages) });
     pending = null;
   };
-  for (let off = 0; off < size; off += buf.length) {
-    const want = Math.min(buf.length, size - off);
-    buf.fill(0);
-    let got = 0;
-    while (got < want) {
-      const n = sys.pread(fd, buf, got, want - got, BigInt(off + got));
-      if (n === 0) break;
-      got += n;
-    }
-    for (let p = 0; p * PAGE_SIZE < want; p++) {
-      const page = buf.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE);
-      const index = off / PAGE_SIZE + p;
-      if (isZero(page)) {
-        flush();
-        continue;
+  for (const extent of dataExtents(fd, size)) {
+    flush();
+    for (let off = extent.start; off < extent.end; off += buf.length) {
+      const want = Math.min(buf.length, extent.end - off);
+      buf.fill(0, 0, Math.ceil(want / PAGE_SIZE) * PAGE_SIZE); // a partial last page: zeros past the end
+      let got = 0;
+      while (got < want) {
+        const n = sys.pread(fd, buf, got, want - got, BigInt(off + got));
+        if (n === 0) break;
+        got += n;
       }
-      if (pending === null) pending = { pageIndex: index, pages: [] };
-      pending.pages.push(Buffer.from(page));
+      for (let p = 0; p * PAGE_SIZE < want; p++) {
+        const page = buf.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE);
+        const index = off / PAGE_SIZE + p;
+        if (isZero(page)) {
+          flush();
+          continue;
+        }
+        if (pending === null) pending = { pageIndex: index, pages: [] };
+        pending.pages.push(Buffer.from(page));
+      }
     }
   }
   flush();
   return runs;
+}
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+
+/**
+ * The page-aligned byte ranges of [0, size) where `fd` has data; all of it when that is unknown.
+ * The seeks go through a description of their own: `fd` may share the task's (pidfd_getfd), whose
+ * offset must stay as it is.
+ */
+function dataExtents(fd: number, size: number): { start: number; end: number }[] {
+  const probe = openSync(`/proc/self/fd/${fd}`, 'r');
+  try {
+    return dataExtentsOf(probe, size);
+  } finally {
+    closeSync(probe);
+  }
+}
+
+function dataExtentsOf(fd: number, size: number): { start: number; end: number }[] {
+  const pageDown = (n: number): number => Math.floor(n / PAGE_SIZE) * PAGE_SIZE;
+  const pageUp = (n: number): number => Math.min(size, Math.ceil(n / PAGE_SIZE) * PAGE_SIZE);
+  const out: { start: number; end: number }[] = [];
+  for (let at = 0; at < size;) {
+    let start: number;
+    let end: number;
+    try {
+      start = Number(sys.lseek(fd, BigInt(at), SEEK_DATA));
+      end = Number(sys.lseek(fd, BigInt(start), SEEK_HOLE));
+    } catch (err) {
+      if (isErrno(err, 'ENXIO')) break; // no data after `at`
+      if (isErrno(err, 'EINVAL') && at === 0) return [{ start: 0, end: size }]; // cannot tell
+      throw err;
+    }
+    if (start >= size) break;
+    out.push({ start: pageDown(start), end: pageUp(Math.min(end, size)) });
+    at = pageUp(end);
+    if (end <= start) break; // never expected; not to loop
+  }
+  return out;
 }
 
 function isZero(b: Buffer): boolean {

@@ -105,6 +105,7 @@ export const {
   fallocate,
   fallocateAsync,
   fsync,
+  lseek,
   openByHandleAt,
   pagemapScan,
   pagemapScanAsync,

@@ -298,8 +298,22 @@ export async function endExpectPass(t: Test, w: Workload, pass = /PASS/): Promis
   await poll(() => pass.test(w.report()) || /FAIL/.test(w.report()), `${w.pid}'s verdict`, 10_000).catch(
     () => undefined,
   );
-  t.match(w.report(), pass, w.report());
+  const hasVerdict = pass.test(w.report()) || /FAIL/.test(w.report());
+  t.match(w.report(), pass, hasVerdict ? w.report() : `${w.report()}(no verdict: ${taskFacts(w.pid)})`);
   t.notMatch(w.report(), /FAIL/);
+}
+
+/** What a task that does not answer is doing: its state, signals and system call, for a failure's message. */
+function taskFacts(pid: number): string {
+  const status = readProcFile(`/proc/${pid}/status`);
+  if (status === '') return `task ${pid} is gone`;
+  const field = (name: string): string => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1] ?? '?';
+  const syscall = readProcFile(`/proc/${pid}/syscall`).trim().split(' ')[0] ?? '?';
+  return (
+    `task ${pid} state ${field('State')}, TracerPid ${field('TracerPid')}, SigPnd ${field('SigPnd')}, ` +
+    `ShdPnd ${field('ShdPnd')}, SigBlk ${field('SigBlk')}, SigCgt ${field('SigCgt')}, Seccomp ${field('Seccomp')}, ` +
+    `syscall ${syscall}`
+  );
 }
 
 /**
