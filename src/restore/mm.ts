@@ -33,6 +33,7 @@ import { TASK_SIZE } from './stub.js';
 import type { SysvSegments } from './sysv-shm.js';
 
 const PAGE = 4096n;
+const PROT_READ = 1n;
 const PROT_WRITE = 2n;
 const PROT_EXEC = 4n;
 const MAP_SHARED = 0x01n;
@@ -216,11 +217,14 @@ export async function restoreMemory(
       const isPrivate = (v.flags & MAP_SHARED) === 0n;
       const prot = isPrivate && withPages.has(i) ? v.prot | PROT_WRITE : v.prot;
       if (keep.length > 0 && isReusable(v)) {
-        // Around the kept memory: the new pieces merge with it into the one VMA.
+        // Around the kept memory: the new pieces merge with it into the one VMA, then it gets its
+        // protections in step 3. A skeleton maps its memory read-write (skeleton.ts), whatever
+        // the VMA had (JIT code is rwx); inherited memory has the parent's, the same as the VMA's.
+        const keptProt = prefilled?.isInherited === true ? v.prot : PROT_READ | PROT_WRITE;
         const flags = (v.flags & ~MAP_FIXED) | MAP_FIXED_NOREPLACE;
         for (const r of subtract([vmaRun(v)], keep))
-          mapAt(inj, pageAddr(r.start), BigInt(r.end - r.start) * PAGE, v.prot, flags, -1n, 0n);
-        mappedProt.set(i, v.prot);
+          mapAt(inj, pageAddr(r.start), BigInt(r.end - r.start) * PAGE, keptProt, flags, -1n, 0n);
+        mappedProt.set(i, keptProt);
         continue;
       }
       const isFile = (v.status & (VMA_AREA.FILE_PRIVATE | VMA_AREA.FILE_SHARED)) !== 0;

@@ -1,5 +1,5 @@
 /**
- * Programs no one here wrote, as test workloads: scripts for python3, node and bash that keep
+ * Programs no one here wrote, as test workloads: scripts for python3, node, java and bash that keep
  * state in memory and append "READY pid digest", then "TICK n digest" every 100 ms, to the file
  * named by their last argument, and "BYE n digest" on SIGTERM. The digest covers their in-memory
  * state: it must never change. PROGRAMS starts each as a workload (cr.ts). And a server: a
@@ -68,15 +68,74 @@ while :; do
 done
 `;
 
+// Launched from source (java compiles it in memory at start-up): a JVM of some 20 threads (GC,
+// JIT compilers, VM thread...), the shutdown hook printing BYE once the main loop has stopped.
+export const JAVA = `
+import java.io.FileOutputStream;
+import java.io.PrintStream;
+import java.security.MessageDigest;
+import java.util.HashMap;
+import java.util.Map;
+import java.util.TreeMap;
+
+public class Progress {
+  static final long[] squares = new long[20000];
+  static final Map<String, Integer> names = new HashMap<>();
+  static volatile boolean stop;
+
+  static String digest() throws Exception {
+    MessageDigest h = MessageDigest.getInstance("SHA-256");
+    for (long s : squares) h.update(Long.toString(s).getBytes());
+    h.update(new TreeMap<>(names).toString().getBytes());
+    StringBuilder b = new StringBuilder();
+    for (byte x : h.digest()) b.append(String.format("%02x", x));
+    return b.substring(0, 16);
+  }
+
+  public static void main(String[] args) throws Exception {
+    PrintStream out = new PrintStream(new FileOutputStream(args[args.length - 1], true), true);
+    for (int i = 0; i < squares.length; i++) squares[i] = (long) i * i;
+    for (int i = 0; i < 2000; i++) names.put(String.valueOf(i), i * 7);
+    Thread main = Thread.currentThread();
+    int[] n = {0};
+    Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+      stop = true;
+      try {
+        main.join();
+        out.println("BYE " + n[0] + " " + digest());
+      } catch (Exception e) {
+        out.println("FAIL " + e);
+      }
+    }));
+    out.println("READY " + ProcessHandle.current().pid() + " " + digest());
+    while (!stop) {
+      n[0]++;
+      out.println("TICK " + n[0] + " " + digest());
+      Thread.sleep(100);
+    }
+  }
+}
+`;
+
+/** Debian's default JVM (OpenJDK 17 here). */
+export const JAVA_BIN = '/usr/bin/java';
+
+/** The command running JAVA from `source`; a crash report (hs_err) goes next to it, not into the cwd. */
+export function javaCommand(source: string): string[] {
+  return [JAVA_BIN, `-XX:ErrorFile=${path.dirname(source)}/hs_err_pid%p.log`, source];
+}
+
 export interface Program {
   name: string;
+  /** Its exit status once SIGTERM ended it (the JVM exits 143 = 128 + SIGTERM, hooks run or not). */
+  termStatus?: number;
   /** Start it in `dir`, its command line after `prefix` (`['/usr/bin/setsid']`, say) if given. */
   start(dir: string, prefix?: readonly string[]): Promise<Workload>;
 }
 
-function run(dir: string, prefix: readonly string[], cmd: readonly string[]): Promise<Workload> {
+function run(dir: string, prefix: readonly string[], cmd: readonly string[], readyMs?: number): Promise<Workload> {
   const [program, ...args] = [...prefix, ...cmd] as [string, ...string[]];
-  return startWorkload(program, dir, args);
+  return startWorkload(program, dir, args, readyMs);
 }
 
 export const PROGRAMS: readonly Program[] = [
@@ -95,6 +154,16 @@ export const PROGRAMS: readonly Program[] = [
       writeFileSync(script, NODE);
       // A clean environment: the test runner's NODE_OPTIONS would load its hooks into the workload.
       return run(dir, prefix, ['/usr/bin/env', '-i', process.execPath, script]);
+    },
+  },
+  {
+    name: 'java',
+    termStatus: 143,
+    start: (dir, prefix = []) => {
+      const source = path.join(dir, 'Progress.java');
+      writeFileSync(source, JAVA);
+      // Compiling at start-up takes a few seconds on a busy machine.
+      return run(dir, prefix, ['/usr/bin/env', '-i', ...javaCommand(source)], 30_000);
     },
   },
   {

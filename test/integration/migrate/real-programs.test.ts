@@ -1,5 +1,5 @@
 /**
- * Live migration of programs no one here wrote: a python3 and a node script holding state in
+ * Live migration of programs no one here wrote: a python3, a node and a java program holding state in
  * memory (test/helpers/programs.ts) move from SRC to DST while they tick; on DST they keep their
  * PID, their ticks go on from where they were, and the digest of their in-memory state is the one
  * they started with. A python asyncio server (a listening socket, epoll, a unix socket pair) moves
@@ -22,6 +22,8 @@ import {
   ASYNCIO_COUNTER,
   askCounter,
   httpGet,
+  JAVA,
+  javaCommand,
   NGINX,
   nginxConf,
   NODE,
@@ -39,6 +41,7 @@ const lastTick = (text: string): number => Number([...text.matchAll(/^TICK (\d+)
 for (const prog of [
   { name: 'python3', file: 'progress.py', text: PYTHON, argv: (f: string) => ['/usr/bin/env', '-i', 'python3', f] },
   { name: 'node', file: 'progress.mjs', text: NODE, argv: (f: string) => ['/usr/bin/env', '-i', process.execPath, f] },
+  { name: 'java', file: 'Progress.java', text: JAVA, argv: (f: string) => ['/usr/bin/env', '-i', ...javaCommand(f)] },
 ]) {
   t.test(`${prog.name} migrates live and keeps its state`, { skip: needsRoot }, async (t) => {
     const { src, dst, dir, a, b } = await hostPair(t);
