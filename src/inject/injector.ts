@@ -439,6 +439,11 @@ export class Injector {
     });
   }
 
+  /** runCalls, each result checked (checkCall): the values; the first failure throws. */
+  runCallsOrThrow(calls: readonly InjectedCall[]): bigint[] {
+    return this.runCalls(calls).map((r, i) => this.checkCall(calls[i] as InjectedCall, r));
+  }
+
   /** A runCalls result as syscallOrThrow would give it: the value, or a SyscallError. */
   checkCall(call: InjectedCall, result: InjectedResult): bigint {
     const ret = result.ret;

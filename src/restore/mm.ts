@@ -15,7 +15,7 @@ import path from 'node:path';
 import { ImageError, TaskError, UnsupportedError } from '../errors.js';
 import { PE_PRESENT, PagesReader, readPagemap, type ImageEntry } from '../images/index.js';
 import { PageChain, type PageSource } from '../mem/page-chain.js';
-import type { Injector } from '../inject/injector.js';
+import type { InjectedCall, Injector } from '../inject/injector.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import { log } from '../log.js';
 import { readMaps } from '../proc/maps.js';
@@ -198,7 +198,10 @@ export async function restoreMemory(
   for (const i of codeWithPages) withPages.delete(i);
   // 1. map (and fill shared anonymous memory, whose pages are not in the task's pagemap). A file
   // is opened once for all its VMAs (a library has four or five), closed after the last mmap.
+  // The plain mmaps, a few hundred for a program with many libraries, are made together at the
+  // end (mapAll: one chain of injected calls), each at its own address.
   const openFiles = new Map<string, bigint>();
+  const maps: MapCall[] = [];
   try {
     for (let i = 0; i < vmas.length; i++) {
       const v = vmas[i] as Vma;
@@ -223,7 +226,14 @@ export async function restoreMemory(
         const keptProt = prefilled?.isInherited === true ? v.prot : PROT_READ | PROT_WRITE;
         const flags = (v.flags & ~MAP_FIXED) | MAP_FIXED_NOREPLACE;
         for (const r of subtract([vmaRun(v)], keep))
-          mapAt(inj, pageAddr(r.start), BigInt(r.end - r.start) * PAGE, keptProt, flags, -1n, 0n);
+          maps.push({
+            start: pageAddr(r.start),
+            len: BigInt(r.end - r.start) * PAGE,
+            prot: keptProt,
+            flags,
+            fd: -1n,
+            pgoff: 0n,
+          });
         mappedProt.set(i, keptProt);
         continue;
       }
@@ -233,19 +243,21 @@ export async function restoreMemory(
         const name = fileName(v.shmid);
         const mode = v.fdflags === O_RDWR ? O_RDWR : O_RDONLY;
         const key = `${mode}\0${name}`;
-        fd = openFiles.get(key) ?? BigInt(openInTask(inj, name, mode));
+        try {
+          fd = openFiles.get(key) ?? BigInt(openInTask(inj, name, mode));
+        } finally {
+          inj.resetScratch();
+        }
         openFiles.set(key, fd);
       }
-      try {
-        const flags = (v.flags & ~MAP_FIXED) | MAP_FIXED_NOREPLACE;
-        mapAt(inj, v.start, len, prot, flags, fd, isFile ? v.pgoff : 0n);
-        mappedProt.set(i, prot);
-      } finally {
-        inj.resetScratch();
-      }
+      const flags = (v.flags & ~MAP_FIXED) | MAP_FIXED_NOREPLACE;
+      maps.push({ start: v.start, len, prot, flags, fd, pgoff: isFile ? v.pgoff : 0n });
+      mappedProt.set(i, prot);
     }
+    mapAll(inj, maps);
   } finally {
-    for (const fd of openFiles.values()) inj.syscallOrThrow('close', [fd]);
+    const closes = [...openFiles.values()].map((fd): InjectedCall => ({ name: 'close', args: () => [fd] }));
+    inj.runCallsOrThrow(closes);
   }
   // 2. fill from the pages files (this image's and its parents'): src/mem/fill-pages.ts; memory
   // just mapped private anonymous (all of it, unless pre-copied memory was kept) by UFFDIO_COPY.
@@ -262,14 +274,16 @@ export async function restoreMemory(
   if (code.length > 0) restored += await fillCode(inj.pid, clipSources(pages, code));
   const cow = compared.length === 0 ? { compared: 0, written: 0 } : await fillChangedPages(inj.pid, compared);
   restored += cow.written;
-  // 3. protections and advice
+  // 3. protections and advice (in one chain of injected calls)
+  const finishing: InjectedCall[] = [];
   for (let i = 0; i < vmas.length; i++) {
     const v = vmas[i] as Vma;
     const prot = mappedProt.get(i);
     if (prot === undefined) continue;
-    if (prot !== v.prot) inj.syscallOrThrow('mprotect', [v.start, v.end - v.start, v.prot]);
-    adviseVma(inj, v);
+    if (prot !== v.prot) finishing.push({ name: 'mprotect', args: () => [v.start, v.end - v.start, v.prot] });
+    finishing.push(...adviceCalls(v));
   }
+  inj.runCallsOrThrow(finishing);
   return { pagesRestored: restored, pagesCompared: cow.compared, pagesSkippedCow: cow.compared - cow.written };
 }
 
@@ -387,9 +401,36 @@ function mapAt(
     throw new ImageError('mm image', `VMA 0x${start.toString(16)} was mapped at 0x${got.toString(16)}`);
 }
 
-function adviseVma(inj: Injector, v: Vma): void {
+/** The madvise calls that give VMA `v` its advice. */
+function adviceCalls(v: Vma): InjectedCall[] {
+  const calls: InjectedCall[] = [];
   for (let advice = 0n; advice < 64n; advice++)
-    if ((v.madv & (1n << advice)) !== 0n) inj.syscallOrThrow('madvise', [v.start, v.end - v.start, advice]);
+    if ((v.madv & (1n << advice)) !== 0n)
+      calls.push({ name: 'madvise', args: () => [v.start, v.end - v.start, advice] });
+  return calls;
+}
+
+/** One mmap at a fixed address (MAP_FIXED_NOREPLACE in `flags`). */
+interface MapCall {
+  start: bigint;
+  len: bigint;
+  prot: bigint;
+  flags: bigint;
+  fd: bigint;
+  pgoff: bigint;
+}
+
+/** Make every mmap of `maps` in the task, in one chain; each must land at its address. */
+function mapAll(inj: Injector, maps: readonly MapCall[]): void {
+  const calls = maps.map((m): InjectedCall => ({
+    name: 'mmap',
+    args: () => [m.start, m.len, m.prot, m.flags, m.fd, m.pgoff],
+  }));
+  inj.runCallsOrThrow(calls).forEach((got, k) => {
+    const m = maps[k] as MapCall;
+    if (got !== m.start)
+      throw new ImageError('mm image', `VMA 0x${m.start.toString(16)} was mapped at 0x${got.toString(16)}`);
+  });
 }
 
 /**
@@ -550,7 +591,7 @@ export async function restoreMemfdMappings(
       }
       try {
         mapAt(inj, v.start, v.end - v.start, v.prot, (v.flags & ~MAP_FIXED) | MAP_FIXED_NOREPLACE, BigInt(fd), v.pgoff);
-        adviseVma(inj, v);
+        inj.runCallsOrThrow(adviceCalls(v));
       } finally {
         if (isOwned) inj.syscallOrThrow('close', [BigInt(fd)]);
         inj.resetScratch();
