@@ -138,6 +138,7 @@ export class EngineOps {
         pgid: p.pgid,
         sid: p.sid,
         anonVmas: p.anonVmas.flatMap((v) => [Number(v.start), Number(v.end)]),
+        fileVmas: p.fileVmas.map((v) => ({ ...v, start: Number(v.start), end: Number(v.end), pgoff: Number(v.pgoff) })),
       })),
     };
   }
@@ -257,7 +258,13 @@ export class EngineOps {
       const anonVmas: { start: bigint; end: bigint }[] = [];
       for (let i = 0; i + 1 < p.anonVmas.length; i += 2)
         anonVmas.push({ start: BigInt(p.anonVmas[i] as number), end: BigInt(p.anonVmas[i + 1] as number) });
-      return { pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, anonVmas };
+      const fileVmas = p.fileVmas.map((v) => ({
+        ...v,
+        start: BigInt(v.start),
+        end: BigInt(v.end),
+        pgoff: BigInt(v.pgoff),
+      }));
+      return { pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, anonVmas, fileVmas };
     });
     if (layouts[0]?.pid !== pid) throw new UsageError(`The pre-dumped tree is not ${pid}'s`);
     let sk = this.skeletons.get(pid);

@@ -28,7 +28,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Packr } from 'msgpackr';
 
 /** Bumped on any incompatible change; both sides refuse another version. */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 /** WebSocket close code: authentication missing or refused. */
 export const CLOSE_AUTH = 4001;
@@ -180,6 +180,18 @@ export interface ProcessWire {
   sid: number;
   /** Its writable private anonymous VMAs, flat [start, end, ...] byte addresses. */
   anonVmas: number[];
+  /** Its mappings of files by path (ProcessLayout.fileVmas). */
+  fileVmas: FileVmaWire[];
+}
+
+export interface FileVmaWire {
+  start: number;
+  end: number;
+  prot: number;
+  flags: number;
+  pgoff: number;
+  fdflags: number;
+  path: string;
 }
 
 /** An image file carried in a message (the final dump's small images: a few KiB). */
@@ -351,10 +363,23 @@ function isIntegers(x: unknown): x is number[] {
 function isProcess(x: unknown): x is ProcessWire {
   return (
     isObject(x) &&
-    Object.keys(x).length === 5 &&
+    Object.keys(x).length === 6 &&
     ['pid', 'ppid', 'pgid', 'sid'].every((k) => isId(x[k])) &&
     isIntegers(x['anonVmas']) &&
-    x['anonVmas'].length % 2 === 0
+    x['anonVmas'].length % 2 === 0 &&
+    Array.isArray(x['fileVmas']) &&
+    x['fileVmas'].every(isFileVma)
+  );
+}
+
+function isFileVma(x: unknown): x is FileVmaWire {
+  return (
+    isObject(x) &&
+    Object.keys(x).length === 7 &&
+    ['start', 'end', 'prot', 'flags', 'pgoff', 'fdflags'].every((k) => isId(x[k])) &&
+    typeof x['path'] === 'string' &&
+    x['path'].startsWith('/') &&
+    !x['path'].includes('\0')
   );
 }
 
@@ -375,7 +400,7 @@ const FIELD_KIND_NAMES: Record<FieldKind, string> = {
   strings: 'a list of strings',
   numbers: 'a list of integers',
   files: 'a list of {name, data} with plain file names',
-  processes: 'a list of {pid, ppid, pgid, sid, anonVmas}',
+  processes: 'a list of {pid, ppid, pgid, sid, anonVmas, fileVmas}',
 };
 
 function isId(x: unknown): x is number {

@@ -34,7 +34,8 @@ import { readStat } from '../proc/stat.js';
 import type { FileOptions } from '../files/types.js';
 import type { TrackerChoice } from '../kerndat/tracker.js';
 import { freezeProcess, hasExited, resumeProcess, type FrozenProcess } from './freeze.js';
-import { PROT, VMA_AREA, classifyVma } from './vma.js';
+import { PROT, VMA_AREA, classifyVma, type VmaInfo } from './vma.js';
+import { O_RDWR } from '../kernel/constants.js';
 import { decodeKnown, encodeKnown, planMemory, type MemoryPlan } from './memory.js';
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, noDumpStats, nowUs, type DumpStats } from './entries.js';
@@ -70,7 +71,7 @@ export interface PreDumpStats extends DumpStats {
   processes: ProcessLayout[];
 }
 
-/** One process of a pre-dumped tree: its place in the tree and its private anonymous memory. */
+/** One process of a pre-dumped tree: its place in the tree, its private anonymous memory and its mapped files. */
 export interface ProcessLayout {
   pid: number;
   /** 0 for the tree's root. */
@@ -79,6 +80,20 @@ export interface ProcessLayout {
   sid: number;
   /** Its writable private anonymous VMAs at this pre-dump (what its skeleton maps). */
   anonVmas: { start: bigint; end: bigint }[];
+  /** Its mappings of files by path (programs, libraries, data files): a skeleton maps them ahead. */
+  fileVmas: FileVmaLayout[];
+}
+
+/** A mapping of a file by its path, as the dump will describe it (vma.ts): what a skeleton maps. */
+export interface FileVmaLayout {
+  start: bigint;
+  end: bigint;
+  prot: number;
+  flags: number;
+  pgoff: bigint;
+  /** Open flags the file needs (O_RDONLY 0, O_RDWR 2). */
+  fdflags: number;
+  path: string;
 }
 
 /** The VmFlags a maps line tells (protections and sharing); the madvise ones it cannot. */
@@ -102,6 +117,27 @@ export function checkDumpable(pid: number, fileOptions: FileOptions = {}): TreeM
   const tree = readDumpTree(pid).filter((t) => t.isZombie !== true);
   checkTreeFds(tree, tree.length > 1 ? { ...fileOptions, treePids: tree.map((t) => t.pid) } : fileOptions);
   return tree;
+}
+
+/**
+ * The VMAs of files reached by their path: not deleted, not memfds. The open mode is read from
+ * maps alone here (no VmFlags): a shared mapping is opened read-write when it is writable.
+ */
+function fileVmasOf(vmas: readonly VmaInfo[]): FileVmaLayout[] {
+  const isFile = (v: VmaInfo): v is VmaInfo & { path: string } =>
+    (v.status & (VMA_AREA.FILE_PRIVATE | VMA_AREA.FILE_SHARED)) !== 0 &&
+    (v.status & VMA_AREA.MEMFD) === 0 &&
+    v.path !== undefined &&
+    !v.isDeleted;
+  return vmas.filter(isFile).map((v) => ({
+    start: v.start,
+    end: v.end,
+    prot: v.prot,
+    flags: v.flags,
+    pgoff: v.pgoff,
+    fdflags: (v.status & VMA_AREA.FILE_SHARED) !== 0 && (v.prot & PROT.WRITE) !== 0 ? O_RDWR : 0,
+    path: v.path,
+  }));
 }
 
 /** What one process's part of a pre-dump leaves for the end of the pre-dump. */
@@ -194,6 +230,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
         anonVmas: vmas
           .filter((v) => (v.status & VMA_AREA.ANON_PRIVATE) !== 0 && (v.prot & PROT.WRITE) !== 0)
           .map((v) => ({ start: v.start, end: v.end })),
+        fileVmas: fileVmasOf(vmas),
       };
     } finally {
       resume(); // running again from here on, whatever happened

@@ -143,7 +143,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const fromSkeleton = (t: TaskImages): { stub: Stub; prefilled: Prefilled } | undefined => {
     const task = skeleton?.task(t.pid);
     if (task === undefined) return undefined;
-    const prefilled = { mapped: task.mappedRuns, present: t.pagesPresent };
+    const prefilled = { mapped: task.mappedRuns, present: t.pagesPresent, files: task.premappedFiles };
     return { stub: task.prepareFinal(dumpedVmas(t.mm), t.threads.length), prefilled };
   };
   const prefilled = new Map<number, Prefilled>();

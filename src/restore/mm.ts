@@ -10,7 +10,7 @@
  *   - the mm fields (code, data, brk, stack, args, env, auxv, exe link) with prctl(PR_SET_MM_MAP).
  */
 
-import { existsSync, fchmodSync, fchownSync, ftruncateSync } from 'node:fs';
+import { existsSync, fchmodSync, fchownSync, ftruncateSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { ImageError, TaskError, UnsupportedError } from '../errors.js';
 import { PE_PRESENT, PagesReader, readPagemap, type ImageEntry } from '../images/index.js';
@@ -31,6 +31,7 @@ import { openInTask } from '../files/task-io.js';
 import { O_CLOEXEC } from '../kernel/constants.js';
 import { TASK_SIZE } from './stub.js';
 import type { SysvSegments } from './sysv-shm.js';
+import type { FileVmaLayout } from '../dump/pre-dump.js';
 
 const PAGE = 4096n;
 const PROT_READ = 1n;
@@ -180,6 +181,8 @@ export async function restoreMemory(
   } else if (allPages instanceof PageChain) {
     pages = await allPages.sources();
   }
+  // Files mapped ahead: kept for the dump's VMA of the same file, unmapped otherwise.
+  const premapped = keepPremappedFiles(inj, vmas, prefilled?.files ?? [], fileName);
   // CRIU also dumps the vDSO's pages; the restored task gets this kernel's own (restoreVdso).
   pages = clipOutSources(pages, normalize(vmas.filter(isSpecial).map(vmaRun)));
   // Which VMAs get pages written (mapped writable for it): after the pre-copied ones are left out.
@@ -202,6 +205,7 @@ export async function restoreMemory(
   // end (mapAll: one chain of injected calls), each at its own address.
   const openFiles = new Map<string, bigint>();
   const maps: MapCall[] = [];
+  const preparing: InjectedCall[] = [];
   try {
     for (let i = 0; i < vmas.length; i++) {
       const v = vmas[i] as Vma;
@@ -238,6 +242,12 @@ export async function restoreMemory(
         continue;
       }
       const isFile = (v.status & (VMA_AREA.FILE_PRIVATE | VMA_AREA.FILE_SHARED)) !== 0;
+      if (premapped.has(i)) {
+        // Its pages are written below: writable until then, as a new mapping would be.
+        if (prot !== v.prot) preparing.push({ name: 'mprotect', args: () => [v.start, len, prot] });
+        mappedProt.set(i, prot);
+        continue;
+      }
       let fd = -1n;
       if (isFile) {
         const name = fileName(v.shmid);
@@ -255,6 +265,7 @@ export async function restoreMemory(
       mappedProt.set(i, prot);
     }
     mapAll(inj, maps);
+    inj.runCallsOrThrow(preparing);
   } finally {
     const closes = [...openFiles.values()].map((fd): InjectedCall => ({ name: 'close', args: () => [fd] }));
     inj.runCallsOrThrow(closes);
@@ -351,6 +362,16 @@ export interface Prefilled {
   mapped: Run[];
   present: Run[];
   isInherited?: boolean;
+  /** File VMAs a skeleton mapped ahead (skeleton.ts): kept where the dump has them unchanged. */
+  files?: readonly PremappedFile[];
+}
+
+/** A file VMA mapped ahead, and the file it maps (as it was then). */
+export interface PremappedFile extends FileVmaLayout {
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
 }
 
 /**
@@ -408,6 +429,50 @@ function adviceCalls(v: Vma): InjectedCall[] {
     if ((v.madv & (1n << advice)) !== 0n)
       calls.push({ name: 'madvise', args: () => [v.start, v.end - v.start, advice] });
   return calls;
+}
+
+/**
+ * The VMAs of `vmas` (by index) that a skeleton mapped ahead, the same VMA of the same file: the
+ * dump's file entry names the path mapped, and the file there is still the one mapped (inode,
+ * size, mtime). Every other file VMA mapped ahead is unmapped.
+ */
+function keepPremappedFiles(
+  inj: Injector,
+  vmas: readonly Vma[],
+  files: readonly PremappedFile[],
+  fileName: (id: number) => string,
+): Set<number> {
+  const kept = new Set<number>();
+  const gone: InjectedCall[] = [];
+  for (const f of files) {
+    const i = vmas.findIndex(
+      (v) =>
+        (v.status & (VMA_AREA.FILE_PRIVATE | VMA_AREA.FILE_SHARED)) !== 0 &&
+        (v.status & VMA_AREA.MEMFD) === 0 &&
+        v.start === f.start &&
+        v.end === f.end &&
+        v.prot === BigInt(f.prot) &&
+        v.flags === BigInt(f.flags) &&
+        v.pgoff === f.pgoff &&
+        v.fdflags === f.fdflags &&
+        fileName(v.shmid) === f.path,
+    );
+    if (i >= 0 && isStillTheFile(inj.pid, f)) kept.add(i);
+    else gone.push({ name: 'munmap', args: () => [f.start, f.end - f.start] });
+  }
+  inj.runCallsOrThrow(gone);
+  if (files.length > 0) log().info(`Files mapped ahead: ${kept.size} VMAs kept, ${gone.length} unmapped`);
+  return kept;
+}
+
+/** Whether the file at `f.path` (in the task's root) is still the one `f` maps. */
+function isStillTheFile(pid: number, f: PremappedFile): boolean {
+  try {
+    const st = statSync(`/proc/${pid}/root${f.path}`, { bigint: true });
+    return st.dev === f.dev && st.ino === f.ino && st.size === f.size && st.mtimeNs === f.mtimeNs;
+  } catch {
+    return false;
+  }
 }
 
 /** One mmap at a fixed address (MAP_FIXED_NOREPLACE in `flags`). */

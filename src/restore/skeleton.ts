@@ -25,6 +25,11 @@
  * it: the migration makes a new one from the next pre-dump (which reads every pre-copied page
  * again), and the final restore one from scratch.
  *
+ * The process's mappings of files (its program, libraries, data files) are mapped ahead too, by
+ * path, as the final restore would map them: that restore keeps each one the dump still has
+ * (same range, protections, flags, offset and file: the one mapped, unchanged since by inode,
+ * size and mtime) instead of opening and mapping it again during the downtime (mm.ts).
+ *
  * The VMA ranges and the tree's shape come from the pre-dump's caller (the migration controller
  * learns them from the source), not from the images: a pre-dump writes only what CRIU's does.
  */
@@ -47,17 +52,26 @@ import {
   type Stub,
 } from './stub.js';
 import { forkStub, joinGroups, leadAsDumped } from './tree.js';
-import type { ProcessLayout } from '../dump/pre-dump.js';
+import type { FileVmaLayout, ProcessLayout } from '../dump/pre-dump.js';
+import { statSync } from 'node:fs';
+import { readMaps } from '../proc/maps.js';
+import { openInTask } from '../files/task-io.js';
+import type { InjectedCall } from '../inject/injector.js';
+import type { PremappedFile } from './mm.js';
 
 const PAGE = 4096n;
 const MAP_PRIVATE_ANON = 0x22n;
 const MAP_FIXED_NOREPLACE = 0x100000n;
 const PROT_RW = 3n;
 const MADV_DONTNEED = 4n;
+const O_RDONLY = 0;
+const O_RDWR = 2;
 
 export interface SkeletonStats {
   pagesFilled: number;
   pagesMapped: number;
+  /** File VMAs mapped ahead (in all). */
+  fileVmasMapped: number;
   /** Pages a process inherited from its parent and keeps shared with it (the same contents). */
   pagesShared: number;
 }
@@ -97,7 +111,7 @@ export class Skeleton {
     for (const p of processes) waitForFreePid(p.pid);
     const stub = startStub(
       root.pid,
-      processes.flatMap((p) => p.anonVmas),
+      processes.flatMap((p) => [...p.anonVmas, ...p.fileVmas]),
       1,
       options,
     );
@@ -139,16 +153,17 @@ export class Skeleton {
   async apply(dir: string, processes: readonly ProcessLayout[]): Promise<SkeletonStats> {
     if (this.isDone) throw new TaskError(this.pid, 'The pre-copy skeleton is finished or aborted');
     if (!this.fits(processes)) throw new TaskError(this.pid, `The tree of ${this.pid} is not the skeleton's`);
-    const sum: SkeletonStats = { pagesFilled: 0, pagesMapped: 0, pagesShared: 0 };
+    const sum: SkeletonStats = { pagesFilled: 0, pagesMapped: 0, pagesShared: 0, fileVmasMapped: 0 };
     const layoutOf = (pid: number): ProcessLayout => processes.find((p) => p.pid === pid) as ProcessLayout;
     const isFirst = this.tasks.length < this.places.length;
     for (const place of this.places) {
       const p = layoutOf(place.pid);
       const task = this.task(p.pid) ?? this.fork(place, layoutOf(place.ppid), p);
-      const got = await task.apply(dir, p.anonVmas);
+      const got = await task.apply(dir, p);
       sum.pagesFilled += got.pagesFilled;
       sum.pagesMapped += got.pagesMapped;
       sum.pagesShared += got.pagesShared;
+      sum.fileVmasMapped += got.fileVmasMapped;
     }
     if (isFirst) joinGroups(this.tasks.map(({ place, task }) => ({ stub: task.stub, pstree: place })));
     return sum;
@@ -160,7 +175,7 @@ export class Skeleton {
     const task = new SkeletonTask(p.pid, forkStub(from.stub, p.pid));
     this.tasks.push({ place, task }); // killed with the others from here on
     leadAsDumped(task.stub, place);
-    task.inherit(parent.anonVmas, p.anonVmas, from.mappedRuns);
+    task.inherit(parent.anonVmas, p, from.mappedRuns, from.premappedFiles);
     return task;
   }
 
@@ -178,6 +193,8 @@ export class SkeletonTask {
   private mapped: Run[] = [];
   /** Of those, what was inherited from the parent at the fork and not yet compared (inherit). */
   private inherited: Run[] = [];
+  /** The file VMAs mapped ahead, each with the file it maps. */
+  private files: PremappedFile[] = [];
   private isDone = false;
 
   constructor(
@@ -194,6 +211,11 @@ export class SkeletonTask {
     return this.mapped;
   }
 
+  /** The file VMAs mapped ahead. */
+  get premappedFiles(): readonly PremappedFile[] {
+    return this.files;
+  }
+
   /**
    * Right after the fork from the parent's stub, which held `parentMapped`: keep the parent's
    * memory where this process has the same VMA as the parent had (`parentVmas`, `vmas`: their
@@ -203,15 +225,21 @@ export class SkeletonTask {
    */
   inherit(
     parentVmas: readonly { start: bigint; end: bigint }[],
-    vmas: readonly { start: bigint; end: bigint }[],
+    layout: ProcessLayout,
     parentMapped: readonly Run[],
+    parentFiles: readonly PremappedFile[],
   ): void {
+    const vmas = layout.anonVmas;
     const same = vmas.filter((v) => parentVmas.some((w) => w.start === v.start && w.end === v.end));
     const kept = intersect(pageRuns(same), parentMapped);
     const inj = this.stub.injector;
     for (const r of subtract(parentMapped, kept)) inj.syscallOrThrow('munmap', [pageAddr(r.start), len(r)]);
     this.mapped = kept;
     this.inherited = kept;
+    // The parent's file VMAs came with the fork: the ones this process has too stay.
+    this.files = parentFiles.filter((f) => layout.fileVmas.some((v) => isSameFileVma(v, f)));
+    const gone = parentFiles.filter((f) => !this.files.includes(f));
+    inj.runCallsOrThrow(gone.map((f): InjectedCall => ({ name: 'munmap', args: () => [f.start, f.end - f.start] })));
   }
 
   /**
@@ -219,11 +247,17 @@ export class SkeletonTask {
    * task's private anonymous VMAs at that pre-dump. Ranges gone are unmapped, new ones mapped,
    * and the pages this iteration holds anew (plus everything of newly mapped ranges) read in.
    */
-  async apply(dir: string, anonVmas: readonly { start: bigint; end: bigint }[]): Promise<SkeletonStats> {
+  async apply(dir: string, layout: ProcessLayout): Promise<SkeletonStats> {
     this.assertLive();
     const inj = this.stub.injector;
-    const want = pageRuns(anonVmas);
-    this.relocateScratch(want);
+    const want = pageRuns(layout.anonVmas);
+    this.relocateScratch(normalize([...want, ...pageRuns(layout.fileVmas)]));
+    // File VMAs gone or changed first: their ranges may be anonymous memory now.
+    const staleFiles = this.files.filter((f) => !layout.fileVmas.some((v) => isSameFileVma(v, f)));
+    inj.runCallsOrThrow(
+      staleFiles.map((f): InjectedCall => ({ name: 'munmap', args: () => [f.start, f.end - f.start] })),
+    );
+    this.files = this.files.filter((f) => !staleFiles.includes(f));
     for (const r of subtract(this.mapped, want)) inj.syscallOrThrow('munmap', [pageAddr(r.start), len(r)]);
     const added = subtract(want, this.mapped);
     for (const r of added) {
@@ -257,11 +291,76 @@ export class SkeletonTask {
       filled += got.written;
       shared = got.compared - got.written;
     }
+    const newFiles = this.mapFiles(layout.fileVmas.filter((v) => !this.files.some((f) => isSameFileVma(v, f))));
     log().info(
       `Pre-copy ${path.basename(dir)}: ${filled} pages read into task ${this.pid}` +
-        (cow.length > 0 ? `, ${shared} inherited pages kept shared with its parent` : ''),
+        (cow.length > 0 ? `, ${shared} inherited pages kept shared with its parent` : '') +
+        `, ${newFiles} file VMAs mapped ahead`,
     );
-    return { pagesFilled: filled, pagesMapped: want.reduce((n, r) => n + r.end - r.start, 0), pagesShared: shared };
+    return {
+      pagesFilled: filled,
+      pagesMapped: want.reduce((n, r) => n + r.end - r.start, 0),
+      pagesShared: shared,
+      fileVmasMapped: newFiles,
+    };
+  }
+
+  /**
+   * Map the file VMAs `vmas` as the final restore would (each file opened once, in the task, by
+   * its path); one that cannot be (a file gone, a range taken) is left to the final restore.
+   * Returns how many were mapped.
+   */
+  private mapFiles(vmas: readonly FileVmaLayout[]): number {
+    const inj = this.stub.injector;
+    const byFile = new Map<string, FileVmaLayout[]>();
+    for (const v of vmas) {
+      const key = `${v.fdflags}\0${v.path}`;
+      byFile.set(key, [...(byFile.get(key) ?? []), v]);
+    }
+    let mapped = 0;
+    for (const group of byFile.values()) {
+      const { path: file, fdflags } = group[0] as FileVmaLayout;
+      let fd: number;
+      try {
+        fd = openInTask(inj, file, fdflags === O_RDWR ? O_RDWR : O_RDONLY);
+      } catch (err) {
+        log().debug(`Pre-copy of ${this.pid}: ${file} is left to the final restore: ${String(err)}`);
+        continue;
+      } finally {
+        inj.resetScratch();
+      }
+      const calls = group.map((v): InjectedCall => ({
+        name: 'mmap',
+        args: () => [
+          v.start,
+          v.end - v.start,
+          BigInt(v.prot),
+          BigInt(v.flags) | MAP_FIXED_NOREPLACE,
+          BigInt(fd),
+          v.pgoff,
+        ],
+      }));
+      const results = inj.runCalls([...calls, { name: 'close', args: () => [BigInt(fd)] }]);
+      const maps = readMaps(this.pid) ?? [];
+      group.forEach((v, k) => {
+        const got = (results[k] as { ret: bigint }).ret;
+        if (got !== v.start) {
+          // Taken (EEXIST), or elsewhere: what it mapped goes, the final restore maps the VMA.
+          if (got >= 0n) inj.syscall(SYSCALLS_X86_64.munmap, [got, v.end - v.start]);
+          log().debug(
+            `Pre-copy of ${this.pid}: ${file} at 0x${v.start.toString(16)} is left to the final restore (${got})`,
+          );
+          return;
+        }
+        // The file as mapped (adjacent VMAs of a file may have merged: the one holding the start).
+        const m = maps.find((e) => e.start <= v.start && v.start < e.end);
+        const at = m === undefined ? '' : `${m.start.toString(16)}-${m.end.toString(16)}`;
+        const st = statSync(`/proc/${this.pid}/map_files/${at}`, { bigint: true });
+        this.files.push({ ...v, dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs });
+        mapped++;
+      });
+    }
+    return mapped;
   }
 
   /**
@@ -313,6 +412,19 @@ export class SkeletonTask {
     stub.scratch = next;
     stub.scratchBytes = size;
   }
+}
+
+/** Whether a file VMA of a pre-dump is the one mapped ahead as `f`. */
+function isSameFileVma(v: FileVmaLayout, f: FileVmaLayout): boolean {
+  return (
+    v.start === f.start &&
+    v.end === f.end &&
+    v.prot === f.prot &&
+    v.flags === f.flags &&
+    v.pgoff === f.pgoff &&
+    v.fdflags === f.fdflags &&
+    v.path === f.path
+  );
 }
 
 function len(r: Run): bigint {

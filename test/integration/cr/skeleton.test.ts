@@ -7,10 +7,13 @@
  * cr_incr checks its memory after three steps of rewrites; cr_mem checks its maps line by line
  * and every kind of mapping; cr_tree (four processes) checks its tree, and the memory its
  * processes share or hold apart; cr_cow's parent and child share 28 of their 32 MiB
- * copy-on-write, in the skeleton and in the restored tree as on the source.
+ * copy-on-write, in the skeleton and in the restored tree as on the source. The files a process
+ * maps are mapped ahead too, and the final restore keeps them unless the file changed.
  */
+import { copyFileSync, readFileSync, renameSync, statSync } from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
+import { createLogger, setLogger } from '../../../src/log.js';
 import { preDump, type PreDumpStats, type ProcessLayout } from '../../../src/dump/pre-dump.js';
 import { dump } from '../../../src/dump/index.js';
 import { restore } from '../../../src/restore/index.js';
@@ -66,7 +69,7 @@ async function intoSkeleton(root: string, pre: PreDumpStats[], shape = pre[0]?.p
 
 /** A process alone, with no memory of its own yet: the skeleton of `pid` for the failure cases. */
 function alone(pid: number): ProcessLayout[] {
-  return [{ pid, ppid: 0, pgid: pid, sid: pid, anonVmas: [] }];
+  return [{ pid, ppid: 0, pgid: pid, sid: pid, anonVmas: [], fileVmas: [] }];
 }
 
 t.test(
@@ -115,6 +118,42 @@ t.test('cr_mem: every kind of mapping and its maps lines survive the skeleton pa
   t.match(w.report(), /PASS/, w.report());
   t.notMatch(w.report(), /FAIL/);
 });
+
+t.test(
+  'files mapped ahead: the final restore keeps them, and maps anew a file replaced since',
+  { skip: needsRoot },
+  async (t) => {
+    const root = t.testdir();
+    const w = await startWorkload('cr_mem', root);
+    t.teardown(() => w.kill());
+    await w.waitFor('SPARSE');
+    const { final, pre } = await migrateLike(w, root, async () => undefined);
+    const sk = Skeleton.create((pre[0] as PreDumpStats).processes);
+    let ahead = 0;
+    for (let k = 1; k <= pre.length; k++)
+      ahead += (await sk.apply(path.join(root, String(k)), (pre[k - 1] as PreDumpStats).processes)).fileVmasMapped;
+    t.ok(ahead >= 10, `the program's and its libraries' VMAs are mapped ahead (${ahead})`);
+    // Its private file mapping's file is replaced (same contents, another inode) before the restore.
+    const priv = `${w.outFile}.private`;
+    copyFileSync(priv, `${priv}.new`);
+    renameSync(`${priv}.new`, priv);
+    const logFile = path.join(root, 'restore.log');
+    const old = setLogger(createLogger({ level: 3, file: logFile, isPerPid: false }));
+    try {
+      await restore({ imagesDir: final, isDetached: true, skeleton: sk });
+    } finally {
+      setLogger(old)?.close();
+    }
+    const m = /Files mapped ahead: (\d+) VMAs kept, (\d+) unmapped/.exec(readFileSync(logFile, 'utf8'));
+    t.ok(Number(m?.[1]) >= 10, `the restore kept them (${m?.[0]})`);
+    t.equal(Number(m?.[2]), 1, 'but the one of the replaced file');
+    const line = readFileSync(`/proc/${w.pid}/maps`, 'utf8')
+      .split('\n')
+      .find((l) => l.endsWith('.private'));
+    t.match(line, new RegExp(` ${statSync(priv).ino} +${priv}$`), `the file at the path now is mapped: ${line}`);
+    signalTask(w.pid, 'SIGKILL'); // its own maps check would see the new inode
+  },
+);
 
 t.test('a skeleton whose PID is taken fails at once; abort kills it', { skip: needsRoot }, async (t) => {
   t.throws(() => Skeleton.create(alone(process.pid)), { message: /in use/ });

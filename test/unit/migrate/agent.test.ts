@@ -14,7 +14,7 @@ import WebSocket from 'ws';
 import { AgentServer } from '../../../migrate/agent.js';
 import { AgentClient, AgentError } from '../../../migrate/agent-client.js';
 import { LocalAgent } from '../../../migrate/local-agent.js';
-import { CLOSE_AUTH, decodeMessage, encodeMessage } from '../../../migrate/protocol.js';
+import { CLOSE_AUTH, PROTOCOL_VERSION, decodeMessage, encodeMessage } from '../../../migrate/protocol.js';
 import { ProtocolError } from '../../../src/errors.js';
 import { createLogger, setLogger } from '../../../src/log.js';
 import { loadTlsCredentials } from '../../../src/pageserver/tls.js';
@@ -114,7 +114,7 @@ t.test('a request before auth gets an error and the connection is closed', async
   const { target, calls } = await setup(t);
   const r = raw(target);
   await r.opened;
-  t.match(r.messages[0], { kind: 'challenge', protocol: 2 });
+  t.match(r.messages[0], { kind: 'challenge', protocol: PROTOCOL_VERSION });
   r.ws.send(encodeMessage({ kind: 'request', id: 1, op: 'restore', params: { dir: 'x/y' } }));
   t.equal(await r.closed, CLOSE_AUTH);
   t.match(r.messages[1], {
@@ -143,7 +143,7 @@ t.test('the right token: hello, and the agent proves it knows the token too', as
   const { target, root } = await setup(t);
   const c = await connected(t, target);
   const h = await c.hello();
-  t.equal(h.protocol, 2);
+  t.equal(h.protocol, PROTOCOL_VERSION);
   t.equal(h.imagesRoot, root);
   t.equal(h.pid, process.pid);
   t.ok(h.freeBytes > 0, 'free disk reported');

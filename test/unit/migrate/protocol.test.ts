@@ -70,9 +70,17 @@ t.test('malformed messages are refused with a reason', async (t) => {
   // The tree a skeleton is made of: whole processes, ids and VMA bounds in pairs.
   const tree = (processes: unknown): string =>
     bad({ kind: 'request', id: 1, op: 'skeleton-apply', params: { pid: 1, dir: 'a', processes } });
-  const proc = { pid: 7, ppid: 0, pgid: 7, sid: 3, anonVmas: [4096, 8192] };
+  const lib = { start: 0x7000, end: 0x9000, prot: 5, flags: 2, pgoff: 0, fdflags: 0, path: '/lib/x.so' };
+  const proc = { pid: 7, ppid: 0, pgid: 7, sid: 3, anonVmas: [4096, 8192], fileVmas: [lib] };
   t.equal(tree([proc, { ...proc, pid: 8, ppid: 7, anonVmas: [] }]), 'ACCEPTED');
-  t.match(tree([{ ...proc, anonVmas: [4096] }]), /list of \{pid, ppid, pgid, sid, anonVmas\}/, 'an odd VMA list');
+  t.match(
+    tree([{ ...proc, anonVmas: [4096] }]),
+    /list of \{pid, ppid, pgid, sid, anonVmas, fileVmas\}/,
+    'an odd VMA list',
+  );
+  t.match(tree([{ ...proc, fileVmas: [{ ...lib, path: 'x.so' }] }]), /list of/, 'a file VMA with a relative path');
+  t.match(tree([{ ...proc, fileVmas: [{ ...lib, prot: -1 }] }]), /list of/, 'a file VMA with a negative number');
+  t.match(tree([{ pid: 7, ppid: 0, pgid: 7, sid: 3, anonVmas: [] }]), /list of/, 'no fileVmas (protocol 2)');
   t.match(tree([{ ...proc, pid: -1 }]), /list of \{pid/, 'a negative pid');
   t.match(tree([{ ...proc, sid: undefined }]), /list of \{pid/, 'a missing sid');
   t.match(tree([{ ...proc, extra: 1 }]), /list of \{pid/, 'an unknown field');
