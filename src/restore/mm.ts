@@ -28,7 +28,7 @@ import { countPages, intersect, normalize, pageAddr, pageIndex, pageRuns, subtra
 import { shmemPagemapFileName } from '../files/image-sink.js';
 import { F_ADD_SEALS, MFD_ALLOW_SEALING } from '../files/memfd.js';
 import { openInTask } from '../files/task-io.js';
-import { O_CLOEXEC } from '../kernel/constants.js';
+import { O_CLOEXEC, O_RDONLY, O_RDWR } from '../kernel/constants.js';
 import { TASK_SIZE } from './stub.js';
 import type { SysvSegments } from './sysv-shm.js';
 import type { FileVmaLayout } from '../dump/pre-dump.js';
@@ -45,8 +45,6 @@ const MAP_FIXED_NOREPLACE = 0x100000n;
 const ARCH_MAP_VDSO_64 = 0x2003n;
 const PR_SET_MM = 35n;
 const PR_SET_MM_MAP = 14n;
-const O_RDONLY = 0;
-const O_RDWR = 2;
 
 interface Vma {
   start: bigint;

@@ -35,6 +35,7 @@
  */
 
 import path from 'node:path';
+import { O_RDONLY, O_RDWR } from '../kernel/constants.js';
 import { TaskError } from '../errors.js';
 import type { Injector } from '../inject/injector.js';
 import { log } from '../log.js';
@@ -64,8 +65,6 @@ const MAP_PRIVATE_ANON = 0x22n;
 const MAP_FIXED_NOREPLACE = 0x100000n;
 const PROT_RW = 3n;
 const MADV_DONTNEED = 4n;
-const O_RDONLY = 0;
-const O_RDWR = 2;
 
 export interface SkeletonStats {
   pagesFilled: number;
