@@ -415,9 +415,7 @@ function mapAt(
   fd: bigint,
   pgoff: bigint,
 ): void {
-  const got = inj.syscallOrThrow('mmap', [start, len, prot, flags, fd, pgoff]);
-  if (got !== start)
-    throw new ImageError('mm image', `VMA 0x${start.toString(16)} was mapped at 0x${got.toString(16)}`);
+  mapAll(inj, [{ start, len, prot, flags, fd, pgoff }]);
 }
 
 /** The madvise calls that give VMA `v` its advice. */
@@ -441,26 +439,36 @@ function keepPremappedFiles(
   fileName: (id: number) => string,
 ): Set<number> {
   const kept = new Set<number>();
-  const gone: InjectedCall[] = [];
+  const gone: PremappedFile[] = [];
+  const fileVmaAt = new Map<bigint, number>();
+  vmas.forEach((v, i) => {
+    if ((v.status & (VMA_AREA.FILE_PRIVATE | VMA_AREA.FILE_SHARED)) !== 0 && (v.status & VMA_AREA.MEMFD) === 0)
+      fileVmaAt.set(v.start, i);
+  });
+  const isUnchanged = new Map<string, boolean>(); // by path: a library has four or five VMAs
   for (const f of files) {
-    const i = vmas.findIndex(
-      (v) =>
-        (v.status & (VMA_AREA.FILE_PRIVATE | VMA_AREA.FILE_SHARED)) !== 0 &&
-        (v.status & VMA_AREA.MEMFD) === 0 &&
-        v.start === f.start &&
-        v.end === f.end &&
-        v.prot === BigInt(f.prot) &&
-        v.flags === BigInt(f.flags) &&
-        v.pgoff === f.pgoff &&
-        v.fdflags === f.fdflags &&
-        fileName(v.shmid) === f.path,
-    );
-    if (i >= 0 && isStillTheFile(inj.pid, f)) kept.add(i);
-    else gone.push({ name: 'munmap', args: () => [f.start, f.end - f.start] });
+    const i = fileVmaAt.get(f.start);
+    const v = i === undefined ? undefined : vmas[i];
+    const isSame =
+      v !== undefined &&
+      v.end === f.end &&
+      v.prot === BigInt(f.prot) &&
+      v.flags === BigInt(f.flags) &&
+      v.pgoff === f.pgoff &&
+      v.fdflags === f.fdflags &&
+      fileName(v.shmid) === f.path;
+    if (isSame && !isUnchanged.has(f.path)) isUnchanged.set(f.path, isStillTheFile(inj.pid, f));
+    if (isSame && isUnchanged.get(f.path) === true) kept.add(i as number);
+    else gone.push(f);
   }
-  inj.runCallsOrThrow(gone);
+  unmapFiles(inj, gone);
   if (files.length > 0) log().info(`Files mapped ahead: ${kept.size} VMAs kept, ${gone.length} unmapped`);
   return kept;
+}
+
+/** Unmap the file VMAs `files` (mapped ahead) in the task of `inj`, in one chain. */
+export function unmapFiles(inj: Injector, files: readonly FileVmaLayout[]): void {
+  inj.runCallsOrThrow(files.map((f): InjectedCall => ({ name: 'munmap', args: () => [f.start, f.end - f.start] })));
 }
 
 /** Whether the file at `f.path` (in the task's root) is still the one `f` maps. */

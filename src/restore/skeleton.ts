@@ -54,11 +54,10 @@ import {
 } from './stub.js';
 import { forkStub, joinGroups, leadAsDumped } from './tree.js';
 import type { FileVmaLayout, ProcessLayout } from '../dump/pre-dump.js';
-import { statSync } from 'node:fs';
-import { readMaps } from '../proc/maps.js';
+import { statSync, type BigIntStats } from 'node:fs';
 import { openInTask } from '../files/task-io.js';
 import type { InjectedCall } from '../inject/injector.js';
-import type { PremappedFile } from './mm.js';
+import { unmapFiles, type PremappedFile } from './mm.js';
 
 const PAGE = 4096n;
 const MAP_PRIVATE_ANON = 0x22n;
@@ -237,8 +236,10 @@ export class SkeletonTask {
     this.inherited = kept;
     // The parent's file VMAs came with the fork: the ones this process has too stay.
     this.files = parentFiles.filter((f) => layout.fileVmas.some((v) => isSameFileVma(v, f)));
-    const gone = parentFiles.filter((f) => !this.files.includes(f));
-    inj.runCallsOrThrow(gone.map((f): InjectedCall => ({ name: 'munmap', args: () => [f.start, f.end - f.start] })));
+    unmapFiles(
+      inj,
+      parentFiles.filter((f) => !this.files.includes(f)),
+    );
   }
 
   /**
@@ -253,9 +254,7 @@ export class SkeletonTask {
     this.relocateScratch(normalize([...want, ...pageRuns(layout.fileVmas)]));
     // File VMAs gone or changed first: their ranges may be anonymous memory now.
     const staleFiles = this.files.filter((f) => !layout.fileVmas.some((v) => isSameFileVma(v, f)));
-    inj.runCallsOrThrow(
-      staleFiles.map((f): InjectedCall => ({ name: 'munmap', args: () => [f.start, f.end - f.start] })),
-    );
+    unmapFiles(inj, staleFiles);
     this.files = this.files.filter((f) => !staleFiles.includes(f));
     for (const r of subtract(this.mapped, want)) inj.syscallOrThrow('munmap', [pageAddr(r.start), len(r)]);
     const added = subtract(want, this.mapped);
@@ -320,6 +319,7 @@ export class SkeletonTask {
     for (const group of byFile.values()) {
       const { path: file, fdflags } = group[0] as FileVmaLayout;
       let fd: number;
+      let st: BigIntStats;
       try {
         fd = openInTask(inj, file, fdflags === O_RDWR ? O_RDWR : O_RDONLY);
       } catch (err) {
@@ -327,6 +327,12 @@ export class SkeletonTask {
         continue;
       } finally {
         inj.resetScratch();
+      }
+      try {
+        st = statSync(`/proc/${this.pid}/fd/${fd}`, { bigint: true }); // the file its VMAs map
+      } catch (err) {
+        inj.syscallOrThrow('close', [BigInt(fd)]);
+        throw err;
       }
       const calls = group.map((v): InjectedCall => ({
         name: 'mmap',
@@ -340,7 +346,6 @@ export class SkeletonTask {
         ],
       }));
       const results = inj.runCalls([...calls, { name: 'close', args: () => [BigInt(fd)] }]);
-      const maps = readMaps(this.pid) ?? [];
       group.forEach((v, k) => {
         const got = (results[k] as { ret: bigint }).ret;
         if (got !== v.start) {
@@ -351,10 +356,6 @@ export class SkeletonTask {
           );
           return;
         }
-        // The file as mapped (adjacent VMAs of a file may have merged: the one holding the start).
-        const m = maps.find((e) => e.start <= v.start && v.start < e.end);
-        const at = m === undefined ? '' : `${m.start.toString(16)}-${m.end.toString(16)}`;
-        const st = statSync(`/proc/${this.pid}/map_files/${at}`, { bigint: true });
         this.files.push({ ...v, dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs });
         mapped++;
       });

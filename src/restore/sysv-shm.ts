@@ -20,7 +20,7 @@ import { closeSync, existsSync, openSync, readdirSync, writeFileSync } from 'nod
 import path from 'node:path';
 import { ImageError, UnsupportedError } from '../errors.js';
 import { readImage } from '../images/image-reader.js';
-import type { ImageEntry } from '../images/index.js';
+import { PAGE_SIZE, type ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import { log } from '../log.js';
 import { readShmSegments, SHM_DEST } from '../proc/sysvipc.js';
@@ -91,10 +91,6 @@ export class SysvSegments {
     return new SysvSegments(byId);
   }
 
-  get size(): number {
-    return this.byId.size;
-  }
-
   /** Step 1: refuse, in one line, a segment whose id or key is taken here. */
   check(): void {
     if (this.byId.size === 0) return;
@@ -157,7 +153,7 @@ export class SysvSegments {
     if (got !== start)
       throw new ImageError('mm image', `${describe(s)} was attached at ${hex(got)}, not ${hex(start)}`);
     if (s.isFilled) return;
-    const end = start + BigInt(Math.ceil(s.size / 4096) * 4096);
+    const end = start + BigInt(Math.ceil(s.size / PAGE_SIZE) * PAGE_SIZE);
     const data = Buffer.from(s.contents.buffer, s.contents.byteOffset, s.size);
     const fd = openSync(`/proc/${inj.pid}/map_files/${start.toString(16)}-${end.toString(16)}`, 'r+');
     try {
