@@ -10,14 +10,11 @@ import { UnsupportedError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import * as sys from '../sys/native.js';
-import { KCMP_FILE } from '../kernel/constants.js';
+import { F_DUPFD_CLOEXEC, F_SETFD, FD_CLOEXEC, KCMP_FILE, O_CLOEXEC } from '../kernel/constants.js';
 import { listFds, readFdInput } from './collect.js';
 import { FD_KINDS } from './registry.js';
 import type { FdDumpInput, FdKindModule, FileDumpContext, FileOptions, FileRestoreContext } from './types.js';
 import { sharedEntry } from './shared.js';
-
-const O_CLOEXEC = 0o2000000;
-const FD_CLOEXEC = 1;
 
 /** What an fd link says it is, for error messages: "socket", "anon_inode:[eventfd]", a path. */
 export function describeFdLink(link: string): string {
@@ -237,7 +234,7 @@ export async function restoreFiles(
     for (const t of targets) {
       if (t.fd !== tmp)
         injector.syscallOrThrow('dup3', [BigInt(tmp), BigInt(t.fd), t.isCloexec ? BigInt(O_CLOEXEC) : 0n]);
-      else if (t.isCloexec) injector.syscallOrThrow('fcntl', [BigInt(t.fd), 2n /* F_SETFD */, BigInt(FD_CLOEXEC)]);
+      else if (t.isCloexec) injector.syscallOrThrow('fcntl', [BigInt(t.fd), BigInt(F_SETFD), BigInt(FD_CLOEXEC)]);
     }
     if (!targets.some((t) => t.fd === tmp)) injector.syscallOrThrow('close', [BigInt(tmp)]);
     placed.set(id, targets[0]?.fd ?? tmp);
@@ -260,7 +257,7 @@ function takeFdFrom(injector: Injector, pid: number, fd: number): number {
   const pidfd = injector.syscallOrThrow('pidfd_open', [BigInt(pid), 0n]);
   try {
     const got = injector.syscallOrThrow('pidfd_getfd', [pidfd, BigInt(fd), 0n]);
-    injector.syscallOrThrow('fcntl', [got, 2n /* F_SETFD */, 0n]);
+    injector.syscallOrThrow('fcntl', [got, BigInt(F_SETFD), 0n]);
     return Number(got);
   } finally {
     injector.syscallOrThrow('close', [pidfd]);
@@ -269,13 +266,14 @@ function takeFdFrom(injector: Injector, pid: number, fd: number): number {
 
 /**
  * FileRestoreContext.parkFd for a table whose fds are all below `firstFree`: each parked fd moves
- * to the next number from there (close-on-exec, in case it outlives the restore by mistake).
+ * to the lowest free number from there (close-on-exec, in case it outlives the restore by
+ * mistake). Free, not the next one counted: the fd to park may itself sit there already (the
+ * kernel gave it the first number above a table with no other hole), and another fd the restore
+ * holds above the table must not be replaced.
  */
 export function fdParker(injector: Injector, firstFree: number): (fd: number) => number {
-  let next = firstFree;
   return (fd) => {
-    const to = next++;
-    injector.syscallOrThrow('dup3', [BigInt(fd), BigInt(to), BigInt(O_CLOEXEC)]);
+    const to = Number(injector.syscallOrThrow('fcntl', [BigInt(fd), BigInt(F_DUPFD_CLOEXEC), BigInt(firstFree)]));
     injector.syscallOrThrow('close', [BigInt(fd)]);
     return to;
   };

@@ -4,7 +4,8 @@
  * cr_sockets holds listeners (IPv4, IPv6-only, dual-stack, a dup), a bound and a new TCP socket,
  * and UDP sockets bound, connected and new, with options set; after restore it compares their
  * state line by line and uses them (PASS/FAIL). cr_unix does the same for unix sockets: pairs with
- * bytes waiting, a closed peer, shutdowns, listeners on a path and an abstract name. The images are
+ * bytes waiting, a closed peer, shutdowns, listeners on a path and an abstract name; cr_fdtable
+ * holds sockets with a closed peer in a table with no free number below its top. The images are
  * checked too: as CRIU writes them (and Debian's crit reads them). A restore whose port is taken
  * fails cleanly. Servers no one here wrote serve on after restore (python3 -m http.server, a node
  * http server, a python asyncio server). With --tcp-established, TCP connections come back: both
@@ -210,6 +211,24 @@ t.test(
       'the bytes waiting in six stream sockets and seven messages, in sk-queues.img',
     );
     await sameAsCrit(t, images, ['files.img', 'sk-queues.img']);
+    await restoreExpectPass(t, w, images, dir);
+  },
+);
+
+t.test(
+  'cr_fdtable: sockets whose other end was closed, in a table with no free number below its top',
+  { skip: needsRoot },
+  async (t) => {
+    // Each such socket is made as a pair whose other end waits above the table's numbers; here
+    // the kernel gives that end the first number above the table, where the first one kept
+    // aside would go (the JVM's table was like this; the restore failed on dup3 EINVAL).
+    const dir = t.testdir();
+    const w = await startWorkload('cr_fdtable', dir);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
+    t.equal(dump.status, 0, dump.stderr);
+    await waitGone(w.pid);
     await restoreExpectPass(t, w, images, dir);
   },
 );
