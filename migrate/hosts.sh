@@ -114,7 +114,9 @@ up_one() {
 	ip neigh flush to "$addr" dev "$BRIDGE" 2>/dev/null || true
 
 	# The init: PID 1 of the new PID namespace reaps every orphan (a restored task left by
-	# `criu restore -d` is one); perl is there on every Debian. Its launcher leaves the caller's
+	# `criu restore -d` is one); perl is there on every Debian. With no child it sleeps, and the
+	# death of an orphan it got meanwhile (SIGCHLD) wakes it: else the orphan would stay a zombie,
+	# seen in /proc, for up to a second. Its launcher leaves the caller's
 	# session (a Ctrl-C meant for the caller must not take the host down) and closes every fd
 	# it inherited (our lock, the caller's pipes), then becomes unshare, the init's parent.
 	perl -e '
@@ -126,7 +128,7 @@ up_one() {
 		closedir($d);
 		POSIX::close($_) for @fds;
 		open(my $f, ">", $pidfile) or die; print $f "$$\n"; close($f);
-		my $init = q{$0 = "criu-ts-host-init $ARGV[0]"; while (1) { sleep 1 if wait() == -1 }};
+		my $init = q{$0 = "criu-ts-host-init $ARGV[0]"; $SIG{CHLD} = sub {}; while (1) { sleep 1 if wait() == -1 }};
 		exec("ip", "netns", "exec", $ns, "unshare", "--pid", "--ipc", "--fork", "--mount-proc", "--kill-child",
 			"perl", "-e", $init, $name) or die;
 	' "$STATE/$name/unshare.pid" "$ns" "$name" </dev/null >/dev/null 2>&1 9>&- &

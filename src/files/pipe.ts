@@ -14,10 +14,12 @@
  *
  * Restore runs inside the task: pipe2(2) once per pipe_id, F_SETPIPE_SZ to the dumped size (at
  * most fs.pipe-max-size, 1 MiB, without CAP_SYS_RESOURCE), write(2) of the data from the
- * injector's scratch mapping into the write end, then the end this description is not is closed
- * at once. Another description of the same pipe (the other end, or a second open of one end) is
- * opened through /proc/self/fd/N of the first one, as CRIU's reopen does; no end is left behind,
- * so no finishing step is needed.
+ * injector's scratch mapping into the write end. The description takes the end of its access mode;
+ * the other end is parked above the fd table, for the pipe's other description (in this process
+ * or, through pidfd_getfd, another of the tree), and closed at the end if none claims it. Any
+ * further description (a second open of one end, or one that was opened through /proc, which the
+ * kernel marks O_LARGEFILE) is opened through /proc/self/fd/N of the first one, as CRIU's reopen
+ * does.
  *
  * Shared with fifo.ts: the data dump (dumpPipeData) and refill (fillPipeInTask).
  */
@@ -30,6 +32,7 @@ import {
   F_SETPIPE_SZ,
   O_CLOEXEC,
   O_DIRECT,
+  O_LARGEFILE,
   O_NONBLOCK,
   O_RDONLY,
   O_WRONLY,
@@ -191,10 +194,53 @@ function reopenPipeInTask(injector: Injector, baseFd: number, flags: number): nu
   return fd;
 }
 
+/**
+ * The ends pipe2 made that no description took yet, by access mode, each parked above the fd
+ * table of process `pid`; `takenHere` marks one claimed in that process itself (its parked fd was
+ * moved to its place), so that finishRestore closes only the others.
+ */
+interface PipeSpares {
+  pid: number;
+  ends: Map<number, { fd: number; taken: boolean; takenHere: boolean }>;
+}
+
 /** What restore remembers of a pipe once created: the first description restored and its fd. */
 interface PipeRestoreState {
   fileId: number;
   fd: number;
+  spares?: PipeSpares;
+}
+
+/** What the other processes of a tree know of a pipe made by one of them. */
+interface TreePipe {
+  fileId: number;
+  spares: PipeSpares;
+}
+
+/**
+ * A description pipe(2) makes: O_RDONLY or O_WRONLY without O_LARGEFILE. One opened through
+ * /proc/PID/fd/N has O_LARGEFILE, which no fcntl
+ * can set or clear: the restore makes each kind the way it was made.
+ */
+function isPipe2End(flags: number): boolean {
+  const mode = flags & O_ACCMODE;
+  return (flags & O_LARGEFILE) === 0 && (mode === O_RDONLY || mode === O_WRONLY);
+}
+
+/** Claim the spare end of `mode` made by pipe2 for this description, if one is left. */
+function claimSpare(ctx: FileRestoreContext, spares: PipeSpares | undefined, flags: number): number | undefined {
+  const end = isPipe2End(flags) ? spares?.ends.get(flags & O_ACCMODE) : undefined;
+  if (spares === undefined || end === undefined || end.taken) return undefined;
+  end.taken = true;
+  let fd: number;
+  if (spares.pid === ctx.pid) {
+    end.takenHere = true;
+    fd = end.fd;
+  } else if (ctx.tree !== undefined) {
+    fd = ctx.tree.takeFrom(spares.pid, end.fd);
+  } else return undefined;
+  setStatusFlagsInTask(ctx.injector, fd, flags);
+  return fd;
 }
 
 function pipeOf(entry: ImageEntry): ImageEntry {
@@ -226,21 +272,31 @@ export const pipeFile: FdKindModule = {
     const pe = pipeOf(entry);
     const pipeId = Number(pe['pipe_id']);
     const flags = Number(pe['flags'] ?? 0);
+    const fileId = Number(pe['id']);
     const key = `pipe:${pipeId}`;
     const { injector } = ctx;
     const known = ctx.shared.get(key) as PipeRestoreState | undefined;
-    // In a tree, the pipe may have been made by another process: this end is opened from there.
-    const madeElsewhere = ctx.tree?.shared.get(key) as { fileId: number } | undefined;
+    // In a tree, the pipe may have been made by another process: this description is the end it
+    // kept aside, or is opened again from the pipe there.
+    const madeElsewhere = ctx.tree?.shared.get(key) as TreePipe | undefined;
     const elsewhere = madeElsewhere === undefined ? undefined : ctx.tree?.fdOfFileId(madeElsewhere.fileId);
     let fd: number;
-    if (known === undefined && elsewhere !== undefined && ctx.tree !== undefined) {
-      const theirs = ctx.tree.takeFrom(elsewhere.pid, elsewhere.fd);
-      try {
-        fd = reopenPipeInTask(injector, theirs, flags);
-      } finally {
-        closeInTask(injector, theirs);
+    if (known === undefined && madeElsewhere !== undefined && ctx.tree !== undefined) {
+      const spare = claimSpare(ctx, madeElsewhere.spares, flags);
+      if (spare !== undefined) fd = spare;
+      else {
+        if (elsewhere === undefined)
+          throw new Error(
+            `Pipe ${pipeId}: the description it was made for (file ${madeElsewhere.fileId}) is not placed`,
+          );
+        const theirs = ctx.tree.takeFrom(elsewhere.pid, elsewhere.fd);
+        try {
+          fd = reopenPipeInTask(injector, theirs, flags);
+        } finally {
+          closeInTask(injector, theirs);
+        }
       }
-      ctx.shared.set(key, { fileId: Number(pe['id']), fd } satisfies PipeRestoreState);
+      ctx.shared.set(key, { fileId, fd } satisfies PipeRestoreState);
     } else if (known === undefined) {
       const [r, w] = pipeInTask(injector);
       try {
@@ -251,16 +307,38 @@ export const pipeFile: FdKindModule = {
         closeInTask(injector, w);
         throw err;
       }
-      const isWrite = (flags & O_ACCMODE) === O_WRONLY;
-      fd = isWrite ? w : r;
-      closeInTask(injector, isWrite ? r : w);
-      setStatusFlagsInTask(injector, fd, flags);
-      ctx.shared.set(key, { fileId: Number(pe['id']), fd } satisfies PipeRestoreState);
-      ctx.tree?.shared.set(key, { fileId: Number(pe['id']) });
+      const ends = new Map([
+        [O_RDONLY, r],
+        [O_WRONLY, w],
+      ]);
+      const own = isPipe2End(flags) ? flags & O_ACCMODE : undefined;
+      fd = own === undefined ? reopenPipeInTask(injector, r, flags) : (ends.get(own) ?? r);
+      if (own !== undefined) {
+        ends.delete(own);
+        setStatusFlagsInTask(injector, fd, flags);
+      }
+      // The ends not taken wait, parked, for the descriptions they were made for (the other end,
+      // here or in another process of the tree); finishRestore closes those never claimed.
+      const spares: PipeSpares = { pid: ctx.pid, ends: new Map() };
+      for (const [mode, end] of ends) spares.ends.set(mode, { fd: ctx.parkFd(end), taken: false, takenHere: false });
+      ctx.shared.set(key, { fileId, fd, spares } satisfies PipeRestoreState);
+      ctx.tree?.shared.set(key, { fileId, spares } satisfies TreePipe);
     } else {
-      fd = reopenPipeInTask(injector, ctx.fdOfFileId(known.fileId) ?? known.fd, flags);
+      fd =
+        claimSpare(ctx, known.spares ?? madeElsewhere?.spares, flags) ??
+        reopenPipeInTask(injector, ctx.fdOfFileId(known.fileId) ?? known.fd, flags);
     }
     restoreFown(injector, fd, pe['fown'] as ImageEntry | undefined);
     return fd;
+  },
+
+  async finishRestore(ctx) {
+    // The ends pipe2 made that no description claimed, and this process's copies of those
+    // another process took.
+    for (const [key, value] of ctx.shared) {
+      if (!key.startsWith('pipe:')) continue;
+      for (const end of (value as PipeRestoreState).spares?.ends.values() ?? [])
+        if (!end.takenHere) closeInTask(ctx.injector, end.fd);
+    }
   },
 };

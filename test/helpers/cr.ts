@@ -317,22 +317,18 @@ function taskFacts(pid: number): string {
 }
 
 /**
- * The plain round trip of a self-checking workload: start it, dump it (killed), restore it, wait
- * for the pidfile, SIGTERM it, and expect PASS in its report and criu exiting 0.
+ * The plain round trip of a self-checking workload: start it (with `args`), dump it (killed),
+ * restore it, expect its PID back, SIGTERM it, and expect PASS in its report and criu exiting 0.
  */
-export async function dumpRestoreCheck(t: Test, program: string): Promise<void> {
+export async function dumpRestoreCheck(t: Test, program: string, args: readonly string[] = []): Promise<void> {
   const dir = t.testdir();
-  const w = await startWorkload(program, dir);
+  const w = await startWorkload(program, dir, args);
   t.teardown(() => w.kill());
   const images = path.join(dir, 'img');
   const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
   t.equal(dump.status, 0, dump.stderr);
   await waitGone(w.pid);
-  const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
-  process.kill(w.pid, 'SIGTERM');
-  const r = await restored.done;
-  t.match(w.report(), /PASS/, w.report());
-  t.equal(r.status, 0, r.stderr);
+  await restoreExpectPass(t, w, images, dir);
 }
 
 /**

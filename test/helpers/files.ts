@@ -83,6 +83,7 @@ export async function restoreOneFd(
       injector.syscallOrThrow('dup3', [BigInt(tmp), BigInt(targetFd), 0n]);
       injector.syscallOrThrow('close', [BigInt(tmp)]);
     }
+    await mod.finishRestore?.(ctx); // what the module kept aside (a pipe's other end), as restoreFiles does
   } finally {
     injector.release();
   }

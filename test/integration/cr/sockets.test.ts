@@ -25,6 +25,7 @@ import { ASYNCIO_COUNTER, askCounter, httpGet, untilServing } from '../../helper
 import { freePort } from '../../helpers/real-criu.js';
 import {
   criuAsync,
+  dumpRestoreCheck,
   endExpectPass,
   restoreExpectPass,
   startRestore,
@@ -222,14 +223,7 @@ t.test(
     // Each such socket is made as a pair whose other end waits above the table's numbers; here
     // the kernel gives that end the first number above the table, where the first one kept
     // aside would go (the JVM's table was like this; the restore failed on dup3 EINVAL).
-    const dir = t.testdir();
-    const w = await startWorkload('cr_fdtable', dir);
-    t.teardown(() => w.kill());
-    const images = path.join(dir, 'img');
-    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
-    t.equal(dump.status, 0, dump.stderr);
-    await waitGone(w.pid);
-    await restoreExpectPass(t, w, images, dir);
+    await dumpRestoreCheck(t, 'cr_fdtable');
   },
 );
 

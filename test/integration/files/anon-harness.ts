@@ -89,6 +89,7 @@ export async function restoreFds(pid: number, set: DumpedSet): Promise<void> {
       }
       fdOf.set(f.id, f.fd);
     }
+    for (const mod of new Set(order.map((f) => f.mod))) await mod.finishRestore?.(ctx);
   } finally {
     injector.release();
   }

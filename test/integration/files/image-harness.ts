@@ -111,6 +111,7 @@ export async function restoreFromDir(pid: number, dumped: readonly DumpedFile[],
       }
       placed.set(f.id, f.fd);
     }
+    for (const mod of new Set(dumped.map((f) => f.mod))) await mod.finishRestore?.(ctx);
   } finally {
     injector.release();
   }
