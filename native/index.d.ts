@@ -295,6 +295,12 @@ export function prlimit(pid: number, resource: number, newLimit: Rlimit | null):
 export function getRobustList(pid: number): { head: bigint; len: bigint };
 /** kcmp(pid1, pid2, type, idx1, idx2): 0 equal, 1 less, 2 greater, 3 not equal (unordered). */
 export function kcmp(pid1: number, pid2: number, type: number, idx1: bigint, idx2: bigint): number;
+/**
+ * kcmp(pid1, pid2, KCMP_EPOLL_TFD, fd, {efd, tfd, toff}): the file at `fd` of pid1 against the
+ * target file of epoll `efd`'s watch of fd number `tfd` (the `toff`-th such watch) in pid2; 0 when
+ * the same file. Throws (EBADF, ENOENT) when `fd` is not open or there is no such watch.
+ */
+export function kcmpEpollTfd(pid1: number, pid2: number, fd: number, efd: number, tfd: number, toff: number): number;
 
 // ---------------------------------------------------------------------------------------------
 // System V shared memory.

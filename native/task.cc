@@ -99,6 +99,21 @@ Napi::Value Kcmp(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(r));
 }
 
+// kcmp(pid1, pid2, KCMP_EPOLL_TFD, fd, &{efd, tfd, toff}): the file at fd `fd` of pid1 against
+// the target of the watch (tfd, toff) of epoll `efd` of pid2. uapi/linux/kcmp.h.
+Napi::Value KcmpEpollTfd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int pid1 = ArgInt32(info, 0, "pid1");
+  int pid2 = ArgInt32(info, 1, "pid2");
+  int fd = ArgInt32(info, 2, "fd");
+  struct {
+    uint32_t efd, tfd, toff;
+  } slot = {ArgUint32(info, 3, "efd"), ArgUint32(info, 4, "tfd"), ArgUint32(info, 5, "toff")};
+  long r = syscall(SYS_kcmp, pid1, pid2, 7 /* KCMP_EPOLL_TFD */, fd, &slot);
+  if (r < 0) ThrowSyscall(env, "kcmp", errno, {pid1, pid2, 7, fd, slot.efd, slot.tfd, slot.toff});
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
 Napi::Value Kill(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int pid = ArgInt32(info, 0, "pid");
@@ -243,6 +258,7 @@ void InitTask(Napi::Env env, Napi::Object exports) {
   exports.Set("prlimit", Napi::Function::New(env, Prlimit, "prlimit"));
   exports.Set("getRobustList", Napi::Function::New(env, GetRobustList, "getRobustList"));
   exports.Set("kcmp", Napi::Function::New(env, Kcmp, "kcmp"));
+  exports.Set("kcmpEpollTfd", Napi::Function::New(env, KcmpEpollTfd, "kcmpEpollTfd"));
   exports.Set("kill", Napi::Function::New(env, Kill, "kill"));
   exports.Set("tgkill", Napi::Function::New(env, Tgkill, "tgkill"));
   exports.Set("gettid", Napi::Function::New(env, Gettid, "gettid"));

@@ -14,15 +14,18 @@
  * O_RDWR first (on Linux that never blocks, and it is both a reader and a writer), refill the data
  * through it the first time this FIFO is met, open the path with the dumped flags (which cannot
  * block now), close the O_RDWR fd. The FIFO must exist at its path (a deleted one is refused at
- * dump).
+ * dump). A FIFO that holds bytes when it is opened has another holder: not refilled when they are
+ * the dumped ones (the original, frozen, in a migration between hosts of one machine), refused
+ * when they are not.
  */
 
 import { UnsupportedError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
-import { O_RDWR } from '../kernel/constants.js';
+import { F_GETPIPE_SZ, O_RDWR } from '../kernel/constants.js';
+import * as sys from '../sys/native.js';
 import { descriptionFlags } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { dumpPipeData, fillPipeInTask, findPipeData, pipeIdOf } from './pipe.js';
+import { dumpPipeData, fillPipeInTask, findPipeData, peekPipe, pipeIdOf } from './pipe.js';
 import { closeInTask, openInTask } from './task-io.js';
 import { FD_TYPES, type FdKindModule } from './types.js';
 
@@ -35,6 +38,30 @@ function subMessage(entry: ImageEntry, name: string): ImageEntry {
   if (typeof sub !== 'object' || sub === null || Array.isArray(sub) || sub instanceof Uint8Array)
     throw new Error(`File entry ${String(entry['id'])} has no ${name} sub-message`);
   return sub as ImageEntry;
+}
+
+/**
+ * Whether the FIFO (at fd `fd` of task `pid`) holds bytes already: someone else has it open and
+ * they are its own, not to be written twice. The frozen original of a migration between two
+ * hosts of one machine is such a holder, and then they are the dumped bytes: true. Other bytes
+ * would mix with the dumped ones: the restore fails in one line.
+ */
+function holdsAlready(pid: number, fd: number, path: string, dumped: Uint8Array): boolean {
+  const pidfd = sys.pidfdOpen(pid, 0);
+  let local = -1;
+  try {
+    local = sys.pidfdGetfd(pidfd, fd, 0);
+    const held = peekPipe(local, sys.fcntl(local, F_GETPIPE_SZ, 0), `FIFO ${path}`);
+    if (held.length === 0) return false;
+    if (Buffer.from(dumped).equals(held)) return true;
+    throw new UnsupportedError(
+      'fifo',
+      `Cannot restore FIFO ${path}: someone else has it open, with ${held.length} bytes in it that are not the ${dumped.length} dumped`,
+    );
+  } finally {
+    if (local >= 0) sys.close(local);
+    sys.close(pidfd);
+  }
 }
 
 export const fifoFile: FdKindModule = {
@@ -81,7 +108,8 @@ export const fifoFile: FdKindModule = {
       const key = `fifo:${pipeId}`;
       if (!ctx.shared.has(key)) {
         const pd = await findPipeData(ctx, 'FIFO_DATA', pipeId);
-        if (pd !== undefined) fillPipeInTask(injector, both, pd.sizeBytes, pd.data);
+        if (pd !== undefined && !holdsAlready(ctx.pid, both, path, pd.data))
+          fillPipeInTask(injector, both, pd.sizeBytes, pd.data);
         ctx.shared.set(key, true);
       }
       const fd = openInTask(injector, path, flags);

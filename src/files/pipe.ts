@@ -81,29 +81,38 @@ export function readPipeData(input: FdDumpInput, shared: Map<string, unknown>, k
     : input.localFd;
   try {
     const sizeBytes = sys.fcntl(readFd, F_GETPIPE_SZ, 0);
-    const [stealR, stealW] = sys.pipe2(O_CLOEXEC | O_NONBLOCK);
-    try {
-      if (sys.fcntl(stealW, F_GETPIPE_SZ, 0) < sizeBytes) sys.fcntl(stealW, F_SETPIPE_SZ, sizeBytes);
-      let bytes = 0;
-      try {
-        bytes = sys.tee(readFd, stealW, sizeBytes, SPLICE_F_NONBLOCK);
-      } catch (err) {
-        if (!isErrno(err, 'EAGAIN')) throw err; // EAGAIN: the pipe is empty
-      }
-      const data = Buffer.alloc(bytes);
-      for (let off = 0; off < bytes;) {
-        const n = sys.read(stealR, data, off, bytes - off);
-        if (n <= 0) throw new Error(`Short read of the data of pipe ${pipeId}: ${off} of ${bytes} bytes`);
-        off += n;
-      }
-      shared.set(key, true);
-      return { pipeId, sizeBytes, data };
-    } finally {
-      sys.close(stealR);
-      sys.close(stealW);
-    }
+    const data = peekPipe(readFd, sizeBytes, `pipe ${pipeId}`);
+    shared.set(key, true);
+    return { pipeId, sizeBytes, data };
   } finally {
     if (readFd !== input.localFd) sys.close(readFd);
+  }
+}
+
+/**
+ * The bytes buffered in the pipe (of `sizeBytes`) that `readFd`, a readable end in criu's own
+ * process, reads, without consuming them: tee(2) into a pipe of criu's own, then read(2).
+ */
+export function peekPipe(readFd: number, sizeBytes: number, what: string): Buffer {
+  const [stealR, stealW] = sys.pipe2(O_CLOEXEC | O_NONBLOCK);
+  try {
+    if (sys.fcntl(stealW, F_GETPIPE_SZ, 0) < sizeBytes) sys.fcntl(stealW, F_SETPIPE_SZ, sizeBytes);
+    let bytes = 0;
+    try {
+      bytes = sys.tee(readFd, stealW, sizeBytes, SPLICE_F_NONBLOCK);
+    } catch (err) {
+      if (!isErrno(err, 'EAGAIN')) throw err; // EAGAIN: the pipe is empty
+    }
+    const data = Buffer.alloc(bytes);
+    for (let off = 0; off < bytes;) {
+      const n = sys.read(stealR, data, off, bytes - off);
+      if (n <= 0) throw new Error(`Short read of the data of ${what}: ${off} of ${bytes} bytes`);
+      off += n;
+    }
+    return data;
+  } finally {
+    sys.close(stealR);
+    sys.close(stealW);
   }
 }
 

@@ -13,8 +13,9 @@
  * Restore inside the task: timerfd_create(clockid, TFD_NONBLOCK as recorded), timerfd_settime
  * with the time left (relative; with TFD_TIMER_ABSTIME recorded, the task's clock_gettime of that
  * clock plus the time left, so the flag and CANCEL_ON_SET keep their meaning), then the unread
- * expirations with ioctl(TFD_IOC_SET_TICKS) as CRIU does. An armed timer with no time left but an
- * interval (it expired a moment ago) is armed 1 ns ahead rather than left disarmed.
+ * expirations with ioctl(TFD_IOC_SET_TICKS) as CRIU does. A periodic timer with no time left and
+ * expirations not read (the kernel restarts it on the read) is armed one interval ahead; with no
+ * expirations it was disarmed, and is set so, its interval kept (fdinfo shows it).
  */
 
 import type { ImageEntry } from '../images/index.js';
@@ -116,19 +117,22 @@ export const timerfdFile: FdKindModule = {
     const createFlags = flags & O_NONBLOCK;
     const fd = Number(injector.syscallOrThrow('timerfd_create', [BigInt(clockid), BigInt(createFlags)]));
     const intervalNs = big(tfd['isec']) * NSEC_PER_SEC + big(tfd['insec']);
+    const ticks = big(tfd['ticks']);
     let valueNs = big(tfd['vsec']) * NSEC_PER_SEC + big(tfd['vnsec']);
-    if (valueNs === 0n && intervalNs !== 0n) valueNs = 1n;
+    // A periodic timer that expired and was not read since has no time left: the kernel restarts
+    // it on the read. Armed one interval ahead, it ticks on (its unread expirations are set
+    // below). Without expirations, no time left means disarmed, with its interval kept.
+    if (valueNs === 0n && intervalNs !== 0n && ticks !== 0n) valueNs = intervalNs;
     if (valueNs !== 0n && settimeFlags & TFD_TIMER_ABSTIME) {
       const now = injector.pushData(Buffer.alloc(16));
       injector.syscallOrThrow('clock_gettime', [BigInt(clockid), now]);
       const ts = injector.readMemory(now, 16);
       valueNs += ts.readBigInt64LE(0) * NSEC_PER_SEC + ts.readBigInt64LE(8);
     }
-    if (valueNs !== 0n) {
+    if (valueNs !== 0n || intervalNs !== 0n) {
       const its = injector.pushData(itimerspec(intervalNs, valueNs));
       injector.syscallOrThrow('timerfd_settime', [BigInt(fd), BigInt(settimeFlags), its, 0n]);
     }
-    const ticks = big(tfd['ticks']);
     if (ticks !== 0n) {
       const buf = Buffer.alloc(8);
       buf.writeBigUInt64LE(ticks);

@@ -225,6 +225,9 @@ function fileOfName(d: UnixDiag): { perms: ImageEntry; isDeleted: boolean } | nu
   }
 }
 
+/** sk_shutdown bit: no more reads (include/net/sock.h). */
+const RCV_SHUTDOWN = 1;
+
 /**
  * What waits in the socket's queue, peeked (not consumed) from criu's duplicate: the bytes of a
  * stream socket (one piece), the messages of a datagram or seqpacket socket (one piece each). For
@@ -260,6 +263,9 @@ function peekQueue(input: FdDumpInput, d: UnixDiag): Buffer[] {
     const limit = 2 * intOpt(input.localFd, SOL_SOCKET, SO_RCVBUF) + MAX_MESSAGE_BYTES;
     let total = 0;
     for (let m = peek(MAX_MESSAGE_BYTES); m !== null; m = peek(MAX_MESSAGE_BYTES)) {
+      // A seqpacket socket whose other end is gone reads end of stream after its last message:
+      // an empty read once every byte the kernel counts (rqueue, all messages) was read.
+      if (m.length === 0 && d.type === SOCK_SEQPACKET && d.shutdown & RCV_SHUTDOWN && total === d.rqueue) break;
       if (m.length === 0) refuse('an empty message waits in its queue');
       total += m.length;
       if (total > limit) refuse('its queue could not be walked message by message (SO_PEEK_OFF)');

@@ -121,6 +121,7 @@ export const {
   prlimit,
   getRobustList,
   kcmp,
+  kcmpEpollTfd,
   shmget,
   shmctl,
   kill,

@@ -11,15 +11,20 @@
  */
 import { execFileSync } from 'node:child_process';
 import {
+  closeSync,
+  constants,
   cpSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readdirSync,
   readFileSync,
+  readSync,
   rmSync,
   truncateSync,
   writeFileSync,
+  writeSync,
 } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -140,6 +145,26 @@ t.test('dump refuses a task holding an fd of an unsupported kind', { skip: needs
       await refusedUntouched(t, w, before, images, r, expected(refused));
     });
   }
+});
+
+t.test('dump refuses an epoll watching a file its fd number no longer holds', { skip: needsRoot }, async (t) => {
+  // The watch outlives the close of its fd while a dup keeps the pipe open; a restore adds each
+  // watch by its fd number, so it would watch nothing (or whatever the number holds by then).
+  const dir = t.testdir();
+  const w = await startWorkload('cr_state', dir, ['epoll-stale']);
+  t.teardown(() => w.kill());
+  const before = taskSnapshot(w.pid);
+  const epoll = Number(before.fds.find((f) => f.includes('[eventpoll]'))?.split(' ')[0]);
+  const images = path.join(dir, 'img');
+  const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images], w.pid);
+  await refusedUntouched(
+    t,
+    w,
+    before,
+    images,
+    r,
+    new RegExp(`Cannot dump epoll fd ${epoll} of task ${w.pid}: it watches a file that fd \\d+ no longer holds`),
+  );
 });
 
 t.test('dump refuses a child sharing its fd table before touching the tree', { skip: needsRoot }, async (t) => {
@@ -265,6 +290,42 @@ t.test('restore refuses a PID in use, and creates nothing', { skip: needsRoot },
     sameTask(t, w.pid, before);
     await verdict(t, w);
   });
+});
+
+t.test('restore refuses a FIFO that someone else holds with other bytes in it', { skip: needsRoot }, async (t) => {
+  // The dumped bytes would mix with the holder's. (The holder with the same bytes, the frozen
+  // original of a migration between two hosts of one machine, is taken as the FIFO's own:
+  // test/integration/cr/fdmix.test.ts migrates FIFOs with bytes in them.)
+  const dir = t.testdir();
+  const fifo = path.join(dir, 'fifo');
+  execFileSync('mkfifo', [fifo]);
+  const script = [
+    'import os, sys, time',
+    `fd = os.open(${JSON.stringify(fifo)}, os.O_RDWR)`,
+    'os.write(fd, b"dumped")',
+    'open(sys.argv[-1], "a").write(f"READY {os.getpid()}\\n")',
+    'time.sleep(1000)',
+  ].join('\n');
+  const w = await startWorkload('/usr/bin/python3', dir, ['-c', script]);
+  t.teardown(() => w.kill());
+  const images = path.join(dir, 'img');
+  const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
+  t.equal(dump.status, 0, dump.stderr);
+  await waitGone(w.pid);
+  const holder = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+  t.teardown(() => closeSync(holder));
+  writeSync(holder, 'other');
+  const r = await criuWatched(['restore', '-D', images], w.pid);
+  t.equal(r.status, 1, 'restore exits 1');
+  oneErrorLine(
+    t,
+    r,
+    new RegExp(`FIFO ${fifo}: someone else has it open, with 5 bytes in it that are not the 6 dumped`),
+  );
+  t.notOk(existsSync(`/proc/${w.pid}`), 'the process it had begun is gone');
+  const left = Buffer.alloc(16);
+  t.equal(readSync(holder, left), 5, 'the holder reads its own bytes, and only those');
+  t.equal(left.subarray(0, 5).toString(), 'other');
 });
 
 interface Corruption {

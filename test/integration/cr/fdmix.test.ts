@@ -1,6 +1,7 @@
 /**
  * Random fd tables (test/fixtures/cr_fdmix.c): for each seed the fixture makes files, /dev/null,
- * memfds, pipes, unix socket pairs and eventfds at random fd numbers, with dups, close-on-exec,
+ * memfds, pipes, unix socket pairs, eventfds, FIFOs, epolls (watching epolls too), timerfds,
+ * signalfds, inotifies and TCP/UDP sockets at random fd numbers, with dups, close-on-exec, owners,
  * bytes and messages waiting, ends closed; with an odd seed a child inherits part of it and holds
  * descriptions of its own. After a dump and restore, and after a live migration between simulated
  * hosts, each process compares its fd table line by line (kinds, flags, offsets, sizes, which fds
@@ -16,7 +17,7 @@ import { hostPair, runMigrate, startOnHost, tokenFile } from '../../helpers/migr
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid, namespaces)';
 
-const DUMPED = Array.from({ length: 16 }, (_, i) => i + 1);
+const DUMPED = Array.from({ length: 24 }, (_, i) => i + 1);
 const MIGRATED = [101, 102, 103, 104];
 
 for (const seed of DUMPED)

@@ -12,13 +12,13 @@ import { entryToCritJson, messageType, type ImageEntry } from '../../../src/imag
 import { O_NONBLOCK, O_RDWR } from '../../../src/kernel/constants.js';
 import { parseFdInfo } from '../../../src/proc/fdinfo.js';
 import { eventfdFile, parseEventfdInfo } from '../../../src/files/eventfd.js';
-import { eventpollFile, parseEpollInfo } from '../../../src/files/eventpoll.js';
+import { epollEntry, eventpollFile, parseEpollInfo } from '../../../src/files/eventpoll.js';
 import { fifoFile } from '../../../src/files/fifo.js';
 import { handleWords, parseInotifyInfo } from '../../../src/files/inotify.js';
 import { pipeFile, readPipeData } from '../../../src/files/pipe.js';
 import { signalfdFile, parseSignalfdInfo } from '../../../src/files/signalfd.js';
 import { parseTimerfdInfo, timerfdFile } from '../../../src/files/timerfd.js';
-import type { FdDumpInput, FileDumpContext } from '../../../src/files/types.js';
+import type { FdDumpInput, FdKindModule, FileDumpContext } from '../../../src/files/types.js';
 import * as sys from '../../../src/sys/native.js';
 
 const GOLDEN = '/work/shared/golden/criu-4.2-fdzoo/files.img.json';
@@ -118,16 +118,19 @@ t.test('entries equal CRIU 4.2 for the same state', { skip: golden ? false : `no
   const fd = sys.open('/dev/null', O_RDWR, 0);
   t.teardown(() => sys.close(fd));
   const gold = (id: number): unknown => golden?.find((e) => e.id === id);
+  // An epoll's dump first checks with kcmp that each watched fd number of the task holds its file:
+  // this fdinfo text is not of a real epoll here, so its entry is made without that check.
+  const epollDump: Pick<FdKindModule, 'dump'> = { dump: async (input, id, ctx) => epollEntry(input, id, ctx) };
   const cases = [
-    [eventfdFile, 'anon_inode:[eventfd]', FDINFO.eventfd, 8],
-    [eventpollFile, 'anon_inode:[eventpoll]', FDINFO.epoll, 9],
-    [signalfdFile, 'anon_inode:[signalfd]', FDINFO.signalfd, 10],
-    [timerfdFile, 'anon_inode:[timerfd]', FDINFO.timerfd, 11],
+    [eventfdFile, eventfdFile, 'anon_inode:[eventfd]', FDINFO.eventfd, 8],
+    [eventpollFile, epollDump, 'anon_inode:[eventpoll]', FDINFO.epoll, 9],
+    [signalfdFile, signalfdFile, 'anon_inode:[signalfd]', FDINFO.signalfd, 10],
+    [timerfdFile, timerfdFile, 'anon_inode:[timerfd]', FDINFO.timerfd, 11],
   ] as const;
-  for (const [mod, link, text, id] of cases) {
+  for (const [mod, dumper, link, text, id] of cases) {
     const input = inputOf(fd, link, text);
     t.ok(mod.matches(input), `${mod.name} claims ${link}`);
-    t.same(critJson(await mod.dump(input, id, dumpCtx())), gold(id), `${mod.name}: same entry as CRIU`);
+    t.same(critJson(await dumper.dump(input, id, dumpCtx())), gold(id), `${mod.name}: same entry as CRIU`);
   }
   const sem = await eventfdFile.dump(inputOf(fd, 'anon_inode:[eventfd]', FDINFO.eventfdSem), 1, dumpCtx());
   t.equal((sem['efd'] as ImageEntry)['flags'], O_RDWR | O_NONBLOCK | 1, 'EFD_SEMAPHORE in bit 0, O_CLOEXEC dropped');
