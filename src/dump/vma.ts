@@ -35,6 +35,7 @@ export const MAP = {
   FIXED: 0x10,
   ANONYMOUS: 0x20,
   GROWSDOWN: 0x100,
+  LOCKED: 0x2000,
   NORESERVE: 0x4000,
 } as const;
 export const PROT = { READ: 0x1, WRITE: 0x2, EXEC: 0x4 } as const;
@@ -99,7 +100,7 @@ export function classifyVma(e: SmapsEntry): VmaInfo {
   const prot = (m.isRead ? PROT.READ : 0) | (m.isWrite ? PROT.WRITE : 0) | (m.isExec ? PROT.EXEC : 0);
   let madv = 0n;
   for (const [flag, advice] of MADVISE_BY_FLAG) if (f.has(flag)) madv |= 1n << BigInt(advice);
-  const extra = (f.has('gd') ? MAP.GROWSDOWN : 0) | (f.has('nr') ? MAP.NORESERVE : 0);
+  const extra = (f.has('gd') ? MAP.GROWSDOWN : 0) | (f.has('lo') ? MAP.LOCKED : 0) | (f.has('nr') ? MAP.NORESERVE : 0);
   const base = {
     start: e.start,
     end: e.end,

@@ -56,14 +56,19 @@ interface Vma {
   shmid: number;
   madv: bigint;
   fdflags: number;
+  /** mlock'ed (MAP_LOCKED in the image, as CRIU records smaps' "lo"): locked once filled. */
+  isLocked: boolean;
 }
 
 function toVma(e: ImageEntry): Vma {
+  const flags = BigInt(Number(e['flags']));
   return {
     start: BigInt(e['start'] as bigint),
     end: BigInt(e['end'] as bigint),
     prot: BigInt(Number(e['prot'])),
-    flags: BigInt(Number(e['flags'])),
+    // Mapped without MAP_LOCKED: it would fault every page in before the pages are written.
+    flags: flags & ~BigInt(MAP.LOCKED),
+    isLocked: (flags & BigInt(MAP.LOCKED)) !== 0n,
     status: Number(e['status']),
     pgoff: BigInt((e['pgoff'] as bigint | undefined) ?? 0n),
     shmid: Number(e['shmid'] ?? 0),
@@ -418,12 +423,13 @@ function mapAt(
   mapAll(inj, [{ start, len, prot, flags, fd, pgoff }]);
 }
 
-/** The madvise calls that give VMA `v` its advice. */
+/** The madvise calls that give VMA `v` its advice, and its mlock. */
 function adviceCalls(v: Vma): InjectedCall[] {
   const calls: InjectedCall[] = [];
   for (let advice = 0n; advice < 64n; advice++)
     if ((v.madv & (1n << advice)) !== 0n)
       calls.push({ name: 'madvise', args: () => [v.start, v.end - v.start, advice] });
+  if (v.isLocked) calls.push({ name: 'mlock', args: () => [v.start, v.end - v.start] });
   return calls;
 }
 

@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Test } from 'tap';
 import { simHosts, startAgentIn, type HostProcess, type SimHost } from '../../migrate/sim-hosts.js';
 import { poll } from './cr.js';
-import { ROOT } from './fixture.js';
+import { fixturePath, ROOT } from './fixture.js';
 
 export const MIGRATE = path.join(ROOT, 'bin/criu-migrate.js');
 export const TOKEN = 'migrate-test-token-7f3a';
@@ -92,4 +92,21 @@ export async function hostPair(
   if (src === undefined || dst === undefined) throw new Error('no hosts');
   const dir = t.testdir();
   return { src, dst, dir, a: await startAgent(t, src, dir), b: await startAgent(t, dst, dir, undefined, dstArgs) };
+}
+
+/**
+ * Start self-checking fixture `program` (with `args`, then its report file) on SRC of a new host
+ * pair, migrate it with criu-migrate, then SIGTERM it on DST and expect PASS in its report: the
+ * migrated counterpart of dumpRestoreCheck.
+ */
+export async function migrateCheck(t: Test, program: string, args: readonly string[] = []): Promise<void> {
+  const { src, dst, dir, a, b } = await hostPair(t);
+  const w = await startOnHost(t, src, [fixturePath(program), ...args], path.join(dir, 'report.txt'));
+  const r = await runMigrate(['--token-file', tokenFile(dir), a.target, b.target, String(w.pid)]);
+  t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
+  t.equal((await dst.exec(`kill -TERM ${w.pid}`)).status, 0, 'the process is on DST');
+  t.not((await src.exec(`test -e /proc/${w.pid}`)).status, 0, 'and gone from SRC');
+  await w.waitFor(/PASS|FAIL/, 20_000);
+  t.match(w.report(), /PASS/, w.report());
+  t.notMatch(w.report(), /FAIL/);
 }

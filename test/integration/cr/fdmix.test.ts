@@ -9,11 +9,9 @@
  * that the pairs still reach each other. The seeds are fixed: a failure names its seed, which
  * reproduces it (`cr_fdmix SEED OUTFILE`).
  */
-import path from 'node:path';
 import t from 'tap';
 import { dumpRestoreCheck } from '../../helpers/cr.js';
-import { fixturePath } from '../../helpers/fixture.js';
-import { hostPair, runMigrate, startOnHost, tokenFile } from '../../helpers/migrate.js';
+import { migrateCheck } from '../../helpers/migrate.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (ptrace, clone3 set_tid, namespaces)';
 
@@ -26,14 +24,6 @@ for (const seed of DUMPED)
   );
 
 for (const seed of MIGRATED)
-  t.test(`seed ${seed}: criu-migrate; the fd table comes back as it was on DST`, { skip: needsRoot }, async (t) => {
-    const { src, dst, dir, a, b } = await hostPair(t);
-    const w = await startOnHost(t, src, [fixturePath('cr_fdmix'), String(seed)], path.join(dir, 'report.txt'));
-    const r = await runMigrate(['--token-file', tokenFile(dir), a.target, b.target, String(w.pid)]);
-    t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
-    t.equal((await dst.exec(`kill -TERM ${w.pid}`)).status, 0, 'the process is on DST');
-    t.not((await src.exec(`test -e /proc/${w.pid}`)).status, 0, 'and gone from SRC (reaped there too)');
-    await w.waitFor(/PASS|FAIL/, 20_000);
-    t.match(w.report(), /PASS/, w.report());
-    t.notMatch(w.report(), /FAIL/);
-  });
+  t.test(`seed ${seed}: criu-migrate; the fd table comes back as it was on DST`, { skip: needsRoot }, (t) =>
+    migrateCheck(t, 'cr_fdmix', [String(seed)]),
+  );
