@@ -3,7 +3,7 @@
  * its address space with private and shared anonymous memory, private and shared file mappings
  * and memfd mappings, holes and reserved (PROT_NONE) pieces, split by mprotect, with madvise
  * (DONTNEED, DONTDUMP, HUGEPAGE, WIPEONFORK, DONTFORK), mlock and an mremap; with an odd seed a
- * child shares it (copy on write, or shared). After the restore each process compares its maps
+ * child shares it (copy on write, or shared), and with a seed of 3 mod 4 a grandchild too. After the restore each process compares its maps
  * line by line (protections, offsets, paths, VmFlags) and the contents of every area of the
  * window, and the parent checks which of the child's writes it sees (shared memory) and which it
  * does not (private memory). Seeds go through a dump, through two pre-dumps (the memory changed
