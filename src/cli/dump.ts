@@ -56,6 +56,7 @@ function fileOptionsOf(opts: Options): FileOptions {
     isEvasiveDevices: opts.evasiveDevices,
     isTcpEstablished: opts.tcpEstablished,
     isExtUnixSk: opts.extUnixSk,
+    isFileLocks: opts.fileLocks,
   };
 }
 

@@ -14,6 +14,7 @@ import { F_DUPFD_CLOEXEC, F_SETFD, FD_CLOEXEC, KCMP_FILE, O_CLOEXEC } from '../k
 import { listFds, readFdInput } from './collect.js';
 import { FD_KINDS } from './registry.js';
 import type { FdDumpInput, FdKindModule, FileDumpContext, FileOptions, FileRestoreContext } from './types.js';
+import { fileLockEntries, fileLockRefusal, restoreFileLocks } from './file-locks.js';
 import { sharedEntry } from './shared.js';
 
 /** What an fd link says it is, for error messages: "socket", "anon_inode:[eventfd]", a path. */
@@ -50,6 +51,8 @@ export function checkFds(pid: number, options: FileOptions = {}): void {
           );
         const refusal = mod.refusal?.(input, options);
         if (refusal !== undefined) throw new UnsupportedError(`fd-kind-${mod.name}`, refusal);
+        const lockRefusal = fileLockRefusal(input, options);
+        if (lockRefusal !== undefined) throw new UnsupportedError('file-lock', lockRefusal);
       } finally {
         sys.close(input.localFd);
       }
@@ -93,9 +96,14 @@ export async function dumpFiles(
         );
       }
       const refusal = mod.refusal?.(input, ctx.options ?? {});
+      const lockRefusal = fileLockRefusal(input, ctx.options ?? {});
       if (refusal !== undefined) {
         sys.close(input.localFd);
         throw new UnsupportedError(`fd-kind-${mod.name}`, refusal);
+      }
+      if (lockRefusal !== undefined) {
+        sys.close(input.localFd);
+        throw new UnsupportedError('file-lock', lockRefusal);
       }
       const isSame = (s: DumpedDescription): boolean =>
         s.type === mod.type &&
@@ -116,6 +124,12 @@ export async function dumpFiles(
         });
       }
       fdinfo.push({ id, flags: (input.fdinfo.flags & O_CLOEXEC) !== 0 ? FD_CLOEXEC : 0, type: mod.type, fd });
+      for (const lock of fileLockEntries(
+        input,
+        id,
+        sharedEntry(full.shared, FILE_LOCKS_SEEN, () => new Set<string>()),
+      ))
+        await full.addEntry('FILE_LOCKS', lock);
     }
   } finally {
     for (const s of seen) sys.close(s.localFd);
@@ -137,6 +151,8 @@ interface DumpedDescription {
 
 /** ctx.shared key: the DumpedDescription list of the processes dumped so far. */
 const DESCRIPTIONS = 'files.descriptions';
+/** ctx.shared key: the file locks recorded so far (fileLockEntries). */
+const FILE_LOCKS_SEEN = 'files.locks';
 
 /** What --inherit-fd fd[N]:KEY keys a file by: "pipe:[ID]" for pipes, the path for files. */
 export function inheritKeyOf(entry: ImageEntry): string[] {
@@ -241,6 +257,12 @@ export async function restoreFiles(
     if (elsewhere === undefined && targets[0] !== undefined) tree?.placed.set(id, { pid: ctx.pid, fd: targets[0].fd });
     injector.resetScratch();
   }
+  // The fds are in place: the locks this process held are taken again.
+  restoreFileLocks(
+    injector,
+    ctx.pid,
+    (await full.entriesOf('FILE_LOCKS')).map((r) => r.entry),
+  );
   const finish = async (): Promise<void> => {
     for (const mod of FD_KINDS) await mod.finishRestore?.(full);
   };

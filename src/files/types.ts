@@ -81,6 +81,8 @@ export interface FileOptions {
   isTcpEstablished?: boolean;
   /** --ext-unix-sk: a datagram unix socket connected outside the task is dumped, to connect again by name. */
   isExtUnixSk?: boolean;
+  /** -l/--file-locks: file locks held are dumped (refused otherwise). */
+  isFileLocks?: boolean;
   /**
    * The processes dumped together (a tree): a socket's peer held by any of them is inside the dump.
    * Absent: the task alone.
