@@ -228,8 +228,8 @@ interface TreePipe {
 
 /**
  * A description pipe(2) makes: O_RDONLY or O_WRONLY without O_LARGEFILE. One opened through
- * /proc/PID/fd/N has O_LARGEFILE, which no fcntl
- * can set or clear: the restore makes each kind the way it was made.
+ * /proc/PID/fd/N has O_LARGEFILE, which no fcntl can set or clear: the restore makes each kind the
+ * way it was made.
  */
 function isPipe2End(flags: number): boolean {
   const mode = flags & O_ACCMODE;
