@@ -4,8 +4,9 @@
  * 1. read(2): one little-endian u64 per virtual page, at file offset (addr / 4096) * 8
  *    (Documentation/admin-guide/mm/pagemap.rst):
  *
- *      63 present | 62 swapped | 61 file page or shared anon | 58-60 zero | 57 uffd-wp
- *      56 exclusively mapped (4.2+) | 55 soft-dirty | 0-54 PFN (present) or swap type/offset
+ *      63 present | 62 swapped | 61 file page or shared anon | 59-60 zero
+ *      58 guard region (6.14+) | 57 uffd-wp | 56 exclusively mapped (4.2+) | 55 soft-dirty
+ *      0-54 PFN (present) or swap type/offset
  *
  *    The PFN reads 0 without CAP_SYS_ADMIN (4.2+). Soft-dirty is always 0 on kernels built without
  *    CONFIG_MEM_SOFT_DIRTY (this machine). Reading a range of N pages costs 8N bytes of copying:
@@ -28,7 +29,7 @@
  * faults on private anonymous memory allocate a page each instead of mapping the zero page.)
  */
 
-import { isErrno } from '../errors.js';
+import { UnsupportedError, isErrno } from '../errors.js';
 import {
   O_CLOEXEC,
   O_RDONLY,
@@ -54,6 +55,8 @@ const HI_SWAP = 1 << 30;
 const HI_FILE = 1 << 29;
 /** Bit 57: the page (or the pte marker of an empty page) is uffd write-protected. */
 const HI_UFFD_WP = 1 << 25;
+/** Bit 58 (6.14+): a guard region's pte marker (madvise MADV_GUARD_INSTALL). */
+const HI_GUARD = 1 << 26;
 /** A swap entry's type (bits 0-4); pte markers use the last type, which no swap device gets. */
 const SWP_TYPE_MASK = 0x1f;
 const SWP_PTE_MARKER = 0x1f;
@@ -120,6 +123,14 @@ export function appendPagemapRuns(
     if (isWanted && (hi & (HI_PRESENT | HI_SWAP | HI_UFFD_WP)) === (HI_SWAP | HI_UFFD_WP)) {
       if (((words[2 * i] as number) & SWP_TYPE_MASK) === SWP_PTE_MARKER) isWanted = false;
     }
+    // A guard region holds no data either, but is state: an access there must fault after a
+    // restore too, and neither CRIU's images nor criu-ts's restore carry it yet.
+    if (isWanted && (hi & (HI_PRESENT | HI_SWAP | HI_GUARD)) === (HI_SWAP | HI_GUARD))
+      throw new UnsupportedError(
+        'guard-region',
+        `Cannot dump the memory at 0x${((firstPage + i) * PAGE_SIZE).toString(16)}: a guard region ` +
+          '(madvise MADV_GUARD_INSTALL), which criu-ts cannot dump yet',
+      );
     if (isWanted && skipFile && (hi & HI_FILE) !== 0) isWanted = false;
     if (
       isWanted &&

@@ -167,6 +167,22 @@ t.test('dump refuses an epoll watching a file its fd number no longer holds', { 
   );
 });
 
+t.test('dump refuses guard regions in one line, and leaves the task as it was', { skip: needsRoot }, async (t) => {
+  // madvise(MADV_GUARD_INSTALL) marks pages whose access faults; no image carries them yet. Seen
+  // in the pagemap once frozen (bit 58), so the task was seized, and is let go as it was.
+  const dir = t.testdir();
+  const w = await startWorkload('cr_state', dir, ['guard']);
+  t.teardown(() => w.kill());
+  const before = taskSnapshot(w.pid);
+  const images = path.join(dir, 'img');
+  const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images], w.pid);
+  t.equal(r.status, 1, 'dump exits 1');
+  oneErrorLine(t, r, /Cannot dump the memory at 0x[0-9a-f]+: a guard region \(madvise MADV_GUARD_INSTALL\)/);
+  sameTask(t, w.pid, before);
+  t.same(leftovers(images), [], 'no image is left');
+  await verdict(t, w);
+});
+
 t.test('dump refuses a child sharing its fd table before touching the tree', { skip: needsRoot }, async (t) => {
   const dir = t.testdir();
   const w = await startWorkload('cr_state', dir, ['shared-child']);
