@@ -47,7 +47,7 @@ import { localPageSink, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, noDumpStats, nowUs, type DumpStats } from './entries.js';
 import { kobjIds, rootIds } from './ids.js';
 import { dumpSysvShm, removeSysvShm } from './sysv-shm.js';
-import { checkTreeFds, freezeDumpTree, readDumpTree, releaseTree, zombieCore } from './tree.js';
+import { checkTreeFds, checkTreeMemory, freezeDumpTree, readDumpTree, releaseTree, zombieCore } from './tree.js';
 import { dumpProcess, type ProcessDumpContext } from './process.js';
 import type { PidfdStore } from './pidfd-store.js';
 
@@ -150,6 +150,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const treeOptions = (tree: readonly { pid: number }[]): FileOptions =>
     tree.length > 1 ? { ...opts.fileOptions, treePids: tree.map((t) => t.pid) } : (opts.fileOptions ?? {});
   checkTreeFds(seen, treeOptions(seen));
+  checkTreeMemory(seen);
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));

@@ -42,7 +42,7 @@ import { dumpStatsEntry, inventoryEntry, noDumpStats, nowUs, type DumpStats } fr
 import { rootIds } from './ids.js';
 import type { PidfdStore } from './pidfd-store.js';
 import { openTracker, sweepStaleTracking, type DirtyTracker } from '../mem/track/index.js';
-import { checkTreeFds, readDumpTree, type TreeMember } from './tree.js';
+import { checkTreeFds, checkTreeMemory, readDumpTree, type TreeMember } from './tree.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
 import { isSmallCopy, pagesBytes } from '../mem/dump-pages.js';
 
@@ -116,6 +116,7 @@ export function checkDumpable(pid: number, fileOptions: FileOptions = {}): TreeM
   // Zombies have no memory or files: the final dump takes their exit status.
   const tree = readDumpTree(pid).filter((t) => t.isZombie !== true);
   checkTreeFds(tree, tree.length > 1 ? { ...fileOptions, treePids: tree.map((t) => t.pid) } : fileOptions);
+  checkTreeMemory(tree);
   return tree;
 }
 

@@ -13,6 +13,7 @@
 import { UnsupportedError } from '../errors.js';
 import { KCMP_FILES, KCMP_FS, KCMP_SIGHAND, KCMP_VM } from '../kernel/constants.js';
 import { readTree } from '../proc/children.js';
+import { findGuardPage } from '../proc/pagemap.js';
 import { readStat, type TaskStat } from '../proc/stat.js';
 import { pstreeShapeProblem } from '../images/pstree-shape.js';
 import * as sys from '../sys/native.js';
@@ -81,6 +82,24 @@ export function freezeDumpTree(pid: number): FrozenTree {
 /** `step`, again while it meets a vfork child, for up to VFORK_WAIT_MS. */
 function untilNoVfork<T>(step: () => T): T {
   return retrySync(step, (err) => err instanceof UnsupportedError && err.feature === VFORK, VFORK_WAIT_MS, 2);
+}
+
+/**
+ * Refuse, before anything is frozen, a tree whose memory holds guard regions (madvise
+ * MADV_GUARD_INSTALL): no image carries them yet (the dump's pagemap read refuses them too, once
+ * frozen, should one appear meanwhile).
+ */
+export function checkTreeMemory(tree: readonly TreeMember[]): void {
+  for (const t of tree) {
+    if (t.isZombie === true) continue;
+    const page = findGuardPage(t.pid);
+    if (page !== undefined)
+      throw new UnsupportedError(
+        'guard-region',
+        `Cannot dump task ${t.pid}: its memory at 0x${page.toString(16)} is a guard region (madvise ` +
+          'MADV_GUARD_INSTALL), which criu-ts cannot dump yet',
+      );
+  }
 }
 
 /**

@@ -246,6 +246,8 @@ export const PAGE_IS_SWAPPED = 1n << 4n;
 export const PAGE_IS_PFNZERO = 1n << 5n;
 export const PAGE_IS_HUGE = 1n << 6n;
 export const PAGE_IS_SOFT_DIRTY = 1n << 7n;
+/** A guard region's page (madvise MADV_GUARD_INSTALL), 6.14+. */
+export const PAGE_IS_GUARD = 1n << 8n;
 
 /** u64 words per struct page_region { start, end, categories } in a PAGEMAP_SCAN vector. */
 export const PAGE_REGION_WORDS = 3;

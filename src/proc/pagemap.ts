@@ -34,6 +34,7 @@ import {
   O_CLOEXEC,
   O_RDONLY,
   PAGE_IS_FILE,
+  PAGE_IS_GUARD,
   PAGE_IS_PFNZERO,
   PAGE_IS_PRESENT,
   PAGE_IS_SWAPPED,
@@ -165,6 +166,42 @@ export function openPagemap(pid: number): number | null {
   } catch (err) {
     if (isErrno(err, 'ENOENT', 'ESRCH')) return null;
     throw err;
+  }
+}
+
+/** The end of the x86_64 user address space (TASK_SIZE: 47 bits less the last page). */
+const USER_END = 0x7ffffffff000n;
+
+/**
+ * The first page of a guard region (madvise MADV_GUARD_INSTALL) of task `pid`, or undefined when
+ * it has none (or is gone, or the kernel predates them: PAGEMAP_SCAN refuses the category).
+ * One PAGEMAP_SCAN over the whole address space that stops at the first such page.
+ */
+export function findGuardPage(pid: number): bigint | undefined {
+  const fd = openPagemap(pid);
+  if (fd === null) return undefined;
+  try {
+    const vec = new BigUint64Array(PAGE_REGION_WORDS);
+    const res = sys.pagemapScan(
+      fd,
+      {
+        start: 0n,
+        end: USER_END,
+        flags: 0n,
+        categoryInverted: 0n,
+        categoryMask: 0n,
+        categoryAnyofMask: PAGE_IS_GUARD,
+        returnMask: PAGE_IS_GUARD,
+        maxPages: 1n,
+      },
+      vec,
+    );
+    return res.nrRegions > 0 ? vec[0] : undefined;
+  } catch (err) {
+    if (isErrno(err, 'EINVAL')) return undefined;
+    throw err;
+  } finally {
+    sys.close(fd);
   }
 }
 
