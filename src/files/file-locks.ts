@@ -20,7 +20,7 @@
  * one line rather than hang it (CRIU waits, F_SETLKW). The image's locks are taken whether or not
  * the restore is given -l.
  */
-import { UnsupportedError } from '../errors.js';
+import { UnsupportedError, isErrno } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import type { FdDumpInput, FileOptions } from './types.js';
@@ -145,10 +145,9 @@ export function restoreFileLocks(injector: Injector, pid: number, entries: reado
         throw new UnsupportedError('file-lock', `Cannot restore a file lock of fd ${fd} of task ${pid}: flag ${flag}`);
     } catch (err) {
       if (err instanceof UnsupportedError) throw err;
-      const code = (err as { errnoCode?: string }).errnoCode;
       throw new UnsupportedError(
         'file-lock',
-        code === 'EAGAIN' || code === 'EWOULDBLOCK' || code === 'EACCES'
+        isErrno(err, 'EAGAIN', 'EACCES')
           ? `Cannot restore ${what}: another process holds a lock on that file that conflicts with it`
           : `Cannot restore ${what}: ${(err as Error).message}`,
         { cause: err },

@@ -307,6 +307,9 @@ export const _UFFDIO_CONTINUE = 1n << 0x07n;
 export const _UFFDIO_POISON = 1n << 0x08n;
 export const _UFFDIO_API = 1n << 0x3fn;
 
+/** The end of user address space (x86-64, 4-level page tables); above it, only [vsyscall]. */
+export const TASK_SIZE = 0x7fff_ffff_f000n;
+
 /** kcmp(2) types. uapi/linux/kcmp.h. */
 export const KCMP_FILE = 0;
 export const KCMP_VM = 1;

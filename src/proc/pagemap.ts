@@ -40,6 +40,7 @@ import {
   PAGE_IS_SWAPPED,
   PAGE_REGION_WORDS,
   PAGE_SIZE,
+  TASK_SIZE,
   PM_FILE,
   PM_MMAP_EXCLUSIVE,
   PM_PFN_MASK,
@@ -169,9 +170,6 @@ export function openPagemap(pid: number): number | null {
   }
 }
 
-/** The end of the x86_64 user address space (TASK_SIZE: 47 bits less the last page). */
-const USER_END = 0x7ffffffff000n;
-
 /**
  * The first page of a guard region (madvise MADV_GUARD_INSTALL) of task `pid`, or undefined when
  * it has none (or is gone, or the kernel predates them: PAGEMAP_SCAN refuses the category).
@@ -186,7 +184,7 @@ export function findGuardPage(pid: number): bigint | undefined {
       fd,
       {
         start: 0n,
-        end: USER_END,
+        end: TASK_SIZE,
         flags: 0n,
         categoryInverted: 0n,
         categoryMask: 0n,

@@ -28,8 +28,7 @@ import { countPages, intersect, normalize, pageAddr, pageIndex, pageRuns, subtra
 import { shmemPagemapFileName } from '../files/image-sink.js';
 import { F_ADD_SEALS, MFD_ALLOW_SEALING } from '../files/memfd.js';
 import { openInTask } from '../files/task-io.js';
-import { O_CLOEXEC, O_RDONLY, O_RDWR } from '../kernel/constants.js';
-import { TASK_SIZE } from './stub.js';
+import { O_CLOEXEC, O_RDONLY, O_RDWR, TASK_SIZE } from '../kernel/constants.js';
 import type { SysvSegments } from './sysv-shm.js';
 import type { FileVmaLayout } from '../dump/pre-dump.js';
 

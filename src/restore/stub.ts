@@ -21,6 +21,7 @@ import {
   SIGCHLD,
   SIGCONT,
   SIGKILL,
+  TASK_SIZE,
   __WALL,
   WUNTRACED,
 } from '../kernel/constants.js';
@@ -41,8 +42,6 @@ export function scratchBytes(nrThreads: number): bigint {
 export function threadScratch(scratch: bigint, i: number): bigint {
   return scratch + PAGE + LEADER_SCRATCH_BYTES + BigInt(i) * THREAD_SCRATCH_BYTES;
 }
-/** The end of user address space (x86-64, 4-level page tables); above it, only [vsyscall]. */
-export const TASK_SIZE = 0x7fff_ffff_f000n;
 /** The new task becomes a child of criu's parent (--restore-sibling). */
 const CLONE_PARENT = 0x8000n;
 const MMAP_MIN = 0x10000n;
