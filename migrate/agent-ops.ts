@@ -197,7 +197,12 @@ export class AgentOps {
       }
       case 'skeleton-apply': {
         const p = params as ParamsOf<'skeleton-apply'>;
-        return (await this.engine.skeletonApply(p.pid, await this.dirPath(p.dir, false), p.processes)) as R;
+        return (await this.engine.skeletonApply(
+          p.pid,
+          await this.dirPath(p.dir, false),
+          p.processes,
+          p.namespaces,
+        )) as R;
       }
       case 'skeleton-abort':
         return { isDone: this.engine.skeletonAbort((params as ParamsOf<'skeleton-abort'>).pid) } as R;

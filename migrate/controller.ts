@@ -104,7 +104,11 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
       const rw = await dst.call('receive-wait', { serverId: rp.serverId, timeoutMs: 60_000 }, 70_000);
       const ms = nowMs() - tIt;
       step = `iteration ${k}: reading pages into the task on DST`;
-      await dst.call('skeleton-apply', { pid, dir: `${id}/pages-${k}`, processes: pd.processes }, 600_000);
+      await dst.call(
+        'skeleton-apply',
+        { pid, dir: `${id}/pages-${k}`, processes: pd.processes, namespaces: pd.namespaces },
+        600_000,
+      );
       history.push({ bytes: rw.bytes, ms });
       bytesPerIteration.push(rw.bytes);
       decision = decide(history, nowMs() - t0, policy);

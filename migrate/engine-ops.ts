@@ -36,6 +36,7 @@ import {
   type ProcessLayout,
   type PageServerSummary,
   type TlsCredentials,
+  namespaceCloneFlags,
 } from '../src/index.js';
 import { log } from '../src/log.js';
 import type { ProcessWire } from './protocol.js';
@@ -62,6 +63,8 @@ export interface PreDumpResult {
   pagesSkipped: number;
   /** The processes pre-dumped, parents first: the skeleton's shape and memory. */
   processes: ProcessWire[];
+  /** The namespace kinds the tree has of its own ("uts,ipc"; empty for none): the skeleton's too. */
+  namespaces: string;
 }
 
 export interface FinalDumpResult {
@@ -140,6 +143,7 @@ export class EngineOps {
         anonVmas: p.anonVmas.flatMap((v) => [Number(v.start), Number(v.end)]),
         fileVmas: p.fileVmas.map((v) => ({ ...v, start: Number(v.start), end: Number(v.end), pgoff: Number(v.pgoff) })),
       })),
+      namespaces: s.namespaces.join(','),
     };
   }
 
@@ -252,7 +256,12 @@ export class EngineOps {
    * made again when the tree is no longer the skeleton's (a process forked, exited or changed its
    * session or group since): the new one reads every pre-copied page from the chain.
    */
-  async skeletonApply(pid: number, dir: string, processes: readonly ProcessWire[]): Promise<{ pagesFilled: number }> {
+  async skeletonApply(
+    pid: number,
+    dir: string,
+    processes: readonly ProcessWire[],
+    namespaces = '',
+  ): Promise<{ pagesFilled: number }> {
     await this.warming;
     const layouts: ProcessLayout[] = processes.map((p) => {
       const anonVmas: { start: bigint; end: bigint }[] = [];
@@ -267,8 +276,9 @@ export class EngineOps {
       return { pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, anonVmas, fileVmas };
     });
     if (layouts[0]?.pid !== pid) throw new UsageError(`The pre-dumped tree is not ${pid}'s`);
+    const cloneFlags = namespaceCloneFlags(namespaces.split(',').filter((k) => k !== ''));
     let sk = this.skeletons.get(pid);
-    if (sk !== undefined && !sk.fits(layouts)) {
+    if (sk !== undefined && (!sk.fits(layouts) || sk.cloneFlags !== cloneFlags)) {
       log().info(`agent: the tree of ${pid} changed since the last pre-dump: its skeleton is made again`);
       this.skeletonAbort(pid);
       sk = undefined;
@@ -276,7 +286,7 @@ export class EngineOps {
     if (sk === undefined) {
       // The agent is the restored task's parent and reaps it (restoreFinal); were the task a
       // sibling instead, its parent would be whoever started the agent, which may never reap it.
-      sk = Skeleton.create(layouts);
+      sk = Skeleton.create(layouts, { cloneFlags });
       this.skeletons.set(pid, sk);
     }
     try {

@@ -170,6 +170,8 @@ export interface PreDumpResultWire {
   pagesSkipped: number;
   /** The processes pre-dumped, parents first (the skeleton's shape and memory). */
   processes: ProcessWire[];
+  /** The namespace kinds the tree has of its own, comma separated ("" for none). */
+  namespaces: string;
 }
 
 /** One pre-dumped process (src/dump/pre-dump.ts ProcessLayout) on the wire. */
@@ -244,7 +246,10 @@ export interface Ops {
   'source-end': { params: { pid: number; action: string }; result: { isDone: boolean } };
   'receive-pages': { params: ReceivePagesParams; result: { serverId: number; address: string; port: number } };
   'receive-wait': { params: PageServerWaitParams; result: { pagesReceived: number; bytes: number } };
-  'skeleton-apply': { params: { pid: number; dir: string; processes: ProcessWire[] }; result: { pagesFilled: number } };
+  'skeleton-apply': {
+    params: { pid: number; dir: string; processes: ProcessWire[]; namespaces?: string };
+    result: { pagesFilled: number };
+  };
   'skeleton-abort': { params: PidParams; result: { isDone: boolean } };
   'restore-final': {
     params: RestoreFinalParams;
@@ -443,7 +448,7 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
   'source-end': { pid: req('number'), action: req('string') },
   'receive-pages': { dir: req('string'), port: req('number'), address: opt('string'), prevDir: opt('string') },
   'receive-wait': { serverId: req('number'), timeoutMs: opt('number') },
-  'skeleton-apply': { pid: req('number'), dir: req('string'), processes: req('processes') },
+  'skeleton-apply': { pid: req('number'), dir: req('string'), processes: req('processes'), namespaces: opt('string') },
   'skeleton-abort': { pid: req('number') },
   'restore-final': { pid: req('number'), dir: req('string'), images: opt('files'), serverId: opt('number') },
 };

@@ -186,6 +186,11 @@ export function pidfdOpen(pid: number, flags: number): number;
 /** pidfd_getfd: a duplicate, in this process, of fd `targetFd` of the pidfd's process. */
 export function pidfdGetfd(pidfd: number, targetFd: number, flags: number): number;
 export function pidfdSendSignal(pidfd: number, sig: number, flags: number): void;
+/**
+ * setns(fd, nstype): the calling thread (the JS thread) enters the namespace `fd` refers to. Only
+ * per-thread kinds make sense here (uts, ipc, net); src/sys/namespaces.ts pairs it with the way back.
+ */
+export function setns(fd: number, nstype: number): void;
 
 // ---------------------------------------------------------------------------------------------
 // Raw file I/O (no Node fs layer: exact flags, exact errors, offsets as bigint).

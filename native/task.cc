@@ -1,4 +1,4 @@
-// Task-level calls: pidfds, signals, prlimit, get_robust_list, kcmp, gettid, and clone3Exec.
+// Task-level calls: pidfds, signals, prlimit, get_robust_list, kcmp, gettid, setns, and clone3Exec.
 // glibc 2.36 lacks wrappers for several of these, so they go through syscall(2).
 //
 // clone3Exec runs on the tracer thread so that the child is that thread's to seize and wait for.
@@ -6,6 +6,7 @@
 // system calls on memory prepared by the parent (no malloc, no locks, no libc state).
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -28,6 +29,15 @@ Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
   long fd = syscall(SYS_pidfd_open, pid, flags);
   if (fd < 0) ThrowSyscall(env, "pidfd_open", errno, {pid});
   return Napi::Number::New(env, static_cast<double>(fd));
+}
+
+// setns(fd, nstype): moves the calling thread (the JS thread) into the namespace of `fd`.
+Napi::Value Setns(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  int nstype = ArgInt32(info, 1, "nstype");
+  if (setns(fd, nstype) < 0) ThrowSyscall(env, "setns", errno, {fd, nstype});
+  return env.Undefined();
 }
 
 Napi::Value PidfdGetfd(const Napi::CallbackInfo& info) {
@@ -252,6 +262,7 @@ Napi::Value Clone3Exec(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitTask(Napi::Env env, Napi::Object exports) {
+  exports.Set("setns", Napi::Function::New(env, Setns, "setns"));
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
   exports.Set("pidfdGetfd", Napi::Function::New(env, PidfdGetfd, "pidfdGetfd"));
   exports.Set("pidfdSendSignal", Napi::Function::New(env, PidfdSendSignal, "pidfdSendSignal"));

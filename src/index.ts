@@ -19,6 +19,7 @@ export { connectPageServerSink, type PageServerTarget } from './dump/page-server
 export type { PageSink } from './dump/page-sink.js';
 export { reapWhenDone, restore, type RestoreOptions, type RestoreResult } from './restore/index.js';
 export { Skeleton } from './restore/skeleton.js';
+export { namespaceCloneFlags } from './restore/namespaces.js';
 export { PageServer, type PageServerSummary } from './pageserver/server.js';
 export { loadTlsCredentials, tlsServerOptions, type TlsCredentials, type TlsOptions } from './pageserver/tls.js';
 export { tlsArgs } from './cli/tls-options.js';

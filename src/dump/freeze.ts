@@ -14,7 +14,7 @@ import { readStat } from '../proc/stat.js';
 import { listThreads, readStatus } from '../proc/status.js';
 import * as sys from '../sys/native.js';
 import { retrySync, sleepMs } from '../sys/wait.js';
-import { PTRACE_O_SUSPEND_SECCOMP, SIGKILL, SIGSTOP, __WALL } from '../kernel/constants.js';
+import { PF_EXITING, PTRACE_O_SUSPEND_SECCOMP, SIGKILL, SIGSTOP, __WALL } from '../kernel/constants.js';
 
 export interface FrozenProcess {
   pid: number;
@@ -133,7 +133,6 @@ export function isZombie(pid: number): boolean {
   return state === 'Z' || state === 'X';
 }
 
-const PF_EXITING = 0x4;
 /** How long a freeze waits for an exiting child to become a zombie. */
 const EXITING_WAIT_MS = 1000;
 

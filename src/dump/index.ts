@@ -47,6 +47,7 @@ import { localPageSink, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, noDumpStats, nowUs, type DumpStats } from './entries.js';
 import { kobjIds, rootIds } from './ids.js';
 import { dumpSysvShm, removeSysvShm } from './sysv-shm.js';
+import { checkTreeNamespaces, dumpIpcVar, dumpUtsns, inTreeIpc, type TreeNamespaces } from './namespaces.js';
 import { checkTreeFds, checkTreeMemory, freezeDumpTree, readDumpTree, releaseTree, zombieCore } from './tree.js';
 import { dumpProcess, type ProcessDumpContext } from './process.js';
 import type { PidfdStore } from './pidfd-store.js';
@@ -88,6 +89,8 @@ export interface DumpOptions {
   canLeaveKilledUnreaped?: boolean;
   /** Action points pre-dump and post-dump (src/actions.ts). */
   onAction?: ActionHook;
+  /** --namespaces: kinds to take as the tree's own even where it shares criu's (namespaces.ts). */
+  namespaces?: readonly string[];
 }
 
 /** What dump() returns: the stats, and with end 'keep-frozen' the task still frozen. */
@@ -151,6 +154,11 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     tree.length > 1 ? { ...opts.fileOptions, treePids: tree.map((t) => t.pid) } : (opts.fileOptions ?? {});
   checkTreeFds(seen, treeOptions(seen));
   checkTreeMemory(seen);
+  let namespaces: TreeNamespaces = checkTreeNamespaces(
+    pid,
+    seen.map((t) => t.pid),
+    opts.namespaces,
+  );
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
@@ -179,7 +187,11 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     // and the kernel probes that choose it (kerndat, 30-120 ms on first use).
     track = isTracking ? await import('../mem/track/index.js') : null;
     if (track !== null) kerndat();
-    prepareImageKinds(DUMP_IMAGE_KINDS);
+    prepareImageKinds([
+      ...DUMP_IMAGE_KINDS,
+      ...(namespaces.own.has('uts') ? ['UTSNS'] : []),
+      ...(namespaces.own.has('ipc') ? ['IPC_VAR', 'IPCNS_SHM', 'IPCNS_SEM', 'IPCNS_MSG'] : []),
+    ]);
     log().debug('dump: prepared (cpuinfo written, image coders ready)');
     // smaps walks every page table: read before the freeze; once frozen only checked to still hold.
     for (const [p, reading] of mmPreReading) mmPre.set(p, await reading);
@@ -227,6 +239,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       tasks.filter((t) => !mmPreReading.has(t.pid)),
       fileOptions,
     );
+    // Frozen, the namespaces are final (a setns or unshare since the check above is refused now).
+    namespaces = checkTreeNamespaces(
+      pid,
+      tasks.map((t) => t.pid),
+      opts.namespaces,
+    );
     throwIfAborted(opts.signal);
     let nextId = 1;
     const extraImages = new Map<string, { entry: ImageEntry; extra?: Uint8Array }[]>();
@@ -258,6 +276,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       seccomp: dumpSeccomp(tasks.map((t) => ({ pid: t.pid, tids: t.threads.map((inj) => inj.tid) }))),
       dumpedShmem: new Set(),
       sysvShm: new Map(),
+      namespaces,
       add,
       fileEntries: [],
       pstree: [],
@@ -275,12 +294,23 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       ctx.pstree.push({ pid: z.pid, ppid: z.ppid, pgid: st.pgrp, sid: st.session, threads: [z.pid] });
     }
     if (zombies.length > 0) log().info(`Dumped ${zombies.length} zombie(s) of tree ${pid}`);
-    const shm = dumpSysvShm(ctx.sysvShm);
-    if (shm.records.length > 0) {
-      add(imageFileName('IPCNS_SHM', Number(kobjIds(pid).task['ipc_ns_id'] ?? 0)), 'IPCNS_SHM', shm.records);
-      sysvShmIds = shm.removedWithTree;
+    const treeIds = kobjIds(0, namespaces.own).task;
+    const shm = inTreeIpc(pid, namespaces, () => dumpSysvShm(ctx.sysvShm));
+    const ipcId = Number(treeIds['ipc_ns_id'] ?? 0);
+    if (shm.records.length > 0 || namespaces.own.has('ipc')) {
+      add(imageFileName('IPCNS_SHM', ipcId), 'IPCNS_SHM', shm.records);
+      // A namespace of the tree's own goes with the tree, and its segments with it.
+      if (namespaces.isIpcCriu) sysvShmIds = shm.removedWithTree;
       log().info(`Dumped ${shm.records.length} System V shared memory segment(s)`);
     }
+    if (namespaces.own.has('uts')) add(imageFileName('UTSNS', Number(treeIds['uts_ns_id'])), 'UTSNS', [dumpUtsns(pid)]);
+    if (namespaces.own.has('ipc')) {
+      add(imageFileName('IPC_VAR', ipcId), 'IPC_VAR', [dumpIpcVar(pid)]);
+      // Empty, as the namespace's (checkTreeNamespaces refuses any): CRIU's restore reads them.
+      add(imageFileName('IPCNS_SEM', ipcId), 'IPCNS_SEM', []);
+      add(imageFileName('IPCNS_MSG', ipcId), 'IPCNS_MSG', []);
+    }
+    if (namespaces.own.size > 0) log().info(`Dumped the tree's own namespaces: ${[...namespaces.own].join(', ')}`);
     stats.memdumpTimeUs = nowUs() - tMem;
     // The small images in one synchronous batch (src/images/image-writer.ts says why). Files
     // other modules refer to (a FIFO's path, say) come in as FILES entries of addEntry.

@@ -40,6 +40,7 @@ import { decodeKnown, encodeKnown, planMemory, type MemoryPlan } from './memory.
 import { localPageSink, parentKnown, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, noDumpStats, nowUs, type DumpStats } from './entries.js';
 import { rootIds } from './ids.js';
+import { checkTreeNamespaces, type NsKind, type TreeNamespaces } from './namespaces.js';
 import type { PidfdStore } from './pidfd-store.js';
 import { openTracker, sweepStaleTracking, type DirtyTracker } from '../mem/track/index.js';
 import { checkTreeFds, checkTreeMemory, readDumpTree, type TreeMember } from './tree.js';
@@ -63,12 +64,16 @@ export interface PreDumpOptions {
    * a task that dump would refuse, and only that.
    */
   fileOptions?: FileOptions;
+  /** --namespaces, as the final dump will have it. */
+  namespaces?: readonly string[];
 }
 
 export interface PreDumpStats extends DumpStats {
   tracker: string;
   /** The processes pre-dumped, parents first: what a skeleton of the tree is made of (skeleton.ts). */
   processes: ProcessLayout[];
+  /** The namespace kinds the tree has of its own (namespaces.ts): a skeleton is made in new ones. */
+  namespaces: NsKind[];
 }
 
 /** One process of a pre-dumped tree: its place in the tree, its private anonymous memory and its mapped files. */
@@ -111,13 +116,24 @@ const NO_BYTES = Object.fromEntries(SMAPS_SIZE_KEYS.map((k) => [k, 0])) as Smaps
  * The tree a pre-dump of `pid` takes, checked as the final dump would check it (tree.ts, and
  * every fd of every process), without changing anything.
  */
-export function checkDumpable(pid: number, fileOptions: FileOptions = {}): TreeMember[] {
+export function checkDumpable(
+  pid: number,
+  fileOptions: FileOptions = {},
+  namespaces: readonly string[] = [],
+): { tree: TreeMember[]; namespaces: TreeNamespaces } {
   if (readStat(pid) === null) throw new TaskError(pid, `Cannot dump task ${pid}: no such process`);
   // Zombies have no memory or files: the final dump takes their exit status.
   const tree = readDumpTree(pid).filter((t) => t.isZombie !== true);
   checkTreeFds(tree, tree.length > 1 ? { ...fileOptions, treePids: tree.map((t) => t.pid) } : fileOptions);
   checkTreeMemory(tree);
-  return tree;
+  return {
+    tree,
+    namespaces: checkTreeNamespaces(
+      pid,
+      tree.map((t) => t.pid),
+      namespaces,
+    ),
+  };
 }
 
 /**
@@ -152,13 +168,13 @@ interface ProcessPreDump {
 /** Pre-dump process `pid` and its descendants into `imagesDir` (or its page server). */
 export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   const { pid } = opts;
-  const tree = checkDumpable(pid, opts.fileOptions);
+  const { tree, namespaces } = checkDumpable(pid, opts.fileOptions, opts.namespaces);
   log().debug(`Pre-dump of ${pid}: checked (${tree.length} process(es))`);
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
   const before = new Set(await readdir(dir));
   const sink = opts.sink ?? localPageSink(dir);
-  const stats: PreDumpStats = { ...noDumpStats(), tracker: '', processes: [] };
+  const stats: PreDumpStats = { ...noDumpStats(), tracker: '', processes: [], namespaces: [...namespaces.own] };
   /** Each process's tracker once opened: kept at the end, or ended on failure. */
   const done: ProcessPreDump[] = [];
   const opened: DirtyTracker[] = [];

@@ -23,6 +23,7 @@ import { dumpDeletedMappings } from '../files/vma-ghost.js';
 import { dumpTaskCore, dumpThread } from './core.js';
 import type { FrozenTask } from './freeze.js';
 import { kobjIds } from './ids.js';
+import type { TreeNamespaces } from './namespaces.js';
 import { decodeKnown, planMemory } from './memory.js';
 import { completeMm, dumpMm, dumpMmShmem, MM_CALLS, pathFileEntry, type MmPreRead } from './mm.js';
 import { parentKnown, type PageSink } from './page-sink.js';
@@ -57,6 +58,8 @@ export interface ProcessDumpContext {
   dumpedShmem: Set<number>;
   /** The System V segments the tree's processes attach, by id (dumped once all are seen). */
   sysvShm: Map<number, SysvUse>;
+  /** The tree's namespaces (namespaces.ts): which are its own, for the ids. */
+  namespaces: TreeNamespaces;
   /** Add an image to the batch written once every process is dumped. */
   add(name: string, kind: string, entries: ImageToWrite['entries']): void;
   /** files.img: every process's file entries (its mappings' files, then its fds'). */
@@ -164,7 +167,7 @@ export async function dumpProcess(task: FrozenTask, index: number, ctx: ProcessD
     if (inj.tid === task.leader.tid) core['tc'] = taskCore;
     add(`core-${inj.tid}.img`, 'CORE', [core]);
   }
-  const ids = kobjIds(tp, index);
+  const ids = kobjIds(index, ctx.namespaces.own);
   add(`mm-${tp}.img`, 'MM', [mm.entry]);
   add(`fdinfo-${Number(ids.task['files_id'])}.img`, 'FDINFO', files.fdinfo);
   add(`fs-${tp}.img`, 'FS', [fsEntry]);

@@ -465,3 +465,6 @@ export const TCP_LISTEN = 10;
 
 /** Page size on x86_64. */
 export const PAGE_SIZE = 4096;
+
+/** task_struct flags, as /proc/PID/stat's `flags` shows them. include/linux/sched.h. */
+export const PF_EXITING = 0x4;

@@ -133,15 +133,17 @@ export function parseNsLink(target: string): NsLink {
 }
 
 /**
- * The namespaces of a task by ns/ entry name ("net", "pid_for_children", …), or null when gone.
+ * The namespaces of a task (of its thread `tid` when given: a thread may setns on its own) by ns/
+ * entry name ("net", "pid_for_children", …), or null when gone.
  * An entry that cannot be read (a *_for_children of a task in the middle of exit) is left out.
  */
-export function readNamespaces(pid: number): Map<string, NsLink> | null {
-  const names = readProcDir(`${taskDir(pid)}/ns`);
+export function readNamespaces(pid: number, tid?: number): Map<string, NsLink> | null {
+  const dir = `${taskDir(pid, tid)}/ns`;
+  const names = readProcDir(dir);
   if (names === null) return null;
   const out = new Map<string, NsLink>();
   for (const name of names.sort()) {
-    const target = readProcLink(`${taskDir(pid)}/ns/${name}`);
+    const target = readProcLink(`${dir}/${name}`);
     if (target !== null) out.set(name, parseNsLink(target));
   }
   return out;

@@ -32,6 +32,8 @@ export interface TaskImages {
   pagesPresent: Run[];
   fdinfo: ImageEntry[];
   fs: ImageEntry;
+  /** ids-<pid>.img: its kernel objects' and namespaces' ids. */
+  ids: ImageEntry;
 }
 
 /** A zombie of the dumped tree: its place, and the status it died with (as waitpid reports it). */
@@ -55,6 +57,8 @@ export interface RestoreImages extends TaskImages {
   seccompFilters: ImageEntry[];
   /** Entries (with raw payloads) of other kinds, loaded on demand. */
   extras(kind: string): Promise<{ entry: ImageEntry; extra?: Uint8Array }[]>;
+  /** The inventory's root_ids: the dumping criu's own ids (none in very old images). */
+  rootIds: ImageEntry | undefined;
 }
 
 async function entries(dir: string, name: string, kind: string): Promise<ImageEntry[]> {
@@ -127,6 +131,7 @@ export async function loadImages(dir: string, opts: LoadOptions = {}): Promise<R
     shmemPages,
     files,
     seccompFilters,
+    rootIds: inventory['root_ids'] as ImageEntry | undefined,
     extras: async (kind) => {
       const known = extraCache.get(kind);
       if (known !== undefined) return known;
@@ -174,7 +179,7 @@ async function loadTask(dir: string, pstree: ImageEntry, opts: LoadOptions): Pro
   const fdinfoName = `fdinfo-${Number(ids['files_id'] ?? 2)}.img`;
   const fdinfo = existsSync(path.join(dir, fdinfoName)) ? await entries(dir, fdinfoName, 'FDINFO') : [];
   const fs = await single(dir, `fs-${pid}.img`, 'FS');
-  return { pid, pstree, cores, threads, mm, pages, pageChain: chain, pagesPresent, fdinfo, fs };
+  return { pid, pstree, cores, threads, mm, pages, pageChain: chain, pagesPresent, fdinfo, fs, ids };
 }
 
 /**

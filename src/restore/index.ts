@@ -54,6 +54,7 @@ import { dumpedVmas, inheritMemory, type Prefilled, type SharedObjects } from '.
 import { killStub, startStub, waitForFreePid, type Stub } from './stub.js';
 import type { Skeleton } from './skeleton.js';
 import { SysvSegments } from './sysv-shm.js';
+import { TreeNamespaces } from './namespaces.js';
 import { runLoggedAction, type ActionHook } from '../actions.js';
 
 export interface RestoreOptions {
@@ -134,8 +135,16 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     (await img.extras('TTY_INFO')).map((e) => e.entry),
     { isShellJob: opts.isShellJob === true },
   );
+  const namespaces = await TreeNamespaces.load(img);
+  if (skeleton !== undefined && skeleton.cloneFlags !== namespaces.cloneFlags) {
+    // Its stubs were made in other namespaces than the tree's: the tree is made again, in its own.
+    log().info(`restore: the tree of ${pid} has other namespaces than its skeleton; restoring it from the images`);
+    skeleton.abort();
+    skeleton = undefined;
+  }
   const sysv = await SysvSegments.load(img.dir);
-  sysv.check();
+  // A new IPC namespace is empty: nothing of this machine's can be in the way.
+  if (!namespaces.isIpcOwn) sysv.check();
   await opts.onAction?.('pre-restore', undefined);
   for (const t of [...(skeleton === undefined ? img.tree : []), ...img.zombies]) waitForFreePid(t.pid);
 
@@ -153,7 +162,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const maxThreads = Math.max(...img.tree.map((t) => t.threads.length));
   const rootSkeleton = fromSkeleton(img);
   if (rootSkeleton !== undefined) prefilled.set(pid, rootSkeleton.prefilled);
-  const rootStub = rootSkeleton?.stub ?? startStub(pid, layout, maxThreads, { isSibling: opts.isSibling === true });
+  const rootStub =
+    rootSkeleton?.stub ??
+    startStub(pid, layout, maxThreads, { isSibling: opts.isSibling === true, cloneFlags: namespaces.cloneFlags });
   const treeGhosts = new Map<number, string>();
   const restoring = (t: TaskImages, stub: Stub): Restoring => ({
     img: t,
@@ -191,8 +202,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // Sessions and groups before the children exist: they inherit them (tree.ts). A skeleton's
     // processes are in theirs already. Memory too, parents first: a child forked once its
     // parent's memory is restored keeps what they shared copy-on-write (mm.ts inheritMemory).
+    namespaces.enter(pid);
     if (rootSkeleton === undefined) leadAsDumped(rootStub, img.pstree);
-    sysv.create();
+    namespaces.inIpc(() => sysv.create());
+    namespaces.setIpcVar();
     await restoreProcessMemory(rootProc, ctx);
     for (const t of img.tree.slice(1)) {
       const parent = procs.find((p) => p.img.pid === Number(t.pstree['ppid'])) as Restoring;
@@ -229,12 +242,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // once every process has its own.
     for (const p of procs) await p.finishFiles();
     for (const p of procs) completeProcess(p, ctx);
-    sysv.finish();
+    namespaces.inIpc(() => sysv.finish());
     // The tree is whole, not yet running: a failed post-restore action kills it (below).
     await opts.onAction?.('post-restore', pid);
   } catch (err) {
     skeleton?.abort(); // what the restore has not taken from it yet
-    sysv.removeMade();
+    namespaces.inIpc(() => sysv.removeMade());
     for (const z of zombieStubs) killStub(z.pid);
     for (const p of [...procs].reverse()) {
       for (const inj of [...p.threads, p.stub.injector]) {
@@ -247,8 +260,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       killStub(p.img.pid);
       removeMaterializedGhosts(p.filesShared);
     }
+    namespaces.close();
     throw err;
   }
+  namespaces.close();
   await runLoggedAction(opts.onAction, 'pre-resume', pid);
   // -s/--leave-stopped, or a process that was stopped when dumped: the stop is queued before the
   // threads go, so they stop at once.

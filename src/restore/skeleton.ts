@@ -87,6 +87,8 @@ export class Skeleton {
     /** The tree's processes, parents first. */
     private readonly places: readonly TreePlace[],
     root: SkeletonTask,
+    /** CLONE_NEW* of the namespaces its root was made in (restore/namespaces.ts). */
+    readonly cloneFlags: bigint,
   ) {
     this.tasks.push({ place: places[0] as TreePlace, task: root });
   }
@@ -97,7 +99,10 @@ export class Skeleton {
    * root is a child of this process's parent (who reaps it), as `criu restore -S` makes it.
    * `processes` come parents first. On failure nothing is left.
    */
-  static create(processes: readonly ProcessLayout[], options: { isSibling?: boolean } = {}): Skeleton {
+  static create(
+    processes: readonly ProcessLayout[],
+    options: { isSibling?: boolean; cloneFlags?: bigint } = {},
+  ): Skeleton {
     const [root] = processes;
     if (root === undefined) throw new TaskError(0, 'A skeleton needs a process');
     const places = processes.map((p) => ({ pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid }));
@@ -120,7 +125,7 @@ export class Skeleton {
       task.abort();
       throw err;
     }
-    return new Skeleton(places, task);
+    return new Skeleton(places, task, options.cloneFlags ?? 0n);
   }
 
   /** The root's PID. */

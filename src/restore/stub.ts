@@ -15,6 +15,7 @@ import { TaskError, isErrno } from '../errors.js';
 import { findPackageFile } from '../package-files.js';
 import { Injector } from '../inject/injector.js';
 import {
+  PF_EXITING,
   PTRACE_O_SUSPEND_SECCOMP,
   PTRACE_O_TRACECLONE,
   PTRACE_O_TRACEFORK,
@@ -83,12 +84,12 @@ export function startStub(
   pid: number,
   layout: readonly { start: bigint; end: bigint }[],
   nrThreads: number,
-  options: { isSibling?: boolean } = {},
+  options: { isSibling?: boolean; cloneFlags?: bigint } = {},
 ): Stub {
   let child: number;
   for (;;) {
     try {
-      child = cloneStub(pid, options.isSibling === true);
+      child = cloneStub(pid, options.isSibling === true, options.cloneFlags ?? 0n);
       break;
     } catch (err) {
       if (!isErrno(err, 'EEXIST')) throw new TaskError(pid, `Cannot create task ${pid}`, { cause: err });
@@ -130,11 +131,10 @@ function pidHolder(pid: number): 'none' | 'exiting' | 'live' {
   return st.state === 'Z' || st.state === 'X' || (st.flags & PF_EXITING) !== 0 ? 'exiting' : 'live';
 }
 
-const PF_EXITING = 0x4;
-
-function cloneStub(pid: number, isSibling: boolean): number {
+/** `nsFlags`: CLONE_NEW* of the namespaces the tree gets of its own (restore/namespaces.ts). */
+function cloneStub(pid: number, isSibling: boolean, nsFlags: bigint): number {
   return sys.clone3Exec({
-    flags: isSibling ? CLONE_PARENT : 0n,
+    flags: (isSibling ? CLONE_PARENT : 0n) | nsFlags,
     // clone3 refuses an exit signal with CLONE_PARENT: the child then signals our parent with
     // our own exit signal, as a sibling of ours would.
     exitSignal: isSibling ? 0 : SIGCHLD,

@@ -92,6 +92,7 @@ export const {
   pidfdOpen,
   pidfdGetfd,
   pidfdSendSignal,
+  setns,
   open,
   close,
   read,

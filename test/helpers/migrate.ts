@@ -97,10 +97,16 @@ export async function hostPair(
 /**
  * Start self-checking fixture `program` (with `args`, then its report file) on SRC of a new host
  * pair, migrate it with criu-migrate, then SIGTERM it on DST and expect PASS in its report: the
- * migrated counterpart of dumpRestoreCheck.
+ * migrated counterpart of dumpRestoreCheck. `dstArgs`: more options of DST's agent (-v3, say);
+ * returns what that agent wrote on stderr.
  */
-export async function migrateCheck(t: Test, program: string, args: readonly string[] = []): Promise<void> {
-  const { src, dst, dir, a, b } = await hostPair(t);
+export async function migrateCheck(
+  t: Test,
+  program: string,
+  args: readonly string[] = [],
+  dstArgs: readonly string[] = [],
+): Promise<{ dstStderr: string }> {
+  const { src, dst, dir, a, b } = await hostPair(t, dstArgs);
   const w = await startOnHost(t, src, [fixturePath(program), ...args], path.join(dir, 'report.txt'));
   const r = await runMigrate(['--token-file', tokenFile(dir), a.target, b.target, String(w.pid)]);
   t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
@@ -109,4 +115,5 @@ export async function migrateCheck(t: Test, program: string, args: readonly stri
   await w.waitFor(/PASS|FAIL/, 20_000);
   t.match(w.report(), /PASS/, w.report());
   t.notMatch(w.report(), /FAIL/);
+  return { dstStderr: b.stderr() };
 }

@@ -185,6 +185,58 @@ t.test('dump and pre-dump refuse guard regions before touching the task', { skip
   }
 });
 
+t.test(
+  'dump and pre-dump refuse namespaces criu-ts cannot take, before touching the tree',
+  { skip: needsRoot },
+  async (t) => {
+    // cr_state ns=KIND unshares that kind itself; child-ns=KIND makes its child do it.
+    const cases: { args: string[]; opts: string[]; why: RegExp; actions: string[] }[] = [
+      {
+        args: ['ns=net'],
+        opts: [],
+        why: /Cannot dump tree \d+: it lives in a network namespace of its own, which criu-ts cannot dump yet/,
+        actions: ['dump', 'pre-dump'],
+      },
+      { args: ['ns=mnt'], opts: [], why: /it lives in a mount namespace of its own/, actions: ['dump'] },
+      {
+        args: ['ns=pid'],
+        opts: [],
+        why: /process \d+ has unshared a PID namespace for its children; not supported/,
+        actions: ['dump'],
+      },
+      {
+        args: ['child-ns=uts'],
+        opts: [],
+        why: /process \d+ is in another UTS namespace than the tree's root; not supported/,
+        actions: ['dump', 'pre-dump'],
+      },
+      {
+        args: ['thread-ns=uts'],
+        opts: [],
+        why: /thread \d+ of process \d+ is in another UTS namespace than the tree's root; not supported/,
+        actions: ['dump'],
+      },
+      {
+        args: [],
+        opts: ['--namespaces', 'net'],
+        why: /--namespaces net: criu-ts cannot dump network namespaces yet/,
+        actions: ['dump'],
+      },
+    ];
+    for (const c of cases)
+      for (const action of c.actions)
+        await t.test(`${action} ${[...c.args, ...c.opts].join(' ')}`, async (t) => {
+          const dir = t.testdir();
+          const w = await startWorkload('cr_state', dir, c.args);
+          t.teardown(() => w.kill());
+          const before = taskSnapshot(w.pid);
+          const images = path.join(dir, 'img');
+          const r = await criuWatched([action, '-t', String(w.pid), '-D', images, ...c.opts], w.pid);
+          await refusedUntouched(t, w, before, images, r, c.why);
+        });
+  },
+);
+
 t.test('dump refuses a child sharing its fd table before touching the tree', { skip: needsRoot }, async (t) => {
   const dir = t.testdir();
   const w = await startWorkload('cr_state', dir, ['shared-child']);

@@ -1,0 +1,171 @@
+/**
+ * The tree's own namespaces (src/dump/namespaces.ts), made again: as CRIU decides it, a kind whose
+ * id in the root's ids-<pid>.img differs from the dumping criu's (the inventory's root_ids) was
+ * the tree's own, and the root's stub is cloned into a new namespace of that kind
+ * (CLONE_NEWUTS, CLONE_NEWIPC); its children inherit it. Then, from this thread entering the new
+ * namespace for a moment (sys/namespaces.ts):
+ *   - uts: the host and domain names of utsns-<id>.img, written to /proc/sys/kernel;
+ *   - ipc: the System V shared memory segments are made there (sysv-shm.ts, through inIpc), and
+ *     the IPC sysctls of ipcns-var-<id>.img written, the *_next_id ones last (making segments
+ *     moves shm_next_id).
+ * Refused in one line before any process exists: another kind of the tree's own (PID, network,
+ * mount...), a process whose namespaces are not the root's, semaphores or message queues in the
+ * images (CRIU's can hold them), a missing namespace image.
+ */
+
+import { closeSync, existsSync, readlinkSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { ImageError, TaskError, UnsupportedError } from '../errors.js';
+import { imageFileName, readImage, type ImageEntry } from '../images/index.js';
+import { CLONE_NEWIPC, CLONE_NEWUTS } from '../kernel/constants.js';
+import { log } from '../log.js';
+import { IPC_VAR_SYSCTLS, NS_KINDS, whatOf, type NsKind } from '../dump/namespaces.js';
+import { inNamespace, openNamespace } from '../sys/namespaces.js';
+import type { RestoreImages } from './images.js';
+
+const CLONE_FLAG: Partial<Record<NsKind, bigint>> = { uts: CLONE_NEWUTS, ipc: CLONE_NEWIPC };
+
+/** The clone flags of a root stub whose tree has namespaces of `kinds` of its own (uts, ipc). */
+export function namespaceCloneFlags(kinds: readonly string[]): bigint {
+  let flags = 0n;
+  for (const kind of kinds) {
+    const flag = CLONE_FLAG[kind as NsKind];
+    if (flag === undefined) throw new UnsupportedError('namespace', `criu-ts cannot make a ${kind} namespace`);
+    flags |= flag;
+  }
+  return flags;
+}
+
+export class TreeNamespaces {
+  /** fds on the new namespaces, once the root's stub exists. */
+  private readonly fds = new Map<'uts' | 'ipc', number>();
+
+  private constructor(
+    private readonly uts: ImageEntry | undefined,
+    private readonly ipcVar: ImageEntry | undefined,
+  ) {}
+
+  /** The namespaces the images ask for, checked. */
+  static async load(img: RestoreImages): Promise<TreeNamespaces> {
+    const own: NsKind[] = [];
+    const root = img.rootIds;
+    for (const kind of NS_KINDS) {
+      const field = `${kind}_ns_id`;
+      const theirs = img.ids[field];
+      if (root === undefined || root[field] === undefined || theirs === undefined) continue;
+      if (Number(theirs) === Number(root[field])) continue;
+      if (CLONE_FLAG[kind] === undefined)
+        throw new UnsupportedError(
+          'namespace',
+          `Cannot restore the tree of ${img.pid}: it had a ${whatOf(kind)} namespace of its own, which criu-ts cannot restore yet (only uts and ipc)`,
+        );
+      own.push(kind);
+    }
+    for (const t of img.tree.slice(1))
+      for (const kind of NS_KINDS) {
+        const field = `${kind}_ns_id`;
+        if (t.ids[field] !== undefined && Number(t.ids[field]) !== Number(img.ids[field]))
+          throw new UnsupportedError(
+            'namespace',
+            `Cannot restore the tree of ${img.pid}: process ${t.pid} was in another ${whatOf(kind)} namespace than the root; not supported`,
+          );
+      }
+    const single = async (kind: string, id: number): Promise<ImageEntry> => {
+      const name = imageFileName(kind, id);
+      const file = path.join(img.dir, name);
+      if (!existsSync(file)) throw new ImageError(name, 'the image is missing');
+      const records = (await readImage(file, kind)).records;
+      if (records.length !== 1) throw new ImageError(name, `expected one entry, found ${records.length}`);
+      return (records[0] as { entry: ImageEntry }).entry;
+    };
+    const ipcId = Number(img.ids['ipc_ns_id']);
+    if (own.includes('ipc'))
+      for (const kind of ['IPCNS_SEM', 'IPCNS_MSG']) {
+        const name = imageFileName(kind, ipcId);
+        const file = path.join(img.dir, name);
+        if (existsSync(file) && (await readImage(file, kind)).records.length > 0)
+          throw new UnsupportedError(
+            'namespace',
+            `Cannot restore the tree of ${img.pid}: ${name} holds System V ${kind === 'IPCNS_SEM' ? 'semaphores' : 'message queues'}, which criu-ts cannot restore yet`,
+          );
+      }
+    return new TreeNamespaces(
+      own.includes('uts') ? await single('UTSNS', Number(img.ids['uts_ns_id'])) : undefined,
+      own.includes('ipc') ? await single('IPC_VAR', ipcId) : undefined,
+    );
+  }
+
+  /** The clone flags of the root's stub. */
+  get cloneFlags(): bigint {
+    return (this.uts === undefined ? 0n : CLONE_NEWUTS) | (this.ipcVar === undefined ? 0n : CLONE_NEWIPC);
+  }
+
+  private isOwn(kind: 'uts' | 'ipc'): boolean {
+    return (kind === 'uts' ? this.uts : this.ipcVar) !== undefined;
+  }
+
+  /** Whether the tree gets an IPC namespace of its own (empty: nothing of the host's is in the way). */
+  get isIpcOwn(): boolean {
+    return this.ipcVar !== undefined;
+  }
+
+  /** The root's stub `pid` exists, in its new namespaces: hold them, and name the host. */
+  enter(pid: number): void {
+    for (const kind of ['uts', 'ipc'] as const) {
+      if (!this.isOwn(kind)) continue;
+      // Never write the names or sysctls of criu's own namespace: the stub must be in a new one.
+      if (readlinkSync(`/proc/${pid}/ns/${kind}`) === readlinkSync(`/proc/thread-self/ns/${kind}`))
+        throw new TaskError(pid, `Task ${pid} is not in a ${whatOf(kind)} namespace of its own`);
+    }
+    if (this.uts !== undefined) {
+      const uts = this.uts;
+      const fd = openNamespace(pid, 'uts');
+      this.fds.set('uts', fd);
+      inNamespace(fd, 'uts', () => {
+        writeFileSync('/proc/sys/kernel/hostname', String(uts['nodename']));
+        writeFileSync('/proc/sys/kernel/domainname', String(uts['domainname']));
+      });
+      log().info(`restore: UTS namespace made (host name ${JSON.stringify(uts['nodename'])})`);
+    }
+    if (this.ipcVar !== undefined) this.fds.set('ipc', openNamespace(pid, 'ipc'));
+  }
+
+  /** Run `fn` (System V calls, /proc/sysvipc) in the tree's IPC namespace: its own, or criu's. */
+  inIpc<T>(fn: () => T): T {
+    const fd = this.fds.get('ipc');
+    return fd === undefined ? fn() : inNamespace(fd, 'ipc', fn);
+  }
+
+  /** Write the IPC sysctls (once the segments are made: the next ids last). */
+  setIpcVar(): void {
+    const entry = this.ipcVar;
+    if (entry === undefined) return;
+    this.inIpc(() => {
+      const write = (name: string, value: string): void => {
+        try {
+          writeFileSync(`/proc/sys/${name}`, `${value}\n`);
+        } catch (err) {
+          throw new UnsupportedError('namespace', `Cannot restore the IPC sysctl ${name} = ${value}: ${String(err)}`, {
+            cause: err,
+          });
+        }
+      };
+      const sem = entry['sem_ctls'] as number[] | undefined;
+      if (sem !== undefined && sem.length > 0) write('kernel/sem', sem.join(' '));
+      for (const s of IPC_VAR_SYSCTLS) {
+        const v = entry[s.field];
+        if (v === undefined || v === null) continue;
+        // *_next_id: an unset one (-1, 0xffffffff in the image) cannot be written (the kernel takes
+        // 0 and up), and a new namespace has it unset already.
+        if (s.name.endsWith('_next_id') && (Number(v) | 0) < 0) continue;
+        write(s.name, String(v));
+      }
+    });
+  }
+
+  /** Let go of the namespaces (the tree holds them from now on, or they end with a failed restore). */
+  close(): void {
+    for (const fd of this.fds.values()) closeSync(fd);
+    this.fds.clear();
+  }
+}
