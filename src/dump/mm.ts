@@ -45,7 +45,7 @@ import { log } from '../log.js';
 import { readProcText, readProcTextAsync } from '../proc/read.js';
 import { readStat } from '../proc/stat.js';
 import type { DeletedMapping } from '../files/vma-ghost.js';
-import { classifyVma, VMA_AREA, type VmaInfo } from './vma.js';
+import { classifyVma, MAP, VMA_AREA, type VmaInfo } from './vma.js';
 
 export interface MmDump {
   entry: ImageEntry;
@@ -171,7 +171,8 @@ export function dumpMm(pid: number, allocId: () => number, pre: MmPreRead | null
     // A memfd's shmid is the id of its MEMFD file entry, made by dumpMmShmem once the fds are
     // dumped (the same inode may be open as an fd too); shared anonymous memory's is its inode.
     let shmid = 0n;
-    if (isAnonShared || (v.status & VMA_AREA.SYSVIPC) !== 0) shmid = BigInt(v.inode);
+    const isSysv = (v.status & VMA_AREA.SYSVIPC) !== 0;
+    if (isAnonShared || isSysv) shmid = BigInt(v.inode);
     else if (v.path !== undefined && !isMemfd && v.isDeleted) shmid = BigInt(deletedFileId({ ...v, path: v.path }));
     else if (v.path !== undefined && !isMemfd) shmid = BigInt(fileId(v.path, v.fdflags));
     const e: ImageEntry = {
@@ -180,8 +181,10 @@ export function dumpMm(pid: number, allocId: () => number, pre: MmPreRead | null
       pgoff: v.pgoff,
       shmid,
       prot: v.prot,
-      flags: v.flags,
-      status: v.status,
+      // A System V attachment is shared anonymous memory to CRIU's restore, which attaches it
+      // only when it is marked so (the segment's id in shmid, SYSVIPC telling it apart).
+      flags: isSysv ? v.flags | MAP.ANONYMOUS : v.flags,
+      status: isSysv ? v.status | VMA_AREA.ANON_SHARED : v.status,
       fd: -1n,
     };
     if (v.path !== undefined) e['fdflags'] = v.fdflags;

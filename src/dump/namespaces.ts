@@ -206,8 +206,9 @@ export function dumpIpcVar(pid: number): ImageEntry {
     };
     for (const s of IPC_VAR_SYSCTLS) {
       const text = s.isOptional === true ? sysctlOr(s.name, '') : sysctl(s.name);
-      if (text === '') continue;
-      // *_next_id reads -1 when unset: the image's uint32 keeps it as 0xffffffff, as CRIU's.
+      // *_next_id reads -1 when unset: left out, as CRIU does (its restore would write it back,
+      // which the kernel refuses).
+      if (text === '' || text === '-1') continue;
       entry[s.field] = s.isU64 === true ? BigInt.asUintN(64, BigInt(text)) : Number(text) >>> 0;
     }
     return entry;

@@ -17,8 +17,8 @@ import {
   PAGE_SIZE,
   PE_PRESENT,
   imageFileName,
-  imageKind,
   pagemapEntry,
+  shmemPagemapFileName,
   type ImageEntry,
 } from '../images/index.js';
 import type { FileDumpContext } from './types.js';
@@ -83,10 +83,4 @@ export function localImageSink(dir: string, allocPagesId: () => number): FileIma
       }
     },
   };
-}
-
-/** pagemap-shmem-<shmid>.img (the PAGEMAP kind's second name). */
-export function shmemPagemapFileName(shmid: bigint | number): string {
-  const template = imageKind('PAGEMAP').files[1] as string;
-  return template.replace('%d', String(shmid));
 }

@@ -24,16 +24,15 @@
  * (memory dump) must use the same inode ids: see `memfdInodeId`.
  */
 
-import { closeSync, existsSync, fchmodSync, fchownSync, ftruncateSync, openSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, fchmodSync, fchownSync, ftruncateSync, openSync } from 'node:fs';
 import { ImageError, isErrno, UnsupportedError } from '../errors.js';
-import { PAGE_SIZE, PE_PRESENT, PagesReader, imageFileName, readPagemap, type ImageEntry } from '../images/index.js';
+import { PAGE_SIZE, readShmemRuns, type ImageEntry } from '../images/index.js';
 import { O_CLOEXEC, O_LARGEFILE, O_RDWR } from '../kernel/constants.js';
 import { SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
 import * as sys from '../sys/native.js';
 import { readMaps } from '../proc/maps.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { imageSinkOf, shmemPagemapFileName, type ShmemRun } from './image-sink.js';
+import { imageSinkOf, type ShmemRun } from './image-sink.js';
 import { DELETED_SUFFIX } from './ghost.js';
 import { isMemfdLink } from './reg.js';
 import { closeInTask, openInTask, reopenFlags, seekInTask, taskSyscallError } from './task-io.js';
@@ -276,22 +275,10 @@ async function createMemfd(inodeId: number, ctx: FileRestoreContext): Promise<nu
 
 /** Write the pages of pagemap-shmem-<shmid>.img into `fd` (no image: an all-zero memfd). */
 async function fillShmem(fd: number, dir: string, shmid: bigint): Promise<void> {
-  const pagemapPath = join(dir, shmemPagemapFileName(shmid));
-  if (!existsSync(pagemapPath)) return;
-  const pagemap = await readPagemap(pagemapPath);
-  const pages = await PagesReader.open(join(dir, imageFileName('PAGES', pagemap.pagesId)));
-  try {
-    let pageInFile = 0;
-    for (const run of pagemap.runs) {
-      if ((run.flags & PE_PRESENT) === 0) continue;
-      const data = await pages.read(pageInFile, run.nrPages);
-      pageInFile += run.nrPages;
-      for (let done = 0; done < data.length;)
-        done += sys.pwrite(fd, data, done, data.length - done, run.vaddr + BigInt(done));
-    }
-  } finally {
-    await pages.close();
-  }
+  await readShmemRuns(dir, shmid, (offset, data) => {
+    for (let done = 0; done < data.length;)
+      done += sys.pwrite(fd, data, done, data.length - done, offset + BigInt(done));
+  });
 }
 
 /** Where a memfd of a tree was made: by an fd (its file id) or for a mapping (an address in it). */

@@ -86,8 +86,12 @@ export const ghostFileExtra: ExtraCodec = {
 };
 
 export const ipcShmExtra: ExtraCodec = {
-  read: (src, e) => src.readExact(roundUp(num(e, 'size'), 4), 'shared memory contents'),
-  has: () => true,
+  // CRIU 3.x keeps the contents in pagemap-shmem-<id>.img instead, and says so.
+  read: (src, e) =>
+    e['in_pagemaps'] === true
+      ? Promise.resolve(null)
+      : src.readExact(roundUp(num(e, 'size'), 4), 'shared memory contents'),
+  has: (e) => e['in_pagemaps'] !== true,
   toJson: (raw, e) => base64Lines(raw.subarray(0, num(e, 'size'))),
   fromJson: (j, e) => {
     const out = Buffer.alloc(roundUp(num(e, 'size'), 4));

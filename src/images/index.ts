@@ -38,6 +38,8 @@ export {
   PagesReader,
   readPages,
   readPagemap,
+  readShmemRuns,
+  shmemPagemapFileName,
   pagemapRun,
   pagemapEntry,
   type PagemapRun,

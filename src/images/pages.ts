@@ -5,12 +5,13 @@
  *
  * Image kinds: PAGEMAP (pagemap_head, then pagemap_entry), PAGES (raw).
  */
+import { existsSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ImageError } from '../errors.js';
 import type { ImageEntry } from './entry-codec.js';
 import { readImage } from './image-reader.js';
-import { imageFileName } from './kinds.js';
+import { imageFileName, imageKind } from './kinds.js';
 
 export const PAGE_SIZE = 4096;
 
@@ -119,5 +120,39 @@ export async function readPages(dir: string, pagesId: number, pageOffset: number
     return await reader.read(pageOffset, nrPages);
   } finally {
     await reader.close();
+  }
+}
+
+/** pagemap-shmem-<shmid>.img (the PAGEMAP kind's second name). */
+export function shmemPagemapFileName(shmid: bigint | number): string {
+  const template = imageKind('PAGEMAP').files[1] as string;
+  return template.replace('%d', String(shmid));
+}
+
+/**
+ * The contents of shmem object `shmid` (a memfd's inode, a System V segment's id) of the dump in
+ * `dir`, as CRIU stores shmem: pagemap-shmem-<shmid>.img, each present run's vaddr the byte offset
+ * in the object, its pages in pages-<n>.img. `onRun` gets each present run, in order; a dump with
+ * no such pagemap has none (the object is all zeros).
+ */
+export async function readShmemRuns(
+  dir: string,
+  shmid: bigint | number,
+  onRun: (offset: bigint, data: Buffer) => void,
+): Promise<void> {
+  const pagemapPath = join(dir, shmemPagemapFileName(shmid));
+  if (!existsSync(pagemapPath)) return;
+  const pagemap = await readPagemap(pagemapPath);
+  const pages = await PagesReader.open(join(dir, imageFileName('PAGES', pagemap.pagesId)));
+  try {
+    let pageInFile = 0;
+    for (const run of pagemap.runs) {
+      if ((run.flags & PE_PRESENT) === 0) continue;
+      const data = await pages.read(pageInFile, run.nrPages);
+      pageInFile += run.nrPages;
+      onRun(run.vaddr, data);
+    }
+  } finally {
+    await pages.close();
   }
 }

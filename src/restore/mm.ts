@@ -13,7 +13,7 @@
 import { existsSync, fchmodSync, fchownSync, ftruncateSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { ImageError, TaskError, UnsupportedError } from '../errors.js';
-import { PE_PRESENT, PagesReader, readPagemap, type ImageEntry } from '../images/index.js';
+import { PE_PRESENT, readPagemap, readShmemRuns, shmemPagemapFileName, type ImageEntry } from '../images/index.js';
 import { PageChain, type PageSource } from '../mem/page-chain.js';
 import type { InjectedCall, Injector } from '../inject/injector.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
@@ -25,7 +25,6 @@ import { clipOutSources, clipSources, coverageOf } from '../mem/page-chain.js';
 import { fillChangedPages, fillPages } from '../mem/fill-pages.js';
 import { openUffdFill } from '../mem/uffd-fill.js';
 import { countPages, intersect, normalize, pageAddr, pageIndex, pageRuns, subtract, type Run } from '../mem/runs.js';
-import { shmemPagemapFileName } from '../files/image-sink.js';
 import { F_ADD_SEALS, MFD_ALLOW_SEALING } from '../files/memfd.js';
 import { openInTask } from '../files/task-io.js';
 import { O_CLOEXEC, O_RDONLY, O_RDWR, TASK_SIZE } from '../kernel/constants.js';
@@ -538,7 +537,9 @@ async function mapAnonShared(
   let end = head.start;
   for (let j = first; j < vmas.length; j++) {
     const o = vmas[j] as Vma;
-    if ((o.status & VMA_AREA.ANON_SHARED) === 0 || o.shmid !== head.shmid) continue;
+    // A System V attachment is marked shared anonymous too (CRIU's way): never of this object.
+    const isObject = (o.status & VMA_AREA.ANON_SHARED) !== 0 && (o.status & VMA_AREA.SYSVIPC) === 0;
+    if (!isObject || o.shmid !== head.shmid) continue;
     if (o.start !== end) break;
     group.push(j);
     end = o.end;
@@ -706,23 +707,10 @@ async function createMemfd(inj: Injector, pid: number, inode: ImageEntry, images
   let local = -1;
   try {
     local = sys.pidfdGetfd(pidfd, fd, 0);
-    const pagemapPath = path.join(imagesDir, shmemPagemapFileName(BigInt(inode['shmid'] as number)));
-    if (existsSync(pagemapPath)) {
-      const { pagesId, runs } = await readPagemap(pagemapPath);
-      const pages = await PagesReader.open(path.join(imagesDir, `pages-${pagesId}.img`));
-      try {
-        let pageInFile = 0;
-        for (const run of runs) {
-          if ((run.flags & PE_PRESENT) === 0) continue;
-          const data = await pages.read(pageInFile, run.nrPages);
-          pageInFile += run.nrPages;
-          for (let done = 0; done < data.length;)
-            done += sys.pwrite(local, data, done, data.length - done, run.vaddr + BigInt(done));
-        }
-      } finally {
-        await pages.close();
-      }
-    }
+    await readShmemRuns(imagesDir, BigInt(inode['shmid'] as number), (offset, data) => {
+      for (let done = 0; done < data.length;)
+        done += sys.pwrite(local, data, done, data.length - done, offset + BigInt(done));
+    });
     ftruncateSync(local, Number(inode['size']));
     fchownSync(local, Number(inode['uid']), Number(inode['gid']));
     if (inode['mode'] !== undefined) fchmodSync(local, Number(inode['mode']) & 0o7777);

@@ -87,6 +87,7 @@ export function startStub(
   options: { isSibling?: boolean; cloneFlags?: bigint } = {},
 ): Stub {
   let child: number;
+  const until = Date.now() + DYING_HOLDER_WAIT_MS;
   for (;;) {
     try {
       child = cloneStub(pid, options.isSibling === true, options.cloneFlags ?? 0n);
@@ -94,6 +95,11 @@ export function startStub(
     } catch (err) {
       if (!isErrno(err, 'EEXIST')) throw new TaskError(pid, `Cannot create task ${pid}`, { cause: err });
       waitForFreePid(pid, err); // taken since the caller's check: throws unless it was on its way out
+      // The kernel may keep a PID a moment after its task left /proc (one that had an IPC
+      // namespace of its own: about a second here).
+      if (Date.now() > until)
+        throw new TaskError(pid, `Cannot restore task ${pid}: the kernel still holds PID ${pid}`, { cause: err });
+      sleepMs(5);
     }
   }
   return emptyStub(pid, child, layout, nrThreads, options);

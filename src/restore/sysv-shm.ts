@@ -20,7 +20,7 @@ import { closeSync, existsSync, openSync, readdirSync, writeFileSync } from 'nod
 import path from 'node:path';
 import { ImageError, UnsupportedError } from '../errors.js';
 import { readImage } from '../images/image-reader.js';
-import { PAGE_SIZE, type ImageEntry } from '../images/index.js';
+import { PAGE_SIZE, readShmemRuns, shmemPagemapFileName, type ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import { log } from '../log.js';
 import { readShmSegments, SHM_DEST } from '../proc/sysvipc.js';
@@ -58,6 +58,17 @@ interface Segment {
 const hex = (n: number | bigint): string => `0x${n.toString(16)}`;
 const describe = (s: Segment): string => `System V shared memory segment ${s.id} (key ${hex(s.key)})`;
 
+/** A segment's contents kept as CRIU 3.x keeps them: in pagemap-shmem-<id>.img (zeros where no page is). */
+async function contentsInPagemaps(dir: string, seg: Segment): Promise<Buffer> {
+  const out = Buffer.alloc(seg.size);
+  await readShmemRuns(dir, seg.id, (offset, data) => {
+    if (offset + BigInt(data.length) > BigInt(Math.ceil(seg.size / PAGE_SIZE) * PAGE_SIZE))
+      throw new ImageError(shmemPagemapFileName(seg.id), `pages past the end of ${describe(seg)}`);
+    data.copy(out, Number(offset));
+  });
+  return out;
+}
+
 export class SysvSegments {
   private constructor(private readonly byId: Map<number, Segment>) {}
 
@@ -79,11 +90,7 @@ export class SysvSegments {
           isCreated: false,
           isFilled: false,
         };
-        if (r.entry['in_pagemaps'] === true)
-          throw new UnsupportedError(
-            'sysv-shm-pagemaps',
-            `${name}: ${describe(seg)} keeps its contents in pagemap images`,
-          );
+        if (r.entry['in_pagemaps'] === true) seg.contents = await contentsInPagemaps(dir, seg);
         if (seg.contents.length < seg.size) throw new ImageError(name, `${describe(seg)}: its contents are cut short`);
         byId.set(seg.id, seg);
       }

@@ -8,7 +8,10 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
 import { Listener } from '../../src/pageserver/socket.js';
-import { poll, startWorkload, waitPid, type Workload } from './cr.js';
+import { isErrno } from '../../src/errors.js';
+import { SIGCHLD, __WALL } from '../../src/kernel/constants.js';
+import { clone3Exec, waitpid } from '../../src/sys/native.js';
+import { poll, sleep, startWorkload, waitPid, type Workload } from './cr.js';
 import { FIXTURES_BIN, fixturePath } from './fixture.js';
 
 const REAL_CRIU = '/usr/sbin/criu';
@@ -115,8 +118,35 @@ export function startCriuDumpOnSocket(pid: number, images: string, fd: number): 
   return startRealCriu(args, images, fd);
 }
 
-/** The real `criu restore -D IMAGES -d ARGS...`; resolves once the task `pid` is back. */
+/**
+ * Resolve once the kernel lets go of `pid`: a clone3 with set_tid = [pid] gets it (and the child,
+ * /bin/true, is reaped). A task that had an IPC namespace of its own keeps its PID about a second
+ * after it left /proc here; criu 3.17 does not wait for that (criu-ts's restore does).
+ */
+async function pidReleased(pid: number, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const got = clone3Exec({
+        flags: 0n,
+        exitSignal: SIGCHLD,
+        setTid: [pid],
+        path: '/bin/true',
+        argv: ['true'],
+        envp: [],
+      });
+      waitpid(got, __WALL, 5000);
+      return;
+    } catch (err) {
+      if (!isErrno(err, 'EEXIST') || Date.now() > until) throw err;
+      await sleep(20);
+    }
+  }
+}
+
+/** The real `criu restore -D IMAGES -d ARGS...` once `pid` is free; resolves once the task is back. */
 export async function criuRestore(t: Test, pid: number, images: string, args: readonly string[] = []): Promise<void> {
+  await pidReleased(pid);
   const log = path.join(images, 'restore.log');
   const status = await realCriu(['restore', '-D', images, '-d', '-v4', '-o', 'restore.log', ...args], images);
   t.equal(status, 0, status === 0 ? 'criu 3.17 restore' : `criu 3.17 restore: ${logErrors(log)}`);

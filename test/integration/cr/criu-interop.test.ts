@@ -2,6 +2,7 @@
  * The real CRIU and criu-ts on the same task (Debian's criu 3.17, test/helpers/real-criu.ts):
  *   - CRIU dumps the core workload (and cr_state, cr_link_remap, cr_vma_deleted, cr_seccomp),
  *     criu-ts restores it from CRIU's images;
+ *   - cr_sysvshm in UTS and IPC namespaces of its own, both ways;
  *   - CRIU dumps with --page-server into `criu page-server` of criu-ts, which restores the result;
  *   - criu-ts dumps with --page-server into CRIU's page server, and restores what CRIU stored;
  *     both plain and with --tls on both ends;
@@ -83,6 +84,30 @@ t.test('CRIU 3.17 dumps cr_basic; criu-ts restores it', { skip }, async (t) => {
   await criuDump(t, w.pid, images);
   await waitGone(w.pid);
   await restoreAndCheck(t, w, images, dir, { code });
+});
+
+t.test('CRIU 3.17 dumps cr_sysvshm in UTS and IPC namespaces of its own; criu-ts restores it', { skip }, async (t) => {
+  // CRIU keeps the segments' contents in pagemap-shmem-<id>.img (in_pagemaps).
+  const dir = t.testdir();
+  const w = await startSessionLeader('cr_sysvshm', dir, ['ns']);
+  t.teardown(() => w.kill());
+  const images = path.join(dir, 'img');
+  await criuDump(t, w.pid, images);
+  await waitGone(w.pid);
+  t.ok(existsSync(path.join(images, 'pagemap-shmem-0.img')), "CRIU's segment contents are in pagemaps");
+  await restoreAndCheck(t, w, images, dir);
+});
+
+t.test('criu-ts dumps cr_sysvshm in UTS and IPC namespaces of its own; CRIU 3.17 restores it', { skip }, async (t) => {
+  // keep-c: criu 3.17 does not restore a segment's removal (IPC_RMID while attached).
+  const dir = t.testdir();
+  const w = await startSessionLeader('cr_sysvshm', dir, ['ns', 'keep-c']);
+  t.teardown(() => w.kill());
+  const images = path.join(dir, 'img');
+  await ourDump(t, w.pid, images);
+  await waitGone(w.pid);
+  await criuRestore(t, w.pid, images);
+  await endExpectPass(t, w);
 });
 
 // More workloads CRIU dumps and criu-ts restores (cr_mem is not among them: criu 3.17 on this
