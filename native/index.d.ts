@@ -314,6 +314,18 @@ export function kcmpEpollTfd(pid1: number, pid2: number, fd: number, efd: number
 export function shmget(key: number, size: number, flags: number): number;
 /** shmctl(id, cmd, buf): buf, when given, is a struct shmid_ds the kernel reads or fills. */
 export function shmctl(id: number, cmd: number, buf: Buffer | null): number;
+/** semget(key, nsems, flags): the set's id. */
+export function semget(key: number, nsems: number, flags: number): number;
+/** semctl(id, semnum, cmd, buf): buf, when given, is what union semun points to (semid_ds, or the values of GETALL/SETALL). */
+export function semctl(id: number, semnum: number, cmd: number, buf: Buffer | null): number;
+/** msgget(key, flags): the queue's id. */
+export function msgget(key: number, flags: number): number;
+/** msgctl(id, cmd, buf): buf, when given, is a struct msqid_ds the kernel reads or fills. */
+export function msgctl(id: number, cmd: number, buf: Buffer | null): number;
+/** msgsnd(id, msg, size, flags): msg is the 8-byte mtype, then `size` bytes of text. */
+export function msgsnd(id: number, msg: Buffer, size: number, flags: number): void;
+/** msgrcv(id, msg, size, msgtyp, flags): the text's length; msg gets the mtype, then the text. */
+export function msgrcv(id: number, msg: Buffer, size: number, msgtyp: number, flags: number): number;
 
 // ---------------------------------------------------------------------------------------------
 // Processes and signals.

@@ -47,6 +47,7 @@ import { localPageSink, removeNew, type PageSink } from './page-sink.js';
 import { dumpStatsEntry, inventoryEntry, noDumpStats, nowUs, type DumpStats } from './entries.js';
 import { kobjIds, rootIds } from './ids.js';
 import { dumpSysvShm, removeSysvShm } from './sysv-shm.js';
+import { dumpMsgQueues, dumpSemSets } from './sysv-ipc.js';
 import { checkTreeNamespaces, dumpIpcVar, dumpUtsns, inTreeIpc, type TreeNamespaces } from './namespaces.js';
 import { checkTreeFds, checkTreeMemory, freezeDumpTree, readDumpTree, releaseTree, zombieCore } from './tree.js';
 import { dumpProcess, type ProcessDumpContext } from './process.js';
@@ -306,9 +307,11 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     if (namespaces.own.has('uts')) add(imageFileName('UTSNS', Number(treeIds['uts_ns_id'])), 'UTSNS', [dumpUtsns(pid)]);
     if (namespaces.own.has('ipc')) {
       add(imageFileName('IPC_VAR', ipcId), 'IPC_VAR', [dumpIpcVar(pid)]);
-      // Empty, as the namespace's (checkTreeNamespaces refuses any): CRIU's restore reads them.
-      add(imageFileName('IPCNS_SEM', ipcId), 'IPCNS_SEM', []);
-      add(imageFileName('IPCNS_MSG', ipcId), 'IPCNS_MSG', []);
+      const { sem, msg } = inTreeIpc(pid, namespaces, () => ({ sem: dumpSemSets(), msg: dumpMsgQueues() }));
+      add(imageFileName('IPCNS_SEM', ipcId), 'IPCNS_SEM', sem);
+      add(imageFileName('IPCNS_MSG', ipcId), 'IPCNS_MSG', msg);
+      if (sem.length + msg.length > 0)
+        log().info(`Dumped ${sem.length} System V semaphore set(s) and ${msg.length} message queue(s)`);
     }
     if (namespaces.own.size > 0) log().info(`Dumped the tree's own namespaces: ${[...namespaces.own].join(', ')}`);
     stats.memdumpTimeUs = nowUs() - tMem;

@@ -6,9 +6,9 @@
  *
  * criu-ts dumps two kinds:
  *   - uts: the host and domain names, in utsns-<id>.img;
- *   - ipc: the IPC sysctls, in ipcns-var-<id>.img, and the System V shared memory segments the
- *     tree attaches (sysv-shm.ts, read in the namespace), in ipcns-shm-<id>.img. Semaphores and
- *     message queues are refused: nothing dumps them yet.
+ *   - ipc: the IPC sysctls, in ipcns-var-<id>.img; the System V shared memory segments the tree
+ *     attaches (sysv-shm.ts, read in the namespace), in ipcns-shm-<id>.img; its semaphore sets
+ *     and message queues (sysv-ipc.ts), in ipcns-sem-<id>.img and ipcns-msg-<id>.img.
  * `--namespaces` (`-n`) asks for a kind even when the root shares it with criu: it is then dumped
  * all the same, and the restore gives the tree a new one with what was dumped, as CRIU's `-n`
  * did. Any other kind of its own (PID, network, mount, user, cgroup, time), asked for or found,
@@ -110,7 +110,6 @@ export function checkTreeNamespaces(
       }
     }
   }
-  if (own.has('ipc')) checkNoSemMsg(root, refuse);
   return { own, isIpcCriu: rootNs.get('ipc')?.inode === mine.get('ipc')?.inode };
 }
 
@@ -133,20 +132,6 @@ function readIn<T>(pid: number, kind: 'uts' | 'ipc', fn: () => T): T {
   } finally {
     closeSync(fd);
   }
-}
-
-/** The lines after the header of a /proc/sysvipc file. */
-function sysvipcCount(name: string): number {
-  const text = readFileSync(`/proc/sysvipc/${name}`, 'utf8');
-  return text.split('\n').filter((l) => l.trim() !== '').length - 1;
-}
-
-function checkNoSemMsg(pid: number, refuse: (why: string) => never): void {
-  const [sem, msg] = readIn(pid, 'ipc', () => [sysvipcCount('sem'), sysvipcCount('msg')]);
-  if ((sem ?? 0) > 0 || (msg ?? 0) > 0)
-    refuse(
-      `its IPC namespace holds ${sem} System V semaphore set(s) and ${msg} message queue(s), which criu-ts cannot dump yet`,
-    );
 }
 
 /** Run `fn` (reading /proc/sysvipc, shmctl) in the tree's IPC namespace. */

@@ -25,12 +25,11 @@ import { TaskError, UnsupportedError } from '../errors.js';
 import { PAGE_SIZE, type ImageEntry } from '../images/index.js';
 import { readShmSegments, SHM_DEST, type ShmSegment } from '../proc/sysvipc.js';
 import * as sys from '../sys/native.js';
+import { IPC_RMID } from '../kernel/constants.js';
 import { VMA_AREA, type VmaInfo } from './vma.js';
 
 /** Segments larger than this are refused: their contents are held in memory while dumped. */
 export const SYSV_SHM_MAX_BYTES = 1 << 30;
-
-const IPC_RMID = 0;
 
 /** One shmat of a segment: its VMAs, contiguous (start - pgoff the same for each). */
 export interface SysvAttach {

@@ -25,7 +25,7 @@
  * Image kinds: FILES (reg), REMAP_FPATH and GHOST_FILE through ghost.ts.
  */
 
-import { statSync, constants as fsc, type BigIntStats } from 'node:fs';
+import { statSync, statfsSync, constants as fsc, type BigIntStats } from 'node:fs';
 import { ImageError, UnsupportedError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import { O_ACCMODE, O_APPEND, O_CLOEXEC, O_WRONLY } from '../kernel/constants.js';
@@ -65,6 +65,24 @@ export function isRegKind(stat: BigIntStats): boolean {
 
 const isDeviceNode = (st: BigIntStats): boolean =>
   fileType(st.mode) === fsc.S_IFCHR || fileType(st.mode) === fsc.S_IFBLK;
+
+/** statfs f_type of the mqueue filesystem. uapi/linux/magic.h. */
+const MQUEUE_MAGIC = 0x19800202;
+const mqueueRefusal = (input: FdDumpInput): string =>
+  `Cannot dump fd ${input.fd} of task ${input.pid}: a POSIX message queue (mq_open), which criu-ts cannot dump yet`;
+
+/**
+ * A POSIX message queue: a regular file of the mqueue filesystem, its link "/NAME" (or
+ * "/NAME (deleted)" once unlinked) relative to a mount the task may not even see. Reopening that
+ * path, or copying it as a deleted file, would give back a plain file.
+ */
+function isMqueue(input: FdDumpInput): boolean {
+  try {
+    return statfsSync(`/proc/self/fd/${input.localFd}`).type === MQUEUE_MAGIC;
+  } catch {
+    return false;
+  }
+}
 
 /** A memfd's link: "/memfd:NAME (deleted)" (memfd.ts handles those). */
 export function isMemfdLink(link: string): boolean {
@@ -106,6 +124,7 @@ export const regFile: FdKindModule = {
   },
 
   refusal(input: FdDumpInput, options: FileOptions): string | undefined {
+    if (isMqueue(input)) return mqueueRefusal(input);
     // A deleted file too big to be a ghost: refused before the freeze. (With --link-remap it may
     // be linked back instead of copied; the dump finds out.)
     const isUnlinked = input.link.endsWith(DELETED_SUFFIX) && input.stat.nlink === 0n;
@@ -113,6 +132,7 @@ export const regFile: FdKindModule = {
   },
 
   async dump(input: FdDumpInput, id: number, ctx: FileDumpContext): Promise<ImageEntry> {
+    if (isMqueue(input)) throw new UnsupportedError('mqueue', mqueueRefusal(input));
     // --evasive-devices: a device node deleted or replaced is dumped by another path to the device.
     const evasive = evasiveDeviceName(input, ctx.options ?? {});
     const ghost = evasive === undefined && isGhost(input, ctx.options?.isLinkRemap === true);

@@ -111,6 +111,40 @@ export const ipcSemExtra: ExtraCodec = {
   },
 };
 
+/** One System V message of an ipc_msg_entry's payload: its type and its text. */
+export interface IpcMessage {
+  mtype: bigint;
+  text: Buffer;
+}
+
+/** An ipc_msg_entry's payload: per message, the length of its ipc_msg, the ipc_msg, the text padded to 8. */
+export function encodeIpcMessages(msgs: readonly IpcMessage[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const m of msgs) {
+    const body = encodeEntry(messageType('ipc_msg'), { mtype: m.mtype, msize: m.text.length });
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(body.length, 0);
+    const text = Buffer.alloc(roundUp(m.text.length, 8));
+    m.text.copy(text);
+    parts.push(len, body, text);
+  }
+  return Buffer.concat(parts);
+}
+
+/** The messages of an ipc_msg_entry's payload (as ipcMsgExtra.read returns it). */
+export function decodeIpcMessages(raw: Buffer): IpcMessage[] {
+  const out: IpcMessage[] = [];
+  for (let off = 0; off < raw.length;) {
+    const len = raw.readUInt32LE(off);
+    const msg = decodeEntry(messageType('ipc_msg'), raw.subarray(off + 4, off + 4 + len));
+    const size = num(msg, 'msize');
+    off += 4 + len;
+    out.push({ mtype: BigInt(msg['mtype'] as bigint | number), text: raw.subarray(off, off + size) });
+    off += roundUp(size, 8);
+  }
+  return out;
+}
+
 export const ipcMsgExtra: ExtraCodec = {
   has: () => true,
   read: async (src, e) => {
@@ -123,31 +157,21 @@ export const ipcMsgExtra: ExtraCodec = {
     }
     return Buffer.concat(parts);
   },
-  toJson: (raw) => {
-    // crit lists, per message, its header (plain numbers) then its text as base64.
-    const out: JsonValue[] = [];
-    for (let off = 0; off < raw.length;) {
-      const len = raw.readUInt32LE(off);
-      const msg = decodeEntry(messageType('ipc_msg'), raw.subarray(off + 4, off + 4 + len));
-      const size = num(msg, 'msize');
-      off += 4 + len;
-      out.push(entryToCritJson(messageType('ipc_msg'), msg, false), base64Lines(raw.subarray(off, off + size)));
-      off += roundUp(size, 8);
-    }
-    return out;
-  },
+  // crit lists, per message, its header (plain numbers) then its text as base64.
+  toJson: (raw) =>
+    decodeIpcMessages(raw).flatMap((m) => [
+      entryToCritJson(messageType('ipc_msg'), { mtype: m.mtype, msize: m.text.length }, false),
+      base64Lines(m.text),
+    ]),
   fromJson: (j) => {
     const items = (j ?? []) as readonly JsonValue[];
-    const parts: Buffer[] = [];
+    const msgs: IpcMessage[] = [];
     for (let i = 0; i + 1 < items.length; i += 2) {
       const msg = critJsonToEntry(messageType('ipc_msg'), items[i] as JsonObject);
-      const body = encodeEntry(messageType('ipc_msg'), msg);
-      const len = Buffer.alloc(4);
-      len.writeUInt32LE(body.length, 0);
-      const text = Buffer.alloc(roundUp(num(msg, 'msize'), 8));
-      fromBase64(str(items[i + 1] as JsonValue)).copy(text, 0, 0, num(msg, 'msize'));
-      parts.push(len, body, text);
+      const text = Buffer.alloc(num(msg, 'msize'));
+      fromBase64(str(items[i + 1] as JsonValue)).copy(text, 0, 0, text.length);
+      msgs.push({ mtype: BigInt(msg['mtype'] as bigint | number), text });
     }
-    return Buffer.concat(parts);
+    return encodeIpcMessages(msgs);
   },
 };

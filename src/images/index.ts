@@ -27,6 +27,7 @@ export {
   type ImageHeader,
 } from './kinds.js';
 export type { ExtraCodec, ExtraSource, EntryContext } from './extras.js';
+export { decodeIpcMessages, encodeIpcMessages, type IpcMessage } from './extras.js';
 export { ImageReader, openImage, readImage, readEntries, entryType, type ImageRecord } from './image-reader.js';
 export { ImageWriter, writeImage, type ImageRecordInput } from './image-writer.js';
 export { listImages, sniffKind, type ImageFileInfo } from './image-dir.js';

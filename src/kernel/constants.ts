@@ -468,3 +468,28 @@ export const PAGE_SIZE = 4096;
 
 /** task_struct flags, as /proc/PID/stat's `flags` shows them. include/linux/sched.h. */
 export const PF_EXITING = 0x4;
+
+/** System V IPC. uapi/linux/ipc.h, sem.h, msg.h, shm.h. */
+export const IPC_CREAT = 0o1000;
+export const IPC_EXCL = 0o2000;
+export const IPC_NOWAIT = 0o4000;
+export const IPC_RMID = 0;
+export const IPC_SET = 1;
+export const IPC_STAT = 2;
+export const GETALL = 13;
+export const SETALL = 17;
+export const MSG_COPY = 0o40000;
+export const SHM_RDONLY = 0o10000;
+export const SHM_EXEC = 0o100000;
+/**
+ * The x86_64 layouts IPC_STAT fills and IPC_SET reads (glibc's struct shmid_ds, semid_ds and
+ * msqid_ds, the kernel's *id64_ds): their sizes, where struct ipc_perm (their start) keeps owner,
+ * group and mode, and where msqid_ds keeps msg_qbytes.
+ */
+export const SHMID_DS_BYTES = 112;
+export const SEMID_DS_BYTES = 104;
+export const MSQID_DS_BYTES = 120;
+export const IPC_PERM_UID = 4;
+export const IPC_PERM_GID = 8;
+export const IPC_PERM_MODE = 20;
+export const MSQID_DS_QBYTES = 88;

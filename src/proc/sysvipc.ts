@@ -56,3 +56,54 @@ export function readShmSegments(text = readProcText('/proc/sysvipc/shm') ?? ''):
   }
   return out;
 }
+
+/** What /proc/sysvipc/sem and /proc/sysvipc/msg tell of a semaphore set or a message queue. */
+export interface SysvObject {
+  key: number;
+  id: number;
+  /** The permission bits. */
+  mode: number;
+  uid: number;
+  gid: number;
+  cuid: number;
+  cgid: number;
+  /** sem: nsems; msg: qnum (messages waiting). */
+  count: number;
+  /** msg: cbytes (bytes waiting); sem: 0. */
+  bytes: number;
+}
+
+/**
+ * /proc/sysvipc/sem ("key semid perms nsems uid gid cuid cgid otime ctime") or /proc/sysvipc/msg
+ * ("key msqid perms cbytes qnum lspid lrpid uid gid cuid cgid stime rtime ctime") of this thread's
+ * IPC namespace, by id.
+ */
+export function readSysvObjects(kind: 'sem' | 'msg', text?: string): Map<number, SysvObject> {
+  const out = new Map<number, SysvObject>();
+  const body = text ?? readProcText(`/proc/sysvipc/${kind}`) ?? '';
+  // The columns after perms: sem has nsems, then the ids; msg has cbytes, qnum, lspid, lrpid.
+  const ids = kind === 'sem' ? 4 : 7;
+  for (const line of body.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < ids + 4) continue;
+    const n = (i: number): number => {
+      const v = Number(f[i]);
+      if (!Number.isSafeInteger(v)) throw new Error(`/proc/sysvipc/${kind}: cannot parse "${line}"`);
+      return v;
+    };
+    const mode = Number.parseInt(f[2] as string, 8);
+    if (!Number.isSafeInteger(mode)) throw new Error(`/proc/sysvipc/${kind}: cannot parse "${line}"`);
+    out.set(n(1), {
+      key: n(0) >>> 0,
+      id: n(1),
+      mode,
+      count: kind === 'sem' ? n(3) : n(4),
+      bytes: kind === 'sem' ? 0 : n(3),
+      uid: n(ids),
+      gid: n(ids + 1),
+      cuid: n(ids + 2),
+      cgid: n(ids + 3),
+    });
+  }
+  return out;
+}

@@ -204,8 +204,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // parent's memory is restored keeps what they shared copy-on-write (mm.ts inheritMemory).
     namespaces.enter(pid);
     if (rootSkeleton === undefined) leadAsDumped(rootStub, img.pstree);
+    namespaces.setIpcLimits();
     namespaces.inIpc(() => sysv.create());
-    namespaces.setIpcVar();
+    namespaces.finishIpc();
     await restoreProcessMemory(rootProc, ctx);
     for (const t of img.tree.slice(1)) {
       const parent = procs.find((p) => p.img.pid === Number(t.pstree['ppid'])) as Restoring;

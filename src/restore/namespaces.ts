@@ -5,12 +5,11 @@
  * (CLONE_NEWUTS, CLONE_NEWIPC); its children inherit it. Then, from this thread entering the new
  * namespace for a moment (sys/namespaces.ts):
  *   - uts: the host and domain names of utsns-<id>.img, written to /proc/sys/kernel;
- *   - ipc: the System V shared memory segments are made there (sysv-shm.ts, through inIpc), and
- *     the IPC sysctls of ipcns-var-<id>.img written, the *_next_id ones last (making segments
- *     moves shm_next_id).
+ *   - ipc: the IPC sysctls of ipcns-var-<id>.img written, then the System V shared memory
+ *     segments (sysv-shm.ts, through inIpc), semaphore sets and message queues (sysv-ipc.ts)
+ *     made there, and last the *_next_id sysctls (making an object moves them).
  * Refused in one line before any process exists: another kind of the tree's own (PID, network,
- * mount...), a process whose namespaces are not the root's, semaphores or message queues in the
- * images (CRIU's can hold them), a missing namespace image.
+ * mount...), a process whose namespaces are not the root's, a missing namespace image.
  */
 
 import { closeSync, existsSync, readlinkSync, writeFileSync } from 'node:fs';
@@ -21,6 +20,7 @@ import { CLONE_NEWIPC, CLONE_NEWUTS } from '../kernel/constants.js';
 import { log } from '../log.js';
 import { IPC_VAR_SYSCTLS, NS_KINDS, whatOf, type NsKind } from '../dump/namespaces.js';
 import { inNamespace, openNamespace } from '../sys/namespaces.js';
+import { makeMsgQueues, makeSemSets, type SysvRecord } from './sysv-ipc.js';
 import type { RestoreImages } from './images.js';
 
 const CLONE_FLAG: Partial<Record<NsKind, bigint>> = { uts: CLONE_NEWUTS, ipc: CLONE_NEWIPC };
@@ -43,6 +43,8 @@ export class TreeNamespaces {
   private constructor(
     private readonly uts: ImageEntry | undefined,
     private readonly ipcVar: ImageEntry | undefined,
+    private readonly semSets: readonly SysvRecord[],
+    private readonly msgQueues: readonly SysvRecord[],
   ) {}
 
   /** The namespaces the images ask for, checked. */
@@ -79,19 +81,19 @@ export class TreeNamespaces {
       return (records[0] as { entry: ImageEntry }).entry;
     };
     const ipcId = Number(img.ids['ipc_ns_id']);
-    if (own.includes('ipc'))
-      for (const kind of ['IPCNS_SEM', 'IPCNS_MSG']) {
-        const name = imageFileName(kind, ipcId);
-        const file = path.join(img.dir, name);
-        if (existsSync(file) && (await readImage(file, kind)).records.length > 0)
-          throw new UnsupportedError(
-            'namespace',
-            `Cannot restore the tree of ${img.pid}: ${name} holds System V ${kind === 'IPCNS_SEM' ? 'semaphores' : 'message queues'}, which criu-ts cannot restore yet`,
-          );
-      }
+    /** The records of an optional image (CRIU writes none for an empty kind). */
+    const records = async (kind: string): Promise<SysvRecord[]> => {
+      const file = path.join(img.dir, imageFileName(kind, ipcId));
+      if (!own.includes('ipc') || !existsSync(file)) return [];
+      return (await readImage(file, kind)).records.map((r) =>
+        r.extra === undefined ? { entry: r.entry } : { entry: r.entry, extra: r.extra },
+      );
+    };
     return new TreeNamespaces(
       own.includes('uts') ? await single('UTSNS', Number(img.ids['uts_ns_id'])) : undefined,
       own.includes('ipc') ? await single('IPC_VAR', ipcId) : undefined,
+      await records('IPCNS_SEM'),
+      await records('IPCNS_MSG'),
     );
   }
 
@@ -136,8 +138,28 @@ export class TreeNamespaces {
     return fd === undefined ? fn() : inNamespace(fd, 'ipc', fn);
   }
 
-  /** Write the IPC sysctls (once the segments are made: the next ids last). */
-  setIpcVar(): void {
+  /** Write the IPC sysctls but the next ids: the limits, before anything is made in the namespace. */
+  setIpcLimits(): void {
+    this.writeIpcVar(false);
+  }
+
+  /**
+   * Once the segments are made (sysv-shm.ts): make the semaphore sets and message queues
+   * (sysv-ipc.ts), then write the next ids (making an object moves them).
+   */
+  finishIpc(): void {
+    if (this.ipcVar === undefined) return;
+    this.inIpc(() => {
+      makeSemSets(this.semSets);
+      makeMsgQueues(this.msgQueues);
+    });
+    if (this.semSets.length + this.msgQueues.length > 0)
+      log().info(`Made ${this.semSets.length} System V semaphore set(s) and ${this.msgQueues.length} message queue(s)`);
+    this.writeIpcVar(true);
+  }
+
+  /** The IPC sysctls: the next ids (`isNextIds`) or all the others. */
+  private writeIpcVar(isNextIds: boolean): void {
     const entry = this.ipcVar;
     if (entry === undefined) return;
     this.inIpc(() => {
@@ -151,8 +173,9 @@ export class TreeNamespaces {
         }
       };
       const sem = entry['sem_ctls'] as number[] | undefined;
-      if (sem !== undefined && sem.length > 0) write('kernel/sem', sem.join(' '));
+      if (!isNextIds && sem !== undefined && sem.length > 0) write('kernel/sem', sem.join(' '));
       for (const s of IPC_VAR_SYSCTLS) {
+        if (s.name.endsWith('_next_id') !== isNextIds) continue;
         const v = entry[s.field];
         if (v === undefined || v === null) continue;
         // *_next_id: an unset one (-1, 0xffffffff in the image) cannot be written (the kernel takes

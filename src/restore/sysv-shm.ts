@@ -25,21 +25,20 @@ import type { Injector } from '../inject/injector.js';
 import { log } from '../log.js';
 import { readShmSegments, SHM_DEST } from '../proc/sysvipc.js';
 import * as sys from '../sys/native.js';
+import {
+  IPC_CREAT,
+  IPC_EXCL,
+  IPC_RMID,
+  IPC_SET,
+  IPC_STAT,
+  SHM_EXEC,
+  SHM_RDONLY,
+  SHMID_DS_BYTES,
+} from '../kernel/constants.js';
+import { setIpcPerm } from './sysv-ipc.js';
 
-const IPC_CREAT = 0o1000;
-const IPC_EXCL = 0o2000;
-const IPC_RMID = 0;
-const IPC_SET = 1;
-const IPC_STAT = 2;
-const SHM_RDONLY = 0o10000;
-const SHM_EXEC = 0o100000;
 const PROT_WRITE = 2n;
 const PROT_EXEC = 4n;
-/** struct shmid_ds on x86_64, and where IPC_SET reads owner, group and mode in it. */
-const SHMID_DS_BYTES = 112;
-const DS_UID = 4;
-const DS_GID = 8;
-const DS_MODE = 20;
 const SHM_NEXT_ID = '/proc/sys/kernel/shm_next_id';
 const IMAGE_NAME = /^ipcns-shm-\d+\.img$/;
 
@@ -142,9 +141,7 @@ export class SysvSegments {
       s.isCreated = true;
       const ds = Buffer.alloc(SHMID_DS_BYTES);
       sys.shmctl(id, IPC_STAT, ds);
-      ds.writeUInt32LE(s.uid, DS_UID);
-      ds.writeUInt32LE(s.gid, DS_GID);
-      ds.writeUInt16LE(s.mode & 0o777, DS_MODE);
+      setIpcPerm(ds, s);
       sys.shmctl(id, IPC_SET, ds);
     }
     if (this.byId.size > 0) log().info(`Made ${this.byId.size} System V shared memory segment(s)`);

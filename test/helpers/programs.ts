@@ -332,12 +332,13 @@ const asPostgres = (argv: readonly string[]): string =>
  * A cluster of its own in `dir` (made by initdb, owned by the postgres user), started by `run`
  * (here unless given) on a unix socket only, in `dir`: resolves once it accepts connections.
  * postgres refuses to run as root, so it runs as the postgres user; `dir` must be one that user
- * can reach (not under /work). `before`: shell commands run first, in the same shell.
+ * can reach (not under /work). `before`: shell commands run first, in the same shell; `under`: a
+ * command the server is started by (`unshare --ipc --uts`, say).
  */
 export async function startPostgres(
   dir: string,
   port: number,
-  opts: { run?: ShellRunner; before?: string } = {},
+  opts: { run?: ShellRunner; before?: string; under?: string } = {},
 ): Promise<Postgres> {
   const run = opts.run ?? runHere;
   const dataDir = path.join(dir, 'data');
@@ -346,7 +347,9 @@ export async function startPostgres(
   const options = ['-k', dir, '-p', String(port), '-c', 'listen_addresses=', '-c', 'fsync=off'].join(' ');
   const init = asPostgres([path.join(PG_BIN, 'initdb'), '-D', dataDir, '-A', 'trust', '-U', 'postgres', '--no-sync']);
   const start = asPostgres([path.join(PG_BIN, 'pg_ctl'), '-D', dataDir, '-l', logFile, '-o', options, 'start', '-w']);
-  const r = await run(`cd ${quote(dir)} && ${init} >/dev/null && ${opts.before ?? ':'}; ${start} >/dev/null`);
+  const r = await run(
+    `cd ${quote(dir)} && ${init} >/dev/null && ${opts.before ?? ':'}; ${opts.under ?? ''} ${start} >/dev/null`,
+  );
   if (r.status !== 0) throw new Error(`postgres does not start: ${r.stderr}`);
   const pid = Number(readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
   const psql = async (sql: string, where = run): Promise<string> => {

@@ -99,9 +99,10 @@ t.test('CRIU 3.17 dumps cr_sysvshm in UTS and IPC namespaces of its own; criu-ts
 });
 
 t.test('criu-ts dumps cr_sysvshm in UTS and IPC namespaces of its own; CRIU 3.17 restores it', { skip }, async (t) => {
-  // keep-c: criu 3.17 does not restore a segment's removal (IPC_RMID while attached).
+  // criu317: criu 3.17 does not restore a segment's removal (IPC_RMID while attached) nor a
+  // message queue's size limit.
   const dir = t.testdir();
-  const w = await startSessionLeader('cr_sysvshm', dir, ['ns', 'keep-c']);
+  const w = await startSessionLeader('cr_sysvshm', dir, ['ns', 'criu317']);
   t.teardown(() => w.kill());
   const images = path.join(dir, 'img');
   await ourDump(t, w.pid, images);

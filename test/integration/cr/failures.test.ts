@@ -147,6 +147,29 @@ t.test('dump refuses a task holding an fd of an unsupported kind', { skip: needs
   }
 });
 
+t.test('dump and pre-dump refuse a POSIX message queue before touching the task', { skip: needsRoot }, async (t) => {
+  // Unlinked, it looks like a deleted regular file, and was once copied as one: restored, a plain file.
+  for (const action of ['dump', 'pre-dump']) {
+    await t.test(action, async (t) => {
+      const dir = t.testdir();
+      const w = await startWorkload('cr_state', dir, ['mqueue']);
+      t.teardown(() => w.kill());
+      const before = taskSnapshot(w.pid);
+      const mq = Number(before.fds.find((f) => f.includes(`/cr-state-${w.pid} (deleted)`))?.split(' ')[0]);
+      const images = path.join(dir, 'img');
+      const r = await criuWatched([action, '-t', String(w.pid), '-D', images], w.pid);
+      await refusedUntouched(
+        t,
+        w,
+        before,
+        images,
+        r,
+        new RegExp(`fd ${mq} of task ${w.pid}.*a POSIX message queue \\(mq_open\\)`),
+      );
+    });
+  }
+});
+
 t.test('dump refuses an epoll watching a file its fd number no longer holds', { skip: needsRoot }, async (t) => {
   // The watch outlives the close of its fd while a dup keeps the pipe open; a restore adds each
   // watch by its fd number, so it would watch nothing (or whatever the number holds by then).

@@ -2,12 +2,13 @@
  * A tree's own namespaces (src/dump/namespaces.ts, src/restore/namespaces.ts).
  *
  * cr_sysvshm ns moves into UTS and IPC namespaces of its own (unshare), names its host, sets IPC
- * sysctls there and makes its System V segments in it; its child shares both. After the restore
- * each process checks the names, the sysctls, the segments, that its namespaces are not init's and
- * that the child's are its parent's.
+ * sysctls there and makes its System V segments, semaphore sets and a message queue in it; its
+ * child shares both. After the restore each process checks the names, the sysctls, the segments,
+ * that its namespaces are not init's and that the child's are its parent's; the parent checks the
+ * semaphores' values and the queue's messages.
  *
  * Here: the images as crit reads them (the tree's own ids, utsns, ipcns-var, the segments in the
- * namespace's ipcns-shm), nothing of it in this machine's names or segments before or after the
+ * namespace's ipcns-shm, the semaphores and messages), nothing of it in this machine's names or segments before or after the
  * restore; `--namespaces uts,ipc` giving a task that shares criu's a copy of its own; images whose
  * tree had a PID namespace of its own refused by the restore in one line, with no process made;
  * and the same tree migrated between two hosts by criu-migrate.
@@ -73,8 +74,24 @@ t.test('cr_sysvshm in UTS and IPC namespaces of its own: dump, images, restore',
     'ipcns-var: the sysctls set in the namespace',
   );
   t.equal(crit(path.join(images, `ipcns-shm-${ids['ipc_ns_id']}.img`)).entries.length, 3, 'its three segments');
-  for (const kind of ['sem', 'msg'])
-    t.equal(crit(path.join(images, `ipcns-${kind}-${ids['ipc_ns_id']}.img`)).entries.length, 0, `no ${kind}`);
+  const sem = crit(path.join(images, `ipcns-sem-${ids['ipc_ns_id']}.img`)).entries;
+  t.same(
+    sem.map((e) => [e['nsems'], e['extra']]),
+    [
+      [3, [1, 5, 0]],
+      [1, [7]],
+    ],
+    'ipcns-sem: both semaphore sets with their values',
+  );
+  const msg = crit(path.join(images, `ipcns-msg-${ids['ipc_ns_id']}.img`)).entries;
+  t.same(
+    msg.map((e) => [e['qbytes'], e['qnum']]),
+    [[4096, 4]],
+    'ipcns-msg: the queue, its limit and its four messages',
+  );
+  const texts = (msg[0]?.['extra'] as unknown[] | undefined) ?? [];
+  t.same(texts[0], { mtype: 1, msize: 5 }, "the first message's header");
+  t.equal(Buffer.from(String(texts[1]), 'base64').toString(), 'hello', 'and its text');
 
   await restoreExpectPass(t, w, images, dir, {
     whileRunning: () => {

@@ -7,9 +7,11 @@
  * postmaster's pipes. Dumped as a tree and restored, it answers from the same processes: what a
  * table held is there, new connections (each a new backend forked by the restored postmaster)
  * write to it, and a fast shutdown ends it cleanly (a checkpoint, and its System V segment
- * removed by itself).
+ * removed by itself). The same in UTS and IPC namespaces of its own (unshare), its segment in its
+ * namespace: back there, and nothing of it in this machine's.
  */
-import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readlinkSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t from 'tap';
@@ -91,3 +93,52 @@ t.test(
     t.notOk(readShmSegments().has(segment as number), 'postgres removed its segment itself');
   },
 );
+
+t.test('postgres in UTS and IPC namespaces of its own: dump then restore, back in new ones', { skip }, async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'criu-ts-pg-'));
+  const pg = await startPostgres(dir, freePort(), { under: 'unshare --ipc --uts' });
+  t.teardown(() => {
+    if (existsSync(`/proc/${pg.pid}`)) for (const c of childrenOf(pg.pid)) signalTask(c, 'SIGKILL');
+    signalTask(pg.pid, 'SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const ownIpc = (): boolean => readlinkSync(`/proc/${pg.pid}/ns/ipc`) !== readlinkSync('/proc/self/ns/ipc');
+  /** Its namespace's segments: "key id perms size" of each (nattch and times change). */
+  const itsSegments = (): string =>
+    execFileSync('nsenter', ['-t', String(pg.pid), '-i', 'cat', '/proc/sysvipc/shm'], { encoding: 'utf8' })
+      .split('\n')
+      .slice(1)
+      .filter((l) => l.trim() !== '')
+      .map((l) => l.trim().split(/\s+/).slice(0, 4).join(' '))
+      .join('\n');
+  t.ok(ownIpc(), 'postgres runs in an IPC namespace of its own');
+  await pg.psql('CREATE TABLE t (n int, s text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 300) g;');
+  const digest = await pg.psql("SELECT count(*), md5(string_agg(s, ',' ORDER BY n)) FROM t");
+  await poll(() => childrenOf(pg.pid).length === 5, 'five processes of postgres', 10_000);
+  const children = childrenOf(pg.pid);
+  const [segment] = sysvIdsOf(pg.pid);
+  const segments = itsSegments();
+  t.match(segments, new RegExp(`^\\d+ ${segment} `), `its segment ${segment} is in its namespace`);
+  const key = Number(segments.split(' ')[0]) >>> 0;
+  const isHere = (): boolean => [...readShmSegments().values()].some((s) => s.key === key);
+  t.notOk(isHere(), "and not in this machine's");
+
+  const isDumped = await dumpRestoreDetached(t, dir, pg.pid, 'the postmaster', children);
+  if (!isDumped) return;
+  t.same(childrenOf(pg.pid), children, 'the same five processes');
+  t.ok(ownIpc(), 'in an IPC namespace of its own again');
+  t.equal(itsSegments(), segments, 'its segment is back in it: key, id, mode, size');
+  t.notOk(isHere(), "and still not in this machine's");
+  t.equal(
+    await pg.psql("SELECT count(*), md5(string_agg(s, ',' ORDER BY n)) FROM t"),
+    digest,
+    'the table is as it was',
+  );
+  await pg.psql("INSERT INTO t VALUES (301, 'after the restore')");
+  t.equal(await pg.psql('SELECT s FROM t WHERE n = 301'), 'after the restore', 'a new connection writes and reads');
+  signalTask(pg.pid, 'SIGINT'); // fast shutdown
+  await waitEnded(pg.pid, 20_000);
+  const log = readFileSync(pg.logFile, 'utf8');
+  t.match(log, /database system is shut down/, 'a clean shutdown');
+  t.notMatch(log, /PANIC|terminated by signal/, 'no crash in its log');
+});

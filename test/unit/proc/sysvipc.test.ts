@@ -1,10 +1,10 @@
 /**
  * /proc/sysvipc/shm as the kernel prints it: keys signed (a key over 2^31 reads negative), perms
  * in octal with SHM_DEST, a removed segment's key 0. And the live file: a segment made here is
- * in it as made.
+ * in it as made. /proc/sysvipc/sem and /proc/sysvipc/msg, as the kernel prints them.
  */
 import t from 'tap';
-import { readShmSegments, SHM_DEST } from '../../../src/proc/sysvipc.js';
+import { readShmSegments, readSysvObjects, SHM_DEST } from '../../../src/proc/sysvipc.js';
 import * as sys from '../../../src/sys/native.js';
 
 const TEXT = `       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap
@@ -51,3 +51,31 @@ t.test(
     });
   },
 );
+
+t.test('semaphore sets and message queues as the kernel prints them', async (t) => {
+  const sem = readSysvObjects(
+    'sem',
+    `       key      semid perms      nsems   uid   gid  cuid  cgid      otime      ctime
+1868994740          0   640          3   101   102     0     0          0 1795952443
+`,
+  );
+  t.same(sem.get(0), { key: 1868994740, id: 0, mode: 0o640, count: 3, bytes: 0, uid: 101, gid: 102, cuid: 0, cgid: 0 });
+  const msg = readSysvObjects(
+    'msg',
+    `       key      msqid perms      cbytes       qnum lspid lrpid   uid   gid  cuid  cgid      stime      rtime      ctime
+-1402512649      32768   644          21          2   123     0     7     8     0     0 1795952443          0 1795952443
+`,
+  );
+  t.same(msg.get(32768), {
+    key: 0xac675af7,
+    id: 32768,
+    mode: 0o644,
+    count: 2,
+    bytes: 21,
+    uid: 7,
+    gid: 8,
+    cuid: 0,
+    cgid: 0,
+  });
+  t.throws(() => readSysvObjects('sem', 'header\n1 x 640 3 0 0 0 0 0 0\n'), /cannot parse/);
+});
