@@ -10,6 +10,7 @@ import { fifoFile } from './fifo.js';
 import { inetSocketFile } from './inet-socket.js';
 import { inotifyFile } from './inotify.js';
 import { memfdFile } from './memfd.js';
+import { netlinkSocketFile } from './netlink-socket.js';
 import { pipeFile } from './pipe.js';
 import { regFile } from './reg.js';
 import { signalfdFile } from './signalfd.js';
@@ -29,6 +30,7 @@ export const FD_KINDS: readonly FdKindModule[] = [
   inotifyFile,
   inetSocketFile,
   unixSocketFile,
+  netlinkSocketFile,
   ttyFile,
   regFile,
 ];

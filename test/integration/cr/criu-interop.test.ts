@@ -2,7 +2,8 @@
  * The real CRIU and criu-ts on the same task (Debian's criu 3.17, test/helpers/real-criu.ts):
  *   - CRIU dumps the core workload (and cr_state, cr_link_remap, cr_vma_deleted, cr_seccomp),
  *     criu-ts restores it from CRIU's images;
- *   - cr_sysvshm in UTS and IPC namespaces of its own, both ways;
+ *   - cr_sysvshm in UTS and IPC namespaces of its own, both ways (cr_netlink both ways is in
+ *     netlink.test.ts, whose tests must not overlap);
  *   - CRIU dumps with --page-server into `criu page-server` of criu-ts, which restores the result;
  *   - criu-ts dumps with --page-server into CRIU's page server, and restores what CRIU stored;
  *     both plain and with --tls on both ends;

@@ -147,65 +147,82 @@ t.test('dump refuses a task holding an fd of an unsupported kind', { skip: needs
   }
 });
 
+/**
+ * cr_state with `args`, then `criu ACTION -t PID -D IMAGES OPTS...`: refused as refusedUntouched
+ * says, `why` on its one line (a function of the workload and its snapshot, for an fd number).
+ */
+async function stateRefused(
+  t: Test,
+  args: readonly string[],
+  why: RegExp | ((w: Workload, before: ReturnType<typeof taskSnapshot>) => RegExp),
+  action = 'dump',
+  opts: readonly string[] = [],
+): Promise<void> {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_state', dir, args);
+  t.teardown(() => w.kill());
+  const before = taskSnapshot(w.pid);
+  const images = path.join(dir, 'img');
+  const r = await criuWatched([action, '-t', String(w.pid), '-D', images, ...opts], w.pid);
+  await refusedUntouched(t, w, before, images, r, typeof why === 'function' ? why(w, before) : why);
+}
+
+/** The number of the fd of `before` whose link includes `text`. */
+const fdWith = (before: ReturnType<typeof taskSnapshot>, text: string): number =>
+  Number(before.fds.find((f) => f.includes(text))?.split(' ')[0]);
+
+t.test(
+  'dump refuses a netlink socket of a protocol whose kernel side it cannot carry',
+  { skip: needsRoot },
+  async (t) => {
+    // NETLINK_AUDIT (9): the kernel keeps the audit daemon's registration, made by a message.
+    await stateRefused(t, ['netlink=9'], /fd \d+ of task \d+: a netlink socket of protocol 9, whose kernel side/);
+  },
+);
+
 t.test('dump and pre-dump refuse a POSIX message queue before touching the task', { skip: needsRoot }, async (t) => {
   // Unlinked, it looks like a deleted regular file, and was once copied as one: restored, a plain file.
-  for (const action of ['dump', 'pre-dump']) {
-    await t.test(action, async (t) => {
-      const dir = t.testdir();
-      const w = await startWorkload('cr_state', dir, ['mqueue']);
-      t.teardown(() => w.kill());
-      const before = taskSnapshot(w.pid);
-      const mq = Number(before.fds.find((f) => f.includes(`/cr-state-${w.pid} (deleted)`))?.split(' ')[0]);
-      const images = path.join(dir, 'img');
-      const r = await criuWatched([action, '-t', String(w.pid), '-D', images], w.pid);
-      await refusedUntouched(
+  for (const action of ['dump', 'pre-dump'])
+    await t.test(action, (t) =>
+      stateRefused(
         t,
-        w,
-        before,
-        images,
-        r,
-        new RegExp(`fd ${mq} of task ${w.pid}.*a POSIX message queue \\(mq_open\\)`),
-      );
-    });
-  }
+        ['mqueue'],
+        (w, before) =>
+          new RegExp(
+            `fd ${fdWith(before, `/cr-state-${w.pid} (deleted)`)} of task ${w.pid}.*a POSIX message queue \\(mq_open\\)`,
+          ),
+        action,
+      ),
+    );
 });
 
 t.test('dump refuses an epoll watching a file its fd number no longer holds', { skip: needsRoot }, async (t) => {
   // The watch outlives the close of its fd while a dup keeps the pipe open; a restore adds each
   // watch by its fd number, so it would watch nothing (or whatever the number holds by then).
-  const dir = t.testdir();
-  const w = await startWorkload('cr_state', dir, ['epoll-stale']);
-  t.teardown(() => w.kill());
-  const before = taskSnapshot(w.pid);
-  const epoll = Number(before.fds.find((f) => f.includes('[eventpoll]'))?.split(' ')[0]);
-  const images = path.join(dir, 'img');
-  const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images], w.pid);
-  await refusedUntouched(
+  await stateRefused(
     t,
-    w,
-    before,
-    images,
-    r,
-    new RegExp(`Cannot dump epoll fd ${epoll} of task ${w.pid}: it watches a file that fd \\d+ no longer holds`),
+    ['epoll-stale'],
+    (w, before) =>
+      new RegExp(
+        `Cannot dump epoll fd ${fdWith(before, '[eventpoll]')} of task ${w.pid}: it watches a file that fd \\d+ no longer holds`,
+      ),
   );
 });
 
 t.test('dump and pre-dump refuse guard regions before touching the task', { skip: needsRoot }, async (t) => {
   // madvise(MADV_GUARD_INSTALL) marks pages whose access faults; no image carries them yet.
-  for (const action of ['dump', 'pre-dump']) {
-    await t.test(action, async (t) => {
-      const dir = t.testdir();
-      const w = await startWorkload('cr_state', dir, ['guard']);
-      t.teardown(() => w.kill());
-      const before = taskSnapshot(w.pid);
-      const images = path.join(dir, 'img');
-      const r = await criuWatched([action, '-t', String(w.pid), '-D', images], w.pid);
-      const why = new RegExp(
-        `Cannot dump task ${w.pid}: its memory at 0x[0-9a-f]+ is a guard region \\(madvise MADV_GUARD_INSTALL\\)`,
-      );
-      await refusedUntouched(t, w, before, images, r, why);
-    });
-  }
+  for (const action of ['dump', 'pre-dump'])
+    await t.test(action, (t) =>
+      stateRefused(
+        t,
+        ['guard'],
+        (w) =>
+          new RegExp(
+            `Cannot dump task ${w.pid}: its memory at 0x[0-9a-f]+ is a guard region \\(madvise MADV_GUARD_INSTALL\\)`,
+          ),
+        action,
+      ),
+    );
 });
 
 t.test(
@@ -248,31 +265,16 @@ t.test(
     ];
     for (const c of cases)
       for (const action of c.actions)
-        await t.test(`${action} ${[...c.args, ...c.opts].join(' ')}`, async (t) => {
-          const dir = t.testdir();
-          const w = await startWorkload('cr_state', dir, c.args);
-          t.teardown(() => w.kill());
-          const before = taskSnapshot(w.pid);
-          const images = path.join(dir, 'img');
-          const r = await criuWatched([action, '-t', String(w.pid), '-D', images, ...c.opts], w.pid);
-          await refusedUntouched(t, w, before, images, r, c.why);
-        });
+        await t.test(`${action} ${[...c.args, ...c.opts].join(' ')}`, (t) =>
+          stateRefused(t, c.args, c.why, action, c.opts),
+        );
   },
 );
 
 t.test('dump refuses a child sharing its fd table before touching the tree', { skip: needsRoot }, async (t) => {
-  const dir = t.testdir();
-  const w = await startWorkload('cr_state', dir, ['shared-child']);
-  t.teardown(() => w.kill());
-  const before = taskSnapshot(w.pid);
-  const images = path.join(dir, 'img');
-  const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images], w.pid);
-  await refusedUntouched(
+  await stateRefused(
     t,
-    w,
-    before,
-    images,
-    r,
+    ['shared-child'],
     /process \d+ shares its parent's fd table \(CLONE_FILES\); not supported yet/,
   );
 });
