@@ -105,7 +105,7 @@ export function checkTreeNamespaces(
         // A PID namespace unshared for children none of which exists yet reads as no link at all
         // (it has no reaper); so does any *_for_children of a task on its way out.
         const isUnshared =
-          forChildren === undefined ? kind === 'pid' && isLive(pid) : forChildren.inode !== current.inode;
+          forChildren === undefined ? kind === 'pid' && isLive(Number(tid)) : forChildren.inode !== current.inode;
         if (isUnshared) refuse(`${who} has unshared a ${NS_WHAT[kind]} namespace for its children; not supported`);
       }
     }
@@ -113,9 +113,9 @@ export function checkTreeNamespaces(
   return { own, isIpcCriu: rootNs.get('ipc')?.inode === mine.get('ipc')?.inode };
 }
 
-/** Whether `pid` is alive: not a zombie, not exiting. */
-function isLive(pid: number): boolean {
-  const st = readStat(pid);
+/** Whether task `tid` (a process or a thread) is alive: not a zombie, not exiting. */
+function isLive(tid: number): boolean {
+  const st = readStat(tid);
   return st !== null && st.state !== 'Z' && st.state !== 'X' && (st.flags & PF_EXITING) === 0;
 }
 

@@ -256,7 +256,8 @@ export const inetSocketFile: FdKindModule = {
       flags: descriptionFlags(input.fdinfo.flags),
       backlog: s.backlog,
       src_addr: ipWords(s.src.address),
-      dst_addr: s.dst === null ? [] : ipWords(s.dst.address),
+      // Zeros when not connected, as CRIU writes it (its restore wants both of the same length).
+      dst_addr: ipWords(s.dst?.address ?? (s.family === AF_INET6 ? '::' : '0.0.0.0')),
       fown: dumpFown(input, ctx),
       opts: readSkOpts(input.localFd, s.proto === IPPROTO_TCP),
     };

@@ -28,10 +28,9 @@
  */
 
 import type { ImageEntry } from '../images/index.js';
-import { AF_NETLINK, SO_DOMAIN, SO_PROTOCOL, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET } from '../kernel/constants.js';
-import * as sys from '../sys/native.js';
+import { AF_NETLINK, SO_DOMAIN, SO_PROTOCOL, SOCK_RAW, SOL_SOCKET } from '../kernel/constants.js';
 import { UnsupportedError } from '../errors.js';
-import { errnoName } from '../kernel/errno.js';
+import { diagAttrs, sockDiagDump } from './sock-diag.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
 import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask } from './sk-opts.js';
@@ -60,12 +59,6 @@ const PROTOCOLS: ReadonlyMap<number, string> = new Map([
   [16, 'NETLINK_GENERIC'],
 ]);
 
-const NETLINK_SOCK_DIAG = 4;
-const SOCK_DIAG_BY_FAMILY = 20;
-const NLM_F_REQUEST = 1;
-const NLM_F_DUMP = 0x300;
-const NLMSG_ERROR = 2;
-const NLMSG_DONE = 3;
 const NDIAG_PROTO_ALL = 255;
 const NDIAG_SHOW_MEMINFO = 1;
 const NDIAG_SHOW_GROUPS = 2;
@@ -91,49 +84,22 @@ export interface NetlinkDiag {
   isDumping: boolean;
 }
 
-let seq = 0;
-
 /**
  * The netlink_diag of the socket with inode `ino` in criu's network namespace, or null when the
  * kernel lists none: netlink_diag lists only bound sockets, and a socket that never sent nor
  * bound has no port id, no group, no peer and nothing to read.
  */
 export function netlinkDiag(ino: number): NetlinkDiag | null {
-  const nl = sys.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  try {
-    const req = Buffer.alloc(16 + 20);
-    req.writeUInt32LE(req.length, 0);
-    req.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
-    req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
-    req.writeUInt32LE(++seq, 8);
-    req.writeUInt8(AF_NETLINK, 16);
-    req.writeUInt8(NDIAG_PROTO_ALL, 17);
-    req.writeUInt32LE(ino, 20);
-    req.writeUInt32LE(NDIAG_SHOW_MEMINFO | NDIAG_SHOW_GROUPS | NDIAG_SHOW_FLAGS, 24);
-    req.writeUInt32LE(0xffffffff, 28);
-    req.writeUInt32LE(0xffffffff, 32);
-    sys.write(nl, req, 0, req.length);
-    // The kernel lists every netlink socket (the dump does not filter by inode): read to the end.
-    const buf = Buffer.alloc(64 << 10);
-    let found: NetlinkDiag | null = null;
-    for (;;) {
-      const n = sys.read(nl, buf, 0, buf.length);
-      if (n <= 0) return found;
-      for (let off = 0; off + 16 <= n;) {
-        const len = buf.readUInt32LE(off);
-        const type = buf.readUInt16LE(off + 4);
-        if (type === NLMSG_DONE) return found;
-        if (type === NLMSG_ERROR)
-          throw new UnsupportedError('netlink-diag', `netlink_diag: ${errnoName(-buf.readInt32LE(off + 16))}`);
-        if (len < 16) return found;
-        const diag = parseDiag(buf.subarray(off + 16, off + len));
-        if (diag.ino === ino) found = diag;
-        off += (len + 3) & ~3;
-      }
-    }
-  } finally {
-    sys.close(nl);
-  }
+  const req = Buffer.alloc(20);
+  req.writeUInt8(AF_NETLINK, 0);
+  req.writeUInt8(NDIAG_PROTO_ALL, 1);
+  req.writeUInt32LE(ino, 4);
+  req.writeUInt32LE(NDIAG_SHOW_MEMINFO | NDIAG_SHOW_GROUPS | NDIAG_SHOW_FLAGS, 8);
+  req.writeUInt32LE(0xffffffff, 12);
+  req.writeUInt32LE(0xffffffff, 16);
+  // The kernel lists every netlink socket (the dump does not filter by inode).
+  for (const body of sockDiagDump(req)) if (body.readUInt32LE(16) === ino) return parseDiag(body);
+  return null;
 }
 
 function parseDiag(body: Buffer): NetlinkDiag {
@@ -148,17 +114,12 @@ function parseDiag(body: Buffer): NetlinkDiag {
     rmem: 0,
     isDumping: false,
   };
-  for (let off = 28; off + 4 <= body.length;) {
-    const alen = body.readUInt16LE(off);
-    const atype = body.readUInt16LE(off + 2);
-    if (alen < 4) break;
-    const data = body.subarray(off + 4, off + alen);
-    if (atype === NETLINK_DIAG_MEMINFO && data.length >= 4) diag.rmem = data.readUInt32LE(0);
-    else if (atype === NETLINK_DIAG_GROUPS)
+  for (const { type, data } of diagAttrs(body, 28)) {
+    if (type === NETLINK_DIAG_MEMINFO && data.length >= 4) diag.rmem = data.readUInt32LE(0);
+    else if (type === NETLINK_DIAG_GROUPS)
       diag.groups = Array.from({ length: Math.floor(data.length / 4) }, (_, i) => data.readUInt32LE(i * 4));
-    else if (atype === NETLINK_DIAG_FLAGS && data.length >= 4)
+    else if (type === NETLINK_DIAG_FLAGS && data.length >= 4)
       diag.isDumping = (data.readUInt32LE(0) & NDIAG_FLAG_CB_RUNNING) !== 0;
-    off += (alen + 3) & ~3;
   }
   // Trailing empty words say nothing.
   while (diag.groups.length > 0 && diag.groups[diag.groups.length - 1] === 0) diag.groups.pop();

@@ -11,6 +11,7 @@ import { inetSocketFile } from './inet-socket.js';
 import { inotifyFile } from './inotify.js';
 import { memfdFile } from './memfd.js';
 import { netlinkSocketFile } from './netlink-socket.js';
+import { packetSocketFile } from './packet-socket.js';
 import { pipeFile } from './pipe.js';
 import { regFile } from './reg.js';
 import { signalfdFile } from './signalfd.js';
@@ -31,6 +32,7 @@ export const FD_KINDS: readonly FdKindModule[] = [
   inetSocketFile,
   unixSocketFile,
   netlinkSocketFile,
+  packetSocketFile,
   ttyFile,
   regFile,
 ];

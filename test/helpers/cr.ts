@@ -3,7 +3,7 @@
  * report file (so nothing ties it to the test runner across a restore), dump it, restore it, and
  * read its verdict.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
@@ -379,4 +379,33 @@ export async function restoreStat(imagesDir: string, field: string): Promise<num
   const e = (await readImage(path.join(imagesDir, 'stats-restore'), 'STATS')).records[0]?.entry['restore'] as
     Record<string, unknown> | undefined;
   return Number(e?.[field]);
+}
+
+/**
+ * Dump workload `w` (killed) into DIR/img and read its files.img through crit: the `key`
+ * sub-entries (isk, nlsk, psk...) of its file entries, in order.
+ */
+export async function dumpFileEntries(
+  t: Test,
+  w: Workload,
+  dir: string,
+  key: string,
+): Promise<{ images: string; entries: Record<string, unknown>[] }> {
+  const images = path.join(dir, 'img');
+  const d = await criuAsync(['dump', '-t', String(w.pid), '-D', images]);
+  t.equal(d.status, 0, `dump: ${d.stderr}`);
+  await waitGone(w.pid);
+  const files = JSON.parse(
+    execFileSync('crit', ['decode', '-i', path.join(images, 'files.img')], { encoding: 'utf8' }),
+  ) as { entries: Record<string, Record<string, unknown> | undefined>[] };
+  return { images, entries: files.entries.flatMap((e) => (e[key] === undefined ? [] : [e[key]])) };
+}
+
+/** A dump of workload `w` fails with exit 1 and `why` as its one line; `w` runs on and passes its check. */
+export async function expectDumpRefused(t: Test, w: Workload, dir: string, why: RegExp): Promise<void> {
+  const d = await criuAsync(['dump', '-t', String(w.pid), '-D', path.join(dir, 'img')]);
+  t.equal(d.status, 1, 'dump fails');
+  t.match(d.stderr, why);
+  t.equal(d.stderr.trim().split('\n').length, 1, `one line: ${d.stderr}`);
+  await endExpectPass(t, w);
 }

@@ -71,6 +71,8 @@ t.test("memReadv: /proc/PID/mem read range by range, with process_vm_readv's res
   t.match(unmapped, { code: 'ESYSCALL', errnoCode: 'EIO', syscall: 'pread(/proc/PID/mem)' }, 'nothing readable: EIO');
   t.throws(() => memReadv(fd, Buffer.alloc(4), 0, remote([argv.start, 8n])), RangeError, 'local range checked');
   killAndReap(pid);
+  // Not our child (the shell's): killAndReap cannot wait for it, and it may still be exiting.
+  t.ok(await waitGone(pid, 5000), 'the task is gone');
   t.equal(memReadv(fd, dst, 0, remote([argv.start, 8n])), 0, 'a task gone: nothing read, no error (end of file)');
 });
 
