@@ -71,6 +71,24 @@ t.test('a netlink socket with messages waiting is refused; the task runs on', { 
   );
 });
 
+t.test(
+  'a netlink socket in the middle of a multi-part answer is refused; the task runs on',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_netlink', dir, ['midump']);
+    t.teardown(() => w.kill());
+    await expectDumpRefused(
+      t,
+      w,
+      dir,
+      new RegExp(
+        `^Error \\(criu\\): Cannot dump fd \\d+ of task ${w.pid}: (the NETLINK_ROUTE socket is in the middle of a multi-part answer|\\d+ bytes of NETLINK_ROUTE messages wait)`,
+      ),
+    );
+  },
+);
+
 t.test('criu-migrate moves cr_netlink', { skip: needsRoot }, async (t) => {
   await migrateCheck(t, 'cr_netlink');
 });

@@ -5,9 +5,10 @@
  * it checks each one's type, protocol, interface, options and flags, its memberships as lo counts
  * them, and that both others see a datagram it sends itself on 127.0.0.1.
  *
- * Here: the psk entries as crit reads them, the restore, a socket filter refused in one line with
- * the task running on, the migration with criu-migrate, and criu 3.17 restoring criu-ts's images
- * (its own dump of a packet socket fails on this kernel: it cannot read SO_PASSCRED of one).
+ * Here: the psk entries as crit reads them, the restore, a filter, a ring or a fanout group
+ * refused in one line with the task running on, the migration with criu-migrate, and criu 3.17
+ * restoring criu-ts's images (its own dump of a packet socket fails on this kernel: it cannot read
+ * SO_PASSCRED of one).
  */
 import path from 'node:path';
 import t from 'tap';
@@ -48,19 +49,31 @@ t.test('cr_packet: dump, the psk entries, restore', { skip: needsRoot }, async (
   await restoreExpectPass(t, w, images, dir);
 });
 
-t.test('a packet socket with a filter is refused; the task runs on', { skip: needsRoot }, async (t) => {
-  const dir = t.testdir();
-  const w = await startWorkload('cr_packet', dir, ['filter']);
-  t.teardown(() => w.kill());
-  await expectDumpRefused(
-    t,
-    w,
-    dir,
-    new RegExp(
-      `^Error \\(criu\\): Cannot dump fd \\d+ of task ${w.pid}: a packet socket with a socket filter \\(SO_ATTACH_FILTER\\), not supported yet`,
-    ),
-  );
-});
+t.test(
+  'a packet socket with a filter, a ring or a fanout group is refused; the task runs on',
+  { skip: needsRoot },
+  async (t) => {
+    const whys: Record<string, string> = {
+      filter: 'a socket filter \\(SO_ATTACH_FILTER\\)',
+      ring: 'mapped rings \\(PACKET_RX_RING, PACKET_TX_RING\\)',
+      fanout: 'a fanout group \\(PACKET_FANOUT\\)',
+    };
+    for (const [mode, why] of Object.entries(whys))
+      await t.test(mode, async (t) => {
+        const dir = t.testdir();
+        const w = await startWorkload('cr_packet', dir, [mode]);
+        t.teardown(() => w.kill());
+        await expectDumpRefused(
+          t,
+          w,
+          dir,
+          new RegExp(
+            `^Error \\(criu\\): Cannot dump fd \\d+ of task ${w.pid}: a packet socket with ${why}, not supported yet`,
+          ),
+        );
+      });
+  },
+);
 
 t.test('criu-migrate moves cr_packet', { skip: needsRoot }, async (t) => {
   await migrateCheck(t, 'cr_packet');
