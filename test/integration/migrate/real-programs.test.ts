@@ -9,7 +9,8 @@
  * changes between iterations) moves too and counts on. nginx (a master and two workers, a shared
  * memory zone) moves and serves on DST from the same workers, its connection counter going on.
  * PostgreSQL (six processes, shared buffers, a System V segment: each host has its own IPC
- * namespace, as real machines do) moves and answers on DST from the same processes.
+ * namespace, as real machines do) moves and answers on DST from the same processes; started in
+ * UTS and IPC namespaces of its own, it moves with them, into a skeleton made in new ones.
  */
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -244,5 +245,55 @@ t.test(
     t.equal(q.status, 0, 'a fast shutdown ends it on DST');
     t.match(readFileSync(pg.logFile, 'utf8'), /database system is shut down/, 'cleanly');
     t.equal(await ipcs(dst), '', 'postgres removed its segment on DST');
+  },
+);
+
+t.test(
+  'postgres in UTS and IPC namespaces of its own migrates live: its segment moves inside them',
+  {
+    skip:
+      needsRoot ||
+      (existsSync(path.join(PG_BIN, 'postgres'))
+        ? false
+        : `${PG_BIN} is not installed (.ci/run installs postgresql-15)`),
+  },
+  async (t) => {
+    const { src, dst, dir, a, b } = await hostPair(t, ['-v3']);
+    const pgDir = mkdtempSync(path.join(tmpdir(), 'criu-ts-pg-'));
+    const pg = await startPostgres(pgDir, freePort(), {
+      run: (cmd) => src.exec(cmd),
+      before: 'echo 19999 > /proc/sys/kernel/ns_last_pid',
+      under: 'unshare --ipc --uts',
+    });
+    t.teardown(async () => {
+      for (const h of [src, dst]) await h.exec(`pkill -KILL -f '${pg.dataDir}'`).catch(() => undefined);
+      rmSync(pgDir, { recursive: true, force: true });
+    });
+    const hostShm = async (h: typeof src): Promise<string> =>
+      (await h.exec('tail -n +2 /proc/sysvipc/shm')).stdout.trim();
+    const itsShm = async (h: typeof src): Promise<string> =>
+      (await h.exec(`nsenter -t ${pg.pid} -i tail -n +2 /proc/sysvipc/shm`)).stdout.trim();
+    t.match(await itsShm(src), /^\s*\d+\s+\d+\s+600\s+56\s+/, 'its segment, in its own IPC namespace on SRC');
+    t.equal(await hostShm(src), '', "none in SRC's");
+    await pg.psql('CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 400);');
+    const childrenOn = async (h: typeof src): Promise<string> =>
+      (await h.exec(`cat /proc/${pg.pid}/task/${pg.pid}/children`)).stdout.trim();
+    for (let i = 0; i < 100 && (await childrenOn(src)).split(/\s+/).length !== 5; i++) await sleep(100);
+    const children = await childrenOn(src);
+    const r = await runMigrate(['--token-file', tokenFile(dir), a.target, b.target, String(pg.pid)]);
+    t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
+    t.equal(await childrenOn(dst), children, `the same processes on DST (${children})`);
+    t.match(await itsShm(dst), /^\s*\d+\s+\d+\s+600\s+56\s+/, 'its segment, in its own IPC namespace on DST');
+    t.equal(await hostShm(dst), '', "none in DST's");
+    t.match(b.stderr(), /UTS namespace made/, "DST's agent (-v3) made its UTS namespace");
+    t.notMatch(b.stderr(), /restoring it from the images/, 'restored into the pre-copied skeleton');
+    t.equal(await pg.psql('SELECT count(*) FROM t', (cmd) => dst.exec(cmd)), '400', 'DST answers: the table');
+    await pg.psql('INSERT INTO t VALUES (401)', (cmd) => dst.exec(cmd));
+    t.equal(await pg.psql('SELECT max(n) FROM t', (cmd) => dst.exec(cmd)), '401', 'and writes');
+    const q = await dst.exec(
+      `kill -INT ${pg.pid}; for i in $(seq 100); do kill -0 ${pg.pid} 2>/dev/null || exit 0; sleep 0.1; done; exit 1`,
+    );
+    t.equal(q.status, 0, 'a fast shutdown ends it on DST');
+    t.match(readFileSync(pg.logFile, 'utf8'), /database system is shut down/, 'cleanly');
   },
 );
