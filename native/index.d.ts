@@ -314,6 +314,10 @@ export function kcmpEpollTfd(pid1: number, pid2: number, fd: number, efd: number
 export function shmget(key: number, size: number, flags: number): number;
 /** shmctl(id, cmd, buf): buf, when given, is a struct shmid_ds the kernel reads or fills. */
 export function shmctl(id: number, cmd: number, buf: Buffer | null): number;
+/** shmat(id, NULL, flags) in this process: where the segment is mapped here. */
+export function shmat(id: number, flags: number): bigint;
+/** shmdt(addr) in this process. */
+export function shmdt(addr: bigint): void;
 /** semget(key, nsems, flags): the set's id. */
 export function semget(key: number, nsems: number, flags: number): number;
 /** semctl(id, semnum, cmd, buf): buf, when given, is what union semun points to (semid_ds, or the values of GETALL/SETALL). */

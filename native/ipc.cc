@@ -1,6 +1,6 @@
-// System V IPC: shmget(2) and shmctl(2), for the shared memory segments a dumped tree attached
-// (src/dump/sysv-shm.ts, src/restore/sysv-shm.ts); semget(2), semctl(2), msgget(2), msgctl(2),
-// msgsnd(2) and msgrcv(2), for the semaphores and message queues of an IPC namespace
+// System V IPC: shmget(2), shmctl(2), shmat(2) and shmdt(2), for the shared memory segments of a
+// dumped tree (src/dump/sysv-shm.ts, src/restore/sysv-shm.ts); semget(2), semctl(2), msgget(2),
+// msgctl(2), msgsnd(2) and msgrcv(2), for the semaphores and message queues of an IPC namespace
 // (src/dump/sysv-ipc.ts, src/restore/sysv-ipc.ts). The structs of IPC_STAT / IPC_SET, the value
 // arrays of GETALL / SETALL and the messages (a long mtype, then the text) are Buffers the caller
 // lays out; nothing here reads or fills their fields.
@@ -43,6 +43,25 @@ Napi::Value Shmctl(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, r);
 }
 
+// shmat(id, NULL, flags) in this process: the address (a BigInt), for process_vm_readv/writev of
+// a segment no task attaches.
+Napi::Value Shmat(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int32_t id = ArgInt32(info, 0, "id");
+  int32_t flags = ArgInt32(info, 1, "flags");
+  void* addr = shmat(id, nullptr, flags);
+  if (addr == reinterpret_cast<void*>(-1)) ThrowSyscall(env, "shmat", errno, {id, flags});
+  return Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(addr)));
+}
+
+Napi::Value Shmdt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t addr = ArgBigUint64(info, 0, "addr");
+  if (shmdt(reinterpret_cast<const void*>(static_cast<uintptr_t>(addr))) < 0)
+    ThrowSyscall(env, "shmdt", errno, {static_cast<long>(addr)});
+  return env.Undefined();
+}
+
 Napi::Value Semget(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int32_t key = ArgInt32(info, 0, "key");
@@ -61,7 +80,20 @@ Napi::Value Semctl(const Napi::CallbackInfo& info) {
   int32_t semnum = ArgInt32(info, 1, "semnum");
   int32_t cmd = ArgInt32(info, 2, "cmd");
   void* arg = nullptr;
-  if (!(info[3].IsNull() || info[3].IsUndefined())) arg = ArgBuffer(info, 3, "buf").Data();
+  if (!(info[3].IsNull() || info[3].IsUndefined())) {
+    Napi::Buffer<uint8_t> buf = ArgBuffer(info, 3, "buf");
+    // The kernel writes or reads as much as the set holds: the Buffer must hold it.
+    size_t need = 0;
+    if (cmd == IPC_STAT || cmd == IPC_SET) {
+      need = sizeof(struct semid_ds);
+    } else if (cmd == GETALL || cmd == SETALL) {
+      struct semid_ds ds = {};
+      if (semctl(id, 0, IPC_STAT, &ds) < 0) ThrowSyscall(env, "semctl", errno, {id, 0, IPC_STAT});
+      need = ds.sem_nsems * sizeof(unsigned short);
+    }
+    CheckRange(env, buf.Length(), 0, need, "buf");
+    arg = buf.Data();
+  }
   int r = semctl(id, semnum, cmd, arg);
   if (r < 0) ThrowSyscall(env, "semctl", errno, {id, semnum, cmd});
   return Napi::Number::New(env, r);
@@ -126,6 +158,8 @@ Napi::Value Msgrcv(const Napi::CallbackInfo& info) {
 void InitIpc(Napi::Env env, Napi::Object exports) {
   exports.Set("shmget", Napi::Function::New(env, Shmget, "shmget"));
   exports.Set("shmctl", Napi::Function::New(env, Shmctl, "shmctl"));
+  exports.Set("shmat", Napi::Function::New(env, Shmat, "shmat"));
+  exports.Set("shmdt", Napi::Function::New(env, Shmdt, "shmdt"));
   exports.Set("semget", Napi::Function::New(env, Semget, "semget"));
   exports.Set("semctl", Napi::Function::New(env, Semctl, "semctl"));
   exports.Set("msgget", Napi::Function::New(env, Msgget, "msgget"));

@@ -296,7 +296,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     }
     if (zombies.length > 0) log().info(`Dumped ${zombies.length} zombie(s) of tree ${pid}`);
     const treeIds = kobjIds(0, namespaces.own).task;
-    const shm = inTreeIpc(pid, namespaces, () => dumpSysvShm(ctx.sysvShm));
+    const shm = inTreeIpc(pid, namespaces, () => dumpSysvShm(ctx.sysvShm, !namespaces.isIpcCriu));
     const ipcId = Number(treeIds['ipc_ns_id'] ?? 0);
     if (shm.records.length > 0 || namespaces.own.has('ipc')) {
       add(imageFileName('IPCNS_SHM', ipcId), 'IPCNS_SHM', shm.records);

@@ -25,7 +25,7 @@ import { TaskError, UnsupportedError } from '../errors.js';
 import { PAGE_SIZE, type ImageEntry } from '../images/index.js';
 import { readShmSegments, SHM_DEST, type ShmSegment } from '../proc/sysvipc.js';
 import * as sys from '../sys/native.js';
-import { IPC_RMID } from '../kernel/constants.js';
+import { IPC_RMID, SHM_RDONLY } from '../kernel/constants.js';
 import { VMA_AREA, type VmaInfo } from './vma.js';
 
 /** Segments larger than this are refused: their contents are held in memory while dumped. */
@@ -83,12 +83,21 @@ export interface SysvShmDump {
 
 /**
  * The IPCNS_SHM records of the segments in `uses`: checked to be the tree's alone and attached
- * whole, contents read. Throws UnsupportedError (a clear refusal) otherwise.
+ * whole, contents read. Throws UnsupportedError (a clear refusal) otherwise. `isWholeNamespace`
+ * (an IPC namespace of the tree's own, as CRIU dumps it): every other segment of the namespace
+ * too, read through an attachment of criu's own for a moment; one attached outside the tree is
+ * refused.
  */
-export function dumpSysvShm(uses: ReadonlyMap<number, SysvUse>): SysvShmDump {
+export function dumpSysvShm(uses: ReadonlyMap<number, SysvUse>, isWholeNamespace = false): SysvShmDump {
   const out: SysvShmDump = { records: [], removedWithTree: [] };
-  if (uses.size === 0) return out;
+  if (uses.size === 0 && !isWholeNamespace) return out;
   const segments = readShmSegments();
+  if (isWholeNamespace)
+    for (const seg of [...segments.values()].sort((a, b) => a.id - b.id)) {
+      if (uses.has(seg.id)) continue;
+      checkTheTreesAlone(seg, { attaches: [], vmaCount: 0 });
+      out.records.push({ entry: shmEntry(seg), extra: readUnattached(seg) });
+    }
   for (const [id, use] of [...uses].sort((a, b) => a[0] - b[0])) {
     const seg = segments.get(id);
     const first = use.attaches[0] as SysvAttach;
@@ -129,6 +138,19 @@ function shmEntry(seg: ShmSegment): ImageEntry {
     desc: { key: seg.key, uid: seg.uid, gid: seg.gid, cuid: seg.cuid, cgid: seg.cgid, mode: seg.mode, id: seg.id },
     size: BigInt(seg.size),
   };
+}
+
+/** The contents of a segment no task attaches, padded to 4: attached read-only here for a moment. */
+function readUnattached(seg: ShmSegment): Buffer {
+  const out = Buffer.alloc(Math.ceil(seg.size / 4) * 4);
+  const addr = sys.shmat(seg.id, SHM_RDONLY);
+  try {
+    const n = sys.processVmReadv(process.pid, out, 0, new BigUint64Array([addr, BigInt(seg.size)]));
+    if (n !== seg.size) throw new UnsupportedError('sysv-shm-read', `Cannot read ${describe(seg)}: got ${n} bytes`);
+  } finally {
+    sys.shmdt(addr);
+  }
+  return out;
 }
 
 /** The first `size` bytes of the segment, padded to 4 (the image's layout). */

@@ -39,7 +39,6 @@ import {
   SO_TYPE,
   SO_REUSEPORT,
   SO_BINDTODEVICE,
-  SO_GET_FILTER,
   SO_PROTOCOL,
   SO_DOMAIN,
   SOL_IP,
@@ -56,7 +55,15 @@ import {
 import * as sys from '../sys/native.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { callInTask, intOpt, socketEntryOf, readSkOpts, restoreSkOpts, setSockOptInTask } from './sk-opts.js';
+import {
+  callInTask,
+  intOpt,
+  socketEntryOf,
+  socketFilterOf,
+  readSkOpts,
+  restoreSkOpts,
+  setSockOptInTask,
+} from './sk-opts.js';
 import { imageSinkOf } from './image-sink.js';
 import { lockConnection, unlock } from './net-lock.js';
 import { dumpTcpStream, endTcpRepair, restoreTcpStreamAfter, restoreTcpStreamBefore } from './tcp-stream.js';
@@ -91,8 +98,8 @@ interface InetSocket {
   nrWaiting: number;
   src: sys.SockAddr;
   dst: sys.SockAddr | null;
-  /** Instructions of an attached classic BPF filter (0: none). */
-  nrFilterInsns: number;
+  /** The filter attached, in words for a refusal (sk-opts.ts socketFilterOf); undefined: none. */
+  filter: string | undefined;
 }
 
 /** The inet socket behind criu's duplicate `fd`, or null for a socket of another family. */
@@ -119,9 +126,7 @@ function readInetSocket(fd: number): InetSocket | null {
       backlog = info.readUInt32LE(28); // tcpi_sacked: sk_max_ack_backlog
     }
   }
-  // SO_GET_FILTER counts in instructions, not bytes: the length it reports is their number.
-  const nrFilterInsns = sys.getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, 8 * 4096).length;
-  return { family, type, proto, state, backlog, nrWaiting, src, dst, nrFilterInsns };
+  return { family, type, proto, state, backlog, nrWaiting, src, dst, filter: socketFilterOf(fd) };
 }
 
 function endpoint(a: sys.SockAddr): string {
@@ -152,7 +157,7 @@ function refusalOf(pid: number, fd: number, s: InetSocket, options: FileOptions)
       ? `Cannot dump ${what}${peer}: it is connected (ESTABLISHED); with --tcp-established the connection is dumped too`
       : `Cannot dump ${what}${peer}: it is connected (${state}), and criu-ts restores ESTABLISHED connections only`;
   }
-  if (s.nrFilterInsns > 0) return `Cannot dump ${what}: it has a socket filter (SO_ATTACH_FILTER), not supported`;
+  if (s.filter !== undefined) return `Cannot dump ${what}: it has ${s.filter}, not supported`;
   return undefined;
 }
 

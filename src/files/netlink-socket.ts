@@ -20,6 +20,7 @@
  *
  * Refused in one line before the freeze, the task running on:
  *   - messages waiting to be read, or a multi-part answer (a dump) half read: they would be lost;
+ *   - a socket filter, classic or eBPF (libudev's uevent sockets have one);
  *   - protocols whose kernel side keeps state that messages made (audit, netfilter queues,
  *     connector...): only NETLINK_ROUTE, SOCK_DIAG, KOBJECT_UEVENT and GENERIC are taken. A
  *     generic netlink family's group ids are this kernel's: a restore on another one may differ.
@@ -33,7 +34,7 @@ import { UnsupportedError } from '../errors.js';
 import { diagAttrs, sockDiagDump } from './sock-diag.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask } from './sk-opts.js';
+import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask, socketFilterOf } from './sk-opts.js';
 import { FD_TYPES, type FdDumpInput, type FdKindModule } from './types.js';
 
 const SOL_NETLINK = 270;
@@ -86,8 +87,8 @@ export interface NetlinkDiag {
 
 /**
  * The netlink_diag of the socket with inode `ino` in criu's network namespace, or null when the
- * kernel lists none: netlink_diag lists only bound sockets, and a socket that never sent nor
- * bound has no port id, no group, no peer and nothing to read.
+ * kernel lists none: netlink_diag lists the bound sockets and those that joined a group (port id
+ * 0 until bound), so one it does not list has no port id, no group, no peer and nothing to read.
  */
 export function netlinkDiag(ino: number): NetlinkDiag | null {
   const req = Buffer.alloc(20);
@@ -149,6 +150,8 @@ function diagOf(input: FdDumpInput): NetlinkDiag {
 }
 
 function refusalOf(input: FdDumpInput, diag: NetlinkDiag): string | undefined {
+  const filter = socketFilterOf(input.localFd);
+  if (filter !== undefined) return `Cannot dump ${what(input)}: the netlink socket has ${filter}, not supported yet`;
   const name = PROTOCOLS.get(diag.protocol);
   if (name === undefined)
     return `Cannot dump ${what(input)}: a netlink socket of protocol ${diag.protocol}, whose kernel side (registrations made by messages) criu-ts cannot carry`;
@@ -214,11 +217,12 @@ export const netlinkSocketFile: FdKindModule = {
     };
     if (portid !== 0)
       callInTask(injector, where, 'bind', [BigInt(fd), injector.pushData(sockaddr(portid, groups[0] ?? 0)), 12n]);
-    // Groups above the first 32: one membership each (bind takes only the first word).
-    groups.slice(1).forEach((word, w) => {
+    // One membership for each group bind did not take: past the first 32, or all of them for a
+    // socket that joined groups without being bound (joining does not bind it).
+    groups.forEach((word, w) => {
+      if (w === 0 && portid !== 0) return;
       for (let bit = 0; bit < 32; bit++)
-        if ((word >>> bit) & 1)
-          setSockOptInTask(injector, fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, (w + 1) * 32 + bit + 1);
+        if ((word >>> bit) & 1) setSockOptInTask(injector, fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, w * 32 + bit + 1);
     });
     injector.resetScratch();
     const dstPortid = Number(nlsk['dst_portid'] ?? 0);

@@ -16,7 +16,9 @@
  *
  * Lost, as for UDP (and in CRIU): the packets waiting in its receive queue. Refused in one line,
  * the task running on: mapped rings (PACKET_RX_RING, PACKET_TX_RING), a fanout group, a socket
- * filter (SO_ATTACH_FILTER: tcpdump's expression), as criu-ts cannot make them again yet.
+ * filter, classic (tcpdump's expression) or eBPF, as criu-ts cannot make them again yet; a socket
+ * bound to a device since removed; a membership address over 8 bytes. Not kept either (no field
+ * in the image): PACKET_QDISC_BYPASS, PACKET_IGNORE_OUTGOING.
  *
  * Image kinds: FILES (the psk entry).
  */
@@ -27,7 +29,7 @@ import { AF_PACKET, SO_DOMAIN, SO_TYPE, SOL_SOCKET } from '../kernel/constants.j
 import { log } from '../log.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask } from './sk-opts.js';
+import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask, socketFilterOf } from './sk-opts.js';
 import { diagAttrs, sockDiagDump } from './sock-diag.js';
 import { FD_TYPES, type FdDumpInput, type FdKindModule } from './types.js';
 
@@ -47,14 +49,12 @@ const PACKET_SHOW_MCLIST = 0x2;
 const PACKET_SHOW_RING_CFG = 0x4;
 const PACKET_SHOW_FANOUT = 0x8;
 const PACKET_SHOW_MEMINFO = 0x10;
-const PACKET_SHOW_FILTER = 0x20;
 const PACKET_DIAG_INFO = 0;
 const PACKET_DIAG_MCLIST = 1;
 const PACKET_DIAG_RX_RING = 2;
 const PACKET_DIAG_TX_RING = 3;
 const PACKET_DIAG_FANOUT = 4;
 const PACKET_DIAG_MEMINFO = 6;
-const PACKET_DIAG_FILTER = 7;
 const PDI_AUXDATA = 0x2;
 const PDI_ORIGDEV = 0x4;
 const PDI_VNETHDR = 0x8;
@@ -75,7 +75,6 @@ export interface PacketDiag {
   mclist: { index: number; type: number; addr: Buffer }[];
   hasRing: boolean;
   hasFanout: boolean;
-  hasFilter: boolean;
   /** Bytes of packets waiting to be read. */
   rmem: number;
 }
@@ -86,12 +85,7 @@ export function packetDiag(ino: number): PacketDiag | null {
   req.writeUInt8(AF_PACKET, 0);
   req.writeUInt32LE(ino, 4);
   req.writeUInt32LE(
-    PACKET_SHOW_INFO |
-      PACKET_SHOW_MCLIST |
-      PACKET_SHOW_RING_CFG |
-      PACKET_SHOW_FANOUT |
-      PACKET_SHOW_MEMINFO |
-      PACKET_SHOW_FILTER,
+    PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG | PACKET_SHOW_FANOUT | PACKET_SHOW_MEMINFO,
     8,
   );
   req.writeUInt32LE(0xffffffff, 12);
@@ -114,12 +108,11 @@ function parseDiag(body: Buffer): PacketDiag {
     mclist: [],
     hasRing: false,
     hasFanout: false,
-    hasFilter: false,
     rmem: 0,
   };
   for (const { type, data } of diagAttrs(body, 16)) {
     if (type === PACKET_DIAG_INFO && data.length >= 24) {
-      diag.ifindex = data.readUInt32LE(0);
+      diag.ifindex = data.readInt32LE(0);
       diag.version = data.readUInt32LE(4);
       diag.reserve = data.readUInt32LE(8);
       diag.copyThresh = data.readUInt32LE(12);
@@ -138,7 +131,6 @@ function parseDiag(body: Buffer): PacketDiag {
       }
     } else if (type === PACKET_DIAG_RX_RING || type === PACKET_DIAG_TX_RING) diag.hasRing = true;
     else if (type === PACKET_DIAG_FANOUT) diag.hasFanout = true;
-    else if (type === PACKET_DIAG_FILTER) diag.hasFilter = data.length > 0;
     else if (type === PACKET_DIAG_MEMINFO && data.length >= 4) diag.rmem = data.readUInt32LE(0);
   }
   return diag;
@@ -150,13 +142,17 @@ function refusalOf(input: FdDumpInput, diag: PacketDiag | null): string | undefi
   const what = `fd ${input.fd} of task ${input.pid}`;
   if (diag === null)
     return `Cannot dump ${what}: the kernel does not list the packet socket (another network namespace?)`;
+  // packet_diag shows only a classic filter, and only to CAP_NET_ADMIN: asked of the socket.
   const why = diag.hasRing
     ? 'mapped rings (PACKET_RX_RING, PACKET_TX_RING)'
     : diag.hasFanout
       ? 'a fanout group (PACKET_FANOUT)'
-      : diag.hasFilter
-        ? 'a socket filter (SO_ATTACH_FILTER)'
-        : undefined;
+      : (socketFilterOf(input.localFd) ??
+        (diag.ifindex === -1
+          ? 'an interface that is gone (bound to a device since removed)'
+          : diag.mclist.some((m) => m.addr.length > 8)
+            ? 'a membership address longer than 8 bytes'
+            : undefined));
   return why === undefined ? undefined : `Cannot dump ${what}: a packet socket with ${why}, not supported yet`;
 }
 
@@ -207,6 +203,13 @@ export const packetSocketFile: FdKindModule = {
     const psk = entry['psk'] as ImageEntry;
     const { injector } = ctx;
     const where = `packet socket ${String(psk['id'])}`;
+    // What CRIU's images may hold and criu-ts cannot make yet.
+    const fanout = psk['fanout'] === undefined ? 0xffffffff : Number(psk['fanout']);
+    if (fanout !== 0xffffffff || psk['rx_ring'] !== undefined || psk['tx_ring'] !== undefined)
+      throw new UnsupportedError(
+        'packet',
+        `Cannot restore ${where}: its ${fanout !== 0xffffffff ? 'fanout group' : 'rings'}, not supported yet`,
+      );
     // In network order in the image, as socket(2) and bind(2) take it.
     const netProtocol = Number(psk['protocol'] ?? 0) & 0xffff;
     const fd = Number(

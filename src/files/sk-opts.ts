@@ -4,7 +4,7 @@
  * injected into the task. Also the helpers the socket modules share to run calls in the task.
  */
 
-import { ImageError, SyscallError } from '../errors.js';
+import { ImageError, SyscallError, isErrno } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import {
@@ -15,6 +15,7 @@ import {
   SO_BROADCAST,
   SO_BUF_LOCK,
   SO_DONTROUTE,
+  SO_GET_FILTER,
   SO_KEEPALIVE,
   SO_LINGER,
   SO_MARK,
@@ -60,6 +61,22 @@ export function socketEntryOf(entry: ImageEntry, field: 'isk' | 'usk'): ImageEnt
 /** An int socket option of criu's duplicate `fd`. */
 export function intOpt(fd: number, level: number, name: number): number {
   return sys.getsockopt(fd, level, name, 4).readInt32LE(0);
+}
+
+/**
+ * The filter attached to criu's duplicate `fd`, in words for a refusal, or undefined for none: a
+ * classic one (SO_ATTACH_FILTER: SO_GET_FILTER reports its instructions) or an eBPF one
+ * (SO_ATTACH_BPF: SO_GET_FILTER answers EACCES, having no classic program to give back).
+ */
+export function socketFilterOf(fd: number): string | undefined {
+  try {
+    // SO_GET_FILTER counts in instructions, not bytes: the length it reports is their number.
+    const n = sys.getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, 8 * 4096).length;
+    return n > 0 ? 'a socket filter (SO_ATTACH_FILTER)' : undefined;
+  } catch (err) {
+    if (isErrno(err, 'EACCES')) return 'an eBPF socket filter (SO_ATTACH_BPF)';
+    throw err;
+  }
 }
 
 /** Set an int socket option of criu's duplicate `fd` (the socket the task holds). */

@@ -248,7 +248,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     await opts.onAction?.('post-restore', pid);
   } catch (err) {
     skeleton?.abort(); // what the restore has not taken from it yet
-    namespaces.inIpc(() => sysv.removeMade());
+    try {
+      namespaces.inIpc(() => sysv.removeMade());
+    } catch (cleanupErr) {
+      // The rest of the cleanup goes on (in a namespace of the tree's own they end with it anyway).
+      log().warn(`Cannot remove the System V segments the failed restore made: ${String(cleanupErr)}`);
+    }
     for (const z of zombieStubs) killStub(z.pid);
     for (const p of [...procs].reverse()) {
       for (const inj of [...p.threads, p.stub.injector]) {

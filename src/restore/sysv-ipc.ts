@@ -87,23 +87,32 @@ export function makeMsgQueues(records: readonly SysvRecord[]): void {
     const d = descOf(r, 'msg');
     const what = `System V message queue ${d.id} (key 0x${d.key.toString(16)})`;
     withId('msg', d.id, what, () => sys.msgget(d.key | 0, (d.mode & 0o777) | IPC_CREAT | IPC_EXCL));
-    const ds = Buffer.alloc(MSQID_DS_BYTES);
-    sys.msgctl(d.id, IPC_STAT, ds);
-    setIpcPerm(ds, d);
-    ds.writeBigUInt64LE(BigInt(Number(r.entry['qbytes'])), MSQID_DS_QBYTES);
-    try {
-      sys.msgctl(d.id, IPC_SET, ds);
-    } catch (err) {
-      throw new UnsupportedError('sysv-ipc', `Cannot restore ${what}: its size limit: ${String(err)}`, { cause: err });
-    }
     const msgs = decodeIpcMessages(Buffer.from(r.extra ?? new Uint8Array(0)));
     if (msgs.length !== Number(r.entry['qnum']))
       throw new ImageError('ipcns-msg', `${what}: ${msgs.length} messages, the entry says ${String(r.entry['qnum'])}`);
+    const ds = Buffer.alloc(MSQID_DS_BYTES);
+    sys.msgctl(d.id, IPC_STAT, ds);
+    setIpcPerm(ds, d);
+    /** Its size limit: the dumped one, raised for a moment if it was lowered under what it holds. */
+    const setLimit = (qbytes: number): void => {
+      ds.writeBigUInt64LE(BigInt(qbytes), MSQID_DS_QBYTES);
+      try {
+        sys.msgctl(d.id, IPC_SET, ds);
+      } catch (err) {
+        throw new UnsupportedError('sysv-ipc', `Cannot restore ${what}: its size limit ${qbytes}: ${String(err)}`, {
+          cause: err,
+        });
+      }
+    };
+    const qbytes = Number(r.entry['qbytes']);
+    const held = msgs.reduce((n, m) => n + m.text.length, 0);
+    setLimit(Math.max(qbytes, held));
     for (const m of msgs) {
       const buf = Buffer.alloc(8 + m.text.length);
       buf.writeBigInt64LE(m.mtype, 0);
       m.text.copy(buf, 8);
       sys.msgsnd(d.id, buf, m.text.length, IPC_NOWAIT);
     }
+    if (held > qbytes) setLimit(qbytes);
   }
 }

@@ -12,8 +12,10 @@
  *   3. attach (mm.ts, with the process's other mappings): shmat(id, start, SHM_RDONLY unless
  *      writable) injected into the process; the first attachment also gets the contents,
  *      written through criu's /proc/PID/map_files/ file on that mapping;
- *   4. once the tree is whole: a segment that was removed (SHM_DEST) when dumped is removed
- *      again, to go with its last attachment. A failed restore removes what it made.
+ *   4. once the tree is whole: a segment no process attaches (an IPC namespace's, dumped whole)
+ *      is filled through an attachment of criu's own for a moment; a segment that was removed
+ *      (SHM_DEST) when dumped is removed again, to go with its last attachment. A failed restore
+ *      removes what it made.
  */
 
 import { closeSync, existsSync, openSync, readdirSync, writeFileSync } from 'node:fs';
@@ -168,8 +170,24 @@ export class SysvSegments {
     s.isFilled = true;
   }
 
-  /** Step 4: remove again the segments that were removed when dumped. */
+  /**
+   * Step 4: fill the segments no process attaches (an IPC namespace's, dumped whole) through an
+   * attachment of criu's own for a moment; remove again the segments that were removed when
+   * dumped.
+   */
   finish(): void {
+    for (const s of this.byId.values()) {
+      if (s.isFilled || s.contents.subarray(0, s.size).every((b) => b === 0)) continue;
+      const addr = sys.shmat(s.id, 0);
+      try {
+        const data = Buffer.from(s.contents.buffer, s.contents.byteOffset, s.size);
+        const n = sys.processVmWritev(process.pid, data, 0, new BigUint64Array([addr, BigInt(s.size)]));
+        if (n !== s.size) throw new ImageError('ipcns-shm', `${describe(s)}: wrote ${n} of ${s.size} bytes`);
+      } finally {
+        sys.shmdt(addr);
+      }
+      s.isFilled = true;
+    }
     for (const s of this.byId.values()) if ((s.mode & SHM_DEST) !== 0) sys.shmctl(s.id, IPC_RMID, null);
   }
 

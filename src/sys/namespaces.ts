@@ -53,7 +53,9 @@ function comeBack(back: number, kind: ThreadNsKind): void {
   try {
     sys.setns(back, NS_FLAG[kind]);
   } catch (err) {
-    // Staying in the task's namespace would make every later call of criu see the wrong one.
-    throw new Error(`Cannot return to criu's own ${kind} namespace`, { cause: err });
+    // Staying in the task's namespace, every later call of criu (a cleanup too) would act in the
+    // wrong one: nothing may run on. One line, and out.
+    process.stderr.write(`Error (criu): cannot return to criu's own ${kind} namespace: ${String(err)}\n`);
+    process.exit(1);
   }
 }

@@ -125,6 +125,8 @@ export const {
   kcmpEpollTfd,
   shmget,
   shmctl,
+  shmat,
+  shmdt,
   semget,
   semctl,
   msgget,

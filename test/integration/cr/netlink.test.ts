@@ -1,8 +1,9 @@
 /**
- * Netlink sockets (src/files/netlink-socket.ts). cr_netlink holds four: a NETLINK_ROUTE monitor
+ * Netlink sockets (src/files/netlink-socket.ts). cr_netlink holds five: a NETLINK_ROUTE monitor
  * bound to group 32 (RTNLGRP_NEXTHOP) and joined to group 34, past bind's 32, with two netlink
  * options and O_NONBLOCK; a NETLINK_ROUTE request socket the kernel bound; a
- * NETLINK_KOBJECT_UEVENT one bound to a port id it chose; a NETLINK_GENERIC one never bound. After the
+ * NETLINK_KOBJECT_UEVENT one bound to a port id it chose; a NETLINK_GENERIC one never bound; a
+ * NETLINK_ROUTE one joined to a group without being bound. After the
  * restore it checks each one's protocol, port id, groups, options and flags, that the request
  * socket still answers a RTM_GETLINK dump, and that the monitor hears a nexthop it adds.
  *
@@ -43,10 +44,10 @@ t.test('cr_netlink: dump, the nlsk entries, restore', { skip: needsRoot }, async
   const { images, entries: nl } = await dumpFileEntries(t, w, dir, 'nlsk');
   t.same(
     nl.map((e) => e['protocol']),
-    [0, 0, 15, 16],
-    'four netlink sockets: route, route, uevent, generic',
+    [0, 0, 15, 16, 0],
+    'five netlink sockets: route, route, uevent, generic, route',
   );
-  const [mon, req, uev, gen] = nl;
+  const [mon, req, uev, gen, grp] = nl;
   t.same(mon?.['groups'], [0x80000000, 0x2], 'the monitor: group 32, and 34 in the second word');
   t.equal(mon?.['portid'], w.pid, 'the monitor: bound to the port id of its pid');
   t.equal(Number(mon?.['flags']) & 0x800, 0x800, 'the monitor: O_NONBLOCK');
@@ -54,6 +55,7 @@ t.test('cr_netlink: dump, the nlsk entries, restore', { skip: needsRoot }, async
   t.not(req?.['portid'], 0, 'the request socket: the port id the kernel gave it');
   t.equal(uev?.['portid'], (0x40000000 | w.pid) >>> 0, 'the uevent socket: the port id it chose');
   t.equal(gen?.['portid'], 0, 'the generic socket: never bound');
+  t.same([grp?.['portid'], grp?.['groups']], [0, [0x80000000]], 'the last one: joined to group 32, never bound');
   await restoreExpectPass(t, w, images, dir);
 });
 
