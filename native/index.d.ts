@@ -429,6 +429,8 @@ export function connectAsync(fd: number, address: string, port: number): Promise
 /** shutdown(fd, how): SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2. */
 export function shutdown(fd: number, how: number): void;
 export function getsockname(fd: number): SockAddr;
+/** ioctl(fd, SIOCGSKNS): an fd on the network namespace of socket `fd` (close it). */
+export function socketNetns(fd: number): number;
 export function getpeername(fd: number): SockAddr;
 /** recv(fd, buf + offset, len, flags) (MSG_WAITALL 0x100 waits for all of len). 0 = end of stream. */
 export function recvAsync(fd: number, buf: Buffer, offset: number, len: number, flags: number): Promise<number>;

@@ -3,8 +3,10 @@
 // service's SOCK_SEQPACKET sockets, and RPC's pidfd store (a datagram socket holding pidfds).
 
 #include <errno.h>
+#include <linux/sockios.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -53,6 +55,15 @@ Napi::Value Getsockopt(const Napi::CallbackInfo& info) {
     ThrowSyscall(env, "getsockopt", errno, {fd, level, name});
   }
   return Napi::Buffer<uint8_t>::Copy(env, buf.data(), std::min<size_t>(len, size));
+}
+
+// ioctl(fd, SIOCGSKNS): a new fd (O_CLOEXEC) on the network namespace socket `fd` belongs to.
+Napi::Value SocketNetns(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  int ns = ioctl(fd, SIOCGSKNS);
+  if (ns < 0) ThrowSyscall(env, "ioctl(SIOCGSKNS)", errno, {fd});
+  return Napi::Number::New(env, ns);
 }
 
 Napi::Value Socketpair(const Napi::CallbackInfo& info) {
@@ -197,6 +208,7 @@ void InitSockets(Napi::Env env, Napi::Object exports) {
   exports.Set("sendFd", Napi::Function::New(env, SendFd, "sendFd"));
   exports.Set("recvFds", Napi::Function::New(env, RecvFds, "recvFds"));
   exports.Set("socket", Napi::Function::New(env, Socket, "socket"));
+  exports.Set("socketNetns", Napi::Function::New(env, SocketNetns, "socketNetns"));
   exports.Set("socketpair", Napi::Function::New(env, Socketpair, "socketpair"));
   exports.Set("bindUnix", Napi::Function::New(env, BindUnix, "bindUnix"));
   exports.Set("connectUnixAsync", Napi::Function::New(env, ConnectUnixAsync, "connectUnixAsync"));

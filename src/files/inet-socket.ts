@@ -60,6 +60,7 @@ import {
   intOpt,
   socketEntryOf,
   socketFilterOf,
+  isOtherNetns,
   readSkOpts,
   restoreSkOpts,
   setSockOptInTask,
@@ -100,6 +101,8 @@ interface InetSocket {
   dst: sys.SockAddr | null;
   /** The filter attached, in words for a refusal (sk-opts.ts socketFilterOf); undefined: none. */
   filter: string | undefined;
+  /** A socket of another network namespace than criu's (sk-opts.ts isOtherNetns). */
+  isOtherNetns: boolean;
 }
 
 /** The inet socket behind criu's duplicate `fd`, or null for a socket of another family. */
@@ -126,7 +129,18 @@ function readInetSocket(fd: number): InetSocket | null {
       backlog = info.readUInt32LE(28); // tcpi_sacked: sk_max_ack_backlog
     }
   }
-  return { family, type, proto, state, backlog, nrWaiting, src, dst, filter: socketFilterOf(fd) };
+  return {
+    family,
+    type,
+    proto,
+    state,
+    backlog,
+    nrWaiting,
+    src,
+    dst,
+    filter: socketFilterOf(fd),
+    isOtherNetns: isOtherNetns(fd),
+  };
 }
 
 function endpoint(a: sys.SockAddr): string {
@@ -144,6 +158,7 @@ function refusalOf(pid: number, fd: number, s: InetSocket, options: FileOptions)
   const isTcp = s.type === SOCK_STREAM && s.proto === IPPROTO_TCP;
   const isUdp = s.type === SOCK_DGRAM && s.proto === IPPROTO_UDP;
   if (!isTcp && !isUdp) return `Cannot dump ${what}: only TCP and UDP sockets are supported`;
+  if (s.isOtherNetns) return `Cannot dump ${what}: a socket of another network namespace`;
   if (isTcp && s.state === TCP_LISTEN && s.nrWaiting > 0)
     return (
       `Cannot dump ${what}: ${s.nrWaiting} connection(s) wait in its accept queue and would be lost ` +

@@ -34,7 +34,15 @@ import { UnsupportedError } from '../errors.js';
 import { diagAttrs, sockDiagDump } from './sock-diag.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask, socketFilterOf } from './sk-opts.js';
+import {
+  callInTask,
+  intOpt,
+  isOtherNetns,
+  readSkOpts,
+  restoreSkOpts,
+  setSockOptInTask,
+  socketFilterOf,
+} from './sk-opts.js';
 import { FD_TYPES, type FdDumpInput, type FdKindModule } from './types.js';
 
 const SOL_NETLINK = 270;
@@ -150,6 +158,7 @@ function diagOf(input: FdDumpInput): NetlinkDiag {
 }
 
 function refusalOf(input: FdDumpInput, diag: NetlinkDiag): string | undefined {
+  if (isOtherNetns(input.localFd)) return `Cannot dump ${what(input)}: a netlink socket of another network namespace`;
   const filter = socketFilterOf(input.localFd);
   if (filter !== undefined) return `Cannot dump ${what(input)}: the netlink socket has ${filter}, not supported yet`;
   const name = PROTOCOLS.get(diag.protocol);

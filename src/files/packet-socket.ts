@@ -29,7 +29,15 @@ import { AF_PACKET, SO_DOMAIN, SO_TYPE, SOL_SOCKET } from '../kernel/constants.j
 import { log } from '../log.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { callInTask, intOpt, readSkOpts, restoreSkOpts, setSockOptInTask, socketFilterOf } from './sk-opts.js';
+import {
+  callInTask,
+  intOpt,
+  isOtherNetns,
+  readSkOpts,
+  restoreSkOpts,
+  setSockOptInTask,
+  socketFilterOf,
+} from './sk-opts.js';
 import { diagAttrs, sockDiagDump } from './sock-diag.js';
 import { FD_TYPES, type FdDumpInput, type FdKindModule } from './types.js';
 
@@ -140,8 +148,8 @@ const swap16 = (v: number): number => ((v & 0xff) << 8) | ((v >> 8) & 0xff);
 
 function refusalOf(input: FdDumpInput, diag: PacketDiag | null): string | undefined {
   const what = `fd ${input.fd} of task ${input.pid}`;
-  if (diag === null)
-    return `Cannot dump ${what}: the kernel does not list the packet socket (another network namespace?)`;
+  if (isOtherNetns(input.localFd)) return `Cannot dump ${what}: a packet socket of another network namespace`;
+  if (diag === null) return `Cannot dump ${what}: the kernel does not list the packet socket`;
   // packet_diag shows only a classic filter, and only to CAP_NET_ADMIN: asked of the socket.
   const why = diag.hasRing
     ? 'mapped rings (PACKET_RX_RING, PACKET_TX_RING)'

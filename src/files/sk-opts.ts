@@ -4,6 +4,7 @@
  * injected into the task. Also the helpers the socket modules share to run calls in the task.
  */
 
+import { fstatSync, statSync } from 'node:fs';
 import { ImageError, SyscallError, isErrno } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
@@ -76,6 +77,20 @@ export function socketFilterOf(fd: number): string | undefined {
   } catch (err) {
     if (isErrno(err, 'EACCES')) return 'an eBPF socket filter (SO_ATTACH_BPF)';
     throw err;
+  }
+}
+
+/**
+ * Whether criu's duplicate `fd` is a socket of another network namespace than criu's (one passed
+ * over a unix socket from there, say): the diags see only criu's, and a restore would make it in
+ * criu's. SIOCGSKNS names the socket's namespace.
+ */
+export function isOtherNetns(fd: number): boolean {
+  const ns = sys.socketNetns(fd);
+  try {
+    return fstatSync(ns).ino !== statSync('/proc/thread-self/ns/net').ino;
+  } finally {
+    sys.close(ns);
   }
 }
 

@@ -139,6 +139,7 @@ export const {
   clone3Exec,
   socket,
   socketpair,
+  socketNetns,
   bindUnix,
   connectUnixAsync,
   setsockopt,

@@ -180,6 +180,18 @@ t.test(
   },
 );
 
+t.test('dump refuses a socket of another network namespace (passed over)', { skip: needsRoot }, async (t) => {
+  // A restore would make it in criu's namespace; the diags do not even see it from here.
+  for (const kind of ['netlink', 'packet', 'udp'])
+    await t.test(kind, (t) =>
+      stateRefused(
+        t,
+        [`otherns=${kind}`],
+        /fd \d+ of task \d+: .*a (netlink |packet )?socket of another network namespace/,
+      ),
+    );
+});
+
 t.test('dump and pre-dump refuse a POSIX message queue before touching the task', { skip: needsRoot }, async (t) => {
   // Unlinked, it looks like a deleted regular file, and was once copied as one: restored, a plain file.
   for (const action of ['dump', 'pre-dump'])
