@@ -394,8 +394,11 @@ async function warmUp(): Promise<void> {
     const child = spawn('sleep', ['600'], { stdio: 'ignore' });
     await once(child, 'spawn');
     const pid = child.pid as number;
-    // dump() kills it and, tracing our own child, reaps it: the PID is free again after.
+    // dump() kills it and, tracing our own child, reaps it. The kernel may still hold the PID a
+    // moment after (about a second here): restore() would wait for it with the JS thread held,
+    // and a controller connecting meanwhile gets no answer. Waited out here, idle.
     await dump({ pid, imagesDir: dir, end: 'kill', isDurable: false });
+    await new Promise((resolve) => setTimeout(resolve, 1500));
     const r = await restore({ imagesDir: dir, isDetached: true });
     process.kill(r.pid, 'SIGKILL');
     reapWhenDone(r.pid);
