@@ -12,7 +12,7 @@
  *            pre-resume   just before it runs; post-resume once it runs (failures only logged)
  *
  * CRIU's other actions (network-lock/unlock, setup-namespaces, ...) belong to features criu-ts
- * does not have (network and namespace restore) and never happen here. A pre-dump command runs
+ * does not have (network restore, and the network, mount and PID namespaces) and never happen here. A pre-dump command runs
  * no action, as CRIU's.
  *
  * A script runs as `SCRIPT` with no arguments, criu's stdio, and in its environment

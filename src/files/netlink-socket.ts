@@ -31,7 +31,7 @@
 import type { ImageEntry } from '../images/index.js';
 import { AF_NETLINK, SO_DOMAIN, SO_PROTOCOL, SOCK_RAW, SOL_SOCKET } from '../kernel/constants.js';
 import { UnsupportedError } from '../errors.js';
-import { diagAttrs, sockDiagDump } from './sock-diag.js';
+import { diagAttrs, sockDiagFind } from './sock-diag.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
 import {
@@ -99,16 +99,14 @@ export interface NetlinkDiag {
  * 0 until bound), so one it does not list has no port id, no group, no peer and nothing to read.
  */
 export function netlinkDiag(ino: number): NetlinkDiag | null {
-  const req = Buffer.alloc(20);
-  req.writeUInt8(AF_NETLINK, 0);
-  req.writeUInt8(NDIAG_PROTO_ALL, 1);
-  req.writeUInt32LE(ino, 4);
-  req.writeUInt32LE(NDIAG_SHOW_MEMINFO | NDIAG_SHOW_GROUPS | NDIAG_SHOW_FLAGS, 8);
-  req.writeUInt32LE(0xffffffff, 12);
-  req.writeUInt32LE(0xffffffff, 16);
-  // The kernel lists every netlink socket (the dump does not filter by inode).
-  for (const body of sockDiagDump(req)) if (body.readUInt32LE(16) === ino) return parseDiag(body);
-  return null;
+  const body = sockDiagFind(
+    AF_NETLINK,
+    NDIAG_PROTO_ALL,
+    NDIAG_SHOW_MEMINFO | NDIAG_SHOW_GROUPS | NDIAG_SHOW_FLAGS,
+    ino,
+    16,
+  );
+  return body === null ? null : parseDiag(body);
 }
 
 function parseDiag(body: Buffer): NetlinkDiag {

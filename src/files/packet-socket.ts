@@ -38,7 +38,7 @@ import {
   setSockOptInTask,
   socketFilterOf,
 } from './sk-opts.js';
-import { diagAttrs, sockDiagDump } from './sock-diag.js';
+import { diagAttrs, sockDiagFind } from './sock-diag.js';
 import { FD_TYPES, type FdDumpInput, type FdKindModule } from './types.js';
 
 const SOL_PACKET = 263;
@@ -89,17 +89,9 @@ export interface PacketDiag {
 
 /** The packet_diag of the socket with inode `ino` in criu's network namespace, or null. */
 export function packetDiag(ino: number): PacketDiag | null {
-  const req = Buffer.alloc(20);
-  req.writeUInt8(AF_PACKET, 0);
-  req.writeUInt32LE(ino, 4);
-  req.writeUInt32LE(
-    PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG | PACKET_SHOW_FANOUT | PACKET_SHOW_MEMINFO,
-    8,
-  );
-  req.writeUInt32LE(0xffffffff, 12);
-  req.writeUInt32LE(0xffffffff, 16);
-  for (const body of sockDiagDump(req)) if (body.readUInt32LE(4) === ino) return parseDiag(body);
-  return null;
+  const show = PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG | PACKET_SHOW_FANOUT | PACKET_SHOW_MEMINFO;
+  const body = sockDiagFind(AF_PACKET, 0, show, ino, 4);
+  return body === null ? null : parseDiag(body);
 }
 
 function parseDiag(body: Buffer): PacketDiag {

@@ -21,7 +21,7 @@ const NLMSG_DONE = 3;
 let seq = 0;
 
 /** The bodies of every answer to the dump request `req`, in order. */
-export function sockDiagDump(req: Buffer): Buffer[] {
+function sockDiagDump(req: Buffer): Buffer[] {
   const nl = sys.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
   try {
     const msg = Buffer.alloc(16 + req.length);
@@ -53,6 +53,28 @@ export function sockDiagDump(req: Buffer): Buffer[] {
   } finally {
     sys.close(nl);
   }
+}
+
+/**
+ * The answer about the socket with inode `ino`, of a family whose request is laid out as
+ * netlink_diag_req and packet_diag_req are (family, protocol, pad, ino, show, cookie[2]): the
+ * kernel lists every socket of the family, and the answer's inode is at `inoAt` in its body.
+ */
+export function sockDiagFind(
+  family: number,
+  protocol: number,
+  show: number,
+  ino: number,
+  inoAt: number,
+): Buffer | null {
+  const req = Buffer.alloc(20);
+  req.writeUInt8(family, 0);
+  req.writeUInt8(protocol, 1);
+  req.writeUInt32LE(ino, 4);
+  req.writeUInt32LE(show, 8);
+  req.writeUInt32LE(0xffffffff, 12); // no cookie
+  req.writeUInt32LE(0xffffffff, 16);
+  return sockDiagDump(req).find((body) => body.readUInt32LE(inoAt) === ino) ?? null;
 }
 
 /** The rtattrs of a diag answer from `offset` on: type and data of each. */

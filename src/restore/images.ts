@@ -68,7 +68,8 @@ async function entries(dir: string, name: string, kind: string): Promise<ImageEn
   return img.records.map((r) => r.entry);
 }
 
-async function single(dir: string, name: string, kind: string): Promise<ImageEntry> {
+/** The first entry of image `name` in `dir`; a missing or empty image is an ImageError. */
+export async function single(dir: string, name: string, kind: string): Promise<ImageEntry> {
   const list = await entries(dir, name, kind);
   const first = list[0];
   if (first === undefined) throw new ImageError(name, 'the image has no entry');

@@ -54,7 +54,7 @@ import { dumpedVmas, inheritMemory, type Prefilled, type SharedObjects } from '.
 import { killStub, startStub, waitForFreePid, type Stub } from './stub.js';
 import type { Skeleton } from './skeleton.js';
 import { SysvSegments } from './sysv-shm.js';
-import { TreeNamespaces } from './namespaces.js';
+import { RestoredNamespaces } from './namespaces.js';
 import { runLoggedAction, type ActionHook } from '../actions.js';
 
 export interface RestoreOptions {
@@ -135,7 +135,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     (await img.extras('TTY_INFO')).map((e) => e.entry),
     { isShellJob: opts.isShellJob === true },
   );
-  const namespaces = await TreeNamespaces.load(img);
+  const namespaces = await RestoredNamespaces.load(img);
   if (skeleton !== undefined && skeleton.cloneFlags !== namespaces.cloneFlags) {
     // Its stubs were made in other namespaces than the tree's: the tree is made again, in its own.
     log().info(`restore: the tree of ${pid} has other namespaces than its skeleton; restoring it from the images`);

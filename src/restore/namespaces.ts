@@ -14,14 +14,14 @@
 
 import { closeSync, existsSync, readlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { ImageError, TaskError, UnsupportedError } from '../errors.js';
+import { TaskError, UnsupportedError } from '../errors.js';
 import { imageFileName, readImage, type ImageEntry } from '../images/index.js';
 import { CLONE_NEWIPC, CLONE_NEWUTS } from '../kernel/constants.js';
 import { log } from '../log.js';
 import { IPC_VAR_SYSCTLS, NS_KINDS, whatOf, type NsKind } from '../dump/namespaces.js';
 import { inNamespace, openNamespace } from '../sys/namespaces.js';
 import { makeMsgQueues, makeSemSets, type SysvRecord } from './sysv-ipc.js';
-import type { RestoreImages } from './images.js';
+import { single, type RestoreImages } from './images.js';
 
 const CLONE_FLAG: Partial<Record<NsKind, bigint>> = { uts: CLONE_NEWUTS, ipc: CLONE_NEWIPC };
 
@@ -36,7 +36,7 @@ export function namespaceCloneFlags(kinds: readonly string[]): bigint {
   return flags;
 }
 
-export class TreeNamespaces {
+export class RestoredNamespaces {
   /** fds on the new namespaces, once the root's stub exists. */
   private readonly fds = new Map<'uts' | 'ipc', number>();
 
@@ -48,7 +48,7 @@ export class TreeNamespaces {
   ) {}
 
   /** The namespaces the images ask for, checked. */
-  static async load(img: RestoreImages): Promise<TreeNamespaces> {
+  static async load(img: RestoreImages): Promise<RestoredNamespaces> {
     const own: NsKind[] = [];
     const root = img.rootIds;
     for (const kind of NS_KINDS) {
@@ -72,14 +72,7 @@ export class TreeNamespaces {
             `Cannot restore the tree of ${img.pid}: process ${t.pid} was in another ${whatOf(kind)} namespace than the root; not supported`,
           );
       }
-    const single = async (kind: string, id: number): Promise<ImageEntry> => {
-      const name = imageFileName(kind, id);
-      const file = path.join(img.dir, name);
-      if (!existsSync(file)) throw new ImageError(name, 'the image is missing');
-      const records = (await readImage(file, kind)).records;
-      if (records.length !== 1) throw new ImageError(name, `expected one entry, found ${records.length}`);
-      return (records[0] as { entry: ImageEntry }).entry;
-    };
+    const entryOf = (kind: string, id: number): Promise<ImageEntry> => single(img.dir, imageFileName(kind, id), kind);
     const ipcId = Number(img.ids['ipc_ns_id']);
     /** The records of an optional image (CRIU writes none for an empty kind). */
     const records = async (kind: string): Promise<SysvRecord[]> => {
@@ -89,9 +82,9 @@ export class TreeNamespaces {
         r.extra === undefined ? { entry: r.entry } : { entry: r.entry, extra: r.extra },
       );
     };
-    return new TreeNamespaces(
-      own.includes('uts') ? await single('UTSNS', Number(img.ids['uts_ns_id'])) : undefined,
-      own.includes('ipc') ? await single('IPC_VAR', ipcId) : undefined,
+    return new RestoredNamespaces(
+      own.includes('uts') ? await entryOf('UTSNS', Number(img.ids['uts_ns_id'])) : undefined,
+      own.includes('ipc') ? await entryOf('IPC_VAR', ipcId) : undefined,
       await records('IPCNS_SEM'),
       await records('IPCNS_MSG'),
     );

@@ -14,10 +14,10 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readlinkSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { readShmSegments } from '../../../src/proc/sysvipc.js';
 import { dumpRestoreDetached, poll, signalTask, waitEnded } from '../../helpers/cr.js';
-import { PG_BIN, startPostgres } from '../../helpers/programs.js';
+import { PG_BIN, startPostgres, type Postgres } from '../../helpers/programs.js';
 import { freePort } from '../../helpers/real-criu.js';
 
 const skip =
@@ -38,26 +38,49 @@ function sysvIdsOf(pid: number): number[] {
   return [...maps.matchAll(/ 00:\w+ (\d+)\s+\/SYSV[0-9a-f]{8} \(deleted\)$/gm)].map((m) => Number(m[1]));
 }
 
+/** The digest of table t: its row count and the md5 of its strings in order. */
+const DIGEST_SQL = "SELECT count(*), md5(string_agg(s, ',' ORDER BY n)) FROM t";
+
+/**
+ * A cluster of its own in a directory postgres can reach (not under /work), started with
+ * `options`, killed and removed at the end; table t filled with `rows` rows, and once it keeps its
+ * five processes: its digest, its children and the System V segment the postmaster attaches.
+ */
+async function startFilled(
+  t: Test,
+  rows: number,
+  options: { under?: string } = {},
+): Promise<{ dir: string; pg: Postgres; digest: string; children: number[]; segment: number | undefined }> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'criu-ts-pg-'));
+  const pg = await startPostgres(dir, freePort(), options);
+  t.teardown(() => {
+    if (existsSync(`/proc/${pg.pid}`)) for (const c of childrenOf(pg.pid)) signalTask(c, 'SIGKILL');
+    signalTask(pg.pid, 'SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await pg.psql(
+    `CREATE TABLE t (n int, s text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, ${rows}) g;`,
+  );
+  const digest = await pg.psql(DIGEST_SQL);
+  // The children it keeps (a backend of the last psql may still be leaving).
+  await poll(() => childrenOf(pg.pid).length === 5, 'five processes of postgres', 10_000);
+  return { dir, pg, digest, children: childrenOf(pg.pid), segment: sysvIdsOf(pg.pid)[0] };
+}
+
+/** A fast shutdown (SIGINT): it ends, and its log says it shut down cleanly. */
+async function shutsDownCleanly(t: Test, pg: Postgres): Promise<void> {
+  signalTask(pg.pid, 'SIGINT');
+  await waitEnded(pg.pid, 20_000);
+  const log = readFileSync(pg.logFile, 'utf8');
+  t.match(log, /database system is shut down/, 'a clean shutdown');
+  t.notMatch(log, /PANIC|terminated by signal/, 'no crash in its log');
+}
+
 t.test(
   'postgres: dump then restore, it answers from the same processes and shuts down cleanly',
   { skip },
   async (t) => {
-    // postgres runs as its own user, which cannot reach the test directory under /work.
-    const dir = mkdtempSync(path.join(tmpdir(), 'criu-ts-pg-'));
-    const pg = await startPostgres(dir, freePort());
-    t.teardown(() => {
-      if (existsSync(`/proc/${pg.pid}`)) for (const c of childrenOf(pg.pid)) signalTask(c, 'SIGKILL');
-      signalTask(pg.pid, 'SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
-    });
-    await pg.psql(
-      'CREATE TABLE t (n int, s text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g;',
-    );
-    const digest = await pg.psql("SELECT count(*), md5(string_agg(s, ',' ORDER BY n)) FROM t");
-    // The children it keeps (a backend of the last psql may still be leaving).
-    await poll(() => childrenOf(pg.pid).length === 5, 'five processes of postgres', 10_000);
-    const children = childrenOf(pg.pid);
-    const [segment] = sysvIdsOf(pg.pid);
+    const { dir, pg, digest, children, segment } = await startFilled(t, 1000);
     t.ok(segment !== undefined, `the postmaster attaches a System V segment (${segment})`);
     const before = readShmSegments().get(segment as number);
 
@@ -76,32 +99,18 @@ t.test(
         : { key: before.key, size: before.size, mode: before.mode, uid: before.uid, nattch: before.nattch },
       'its System V segment is back: id, key, size, mode, owner, attachments',
     );
-    t.equal(
-      await pg.psql("SELECT count(*), md5(string_agg(s, ',' ORDER BY n)) FROM t"),
-      digest,
-      'the table is as it was',
-    );
+    t.equal(await pg.psql(DIGEST_SQL), digest, 'the table is as it was');
     await pg.psql("INSERT INTO t VALUES (1001, 'after the restore'); UPDATE t SET s = 'x' WHERE n = 1;");
     t.equal(await pg.psql('SELECT count(*) FROM t'), '1001', 'a new connection writes');
     t.equal(await pg.psql('SELECT s FROM t WHERE n = 1001'), 'after the restore', 'and reads back');
 
-    signalTask(pg.pid, 'SIGINT'); // fast shutdown
-    await waitEnded(pg.pid, 20_000);
-    const log = readFileSync(pg.logFile, 'utf8');
-    t.match(log, /database system is shut down/, 'a clean shutdown');
-    t.notMatch(log, /PANIC|terminated by signal/, 'no crash in its log');
+    await shutsDownCleanly(t, pg);
     t.notOk(readShmSegments().has(segment as number), 'postgres removed its segment itself');
   },
 );
 
 t.test('postgres in UTS and IPC namespaces of its own: dump then restore, back in new ones', { skip }, async (t) => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'criu-ts-pg-'));
-  const pg = await startPostgres(dir, freePort(), { under: 'unshare --ipc --uts' });
-  t.teardown(() => {
-    if (existsSync(`/proc/${pg.pid}`)) for (const c of childrenOf(pg.pid)) signalTask(c, 'SIGKILL');
-    signalTask(pg.pid, 'SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const { dir, pg, digest, children, segment } = await startFilled(t, 300, { under: 'unshare --ipc --uts' });
   const ownIpc = (): boolean => readlinkSync(`/proc/${pg.pid}/ns/ipc`) !== readlinkSync('/proc/self/ns/ipc');
   /** Its namespace's segments: "key id perms size" of each (nattch and times change). */
   const itsSegments = (): string =>
@@ -112,11 +121,6 @@ t.test('postgres in UTS and IPC namespaces of its own: dump then restore, back i
       .map((l) => l.trim().split(/\s+/).slice(0, 4).join(' '))
       .join('\n');
   t.ok(ownIpc(), 'postgres runs in an IPC namespace of its own');
-  await pg.psql('CREATE TABLE t (n int, s text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 300) g;');
-  const digest = await pg.psql("SELECT count(*), md5(string_agg(s, ',' ORDER BY n)) FROM t");
-  await poll(() => childrenOf(pg.pid).length === 5, 'five processes of postgres', 10_000);
-  const children = childrenOf(pg.pid);
-  const [segment] = sysvIdsOf(pg.pid);
   const segments = itsSegments();
   t.match(segments, new RegExp(`^\\d+ ${segment} `), `its segment ${segment} is in its namespace`);
   const key = Number(segments.split(' ')[0]) >>> 0;
@@ -129,16 +133,8 @@ t.test('postgres in UTS and IPC namespaces of its own: dump then restore, back i
   t.ok(ownIpc(), 'in an IPC namespace of its own again');
   t.equal(itsSegments(), segments, 'its segment is back in it: key, id, mode, size');
   t.notOk(isHere(), "and still not in this machine's");
-  t.equal(
-    await pg.psql("SELECT count(*), md5(string_agg(s, ',' ORDER BY n)) FROM t"),
-    digest,
-    'the table is as it was',
-  );
+  t.equal(await pg.psql(DIGEST_SQL), digest, 'the table is as it was');
   await pg.psql("INSERT INTO t VALUES (301, 'after the restore')");
   t.equal(await pg.psql('SELECT s FROM t WHERE n = 301'), 'after the restore', 'a new connection writes and reads');
-  signalTask(pg.pid, 'SIGINT'); // fast shutdown
-  await waitEnded(pg.pid, 20_000);
-  const log = readFileSync(pg.logFile, 'utf8');
-  t.match(log, /database system is shut down/, 'a clean shutdown');
-  t.notMatch(log, /PANIC|terminated by signal/, 'no crash in its log');
+  await shutsDownCleanly(t, pg);
 });
