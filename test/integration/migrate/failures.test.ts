@@ -71,15 +71,29 @@ async function setup(t: Test, dstDir?: (dst: SimHost, dir: string) => Promise<st
 t.test('the DST agent dies during the pre-copy', { skip: needsRoot }, async (t) => {
   const { src, dir, a, b, w } = await setup(t);
   const agentRoot = path.join(dir, 'agent-dst');
-  const migrating = runMigrate(['--token-file', tokenFile(dir), a.target, b.target, String(w.pid)]);
+  // A downtime target of 1 ms keeps the pre-copy going for several iterations: a migration that
+  // converged after its second one could end between two looks of a test starved of CPU.
+  const state: { result?: Awaited<ReturnType<typeof runMigrate>> } = {};
+  const migrating = runMigrate([
+    '--token-file',
+    tokenFile(dir),
+    '--downtime-target',
+    '1',
+    a.target,
+    b.target,
+    String(w.pid),
+  ]).then((r) => (state.result = r));
   // Once the first iteration has arrived on DST, kill its agent.
   await poll(
     () =>
-      existsSync(agentRoot) &&
-      readdirSync(agentRoot).some((m) => m.startsWith('m-') && existsSync(path.join(agentRoot, m, 'pages-2'))),
+      state.result !== undefined ||
+      (existsSync(agentRoot) &&
+        readdirSync(agentRoot).some((m) => m.startsWith('m-') && existsSync(path.join(agentRoot, m, 'pages-2')))),
     'the second iteration to start',
     60_000,
   );
+  if (state.result !== undefined)
+    throw new Error(`criu-migrate ended before its second iteration: ${state.result.stderr.trim()}`);
   await b.agent.kill('SIGKILL');
   const r = await migrating;
   t.not(r.status, 0, 'criu-migrate fails');
