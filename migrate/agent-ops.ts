@@ -27,6 +27,7 @@ import { CriuError, ImageError, TaskError, UsageError, describeError } from '../
 import { TRACKER_KINDS, kerndat, trackerUnavailableReason } from '../src/kerndat/index.js';
 import { log } from '../src/log.js';
 import { tlsArgs, type TlsCredentials, type TlsOptions } from '../src/index.js';
+import { moveAddresses } from './addresses.js';
 import { EngineOps } from './engine-ops.js';
 import {
   MAX_FILE_BYTES,
@@ -170,10 +171,12 @@ export class AgentOps {
         const dir = await this.dirPath(p.dir, true);
         const prev = p.prevDir === undefined ? undefined : await this.dirPath(p.prevDir, false);
         const to = p.psPort === undefined ? undefined : { address: p.psAddress ?? '127.0.0.1', port: p.psPort };
+        const prevRel = prev === undefined ? undefined : relative(dir, prev);
+        const how = { isTcpEstablished: p.tcpEstablished === true };
         return (
           op === 'pre-dump'
-            ? await this.engine.preDump(p.pid, dir, to, prev === undefined ? undefined : relative(dir, prev))
-            : await this.engine.finalDump(p.pid, dir, to, prev === undefined ? undefined : relative(dir, prev))
+            ? await this.engine.preDump(p.pid, dir, to, prevRel, how)
+            : await this.engine.finalDump(p.pid, dir, to, prevRel, how)
         ) as R;
       }
       case 'source-end': {
@@ -209,7 +212,11 @@ export class AgentOps {
       case 'restore-final': {
         const p = params as ParamsOf<'restore-final'>;
         const dir = await this.dirPath(p.dir, false);
-        return (await this.engine.restoreFinal(dir, p.pid, p.images, p.serverId)) as R;
+        return (await this.engine.restoreFinal(dir, p.pid, p.images, p.serverId, p.addresses)) as R;
+      }
+      case 'addresses': {
+        const p = params as ParamsOf<'addresses'>;
+        return { addresses: moveAddresses(p.action, p.addresses) } as R;
       }
       default:
         throw new UsageError(`Unknown agent operation "${String(op)}"`);

@@ -13,7 +13,12 @@
  *              answer (the task runs on DST), both seen from here: it is never under-reported.
  *   commit     DST confirms the task runs; SRC kills the frozen original (or stops it with
  *              --keep-source). Images on both sides are removed.
- * Anything failing before the restore is confirmed resumes the source untouched (it was never
+ * With --tcp-established the task's TCP connections go too, and --move-address takes the
+ * addresses they are on along: SRC says where it holds them and DST that it could take them
+ * before anything is frozen; SRC releases them after the final dump, DST takes them (and tells
+ * its neighbours) once the connections are locked, before restoring them.
+ * Anything failing before the restore is confirmed gives SRC its addresses back, resumes the
+ * source untouched (it was never
  * killed: the final dump leaves it frozen under the SRC agent's ptrace), ends the tracking, kills
  * DST's skeleton and removes both sides' images; the error says which step failed.
  */
@@ -34,6 +39,10 @@ export interface MigrateOptions {
   keepImages?: boolean;
   /** Progress, once per iteration and per phase. */
   onEvent?: (e: MigrateEvent) => void;
+  /** Take the task's established TCP connections (criu dump --tcp-established). */
+  tcpEstablished?: boolean;
+  /** Addresses that move from SRC to DST with the task (with their prefix and device on SRC). */
+  moveAddresses?: readonly string[];
 }
 
 export type MigrateEvent =
@@ -81,8 +90,17 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
   const bytesPerIteration: number[] = [];
   let step = 'contacting the agents';
   let isCommitted = false;
+  /** The moved addresses, as SRC held them ("ADDR/PREFIX@DEV"), once SRC has released them. */
+  let released: string[] = [];
+  const tcp = opts.tcpEstablished === true ? { tcpEstablished: true } : {};
   try {
     await Promise.all([src.hello(), dst.hello()]);
+    let moving: string[] = [];
+    if ((opts.moveAddresses ?? []).length > 0) {
+      step = 'checking the addresses to move';
+      moving = (await src.call('addresses', { action: 'held', addresses: [...(opts.moveAddresses ?? [])] })).addresses;
+      await dst.call('addresses', { action: 'check-free', addresses: moving });
+    }
     // Pre-copy.
     let decision: Decision | undefined;
     let tPrev = NaN;
@@ -98,7 +116,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
       const pd = await withReceiverReason(
         dst,
         rp.serverId,
-        src.call('pre-dump', { pid, dir: `${id}/src-${k}`, psAddress: rp.address, psPort: rp.port }, 600_000),
+        src.call('pre-dump', { pid, dir: `${id}/src-${k}`, psAddress: rp.address, psPort: rp.port, ...tcp }, 600_000),
       );
       step = `iteration ${k}: receiving pages on DST`;
       const rw = await dst.call('receive-wait', { serverId: rp.serverId, timeoutMs: 60_000 }, 70_000);
@@ -137,15 +155,26 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
     const fd = await withReceiverReason(
       dst,
       rp.serverId,
-      src.call('final-dump', { pid, dir: `${id}/final`, psAddress: rp.address, psPort: rp.port }, 120_000),
+      src.call('final-dump', { pid, dir: `${id}/final`, psAddress: rp.address, psPort: rp.port, ...tcp }, 120_000),
     );
+    if (moving.length > 0) {
+      step = 'releasing the addresses on SRC';
+      released = moving;
+      await src.call('addresses', { action: 'release', addresses: moving });
+    }
     const tDumped = nowMs();
     emit({ kind: 'phase', phase: 'final-dump', ms: fd.sinceFreezeUs / 1000 });
     const imageBytes = fd.images.reduce((n, f) => n + f.data.length, 0);
     step = 'restore on DST';
     const rr = await dst.call(
       'restore-final',
-      { pid, dir: `${id}/final`, images: fd.images, serverId: rp.serverId },
+      {
+        pid,
+        dir: `${id}/final`,
+        images: fd.images,
+        serverId: rp.serverId,
+        ...(moving.length > 0 ? { addresses: moving } : {}),
+      },
       120_000,
     );
     bytesPerIteration.push(rr.bytes);
@@ -187,6 +216,10 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
       throw new CriuError('ETASK', `Migrated, but ${step} failed: ${describeError(err)}`, { cause: err });
     }
     log().info(`migrate: ${step} failed: ${describeError(err)}; resuming the source`);
+    if (released.length > 0)
+      await src.call('addresses', { action: 'take', addresses: released }).catch((e: unknown) => {
+        log().error(`migrate: cannot give SRC its addresses back: ${describeError(e)}`);
+      });
     await src.call('source-end', { pid, action: 'resume' }).catch((e: unknown) => {
       log().error(`migrate: cannot resume the source: ${describeError(e)}`);
     });

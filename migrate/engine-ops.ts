@@ -37,7 +37,12 @@ import {
   type PageServerSummary,
   type TlsCredentials,
   namespaceCloneFlags,
+  addAddress,
+  announceAddress,
+  removeAddress,
+  type HostAddress,
 } from '../src/index.js';
+import { addressFromWire } from './addresses.js';
 import { log } from '../src/log.js';
 import type { ProcessWire } from './protocol.js';
 
@@ -77,11 +82,21 @@ export interface FinalDumpResult {
   images: { name: string; data: Uint8Array }[];
 }
 
+/** How a dump treats what it may refuse (the controller's options). */
+export interface DumpHow {
+  isTcpEstablished?: boolean;
+}
+
 export class EngineOps {
   /** The frozen sources by root pid: the tree, parents first. */
   private readonly frozen = new Map<
     number,
-    { tree: FrozenProcess[]; endTracking: () => Promise<void>; sysvShmIds: number[] }
+    {
+      tree: FrozenProcess[];
+      endTracking: () => Promise<void>;
+      sysvShmIds: number[];
+      endConnections: (how: 'resumed' | 'killed') => void;
+    }
   >();
   private readonly skeletons = new Map<number, Skeleton>();
   private readonly servers = new Map<number, { server: PageServer; done: Promise<PageServerSummary> }>();
@@ -120,13 +135,20 @@ export class EngineOps {
       opts.isWarmedUp === true ? new Promise((done) => setImmediate(() => void warmUp().finally(done))) : null;
   }
 
-  async preDump(pid: number, dir: string, to: PagesTarget | undefined, prevDir?: string): Promise<PreDumpResult> {
+  async preDump(
+    pid: number,
+    dir: string,
+    to: PagesTarget | undefined,
+    prevDir?: string,
+    how: DumpHow = {},
+  ): Promise<PreDumpResult> {
     await this.warming;
     const sink = to === undefined ? undefined : await this.sinkTo(to);
     const s = await preDump({
       pid,
       imagesDir: dir,
       tracker: 'auto',
+      fileOptions: { isTcpEstablished: how.isTcpEstablished === true },
       ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
       ...(sink === undefined ? {} : { sink }),
     });
@@ -148,7 +170,13 @@ export class EngineOps {
   }
 
   /** The final dump: the task stays frozen (traced by this process) until sourceEnd. */
-  async finalDump(pid: number, dir: string, to: PagesTarget | undefined, prevDir?: string): Promise<FinalDumpResult> {
+  async finalDump(
+    pid: number,
+    dir: string,
+    to: PagesTarget | undefined,
+    prevDir?: string,
+    how: DumpHow = {},
+  ): Promise<FinalDumpResult> {
     await this.warming;
     if (this.frozen.has(pid)) throw new UsageError(`Task ${pid} is already dumped and frozen here`);
     const sink = to === undefined ? undefined : await this.sinkTo(to);
@@ -158,6 +186,7 @@ export class EngineOps {
       end: 'keep-frozen',
       trackMem: true,
       isDurable: false, // carried to DST at once (see WriteSyncOptions.isDurable)
+      fileOptions: { isTcpEstablished: how.isTcpEstablished === true },
       ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
       ...(sink === undefined ? {} : { sink }),
     });
@@ -166,6 +195,7 @@ export class EngineOps {
         tree: s.frozen,
         endTracking: s.endTracking ?? (() => Promise.resolve()),
         sysvShmIds: s.sysvShmIds ?? [],
+        endConnections: s.endConnections ?? (() => undefined),
       });
     const images = readImageFiles(dir);
     const nowUs = Number(process.hrtime.bigint() / 1000n); // dump()'s clock
@@ -193,12 +223,16 @@ export class EngineOps {
         // Its System V segments go with it, as in a dump that kills (dump/sysv-shm.ts).
         for (const line of removeSysvShm(f.sysvShmIds)) log().warn(`agent: ${line}`);
         killTree(f.tree);
+        f.endConnections('killed');
       }
       await f
         .endTracking()
         .catch((err: unknown) => log().warn(`agent: cannot end the tracking of ${pid}: ${String(err)}`));
       if (action === 'stop') stopTree(f.tree);
-      else if (action === 'resume') resumeTree(f.tree);
+      else if (action === 'resume') {
+        f.endConnections('resumed');
+        resumeTree(f.tree);
+      }
       log().info(`agent: source task ${pid}: ${action}`);
     }
     if (action === 'resume') await endTracking(pid);
@@ -307,21 +341,47 @@ export class EngineOps {
     pid: number,
     images: readonly { name: string; data: Uint8Array }[] = [],
     serverId?: number,
+    addresses: readonly string[] = [],
   ): Promise<{ pid: number; restoreUs: number; pagesReceived: number; bytes: number }> {
     await this.warming;
     const t0 = process.hrtime.bigint();
     const sk = this.skeletons.get(pid);
     this.skeletons.delete(pid);
+    const taken: HostAddress[] = [];
     try {
       const received =
         serverId === undefined ? { pagesReceived: 0, bytes: 0 } : await this.receiveWait(serverId, 60_000);
       writeImageFiles(dir, images);
+      // The moved addresses come once the tree's connections are locked (restore() does that
+      // before its pre-restore action): a peer's packet that comes before its socket is dropped,
+      // not answered with a reset.
+      const onAction = async (action: string): Promise<void> => {
+        if (action !== 'pre-restore') return;
+        for (const a of addresses.map(addressFromWire)) {
+          addAddress(a);
+          taken.push(a);
+        }
+      };
       // A skeleton whose tree is not the dump's is dropped by restore(), which then starts afresh.
-      const r = await restore({ imagesDir: dir, isDetached: true, ...(sk === undefined ? {} : { skeleton: sk }) });
+      const r = await restore({
+        imagesDir: dir,
+        isDetached: true,
+        onAction,
+        ...(sk === undefined ? {} : { skeleton: sk }),
+      });
       reapWhenDone(r.pid);
+      // Announced again now that the connections are there to answer.
+      for (const a of taken) announceAddress(a);
       return { pid: r.pid, restoreUs: Number((process.hrtime.bigint() - t0) / 1000n), ...received };
     } catch (err) {
       sk?.abort();
+      for (const a of taken.reverse()) {
+        try {
+          removeAddress(a);
+        } catch (e) {
+          log().error(`agent: cannot give back ${a.address}: ${String(e)}`);
+        }
+      }
       throw err;
     }
   }
@@ -342,6 +402,7 @@ export class EngineOps {
     for (const [pid, f] of this.frozen) {
       try {
         void f.endTracking().catch(() => undefined);
+        f.endConnections('resumed');
         resumeTree(f.tree);
       } catch (err) {
         log().error(`agent: cannot resume source task ${pid}: ${String(err)}`);

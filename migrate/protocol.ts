@@ -161,6 +161,8 @@ export interface DumpParams extends PagesTargetParams {
   dir: string;
   /** The previous iteration's source-side dir (agent-relative). */
   prevDir?: string;
+  /** Take established TCP connections (criu dump --tcp-established). */
+  tcpEstablished?: boolean;
 }
 
 export interface PreDumpResultWire {
@@ -219,6 +221,19 @@ export interface RestoreFinalParams {
   images?: ImageFileWire[];
   /** The page server receiving the final pages: its session is awaited first. */
   serverId?: number;
+  /** Addresses ("ADDR/PREFIX@DEV") to take before the tree's connections are restored. */
+  addresses?: string[];
+}
+
+/**
+ * The addresses that move with a process (criu-migrate --move-address), as "ADDR/PREFIX@DEV":
+ * 'held' (SRC: where it holds each ADDR given bare; an error if it does not), 'check-free' (DST:
+ * an error if it could not take them), 'release' (SRC, the process frozen), 'take' (SRC, when
+ * the migration fails after 'release'). The result: the addresses, as "ADDR/PREFIX@DEV".
+ */
+export interface AddressesParams {
+  action: string;
+  addresses: string[];
 }
 
 export interface ReceivePagesParams {
@@ -255,6 +270,7 @@ export interface Ops {
     params: RestoreFinalParams;
     result: { pid: number; restoreUs: number; pagesReceived: number; bytes: number };
   };
+  addresses: { params: AddressesParams; result: { addresses: string[] } };
 }
 
 export type OpName = keyof Ops;
@@ -281,6 +297,7 @@ export const OP_NAMES = [
   'skeleton-apply',
   'skeleton-abort',
   'restore-final',
+  'addresses',
 ] as const satisfies readonly OpName[];
 
 // ---------------------------------------------------------------------------------------------
@@ -406,13 +423,14 @@ const FIELD_KIND_NAMES: Record<FieldKind, string> = {
   numbers: 'a list of integers',
   files: 'a list of {name, data} with plain file names',
   processes: 'a list of {pid, ppid, pgid, sid, anonVmas, fileVmas}',
+  boolean: 'true or false',
 };
 
 function isId(x: unknown): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 }
 
-type FieldKind = 'string' | 'number' | 'bytes' | 'strings' | 'numbers' | 'files' | 'processes';
+type FieldKind = 'string' | 'number' | 'bytes' | 'strings' | 'numbers' | 'files' | 'processes' | 'boolean';
 type Shape = Record<string, { kind: FieldKind; isOptional?: boolean }>;
 
 const req = (kind: FieldKind): { kind: FieldKind } => ({ kind });
@@ -437,6 +455,7 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
     prevDir: opt('string'),
     psAddress: opt('string'),
     psPort: opt('number'),
+    tcpEstablished: opt('boolean'),
   },
   'final-dump': {
     pid: req('number'),
@@ -444,13 +463,21 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
     prevDir: opt('string'),
     psAddress: opt('string'),
     psPort: opt('number'),
+    tcpEstablished: opt('boolean'),
   },
   'source-end': { pid: req('number'), action: req('string') },
   'receive-pages': { dir: req('string'), port: req('number'), address: opt('string'), prevDir: opt('string') },
   'receive-wait': { serverId: req('number'), timeoutMs: opt('number') },
   'skeleton-apply': { pid: req('number'), dir: req('string'), processes: req('processes'), namespaces: opt('string') },
   'skeleton-abort': { pid: req('number') },
-  'restore-final': { pid: req('number'), dir: req('string'), images: opt('files'), serverId: opt('number') },
+  'restore-final': {
+    pid: req('number'),
+    dir: req('string'),
+    images: opt('files'),
+    serverId: opt('number'),
+    addresses: opt('strings'),
+  },
+  addresses: { action: req('string'), addresses: req('strings') },
 };
 
 function checkParams(op: OpName, params: Record<string, unknown>): string | null {
@@ -472,13 +499,15 @@ function checkParams(op: OpName, params: Record<string, unknown>): string | null
           ? typeof v === 'number' && Number.isFinite(v)
           : kind === 'bytes'
             ? isBytes(v)
-            : kind === 'numbers'
-              ? isIntegers(v)
-              : kind === 'files'
-                ? Array.isArray(v) && v.every(isImageFile)
-                : kind === 'processes'
-                  ? Array.isArray(v) && v.every(isProcess)
-                  : Array.isArray(v) && v.every((s) => typeof s === 'string');
+            : kind === 'boolean'
+              ? typeof v === 'boolean'
+              : kind === 'numbers'
+                ? isIntegers(v)
+                : kind === 'files'
+                  ? Array.isArray(v) && v.every(isImageFile)
+                  : kind === 'processes'
+                    ? Array.isArray(v) && v.every(isProcess)
+                    : Array.isArray(v) && v.every((s) => typeof s === 'string');
     if (!isOk) return `field "${key}" is not ${FIELD_KIND_NAMES[kind]}`;
   }
   return null;

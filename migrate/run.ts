@@ -33,6 +33,10 @@ export interface MigrateCliOptions {
   keepSource: boolean;
   keepImages: boolean;
   policy: Partial<PolicyOptions>;
+  /** --tcp-established: the task's TCP connections go too. */
+  tcpEstablished?: boolean;
+  /** --move-address: addresses that go from SRC to DST with the task. */
+  moveAddresses?: readonly string[];
   statsDir?: string;
   /** Where `local` keeps its images (default the agent's root). */
   imagesDir?: string;
@@ -153,6 +157,8 @@ export async function runMigration(o: MigrateCliOptions): Promise<number> {
       policy: o.policy,
       keepSource: o.keepSource,
       keepImages: o.keepImages,
+      tcpEstablished: o.tcpEstablished === true,
+      moveAddresses: o.moveAddresses ?? [],
       onEvent: (e) => {
         if (e.kind === 'phase' && e.phase === 'final-dump') finalMs = e.ms;
         if (o.isTerminal) o.err(`${describeEvent(e)}\n`);

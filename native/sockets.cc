@@ -1,6 +1,7 @@
-// socket(2), socketpair(2), setsockopt(2), getsockopt(2), bind(2)/connect(2) to AF_UNIX paths, and
-// sendmsg(2)/recvmsg(2) of one fd (SCM_RIGHTS): kernel-feature probes such as TCP_REPAIR, the RPC
-// service's SOCK_SEQPACKET sockets, and RPC's pidfd store (a datagram socket holding pidfds).
+// socket(2), socketpair(2), setsockopt(2), getsockopt(2), bind(2)/connect(2) to AF_UNIX paths,
+// sendmsg(2)/recvmsg(2) of one fd (SCM_RIGHTS), and sendto(2) to a raw sockaddr: kernel-feature
+// probes such as TCP_REPAIR, the RPC service's SOCK_SEQPACKET sockets, RPC's pidfd store (a
+// datagram socket holding pidfds), and the announcement of a moved address (an ARP packet).
 
 #include <errno.h>
 #include <linux/sockios.h>
@@ -55,6 +56,21 @@ Napi::Value Getsockopt(const Napi::CallbackInfo& info) {
     ThrowSyscall(env, "getsockopt", errno, {fd, level, name});
   }
   return Napi::Buffer<uint8_t>::Copy(env, buf.data(), std::min<size_t>(len, size));
+}
+
+// sendto(fd, data, len, flags, addr, addrlen): `addr` is the sockaddr as bytes (any family); the
+// number of bytes sent.
+Napi::Value Sendto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  Napi::Buffer<uint8_t> data = ArgBuffer(info, 1, "data");
+  int flags = ArgInt32(info, 2, "flags");
+  Napi::Buffer<uint8_t> addr = ArgBuffer(info, 3, "addr");
+  ssize_t n =
+      sendto(fd, data.Data(), data.Length(), flags, reinterpret_cast<const sockaddr*>(addr.Data()),
+             static_cast<socklen_t>(addr.Length()));
+  if (n < 0) ThrowSyscall(env, "sendto", errno, {fd, static_cast<int64_t>(data.Length()), flags});
+  return Napi::Number::New(env, static_cast<double>(n));
 }
 
 // ioctl(fd, SIOCGSKNS): a new fd (O_CLOEXEC) on the network namespace socket `fd` belongs to.
@@ -213,6 +229,7 @@ void InitSockets(Napi::Env env, Napi::Object exports) {
   exports.Set("bindUnix", Napi::Function::New(env, BindUnix, "bindUnix"));
   exports.Set("connectUnixAsync", Napi::Function::New(env, ConnectUnixAsync, "connectUnixAsync"));
   exports.Set("setsockopt", Napi::Function::New(env, Setsockopt, "setsockopt"));
+  exports.Set("sendto", Napi::Function::New(env, Sendto, "sendto"));
   exports.Set("getsockopt", Napi::Function::New(env, Getsockopt, "getsockopt"));
 }
 

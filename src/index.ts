@@ -27,4 +27,13 @@ export { dedupChain } from './mem/dedup.js';
 export { endTracking } from './mem/track/index.js';
 export { CriuError, describeError } from './errors.js';
 export { IMAGE_KINDS } from './images/index.js';
+export {
+  addAddress,
+  announceAddress,
+  cannotTake,
+  heldAddress,
+  parseAddress,
+  removeAddress,
+  type HostAddress,
+} from './net/addresses.js';
 export { prepareImageKinds } from './images/image-writer.js';

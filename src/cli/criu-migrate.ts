@@ -12,6 +12,7 @@ import { Command } from 'commander';
 import { runAgent } from '../../migrate/agent.js';
 import { tlsOptionsOf, type TlsFlags } from './tls-options.js';
 import { UsageError } from '../errors.js';
+import { parseAddress } from '../net/addresses.js';
 import { createLogger, parseLogLevel, setLogger } from '../log.js';
 import type { CliIo } from './commands.js';
 import { exitOnClosedStdout, isMainModule } from './launch.js';
@@ -40,6 +41,8 @@ interface MigrateFlags extends TlsFlags {
   statsDir?: string;
   imagesDir?: string;
   verbosity?: string | true;
+  tcpEstablished?: boolean;
+  moveAddress?: string[];
 }
 
 export function buildMigrateProgram(io: CliIo): Command {
@@ -58,6 +61,12 @@ export function buildMigrateProgram(io: CliIo): Command {
     .option('--downtime-target <ms>', 'freeze once the remaining dirty memory fits this downtime (default 100)')
     .option('--max-iterations <n>', 'pre-copy iterations at most (default 8)')
     .option('--max-time <seconds>', 'pre-copy time at most (default 60)')
+    .option('--tcp-established', "take the task's established TCP connections along")
+    .option(
+      '--move-address <addr>',
+      'an address (IPv4 or IPv6) that goes from SRC to DST with the task, on the device it has on SRC (repeatable)',
+      (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
+    )
     .option('--stats-dir <dir>', 'also write stats-dump and stats-restore (CRIU stats format) there')
     .option('--images-dir <dir>', 'where `local` keeps images (default /var/lib/criu-ts/agent)')
     .option('-v, --verbosity [num]', 'log level 0..4 (default 2), to stderr');
@@ -75,6 +84,7 @@ export function buildMigrateProgram(io: CliIo): Command {
       const downtime = num(o.downtimeTarget, '--downtime-target');
       const iterations = num(o.maxIterations, '--max-iterations');
       const seconds = num(o.maxTime, '--max-time');
+      const moving = (o.moveAddress ?? []).map(parseAddress);
       const { runMigration } = await import('../../migrate/run.js');
       const tls = tlsOptionsOf(o);
       await runMigration({
@@ -84,6 +94,8 @@ export function buildMigrateProgram(io: CliIo): Command {
         isJson: o.json === true,
         keepSource: o.keepSource === true,
         keepImages: o.keepImages === true,
+        tcpEstablished: o.tcpEstablished === true,
+        moveAddresses: moving,
         policy: {
           ...(downtime === undefined ? {} : { downtimeTargetMs: downtime }),
           ...(iterations === undefined ? {} : { maxIterations: Math.floor(iterations) }),

@@ -34,6 +34,7 @@ import type * as TrackModule from '../mem/track/index.js';
 import { localImageSink } from '../files/image-sink.js';
 import type { FileOptions } from '../files/types.js';
 import { removeLinkRemaps } from '../files/link-remap.js';
+import { unlockConnections } from '../files/inet-socket.js';
 import { dumpCpuinfo } from '../cpuinfo/index.js';
 import type { DirtyTracker } from '../mem/track/index.js';
 import { dedupChain } from '../mem/dedup.js';
@@ -103,6 +104,12 @@ export type DumpResult = DumpStats & {
   endTracking?: () => Promise<void>;
   /** With 'keep-frozen': the System V segments to remove (removeSysvShm) when it is killed. */
   sysvShmIds?: number[];
+  /**
+   * With 'keep-frozen': undo what --tcp-established did to the tree's connections once it is
+   * resumed (repair mode off, the network lock lifted) or killed (the lock lifted: sockets closed
+   * in repair mode go silently, sending the peer nothing).
+   */
+  endConnections?: (how: 'resumed' | 'killed') => void;
 };
 
 /** Full dumps with fewer bytes of pages than this do not reserve room for them ahead. */
@@ -375,6 +382,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       stats.frozen = ending;
       stats.sysvShmIds = sysvShmIds;
       stats.frozenAtUs = t0; // the freeze began there: its own time is downtime too
+      stats.endConnections = (how) => {
+        if (how === 'resumed') releaseTree(filesShared, ending);
+        else unlockConnections(ending.map((t) => t.pid));
+      };
       stats.endTracking = () => endTrackers(false);
     } else {
       // Tracking ends with the final dump: the task is left as it was before the first pre-dump.

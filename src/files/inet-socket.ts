@@ -243,6 +243,56 @@ export function releaseTcpRepair(shared: Map<string, unknown>, pid: number): voi
   }
 }
 
+/**
+ * Lock the established TCP connections a restore is about to make (what net-lock.ts does on dump),
+ * before any process of the tree exists: until each is back, its peer's packets are dropped
+ * instead of answered with a reset by a host that holds the address but not yet the socket (the
+ * destination of a live migration, to which the address moved). Each connection goes into the
+ * table of the process that has it open; each process's restore lifts its own (finishRestore).
+ * The pids whose tables were made, for unlockConnections if the restore fails.
+ */
+export function lockImagedConnections(
+  tree: readonly { pid: number; fdinfo: readonly ImageEntry[] }[],
+  files: readonly ImageEntry[],
+): number[] {
+  const connections = new Map<number, ImageEntry>();
+  for (const f of files) {
+    const isk = f['isk'] as ImageEntry | undefined;
+    if (isk !== undefined && Number(isk['proto']) === IPPROTO_TCP && Number(isk['state']) === TCP_ESTABLISHED)
+      connections.set(Number(f['id']), isk);
+  }
+  const locked: number[] = [];
+  if (connections.size === 0) return locked;
+  for (const t of tree) {
+    for (const fd of t.fdinfo) {
+      const isk = connections.get(Number(fd['id']));
+      if (isk === undefined) continue;
+      const family = Number(isk['family']);
+      const words = (key: string): number[] => ((isk[key] ?? []) as number[]).map(Number);
+      lockConnection(t.pid, {
+        family: family === AF_INET6 ? 6 : 4,
+        local: ipText(words('src_addr')),
+        localPort: Number(isk['src_port']),
+        remote: ipText(words('dst_addr')),
+        remotePort: Number(isk['dst_port']),
+      });
+      if (!locked.includes(t.pid)) locked.push(t.pid);
+    }
+  }
+  return locked;
+}
+
+/** Lift the locks of `pids` (a failed restore's, or a source's killed once it runs elsewhere); failures logged. */
+export function unlockConnections(pids: readonly number[]): void {
+  for (const pid of pids) {
+    try {
+      unlock(pid);
+    } catch (err) {
+      log().error(String(err));
+    }
+  }
+}
+
 export const inetSocketFile: FdKindModule = {
   type: FD_TYPES.INETSK,
   name: 'inet socket',

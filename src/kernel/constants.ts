@@ -394,6 +394,18 @@ export const AF_INET = 2;
 export const AF_INET6 = 10;
 export const AF_NETLINK = 16;
 export const AF_PACKET = 17;
+// Announcing an address (src/net/addresses.ts): linux/if_ether.h, linux/if_arp.h, linux/in6.h,
+// netinet/icmp6.h.
+export const ETH_P_ARP = 0x0806;
+export const ETH_P_IP = 0x0800;
+export const ARPHRD_ETHER = 1;
+export const ARPOP_REQUEST = 1;
+export const IPPROTO_ICMPV6 = 58;
+export const IPV6_MULTICAST_IF = 17;
+export const IPV6_MULTICAST_HOPS = 18;
+export const ND_NEIGHBOR_ADVERT = 136;
+export const ND_NA_FLAG_OVERRIDE = 0x20000000;
+export const ND_OPT_TARGET_LINKADDR = 2;
 export const SOCK_STREAM = 1;
 export const SOCK_DGRAM = 2;
 export const SOCK_RAW = 3;

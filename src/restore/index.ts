@@ -34,6 +34,7 @@ import * as sys from '../sys/native.js';
 import { SIGSTOP, WNOHANG, __WALL } from '../kernel/constants.js';
 import { TreeFiles } from '../files/index.js';
 import { checkTtyRestore } from '../files/tty.js';
+import { lockImagedConnections, unlockConnections } from '../files/inet-socket.js';
 import { removeMaterializedGhosts } from '../files/vma-ghost.js';
 import { GHOSTS_MATERIALIZED } from '../files/ghost.js';
 import { loadImages, type TaskImages } from './images.js';
@@ -145,7 +146,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const sysv = await SysvSegments.load(img.dir);
   // A new IPC namespace is empty: nothing of this machine's can be in the way.
   if (!namespaces.isIpcOwn) sysv.check();
-  await opts.onAction?.('pre-restore', undefined);
+  // The tree's connections locked before anything else: the pre-restore action may bring their
+  // address to this host (criu-migrate --move-address).
+  const lockedConnections = lockImagedConnections(img.tree, img.files);
+  try {
+    await opts.onAction?.('pre-restore', undefined);
+  } catch (err) {
+    unlockConnections(lockedConnections);
+    throw err;
+  }
   for (const t of [...(skeleton === undefined ? img.tree : []), ...img.zombies]) waitForFreePid(t.pid);
 
   /** A process's stub and memory from the skeleton (prepareFinal: its scratch area out of the way). */
@@ -267,6 +276,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       removeMaterializedGhosts(p.filesShared);
     }
     namespaces.close();
+    unlockConnections(lockedConnections);
     throw err;
   }
   namespaces.close();

@@ -144,6 +144,7 @@ export const {
   connectUnixAsync,
   setsockopt,
   getsockopt,
+  sendto,
   sendFd,
   recvFds,
   cpuid,

@@ -6,10 +6,12 @@ import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import {
+  bind,
   close,
   fallocate,
   fcntl,
   fsync,
+  getsockname,
   getsockopt,
   open,
   pipe2,
@@ -20,6 +22,7 @@ import {
   read,
   recvFds,
   sendFd,
+  sendto,
   setsockopt,
   socket,
   socketpair,
@@ -251,6 +254,30 @@ t.test('socket options: TCP_REPAIR', async (t) => {
   t.match(
     caught(() => getsockopt(fd, 999, 1, 4)),
     { syscall: 'getsockopt', args: [fd, 999, 1] },
+  );
+});
+
+t.test('sendto: a datagram to a sockaddr given as bytes', async (t) => {
+  const rx = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  const tx = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  t.teardown(() => {
+    close(rx);
+    close(tx);
+  });
+  bind(rx, '127.0.0.1', 0);
+  const { port } = getsockname(rx);
+  const to = Buffer.alloc(16); // struct sockaddr_in
+  to.writeUInt16LE(AF_INET, 0);
+  to.writeUInt16BE(port, 2);
+  Buffer.from([127, 0, 0, 1]).copy(to, 4);
+  t.equal(sendto(tx, Buffer.from('announce'), 0, to), 8);
+  const buf = Buffer.alloc(16);
+  t.equal(read(rx, buf, 0, 16), 8);
+  t.equal(buf.subarray(0, 8).toString(), 'announce');
+  t.match(
+    caught(() => sendto(tx, Buffer.from('x'), 0, Buffer.alloc(2))),
+    { errnoCode: 'EINVAL', syscall: 'sendto' },
+    'a sockaddr too short: EINVAL',
   );
 });
 

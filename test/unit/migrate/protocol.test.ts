@@ -60,6 +60,19 @@ t.test('malformed messages are refused with a reason', async (t) => {
     bad({ kind: 'request', id: 1, op: 'put-file', params: { dir: 'a', name: 'b', data: 'text' } }),
     /"data" is not bytes/,
   );
+  // --tcp-established and --move-address.
+  const dumpReq = (params: unknown): string => bad({ kind: 'request', id: 1, op: 'final-dump', params });
+  t.equal(dumpReq({ pid: 1, dir: 'a', tcpEstablished: true }), 'ACCEPTED');
+  t.match(dumpReq({ pid: 1, dir: 'a', tcpEstablished: 1 }), /"tcpEstablished" is not true or false/);
+  t.equal(
+    bad({ kind: 'request', id: 1, op: 'addresses', params: { action: 'held', addresses: ['10.0.0.1'] } }),
+    'ACCEPTED',
+  );
+  t.match(bad({ kind: 'request', id: 1, op: 'addresses', params: { action: 'held' } }), /"addresses" is missing/);
+  t.match(
+    bad({ kind: 'request', id: 1, op: 'restore-final', params: { pid: 1, dir: 'a', addresses: '10.0.0.1/32@eth0' } }),
+    /list of strings/,
+  );
   // Images carried to restore-final: plain names and bytes only.
   const files = (images: unknown): string =>
     bad({ kind: 'request', id: 1, op: 'restore-final', params: { pid: 1, dir: 'a', images } });

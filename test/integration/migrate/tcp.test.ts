@@ -1,0 +1,200 @@
+/**
+ * Live migration with the TCP connections (criu-migrate --tcp-established --move-address): a
+ * python asyncio server (a real program) answers a client on a third host through a service
+ * address that only SRC holds. The client keeps one connection, sending a line every 50 ms and
+ * reading the server's count back. The server moves to DST with its listening socket, its
+ * connection and the address: the client's connection goes on (same local port, no error, no
+ * reset), its answers counting on without a gap, now from DST. When DST cannot restore (its port
+ * is taken), SRC gets its address back, the server runs on there, and the client notices nothing
+ * but a pause.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { simHosts, type HostProcess, type SimHost } from '../../../migrate/sim-hosts.js';
+import { poll, sleep } from '../../helpers/cr.js';
+import { runMigrate, startAgent, startOnHost, tokenFile, type HostWorkload } from '../../helpers/migrate.js';
+import { ASYNCIO_COUNTER } from '../../helpers/programs.js';
+
+const needsRoot = process.getuid?.() === 0 ? false : 'needs root (namespaces, ptrace, clone3 set_tid)';
+
+const hostPrefix = (address: string): number => (address.includes(':') ? 128 : 32);
+
+// One connection; a line every 50 ms, the answer logged; any error or end of stream logged, then exit.
+const CLIENT = `
+import socket, sys, time
+out = open(sys.argv[3], "a", buffering=1)
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    s.settimeout(30)
+    out.write(f"CONNECTED {s.getsockname()[1]}\\n")
+    r = s.makefile("r")
+    while True:
+        s.sendall(b"x\\n")
+        line = r.readline()
+        if not line:
+            out.write("EOF\\n")
+            break
+        out.write(f"GOT {line.strip()} {time.monotonic():.3f}\\n")
+        time.sleep(0.05)
+except Exception as e:
+    out.write(f"ERROR {e!r}\\n")
+`;
+
+interface Scene {
+  src: SimHost;
+  dst: SimHost;
+  dir: string;
+  targets: [string, string];
+  server: HostWorkload;
+  client: HostProcess;
+  answers: () => number[];
+  clientLog: () => string;
+}
+
+async function scene(t: Test, address: string, port: number): Promise<Scene> {
+  const [src, dst, cli] = await simHosts(['src', 'dst', 'cli'], { t });
+  if (src === undefined || dst === undefined || cli === undefined) throw new Error('no hosts');
+  const dir = t.testdir();
+  const a = await startAgent(t, src, dir);
+  const b = await startAgent(t, dst, dir);
+  const isV6 = address.includes(':');
+  const added = await src.exec(`ip addr add ${address}/${hostPrefix(address)} dev eth0${isV6 ? ' nodad' : ''}`);
+  t.equal(added.status, 0, `SRC holds the service address: ${added.stderr}`);
+  if (isV6) {
+    // The hosts' own IPv6 addresses, in one /64 that holds the service address too.
+    for (const [i, h] of [src, dst, cli].entries())
+      t.equal((await h.exec(`ip addr add fd00:cafe::${i + 1}/64 dev eth0 nodad`)).status, 0);
+  } else {
+    // Outside the hosts' 198.18.0.0/24: the client reaches it on-link through its eth0.
+    t.equal((await cli.exec('ip route add 198.19.0.0/24 dev eth0')).status, 0);
+  }
+  const script = path.join(dir, 'counter.py');
+  writeFileSync(script, ASYNCIO_COUNTER);
+  const server = await startOnHost(
+    t,
+    src,
+    ['/usr/bin/env', '-i', 'python3', script, isV6 ? 'dual' : '0.0.0.0', String(port)],
+    path.join(dir, 'report.txt'),
+  );
+  const clientScript = path.join(dir, 'client.py');
+  writeFileSync(clientScript, CLIENT);
+  const clientFile = path.join(dir, 'client.txt');
+  writeFileSync(clientFile, '');
+  const client = cli.spawn(['python3', clientScript, address, String(port), clientFile]);
+  t.teardown(() => client.kill('SIGKILL'));
+  const clientLog = (): string => readFileSync(clientFile, 'utf8');
+  const answers = (): number[] => [...clientLog().matchAll(/^GOT (\d+) /gm)].map((m) => Number(m[1]));
+  await poll(() => answers().length >= 10 || /ERROR|EOF/.test(clientLog()), 'ten answers from SRC', 20_000);
+  t.notMatch(clientLog(), /ERROR|EOF/, 'the client talks to SRC');
+  return { src, dst, dir, targets: [a.target, b.target], server, client, answers, clientLog };
+}
+
+/** The answers so far are 1, 2, 3... on one connection, without an error. */
+function oneConnectionCounting(t: Test, s: Scene): void {
+  const times = [...s.clientLog().matchAll(/^GOT \d+ ([\d.]+)$/gm)].map((m) => Number(m[1]));
+  const pause = Math.max(...times.slice(1).map((x, i) => x - (times[i] as number)));
+  t.comment(`the client's longest wait for an answer: ${(pause * 1000).toFixed(0)} ms`);
+  const log = s.clientLog();
+  t.equal([...log.matchAll(/^CONNECTED /gm)].length, 1, 'one connection');
+  t.notMatch(log, /ERROR|EOF/, 'no error, no end of stream');
+  t.ok(
+    s.answers().every((n, i) => n === i + 1),
+    'the answers count on without a gap or a repeat',
+  );
+}
+
+/** criu-migrate --tcp-established --move-address `address` of the scene's server. */
+const migrateWith = (s: Scene, address: string, json: string[] = []): ReturnType<typeof runMigrate> =>
+  runMigrate([
+    ...json,
+    '--token-file',
+    tokenFile(s.dir),
+    '--tcp-established',
+    '--move-address',
+    address,
+    ...s.targets,
+    String(s.server.pid),
+  ]);
+
+/** Until the client has `n` more answers (or an error). */
+async function moreAnswers(s: Scene, n: number, timeoutMs: number): Promise<void> {
+  const before = s.answers().length;
+  await poll(() => s.answers().length >= before + n || /ERROR|EOF/.test(s.clientLog()), `${n} more answers`, timeoutMs);
+}
+
+const holds = async (h: SimHost, address: string): Promise<boolean> =>
+  (await h.exec(`ip -o addr show | grep -qw 'inet6\\? ${address}/${hostPrefix(address)}'`)).status === 0;
+
+const nftTables = async (h: SimHost): Promise<string> =>
+  (await h.exec('nft list tables 2>/dev/null | grep criu-ts || true')).stdout.trim();
+
+for (const [family, address, port] of [
+  ['IPv4', '198.19.0.10', 8771],
+  ['IPv6', 'fd00:cafe::10', 8774],
+] as const)
+  t.test(`a server migrates live with its TCP connection and its ${family} address`, { skip: needsRoot }, async (t) => {
+    const s = await scene(t, address, port);
+    const r = await migrateWith(s, address, ['--json']);
+    t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
+    t.equal((JSON.parse(r.stdout) as Record<string, number>)['dst_pid'], s.server.pid);
+    t.equal((await s.dst.exec(`test -e /proc/${s.server.pid}`)).status, 0, 'the server runs on DST');
+    t.ok(await holds(s.dst, address), 'DST holds the address');
+    t.notOk(await holds(s.src, address), 'SRC does not any more');
+    await moreAnswers(s, 20, 30_000);
+    oneConnectionCounting(t, s);
+    // Killed on SRC, then reaped there by the host's init.
+    const isGone = async (): Promise<boolean> => (await s.src.exec(`test -e /proc/${s.server.pid}`)).status !== 0;
+    for (let i = 0; i < 50 && !(await isGone()); i++) await sleep(100);
+    t.ok(await isGone(), 'the server is gone from SRC');
+    t.equal(await nftTables(s.src), '', 'no network lock is left on SRC');
+    t.equal(await nftTables(s.dst), '', 'nor on DST');
+    await s.client.kill('SIGKILL');
+    const total = s.answers().length;
+    await s.dst.exec(`kill -TERM ${s.server.pid}`);
+    await s.server.waitFor(`BYE ${total}`);
+    t.pass('the server ends on DST with the count the client saw');
+  });
+
+t.test('a migration that fails after the address moved gives it back to SRC', { skip: needsRoot }, async (t) => {
+  const address = '198.19.0.11';
+  const port = 8772;
+  const s = await scene(t, address, port);
+  // DST's port is taken: the restore of the listening socket fails there.
+  const squatter = s.dst.spawn([
+    'python3',
+    '-c',
+    `import socket,time\ns=socket.socket()\ns.bind(("0.0.0.0",${port}))\ns.listen()\ntime.sleep(600)`,
+  ]);
+  t.teardown(() => squatter.kill('SIGKILL'));
+  await sleep(500); // the squatter binds
+  const r = await migrateWith(s, address);
+  t.not(r.status, 0, 'criu-migrate fails');
+  t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+  t.match(r.stderr, /Migration failed .*restore on DST.*the source runs on/);
+  t.ok(await holds(s.src, address), 'SRC holds the address again');
+  t.notOk(await holds(s.dst, address), 'DST does not');
+  await moreAnswers(s, 20, 30_000);
+  oneConnectionCounting(t, s);
+  t.equal(await nftTables(s.src), '', 'no network lock is left on SRC');
+  t.equal(await nftTables(s.dst), '', 'nor on DST');
+  await s.client.kill('SIGKILL');
+  const total = s.answers().length;
+  await s.src.exec(`kill -TERM ${s.server.pid}`);
+  await s.server.waitFor(`BYE ${total}`);
+  t.pass('the server ends on SRC with the count the client saw');
+});
+
+t.test(
+  'criu-migrate refuses an address SRC does not hold, before anything is frozen',
+  { skip: needsRoot },
+  async (t) => {
+    const address = '198.19.0.12';
+    const s = await scene(t, address, 8773);
+    const r = await migrateWith(s, '198.19.0.99');
+    t.not(r.status, 0);
+    t.match(r.stderr, /does not hold 198\.19\.0\.99/);
+    await moreAnswers(s, 5, 10_000);
+    oneConnectionCounting(t, s);
+  },
+);
