@@ -320,7 +320,7 @@ export class EngineOps {
     if (sk === undefined) {
       // The agent is the restored task's parent and reaps it (restoreFinal); were the task a
       // sibling instead, its parent would be whoever started the agent, which may never reap it.
-      sk = Skeleton.create(layouts, { cloneFlags });
+      sk = await Skeleton.create(layouts, { cloneFlags });
       this.skeletons.set(pid, sk);
     }
     try {
@@ -456,10 +456,8 @@ async function warmUp(): Promise<void> {
     await once(child, 'spawn');
     const pid = child.pid as number;
     // dump() kills it and, tracing our own child, reaps it. The kernel may still hold the PID a
-    // moment after (about a second here): restore() would wait for it with the JS thread held,
-    // and a controller connecting meanwhile gets no answer. Waited out here, idle.
+    // moment after (about a second here): restore() waits for it, the JS thread free meanwhile.
     await dump({ pid, imagesDir: dir, end: 'kill', isDurable: false });
-    await new Promise((resolve) => setTimeout(resolve, 1500));
     const r = await restore({ imagesDir: dir, isDetached: true });
     process.kill(r.pid, 'SIGKILL');
     reapWhenDone(r.pid);

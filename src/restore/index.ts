@@ -155,7 +155,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     unlockConnections(lockedConnections);
     throw err;
   }
-  for (const t of [...(skeleton === undefined ? img.tree : []), ...img.zombies]) waitForFreePid(t.pid);
+  for (const t of [...(skeleton === undefined ? img.tree : []), ...img.zombies]) await waitForFreePid(t.pid);
 
   /** A process's stub and memory from the skeleton (prepareFinal: its scratch area out of the way). */
   const fromSkeleton = (t: TaskImages): { stub: Stub; prefilled: Prefilled } | undefined => {
@@ -173,7 +173,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   if (rootSkeleton !== undefined) prefilled.set(pid, rootSkeleton.prefilled);
   const rootStub =
     rootSkeleton?.stub ??
-    startStub(pid, layout, maxThreads, { isSibling: opts.isSibling === true, cloneFlags: namespaces.cloneFlags });
+    (await startStub(pid, layout, maxThreads, {
+      isSibling: opts.isSibling === true,
+      cloneFlags: namespaces.cloneFlags,
+    }));
   const treeGhosts = new Map<number, string>();
   const restoring = (t: TaskImages, stub: Stub): Restoring => ({
     img: t,

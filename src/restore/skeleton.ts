@@ -99,10 +99,10 @@ export class Skeleton {
    * root is a child of this process's parent (who reaps it), as `criu restore -S` makes it.
    * `processes` come parents first. On failure nothing is left.
    */
-  static create(
+  static async create(
     processes: readonly ProcessLayout[],
     options: { isSibling?: boolean; cloneFlags?: bigint } = {},
-  ): Skeleton {
+  ): Promise<Skeleton> {
     const [root] = processes;
     if (root === undefined) throw new TaskError(0, 'A skeleton needs a process');
     const places = processes.map((p) => ({ pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid }));
@@ -111,8 +111,8 @@ export class Skeleton {
         throw new TaskError(p.pid, `The parent of ${p.pid} (${p.ppid}) comes after it, or not at all`);
     });
     // A skeleton made again (the tree changed) waits for the last one's processes to be reaped.
-    for (const p of processes) waitForFreePid(p.pid);
-    const stub = startStub(
+    for (const p of processes) await waitForFreePid(p.pid);
+    const stub = await startStub(
       root.pid,
       processes.flatMap((p) => [...p.anonVmas, ...p.fileVmas]),
       1,

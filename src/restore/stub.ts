@@ -78,14 +78,15 @@ export interface Stub {
 
 /**
  * Start the stub as `pid` and empty it. `layout` are the dumped VMAs: the scratch region goes in
- * a hole among them. On failure the stub is killed.
+ * a hole among them. On failure the stub is killed. A PID still held by a task on its way out is
+ * waited for without holding the JS thread (an agent answers its controller meanwhile).
  */
-export function startStub(
+export async function startStub(
   pid: number,
   layout: readonly { start: bigint; end: bigint }[],
   nrThreads: number,
   options: { isSibling?: boolean; cloneFlags?: bigint } = {},
-): Stub {
+): Promise<Stub> {
   let child: number;
   const until = Date.now() + DYING_HOLDER_WAIT_MS;
   for (;;) {
@@ -94,12 +95,12 @@ export function startStub(
       break;
     } catch (err) {
       if (!isErrno(err, 'EEXIST')) throw new TaskError(pid, `Cannot create task ${pid}`, { cause: err });
-      waitForFreePid(pid, err); // taken since the caller's check: throws unless it was on its way out
+      await waitForFreePid(pid, err); // taken since the caller's check: throws unless it was on its way out
       // The kernel may keep a PID a moment after its task left /proc (one that had an IPC
       // namespace of its own: about a second here).
       if (Date.now() > until)
         throw new TaskError(pid, `Cannot restore task ${pid}: the kernel still holds PID ${pid}`, { cause: err });
-      sleepMs(5);
+      await sleep(5);
     }
   }
   return emptyStub(pid, child, layout, nrThreads, options);
@@ -113,7 +114,7 @@ const DYING_HOLDER_WAIT_MS = 5000;
  * or a zombie not reaped yet) is waited for up to DYING_HOLDER_WAIT_MS: a task dumped and killed
  * a moment ago, say, as `criu dump` does not wait for the kernel to free its memory.
  */
-export function waitForFreePid(pid: number, cause?: unknown): void {
+export async function waitForFreePid(pid: number, cause?: unknown): Promise<void> {
   const until = Date.now() + DYING_HOLDER_WAIT_MS;
   for (;;) {
     const holder = pidHolder(pid);
@@ -126,9 +127,11 @@ export function waitForFreePid(pid: number, cause?: unknown): void {
         cause === undefined ? {} : { cause },
       );
     }
-    sleepMs(2);
+    await sleep(2);
   }
 }
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Who holds `pid`: nobody (any more), a task on its way out (exiting, or a zombie), or a live one. */
 function pidHolder(pid: number): 'none' | 'exiting' | 'live' {

@@ -60,7 +60,7 @@ async function migrateLike(
 }
 
 async function intoSkeleton(root: string, pre: PreDumpStats[], shape = pre[0]?.processes ?? []): Promise<Skeleton> {
-  const sk = Skeleton.create(shape);
+  const sk = await Skeleton.create(shape);
   for (let k = 1; k <= pre.length; k++)
     if (sk.fits((pre[k - 1] as PreDumpStats).processes))
       await sk.apply(path.join(root, String(k)), (pre[k - 1] as PreDumpStats).processes);
@@ -128,7 +128,7 @@ t.test(
     t.teardown(() => w.kill());
     await w.waitFor('SPARSE');
     const { final, pre } = await migrateLike(w, root, async () => undefined);
-    const sk = Skeleton.create((pre[0] as PreDumpStats).processes);
+    const sk = await Skeleton.create((pre[0] as PreDumpStats).processes);
     let ahead = 0;
     for (let k = 1; k <= pre.length; k++)
       ahead += (await sk.apply(path.join(root, String(k)), (pre[k - 1] as PreDumpStats).processes)).fileVmasMapped;
@@ -156,13 +156,13 @@ t.test(
 );
 
 t.test('a skeleton whose PID is taken fails at once; abort kills it', { skip: needsRoot }, async (t) => {
-  t.throws(() => Skeleton.create(alone(process.pid)), { message: /in use/ });
+  await t.rejects(Skeleton.create(alone(process.pid)), { message: /in use/ });
   const root = t.testdir();
   const w = await startWorkload('cr_incr', root, ['16']);
   const pid = w.pid;
   w.kill();
   await waitGone(pid);
-  const sk = Skeleton.create(alone(pid));
+  const sk = await Skeleton.create(alone(pid));
   sk.abort();
   await waitGone(pid);
 });
