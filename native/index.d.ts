@@ -378,6 +378,8 @@ export function bindUnix(fd: number, path: string): void;
 export function connectUnixAsync(fd: number, path: string): Promise<void>;
 export function setsockopt(fd: number, level: number, name: number, value: Buffer): void;
 export function getsockopt(fd: number, level: number, name: number, size: number): Buffer;
+/** ioctl(fd, SIOCOUTQNSD): the bytes of TCP socket `fd`'s send queue not sent yet (a FIN counts one). */
+export function socketUnsentBytes(fd: number): number;
 /** sendto(fd, data, flags) to `addr`, a sockaddr of any family as bytes: the bytes sent. */
 export function sendto(fd: number, data: Buffer, flags: number, addr: Buffer): number;
 /** sendmsg(sockfd) of `data` with `fd` as SCM_RIGHTS: the bytes sent. */

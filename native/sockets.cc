@@ -73,6 +73,15 @@ Napi::Value Sendto(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// ioctl(fd, SIOCOUTQNSD): the bytes of a TCP socket's send queue not sent yet (a FIN counts one).
+Napi::Value SocketUnsentBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  int n = 0;
+  if (ioctl(fd, SIOCOUTQNSD, &n) < 0) ThrowSyscall(env, "ioctl(SIOCOUTQNSD)", errno, {fd});
+  return Napi::Number::New(env, n);
+}
+
 // ioctl(fd, SIOCGSKNS): a new fd (O_CLOEXEC) on the network namespace socket `fd` belongs to.
 Napi::Value SocketNetns(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -230,6 +239,8 @@ void InitSockets(Napi::Env env, Napi::Object exports) {
   exports.Set("connectUnixAsync", Napi::Function::New(env, ConnectUnixAsync, "connectUnixAsync"));
   exports.Set("setsockopt", Napi::Function::New(env, Setsockopt, "setsockopt"));
   exports.Set("sendto", Napi::Function::New(env, Sendto, "sendto"));
+  exports.Set("socketUnsentBytes",
+              Napi::Function::New(env, SocketUnsentBytes, "socketUnsentBytes"));
   exports.Set("getsockopt", Napi::Function::New(env, Getsockopt, "getsockopt"));
 }
 

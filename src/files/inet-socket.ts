@@ -67,7 +67,14 @@ import {
 } from './sk-opts.js';
 import { imageSinkOf } from './image-sink.js';
 import { lockConnection, unlock } from './net-lock.js';
-import { dumpTcpStream, endTcpRepair, restoreTcpStreamAfter, restoreTcpStreamBefore } from './tcp-stream.js';
+import {
+  dumpTcpStream,
+  endTcpRepair,
+  restoreTcpStreamAfter,
+  restoreTcpStreamBefore,
+  STREAM_STATES,
+} from './tcp-stream.js';
+import type { SegmentEnds } from './tcp-peer-segment.js';
 import { FD_TYPES, type FdKindModule, type FileOptions } from './types.js';
 import { log } from '../log.js';
 import { sharedEntry } from './shared.js';
@@ -165,12 +172,12 @@ function refusalOf(pid: number, fd: number, s: InetSocket, options: FileOptions)
       '(dump again once they are accepted)'
     );
   const isConnection = isTcp && s.state !== TCP_LISTEN && s.state !== TCP_CLOSE;
-  if (isConnection && !(s.state === TCP_ESTABLISHED && options.isTcpEstablished === true)) {
+  if (isConnection && !(STREAM_STATES.has(s.state) && options.isTcpEstablished === true)) {
     const peer = s.dst === null ? '' : ` -> ${endpoint(s.dst)}`;
     const state = TCP_STATE_NAMES[s.state] ?? String(s.state);
-    return s.state === TCP_ESTABLISHED
-      ? `Cannot dump ${what}${peer}: it is connected (ESTABLISHED); with --tcp-established the connection is dumped too`
-      : `Cannot dump ${what}${peer}: it is connected (${state}), and criu-ts restores ESTABLISHED connections only`;
+    return STREAM_STATES.has(s.state)
+      ? `Cannot dump ${what}${peer}: it is connected (${state}); with --tcp-established the connection is dumped too`
+      : `Cannot dump ${what}${peer}: it is connected (${state}), and criu-ts restores ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT and LAST_ACK connections only`;
   }
   if (s.filter !== undefined) return `Cannot dump ${what}: it has ${s.filter}, not supported`;
   return undefined;
@@ -191,6 +198,25 @@ export function sockaddrOf(family: number, words: readonly number[], port: numbe
   sa.writeUInt16BE(port, 2);
   addr.copy(sa, 4, 0, 4);
   return sa;
+}
+
+/**
+ * The ends of a connection as its packets carry them: network-order bytes; an IPv6 socket's
+ * IPv4-mapped ends (a dual-stack listener's connection) as IPv4.
+ */
+function segmentEnds(
+  family: number,
+  local: readonly number[],
+  localPort: number,
+  remote: readonly number[],
+  remotePort: number,
+): SegmentEnds {
+  const bytes = (w: readonly number[]): Buffer => ipBytes(w.length > 0 ? w : family === AF_INET6 ? [0, 0, 0, 0] : [0]);
+  let [l, r] = [bytes(local), bytes(remote)];
+  const isMapped = (b: Buffer): boolean =>
+    b.length === 16 && b.readUInt32BE(8) === 0xffff && b.readBigUInt64BE(0) === 0n;
+  if (isMapped(l) && isMapped(r)) [l, r] = [l.subarray(12), r.subarray(12)];
+  return { local: l, localPort, remote: r, remotePort };
 }
 
 /** "127.0.0.1:80" or "[::1]:80" of CRIU's address words and a port, for messages. */
@@ -258,7 +284,7 @@ export function lockImagedConnections(
   const connections = new Map<number, ImageEntry>();
   for (const f of files) {
     const isk = f['isk'] as ImageEntry | undefined;
-    if (isk !== undefined && Number(isk['proto']) === IPPROTO_TCP && Number(isk['state']) === TCP_ESTABLISHED)
+    if (isk !== undefined && Number(isk['proto']) === IPPROTO_TCP && STREAM_STATES.has(Number(isk['state'])))
       connections.set(Number(f['id']), isk);
   }
   const locked: number[] = [];
@@ -337,7 +363,7 @@ export const inetSocketFile: FdKindModule = {
         ? intOpt(input.localFd, SOL_IPV6, IPV6_FREEBIND)
         : intOpt(input.localFd, SOL_IP, IP_FREEBIND);
     if (freebind !== 0) isk['ip_opts'] = { freebind: true };
-    if (s.proto === IPPROTO_TCP && s.state === TCP_ESTABLISHED && s.dst !== null) {
+    if (s.proto === IPPROTO_TCP && STREAM_STATES.has(s.state) && s.dst !== null) {
       // --tcp-established: the peer's packets dropped first, then the connection read in repair
       // mode, which it stays in (see tcp-stream.ts); undone by releaseTcpRepair if need be.
       const repaired = tcpRepairsOf(ctx.shared, input.pid);
@@ -384,14 +410,14 @@ export const inetSocketFile: FdKindModule = {
       if (family === AF_INET6) set(SOL_IPV6, IPV6_FREEBIND, 1);
       else set(SOL_IP, IP_FREEBIND, 1);
     }
-    const isConnection = proto === IPPROTO_TCP && state === TCP_ESTABLISHED;
+    const isConnection = proto === IPPROTO_TCP && STREAM_STATES.has(state);
     let stream: { entry: ImageEntry; queues: Uint8Array } | null = null;
     if (isConnection) {
       const file = join(ctx.imagesDir, imageFileName('TCP_STREAM', Number(isk['ino'])));
       const record = (await readImage(file, 'TCP_STREAM')).records[0];
       if (record === undefined) throw new ImageError(file, 'no tcp_stream_entry');
       stream = { entry: record.entry, queues: record.extra ?? new Uint8Array(0) };
-      restoreTcpStreamBefore(injector, fd, stream.entry);
+      restoreTcpStreamBefore(injector, fd, stream.entry, state);
       ctx.shared.set(TCP_RESTORED, true);
     }
     const isBound = srcPort !== 0 || srcAddr.some((w) => w !== 0);
@@ -417,8 +443,14 @@ export const inetSocketFile: FdKindModule = {
         BigInt(sa.length),
       ]);
     }
-    if (stream !== null) restoreTcpStreamAfter(injector, fd, stream.entry, stream.queues);
+    // The options before a connection's queues: their buffers' sizes must take them.
     restoreSkOpts(injector, fd, opts, proto === IPPROTO_TCP);
+    if (stream !== null)
+      restoreTcpStreamAfter(injector, fd, stream.entry, stream.queues, {
+        state,
+        ends: segmentEnds(family, srcAddr, srcPort, dstAddr, Number(isk['dst_port'])),
+        bufLock: Number(opts['so_buf_lock'] ?? 0),
+      });
     injector.resetScratch();
     setStatusFlagsInTask(injector, fd, flags);
     restoreFown(injector, fd, isk['fown'] as ImageEntry | undefined);

@@ -3,11 +3,13 @@
  * its peer's packets are dropped, so that the kernel does not answer them with a reset (there is
  * no socket to take them); the peer retransmits once the connection is back. As CRIU's nftables
  * lock: a table of its own, `inet criu-ts-<PID>`, with a rule per connection, made with nft(8)
- * on dump and deleted on restore (or when the dump fails or leaves the task running).
+ * on dump and deleted on restore (or when the dump fails or leaves the task running). Packets
+ * marked NETWORK_LOCK_EXEMPT pass: the segments a restore sends as the peer (tcp-peer-segment.ts).
  */
 
 import { spawnSync } from 'node:child_process';
 import { UnsupportedError } from '../errors.js';
+import { NETWORK_LOCK_EXEMPT } from './tcp-peer-segment.js';
 
 export interface LockedConnection {
   /** 4 or 6. */
@@ -40,7 +42,8 @@ export function lockConnection(pid: number, conn: LockedConnection): void {
   const ip = c.family === 6 ? 'ip6' : 'ip';
   const table = tableOf(pid);
   const rule = (chain: string, saddr: string, sport: number, daddr: string, dport: number): string =>
-    `add rule inet ${table} ${chain} ${ip} saddr ${saddr} tcp sport ${sport} ${ip} daddr ${daddr} tcp dport ${dport} drop`;
+    `add rule inet ${table} ${chain} meta mark != ${NETWORK_LOCK_EXEMPT} ` +
+    `${ip} saddr ${saddr} tcp sport ${sport} ${ip} daddr ${daddr} tcp dport ${dport} drop`;
   const script = [
     `add table inet ${table}`,
     `add chain inet ${table} input { type filter hook input priority -150 ; policy accept ; }`,

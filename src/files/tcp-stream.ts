@@ -1,7 +1,9 @@
 /**
  * Established TCP connections (`--tcp-established`), as CRIU does them: TCP repair mode
  * (TCP_REPAIR, linux/tcp.h) and tcp-stream-<ino>.img (tcp_stream_entry, then the bytes of the
- * receive queue and of the send queue).
+ * receive queue and of the send queue). Half-closed ones too (STREAM_STATES): a side that has
+ * shut down sends a FIN after its bytes, a side whose peer has has a FIN after the bytes it
+ * receives; the sequence numbers of the image count those FINs, as the kernel (and CRIU) do.
  *
  * Dump, on criu's own duplicate of the socket (the same socket the task holds): repair mode on;
  * for each queue its sequence number (TCP_QUEUE_SEQ) and its bytes (MSG_PEEK: nothing consumed);
@@ -15,13 +17,27 @@
  * Restore, injected into the task: repair mode on, both queues' sequence numbers, bind and connect
  * (in repair mode connect sends nothing and the socket is ESTABLISHED at once), the options, the
  * queues' bytes (sent in repair mode they land in the queues, not on the wire), the window, the
- * timestamp, repair mode off; the lock is lifted once every file is restored.
+ * timestamp, repair mode off; the lock is lifted once every file is restored. The bytes the
+ * connection had not sent yet go in outside repair mode (they have never been on the wire). A
+ * half-closed connection is made ESTABLISHED first, then: our FIN by shutdown(SHUT_WR) (in repair
+ * mode, as sent when the peer had acknowledged it), the peer's FIN, and its ACK of ours, by
+ * segments sent as the peer (tcp-peer-segment.ts).
  */
 
 import type { ImageEntry } from '../images/index.js';
 import type { Injector } from '../inject/injector.js';
 import {
+  MSG_DONTWAIT,
+  SO_BUF_LOCK,
+  SO_RCVBUFFORCE,
+  SO_SNDBUFFORCE,
+  SOL_SOCKET,
   SOL_TCP,
+  TCP_CLOSE_WAIT,
+  TCP_ESTABLISHED,
+  TCP_FIN_WAIT1,
+  TCP_FIN_WAIT2,
+  TCP_LAST_ACK,
   TCP_NODELAY,
   TCP_QUEUE_SEQ,
   TCP_REPAIR,
@@ -30,8 +46,28 @@ import {
   TCP_REPAIR_WINDOW,
   TCP_INFO,
 } from '../kernel/constants.js';
+import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import * as sys from '../sys/native.js';
 import { intOpt, peekSocket, setIntOpt, setSockOptInTask } from './sk-opts.js';
+import { sendPeerSegment, TH_ACK, TH_FIN, type SegmentEnds } from './tcp-peer-segment.js';
+
+/**
+ * The connection states dumped and restored: ESTABLISHED and the half-closed ones a server meets
+ * (CLOSING, both FINs crossing, is refused: see inet-socket.ts).
+ */
+export const STREAM_STATES: ReadonlySet<number> = new Set([
+  TCP_ESTABLISHED,
+  TCP_FIN_WAIT1,
+  TCP_FIN_WAIT2,
+  TCP_CLOSE_WAIT,
+  TCP_LAST_ACK,
+]);
+/** States whose send queue ends with our FIN; those whose receive side ended with the peer's. */
+const OUR_FIN = new Set([TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK]);
+const PEER_FIN = new Set([TCP_CLOSE_WAIT, TCP_LAST_ACK]);
+const SHUT_WR = 1;
+const EAGAIN = 11;
+const ENOMEM = 12;
 
 const TCP_NO_QUEUE = 0;
 const TCP_RECV_QUEUE = 1;
@@ -94,7 +130,8 @@ export function dumpTcpStream(fd: number, bufBytes: number): { entry: ImageEntry
     timestamp: sys.getsockopt(fd, SOL_TCP, TCP_TIMESTAMP, 4).readUInt32LE(0),
     cork: intOpt(fd, SOL_TCP, TCP_CORK) !== 0,
     nodelay: intOpt(fd, SOL_TCP, TCP_NODELAY) !== 0,
-    unsq_len: 0,
+    // Not sent yet (SIOCOUTQNSD counts an unsent FIN: not a byte).
+    unsq_len: Math.max(0, sys.socketUnsentBytes(fd) - (OUR_FIN.has(info.readUInt8(0)) ? 1 : 0)),
     snd_wl1: win.readUInt32LE(0),
     snd_wnd: win.readUInt32LE(4),
     max_window: win.readUInt32LE(8),
@@ -109,21 +146,52 @@ export function endTcpRepair(fd: number): void {
   setInt(fd, TCP_REPAIR, 0);
 }
 
+/**
+ * The sequence numbers that follow the last byte of each queue, FINs not counted: where the
+ * restore's sends end (the FINs come after, see restoreTcpStreamAfter).
+ */
+function bytesEnd(entry: ImageEntry, state: number): { inq: number; outq: number } {
+  return {
+    inq: (Number(entry['inq_seq']) - (PEER_FIN.has(state) ? 1 : 0)) | 0,
+    outq: (Number(entry['outq_seq']) - (OUR_FIN.has(state) ? 1 : 0)) | 0,
+  };
+}
+
 /** Before bind and connect: repair mode on and the queues' first sequence numbers. */
-export function restoreTcpStreamBefore(injector: Injector, fd: number, entry: ImageEntry): void {
+export function restoreTcpStreamBefore(injector: Injector, fd: number, entry: ImageEntry, state: number): void {
   const set = (name: number, v: number): void => setSockOptInTask(injector, fd, SOL_TCP, name, v);
+  const end = bytesEnd(entry, state);
   set(TCP_REPAIR, 1);
   // The bytes are put back by sends, which move the sequence numbers on: start before them.
   set(TCP_REPAIR_QUEUE, TCP_RECV_QUEUE);
-  set(TCP_QUEUE_SEQ, (Number(entry['inq_seq']) - Number(entry['inq_len'])) | 0);
+  set(TCP_QUEUE_SEQ, (end.inq - Number(entry['inq_len'])) | 0);
   set(TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
-  set(TCP_QUEUE_SEQ, (Number(entry['outq_seq']) - Number(entry['outq_len'])) | 0);
+  set(TCP_QUEUE_SEQ, (end.outq - Number(entry['outq_len'])) | 0);
   set(TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
 }
 
-/** Once connected (in repair mode): options, queues, window, timestamp; then repair mode off. */
-export function restoreTcpStreamAfter(injector: Injector, fd: number, entry: ImageEntry, queues: Uint8Array): void {
+/** How the restore of one connection goes on after its queues (restoreTcpStreamAfter). */
+export interface StreamRestore {
+  state: number;
+  /** The ends, for the segments sent as the peer. */
+  ends: SegmentEnds;
+  /** SO_BUF_LOCK as dumped: a buffer grown to take the queues back is left to autotuning again. */
+  bufLock: number;
+}
+
+/**
+ * Once connected (in repair mode): options, queues, window, timestamp, the FINs of a half-closed
+ * connection; then repair mode off.
+ */
+export function restoreTcpStreamAfter(
+  injector: Injector,
+  fd: number,
+  entry: ImageEntry,
+  queues: Uint8Array,
+  how: StreamRestore,
+): void {
   const set = (name: number, v: number | Buffer): void => setSockOptInTask(injector, fd, SOL_TCP, name, v);
+  const { state } = how;
   const mask = Number(entry['opt_mask']);
   const opts: [number, number][] = [[TCPOPT_MSS, Number(entry['mss_clamp'])]];
   if ((mask & TCPI_OPT_WSCALE) !== 0)
@@ -138,30 +206,79 @@ export function restoreTcpStreamAfter(injector: Injector, fd: number, entry: Ima
   set(TCP_REPAIR_OPTIONS, raw);
   const inqLen = Number(entry['inq_len']);
   const all = Buffer.from(queues.buffer, queues.byteOffset, queues.byteLength);
-  const sendQueue = (q: number, data: Buffer): void => {
+  const outq = all.subarray(inqLen);
+  const unsent = Math.min(Number(entry['unsq_len'] ?? 0), outq.length);
+  let isBufferGrown = false;
+  /** Send `data` without blocking; a buffer too small for it (the dumped one was autotuned) is grown. */
+  const sendAll = (data: Buffer, isReceive: boolean): void => {
     if (data.length === 0) return;
-    set(TCP_REPAIR_QUEUE, q);
     const addr = injector.pushData(data);
     for (let off = 0; off < data.length;) {
-      const n = Number(
-        injector.syscallOrThrow('sendto', [BigInt(fd), addr + BigInt(off), BigInt(data.length - off), 0n, 0n, 0n]),
-      );
-      if (n <= 0) throw new Error(`Cannot refill a TCP queue: sendto returned ${n}`);
+      const args = [BigInt(fd), addr + BigInt(off), BigInt(data.length - off), BigInt(MSG_DONTWAIT), 0n, 0n];
+      const n = Number(injector.syscall(SYSCALLS_X86_64.sendto, args));
+      if ((n === -EAGAIN || n === -ENOMEM) && !isBufferGrown) {
+        const room = Math.floor((all.length + (1 << 16)) * 1.5);
+        setSockOptInTask(injector, fd, SOL_SOCKET, isReceive ? SO_RCVBUFFORCE : SO_SNDBUFFORCE, room);
+        isBufferGrown = true;
+        continue;
+      }
+      if (n <= 0) throw new Error(`Cannot refill a TCP queue of ${data.length} bytes: sendto returned ${n}`);
       off += n;
     }
   };
-  sendQueue(TCP_RECV_QUEUE, all.subarray(0, inqLen));
-  sendQueue(TCP_SEND_QUEUE, all.subarray(inqLen));
+  set(TCP_REPAIR_QUEUE, TCP_RECV_QUEUE);
+  sendAll(all.subarray(0, inqLen), true);
+  // Sent before the dump: back in repair mode, as sent (acknowledged or not, the peer has them or
+  // will get them again).
+  set(TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
+  sendAll(outq.subarray(0, outq.length - unsent), false);
   set(TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+  if (unsent > 0) {
+    // Never sent: sent now, outside repair mode (the network lock holds them until the restore
+    // ends, then TCP retransmits them).
+    set(TCP_REPAIR, 0);
+    sendAll(outq.subarray(outq.length - unsent), false);
+    set(TCP_REPAIR, 1);
+  }
+  if (isBufferGrown) setSockOptInTask(injector, fd, SOL_SOCKET, SO_BUF_LOCK, how.bufLock);
   if (entry['snd_wl1'] !== undefined) {
     const win = Buffer.alloc(20);
     ['snd_wl1', 'snd_wnd', 'max_window', 'rcv_wnd', 'rcv_wup'].forEach((k, i) =>
       win.writeUInt32LE(Number(entry[k]) >>> 0, i * 4),
     );
+    if (PEER_FIN.has(state)) {
+      // The window as it was before the peer's FIN, which the segment below moves on again.
+      win.writeUInt32LE((Number(entry['rcv_wnd']) + 1) >>> 0, 12);
+      win.writeUInt32LE((Number(entry['rcv_wup']) - 1) >>> 0, 16);
+    }
     set(TCP_REPAIR_WINDOW, win);
   }
   if (entry['timestamp'] !== undefined) set(TCP_TIMESTAMP, Number(entry['timestamp']) | 0);
+  restoreFins(injector, fd, entry, how);
   set(TCP_REPAIR, 0);
   if (entry['nodelay'] === true) set(TCP_NODELAY, 1);
   if (entry['cork'] === true) set(TCP_CORK, 1);
+}
+
+/**
+ * The FINs of a half-closed connection, now ESTABLISHED with its bytes back: FIN_WAIT1 (our FIN
+ * not acknowledged): shutdown; FIN_WAIT2 (acknowledged): shutdown with the FIN restored as sent,
+ * then the peer's ACK of it; CLOSE_WAIT: the peer's FIN; LAST_ACK: the peer's FIN, then shutdown.
+ */
+function restoreFins(injector: Injector, fd: number, entry: ImageEntry, how: StreamRestore): void {
+  const { state } = how;
+  if (!OUR_FIN.has(state) && !PEER_FIN.has(state)) return;
+  const end = bytesEnd(entry, state);
+  const sndUna = (end.outq - Number(entry['outq_len'])) | 0;
+  // The peer's window in its own units, as its segments carry it.
+  const window = Number(entry['snd_wnd'] ?? 0xffff) >>> Number(entry['snd_wscale'] ?? 0);
+  const shutdown = (isAcked: boolean): void => {
+    if (isAcked) setSockOptInTask(injector, fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
+    injector.syscallOrThrow('shutdown', [BigInt(fd), BigInt(SHUT_WR)]);
+    if (isAcked) setSockOptInTask(injector, fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+  };
+  if (state === TCP_FIN_WAIT1 || state === TCP_FIN_WAIT2) shutdown(state === TCP_FIN_WAIT2);
+  if (PEER_FIN.has(state)) sendPeerSegment(how.ends, end.inq, sndUna, TH_FIN | TH_ACK, window);
+  if (state === TCP_LAST_ACK) shutdown(false);
+  if (state === TCP_FIN_WAIT2) sendPeerSegment(how.ends, end.inq, (end.outq + 1) | 0, TH_ACK, window);
 }

@@ -472,8 +472,13 @@ export const MSG_WAITALL = 0x100;
 
 /** Socket states as sock_diag and TCP_INFO report them (include/net/tcp_states.h); unix sockets use them too. */
 export const TCP_ESTABLISHED = 1;
+export const TCP_FIN_WAIT1 = 4;
+export const TCP_FIN_WAIT2 = 5;
 export const TCP_CLOSE = 7;
+export const TCP_CLOSE_WAIT = 8;
+export const TCP_LAST_ACK = 9;
 export const TCP_LISTEN = 10;
+export const TCP_CLOSING = 11;
 
 /** Page size on x86_64. */
 export const PAGE_SIZE = 4096;

@@ -145,6 +145,7 @@ export const {
   setsockopt,
   getsockopt,
   sendto,
+  socketUnsentBytes,
   sendFd,
   recvFds,
   cpuid,

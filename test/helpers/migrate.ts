@@ -98,17 +98,18 @@ export async function hostPair(
  * Start self-checking fixture `program` (with `args`, then its report file) on SRC of a new host
  * pair, migrate it with criu-migrate, then SIGTERM it on DST and expect PASS in its report: the
  * migrated counterpart of dumpRestoreCheck. `dstArgs`: more options of DST's agent (-v3, say);
- * returns what that agent wrote on stderr.
+ * returns what that agent wrote on stderr. `migrateArgs`: more options of criu-migrate.
  */
 export async function migrateCheck(
   t: Test,
   program: string,
   args: readonly string[] = [],
   dstArgs: readonly string[] = [],
+  migrateArgs: readonly string[] = [],
 ): Promise<{ dstStderr: string }> {
   const { src, dst, dir, a, b } = await hostPair(t, dstArgs);
   const w = await startOnHost(t, src, [fixturePath(program), ...args], path.join(dir, 'report.txt'));
-  const r = await runMigrate(['--token-file', tokenFile(dir), a.target, b.target, String(w.pid)]);
+  const r = await runMigrate(['--token-file', tokenFile(dir), ...migrateArgs, a.target, b.target, String(w.pid)]);
   t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
   t.equal((await dst.exec(`kill -TERM ${w.pid}`)).status, 0, 'the process is on DST');
   t.not((await src.exec(`test -e /proc/${w.pid}`)).status, 0, 'and gone from SRC');
