@@ -172,7 +172,7 @@ export class AgentOps {
         const prev = p.prevDir === undefined ? undefined : await this.dirPath(p.prevDir, false);
         const to = p.psPort === undefined ? undefined : { address: p.psAddress ?? '127.0.0.1', port: p.psPort };
         const prevRel = prev === undefined ? undefined : relative(dir, prev);
-        const how = { isTcpEstablished: p.tcpEstablished === true };
+        const how = { isTcpEstablished: p.tcpEstablished === true, isTcpClose: p.tcpClose === true };
         return (
           op === 'pre-dump'
             ? await this.engine.preDump(p.pid, dir, to, prevRel, how)
@@ -212,7 +212,14 @@ export class AgentOps {
       case 'restore-final': {
         const p = params as ParamsOf<'restore-final'>;
         const dir = await this.dirPath(p.dir, false);
-        return (await this.engine.restoreFinal(dir, p.pid, p.images, p.serverId, p.addresses)) as R;
+        return (await this.engine.restoreFinal(
+          dir,
+          p.pid,
+          p.images,
+          p.serverId,
+          p.addresses,
+          p.tcpClose === true,
+        )) as R;
       }
       case 'addresses': {
         const p = params as ParamsOf<'addresses'>;

@@ -41,6 +41,8 @@ export interface MigrateOptions {
   onEvent?: (e: MigrateEvent) => void;
   /** Take the task's established TCP connections (criu dump --tcp-established). */
   tcpEstablished?: boolean;
+  /** Take its connected TCP sockets without their connections, restored closed on DST (--tcp-close). */
+  tcpClose?: boolean;
   /** Addresses that move from SRC to DST with the task (with their prefix and device on SRC). */
   moveAddresses?: readonly string[];
 }
@@ -92,7 +94,10 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
   let isCommitted = false;
   /** The moved addresses, as SRC held them ("ADDR/PREFIX@DEV"), once SRC has released them. */
   let released: string[] = [];
-  const tcp = opts.tcpEstablished === true ? { tcpEstablished: true } : {};
+  const tcp = {
+    ...(opts.tcpEstablished === true ? { tcpEstablished: true } : {}),
+    ...(opts.tcpClose === true ? { tcpClose: true } : {}),
+  };
   try {
     await Promise.all([src.hello(), dst.hello()]);
     let moving: string[] = [];
@@ -174,6 +179,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
         images: fd.images,
         serverId: rp.serverId,
         ...(moving.length > 0 ? { addresses: moving } : {}),
+        ...(opts.tcpClose === true ? { tcpClose: true } : {}),
       },
       120_000,
     );

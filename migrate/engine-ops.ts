@@ -85,6 +85,7 @@ export interface FinalDumpResult {
 /** How a dump treats what it may refuse (the controller's options). */
 export interface DumpHow {
   isTcpEstablished?: boolean;
+  isTcpClose?: boolean;
 }
 
 export class EngineOps {
@@ -148,7 +149,7 @@ export class EngineOps {
       pid,
       imagesDir: dir,
       tracker: 'auto',
-      fileOptions: { isTcpEstablished: how.isTcpEstablished === true },
+      fileOptions: { isTcpEstablished: how.isTcpEstablished === true, isTcpClose: how.isTcpClose === true },
       ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
       ...(sink === undefined ? {} : { sink }),
     });
@@ -186,7 +187,7 @@ export class EngineOps {
       end: 'keep-frozen',
       trackMem: true,
       isDurable: false, // carried to DST at once (see WriteSyncOptions.isDurable)
-      fileOptions: { isTcpEstablished: how.isTcpEstablished === true },
+      fileOptions: { isTcpEstablished: how.isTcpEstablished === true, isTcpClose: how.isTcpClose === true },
       ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
       ...(sink === undefined ? {} : { sink }),
     });
@@ -342,6 +343,7 @@ export class EngineOps {
     images: readonly { name: string; data: Uint8Array }[] = [],
     serverId?: number,
     addresses: readonly string[] = [],
+    isTcpClose = false,
   ): Promise<{ pid: number; restoreUs: number; pagesReceived: number; bytes: number }> {
     await this.warming;
     const t0 = process.hrtime.bigint();
@@ -366,6 +368,7 @@ export class EngineOps {
       const r = await restore({
         imagesDir: dir,
         isDetached: true,
+        isTcpClose,
         onAction,
         ...(sk === undefined ? {} : { skeleton: sk }),
       });

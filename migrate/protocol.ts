@@ -163,6 +163,8 @@ export interface DumpParams extends PagesTargetParams {
   prevDir?: string;
   /** Take established TCP connections (criu dump --tcp-established). */
   tcpEstablished?: boolean;
+  /** Take connected TCP sockets without their connections (criu dump --tcp-close). */
+  tcpClose?: boolean;
 }
 
 export interface PreDumpResultWire {
@@ -223,6 +225,8 @@ export interface RestoreFinalParams {
   serverId?: number;
   /** Addresses ("ADDR/PREFIX@DEV") to take before the tree's connections are restored. */
   addresses?: string[];
+  /** Restore the TCP connections closed (criu restore --tcp-close). */
+  tcpClose?: boolean;
 }
 
 /**
@@ -456,6 +460,7 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
     psAddress: opt('string'),
     psPort: opt('number'),
     tcpEstablished: opt('boolean'),
+    tcpClose: opt('boolean'),
   },
   'final-dump': {
     pid: req('number'),
@@ -464,6 +469,7 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
     psAddress: opt('string'),
     psPort: opt('number'),
     tcpEstablished: opt('boolean'),
+    tcpClose: opt('boolean'),
   },
   'source-end': { pid: req('number'), action: req('string') },
   'receive-pages': { dir: req('string'), port: req('number'), address: opt('string'), prevDir: opt('string') },
@@ -476,6 +482,7 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
     images: opt('files'),
     serverId: opt('number'),
     addresses: opt('strings'),
+    tcpClose: opt('boolean'),
   },
   addresses: { action: req('string'), addresses: req('strings') },
 };

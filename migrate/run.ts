@@ -35,6 +35,8 @@ export interface MigrateCliOptions {
   policy: Partial<PolicyOptions>;
   /** --tcp-established: the task's TCP connections go too. */
   tcpEstablished?: boolean;
+  /** --tcp-close: its connected TCP sockets go without their connections, closed on DST. */
+  tcpClose?: boolean;
   /** --move-address: addresses that go from SRC to DST with the task. */
   moveAddresses?: readonly string[];
   statsDir?: string;
@@ -158,6 +160,7 @@ export async function runMigration(o: MigrateCliOptions): Promise<number> {
       keepSource: o.keepSource,
       keepImages: o.keepImages,
       tcpEstablished: o.tcpEstablished === true,
+      tcpClose: o.tcpClose === true,
       moveAddresses: o.moveAddresses ?? [],
       onEvent: (e) => {
         if (e.kind === 'phase' && e.phase === 'final-dump') finalMs = e.ms;

@@ -42,6 +42,7 @@ interface MigrateFlags extends TlsFlags {
   imagesDir?: string;
   verbosity?: string | true;
   tcpEstablished?: boolean;
+  tcpClose?: boolean;
   moveAddress?: string[];
 }
 
@@ -62,6 +63,7 @@ export function buildMigrateProgram(io: CliIo): Command {
     .option('--max-iterations <n>', 'pre-copy iterations at most (default 8)')
     .option('--max-time <seconds>', 'pre-copy time at most (default 60)')
     .option('--tcp-established', "take the task's established TCP connections along")
+    .option('--tcp-close', 'take its connected TCP sockets without their connections: closed on DST')
     .option(
       '--move-address <addr>',
       'an address (IPv4 or IPv6) that goes from SRC to DST with the task, on the device it has on SRC (repeatable)',
@@ -95,6 +97,7 @@ export function buildMigrateProgram(io: CliIo): Command {
         keepSource: o.keepSource === true,
         keepImages: o.keepImages === true,
         tcpEstablished: o.tcpEstablished === true,
+        tcpClose: o.tcpClose === true,
         moveAddresses: moving,
         policy: {
           ...(downtime === undefined ? {} : { downtimeTargetMs: downtime }),

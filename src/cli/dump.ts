@@ -55,6 +55,7 @@ function fileOptionsOf(opts: Options): FileOptions {
     isLinkRemap: opts.linkRemap,
     isEvasiveDevices: opts.evasiveDevices,
     isTcpEstablished: opts.tcpEstablished,
+    isTcpClose: opts.tcpClose,
     isExtUnixSk: opts.extUnixSk,
     isFileLocks: opts.fileLocks,
   };

@@ -93,6 +93,7 @@ export interface Options {
   namespaces: readonly NamespaceKind[];
   extUnixSk: boolean;
   tcpEstablished: boolean;
+  tcpClose: boolean;
   shellJob: boolean;
   fileLocks: boolean;
   linkRemap: boolean;
@@ -299,6 +300,7 @@ export function toOptions(command: CommandName, raw: RawOptions, operands: reado
     namespaces: parseNamespaces(list(raw, 'namespaces')),
     extUnixSk: bool(raw, 'extUnixSk'),
     tcpEstablished: bool(raw, 'tcpEstablished'),
+    tcpClose: bool(raw, 'tcpClose'),
     shellJob: bool(raw, 'shellJob'),
     fileLocks: bool(raw, 'fileLocks'),
     linkRemap: bool(raw, 'linkRemap'),

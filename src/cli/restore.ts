@@ -22,6 +22,7 @@ export function restoreOptions(opts: Options): RestoreOptions {
     isDetached: opts.restoreDetached,
     cpuCap: opts.cpuCap,
     isShellJob: opts.shellJob,
+    isTcpClose: opts.tcpClose,
     autoDedup: opts.autoDedup,
     ...(opts.pidfile === undefined ? {} : { pidfile: opts.pidfile }),
     ...actionOption(opts),

@@ -12,9 +12,13 @@ export function nowUs(): number {
   return Number(process.hrtime.bigint() / 1000n);
 }
 
-/** The inventory; `rootIds` is criu's own task_kobj_ids_entry (ids.ts). */
-export function inventoryEntry(rootIds: ImageEntry): ImageEntry {
+/**
+ * The inventory; `rootIds` is criu's own task_kobj_ids_entry (ids.ts). `isTcpClose`: dumped with
+ * --tcp-close, which the restore then needs too (as in CRIU).
+ */
+export function inventoryEntry(rootIds: ImageEntry, isTcpClose = false): ImageEntry {
   return {
+    ...(isTcpClose ? { tcp_close: true } : {}),
     img_version: 2,
     fdinfo_per_id: true,
     root_ids: rootIds,

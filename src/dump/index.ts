@@ -342,7 +342,13 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     stats.memwriteTimeUs = nowUs() - tWrite;
     // Last: the inventory makes the directory a complete dump.
     writeImagesSync(
-      [{ path: path.join(dir, 'inventory.img'), kind: 'INVENTORY', entries: [inventoryEntry(rootIds())] }],
+      [
+        {
+          path: path.join(dir, 'inventory.img'),
+          kind: 'INVENTORY',
+          entries: [inventoryEntry(rootIds(), opts.fileOptions?.isTcpClose === true)],
+        },
+      ],
       durability,
     );
     stats.frozenTimeUs = nowUs() - tFrozen;

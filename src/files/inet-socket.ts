@@ -172,12 +172,16 @@ function refusalOf(pid: number, fd: number, s: InetSocket, options: FileOptions)
       '(dump again once they are accepted)'
     );
   const isConnection = isTcp && s.state !== TCP_LISTEN && s.state !== TCP_CLOSE;
-  if (isConnection && !(STREAM_STATES.has(s.state) && options.isTcpEstablished === true)) {
+  if (
+    isConnection &&
+    options.isTcpClose !== true &&
+    !(STREAM_STATES.has(s.state) && options.isTcpEstablished === true)
+  ) {
     const peer = s.dst === null ? '' : ` -> ${endpoint(s.dst)}`;
     const state = TCP_STATE_NAMES[s.state] ?? String(s.state);
     return STREAM_STATES.has(s.state)
-      ? `Cannot dump ${what}${peer}: it is connected (${state}); with --tcp-established the connection is dumped too`
-      : `Cannot dump ${what}${peer}: it is connected (${state}), and criu-ts restores ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT and LAST_ACK connections only`;
+      ? `Cannot dump ${what}${peer}: it is connected (${state}); with --tcp-established the connection is dumped too (with --tcp-close it is restored closed)`
+      : `Cannot dump ${what}${peer}: it is connected (${state}), and criu-ts restores ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT and LAST_ACK connections only (with --tcp-close it is restored closed)`;
   }
   if (s.filter !== undefined) return `Cannot dump ${what}: it has ${s.filter}, not supported`;
   return undefined;
@@ -363,7 +367,8 @@ export const inetSocketFile: FdKindModule = {
         ? intOpt(input.localFd, SOL_IPV6, IPV6_FREEBIND)
         : intOpt(input.localFd, SOL_IP, IP_FREEBIND);
     if (freebind !== 0) isk['ip_opts'] = { freebind: true };
-    if (s.proto === IPPROTO_TCP && STREAM_STATES.has(s.state) && s.dst !== null) {
+    const isTcpClose = ctx.options?.isTcpClose === true;
+    if (s.proto === IPPROTO_TCP && STREAM_STATES.has(s.state) && s.dst !== null && !isTcpClose) {
       // --tcp-established: the peer's packets dropped first, then the connection read in repair
       // mode, which it stays in (see tcp-stream.ts); undone by releaseTcpRepair if need be.
       const repaired = tcpRepairsOf(ctx.shared, input.pid);
@@ -411,6 +416,15 @@ export const inetSocketFile: FdKindModule = {
       else set(SOL_IP, IP_FREEBIND, 1);
     }
     const isConnection = proto === IPPROTO_TCP && STREAM_STATES.has(state);
+    if (proto === IPPROTO_TCP && state !== TCP_LISTEN && state !== TCP_CLOSE && ctx.options?.isTcpClose === true) {
+      // --tcp-close: a socket that is no longer connected (a new one: reads say ENOTCONN, writes
+      // EPIPE, poll HUP), with its options; not bound (its address may not be here).
+      restoreSkOpts(injector, fd, opts, true);
+      injector.resetScratch();
+      setStatusFlagsInTask(injector, fd, flags);
+      restoreFown(injector, fd, isk['fown'] as ImageEntry | undefined);
+      return fd;
+    }
     let stream: { entry: ImageEntry; queues: Uint8Array } | null = null;
     if (isConnection) {
       const file = join(ctx.imagesDir, imageFileName('TCP_STREAM', Number(isk['ino'])));

@@ -47,6 +47,7 @@ import {
   TCP_INFO,
 } from '../kernel/constants.js';
 import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
+import { log } from '../log.js';
 import * as sys from '../sys/native.js';
 import { intOpt, peekSocket, setIntOpt, setSockOptInTask } from './sk-opts.js';
 import { sendPeerSegment, TH_ACK, TH_FIN, type SegmentEnds } from './tcp-peer-segment.js';
@@ -219,6 +220,7 @@ export function restoreTcpStreamAfter(
       if ((n === -EAGAIN || n === -ENOMEM) && !isBufferGrown) {
         const room = Math.floor((all.length + (1 << 16)) * 1.5);
         setSockOptInTask(injector, fd, SOL_SOCKET, isReceive ? SO_RCVBUFFORCE : SO_SNDBUFFORCE, room);
+        log().debug(`tcp: fd ${fd}: ${isReceive ? 'receive' : 'send'} buffer grown to ${room} bytes for its queue`);
         isBufferGrown = true;
         continue;
       }

@@ -79,6 +79,11 @@ export interface FileOptions {
   isEvasiveDevices?: boolean;
   /** --tcp-established: established TCP connections are dumped (repair mode, network lock). */
   isTcpEstablished?: boolean;
+  /**
+   * --tcp-close: dump, connected TCP sockets are taken without their connection (nothing done to
+   * it); restore, they are made closed.
+   */
+  isTcpClose?: boolean;
   /** --ext-unix-sk: a datagram unix socket connected outside the task is dumped, to connect again by name. */
   isExtUnixSk?: boolean;
   /** -l/--file-locks: file locks held are dumped (refused otherwise). */

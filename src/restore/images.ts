@@ -59,6 +59,8 @@ export interface RestoreImages extends TaskImages {
   extras(kind: string): Promise<{ entry: ImageEntry; extra?: Uint8Array }[]>;
   /** The inventory's root_ids: the dumping criu's own ids (none in very old images). */
   rootIds: ImageEntry | undefined;
+  /** Dumped with --tcp-close: the connections' state is not in the images. */
+  isTcpClose: boolean;
 }
 
 async function entries(dir: string, name: string, kind: string): Promise<ImageEntry[]> {
@@ -133,6 +135,7 @@ export async function loadImages(dir: string, opts: LoadOptions = {}): Promise<R
     files,
     seccompFilters,
     rootIds: inventory['root_ids'] as ImageEntry | undefined,
+    isTcpClose: inventory['tcp_close'] === true,
     extras: async (kind) => {
       const known = extraCache.get(kind);
       if (known !== undefined) return known;

@@ -25,7 +25,7 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { existsSync } from 'node:fs';
-import { ImageError, UnsupportedError } from '../errors.js';
+import { ImageError, UnsupportedError, UsageError } from '../errors.js';
 import { checkCpuinfoDir } from '../cpuinfo/index.js';
 import { writeImage, type ImageEntry } from '../images/index.js';
 import { injectedCallCounts } from '../inject/injector.js';
@@ -73,6 +73,8 @@ export interface RestoreOptions {
   pidfile?: string;
   /** -j/--shell-job: terminals come from criu's stdin; the task stays in criu's session. */
   isShellJob?: boolean;
+  /** --tcp-close: TCP connections are restored closed (images dumped with it need it). */
+  isTcpClose?: boolean;
   /** Called once the task runs (before waiting for it). */
   onRunning?: (pid: number) => void;
   /** --auto-dedup: once the task runs, its pages are punched out of the images (they are spent). */
@@ -148,7 +150,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   if (!namespaces.isIpcOwn) sysv.check();
   // The tree's connections locked before anything else: the pre-restore action may bring their
   // address to this host (criu-migrate --move-address).
-  const lockedConnections = lockImagedConnections(img.tree, img.files);
+  if (img.isTcpClose && opts.isTcpClose !== true)
+    throw new UsageError(
+      'The images were dumped with --tcp-close (without the TCP connections): restore them with --tcp-close',
+    );
+  const lockedConnections = opts.isTcpClose === true ? [] : lockImagedConnections(img.tree, img.files);
   try {
     await opts.onAction?.('pre-restore', undefined);
   } catch (err) {

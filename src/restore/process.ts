@@ -125,7 +125,7 @@ export async function restoreProcess(p: Restoring, ctx: ProcessRestoreContext): 
     {
       pid: t.pid,
       imagesDir: img.dir,
-      options: { isShellJob: opts.isShellJob === true },
+      options: { isShellJob: opts.isShellJob === true, isTcpClose: opts.isTcpClose === true },
       shared: p.filesShared,
       entriesOf: async (kind) => (kind === 'FILES' ? img.files.map((entry) => ({ entry })) : img.extras(kind)),
     },

@@ -29,6 +29,7 @@ const HANDLED = new Set([
   'leave_stopped',
   'ext_unix_sk',
   'tcp_established',
+  'tcp_close',
   'evasive_devices',
   'shell_job',
   'file_locks',
@@ -65,7 +66,7 @@ const HANDLED = new Set([
 /**
  * Fields accepted at a value that changes nothing here: CRIU's defaults, and choices between ways
  * of doing what criu-ts does its own way (pre_dump_mode: pages are always read, from
- * /proc/PID/mem; network_lock: criu-ts locks no network; display_stats: the stats are in
+ * /proc/PID/mem; network_lock: criu-ts's lock is always nftables'; display_stats: the stats are in
  * stats-dump either way).
  */
 const HARMLESS: Record<string, (v: unknown) => boolean> = {
@@ -139,6 +140,7 @@ export function optionsFromRequest(command: CommandName, o: CriuOpts | undefined
   flag('leave_stopped', 'leaveStopped');
   flag('ext_unix_sk', 'extUnixSk');
   flag('tcp_established', 'tcpEstablished');
+  flag('tcp_close', 'tcpClose');
   flag('evasive_devices', 'evasiveDevices');
   flag('shell_job', 'shellJob');
   flag('file_locks', 'fileLocks');

@@ -181,6 +181,37 @@ export const PROGRAMS: readonly Program[] = [
  * next number; "READY pid" once it listens and "BYE n" when SIGTERM ends it, in REPORT. HOST
  * "dual": one IPv6 socket on [::] that takes IPv4 connections too.
  */
+/**
+ * A client of ASYNCIO_COUNTER that connects again when its connection is lost: `client.py ADDR
+ * PORT OUTFILE`. One line a 50 ms, "GOT <n>" for each answer; a lost connection is
+ * "LOST <exception> <errno>", then "RECONNECTED" once connected again.
+ */
+export const RECONNECTING_CLIENT = `
+import os, socket, sys, time
+out = open(sys.argv[3], "a", buffering=1)
+addr = (sys.argv[1], int(sys.argv[2]))
+def connect():
+    s = socket.create_connection(addr, timeout=5)
+    s.settimeout(5)
+    return s, s.makefile("r")
+s, r = connect()
+out.write(f"READY {os.getpid()}\\n")
+while True:
+    try:
+        s.sendall(b"x\\n")
+        line = r.readline()
+        if not line:
+            raise ConnectionError(0, "end of stream")
+        out.write(f"GOT {line.strip()}\\n")
+    except OSError as e:
+        out.write(f"LOST {type(e).__name__} {e.errno}\\n")
+        s.close()
+        time.sleep(0.1)
+        s, r = connect()
+        out.write("RECONNECTED\\n")
+    time.sleep(0.05)
+`;
+
 export const ASYNCIO_COUNTER = `
 import asyncio, os, signal, socket, sys
 n = 0

@@ -6,15 +6,16 @@
  * connection and the address: the client's connection goes on (same local port, no error, no
  * reset), its answers counting on without a gap, now from DST. When DST cannot restore (its port
  * is taken), SRC gets its address back, the server runs on there, and the client notices nothing
- * but a pause.
+ * but a pause. With --tcp-close instead, a client (a python one, reconnecting) moves without its
+ * connection to a server on a third host, and connects again from DST.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { simHosts, type HostProcess, type SimHost } from '../../../migrate/sim-hosts.js';
 import { poll, sleep } from '../../helpers/cr.js';
 import { runMigrate, startAgent, startOnHost, tokenFile, type HostWorkload } from '../../helpers/migrate.js';
-import { ASYNCIO_COUNTER } from '../../helpers/programs.js';
+import { ASYNCIO_COUNTER, RECONNECTING_CLIENT } from '../../helpers/programs.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (namespaces, ptrace, clone3 set_tid)';
 
@@ -196,5 +197,62 @@ t.test(
     t.match(r.stderr, /does not hold 198\.19\.0\.99/);
     await moreAnswers(s, 5, 10_000);
     oneConnectionCounting(t, s);
+  },
+);
+
+t.test(
+  'with --tcp-close a client migrates without its connection and connects again from DST',
+  { skip: needsRoot },
+  async (t) => {
+    const [src, dst, srv] = await simHosts(['src', 'dst', 'srv'], { t });
+    if (src === undefined || dst === undefined || srv === undefined) throw new Error('no hosts');
+    const dir = t.testdir();
+    const a = await startAgent(t, src, dir);
+    const b = await startAgent(t, dst, dir);
+    const port = 8775;
+    writeFileSync(path.join(dir, 'counter.py'), ASYNCIO_COUNTER);
+    writeFileSync(path.join(dir, 'client.py'), RECONNECTING_CLIENT);
+    const server = srv.spawn([
+      'python3',
+      path.join(dir, 'counter.py'),
+      '0.0.0.0',
+      String(port),
+      path.join(dir, 'server.txt'),
+    ]);
+    t.teardown(() => server.kill('SIGKILL'));
+    await poll(() => existsSync(path.join(dir, 'server.txt')), 'the server to listen', 10_000);
+    const client = await startOnHost(
+      t,
+      src,
+      ['/usr/bin/env', '-i', 'python3', path.join(dir, 'client.py'), srv.addr, String(port)],
+      path.join(dir, 'client.txt'),
+    );
+    const answers = (): number[] => [...client.report().matchAll(/^GOT (\d+)$/gm)].map((m) => Number(m[1]));
+    await poll(() => answers().length >= 5, 'five answers', 10_000);
+    const r = await runMigrate([
+      '--json',
+      '--token-file',
+      tokenFile(dir),
+      '--tcp-close',
+      a.target,
+      b.target,
+      String(client.pid),
+    ]);
+    t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
+    t.equal((await dst.exec(`test -e /proc/${client.pid}`)).status, 0, 'the client runs on DST');
+    const before = answers().length;
+    await poll(
+      () => /RECONNECTED/.test(client.report()) && answers().length >= before + 5,
+      'five answers from DST',
+      20_000,
+    );
+    t.match(client.report(), /LOST /, 'it found its connection lost');
+    const got = answers();
+    t.ok(
+      got.every((n, i) => i === 0 || n > (got[i - 1] as number)),
+      `the server's count goes on (${got.join(' ')})`,
+    );
+    t.equal(await nftTables(src), '', 'no network lock on SRC');
+    await dst.exec(`kill -KILL ${client.pid}`);
   },
 );

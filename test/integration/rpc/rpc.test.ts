@@ -21,7 +21,7 @@ import {
 import path from 'node:path';
 import t, { type Test } from 'tap';
 
-import { readImage } from '../../../src/images/index.js';
+import { readEntries, readImage } from '../../../src/images/index.js';
 import {
   decodeResp,
   encodeReq,
@@ -37,7 +37,7 @@ import { Connection } from '../../../src/pageserver/socket.js';
 import { RpcSocket } from '../../../src/rpc/socket.js';
 import { AF_UNIX, SOCK_CLOEXEC, SOCK_DGRAM } from '../../../src/kernel/constants.js';
 import * as sys from '../../../src/sys/native.js';
-import { poll, startWorkload, taskState, waitGone } from '../../helpers/cr.js';
+import { endExpectPass, poll, startWorkload, taskState, waitGone } from '../../helpers/cr.js';
 import { makePki } from '../../helpers/pki.js';
 import { CRIU_BIN, request, startSwrk } from '../../helpers/rpc.js';
 
@@ -147,8 +147,8 @@ t.test('failures come back as CRIU reports them', { skip: needsRoot }, async (t)
 
   const refused = startSwrk();
   t.teardown(() => refused.close());
-  const o = await refused.call({ type: ReqType.DUMP, opts: { images_dir_fd: fd, pid: process.pid, tcp_close: true } });
-  t.match(o, { success: false, cr_errno: EBADRQC, cr_errmsg: /tcp_close is not supported/ });
+  const o = await refused.call({ type: ReqType.DUMP, opts: { images_dir_fd: fd, pid: process.pid, lazy_pages: true } });
+  t.match(o, { success: false, cr_errno: EBADRQC, cr_errmsg: /lazy_pages is not supported/ });
 
   const noDir = startSwrk();
   t.teardown(() => noDir.close());
@@ -204,6 +204,33 @@ t.test('RESTORE of a task whose PID is in use: EEXIST', { skip: needsRoot }, asy
   });
   t.ok(existsSync(`/proc/${w.pid}`), 'the running task is untouched');
 });
+
+t.test(
+  'tcp_close: a connection dumped without its state, and a RESTORE that needs it too',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_state', dir, ['tcp-conn']);
+    t.teardown(() => w.kill());
+    const imgDir = path.join(dir, 'img');
+    const img = dirFd(t, imgDir);
+    const d = startSwrk();
+    t.teardown(() => d.close());
+    const dumped = await d.call({
+      type: ReqType.DUMP,
+      opts: { images_dir_fd: img, pid: w.pid, leave_running: true, tcp_close: true },
+    });
+    t.equal(dumped.success, true, String(dumped.cr_errmsg));
+    t.equal((await readEntries(path.join(imgDir, 'inventory.img'), 'INVENTORY'))[0]?.['tcp_close'], true);
+    const r = startSwrk();
+    t.teardown(() => r.close());
+    t.match(await r.call({ type: ReqType.RESTORE, opts: { images_dir_fd: img } }), {
+      success: false,
+      cr_errmsg: /dumped with --tcp-close/,
+    });
+    await endExpectPass(t, w);
+  },
+);
 
 t.test('a pre-dump loop only goes on with PRE_DUMP or DUMP', { skip: needsRoot }, async (t) => {
   const dir = t.testdir();
