@@ -41,7 +41,8 @@ import {
 import * as sys from '../sys/native.js';
 import { descriptionFlags, setStatusFlagsInTask } from './file-flags.js';
 import { dumpFown, restoreFown } from './fown.js';
-import { closeInTask, openInTask } from './task-io.js';
+import { closeInTask, feedInTask, openInTask } from './task-io.js';
+import { SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
 import {
   FD_TYPES,
   type FdDumpInput,
@@ -160,14 +161,8 @@ export function fillPipeInTask(injector: Injector, writeFd: number, sizeBytes: n
       throw err;
     }
   }
-  if (data.length === 0) return;
   const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  const addr = injector.pushData(buf);
-  for (let off = 0; off < buf.length;) {
-    const n = Number(injector.syscallOrThrow('write', [fd, addr + BigInt(off), BigInt(buf.length - off)]));
-    if (n <= 0) throw new Error(`Cannot refill a pipe: write returned ${n}`);
-    off += n;
-  }
+  feedInTask(injector, buf, 'a pipe (write)', (addr, len) => injector.syscall(NR.write, [fd, addr, BigInt(len)]));
 }
 
 /** pipe2(fds, 0) inside the task: [read end, write end]. */

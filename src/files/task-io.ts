@@ -1,6 +1,7 @@
 /**
  * Opening, positioning and closing files inside a task being restored, by injected syscalls:
- * openat(2), lseek(2), close(2). Shared by the path-based fd kinds (reg, ghost, memfd).
+ * openat(2), lseek(2), close(2). Shared by the path-based fd kinds (reg, ghost, memfd). And
+ * feeding bytes to an fd of the task (a pipe's, a socket's queue), through its scratch space.
  *
  * A failed call is rethrown as a SyscallError naming the path (the injector's own error names
  * only the raw arguments).
@@ -58,4 +59,41 @@ export function closeInTask(injector: Injector, fd: number): void {
 export function taskSyscallError(name: string, ret: bigint, args: readonly (string | number | bigint)[]): SyscallError {
   const errno = Number(-ret);
   return new SyscallError(name, errno, errnoName(errno), args);
+}
+
+/** Bytes copied into the task at once: well within its scratch space (512 KiB, restore/stub.ts). */
+export const FEED_CHUNK = 128 << 10;
+
+/**
+ * Feed `data` to the task, `chunk` bytes of its scratch space at a time (the scratch space is
+ * reused: what was pushed before is gone). `put(addr, len)` runs the injected call that takes
+ * bytes from there (write, sendto) and returns its raw result: bytes taken, or -errno.
+ * `onErrno(errno)` may make room (a bigger buffer) and return true to try again; any other failure,
+ * or a call that takes nothing, throws with `what`. A message that must go whole (a datagram) is
+ * fed with `chunk` at least its length.
+ */
+export function feedInTask(
+  injector: Injector,
+  data: Buffer,
+  what: string,
+  put: (addr: bigint, len: number) => bigint,
+  opts: { chunk?: number; onErrno?: (errno: number) => boolean } = {},
+): void {
+  const chunk = opts.chunk ?? FEED_CHUNK;
+  let base = 0n;
+  let chunkEnd = 0;
+  for (let off = 0; off < data.length;) {
+    if (off >= chunkEnd) {
+      injector.resetScratch();
+      chunkEnd = Math.min(data.length, off + chunk);
+      base = injector.pushData(data.subarray(off, chunkEnd)) - BigInt(off);
+    }
+    const ret = put(base + BigInt(off), chunkEnd - off);
+    if (ret < 0n && ret >= -4095n) {
+      if (opts.onErrno?.(Number(-ret)) === true) continue;
+      throw taskSyscallError(what, ret, [off, data.length]);
+    }
+    if (ret === 0n) throw new Error(`Cannot refill ${what}: nothing taken at ${off} of ${data.length} bytes`);
+    off += Number(ret);
+  }
 }

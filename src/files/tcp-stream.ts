@@ -51,6 +51,7 @@ import { log } from '../log.js';
 import * as sys from '../sys/native.js';
 import { intOpt, peekSocket, setIntOpt, setSockOptInTask } from './sk-opts.js';
 import { sendPeerSegment, TH_ACK, TH_FIN, type SegmentEnds } from './tcp-peer-segment.js';
+import { feedInTask } from './task-io.js';
 
 /**
  * The connection states dumped and restored: ESTABLISHED and the half-closed ones a server meets
@@ -210,24 +211,25 @@ export function restoreTcpStreamAfter(
   const outq = all.subarray(inqLen);
   const unsent = Math.min(Number(entry['unsq_len'] ?? 0), outq.length);
   let isBufferGrown = false;
-  /** Send `data` without blocking; a buffer too small for it (the dumped one was autotuned) is grown. */
-  const sendAll = (data: Buffer, isReceive: boolean): void => {
-    if (data.length === 0) return;
-    const addr = injector.pushData(data);
-    for (let off = 0; off < data.length;) {
-      const args = [BigInt(fd), addr + BigInt(off), BigInt(data.length - off), BigInt(MSG_DONTWAIT), 0n, 0n];
-      const n = Number(injector.syscall(SYSCALLS_X86_64.sendto, args));
-      if ((n === -EAGAIN || n === -ENOMEM) && !isBufferGrown) {
-        const room = Math.floor((all.length + (1 << 16)) * 1.5);
-        setSockOptInTask(injector, fd, SOL_SOCKET, isReceive ? SO_RCVBUFFORCE : SO_SNDBUFFORCE, room);
-        log().debug(`tcp: fd ${fd}: ${isReceive ? 'receive' : 'send'} buffer grown to ${room} bytes for its queue`);
-        isBufferGrown = true;
-        continue;
-      }
-      if (n <= 0) throw new Error(`Cannot refill a TCP queue of ${data.length} bytes: sendto returned ${n}`);
-      off += n;
-    }
-  };
+  /** Send `data` without blocking; a buffer too small for it (the dumped one had grown) is grown. */
+  const sendAll = (data: Buffer, isReceive: boolean): void =>
+    feedInTask(
+      injector,
+      data,
+      `the ${isReceive ? 'receive' : 'send'} queue of a TCP connection (sendto)`,
+      (addr, len) =>
+        injector.syscall(SYSCALLS_X86_64.sendto, [BigInt(fd), addr, BigInt(len), BigInt(MSG_DONTWAIT), 0n, 0n]),
+      {
+        onErrno: (errno) => {
+          if ((errno !== EAGAIN && errno !== ENOMEM) || isBufferGrown) return false;
+          const room = Math.floor((all.length + (1 << 16)) * 1.5);
+          setSockOptInTask(injector, fd, SOL_SOCKET, isReceive ? SO_RCVBUFFORCE : SO_SNDBUFFORCE, room);
+          log().debug(`tcp: fd ${fd}: ${isReceive ? 'receive' : 'send'} buffer grown to ${room} bytes for its queue`);
+          isBufferGrown = true;
+          return true;
+        },
+      },
+    );
   set(TCP_REPAIR_QUEUE, TCP_RECV_QUEUE);
   sendAll(all.subarray(0, inqLen), true);
   // Sent before the dump: back in repair mode, as sent (acknowledged or not, the peer has them or

@@ -69,7 +69,8 @@ import {
   setSockOptInTask,
 } from './sk-opts.js';
 import { fdLink, listFds } from './collect.js';
-import { closeInTask } from './task-io.js';
+import { closeInTask, feedInTask } from './task-io.js';
+import { SYSCALLS_X86_64 as NR } from '../kernel/syscalls.js';
 import { FD_TYPES, type FdDumpInput, type FdKindModule, type FileOptions, type FileRestoreContext } from './types.js';
 import { unixDiag, type UnixDiag } from './unix-diag.js';
 
@@ -357,11 +358,12 @@ function getIntOptInTask(injector: Injector, fd: number, name: number): number {
 }
 
 /**
- * Send `messages` through the task's socket `fd` (its peer receives them): each whole, never
- * blocking. What can wait is bounded by the sender's buffer: for more than fits, the buffer is
- * raised for the sends and then given back its size and lock as they were.
+ * Send `messages` through the task's socket `fd` (its peer receives them), never blocking: each
+ * whole (`type` datagram or seqpacket), or a chunk at a time (stream). What can wait is bounded by
+ * the sender's buffer: for more than fits, the buffer is raised for the sends and then given back
+ * its size and lock as they were.
  */
-function sendAllInTask(injector: Injector, fd: number, messages: readonly Uint8Array[]): void {
+function sendAllInTask(injector: Injector, fd: number, type: number, messages: readonly Uint8Array[]): void {
   const total = messages.reduce((n, m) => n + m.length, 0);
   if (total === 0) return;
   const need = total * 2 + (64 << 10);
@@ -370,15 +372,20 @@ function sendAllInTask(injector: Injector, fd: number, messages: readonly Uint8A
   if (size < need) setSockOptInTask(injector, fd, SOL_SOCKET, SO_SNDBUFFORCE, need / 2);
   for (const data of messages) {
     const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-    const addr = injector.pushData(buf);
-    for (let off = 0; off < buf.length;) {
-      const args = [BigInt(fd), addr + BigInt(off), BigInt(buf.length - off), BigInt(MSG_DONTWAIT), 0n, 0n];
-      const n = Number(injector.syscallOrThrow('sendto', args));
-      if (n <= 0) throw new UnsupportedError('unix-socket', `Cannot refill a unix socket: sendto returned ${n}`);
-      off += n;
+    if (buf.length === 0 && type !== SOCK_STREAM) {
+      // An empty datagram is a message too.
+      injector.syscallOrThrow('sendto', [BigInt(fd), 0n, 0n, BigInt(MSG_DONTWAIT), 0n, 0n]);
+      continue;
     }
-    injector.resetScratch();
+    feedInTask(
+      injector,
+      buf,
+      'a unix socket (sendto)',
+      (addr, len) => injector.syscall(NR.sendto, [BigInt(fd), addr, BigInt(len), BigInt(MSG_DONTWAIT), 0n, 0n]),
+      type === SOCK_STREAM ? {} : { chunk: Math.max(buf.length, 1) },
+    );
   }
+  injector.resetScratch();
   if (size < need) {
     setSockOptInTask(injector, fd, SOL_SOCKET, SO_SNDBUFFORCE, size / 2);
     setSockOptInTask(injector, fd, SOL_SOCKET, SO_BUF_LOCK, lock);
@@ -502,7 +509,7 @@ export const unixSocketFile: FdKindModule = {
       const firstFd = ctx.fdOfFileId(second.firstId);
       if (firstFd === undefined)
         throw new UnsupportedError('unix-socket', `The other end of unix socket ${ino} was not placed`);
-      sendAllInTask(injector, firstFd, await queueOf(ctx, id));
+      sendAllInTask(injector, firstFd, type, await queueOf(ctx, id));
       shutdownInTask(injector, firstFd, second.firstShutdown);
       shutdownInTask(injector, fd, shutdown);
     } else if (secondElsewhere !== undefined && ctx.tree !== undefined) {
@@ -515,7 +522,7 @@ export const unixSocketFile: FdKindModule = {
       fd = ctx.tree.takeFrom(secondElsewhere.pid, secondElsewhere.fd);
       const firstFd = ctx.tree.takeFrom(first.pid, first.fd);
       try {
-        sendAllInTask(injector, firstFd, await queueOf(ctx, id));
+        sendAllInTask(injector, firstFd, type, await queueOf(ctx, id));
         shutdownInTask(injector, firstFd, secondElsewhere.firstShutdown);
       } finally {
         closeInTask(injector, firstFd);
@@ -537,7 +544,7 @@ export const unixSocketFile: FdKindModule = {
       // the end, once the files it might be mistaken for are in place.
       const [mine, other] = await connectionInTask(ctx, usk);
       fd = mine;
-      sendAllInTask(injector, other, await queueOf(ctx, id));
+      sendAllInTask(injector, other, type, await queueOf(ctx, id));
       const key = peer !== 0 ? pairKey(peer) : `${pairKey(0)}:closed:${id}`;
       const parked: PairEnd = { fd: ctx.parkFd(other), firstId: id, firstShutdown: shutdown };
       ctx.shared.set(key, parked);
