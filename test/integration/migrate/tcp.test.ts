@@ -6,7 +6,8 @@
  * connection and the address: the client's connection goes on (same local port, no error, no
  * reset), its answers counting on without a gap, now from DST. When DST cannot restore (its port
  * is taken), SRC gets its address back, the server runs on there, and the client notices nothing
- * but a pause. With --tcp-close instead, a client (a python one, reconnecting) moves without its
+ * but a pause. Redis (Debian's) moves the same way with its data and a client doing INCR. With
+ * --tcp-close instead, a client (a python one, reconnecting) moves without its
  * connection to a server on a third host, and connects again from DST.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -21,30 +22,42 @@ const needsRoot = process.getuid?.() === 0 ? false : 'needs root (namespaces, pt
 
 const hostPrefix = (address: string): number => (address.includes(':') ? 128 : 32);
 
-// One connection; a line every 50 ms, the answer logged; any error or end of stream logged, then exit.
+// One connection (tried for 5 s); a request every 50 ms, the number answered logged; any error or
+// end of stream logged, then exit. `client.py ADDR PORT OUTFILE REQUEST` with REQUEST "line" (a
+// line, for ASYNCIO_COUNTER) or "redis" (INCR counter, in RESP).
 const CLIENT = `
 import socket, sys, time
 out = open(sys.argv[3], "a", buffering=1)
+request = b"x\\n" if sys.argv[4] == "line" else b"*2\\r\\n$4\\r\\nINCR\\r\\n$7\\r\\ncounter\\r\\n"
 try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    for attempt in range(50):
+        try:
+            s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+            break
+        except ConnectionRefusedError:
+            time.sleep(0.1)
     s.settimeout(30)
     out.write(f"CONNECTED {s.getsockname()[1]}\\n")
-    r = s.makefile("r")
+    r = s.makefile("rb")
     while True:
-        s.sendall(b"x\\n")
+        s.sendall(request)
         line = r.readline()
         if not line:
             out.write("EOF\\n")
             break
-        out.write(f"GOT {line.strip()} {time.monotonic():.3f}\\n")
+        out.write(f"GOT {line.decode().strip().lstrip(':')} {time.monotonic():.3f}\\n")
         time.sleep(0.05)
 except Exception as e:
     out.write(f"ERROR {e!r}\\n")
 `;
 
+/** The servers the client talks to: a python asyncio one (counting lines), or Redis (INCR). */
+type ServerKind = 'asyncio' | 'redis';
+
 interface Scene {
   src: SimHost;
   dst: SimHost;
+  cli: SimHost;
   dir: string;
   targets: [string, string];
   server: HostWorkload;
@@ -53,7 +66,7 @@ interface Scene {
   clientLog: () => string;
 }
 
-async function scene(t: Test, address: string, port: number): Promise<Scene> {
+async function scene(t: Test, address: string, port: number, kind: ServerKind = 'asyncio'): Promise<Scene> {
   const [src, dst, cli] = await simHosts(['src', 'dst', 'cli'], { t });
   if (src === undefined || dst === undefined || cli === undefined) throw new Error('no hosts');
   const dir = t.testdir();
@@ -72,23 +85,37 @@ async function scene(t: Test, address: string, port: number): Promise<Scene> {
   }
   const script = path.join(dir, 'counter.py');
   writeFileSync(script, ASYNCIO_COUNTER);
+  // Redis as Debian ships it, on every address, keeping nothing on disk; READY once it runs ($0:
+  // the report file, startOnHost's last argument; startOnHost quotes each argument in '').
+  const redis =
+    `echo "READY $$" > "$0"; exec redis-server --port ${port} --bind "* -::*" --protected-mode no ` +
+    `--save "" --appendonly no --dir "${dir}" --logfile "${path.join(dir, 'redis.log')}"`;
   const server = await startOnHost(
     t,
     src,
-    ['/usr/bin/env', '-i', 'python3', script, isV6 ? 'dual' : '0.0.0.0', String(port)],
+    kind === 'redis'
+      ? ['/bin/sh', '-c', redis]
+      : ['/usr/bin/env', '-i', 'python3', script, isV6 ? 'dual' : '0.0.0.0', String(port)],
     path.join(dir, 'report.txt'),
   );
   const clientScript = path.join(dir, 'client.py');
   writeFileSync(clientScript, CLIENT);
   const clientFile = path.join(dir, 'client.txt');
   writeFileSync(clientFile, '');
-  const client = cli.spawn(['python3', clientScript, address, String(port), clientFile]);
+  const client = cli.spawn([
+    'python3',
+    clientScript,
+    address,
+    String(port),
+    clientFile,
+    kind === 'redis' ? 'redis' : 'line',
+  ]);
   t.teardown(() => client.kill('SIGKILL'));
   const clientLog = (): string => readFileSync(clientFile, 'utf8');
   const answers = (): number[] => [...clientLog().matchAll(/^GOT (\d+) /gm)].map((m) => Number(m[1]));
   await poll(() => answers().length >= 10 || /ERROR|EOF/.test(clientLog()), 'ten answers from SRC', 20_000);
   t.notMatch(clientLog(), /ERROR|EOF/, 'the client talks to SRC');
-  return { src, dst, dir, targets: [a.target, b.target], server, client, answers, clientLog };
+  return { src, dst, cli, dir, targets: [a.target, b.target], server, client, answers, clientLog };
 }
 
 /** The answers so far are 1, 2, 3... on one connection, without an error. */
@@ -156,6 +183,33 @@ for (const [family, address, port] of [
     await s.server.waitFor(`BYE ${total}`);
     t.pass('the server ends on DST with the count the client saw');
   });
+
+t.test('Redis migrates live with a client connected through its address', { skip: needsRoot }, async (t) => {
+  const address = '198.19.0.13';
+  const port = 8776;
+  const s = await scene(t, address, port, 'redis');
+  const cli = (cmd: string): Promise<string> =>
+    s.cli.exec(`redis-cli -h ${address} -p ${port} ${cmd}`).then((r) => r.stdout.trim());
+  // Some data besides the client's counter, written through a connection of its own.
+  const keys = Array.from({ length: 500 }, (_, i) => `SET key${i} value${i}`).join('\n');
+  t.equal((await s.cli.exec(`redis-cli -h ${address} -p ${port}`, { input: `${keys}\n` })).status, 0);
+  t.equal(await cli('DBSIZE'), '501', "the client's counter and 500 keys");
+  const r = await migrateWith(s, address, ['--json']);
+  t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
+  t.equal((JSON.parse(r.stdout) as Record<string, number>)['dst_pid'], s.server.pid);
+  t.comment(`downtime ${(JSON.parse(r.stdout) as Record<string, number>)['downtime_ms']} ms`);
+  t.equal((await s.dst.exec(`test -e /proc/${s.server.pid}`)).status, 0, 'Redis runs on DST');
+  await moreAnswers(s, 20, 30_000);
+  oneConnectionCounting(t, s);
+  t.equal(await cli('GET key377'), 'value377', 'its data is there');
+  t.equal(await cli('DBSIZE'), '501');
+  t.equal(await nftTables(s.src), '', 'no network lock is left on SRC');
+  t.equal(await nftTables(s.dst), '', 'nor on DST');
+  await s.client.kill('SIGKILL');
+  const total = s.answers().length;
+  t.equal(await cli('GET counter'), String(total), 'the counter is what the client saw');
+  t.equal(await cli('SHUTDOWN NOSAVE'), '', 'and it shuts down when asked');
+});
 
 t.test('a migration that fails after the address moved gives it back to SRC', { skip: needsRoot }, async (t) => {
   const address = '198.19.0.11';
