@@ -3,9 +3,11 @@
  * "ADDR/PREFIX@DEV" (protocol.ts AddressesParams). SRC says where it holds each one before the
  * pre-copy and DST whether it could take them, so that a migration that cannot move them fails
  * before anything is frozen; SRC releases them once the process is frozen, and takes them back
- * when the migration fails after that; DST takes them in its restore (engine-ops.ts restoreFinal).
+ * when the migration fails after that; DST takes them in its restore (engine-ops.ts restoreFinal)
+ * and drops them when the migration fails after its restore was asked for.
  */
 
+import { isIP } from 'node:net';
 import { UsageError } from '../src/errors.js';
 import { addAddress, cannotTake, heldAddress, parseAddress, removeAddress, type HostAddress } from '../src/index.js';
 
@@ -16,7 +18,10 @@ export function addressToWire(a: HostAddress): string {
 export function addressFromWire(text: string): HostAddress {
   const m = /^([^/@]+)\/(\d{1,3})@(.+)$/.exec(text);
   if (m === null) throw new UsageError(`Invalid address "${text}": ADDR/PREFIX@DEV`);
-  return { address: parseAddress(m[1] as string), prefix: Number(m[2]), dev: m[3] as string };
+  const address = parseAddress(m[1] as string);
+  const prefix = Number(m[2]);
+  if (prefix > (isIP(address) === 6 ? 128 : 32)) throw new UsageError(`Invalid address "${text}": prefix ${prefix}`);
+  return { address, prefix, dev: m[3] as string };
 }
 
 /** Operation `addresses` (see AddressesParams): the addresses as "ADDR/PREFIX@DEV". */
@@ -37,11 +42,15 @@ export function moveAddresses(action: string, list: readonly string[]): string[]
     case 'release':
       for (const text of list) removeAddress(addressFromWire(text));
       return [...list];
+    case 'drop':
+      // DST after a failed migration: those it took go (it may not have taken them all).
+      for (const a of list.map(addressFromWire)) if (heldAddress(a.address) !== undefined) removeAddress(a);
+      return [...list];
     case 'take':
       // Those a failed release left in place are taken already.
       for (const a of list.map(addressFromWire)) if (heldAddress(a.address) === undefined) addAddress(a);
       return [...list];
     default:
-      throw new UsageError(`addresses: action must be held, check-free, release or take, not "${action}"`);
+      throw new UsageError(`addresses: action must be held, check-free, release, take or drop, not "${action}"`);
   }
 }

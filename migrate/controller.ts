@@ -94,6 +94,8 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
   let isCommitted = false;
   /** The moved addresses, as SRC held them ("ADDR/PREFIX@DEV"), once SRC has released them. */
   let released: string[] = [];
+  /** Once DST was asked to restore (and so to take the addresses). */
+  let isRestoreAsked = false;
   const tcp = {
     ...(opts.tcpEstablished === true ? { tcpEstablished: true } : {}),
     ...(opts.tcpClose === true ? { tcpClose: true } : {}),
@@ -171,6 +173,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
     emit({ kind: 'phase', phase: 'final-dump', ms: fd.sinceFreezeUs / 1000 });
     const imageBytes = fd.images.reduce((n, f) => n + f.data.length, 0);
     step = 'restore on DST';
+    isRestoreAsked = true;
     const rr = await dst.call(
       'restore-final',
       {
@@ -222,6 +225,10 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
       throw new CriuError('ETASK', `Migrated, but ${step} failed: ${describeError(err)}`, { cause: err });
     }
     log().info(`migrate: ${step} failed: ${describeError(err)}; resuming the source`);
+    if (released.length > 0 && isRestoreAsked)
+      await dst.call('addresses', { action: 'drop', addresses: released }).catch((e: unknown) => {
+        log().error(`migrate: cannot make DST give the addresses back: ${describeError(e)}`);
+      });
     if (released.length > 0)
       await src.call('addresses', { action: 'take', addresses: released }).catch((e: unknown) => {
         log().error(`migrate: cannot give SRC its addresses back: ${describeError(e)}`);

@@ -100,6 +100,10 @@ export class EngineOps {
     }
   >();
   private readonly skeletons = new Map<number, Skeleton>();
+  /** Skeletons being made (Skeleton.create waits), and those aborted meanwhile. */
+  private readonly creating = new Set<number>();
+  private readonly abortedWhileCreating = new Set<number>();
+  private isClosed = false;
   private readonly servers = new Map<number, { server: PageServer; done: Promise<PageServerSummary> }>();
   private nextServerId = 1;
   private readonly warming: Promise<void> | null;
@@ -321,7 +325,17 @@ export class EngineOps {
     if (sk === undefined) {
       // The agent is the restored task's parent and reaps it (restoreFinal); were the task a
       // sibling instead, its parent would be whoever started the agent, which may never reap it.
-      sk = await Skeleton.create(layouts, { cloneFlags });
+      // Made asynchronously (it may wait for its PIDs): an abort or close meanwhile is seen after.
+      this.creating.add(pid);
+      try {
+        sk = await Skeleton.create(layouts, { cloneFlags });
+      } finally {
+        this.creating.delete(pid);
+      }
+      if (this.isClosed || this.abortedWhileCreating.delete(pid)) {
+        sk.abort();
+        throw new TaskError(pid, `The skeleton of ${pid} was aborted while it was being made`);
+      }
       this.skeletons.set(pid, sk);
     }
     try {
@@ -350,6 +364,17 @@ export class EngineOps {
     const sk = this.skeletons.get(pid);
     this.skeletons.delete(pid);
     const taken: HostAddress[] = [];
+    // A failed restore gives the addresses back before it lifts its connections' locks: a
+    // client's packet meanwhile must not meet this host holding the address without the socket.
+    const giveBack = (): void => {
+      for (const a of taken.splice(0).reverse()) {
+        try {
+          removeAddress(a);
+        } catch (e) {
+          log().error(`agent: cannot give back ${a.address}: ${String(e)}`);
+        }
+      }
+    };
     try {
       const received =
         serverId === undefined ? { pagesReceived: 0, bytes: 0 } : await this.receiveWait(serverId, 60_000);
@@ -370,6 +395,7 @@ export class EngineOps {
         isDetached: true,
         isTcpClose,
         onAction,
+        onFailure: giveBack,
         ...(sk === undefined ? {} : { skeleton: sk }),
       });
       reapWhenDone(r.pid);
@@ -378,18 +404,13 @@ export class EngineOps {
       return { pid: r.pid, restoreUs: Number((process.hrtime.bigint() - t0) / 1000n), ...received };
     } catch (err) {
       sk?.abort();
-      for (const a of taken.reverse()) {
-        try {
-          removeAddress(a);
-        } catch (e) {
-          log().error(`agent: cannot give back ${a.address}: ${String(e)}`);
-        }
-      }
+      giveBack();
       throw err;
     }
   }
 
   skeletonAbort(pid: number): boolean {
+    if (this.creating.has(pid)) this.abortedWhileCreating.add(pid);
     const sk = this.skeletons.get(pid);
     if (sk === undefined) return false;
     this.skeletons.delete(pid);
@@ -399,6 +420,7 @@ export class EngineOps {
 
   /** Stop everything: servers closed, skeletons killed, frozen sources resumed (never left frozen). */
   close(): void {
+    this.isClosed = true;
     for (const { server } of this.servers.values()) server.close();
     this.servers.clear();
     for (const pid of [...this.skeletons.keys()]) this.skeletonAbort(pid);

@@ -27,8 +27,11 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Packr } from 'msgpackr';
 
-/** Bumped on any incompatible change; both sides refuse another version. */
-export const PROTOCOL_VERSION = 3;
+/**
+ * Bumped on any incompatible change; both sides refuse another version. 4: TCP connections
+ * (half-closed ones too, --tcp-close) and moved addresses.
+ */
+export const PROTOCOL_VERSION = 4;
 
 /** WebSocket close code: authentication missing or refused. */
 export const CLOSE_AUTH = 4001;
@@ -233,7 +236,9 @@ export interface RestoreFinalParams {
  * The addresses that move with a process (criu-migrate --move-address), as "ADDR/PREFIX@DEV":
  * 'held' (SRC: where it holds each ADDR given bare; an error if it does not), 'check-free' (DST:
  * an error if it could not take them), 'release' (SRC, the process frozen), 'take' (SRC, when
- * the migration fails after 'release'). The result: the addresses, as "ADDR/PREFIX@DEV".
+ * the migration fails after 'release'; those it holds already are left), 'drop' (DST, when the
+ * migration fails after its restore was asked for: those it holds go). The result: the
+ * addresses, as "ADDR/PREFIX@DEV".
  */
 export interface AddressesParams {
   action: string;

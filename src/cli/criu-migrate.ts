@@ -86,7 +86,7 @@ export function buildMigrateProgram(io: CliIo): Command {
       const downtime = num(o.downtimeTarget, '--downtime-target');
       const iterations = num(o.maxIterations, '--max-iterations');
       const seconds = num(o.maxTime, '--max-time');
-      const moving = (o.moveAddress ?? []).map(parseAddress);
+      const moving = [...new Set((o.moveAddress ?? []).map(parseAddress))];
       const { runMigration } = await import('../../migrate/run.js');
       const tls = tlsOptionsOf(o);
       await runMigration({

@@ -34,7 +34,7 @@ import type * as TrackModule from '../mem/track/index.js';
 import { localImageSink } from '../files/image-sink.js';
 import type { FileOptions } from '../files/types.js';
 import { removeLinkRemaps } from '../files/link-remap.js';
-import { unlockConnections } from '../files/inet-socket.js';
+import { unlockDumpedConnections } from '../files/inet-socket.js';
 import { dumpCpuinfo } from '../cpuinfo/index.js';
 import type { DirtyTracker } from '../mem/track/index.js';
 import { dedupChain } from '../mem/dedup.js';
@@ -390,7 +390,11 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       stats.frozenAtUs = t0; // the freeze began there: its own time is downtime too
       stats.endConnections = (how) => {
         if (how === 'resumed') releaseTree(filesShared, ending);
-        else unlockConnections(ending.map((t) => t.pid));
+        else
+          unlockDumpedConnections(
+            filesShared,
+            ending.map((t) => t.pid),
+          );
       };
       stats.endTracking = () => endTrackers(false);
     } else {

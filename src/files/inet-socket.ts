@@ -22,10 +22,12 @@
  * the other options, SO_REUSEADDR as dumped, status flags and owner. Buffer sizes are set only when
  * the program had set them (SO_BUF_LOCK), so that autotuning stays on otherwise. A connection is
  * put in repair mode before bind (so its port may be the listener's) and connected there, which
- * sends nothing; finishRestore lifts the network lock once every file is back.
+ * sends nothing. It leaves repair mode once the whole tree is restored (finishTcpRepairs), and the
+ * restore lifts the network lock after that (endRestoreLocks).
  */
 
 import { join } from 'node:path';
+import type { Injector } from '../inject/injector.js';
 import { ImageError, UnsupportedError } from '../errors.js';
 import { imageFileName, ipBytes, ipText, ipWords, readImage, type ImageEntry } from '../images/index.js';
 import {
@@ -66,10 +68,11 @@ import {
   setSockOptInTask,
 } from './sk-opts.js';
 import { imageSinkOf } from './image-sink.js';
-import { lockConnection, unlock } from './net-lock.js';
+import { lockConnection, lockConnections, unlock, type LockedConnection } from './net-lock.js';
 import {
   dumpTcpStream,
   endTcpRepair,
+  endTcpRepairInTask,
   restoreTcpStreamAfter,
   restoreTcpStreamBefore,
   STREAM_STATES,
@@ -233,8 +236,6 @@ function endpointOf(family: number, words: readonly number[], port: number): str
   });
 }
 
-/** ctx.shared key: a TCP connection was restored (the network lock is lifted at the end). */
-const TCP_RESTORED = 'tcp-restored';
 /** ctx.shared key: task `pid`'s fds whose connections were put in repair mode by this dump. */
 const tcpRepairsKey = (pid: number): string => `tcp-repairs:${pid}`;
 
@@ -273,54 +274,105 @@ export function releaseTcpRepair(shared: Map<string, unknown>, pid: number): voi
   }
 }
 
+/** The connections a restore makes, by the process that has each open (to lock them in its table). */
+export type ImagedConnections = Map<number, LockedConnection[]>;
+
 /**
- * Lock the established TCP connections a restore is about to make (what net-lock.ts does on dump),
- * before any process of the tree exists: until each is back, its peer's packets are dropped
- * instead of answered with a reset by a host that holds the address but not yet the socket (the
- * destination of a live migration, to which the address moved). Each connection goes into the
- * table of the process that has it open; each process's restore lifts its own (finishRestore).
- * The pids whose tables were made, for unlockConnections if the restore fails.
+ * The TCP connections (ESTABLISHED and half-closed) of the images' tree, by the processes that
+ * have them open (a connection two processes share is in both tables).
  */
-export function lockImagedConnections(
+export function imagedConnections(
   tree: readonly { pid: number; fdinfo: readonly ImageEntry[] }[],
   files: readonly ImageEntry[],
-): number[] {
+): ImagedConnections {
   const connections = new Map<number, ImageEntry>();
   for (const f of files) {
     const isk = f['isk'] as ImageEntry | undefined;
     if (isk !== undefined && Number(isk['proto']) === IPPROTO_TCP && STREAM_STATES.has(Number(isk['state'])))
       connections.set(Number(f['id']), isk);
   }
-  const locked: number[] = [];
-  if (connections.size === 0) return locked;
+  const byPid: ImagedConnections = new Map();
   for (const t of tree) {
     for (const fd of t.fdinfo) {
       const isk = connections.get(Number(fd['id']));
       if (isk === undefined) continue;
-      const family = Number(isk['family']);
       const words = (key: string): number[] => ((isk[key] ?? []) as number[]).map(Number);
-      lockConnection(t.pid, {
-        family: family === AF_INET6 ? 6 : 4,
+      const list = byPid.get(t.pid) ?? [];
+      list.push({
+        family: Number(isk['family']) === AF_INET6 ? 6 : 4,
         local: ipText(words('src_addr')),
         localPort: Number(isk['src_port']),
         remote: ipText(words('dst_addr')),
         remotePort: Number(isk['dst_port']),
       });
-      if (!locked.includes(t.pid)) locked.push(t.pid);
+      byPid.set(t.pid, list);
     }
   }
-  return locked;
+  return byPid;
 }
 
-/** Lift the locks of `pids` (a failed restore's, or a source's killed once it runs elsewhere); failures logged. */
-export function unlockConnections(pids: readonly number[]): void {
+/**
+ * Lock the connections a restore is about to make, before any process of the tree exists, each in
+ * the restore's own table of the process that has it open (net-lock.ts): until they are back,
+ * their peers' packets are dropped instead of answered with a reset by a host that holds the
+ * address but not yet the socket (the destination of a live migration, to which the address
+ * moved). On a failure, what was locked is unlocked again.
+ */
+export function lockRestoreConnections(conns: ImagedConnections): void {
+  const done: number[] = [];
+  try {
+    for (const [pid, list] of conns) {
+      lockConnections(pid, list, 'restore');
+      done.push(pid);
+    }
+  } catch (err) {
+    endRestoreLocks(done, false);
+    throw err;
+  }
+}
+
+/**
+ * Lift the locks of `pids` once their connections are back (`isRestored`: the restore's own and
+ * the dump's), or when the restore failed (only its own: a dump's lock stays for another try, as
+ * in CRIU). Failures are logged.
+ */
+export function endRestoreLocks(pids: Iterable<number>, isRestored: boolean): void {
   for (const pid of pids) {
+    for (const owner of isRestored ? (['restore', 'dump'] as const) : (['restore'] as const)) {
+      try {
+        unlock(pid, owner);
+      } catch (err) {
+        log().error(String(err));
+      }
+    }
+  }
+}
+
+/** Lift the dump's locks of those of `pids` this dump locked (the tree killed once it runs elsewhere). */
+export function unlockDumpedConnections(shared: Map<string, unknown>, pids: readonly number[]): void {
+  for (const pid of pids) {
+    if (!shared.has(tcpRepairsKey(pid))) continue;
+    shared.delete(tcpRepairsKey(pid));
     try {
       unlock(pid);
     } catch (err) {
       log().error(String(err));
     }
   }
+}
+
+/** ctx.shared keys: the connections restored in repair mode, by file id, then by their final fd. */
+const TCP_REPAIR_PENDING = 'tcp-repair-pending';
+const TCP_REPAIR_PLACED = 'tcp-repair-placed';
+
+/**
+ * Once the whole tree is restored: the connections of the process whose files shared `shared`
+ * (injector: its task) leave repair mode (tcp-stream.ts endTcpRepairInTask).
+ */
+export function finishTcpRepairs(injector: Injector, shared: Map<string, unknown>): void {
+  const placed = shared.get(TCP_REPAIR_PLACED) as { fd: number; entry: ImageEntry }[] | undefined;
+  shared.delete(TCP_REPAIR_PLACED);
+  for (const { fd, entry } of placed ?? []) endTcpRepairInTask(injector, fd, entry);
 }
 
 export const inetSocketFile: FdKindModule = {
@@ -432,7 +484,6 @@ export const inetSocketFile: FdKindModule = {
       if (record === undefined) throw new ImageError(file, 'no tcp_stream_entry');
       stream = { entry: record.entry, queues: record.extra ?? new Uint8Array(0) };
       restoreTcpStreamBefore(injector, fd, stream.entry, state);
-      ctx.shared.set(TCP_RESTORED, true);
     }
     const isBound = srcPort !== 0 || srcAddr.some((w) => w !== 0);
     if (isBound) {
@@ -459,12 +510,17 @@ export const inetSocketFile: FdKindModule = {
     }
     // The options before a connection's queues: their buffers' sizes must take them.
     restoreSkOpts(injector, fd, opts, proto === IPPROTO_TCP);
-    if (stream !== null)
+    if (stream !== null) {
       restoreTcpStreamAfter(injector, fd, stream.entry, stream.queues, {
         state,
         ends: segmentEnds(family, srcAddr, srcPort, dstAddr, Number(isk['dst_port'])),
         bufLock: Number(opts['so_buf_lock'] ?? 0),
       });
+      sharedEntry(ctx.shared, TCP_REPAIR_PENDING, () => [] as { id: number; entry: ImageEntry }[]).push({
+        id: Number(entry['id']),
+        entry: stream.entry,
+      });
+    }
     injector.resetScratch();
     setStatusFlagsInTask(injector, fd, flags);
     restoreFown(injector, fd, isk['fown'] as ImageEntry | undefined);
@@ -472,7 +528,14 @@ export const inetSocketFile: FdKindModule = {
   },
 
   async finishRestore(ctx) {
-    // Every connection is back: the peers' packets may come in again.
-    if (ctx.shared.get(TCP_RESTORED) === true) unlock(ctx.pid);
+    // Every fd is in place: where each connection ended up, for finishTcpRepairs.
+    const pending = ctx.shared.get(TCP_REPAIR_PENDING) as { id: number; entry: ImageEntry }[] | undefined;
+    ctx.shared.delete(TCP_REPAIR_PENDING);
+    const placed = sharedEntry(ctx.shared, TCP_REPAIR_PLACED, () => [] as { fd: number; entry: ImageEntry }[]);
+    for (const { id, entry } of pending ?? []) {
+      const fd = ctx.fdOfFileId(id);
+      if (fd === undefined) throw new UnsupportedError('tcp', `The restored TCP connection ${id} has no fd`);
+      placed.push({ fd, entry });
+    }
   },
 };

@@ -2,9 +2,10 @@
  * The network lock of `--tcp-established`: while a connection is dumped and not yet restored,
  * its peer's packets are dropped, so that the kernel does not answer them with a reset (there is
  * no socket to take them); the peer retransmits once the connection is back. As CRIU's nftables
- * lock: a table of its own, `inet criu-ts-<PID>`, with a rule per connection, made with nft(8)
- * on dump and deleted on restore (or when the dump fails or leaves the task running). Packets
- * marked NETWORK_LOCK_EXEMPT pass: the segments a restore sends as the peer (tcp-peer-segment.ts).
+ * lock: a table of its own, `inet criu-ts-<PID>`, with a rule pair per connection, made with
+ * nft(8) on dump and deleted on restore (or when the dump fails or leaves the task running). The
+ * restore locks the connections again in a table of its own (LockOwner). Packets marked
+ * NETWORK_LOCK_EXEMPT pass: the segments a restore sends as the peer (tcp-peer-segment.ts).
  */
 
 import { spawnSync } from 'node:child_process';
@@ -20,7 +21,15 @@ export interface LockedConnection {
   remotePort: number;
 }
 
-const tableOf = (pid: number): string => `criu-ts-${pid}`;
+/**
+ * Whose lock: the dump's (`criu-ts-<PID>`: until the connection is restored, on this host or
+ * another) or a restore's own (`criu-ts-restore-<PID>`: until the connection is back or the
+ * restore failed; a failed restore lifts only its own, so a dump's lock stays for the next try).
+ */
+export type LockOwner = 'dump' | 'restore';
+
+const tableOf = (pid: number, owner: LockOwner): string =>
+  owner === 'dump' ? `criu-ts-${pid}` : `criu-ts-restore-${pid}`;
 
 function nft(args: readonly string[], input?: string): { status: number | null; stderr: string } {
   const r = spawnSync('nft', args, { input, encoding: 'utf8' });
@@ -36,23 +45,34 @@ function nft(args: readonly string[], input?: string): { status: number | null; 
   return { status: r.status, stderr: r.stderr.trim() };
 }
 
-/** Drop the peer's packets of `c` until unlock(pid): in the table of task `pid` (made if need be). */
-export function lockConnection(pid: number, conn: LockedConnection): void {
-  const c = onTheWire(conn);
-  const ip = c.family === 6 ? 'ip6' : 'ip';
-  const table = tableOf(pid);
-  const rule = (chain: string, saddr: string, sport: number, daddr: string, dport: number): string =>
-    `add rule inet ${table} ${chain} meta mark != ${NETWORK_LOCK_EXEMPT} ` +
-    `${ip} saddr ${saddr} tcp sport ${sport} ${ip} daddr ${daddr} tcp dport ${dport} drop`;
+/**
+ * Drop the peers' packets of `conns` (and ours to them) until unlock(pid, owner): in the table of
+ * task `pid` (made if need be), with one nft run for all.
+ */
+export function lockConnections(pid: number, conns: readonly LockedConnection[], owner: LockOwner = 'dump'): void {
+  if (conns.length === 0) return;
+  const table = tableOf(pid, owner);
   const script = [
     `add table inet ${table}`,
     `add chain inet ${table} input { type filter hook input priority -150 ; policy accept ; }`,
     `add chain inet ${table} output { type filter hook output priority -150 ; policy accept ; }`,
-    rule('input', c.remote, c.remotePort, c.local, c.localPort),
-    rule('output', c.local, c.localPort, c.remote, c.remotePort),
-  ].join('\n');
-  const r = nft(['-f', '-'], `${script}\n`);
+  ];
+  for (const conn of conns) {
+    const c = onTheWire(conn);
+    const ip = c.family === 6 ? 'ip6' : 'ip';
+    const rule = (chain: string, saddr: string, sport: number, daddr: string, dport: number): string =>
+      `add rule inet ${table} ${chain} meta mark != ${NETWORK_LOCK_EXEMPT} ` +
+      `${ip} saddr ${saddr} tcp sport ${sport} ${ip} daddr ${daddr} tcp dport ${dport} drop`;
+    script.push(rule('input', c.remote, c.remotePort, c.local, c.localPort));
+    script.push(rule('output', c.local, c.localPort, c.remote, c.remotePort));
+  }
+  const r = nft(['-f', '-'], `${script.join('\n')}\n`);
   if (r.status !== 0) throw new UnsupportedError('network-lock', `Cannot lock the network with nft: ${r.stderr}`);
+}
+
+/** lockConnections of one connection. */
+export function lockConnection(pid: number, conn: LockedConnection, owner: LockOwner = 'dump'): void {
+  lockConnections(pid, [conn], owner);
 }
 
 /**
@@ -67,9 +87,9 @@ function onTheWire(c: LockedConnection): LockedConnection {
   return { ...c, family: 4, local, remote };
 }
 
-/** Lift the lock of task `pid` (nothing when there is none). */
-export function unlock(pid: number): void {
-  const r = nft(['delete', 'table', 'inet', tableOf(pid)]);
+/** Lift the lock of task `pid` made by `owner` (nothing when there is none). */
+export function unlock(pid: number, owner: LockOwner = 'dump'): void {
+  const r = nft(['delete', 'table', 'inet', tableOf(pid, owner)]);
   if (r.status !== 0 && !/No such file or directory/.test(r.stderr))
     throw new UnsupportedError('network-lock', `Cannot lift the network lock with nft: ${r.stderr}`);
 }

@@ -50,7 +50,9 @@ import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import { log } from '../log.js';
 import * as sys from '../sys/native.js';
 import { intOpt, peekSocket, setIntOpt, setSockOptInTask } from './sk-opts.js';
-import { sendPeerSegment, TH_ACK, TH_FIN, type SegmentEnds } from './tcp-peer-segment.js';
+import { NETWORK_LOCK_EXEMPT, sendPeerSegment, TH_ACK, TH_FIN, type SegmentEnds } from './tcp-peer-segment.js';
+import { UnsupportedError } from '../errors.js';
+import { sleepMs } from '../sys/wait.js';
 import { feedInTask } from './task-io.js';
 
 /**
@@ -183,7 +185,7 @@ export interface StreamRestore {
 
 /**
  * Once connected (in repair mode): options, queues, window, timestamp, the FINs of a half-closed
- * connection; then repair mode off.
+ * connection. It stays in repair mode (endTcpRepairInTask).
  */
 export function restoreTcpStreamAfter(
   injector: Injector,
@@ -210,7 +212,8 @@ export function restoreTcpStreamAfter(
   const all = Buffer.from(queues.buffer, queues.byteOffset, queues.byteLength);
   const outq = all.subarray(inqLen);
   const unsent = Math.min(Number(entry['unsq_len'] ?? 0), outq.length);
-  let isBufferGrown = false;
+  /** Each buffer is grown once at most (SO_RCVBUF for the receive queue, SO_SNDBUF for the send queue). */
+  const grown = new Set<boolean>();
   /** Send `data` without blocking; a buffer too small for it (the dumped one had grown) is grown. */
   const sendAll = (data: Buffer, isReceive: boolean): void =>
     feedInTask(
@@ -221,11 +224,11 @@ export function restoreTcpStreamAfter(
         injector.syscall(SYSCALLS_X86_64.sendto, [BigInt(fd), addr, BigInt(len), BigInt(MSG_DONTWAIT), 0n, 0n]),
       {
         onErrno: (errno) => {
-          if ((errno !== EAGAIN && errno !== ENOMEM) || isBufferGrown) return false;
+          if ((errno !== EAGAIN && errno !== ENOMEM) || grown.has(isReceive)) return false;
           const room = Math.floor((all.length + (1 << 16)) * 1.5);
           setSockOptInTask(injector, fd, SOL_SOCKET, isReceive ? SO_RCVBUFFORCE : SO_SNDBUFFORCE, room);
           log().debug(`tcp: fd ${fd}: ${isReceive ? 'receive' : 'send'} buffer grown to ${room} bytes for its queue`);
-          isBufferGrown = true;
+          grown.add(isReceive);
           return true;
         },
       },
@@ -244,7 +247,7 @@ export function restoreTcpStreamAfter(
     sendAll(outq.subarray(outq.length - unsent), false);
     set(TCP_REPAIR, 1);
   }
-  if (isBufferGrown) setSockOptInTask(injector, fd, SOL_SOCKET, SO_BUF_LOCK, how.bufLock);
+  if (grown.size > 0) setSockOptInTask(injector, fd, SOL_SOCKET, SO_BUF_LOCK, how.bufLock);
   if (entry['snd_wl1'] !== undefined) {
     const win = Buffer.alloc(20);
     ['snd_wl1', 'snd_wnd', 'max_window', 'rcv_wnd', 'rcv_wup'].forEach((k, i) =>
@@ -259,6 +262,15 @@ export function restoreTcpStreamAfter(
   }
   if (entry['timestamp'] !== undefined) set(TCP_TIMESTAMP, Number(entry['timestamp']) | 0);
   restoreFins(injector, fd, entry, how);
+}
+
+/**
+ * The restored connection on fd `fd` of the task leaves repair mode, and gets TCP_NODELAY and
+ * TCP_CORK back: once the whole tree is restored, so that a failed restore's sockets, closed in
+ * repair mode, send the peer nothing (as CRIU).
+ */
+export function endTcpRepairInTask(injector: Injector, fd: number, entry: ImageEntry): void {
+  const set = (name: number, v: number): void => setSockOptInTask(injector, fd, SOL_TCP, name, v);
   set(TCP_REPAIR, 0);
   if (entry['nodelay'] === true) set(TCP_NODELAY, 1);
   if (entry['cork'] === true) set(TCP_CORK, 1);
@@ -282,7 +294,39 @@ function restoreFins(injector: Injector, fd: number, entry: ImageEntry, how: Str
     if (isAcked) setSockOptInTask(injector, fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
   };
   if (state === TCP_FIN_WAIT1 || state === TCP_FIN_WAIT2) shutdown(state === TCP_FIN_WAIT2);
-  if (PEER_FIN.has(state)) sendPeerSegment(how.ends, end.inq, sndUna, TH_FIN | TH_ACK, window);
+  if (PEER_FIN.has(state)) {
+    sendPeerSegment(how.ends, end.inq, sndUna, TH_FIN | TH_ACK, window);
+    // It comes in through loopback: taken once the socket says so (before our own FIN, for
+    // LAST_ACK: taken after it, the socket would be CLOSING).
+    untilTcpState(injector, fd, TCP_CLOSE_WAIT, "the peer's FIN");
+  }
   if (state === TCP_LAST_ACK) shutdown(false);
-  if (state === TCP_FIN_WAIT2) sendPeerSegment(how.ends, end.inq, (end.outq + 1) | 0, TH_ACK, window);
+  if (state === TCP_FIN_WAIT2) {
+    sendPeerSegment(how.ends, end.inq, (end.outq + 1) | 0, TH_ACK, window);
+    untilTcpState(injector, fd, TCP_FIN_WAIT2, "the peer's ACK of our FIN");
+  }
+}
+
+/** How long a segment sent as the peer may take to be taken by the socket (it goes through loopback). */
+const PEER_SEGMENT_WAIT_MS = 1000;
+
+/** Wait for the task's socket `fd` to be in `state`; a segment that never arrives fails in one line. */
+function untilTcpState(injector: Injector, fd: number, want: number, what: string): void {
+  const info = Buffer.alloc(8 + 4); // tcp_info's first bytes, then socklen_t
+  info.writeUInt32LE(8, 8);
+  const until = Date.now() + PEER_SEGMENT_WAIT_MS;
+  let state: number;
+  for (;;) {
+    const addr = injector.pushData(info);
+    injector.syscallOrThrow('getsockopt', [BigInt(fd), BigInt(SOL_TCP), BigInt(TCP_INFO), addr, addr + 8n]);
+    state = injector.readMemory(addr, 1).readUInt8(0);
+    if (state === want) return;
+    if (Date.now() > until) break;
+    sleepMs(1);
+  }
+  throw new UnsupportedError(
+    'tcp',
+    `Cannot restore a half-closed TCP connection: ${what}, sent as the peer, did not arrive ` +
+      `(the socket is in state ${state}, expected ${want}; does a firewall drop packets marked 0x${NETWORK_LOCK_EXEMPT.toString(16)}?)`,
+  );
 }

@@ -72,9 +72,15 @@ function links(): IpLink[] {
   return JSON.parse(ip(['-j', 'addr', 'show'])) as IpLink[];
 }
 
-/** "ADDR" as given on a command line, checked: an IPv4 or IPv6 address without prefix. */
+/**
+ * "ADDR" as given on a command line, checked: an IPv4 or IPv6 address without prefix, and not
+ * link-local (its zone is one host's: it cannot move).
+ */
 export function parseAddress(text: string): string {
-  if (isIP(text) === 0) throw new UsageError(`Invalid address "${text}": an IPv4 or IPv6 address, without prefix`);
+  if (isIP(text) === 0 || text.includes('%'))
+    throw new UsageError(`Invalid address "${text}": an IPv4 or IPv6 address, without prefix or zone`);
+  if (isIP(text) === 6 && (bytesOf(text).readUInt16BE(0) & 0xffc0) === 0xfe80)
+    throw new UsageError(`Invalid address "${text}": a link-local address cannot move to another host`);
   return text;
 }
 

@@ -34,7 +34,7 @@ import * as sys from '../sys/native.js';
 import { SIGSTOP, WNOHANG, __WALL } from '../kernel/constants.js';
 import { TreeFiles } from '../files/index.js';
 import { checkTtyRestore } from '../files/tty.js';
-import { lockImagedConnections, unlockConnections } from '../files/inet-socket.js';
+import { endRestoreLocks, finishTcpRepairs, imagedConnections, lockRestoreConnections } from '../files/inet-socket.js';
 import { removeMaterializedGhosts } from '../files/vma-ghost.js';
 import { GHOSTS_MATERIALIZED } from '../files/ghost.js';
 import { loadImages, type TaskImages } from './images.js';
@@ -83,6 +83,11 @@ export interface RestoreOptions {
   skeleton?: Skeleton;
   /** Action points pre-restore, post-restore, pre-resume, post-resume (src/actions.ts). */
   onAction?: ActionHook;
+  /**
+   * Called when the restore fails, after its processes are gone and before the locks of its TCP
+   * connections are lifted (a live migration's DST gives back the addresses it took).
+   */
+  onFailure?: () => void;
 }
 
 export interface RestoreResult {
@@ -154,14 +159,17 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     throw new UsageError(
       'The images were dumped with --tcp-close (without the TCP connections): restore them with --tcp-close',
     );
-  const lockedConnections = opts.isTcpClose === true ? [] : lockImagedConnections(img.tree, img.files);
-  try {
-    await opts.onAction?.('pre-restore', undefined);
-  } catch (err) {
-    unlockConnections(lockedConnections);
-    throw err;
-  }
-  for (const t of [...(skeleton === undefined ? img.tree : []), ...img.zombies]) await waitForFreePid(t.pid);
+  const connections = imagedConnections(img.tree, img.files);
+  if (opts.isTcpClose !== true) lockRestoreConnections(connections);
+  /** The restore failed: the caller's hook first (it gives moved addresses back), then its locks go. */
+  const failed = (): void => {
+    try {
+      opts.onFailure?.();
+    } catch (hookErr) {
+      log().error(`The restore's failure hook failed: ${String(hookErr)}`);
+    }
+    endRestoreLocks(connections.keys(), false);
+  };
 
   /** A process's stub and memory from the skeleton (prepareFinal: its scratch area out of the way). */
   const fromSkeleton = (t: TaskImages): { stub: Stub; prefilled: Prefilled } | undefined => {
@@ -175,14 +183,24 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   // hole in every process's layout, room for the most threads any has.
   const layout = img.tree.flatMap((t) => dumpedVmas(t.mm));
   const maxThreads = Math.max(...img.tree.map((t) => t.threads.length));
-  const rootSkeleton = fromSkeleton(img);
+  let rootSkeleton: ReturnType<typeof fromSkeleton>;
+  let rootStub: Stub;
+  try {
+    await opts.onAction?.('pre-restore', undefined);
+    for (const t of [...(skeleton === undefined ? img.tree : []), ...img.zombies]) await waitForFreePid(t.pid);
+    rootSkeleton = fromSkeleton(img);
+    rootStub =
+      rootSkeleton?.stub ??
+      (await startStub(pid, layout, maxThreads, {
+        isSibling: opts.isSibling === true,
+        cloneFlags: namespaces.cloneFlags,
+      }));
+  } catch (err) {
+    skeleton?.abort();
+    failed();
+    throw err;
+  }
   if (rootSkeleton !== undefined) prefilled.set(pid, rootSkeleton.prefilled);
-  const rootStub =
-    rootSkeleton?.stub ??
-    (await startStub(pid, layout, maxThreads, {
-      isSibling: opts.isSibling === true,
-      cloneFlags: namespaces.cloneFlags,
-    }));
   const treeGhosts = new Map<number, string>();
   const restoring = (t: TaskImages, stub: Stub): Restoring => ({
     img: t,
@@ -260,6 +278,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // Files kept open for other files (a pair's end, a pipe another process reopens) are closed
     // once every process has its own.
     for (const p of procs) await p.finishFiles();
+    // Every process has its files: the connections leave repair mode (until now a socket of a
+    // failed restore closed silently; repair mode needs CAP_NET_ADMIN, which the credentials
+    // restored next may drop). The locks are lifted once the tree is whole.
+    for (const p of procs) finishTcpRepairs(p.stub.injector, p.filesShared);
     for (const p of procs) completeProcess(p, ctx);
     namespaces.inIpc(() => sysv.finish());
     // The tree is whole, not yet running: a failed post-restore action kills it (below).
@@ -285,10 +307,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       removeMaterializedGhosts(p.filesShared);
     }
     namespaces.close();
-    unlockConnections(lockedConnections);
+    failed();
     throw err;
   }
   namespaces.close();
+  endRestoreLocks(connections.keys(), true);
   await runLoggedAction(opts.onAction, 'pre-resume', pid);
   // -s/--leave-stopped, or a process that was stopped when dumped: the stop is queued before the
   // threads go, so they stop at once.

@@ -272,6 +272,24 @@ t.test(
   },
 );
 
+t.test(
+  '--tcp-established: a connection a child shares comes back, and no lock is left',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_state', dir, ['tcp-conn', 'child']);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '--tcp-established']);
+    t.equal(dump.status, 0, dump.stderr);
+    await waitGone(w.pid);
+    // The restore locks the connection for both processes that have it open: both locks go.
+    await restoreExpectPass(t, w, images, dir, {
+      whileRunning: () => t.notMatch(nftTables(), /criu-ts/, 'no lock left once the tree runs'),
+    });
+  },
+);
+
 // 127.0.0.1: an IPv4 socket. dual: an IPv6 socket whose IPv4 peer it sees as ::ffff:127.0.0.1 (the
 // lock must drop IPv4 packets for it).
 for (const host of ['127.0.0.1', 'dual']) {
