@@ -5,7 +5,9 @@
  * back in its state and goes on as it would have: the bytes waiting, then the end of the stream,
  * answers after a peer's shutdown, EPIPE after one's own (the fixture checks). The images are as
  * CRIU writes them (the sequence numbers count the FINs; crit reads them). Migrated live too.
- * Without --tcp-established the dump refuses them, naming the state, the task left running.
+ * Without --tcp-established the dump refuses them, naming the state, the task left running. A
+ * firewall that drops criu's own segments makes the restore fail in one line, leaving no process
+ * and the dump's lock in place, so that a second restore (the firewall gone) brings it back.
  */
 import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
@@ -105,3 +107,38 @@ t.test('without --tcp-established a half-closed connection is refused by its sta
 t.test('half-closed connections migrate live', { skip: needsRoot }, async (t) => {
   await migrateCheck(t, 'cr_tcp_half', [], [], ['--tcp-established']);
 });
+
+t.test(
+  "a restore whose segments a firewall drops fails in one line, and the dump's lock stays for the next try",
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_tcp_half', dir);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '--tcp-established']);
+    t.equal(dump.status, 0, dump.stderr);
+    await waitGone(w.pid);
+    // A firewall of this test's own that drops what criu sends as the peers (mark 0xc114).
+    const table = `cts-test-block-${process.pid}`;
+    const nft = (script: string): number | null => spawnSync('nft', ['-f', '-'], { input: script }).status;
+    t.equal(
+      nft(
+        `add table inet ${table}\nadd chain inet ${table} input { type filter hook input priority -200 ; policy accept ; }\n` +
+          `add rule inet ${table} input meta mark 0xc114 drop\n`,
+      ),
+      0,
+    );
+    t.teardown(() => nft(`delete table inet ${table}\n`));
+    const failed = await criuAsync(['restore', '-D', images, '-d']);
+    t.equal(failed.status, 1, 'the restore fails');
+    t.equal(failed.stderr.trim().split('\n').length, 1, `in one line: ${failed.stderr}`);
+    t.match(failed.stderr, /the peer's (FIN|ACK of our FIN), sent as the peer, did not arrive .*marked 0xc114/);
+    t.notOk(existsSync(`/proc/${w.pid}`), 'and leaves no process');
+    const tables = spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout;
+    t.match(tables, new RegExp(`criu-ts-${w.pid}\\b`), "the dump's lock stays");
+    t.notMatch(tables, new RegExp(`criu-ts-restore-${w.pid}\\b`), "the restore's own is gone");
+    nft(`delete table inet ${table}\n`);
+    await restoreExpectPass(t, w, images, dir);
+  },
+);
