@@ -172,7 +172,11 @@ export class AgentOps {
         const prev = p.prevDir === undefined ? undefined : await this.dirPath(p.prevDir, false);
         const to = p.psPort === undefined ? undefined : { address: p.psAddress ?? '127.0.0.1', port: p.psPort };
         const prevRel = prev === undefined ? undefined : relative(dir, prev);
-        const how = { isTcpEstablished: p.tcpEstablished === true, isTcpClose: p.tcpClose === true };
+        const how = {
+          isTcpEstablished: p.tcpEstablished === true,
+          isTcpClose: p.tcpClose === true,
+          isSkipInFlight: p.skipInFlight === true,
+        };
         return (
           op === 'pre-dump'
             ? await this.engine.preDump(p.pid, dir, to, prevRel, how)

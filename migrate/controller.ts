@@ -43,6 +43,8 @@ export interface MigrateOptions {
   tcpEstablished?: boolean;
   /** Take its connected TCP sockets without their connections, restored closed on DST (--tcp-close). */
   tcpClose?: boolean;
+  /** Leave out connections waiting in a listener's accept queue (--skip-in-flight). */
+  skipInFlight?: boolean;
   /** Addresses that move from SRC to DST with the task (with their prefix and device on SRC). */
   moveAddresses?: readonly string[];
 }
@@ -99,6 +101,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
   const tcp = {
     ...(opts.tcpEstablished === true ? { tcpEstablished: true } : {}),
     ...(opts.tcpClose === true ? { tcpClose: true } : {}),
+    ...(opts.skipInFlight === true ? { skipInFlight: true } : {}),
   };
   try {
     await Promise.all([src.hello(), dst.hello()]);

@@ -86,6 +86,7 @@ export interface FinalDumpResult {
 export interface DumpHow {
   isTcpEstablished?: boolean;
   isTcpClose?: boolean;
+  isSkipInFlight?: boolean;
 }
 
 export class EngineOps {
@@ -153,7 +154,11 @@ export class EngineOps {
       pid,
       imagesDir: dir,
       tracker: 'auto',
-      fileOptions: { isTcpEstablished: how.isTcpEstablished === true, isTcpClose: how.isTcpClose === true },
+      fileOptions: {
+        isTcpEstablished: how.isTcpEstablished === true,
+        isTcpClose: how.isTcpClose === true,
+        isSkipInFlight: how.isSkipInFlight === true,
+      },
       ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
       ...(sink === undefined ? {} : { sink }),
     });
@@ -191,7 +196,11 @@ export class EngineOps {
       end: 'keep-frozen',
       trackMem: true,
       isDurable: false, // carried to DST at once (see WriteSyncOptions.isDurable)
-      fileOptions: { isTcpEstablished: how.isTcpEstablished === true, isTcpClose: how.isTcpClose === true },
+      fileOptions: {
+        isTcpEstablished: how.isTcpEstablished === true,
+        isTcpClose: how.isTcpClose === true,
+        isSkipInFlight: how.isSkipInFlight === true,
+      },
       ...(prevDir === undefined ? {} : { prevImagesDir: prevDir }),
       ...(sink === undefined ? {} : { sink }),
     });

@@ -168,6 +168,8 @@ export interface DumpParams extends PagesTargetParams {
   tcpEstablished?: boolean;
   /** Take connected TCP sockets without their connections (criu dump --tcp-close). */
   tcpClose?: boolean;
+  /** Leave out connections waiting in a listener's accept queue (criu dump --skip-in-flight). */
+  skipInFlight?: boolean;
 }
 
 export interface PreDumpResultWire {
@@ -466,6 +468,7 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
     psPort: opt('number'),
     tcpEstablished: opt('boolean'),
     tcpClose: opt('boolean'),
+    skipInFlight: opt('boolean'),
   },
   'final-dump': {
     pid: req('number'),
@@ -475,6 +478,7 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
     psPort: opt('number'),
     tcpEstablished: opt('boolean'),
     tcpClose: opt('boolean'),
+    skipInFlight: opt('boolean'),
   },
   'source-end': { pid: req('number'), action: req('string') },
   'receive-pages': { dir: req('string'), port: req('number'), address: opt('string'), prevDir: opt('string') },

@@ -37,6 +37,8 @@ export interface MigrateCliOptions {
   tcpEstablished?: boolean;
   /** --tcp-close: its connected TCP sockets go without their connections, closed on DST. */
   tcpClose?: boolean;
+  /** --skip-in-flight: connections waiting in a listener's accept queue are left out. */
+  skipInFlight?: boolean;
   /** --move-address: addresses that go from SRC to DST with the task. */
   moveAddresses?: readonly string[];
   statsDir?: string;
@@ -161,6 +163,7 @@ export async function runMigration(o: MigrateCliOptions): Promise<number> {
       keepImages: o.keepImages,
       tcpEstablished: o.tcpEstablished === true,
       tcpClose: o.tcpClose === true,
+      skipInFlight: o.skipInFlight === true,
       moveAddresses: o.moveAddresses ?? [],
       onEvent: (e) => {
         if (e.kind === 'phase' && e.phase === 'final-dump') finalMs = e.ms;

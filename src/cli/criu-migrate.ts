@@ -43,6 +43,7 @@ interface MigrateFlags extends TlsFlags {
   verbosity?: string | true;
   tcpEstablished?: boolean;
   tcpClose?: boolean;
+  skipInFlight?: boolean;
   moveAddress?: string[];
 }
 
@@ -64,6 +65,7 @@ export function buildMigrateProgram(io: CliIo): Command {
     .option('--max-time <seconds>', 'pre-copy time at most (default 60)')
     .option('--tcp-established', "take the task's established TCP connections along")
     .option('--tcp-close', 'take its connected TCP sockets without their connections: closed on DST')
+    .option('--skip-in-flight', "leave out connections waiting in a listener's accept queue (reset on SRC)")
     .option(
       '--move-address <addr>',
       'an address (IPv4 or IPv6) that goes from SRC to DST with the task, on the device it has on SRC (repeatable)',
@@ -98,6 +100,7 @@ export function buildMigrateProgram(io: CliIo): Command {
         keepImages: o.keepImages === true,
         tcpEstablished: o.tcpEstablished === true,
         tcpClose: o.tcpClose === true,
+        skipInFlight: o.skipInFlight === true,
         moveAddresses: moving,
         policy: {
           ...(downtime === undefined ? {} : { downtimeTargetMs: downtime }),

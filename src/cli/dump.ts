@@ -56,6 +56,7 @@ function fileOptionsOf(opts: Options): FileOptions {
     isEvasiveDevices: opts.evasiveDevices,
     isTcpEstablished: opts.tcpEstablished,
     isTcpClose: opts.tcpClose,
+    isSkipInFlight: opts.skipInFlight,
     isExtUnixSk: opts.extUnixSk,
     isFileLocks: opts.fileLocks,
   };

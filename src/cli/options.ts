@@ -94,6 +94,7 @@ export interface Options {
   extUnixSk: boolean;
   tcpEstablished: boolean;
   tcpClose: boolean;
+  skipInFlight: boolean;
   shellJob: boolean;
   fileLocks: boolean;
   linkRemap: boolean;
@@ -301,6 +302,7 @@ export function toOptions(command: CommandName, raw: RawOptions, operands: reado
     extUnixSk: bool(raw, 'extUnixSk'),
     tcpEstablished: bool(raw, 'tcpEstablished'),
     tcpClose: bool(raw, 'tcpClose'),
+    skipInFlight: bool(raw, 'skipInFlight'),
     shellJob: bool(raw, 'shellJob'),
     fileLocks: bool(raw, 'fileLocks'),
     linkRemap: bool(raw, 'linkRemap'),

@@ -149,6 +149,10 @@ function optionSpecs(command: CommandName | null): OptionSpec[] {
     { flags: '--close <fd>', description: 'close file descriptor fd before anything else', isRepeatable: true },
     { flags: '--tcp-established', description: 'checkpoint/restore established TCP connections' },
     {
+      flags: '--skip-in-flight',
+      description: 'dump: take a listener with connections waiting in its accept queue, without them',
+    },
+    {
       flags: '--tcp-close',
       description: "dump: take connected TCP sockets without their connections' state; restore: make them closed",
     },

@@ -169,10 +169,10 @@ function refusalOf(pid: number, fd: number, s: InetSocket, options: FileOptions)
   const isUdp = s.type === SOCK_DGRAM && s.proto === IPPROTO_UDP;
   if (!isTcp && !isUdp) return `Cannot dump ${what}: only TCP and UDP sockets are supported`;
   if (s.isOtherNetns) return `Cannot dump ${what}: a socket of another network namespace`;
-  if (isTcp && s.state === TCP_LISTEN && s.nrWaiting > 0)
+  if (isTcp && s.state === TCP_LISTEN && s.nrWaiting > 0 && options.isSkipInFlight !== true)
     return (
       `Cannot dump ${what}: ${s.nrWaiting} connection(s) wait in its accept queue and would be lost ` +
-      '(dump again once they are accepted)'
+      '(dump again once they are accepted, or leave them out with --skip-in-flight)'
     );
   const isConnection = isTcp && s.state !== TCP_LISTEN && s.state !== TCP_CLOSE;
   if (
@@ -396,6 +396,11 @@ export const inetSocketFile: FdKindModule = {
     if (s === null) throw new UnsupportedError('fd-kind', `fd ${input.fd} of task ${input.pid} is no inet socket`);
     const refusal = refusalOf(input.pid, input.fd, s, ctx.options ?? {});
     if (refusal !== undefined) throw new UnsupportedError('fd-kind-inet-socket', refusal);
+    if (s.state === TCP_LISTEN && s.nrWaiting > 0)
+      log().warn(
+        `fd ${input.fd} of task ${input.pid}: ${s.nrWaiting} connection(s) waiting in the accept queue of ` +
+          `${endpoint(s.src)} are left out (--skip-in-flight): they are reset if the task is killed`,
+      );
     const isk: ImageEntry = {
       id,
       ino: Number(input.stat.ino),

@@ -84,6 +84,11 @@ export interface FileOptions {
    * it); restore, they are made closed.
    */
   isTcpClose?: boolean;
+  /**
+   * --skip-in-flight: a listener's connections waiting in its accept queue are left out (they are
+   * reset when the task is killed) instead of refused.
+   */
+  isSkipInFlight?: boolean;
   /** --ext-unix-sk: a datagram unix socket connected outside the task is dumped, to connect again by name. */
   isExtUnixSk?: boolean;
   /** -l/--file-locks: file locks held are dumped (refused otherwise). */

@@ -30,6 +30,7 @@ const HANDLED = new Set([
   'ext_unix_sk',
   'tcp_established',
   'tcp_close',
+  'tcp_skip_in_flight',
   'evasive_devices',
   'shell_job',
   'file_locks',
@@ -141,6 +142,7 @@ export function optionsFromRequest(command: CommandName, o: CriuOpts | undefined
   flag('ext_unix_sk', 'extUnixSk');
   flag('tcp_established', 'tcpEstablished');
   flag('tcp_close', 'tcpClose');
+  flag('tcp_skip_in_flight', 'skipInFlight');
   flag('evasive_devices', 'evasiveDevices');
   flag('shell_job', 'shellJob');
   flag('file_locks', 'fileLocks');

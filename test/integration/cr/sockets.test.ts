@@ -299,6 +299,45 @@ t.test(
   },
 );
 
+t.test(
+  '--skip-in-flight: a listener with a connection waiting is dumped without it, and listens again',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_state', dir, ['tcp-waiting']);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '--skip-in-flight', '-o', 'dump.log']);
+    t.equal(dump.status, 0, dump.stderr);
+    t.match(
+      readFileSync(path.join(images, 'dump.log'), 'utf8'),
+      /1 connection\(s\) waiting in the accept queue of 127\.0\.0\.1:\d+ are left out \(--skip-in-flight\)/,
+      'the log says what was left out',
+    );
+    await waitGone(w.pid);
+    const files = await readEntries(path.join(images, 'files.img'), 'FILES');
+    const port = Number(
+      files.map((f) => f['isk'] as ImageEntry | undefined).find((i) => i !== undefined && Number(i['state']) === 10)?.[
+        'src_port'
+      ],
+    );
+    t.ok(port > 0, `the listener was on port ${port}`);
+    const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
+    t.equal(restored.pid, w.pid, 'restored with its PID');
+    // The restored listener takes a new connection (the kernel completes it into its queue).
+    await new Promise<void>((resolve, reject) => {
+      const c = createConnection({ host: '127.0.0.1', port }, () => {
+        c.destroy();
+        resolve();
+      });
+      c.on('error', reject);
+    });
+    t.pass('it listens again');
+    await endExpectPass(t, w);
+    t.equal((await restored.done).status, 0);
+  },
+);
+
 // 127.0.0.1: an IPv4 socket. dual: an IPv6 socket whose IPv4 peer it sees as ::ffff:127.0.0.1 (the
 // lock must drop IPv4 packets for it).
 for (const host of ['127.0.0.1', 'dual']) {

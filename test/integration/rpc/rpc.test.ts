@@ -232,6 +232,22 @@ t.test(
   },
 );
 
+t.test('tcp_skip_in_flight: a listener with a connection waiting is dumped', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir();
+  const w = await startWorkload('cr_state', dir, ['tcp-waiting']);
+  t.teardown(() => w.kill());
+  const img = dirFd(t, path.join(dir, 'img'));
+  const c = startSwrk();
+  t.teardown(() => c.close());
+  const opts = { images_dir_fd: img, pid: w.pid, leave_running: true };
+  t.match(await c.call({ type: ReqType.DUMP, opts }), { success: false, cr_errmsg: /wait in its accept queue/ });
+  const d = startSwrk();
+  t.teardown(() => d.close());
+  const dumped = await d.call({ type: ReqType.DUMP, opts: { ...opts, tcp_skip_in_flight: true } });
+  t.equal(dumped.success, true, String(dumped.cr_errmsg));
+  await endExpectPass(t, w);
+});
+
 t.test('a pre-dump loop only goes on with PRE_DUMP or DUMP', { skip: needsRoot }, async (t) => {
   const dir = t.testdir();
   const w = await startWorkload('cr_incr', dir, ['64', '8']);
