@@ -11,6 +11,7 @@
 
 import { AF_INET, AF_INET6, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET, SO_MARK } from '../kernel/constants.js';
 import * as sys from '../sys/native.js';
+import { setIntOpt } from './sk-opts.js';
 
 /** The mark of criu's own segments (CRIU's SOCCR_MARK): the network lock lets them through. */
 export const NETWORK_LOCK_EXEMPT = 0xc114;
@@ -71,9 +72,7 @@ export function sendPeerSegment(ends: SegmentEnds, seq: number, ack: number, fla
   }
   const fd = sys.socket(isV6 ? AF_INET6 : AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
   try {
-    const mark = Buffer.alloc(4);
-    mark.writeUInt32LE(NETWORK_LOCK_EXEMPT);
-    sys.setsockopt(fd, SOL_SOCKET, SO_MARK, mark);
+    setIntOpt(fd, SOL_SOCKET, SO_MARK, NETWORK_LOCK_EXEMPT);
     sys.sendto(fd, packet, 0, to);
   } finally {
     sys.close(fd);

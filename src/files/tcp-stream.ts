@@ -17,7 +17,8 @@
  * Restore, injected into the task: repair mode on, both queues' sequence numbers, bind and connect
  * (in repair mode connect sends nothing and the socket is ESTABLISHED at once), the options, the
  * queues' bytes (sent in repair mode they land in the queues, not on the wire), the window, the
- * timestamp, repair mode off; the lock is lifted once every file is restored. The bytes the
+ * timestamp; it leaves repair mode once every process of the tree has its files
+ * (endTcpRepairInTask), and the restore lifts the locks once the tree is whole. The bytes the
  * connection had not sent yet go in outside repair mode (they have never been on the wire). A
  * half-closed connection is made ESTABLISHED first, then: our FIN by shutdown(SHUT_WR) (in repair
  * mode, as sent when the peer had acknowledged it), the peer's FIN, and its ACK of ours, by

@@ -33,6 +33,7 @@ import {
   SOCK_RAW,
   SOL_IPV6,
 } from '../kernel/constants.js';
+import { setIntOpt } from '../files/sk-opts.js';
 import { log } from '../log.js';
 import * as sys from '../sys/native.js';
 
@@ -181,16 +182,11 @@ function sendUnsolicitedAdvert(ifindex: number, mac: Buffer, address: string): v
   na.writeUInt8(ND_OPT_TARGET_LINKADDR, 24);
   na.writeUInt8(1, 25);
   mac.copy(na, 26);
-  const int = (n: number): Buffer => {
-    const b = Buffer.alloc(4);
-    b.writeInt32LE(n);
-    return b;
-  };
   const fd = sys.socket(AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMPV6);
   try {
     // Neighbour discovery is only taken with a hop limit of 255 (RFC 4861).
-    sys.setsockopt(fd, SOL_IPV6, IPV6_MULTICAST_HOPS, int(255));
-    sys.setsockopt(fd, SOL_IPV6, IPV6_MULTICAST_IF, int(ifindex));
+    setIntOpt(fd, SOL_IPV6, IPV6_MULTICAST_HOPS, 255);
+    setIntOpt(fd, SOL_IPV6, IPV6_MULTICAST_IF, ifindex);
     sys.bind(fd, address, 0);
     sys.sendto(fd, na, 0, to);
   } finally {
