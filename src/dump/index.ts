@@ -31,7 +31,7 @@ import { copyBuffers } from '../mem/buffer-pool.js';
 import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
 import type * as TrackModule from '../mem/track/index.js';
-import { localImageSink } from '../files/image-sink.js';
+import { localImageSink, type FileImageSink } from '../files/image-sink.js';
 import type { FileOptions } from '../files/types.js';
 import { removeLinkRemaps } from '../files/link-remap.js';
 import { unlockDumpedConnections } from '../files/inet-socket.js';
@@ -260,8 +260,13 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const add = (name: string, kind: string, entries: ImageToWrite['entries']): void => {
       batch.push({ path: path.join(dir, name), kind, entries });
     };
-    // Shared memory contents go where the task pages go (a page server's, as CRIU's).
-    const localImages = localImageSink(dir, allocPagesId);
+    // Shared memory contents go where the task pages go (a page server's, as CRIU's). The per-id
+    // images (a connection's queues, a ghost file) join the batch: one write at the end, not a
+    // file and its fsync each while the tree is frozen (a server's hundred connections).
+    const localImages: FileImageSink = {
+      ...localImageSink(dir, allocPagesId),
+      writeImage: async (kind, id, records) => add(imageFileName(kind, id), kind, records),
+    };
     const ctx: ProcessDumpContext = {
       options: opts,
       dir,
@@ -270,9 +275,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       mmPre,
       allocId: () => nextId++,
       images:
-        sink.writeShmem === undefined
-          ? localImages
-          : { writeImage: localImages.writeImage, writeShmemPages: sink.writeShmem.bind(sink) },
+        sink.writeShmem === undefined ? localImages : { ...localImages, writeShmemPages: sink.writeShmem.bind(sink) },
       fileOptions,
       filesShared,
       addEntry: async (kind, entry, extra) => {

@@ -78,12 +78,14 @@ export async function dumpFiles(
   const pidfd = sys.pidfdOpen(pid, 0);
   const files: ImageEntry[] = [];
   const fdinfo: ImageEntry[] = [];
-  /** This process's descriptions so far, with criu's duplicates (closed at the end). */
-  const seen: { localFd: number; d: DumpedDescription }[] = [];
+  /** This process's descriptions so far. */
+  const seen: DumpedDescription[] = [];
   // `shared` may come from the caller: the mm dump saves deleted mapped files as ghosts too, and
   // the other processes of a tree may hold the same descriptions (one entry for all).
   const full: FileDumpContext = { ...ctx, pid, injector, shared: ctx.shared ?? new Map() };
   const dumpedBefore = sharedEntry(full.shared, DESCRIPTIONS, (): DumpedDescription[] => []);
+  /** Every fd of the task with its module, read before any is dumped (closed at the end). */
+  const found: { input: FdDumpInput; mod: FdKindModule }[] = [];
   try {
     for (const fd of listFds(pid)) {
       const input = readFdInput(pid, pidfd, fd);
@@ -95,33 +97,32 @@ export async function dumpFiles(
           `Cannot dump fd ${fd} of task ${pid}: ${describeFdLink(input.link)} is not supported`,
         );
       }
+      found.push({ input, mod });
       const refusal = mod.refusal?.(input, ctx.options ?? {});
+      if (refusal !== undefined) throw new UnsupportedError(`fd-kind-${mod.name}`, refusal);
       const lockRefusal = fileLockRefusal(input, ctx.options ?? {});
-      if (refusal !== undefined) {
-        sys.close(input.localFd);
-        throw new UnsupportedError(`fd-kind-${mod.name}`, refusal);
-      }
-      if (lockRefusal !== undefined) {
-        sys.close(input.localFd);
-        throw new UnsupportedError('file-lock', lockRefusal);
-      }
+      if (lockRefusal !== undefined) throw new UnsupportedError('file-lock', lockRefusal);
+    }
+    for (const mod of new Set(found.map((f) => f.mod)))
+      mod.prepareDump?.(
+        found.filter((f) => f.mod === mod).map((f) => f.input),
+        full,
+      );
+    for (const { input, mod } of found) {
+      const fd = input.fd;
       const isSame = (s: DumpedDescription): boolean =>
         s.type === mod.type &&
         s.dev === input.stat.dev &&
         s.ino === input.stat.ino &&
         sys.kcmp(s.pid, pid, KCMP_FILE, BigInt(s.fd), BigInt(fd)) === 0;
-      const same = seen.map((s) => s.d).find(isSame) ?? dumpedBefore.find(isSame);
+      const same = seen.find(isSame) ?? dumpedBefore.find(isSame);
       let id: number;
       if (same !== undefined) {
         id = same.id;
-        sys.close(input.localFd);
       } else {
         id = ctx.allocId();
         files.push(await mod.dump(input, id, full));
-        seen.push({
-          localFd: input.localFd,
-          d: { pid, fd, dev: input.stat.dev, ino: input.stat.ino, id, type: mod.type },
-        });
+        seen.push({ pid, fd, dev: input.stat.dev, ino: input.stat.ino, id, type: mod.type });
       }
       fdinfo.push({ id, flags: (input.fdinfo.flags & O_CLOEXEC) !== 0 ? FD_CLOEXEC : 0, type: mod.type, fd });
       for (const lock of fileLockEntries(
@@ -132,10 +133,10 @@ export async function dumpFiles(
         await full.addEntry('FILE_LOCKS', lock);
     }
   } finally {
-    for (const s of seen) sys.close(s.localFd);
+    for (const { input } of found) sys.close(input.localFd);
     sys.close(pidfd);
   }
-  dumpedBefore.push(...seen.map((s) => s.d));
+  dumpedBefore.push(...seen);
   return { files, fdinfo };
 }
 

@@ -68,7 +68,7 @@ import {
   setSockOptInTask,
 } from './sk-opts.js';
 import { imageSinkOf } from './image-sink.js';
-import { lockConnection, lockConnections, unlock, type LockedConnection } from './net-lock.js';
+import { lockConnections, lockTables, unlock, unlockTables, type LockedConnection } from './net-lock.js';
 import {
   dumpTcpStream,
   endTcpRepair,
@@ -319,16 +319,7 @@ export function imagedConnections(
  * moved). On a failure, what was locked is unlocked again.
  */
 export function lockRestoreConnections(conns: ImagedConnections): void {
-  const done: number[] = [];
-  try {
-    for (const [pid, list] of conns) {
-      lockConnections(pid, list, 'restore');
-      done.push(pid);
-    }
-  } catch (err) {
-    endRestoreLocks(done, false);
-    throw err;
-  }
+  lockTables(conns, 'restore'); // one nft transaction: nothing is locked when it fails
 }
 
 /**
@@ -337,27 +328,21 @@ export function lockRestoreConnections(conns: ImagedConnections): void {
  * in CRIU). Failures are logged.
  */
 export function endRestoreLocks(pids: Iterable<number>, isRestored: boolean): void {
-  for (const pid of pids) {
-    for (const owner of isRestored ? (['restore', 'dump'] as const) : (['restore'] as const)) {
-      try {
-        unlock(pid, owner);
-      } catch (err) {
-        log().error(String(err));
-      }
-    }
+  try {
+    unlockTables(pids, isRestored ? ['restore', 'dump'] : ['restore']);
+  } catch (err) {
+    log().error(String(err));
   }
 }
 
 /** Lift the dump's locks of those of `pids` this dump locked (the tree killed once it runs elsewhere). */
 export function unlockDumpedConnections(shared: Map<string, unknown>, pids: readonly number[]): void {
-  for (const pid of pids) {
-    if (!shared.has(tcpRepairsKey(pid))) continue;
-    shared.delete(tcpRepairsKey(pid));
-    try {
-      unlock(pid);
-    } catch (err) {
-      log().error(String(err));
-    }
+  const locked = pids.filter((pid) => shared.delete(tcpRepairsKey(pid)));
+  if (locked.length === 0) return;
+  try {
+    unlockTables(locked, ['dump']);
+  } catch (err) {
+    log().error(String(err));
   }
 }
 
@@ -389,6 +374,28 @@ export const inetSocketFile: FdKindModule = {
   refusal(input, options) {
     const s = readInetSocket(input.localFd);
     return s === null ? undefined : refusalOf(input.pid, input.fd, s, options);
+  },
+
+  prepareDump(inputs, ctx) {
+    if (ctx.options?.isTcpClose === true) return;
+    const conns = new Map<string, LockedConnection>();
+    for (const input of inputs) {
+      const s = readInetSocket(input.localFd);
+      if (s === null || s.proto !== IPPROTO_TCP || !STREAM_STATES.has(s.state) || s.dst === null) continue;
+      // One entry for the fds that share a connection.
+      conns.set(`${endpoint(s.src)} ${endpoint(s.dst)}`, {
+        family: s.family === AF_INET6 ? 6 : 4,
+        local: s.src.address,
+        localPort: s.src.port,
+        remote: s.dst.address,
+        remotePort: s.dst.port,
+      });
+    }
+    if (conns.size === 0) return;
+    // Before any connection is read (dump); lifted by releaseTcpRepair or unlockDumpedConnections.
+    tcpRepairsOf(ctx.shared, ctx.pid);
+    lockConnections(ctx.pid, [...conns.values()]);
+    log().info(`Network lock: ${conns.size} TCP connection(s) of task ${ctx.pid} locked`);
   },
 
   async dump(input, id, ctx) {
@@ -428,15 +435,8 @@ export const inetSocketFile: FdKindModule = {
     if (s.proto === IPPROTO_TCP && STREAM_STATES.has(s.state) && s.dst !== null && !isTcpClose) {
       // --tcp-established: the peer's packets dropped first, then the connection read in repair
       // mode, which it stays in (see tcp-stream.ts); undone by releaseTcpRepair if need be.
-      const repaired = tcpRepairsOf(ctx.shared, input.pid);
-      repaired.fds.push(input.fd);
-      lockConnection(input.pid, {
-        family: s.family === AF_INET6 ? 6 : 4,
-        local: s.src.address,
-        localPort: s.src.port,
-        remote: s.dst.address,
-        remotePort: s.dst.port,
-      });
+      // Locked already by prepareDump, with the task's other connections.
+      tcpRepairsOf(ctx.shared, input.pid).fds.push(input.fd);
       const opts = isk['opts'] as ImageEntry;
       const { entry, queues } = dumpTcpStream(
         input.localFd,

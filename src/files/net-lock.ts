@@ -31,7 +31,7 @@ export type LockOwner = 'dump' | 'restore';
 const tableOf = (pid: number, owner: LockOwner): string =>
   owner === 'dump' ? `criu-ts-${pid}` : `criu-ts-restore-${pid}`;
 
-function nft(args: readonly string[], input?: string): { status: number | null; stderr: string } {
+function nft(args: readonly string[], input?: string): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync('nft', args, { input, encoding: 'utf8' });
   if (r.error !== undefined) {
     const code = (r.error as NodeJS.ErrnoException).code;
@@ -42,37 +42,41 @@ function nft(args: readonly string[], input?: string): { status: number | null; 
         : `Cannot run nft for the network lock: ${r.error.message}`,
     );
   }
-  return { status: r.status, stderr: r.stderr.trim() };
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr.trim() };
 }
 
 /**
  * Drop the peers' packets of `conns` (and ours to them) until unlock(pid, owner): in the table of
- * task `pid` (made if need be), with one nft run for all.
+ * task `pid` (made if need be).
  */
 export function lockConnections(pid: number, conns: readonly LockedConnection[], owner: LockOwner = 'dump'): void {
-  if (conns.length === 0) return;
-  const table = tableOf(pid, owner);
-  const script = [
-    `add table inet ${table}`,
-    `add chain inet ${table} input { type filter hook input priority -150 ; policy accept ; }`,
-    `add chain inet ${table} output { type filter hook output priority -150 ; policy accept ; }`,
-  ];
-  for (const conn of conns) {
-    const c = onTheWire(conn);
-    const ip = c.family === 6 ? 'ip6' : 'ip';
-    const rule = (chain: string, saddr: string, sport: number, daddr: string, dport: number): string =>
-      `add rule inet ${table} ${chain} meta mark != ${NETWORK_LOCK_EXEMPT} ` +
-      `${ip} saddr ${saddr} tcp sport ${sport} ${ip} daddr ${daddr} tcp dport ${dport} drop`;
-    script.push(rule('input', c.remote, c.remotePort, c.local, c.localPort));
-    script.push(rule('output', c.local, c.localPort, c.remote, c.remotePort));
-  }
-  const r = nft(['-f', '-'], `${script.join('\n')}\n`);
-  if (r.status !== 0) throw new UnsupportedError('network-lock', `Cannot lock the network with nft: ${r.stderr}`);
+  lockTables(new Map([[pid, conns]]), owner);
 }
 
-/** lockConnections of one connection. */
-export function lockConnection(pid: number, conn: LockedConnection, owner: LockOwner = 'dump'): void {
-  lockConnections(pid, [conn], owner);
+/** lockConnections of several tasks' connections, with one nft run for all. */
+export function lockTables(byPid: ReadonlyMap<number, readonly LockedConnection[]>, owner: LockOwner): void {
+  const script: string[] = [];
+  for (const [pid, conns] of byPid) {
+    if (conns.length === 0) continue;
+    const table = tableOf(pid, owner);
+    script.push(
+      `add table inet ${table}`,
+      `add chain inet ${table} input { type filter hook input priority -150 ; policy accept ; }`,
+      `add chain inet ${table} output { type filter hook output priority -150 ; policy accept ; }`,
+    );
+    for (const conn of conns) {
+      const c = onTheWire(conn);
+      const ip = c.family === 6 ? 'ip6' : 'ip';
+      const rule = (chain: string, saddr: string, sport: number, daddr: string, dport: number): string =>
+        `add rule inet ${table} ${chain} meta mark != ${NETWORK_LOCK_EXEMPT} ` +
+        `${ip} saddr ${saddr} tcp sport ${sport} ${ip} daddr ${daddr} tcp dport ${dport} drop`;
+      script.push(rule('input', c.remote, c.remotePort, c.local, c.localPort));
+      script.push(rule('output', c.local, c.localPort, c.remote, c.remotePort));
+    }
+  }
+  if (script.length === 0) return;
+  const r = nft(['-f', '-'], `${script.join('\n')}\n`);
+  if (r.status !== 0) throw new UnsupportedError('network-lock', `Cannot lock the network with nft: ${r.stderr}`);
 }
 
 /**
@@ -92,4 +96,25 @@ export function unlock(pid: number, owner: LockOwner = 'dump'): void {
   const r = nft(['delete', 'table', 'inet', tableOf(pid, owner)]);
   if (r.status !== 0 && !/No such file or directory/.test(r.stderr))
     throw new UnsupportedError('network-lock', `Cannot lift the network lock with nft: ${r.stderr}`);
+}
+
+/**
+ * Lift the locks of several tasks, of each owner in `owners` (those there are): two nft runs for
+ * all (which tables exist, then their deletion in one transaction, which a missing table would fail).
+ */
+export function unlockTables(pids: Iterable<number>, owners: readonly LockOwner[]): void {
+  const list = [...pids];
+  const wanted = list.flatMap((pid) => owners.map((owner) => tableOf(pid, owner)));
+  if (wanted.length <= 1) {
+    for (const pid of list) for (const owner of owners) unlock(pid, owner);
+    return;
+  }
+  const listed = nft(['list', 'tables', 'inet']);
+  if (listed.status !== 0)
+    throw new UnsupportedError('network-lock', `Cannot list the network locks with nft: ${listed.stderr}`);
+  const present = new Set([...listed.stdout.matchAll(/^table inet (\S+)$/gm)].map((m) => m[1]));
+  const script = wanted.filter((t) => present.has(t)).map((t) => `delete table inet ${t}`);
+  if (script.length === 0) return;
+  const r = nft(['-f', '-'], `${script.join('\n')}\n`);
+  if (r.status !== 0) throw new UnsupportedError('network-lock', `Cannot lift the network locks with nft: ${r.stderr}`);
 }

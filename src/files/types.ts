@@ -167,6 +167,12 @@ export interface FdKindModule {
    */
   dump(input: FdDumpInput, id: number, ctx: FileDumpContext): Promise<ImageEntry>;
   /**
+   * Called once per task, after the freeze and before the first dump() of its fds, with every fd
+   * of the task this module matched (fds sharing a description each): for what is done once for
+   * all of them (the network lock of the task's TCP connections: one nft run). Optional.
+   */
+  prepareDump?(inputs: readonly FdDumpInput[], ctx: FileDumpContext): void;
+  /**
    * Create the description inside the target and return the fd number it got there (any free
    * number: the orchestrator moves it to each fd of the description with dup3 and sets
    * FD_CLOEXEC). Called once per file id.

@@ -9,7 +9,7 @@
  *   PID are watched while it runs) and leaves the images byte for byte as they were;
  * - dump of a missing PID, restore from an empty or missing dir: one line, non-zero.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import {
   closeSync,
   constants,
@@ -309,27 +309,34 @@ const canMountTmpfs = ((): string | false => {
   return why ?? false;
 })();
 
-t.test('dump on a full disk fails and leaves the task intact', { skip: canMountTmpfs }, async (t) => {
-  const dir = t.testdir();
-  // Outside the test dir: tap removes that before our teardown could unmount.
-  const images = mkdtempSync(path.join(tmpdir(), 'criu-ts-full-'));
-  const why = mountTmpfs(images, '256k');
-  if (why !== undefined) throw new Error(why);
-  t.teardown(() => {
-    execFileSync('umount', ['-l', images]);
-    rmSync(images, { recursive: true });
+// With a TCP connection (dumped in repair mode, under the network lock): it is let go again.
+for (const withTcp of [false, true]) {
+  const what = withTcp ? ' (a TCP connection: out of repair mode, the lock lifted)' : '';
+  t.test(`dump on a full disk fails and leaves the task intact${what}`, { skip: canMountTmpfs }, async (t) => {
+    const dir = t.testdir();
+    // Outside the test dir: tap removes that before our teardown could unmount.
+    const images = mkdtempSync(path.join(tmpdir(), 'criu-ts-full-'));
+    const why = mountTmpfs(images, '256k');
+    if (why !== undefined) throw new Error(why);
+    t.teardown(() => {
+      execFileSync('umount', ['-l', images]);
+      rmSync(images, { recursive: true });
+    });
+    const w = await startWorkload('cr_state', dir, withTcp ? ['mem=8', 'tcp-conn'] : ['mem=8']);
+    t.teardown(() => w.kill());
+    const before = taskSnapshot(w.pid);
+    const args = ['dump', '-t', String(w.pid), '-D', images, '-o', path.join(dir, 'dump.log')];
+    const r = await criuWatched(withTcp ? [...args, '--tcp-established'] : args, w.pid);
+    t.equal(r.status, 1, 'dump exits 1');
+    oneErrorLine(t, r, /ENOSPC|no space/i);
+    t.ok(r.wasTraced, 'the dump did get as far as seizing the task');
+    sameTask(t, w.pid, before);
+    t.same(readdirSync(images), [], 'nothing is left on the full disk: no inventory.img, no temporary file');
+    const tables = spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout;
+    t.notMatch(tables, new RegExp(`criu-ts-${w.pid}\\b`), 'no network lock left');
+    await verdict(t, w); // its connection carries its byte on
   });
-  const w = await startWorkload('cr_state', dir, ['mem=8']);
-  t.teardown(() => w.kill());
-  const before = taskSnapshot(w.pid);
-  const r = await criuWatched(['dump', '-t', String(w.pid), '-D', images, '-o', path.join(dir, 'dump.log')], w.pid);
-  t.equal(r.status, 1, 'dump exits 1');
-  oneErrorLine(t, r, /ENOSPC|no space/i);
-  t.ok(r.wasTraced, 'the dump did get as far as seizing the task');
-  sameTask(t, w.pid, before);
-  t.same(readdirSync(images), [], 'nothing is left on the full disk: no inventory.img, no temporary file');
-  await verdict(t, w);
-});
+}
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   for (const when of ['seized', 'writing pages'] as const) {

@@ -367,6 +367,39 @@ for (const host of ['127.0.0.1', 'dual']) {
   );
 }
 
+t.test(
+  '--tcp-established: a server keeps its 50 clients, locked by the dump with one nft run',
+  { skip: needsRoot },
+  async (t) => {
+    const { dir, port, w } = await startAsyncioCounter(t);
+    const conns = await Promise.all(Array.from({ length: 50 }, () => LineClient.connect(port)));
+    t.teardown(() => conns.forEach((c) => c.close()));
+    // Each client's answer: the server counts the lines of all, so a round gives 50 numbers in a row.
+    const round = async (): Promise<number[]> =>
+      (await Promise.all(conns.map((c) => c.ask()))).map(Number).sort((a, b) => a - b);
+    const from = (first: number): number[] => Array.from({ length: 50 }, (_, i) => first + i);
+    t.same(await round(), from(1), 'fifty answers before the dump');
+    const images = path.join(dir, 'img');
+    const logged = ['-v4', '-o', 'dump.log'];
+    const dump = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '--tcp-established', ...logged]);
+    t.equal(dump.status, 0, dump.stderr);
+    const locks = readFileSync(path.join(images, 'dump.log'), 'utf8').match(/Network lock: .*/g) ?? [];
+    t.same(locks, [`Network lock: 50 TCP connection(s) of task ${w.pid} locked`], 'one lock for all');
+    await waitGone(w.pid);
+    // Each client sends while the server is gone: the lock drops it, the client sends it again later.
+    const during = round();
+    await new Promise((r) => setTimeout(r, 300));
+    t.equal(conns.filter((c) => c.isClosed).length, 0, 'no connection lost while the server is dumped');
+    const restored = await startRestore(['-D', images], path.join(dir, 'restored.pid'));
+    t.same(await during, from(51), 'the lines sent meanwhile are answered after the restore');
+    t.same(await round(), from(101), 'and the next ones');
+    t.notMatch(nftTables(), new RegExp(`criu-ts-(restore-)?${w.pid}\\b`), 'no lock left');
+    process.kill(w.pid, 'SIGTERM');
+    const r = await restored.done;
+    t.equal(r.status, 0, r.stderr);
+  },
+);
+
 /** ASYNCIO_COUNTER on `host` (a free port), started as a workload of `t`. */
 async function startAsyncioCounter(t: Test, host = '127.0.0.1'): Promise<{ dir: string; port: number; w: Workload }> {
   const dir = t.testdir({ 'counter.py': ASYNCIO_COUNTER });
