@@ -8,7 +8,8 @@
  * is taken), SRC gets its address back, the server runs on there, and the client notices nothing
  * but a pause. Redis (Debian's) moves the same way with its data and a client doing INCR. With
  * --tcp-close instead, a client (a python one, reconnecting) moves without its
- * connection to a server on a third host, and connects again from DST.
+ * connection to a server on a third host, and connects again from DST. A server with a hundred
+ * more clients moves with every connection.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -183,6 +184,66 @@ for (const [family, address, port] of [
     await s.server.waitFor(`BYE ${total}`);
     t.pass('the server ends on DST with the count the client saw');
   });
+
+// N connections, a line on each every 100 ms (a round); the numbers answered logged, a connection
+// whose numbers go backwards too, any error or end of stream, then exit. `many.py ADDR PORT N OUTFILE`.
+const MANY_CLIENT = `
+import socket, sys, time
+out = open(sys.argv[4], "a", buffering=1)
+socks = [socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) for _ in range(int(sys.argv[3]))]
+last = [0] * len(socks)
+try:
+    for rounds in range(1, 1000000):
+        for s in socks:
+            s.sendall(b"x\\n")
+        for i, s in enumerate(socks):
+            line = b""
+            while not line.endswith(b"\\n"):
+                chunk = s.recv(64)
+                if not chunk:
+                    raise EOFError(f"connection {i} ended")
+                line += chunk
+            if int(line) <= last[i]:
+                out.write(f"BACKWARDS {i} {last[i]} {int(line)}\\n")
+            last[i] = int(line)
+            out.write(f"GOT {int(line)}\\n")
+        out.write(f"ROUND {rounds} {time.monotonic():.3f}\\n")
+        time.sleep(0.1)
+except Exception as e:
+    out.write(f"ERROR {e!r}\\n")
+`;
+
+t.test('a server migrates live with 100 more clients: every connection goes on', { skip: needsRoot }, async (t) => {
+  const address = '198.19.0.14';
+  const port = 8777;
+  const s = await scene(t, address, port);
+  writeFileSync(path.join(s.dir, 'many.py'), MANY_CLIENT);
+  const manyFile = path.join(s.dir, 'many.txt');
+  writeFileSync(manyFile, '');
+  const many = s.cli.spawn(['python3', path.join(s.dir, 'many.py'), address, String(port), '100', manyFile]);
+  t.teardown(() => many.kill('SIGKILL'));
+  const manyLog = (): string => readFileSync(manyFile, 'utf8');
+  const rounds = (): number[] => [...manyLog().matchAll(/^ROUND \d+ ([\d.]+)$/gm)].map((m) => Number(m[1]));
+  await poll(() => rounds().length >= 5 || /ERROR/.test(manyLog()), 'five rounds on SRC', 20_000);
+  const r = await migrateWith(s, address, ['--json']);
+  t.equal(r.status, 0, `criu-migrate: ${r.stderr}`);
+  t.comment(`downtime ${(JSON.parse(r.stdout) as Record<string, number>)['downtime_ms']} ms`);
+  t.equal((await s.dst.exec(`test -e /proc/${s.server.pid}`)).status, 0, 'the server runs on DST');
+  const before = rounds().length;
+  await poll(() => rounds().length >= before + 10 || /ERROR/.test(manyLog()), 'ten rounds on DST', 30_000);
+  await many.kill('SIGKILL');
+  await s.client.kill('SIGKILL');
+  const times = rounds();
+  const pause = Math.max(...times.slice(1).map((x, i) => x - (times[i] as number)));
+  t.comment(`the longest round of the 100 clients: ${(pause * 1000).toFixed(0)} ms`);
+  t.notMatch(manyLog(), /ERROR|BACKWARDS/, 'no connection lost, none answered out of order');
+  t.ok(times.length >= before + 10, 'the rounds go on from DST');
+  // Every line of every connection answered once: the server's count has no number twice.
+  const all = [...`${manyLog()}${s.clientLog()}`.matchAll(/^GOT (\d+)/gm)].map((m) => Number(m[1]));
+  t.equal(new Set(all).size, all.length, `${all.length} answers, each number once`);
+  t.equal(await nftTables(s.src), '', 'no network lock is left on SRC');
+  t.equal(await nftTables(s.dst), '', 'nor on DST');
+});
 
 t.test('Redis migrates live with a client connected through its address', { skip: needsRoot }, async (t) => {
   const address = '198.19.0.13';
