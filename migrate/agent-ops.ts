@@ -28,6 +28,7 @@ import { TRACKER_KINDS, kerndat, trackerUnavailableReason } from '../src/kerndat
 import { log } from '../src/log.js';
 import { tlsArgs, type TlsCredentials, type TlsOptions } from '../src/index.js';
 import { moveAddresses } from './addresses.js';
+import { AgentClient } from './agent-client.js';
 import { EngineOps } from './engine-ops.js';
 import {
   MAX_FILE_BYTES,
@@ -78,6 +79,23 @@ export interface AgentOpsOptions {
   tls?: { files: TlsOptions; creds: TlsCredentials };
 }
 
+/** A source frozen by a final dump whose controller went away (AgentOps.resolveOrphan). */
+export interface OrphanedSource {
+  pid: number;
+  /** The migration (the first segment of the final dump's dir). */
+  id: string;
+  /** DST's agent, "HOST:PORT". */
+  dstAgent: string;
+  keepSource: boolean;
+  /** The addresses released after the final dump ("ADDR/PREFIX@DEV"). */
+  addresses: string[];
+}
+
+/** The migration a dir belongs to: its first segment ("MIGRATION-ID/SUBDIR"). */
+export function migrationOf(dir: string): string {
+  return dir.split('/')[0] ?? dir;
+}
+
 interface PageServerRecord {
   child: ChildProcess;
   exited: Promise<{ exitCode: number | null; signal: string | null }>;
@@ -115,6 +133,10 @@ export class AgentOps {
   private nextRunId = 1;
   private isClosed = false;
   private readonly engine: EngineOps;
+  /** DST: the migrations whose final restore was asked for here, by id, until it failed. */
+  private readonly finals = new Map<string, 'restoring' | 'running'>();
+  /** DST: the migrations a source asked for before any restore (migration-state 'none'). */
+  private readonly givenUp = new Set<string>();
 
   constructor(opts: AgentOpsOptions) {
     this.opts = opts;
@@ -216,14 +238,30 @@ export class AgentOps {
       case 'restore-final': {
         const p = params as ParamsOf<'restore-final'>;
         const dir = await this.dirPath(p.dir, false);
-        return (await this.engine.restoreFinal(
-          dir,
-          p.pid,
-          p.images,
-          p.serverId,
-          p.addresses,
-          p.tcpClose === true,
-        )) as R;
+        const id = migrationOf(p.dir);
+        if (this.givenUp.has(id))
+          throw new CriuError(
+            'ETASK',
+            `Migration ${id} was given up: its source asked how it ended, and runs on there`,
+          );
+        this.finals.set(id, 'restoring');
+        try {
+          const r = await this.engine.restoreFinal(dir, p.pid, p.images, p.serverId, p.addresses, p.tcpClose === true);
+          this.finals.set(id, 'running');
+          return r as R;
+        } catch (err) {
+          this.finals.delete(id);
+          throw err;
+        }
+      }
+      case 'migration-state': {
+        const id = (params as ParamsOf<'migration-state'>).id;
+        checkDir(id);
+        const state = this.finals.get(id) ?? 'none';
+        // From now on this migration's restore is refused: SRC resumes its source.
+        if (state === 'none') this.givenUp.add(id);
+        log().info(`agent: migration ${id} is asked for by its source: ${state}`);
+        return { state } as R;
       }
       case 'addresses': {
         const p = params as ParamsOf<'addresses'>;
@@ -231,6 +269,58 @@ export class AgentOps {
       }
       default:
         throw new UsageError(`Unknown agent operation "${String(op)}"`);
+    }
+  }
+
+  /**
+   * SRC: the controller of the final dump `o` went away, leaving the task frozen here. Ask DST's
+   * agent how the migration ended, again every second until it says (or this agent stops): the
+   * task runs there, so the source ends as the controller would have ended it; or it never will
+   * (DST now refuses its restore), so the source gets its addresses back and runs on. Until DST
+   * answers, the source stays frozen: resuming it could run the task twice.
+   */
+  async resolveOrphan(o: OrphanedSource): Promise<void> {
+    const token = this.opts.token;
+    log().warn(
+      `agent: the controller went away with task ${o.pid} frozen for migration ${o.id}; asking DST's agent ` +
+        `${o.dstAgent} how it ended`,
+    );
+    while (!this.isClosed) {
+      let state = 'unknown';
+      try {
+        if (token === undefined) throw new UsageError('this agent has no token to reach DST with');
+        const c = await AgentClient.connect(o.dstAgent, token, {
+          connectTimeoutMs: 5000,
+          requestTimeoutMs: 10_000,
+          ...(this.opts.tls === undefined ? {} : { tls: this.opts.tls.creds }),
+        });
+        try {
+          state = (await c.call('migration-state', { id: o.id })).state;
+        } finally {
+          c.close();
+        }
+      } catch (err) {
+        log().warn(`agent: cannot ask DST about migration ${o.id} (${describeError(err)}); task ${o.pid} stays frozen`);
+      }
+      if (this.isClosed) return;
+      if (state === 'running') {
+        log().warn(`agent: migration ${o.id} ended on DST: task ${o.pid} runs there, the source is ended`);
+        await this.engine.sourceEnd(o.pid, o.keepSource ? 'stop' : 'kill');
+        return;
+      }
+      if (state === 'none') {
+        log().warn(`agent: migration ${o.id} never restored on DST: task ${o.pid} runs on here`);
+        if (o.addresses.length > 0) {
+          try {
+            moveAddresses('take', o.addresses);
+          } catch (err) {
+            log().error(`agent: cannot take the addresses of task ${o.pid} back: ${describeError(err)}`);
+          }
+        }
+        await this.engine.sourceEnd(o.pid, 'resume');
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 1000));
     }
   }
 

@@ -26,7 +26,7 @@ import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { CriuError, ProtocolError, UsageError, describeError } from '../src/errors.js';
 import { loadTlsCredentials, tlsServerOptions, type TlsCredentials, type TlsOptions } from '../src/index.js';
 import { createLogger, log, setLogger, type LogLevel } from '../src/log.js';
-import { AgentOps, DEFAULT_IMAGES_ROOT } from './agent-ops.js';
+import { AgentOps, DEFAULT_IMAGES_ROOT, migrationOf, type OrphanedSource } from './agent-ops.js';
 import {
   CLOSE_AUTH,
   CLOSE_PROTOCOL,
@@ -41,7 +41,9 @@ import {
   serverMac,
   type AuthParams,
   type Message,
+  type ParamsOf,
   type RequestMessage,
+  type ResultOf,
 } from './protocol.js';
 
 /** A client that has not authenticated within this long is dropped. */
@@ -151,7 +153,14 @@ export class AgentServer {
         ws.close(CLOSE_AUTH, 'authentication timeout');
       }
     }, this.authTimeoutMs);
-    ws.on('close', () => clearTimeout(authTimer));
+    /** The final dumps of this connection whose source is still frozen here, by pid. */
+    const frozen = new Map<number, OrphanedSource>();
+    ws.on('close', () => {
+      clearTimeout(authTimer);
+      // The controller went away mid-migration: DST tells how it ended (AgentOps.resolveOrphan).
+      for (const o of frozen.values())
+        this.ops.resolveOrphan(o).catch((err: unknown) => log().error(`agent: ${describeError(err)}`));
+    });
     ws.on('error', (err) => log().warn(`agent: connection ${peer}: ${err.message}`));
 
     ws.on('message', (data: RawData, isBinary: boolean) => {
@@ -182,16 +191,21 @@ export class AgentServer {
         });
         return;
       }
-      void this.run(msg, send);
+      void this.run(msg, send, frozen);
     });
 
     send({ kind: 'challenge', protocol: PROTOCOL_VERSION, nonce });
   }
 
-  private async run(msg: RequestMessage, send: (m: Message) => void): Promise<void> {
+  private async run(
+    msg: RequestMessage,
+    send: (m: Message) => void,
+    frozen: Map<number, OrphanedSource>,
+  ): Promise<void> {
     const op = msg.op as Exclude<typeof msg.op, 'auth'>;
     try {
       const result = await this.ops.handle(op, msg.params as never);
+      trackFrozen(frozen, msg, result);
       send({ kind: 'response', id: msg.id, ok: true, result });
     } catch (err) {
       const code = err instanceof CriuError ? err.code : 'EPROTOCOL';
@@ -200,6 +214,28 @@ export class AgentServer {
       log().warn(`agent: ${op} failed: ${message}`);
       send({ kind: 'response', id: msg.id, ok: false, error: { code, message } });
     }
+  }
+}
+
+/**
+ * Keep `frozen` (a connection's sources left frozen by its final dumps, which name DST's agent)
+ * up to date after request `msg` succeeded with `result`.
+ */
+function trackFrozen(frozen: Map<number, OrphanedSource>, msg: RequestMessage, result: unknown): void {
+  if (msg.op === 'final-dump') {
+    const p = msg.params as ParamsOf<'final-dump'>;
+    if (p.dstAgent !== undefined)
+      frozen.set(p.pid, {
+        pid: p.pid,
+        id: migrationOf(p.dir),
+        dstAgent: p.dstAgent,
+        keepSource: p.keepSource === true,
+        addresses: [],
+      });
+  } else if (msg.op === 'addresses' && (msg.params as ParamsOf<'addresses'>).action === 'release') {
+    for (const o of frozen.values()) o.addresses = (result as ResultOf<'addresses'>).addresses;
+  } else if (msg.op === 'source-end') {
+    frozen.delete((msg.params as ParamsOf<'source-end'>).pid);
   }
 }
 

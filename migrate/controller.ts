@@ -21,11 +21,15 @@
  * source untouched (it was never
  * killed: the final dump leaves it frozen under the SRC agent's ptrace), ends the tracking, kills
  * DST's skeleton and removes both sides' images; the error says which step failed.
+ * Should the controller itself go away while the source is frozen, SRC's agent asks DST's how
+ * the migration ended (migration-state): the task runs there, and the source is ended; or its
+ * restore was never asked for, which DST then refuses, and the source runs on.
  */
 
 import { CriuError, describeError } from '../src/errors.js';
 import { log } from '../src/log.js';
 import type { Agent } from './agent-api.js';
+import { AgentClient } from './agent-client.js';
 import { decide, DEFAULT_POLICY, type Decision, type IterationRecord, type PolicyOptions } from './policy.js';
 
 export interface MigrateOptions {
@@ -165,7 +169,20 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
     const fd = await withReceiverReason(
       dst,
       rp.serverId,
-      src.call('final-dump', { pid, dir: `${id}/final`, psAddress: rp.address, psPort: rp.port, ...tcp }, 120_000),
+      src.call(
+        'final-dump',
+        {
+          pid,
+          dir: `${id}/final`,
+          psAddress: rp.address,
+          psPort: rp.port,
+          ...tcp,
+          // Should this controller go away with the source frozen, SRC asks DST how it ended.
+          ...(dst instanceof AgentClient ? { dstAgent: dst.name } : {}),
+          ...(opts.keepSource === true ? { keepSource: true } : {}),
+        },
+        120_000,
+      ),
     );
     if (moving.length > 0) {
       step = 'releasing the addresses on SRC';

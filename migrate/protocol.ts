@@ -29,9 +29,10 @@ import { Packr } from 'msgpackr';
 
 /**
  * Bumped on any incompatible change; both sides refuse another version. 4: TCP connections
- * (half-closed ones too, --tcp-close) and moved addresses.
+ * (half-closed ones too, --tcp-close) and moved addresses. 5: a source left frozen by a
+ * controller that went away asks DST how its migration ended (migration-state).
  */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 
 /** WebSocket close code: authentication missing or refused. */
 export const CLOSE_AUTH = 4001;
@@ -172,6 +173,28 @@ export interface DumpParams extends PagesTargetParams {
   skipInFlight?: boolean;
 }
 
+export interface FinalDumpParams extends DumpParams {
+  /**
+   * DST's agent ("HOST:PORT", as the controller reached it). Should the controller's connection
+   * drop while the task is frozen here, SRC asks DST how the migration ended (migration-state)
+   * and ends the source as the controller would have; without it the source stays frozen until
+   * the agent stops.
+   */
+  dstAgent?: string;
+  /** The source is stopped, not killed, once DST runs the task (criu-migrate --keep-source). */
+  keepSource?: boolean;
+}
+
+/**
+ * How a migration ended on DST, asked by SRC for a source the controller left frozen: 'running'
+ * (DST's final restore succeeded), 'restoring' (under way: ask again) or 'none' (never asked, or
+ * failed). Answering 'none' makes DST refuse any later restore-final of the migration, so that
+ * SRC may resume its source.
+ */
+export interface MigrationStateResult {
+  state: string;
+}
+
 export interface PreDumpResultWire {
   frozenUs: number;
   copyUs: number;
@@ -268,7 +291,7 @@ export interface Ops {
   'get-file': { params: GetFileParams; result: { data: Uint8Array } };
   'list-dir': { params: DirParams; result: { entries: FileEntry[] } };
   'pre-dump': { params: DumpParams; result: PreDumpResultWire };
-  'final-dump': { params: DumpParams; result: FinalDumpResultWire };
+  'final-dump': { params: FinalDumpParams; result: FinalDumpResultWire };
   'source-end': { params: { pid: number; action: string }; result: { isDone: boolean } };
   'receive-pages': { params: ReceivePagesParams; result: { serverId: number; address: string; port: number } };
   'receive-wait': { params: PageServerWaitParams; result: { pagesReceived: number; bytes: number } };
@@ -282,6 +305,7 @@ export interface Ops {
     result: { pid: number; restoreUs: number; pagesReceived: number; bytes: number };
   };
   addresses: { params: AddressesParams; result: { addresses: string[] } };
+  'migration-state': { params: { id: string }; result: MigrationStateResult };
 }
 
 export type OpName = keyof Ops;
@@ -309,6 +333,7 @@ export const OP_NAMES = [
   'skeleton-abort',
   'restore-final',
   'addresses',
+  'migration-state',
 ] as const satisfies readonly OpName[];
 
 // ---------------------------------------------------------------------------------------------
@@ -479,6 +504,8 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
     tcpEstablished: opt('boolean'),
     tcpClose: opt('boolean'),
     skipInFlight: opt('boolean'),
+    dstAgent: opt('string'),
+    keepSource: opt('boolean'),
   },
   'source-end': { pid: req('number'), action: req('string') },
   'receive-pages': { dir: req('string'), port: req('number'), address: opt('string'), prevDir: opt('string') },
@@ -494,6 +521,7 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
     tcpClose: opt('boolean'),
   },
   addresses: { action: req('string'), addresses: req('strings') },
+  'migration-state': { id: req('string') },
 };
 
 function checkParams(op: OpName, params: Record<string, unknown>): string | null {

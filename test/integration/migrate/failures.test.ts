@@ -19,11 +19,13 @@ import {
 } from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
+import { AgentClient } from '../../../migrate/agent-client.js';
+import type { ParamsOf } from '../../../migrate/protocol.js';
 import { simHosts, type SimHost } from '../../../migrate/sim-hosts.js';
 import * as sys from '../../../src/sys/native.js';
 import { poll, sleep } from '../../helpers/cr.js';
 import { fixturePath } from '../../helpers/fixture.js';
-import { runMigrate, startAgent, startOnHost, tokenFile, type HostWorkload } from '../../helpers/migrate.js';
+import { runMigrate, startAgent, startOnHost, TOKEN, tokenFile, type HostWorkload } from '../../helpers/migrate.js';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (namespaces, ptrace, clone3 set_tid)';
 
@@ -327,3 +329,55 @@ t.test('a wrong token is refused before anything is touched', { skip: needsRoot 
   t.match(r.stderr, /token|auth/i);
   await sourceIntact(t, src, w);
 });
+
+/**
+ * A controller (driven here by hand, over the protocol, as criu-migrate does it) that goes away
+ * with the source frozen after the final dump: SRC's agent asks DST's how the migration ended.
+ */
+async function finalDumpThenLeave(
+  t: Test,
+  s: Awaited<ReturnType<typeof setup>>,
+  isRestored: boolean,
+): Promise<{ dst: AgentClient; restore: ParamsOf<'restore-final'> }> {
+  const ctl = await AgentClient.connect(s.a.target, TOKEN);
+  const dst = await AgentClient.connect(s.b.target, TOKEN);
+  t.teardown(() => dst.close());
+  const rp = await dst.call('receive-pages', { dir: 'm-gone/final', port: 0 });
+  const fd = await ctl.call('final-dump', {
+    pid: s.w.pid,
+    dir: 'm-gone/final',
+    psAddress: rp.address,
+    psPort: rp.port,
+    dstAgent: s.b.target,
+  });
+  const restore = { pid: s.w.pid, dir: 'm-gone/final', images: fd.images, serverId: rp.serverId };
+  if (isRestored) t.equal((await dst.call('restore-final', restore)).pid, s.w.pid, 'DST runs the task');
+  ctl.close(); // gone without a word about the source
+  return { dst, restore };
+}
+
+t.test('the controller goes away after DST restored: SRC ends the source', { skip: needsRoot }, async (t) => {
+  const s = await setup(t);
+  await finalDumpThenLeave(t, s, true);
+  const isGone = async (): Promise<boolean> => (await s.src.exec(`test -e /proc/${s.w.pid}`)).status !== 0;
+  for (let i = 0; i < 200 && !(await isGone()); i++) await sleep(100);
+  t.ok(await isGone(), 'the source is gone from SRC: one copy runs');
+  const before = lastCount(s.w.report());
+  await poll(() => lastCount(s.w.report()) > before, 'the counter to go on on DST', 10_000);
+  t.equal((await s.dst.exec(`test -e /proc/${s.w.pid}`)).status, 0, 'the task runs on DST');
+  await s.dst.exec(`kill -TERM ${s.w.pid}`);
+  await s.w.waitFor(/PASS|FAIL/, 20_000);
+  t.match(s.w.report(), /PASS/, 'its memory check passes on DST');
+});
+
+t.test(
+  'the controller goes away before the restore: SRC resumes the source, DST refuses the restore after',
+  { skip: needsRoot },
+  async (t) => {
+    const s = await setup(t);
+    const { dst, restore } = await finalDumpThenLeave(t, s, false);
+    await sourceIntact(t, s.src, s.w);
+    await t.rejects(dst.call('restore-final', restore), /Migration m-gone was given up/, 'DST refuses it now');
+    t.not((await s.dst.exec(`test -e /proc/${s.w.pid}`)).status, 0, 'and runs no copy');
+  },
+);
