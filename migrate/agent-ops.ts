@@ -17,7 +17,8 @@
  */
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { constants as fsConstants, existsSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { constants as fsConstants, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { lstat, mkdir, open, readdir, rename, rm, statfs, unlink } from 'node:fs/promises';
 import { hostname, release, constants as osConstants } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -133,10 +134,12 @@ export class AgentOps {
   private nextRunId = 1;
   private isClosed = false;
   private readonly engine: EngineOps;
-  /** DST: the migrations whose final restore was asked for here, by id, until it failed. */
-  private readonly finals = new Map<string, 'restoring' | 'running'>();
-  /** DST: the migrations a source asked for before any restore (migration-state 'none'). */
-  private readonly givenUp = new Set<string>();
+  /** DST: the migrations whose final restore runs here now. */
+  private readonly restoring = new Set<string>();
+  /** This agent among others (hello): random, one per AgentOps. */
+  private readonly instance = randomBytes(8).toString('hex');
+  /** SRC: the tasks resolveOrphan is asking DST about. */
+  private readonly resolving = new Set<number>();
 
   constructor(opts: AgentOpsOptions) {
     this.opts = opts;
@@ -239,30 +242,22 @@ export class AgentOps {
         const p = params as ParamsOf<'restore-final'>;
         const dir = await this.dirPath(p.dir, false);
         const id = migrationOf(p.dir);
-        if (this.givenUp.has(id))
+        if (this.endOf(id)?.state === 'given-up')
           throw new CriuError(
             'ETASK',
             `Migration ${id} was given up: its source asked how it ended, and runs on there`,
           );
-        this.finals.set(id, 'restoring');
+        this.restoring.add(id);
         try {
           const r = await this.engine.restoreFinal(dir, p.pid, p.images, p.serverId, p.addresses, p.tcpClose === true);
-          this.finals.set(id, 'running');
+          this.setEnd(id, { state: 'running', pid: r.pid });
           return r as R;
-        } catch (err) {
-          this.finals.delete(id);
-          throw err;
+        } finally {
+          this.restoring.delete(id);
         }
       }
-      case 'migration-state': {
-        const id = (params as ParamsOf<'migration-state'>).id;
-        checkDir(id);
-        const state = this.finals.get(id) ?? 'none';
-        // From now on this migration's restore is refused: SRC resumes its source.
-        if (state === 'none') this.givenUp.add(id);
-        log().info(`agent: migration ${id} is asked for by its source: ${state}`);
-        return { state } as R;
-      }
+      case 'migration-state':
+        return { state: this.migrationState((params as ParamsOf<'migration-state'>).id) } as R;
       case 'addresses': {
         const p = params as ParamsOf<'addresses'>;
         return { addresses: moveAddresses(p.action, p.addresses) } as R;
@@ -273,6 +268,49 @@ export class AgentOps {
   }
 
   /**
+   * DST: how migration `id` ended, for its source (migration-state): 'running' (its final
+   * restore succeeded and the task still runs), 'restoring', or 'none' (never asked, failed, or
+   * the task is gone since), after which its restore is refused.
+   */
+  private migrationState(id: string): string {
+    checkDir(id);
+    const end = this.endOf(id);
+    let state: string;
+    if (this.restoring.has(id)) state = 'restoring';
+    else if (end?.state === 'running' && end.pid !== undefined && checkRunning(end.pid).isRunning) state = 'running';
+    else {
+      state = 'none';
+      this.setEnd(id, { state: 'given-up' });
+    }
+    log().info(`agent: the source of migration ${id} asks how it ended: ${state}`);
+    return state;
+  }
+
+  /**
+   * DST: how migration `id` ended here ('running': restored, `pid`; 'given-up': its source
+   * resumed), kept in a file under the images root so that a restarted agent still knows.
+   */
+  private endOf(id: string): { state: string; pid?: number } | undefined {
+    try {
+      return JSON.parse(readFileSync(this.endFile(id), 'utf8')) as { state: string; pid?: number };
+    } catch {
+      return undefined;
+    }
+  }
+
+  private setEnd(id: string, end: { state: string; pid?: number }): void {
+    try {
+      writeFileSync(this.endFile(id), JSON.stringify(end), { mode: 0o600 });
+    } catch (err) {
+      log().error(`agent: cannot record how migration ${id} ended: ${describeError(err)}`);
+    }
+  }
+
+  private endFile(id: string): string {
+    return join(this.imagesRoot, RUN_DIR, `migration-${id}`);
+  }
+
+  /**
    * SRC: the controller of the final dump `o` went away, leaving the task frozen here. Ask DST's
    * agent how the migration ended, again every second until it says (or this agent stops): the
    * task runs there, so the source ends as the controller would have ended it; or it never will
@@ -280,12 +318,22 @@ export class AgentOps {
    * answers, the source stays frozen: resuming it could run the task twice.
    */
   async resolveOrphan(o: OrphanedSource): Promise<void> {
+    if (this.resolving.has(o.pid)) return;
+    this.resolving.add(o.pid);
+    try {
+      await this.askDst(o);
+    } finally {
+      this.resolving.delete(o.pid);
+    }
+  }
+
+  private async askDst(o: OrphanedSource): Promise<void> {
     const token = this.opts.token;
     log().warn(
       `agent: the controller went away with task ${o.pid} frozen for migration ${o.id}; asking DST's agent ` +
         `${o.dstAgent} how it ended`,
     );
-    while (!this.isClosed) {
+    for (let attempt = 0; !this.isClosed; attempt++) {
       let state = 'unknown';
       try {
         if (token === undefined) throw new UsageError('this agent has no token to reach DST with');
@@ -295,12 +343,20 @@ export class AgentOps {
           ...(this.opts.tls === undefined ? {} : { tls: this.opts.tls.creds }),
         });
         try {
+          // The controller's address of DST may lead back here (a controller on DST that used
+          // localhost): this agent cannot say how the migration ended on DST.
+          if ((await c.hello()).instance === this.instance)
+            throw new UsageError(`${o.dstAgent} (DST's agent as the controller reached it) is this agent`);
           state = (await c.call('migration-state', { id: o.id })).state;
         } finally {
           c.close();
         }
       } catch (err) {
-        log().warn(`agent: cannot ask DST about migration ${o.id} (${describeError(err)}); task ${o.pid} stays frozen`);
+        // Once, then once a minute.
+        if (attempt % 60 === 0)
+          log().warn(
+            `agent: cannot ask DST about migration ${o.id} (${describeError(err)}); task ${o.pid} stays frozen`,
+          );
       }
       if (this.isClosed) return;
       if (state === 'running') {
@@ -327,6 +383,14 @@ export class AgentOps {
   /** Stop every page server and restore still running (SIGTERM, then SIGKILL after 2 s). */
   async close(): Promise<void> {
     this.isClosed = true;
+    // A source whose migration's end DST never told: stopped, not resumed (it may run on DST).
+    for (const pid of this.resolving) {
+      log().warn(
+        `agent: task ${pid} is left stopped (SIGSTOP): DST never said how its migration ended. ` +
+          `If it does not run on DST, resume it with kill -CONT ${pid}`,
+      );
+      await this.engine.sourceEnd(pid, 'stop');
+    }
     this.engine.close();
     const all = [...this.children];
     for (const c of all) c.kill('SIGTERM');
@@ -358,6 +422,7 @@ export class AgentOps {
       freeBytes: fs.bavail * fs.bsize,
       trackers: usableTrackers(),
       pid: process.pid,
+      instance: this.instance,
     };
   }
 
@@ -456,6 +521,8 @@ export class AgentOps {
     if (!existsSync(join(top, OWNED_MARK)))
       throw new UsageError(`Cannot clean up "${dirParam}": this agent did not create it`);
     await rm(dir, { recursive: true, force: true });
+    // The whole migration: how it ended goes too (its controller is done with it).
+    if (!dirParam.includes('/')) await rm(this.endFile(dirParam), { force: true });
     log().info(`agent: removed ${dir}`);
     return true;
   }

@@ -153,13 +153,12 @@ export class AgentServer {
         ws.close(CLOSE_AUTH, 'authentication timeout');
       }
     }, this.authTimeoutMs);
-    /** The final dumps of this connection whose source is still frozen here, by pid. */
-    const frozen = new Map<number, OrphanedSource>();
+    const conn: Connection = { frozen: new Map(), isClosed: false };
     ws.on('close', () => {
       clearTimeout(authTimer);
-      // The controller went away mid-migration: DST tells how it ended (AgentOps.resolveOrphan).
-      for (const o of frozen.values())
-        this.ops.resolveOrphan(o).catch((err: unknown) => log().error(`agent: ${describeError(err)}`));
+      conn.isClosed = true;
+      // The controller went away mid-migration: DST tells how it ended.
+      for (const o of conn.frozen.values()) this.resolveOrphan(o);
     });
     ws.on('error', (err) => log().warn(`agent: connection ${peer}: ${err.message}`));
 
@@ -191,21 +190,23 @@ export class AgentServer {
         });
         return;
       }
-      void this.run(msg, send, frozen);
+      void this.run(msg, send, conn);
     });
 
     send({ kind: 'challenge', protocol: PROTOCOL_VERSION, nonce });
   }
 
-  private async run(
-    msg: RequestMessage,
-    send: (m: Message) => void,
-    frozen: Map<number, OrphanedSource>,
-  ): Promise<void> {
+  private resolveOrphan(o: OrphanedSource): void {
+    this.ops.resolveOrphan(o).catch((err: unknown) => log().error(`agent: ${describeError(err)}`));
+  }
+
+  private async run(msg: RequestMessage, send: (m: Message) => void, conn: Connection): Promise<void> {
     const op = msg.op as Exclude<typeof msg.op, 'auth'>;
     try {
       const result = await this.ops.handle(op, msg.params as never);
-      trackFrozen(frozen, msg, result);
+      const orphan = trackFrozen(conn, msg, result);
+      // The connection dropped while the final dump ran: its source is already an orphan.
+      if (orphan !== undefined && conn.isClosed) this.resolveOrphan(orphan);
       send({ kind: 'response', id: msg.id, ok: true, result });
     } catch (err) {
       const code = err instanceof CriuError ? err.code : 'EPROTOCOL';
@@ -217,26 +218,42 @@ export class AgentServer {
   }
 }
 
+/** What the agent keeps of one controller's connection. */
+interface Connection {
+  /** Its final dumps whose source is still frozen here (and which name DST's agent), by pid. */
+  frozen: Map<number, OrphanedSource>;
+  /** The latest of them: the one an address release that follows is for. */
+  latest?: OrphanedSource;
+  isClosed: boolean;
+}
+
 /**
- * Keep `frozen` (a connection's sources left frozen by its final dumps, which name DST's agent)
- * up to date after request `msg` succeeded with `result`.
+ * Keep `conn`'s frozen sources up to date after request `msg` succeeded with `result`; the
+ * source a final dump just left frozen, if any.
  */
-function trackFrozen(frozen: Map<number, OrphanedSource>, msg: RequestMessage, result: unknown): void {
+function trackFrozen(conn: Connection, msg: RequestMessage, result: unknown): OrphanedSource | undefined {
   if (msg.op === 'final-dump') {
     const p = msg.params as ParamsOf<'final-dump'>;
-    if (p.dstAgent !== undefined)
-      frozen.set(p.pid, {
-        pid: p.pid,
-        id: migrationOf(p.dir),
-        dstAgent: p.dstAgent,
-        keepSource: p.keepSource === true,
-        addresses: [],
-      });
-  } else if (msg.op === 'addresses' && (msg.params as ParamsOf<'addresses'>).action === 'release') {
-    for (const o of frozen.values()) o.addresses = (result as ResultOf<'addresses'>).addresses;
-  } else if (msg.op === 'source-end') {
-    frozen.delete((msg.params as ParamsOf<'source-end'>).pid);
+    if (p.dstAgent === undefined) return undefined;
+    const o = {
+      pid: p.pid,
+      id: migrationOf(p.dir),
+      dstAgent: p.dstAgent,
+      keepSource: p.keepSource === true,
+      addresses: [],
+    };
+    conn.frozen.set(p.pid, o);
+    conn.latest = o;
+    return o;
   }
+  if (msg.op === 'addresses' && (msg.params as ParamsOf<'addresses'>).action === 'release') {
+    if (conn.latest !== undefined) conn.latest.addresses = (result as ResultOf<'addresses'>).addresses;
+  } else if (msg.op === 'source-end') {
+    const pid = (msg.params as ParamsOf<'source-end'>).pid;
+    conn.frozen.delete(pid);
+    if (conn.latest?.pid === pid) delete conn.latest;
+  }
+  return undefined;
 }
 
 /**

@@ -65,6 +65,8 @@ export interface HelloResult {
   trackers: string[];
   /** The agent's pid, as its own PID namespace sees it. */
   pid: number;
+  /** Random, one per running agent: tells an agent it reached itself. */
+  instance: string;
 }
 
 export interface PageServerStartParams {

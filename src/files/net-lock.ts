@@ -100,21 +100,28 @@ export function unlock(pid: number, owner: LockOwner = 'dump'): void {
 
 /**
  * Lift the locks of several tasks, of each owner in `owners` (those there are): two nft runs for
- * all (which tables exist, then their deletion in one transaction, which a missing table would fail).
+ * all (which tables exist, then their deletion in one transaction). Should that fail (a table
+ * gone meanwhile fails the whole transaction), each table on its own; the first error is thrown
+ * once all were tried.
  */
 export function unlockTables(pids: Iterable<number>, owners: readonly LockOwner[]): void {
-  const list = [...pids];
-  const wanted = list.flatMap((pid) => owners.map((owner) => tableOf(pid, owner)));
-  if (wanted.length <= 1) {
-    for (const pid of list) for (const owner of owners) unlock(pid, owner);
-    return;
-  }
+  const wanted = [...pids].flatMap((pid) => owners.map((owner) => ({ pid, owner, table: tableOf(pid, owner) })));
+  const eachAlone = (): void => {
+    let first: unknown;
+    for (const w of wanted) {
+      try {
+        unlock(w.pid, w.owner);
+      } catch (err) {
+        first ??= err;
+      }
+    }
+    if (first !== undefined) throw first;
+  };
+  if (wanted.length <= 1) return eachAlone();
   const listed = nft(['list', 'tables', 'inet']);
-  if (listed.status !== 0)
-    throw new UnsupportedError('network-lock', `Cannot list the network locks with nft: ${listed.stderr}`);
+  if (listed.status !== 0) return eachAlone();
   const present = new Set([...listed.stdout.matchAll(/^table inet (\S+)$/gm)].map((m) => m[1]));
-  const script = wanted.filter((t) => present.has(t)).map((t) => `delete table inet ${t}`);
+  const script = wanted.filter((w) => present.has(w.table)).map((w) => `delete table inet ${w.table}`);
   if (script.length === 0) return;
-  const r = nft(['-f', '-'], `${script.join('\n')}\n`);
-  if (r.status !== 0) throw new UnsupportedError('network-lock', `Cannot lift the network locks with nft: ${r.stderr}`);
+  if (nft(['-f', '-'], `${script.join('\n')}\n`).status !== 0) eachAlone();
 }

@@ -215,6 +215,12 @@ export function setSockOptInTask(
   try {
     local = sys.pidfdGetfd(pidfd, fd, 0);
     sys.setsockopt(local, level, name, typeof value === 'number' ? int32(value) : value);
+  } catch (err) {
+    // Named as the task's fd, not criu's duplicate.
+    if (!(err instanceof SyscallError)) throw err;
+    throw new SyscallError(err.syscall, err.errno, err.errnoCode, [`task ${injector.pid}`, fd, level, name], {
+      cause: err,
+    });
   } finally {
     if (local >= 0) sys.close(local);
     sys.close(pidfd);

@@ -4,7 +4,10 @@
  * stays up, DST's disk full, a wrong token. Each time criu-migrate exits non-zero with one line
  * naming the reason, the workload keeps running on SRC with its counter going on, no dirty-memory
  * tracking is left in it (no uffd-wp VMA, no holder process), and its own check of its memory
- * passes when it is finally stopped.
+ * passes when it is finally stopped. A controller that goes away with the source frozen (during
+ * the final dump, before or after DST's restore) leaves it to SRC's agent, which asks DST's how
+ * the migration ended: one copy runs on, whichever host it is on; with DST's agent restarted in
+ * between too, and an SRC agent that stops before DST answers leaves the source stopped.
  */
 import { spawnSync } from 'node:child_process';
 import {
@@ -338,6 +341,7 @@ async function finalDumpThenLeave(
   t: Test,
   s: Awaited<ReturnType<typeof setup>>,
   isRestored: boolean,
+  beforeLeaving: () => Promise<void> = () => Promise.resolve(),
 ): Promise<{ dst: AgentClient; restore: ParamsOf<'restore-final'> }> {
   const ctl = await AgentClient.connect(s.a.target, TOKEN);
   const dst = await AgentClient.connect(s.b.target, TOKEN);
@@ -352,6 +356,7 @@ async function finalDumpThenLeave(
   });
   const restore = { pid: s.w.pid, dir: 'm-gone/final', images: fd.images, serverId: rp.serverId };
   if (isRestored) t.equal((await dst.call('restore-final', restore)).pid, s.w.pid, 'DST runs the task');
+  await beforeLeaving();
   ctl.close(); // gone without a word about the source
   return { dst, restore };
 }
@@ -381,3 +386,59 @@ t.test(
     t.not((await s.dst.exec(`test -e /proc/${s.w.pid}`)).status, 0, 'and runs no copy');
   },
 );
+
+t.test(
+  'the controller goes away during the final dump: SRC resumes the source once it is done',
+  { skip: needsRoot },
+  async (t) => {
+    const s = await setup(t);
+    const ctl = await AgentClient.connect(s.a.target, TOKEN);
+    const dst = await AgentClient.connect(s.b.target, TOKEN);
+    t.teardown(() => dst.close());
+    const rp = await dst.call('receive-pages', { dir: 'm-gone/final', port: 0 });
+    const dumping = ctl.call('final-dump', {
+      pid: s.w.pid,
+      dir: 'm-gone/final',
+      psAddress: rp.address,
+      psPort: rp.port,
+      dstAgent: s.b.target,
+    });
+    dumping.catch(() => undefined);
+    ctl.close(); // right after the request: the agent sees the connection drop while it dumps
+    await sourceIntact(t, s.src, s.w);
+  },
+);
+
+t.test('a DST agent restarted after the restore still says the task runs there', { skip: needsRoot }, async (t) => {
+  const s = await setup(t);
+  const { dst } = await finalDumpThenLeave(t, s, true, async () => {
+    await s.b.agent.kill('SIGKILL');
+  });
+  dst.close();
+  // SRC asks a DST that is not there, then the agent again, on the same address and images root.
+  await sleep(1500);
+  t.equal((await s.src.exec(`test -e /proc/${s.w.pid}`)).status, 0, 'the source waits, frozen, for an answer');
+  const again = await startAgent(t, s.dst, s.dir, undefined, ['--listen', s.b.target]);
+  t.equal(again.target, s.b.target);
+  const isGone = async (): Promise<boolean> => (await s.src.exec(`test -e /proc/${s.w.pid}`)).status !== 0;
+  for (let i = 0; i < 200 && !(await isGone()); i++) await sleep(100);
+  t.ok(await isGone(), 'the source is ended on SRC: one copy runs');
+  await s.dst.exec(`kill -TERM ${s.w.pid}`);
+  await s.w.waitFor(/PASS|FAIL/, 20_000);
+  t.match(s.w.report(), /PASS/, 'its memory check passes on DST');
+});
+
+t.test('an SRC agent that stops before DST answered leaves the source stopped', { skip: needsRoot }, async (t) => {
+  const s = await setup(t);
+  await finalDumpThenLeave(t, s, false, async () => {
+    await s.b.agent.kill('SIGKILL'); // DST cannot answer
+  });
+  await sleep(1500);
+  await s.a.agent.kill('SIGTERM');
+  await s.a.agent.exited;
+  const state = await s.src.exec(`sed 's/.*) //' /proc/${s.w.pid}/stat | cut -d' ' -f1`);
+  t.equal(state.stdout.trim(), 'T', 'stopped (SIGSTOP), not resumed: it may run on DST');
+  t.match(s.a.stderr(), new RegExp(`task ${s.w.pid} is left stopped`), 'the agent says so');
+  await s.src.exec(`kill -CONT ${s.w.pid}`);
+  await sourceIntact(t, s.src, s.w);
+});
