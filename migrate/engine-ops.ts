@@ -323,8 +323,9 @@ export class EngineOps {
       }));
       return { pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, anonVmas, fileVmas };
     });
-    if (layouts[0]?.pid !== pid) throw new UsageError(`The pre-dumped tree is not ${pid}'s`);
+    // The namespaces first: a tree in a PID namespace of its own has other pids in its layouts.
     const cloneFlags = namespaceCloneFlags(namespaces.split(',').filter((k) => k !== ''));
+    if (layouts[0]?.pid !== pid) throw new UsageError(`The pre-dumped tree is not ${pid}'s`);
     let sk = this.skeletons.get(pid);
     if (sk !== undefined && (!sk.fits(layouts) || sk.cloneFlags !== cloneFlags)) {
       log().info(`agent: the tree of ${pid} changed since the last pre-dump: its skeleton is made again`);

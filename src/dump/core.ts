@@ -225,6 +225,7 @@ export function dumpTaskCore(
   pid: number,
   leader: Injector,
   extra: readonly InjectedCall[] = [],
+  vpid: (hostPid: number) => number = (p) => p,
 ): { tc: ImageEntry; extra: bigint[] } {
   const stat = readStat(pid);
   const personality = readPersonality(pid);
@@ -266,7 +267,8 @@ export function dumpTaskCore(
       vsec: spec.readBigUInt64LE(16),
       vnsec: spec.readBigUInt64LE(24),
     };
-    if (t.isThreadId) timer['notify_thread_id'] = t.notifyPid;
+    // /proc/PID/timers names the thread as criu's namespace sees it.
+    if (t.isThreadId) timer['notify_thread_id'] = vpid(t.notifyPid);
     return timer;
   });
   const timers = {

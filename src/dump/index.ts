@@ -50,6 +50,7 @@ import { kobjIds, rootIds } from './ids.js';
 import { dumpSysvShm, removeSysvShm } from './sysv-shm.js';
 import { dumpMsgQueues, dumpSemSets } from './sysv-ipc.js';
 import { checkTreeNamespaces, dumpIpcVar, dumpUtsns, inTreeIpc, type TreeNamespaces } from './namespaces.js';
+import { treePids } from './pid-ns.js';
 import { checkTreeFds, checkTreeMemory, freezeDumpTree, readDumpTree, releaseTree, zombieCore } from './tree.js';
 import { dumpProcess, type ProcessDumpContext } from './process.js';
 import type { PidfdStore } from './pidfd-store.js';
@@ -254,6 +255,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       opts.namespaces,
     );
     throwIfAborted(opts.signal);
+    // The images hold the pids as the tree's PID namespace sees them (pid-ns.ts).
+    const pids = treePids(pid, namespaces.own.has('pid'));
     let nextId = 1;
     const extraImages = new Map<string, { entry: ImageEntry; extra?: Uint8Array }[]>();
     const batch: ImageToWrite[] = [];
@@ -288,6 +291,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       dumpedShmem: new Set(),
       sysvShm: new Map(),
       namespaces,
+      pids,
       add,
       fileEntries: [],
       pstree: [],
@@ -300,9 +304,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     for (const z of zombies) {
       // A zombie: its exit status (as waitpid reports it) and its place in the tree, as CRIU.
       const st = readStat(z.pid);
-      if (st === null) throw new TaskError(z.pid, `Zombie ${z.pid} was reaped while its parent was frozen`);
-      add(`core-${z.pid}.img`, 'CORE', [zombieCore(st)]);
-      ctx.pstree.push({ pid: z.pid, ppid: z.ppid, pgid: st.pgrp, sid: st.session, threads: [z.pid] });
+      const groups = pids.groupsOf(z.pid);
+      if (st === null || groups === null)
+        throw new TaskError(z.pid, `Zombie ${z.pid} was reaped while its parent was frozen`);
+      const vz = pids.vpid(z.pid);
+      add(`core-${vz}.img`, 'CORE', [zombieCore(st)]);
+      ctx.pstree.push({ pid: vz, ppid: pids.vpid(z.ppid), pgid: groups.pgid, sid: groups.sid, threads: [vz] });
     }
     if (zombies.length > 0) log().info(`Dumped ${zombies.length} zombie(s) of tree ${pid}`);
     const treeIds = kobjIds(0, namespaces.own).task;

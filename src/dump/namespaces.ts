@@ -4,14 +4,16 @@
  * own is the tree's, dumped, and made new on restore. Every other process and thread of the tree
  * must be in the root's namespaces (CRIU: "Can't dump nested namespace").
  *
- * criu-ts dumps two kinds:
+ * criu-ts dumps three kinds:
+ *   - pid: nothing to dump (as in CRIU), but the images hold the pids as the namespace sees them
+ *     (pid-ns.ts); its init must be the tree's root;
  *   - uts: the host and domain names, in utsns-<id>.img;
  *   - ipc: the IPC sysctls, in ipcns-var-<id>.img; the System V shared memory segments the tree
  *     attaches (sysv-shm.ts, read in the namespace), in ipcns-shm-<id>.img; its semaphore sets
  *     and message queues (sysv-ipc.ts), in ipcns-sem-<id>.img and ipcns-msg-<id>.img.
  * `--namespaces` (`-n`) asks for a kind even when the root shares it with criu: it is then dumped
  * all the same, and the restore gives the tree a new one with what was dumped, as CRIU's `-n`
- * did. Any other kind of its own (PID, network, mount, user, cgroup, time), asked for or found,
+ * did (uts and ipc only). Any other kind of its own (network, mount, user, cgroup, time), asked for or found,
  * is refused in one line before anything is frozen, as is a process or thread in another
  * namespace than the root's, or a task that unshared a PID or time namespace for its children.
  *
@@ -27,6 +29,7 @@ import type { ImageEntry } from '../images/index.js';
 import { readNamespaces, type NsLink } from '../proc/misc.js';
 import { readProcDir } from '../proc/read.js';
 import { readStat } from '../proc/stat.js';
+import { readStatus } from '../proc/status.js';
 import { PF_EXITING } from '../kernel/constants.js';
 import { inNamespace, openNamespace } from '../sys/namespaces.js';
 
@@ -34,8 +37,10 @@ import { inNamespace, openNamespace } from '../sys/namespaces.js';
 export const NS_KINDS = ['pid', 'net', 'ipc', 'uts', 'time', 'mnt', 'user', 'cgroup'] as const;
 export type NsKind = (typeof NS_KINDS)[number];
 
-/** The kinds criu-ts dumps. */
-const DUMPABLE: readonly NsKind[] = ['uts', 'ipc'];
+/** The kinds criu-ts dumps when the tree has them of its own. */
+const DUMPABLE: readonly NsKind[] = ['uts', 'ipc', 'pid'];
+/** The kinds --namespaces may ask for where the tree shares criu's. */
+const REQUESTABLE: readonly NsKind[] = ['uts', 'ipc'];
 
 const NS_WHAT: Record<NsKind, string> = {
   pid: 'PID',
@@ -71,7 +76,7 @@ export function checkTreeNamespaces(
     throw new UnsupportedError('namespace', `Cannot dump tree ${root}: ${why}`);
   };
   for (const kind of requested)
-    if (!(DUMPABLE as readonly string[]).includes(kind))
+    if (!(REQUESTABLE as readonly string[]).includes(kind))
       refuse(`--namespaces ${kind}: criu-ts cannot dump ${whatOf(kind)} namespaces yet (only uts and ipc)`);
   const mine = readNamespaces(process.pid) ?? new Map<string, NsLink>();
   const rootNs = readNamespaces(root);
@@ -83,7 +88,10 @@ export function checkTreeNamespaces(
     if (theirs === undefined || ours === undefined) continue; // a kind this kernel lacks
     if (theirs.inode !== ours.inode) {
       if (!DUMPABLE.includes(kind))
-        refuse(`it lives in a ${NS_WHAT[kind]} namespace of its own, which criu-ts cannot dump yet (only uts and ipc)`);
+        refuse(
+          `it lives in a ${NS_WHAT[kind]} namespace of its own, which criu-ts cannot dump yet (only uts, ipc and pid)`,
+        );
+      if (kind === 'pid') checkPidNamespace(root, pids, refuse);
       own.add(kind);
     } else if (requested.includes(kind)) own.add(kind);
   }
@@ -111,6 +119,34 @@ export function checkTreeNamespaces(
     }
   }
   return { own, isIpcCriu: rootNs.get('ipc')?.inode === mine.get('ipc')?.inode };
+}
+
+/**
+ * A tree in a PID namespace of its own is dumped whole, as CRIU does: its root must be the
+ * namespace's init, and each process's session and group leaders inside it (the images hold
+ * the namespace's pids; one outside has none there).
+ */
+function checkPidNamespace(root: number, pids: readonly number[], refuse: (why: string) => never): void {
+  const rootIds = readStatus(root)?.nsPid ?? [];
+  if (rootIds.length < 2 || rootIds.at(-1) !== 1)
+    refuse(
+      `it lives in a PID namespace of its own without being its init (it is ${rootIds.at(-1) ?? '?'} there): ` +
+        'dump the namespace from its init',
+    );
+  const level = rootIds.length - 1;
+  for (const pid of pids) {
+    const st = readStatus(pid);
+    if (st === null) continue; // gone meanwhile: the freeze finds out
+    for (const [what, ids] of [
+      ['session', st.nsSid],
+      ['process group', st.nsPgid],
+    ] as const)
+      if ((ids[level] ?? 0) === 0)
+        refuse(
+          `the ${what} leader of process ${pid} is outside the tree's PID namespace; ` +
+            'start its init as a session leader there (setsid)',
+        );
+  }
 }
 
 /** Whether task `tid` (a process or a thread) is alive: not a zombie, not exiting. */

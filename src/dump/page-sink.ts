@@ -17,6 +17,8 @@ import { localDest, type KnownState, type MemoryPlan } from './memory.js';
 export interface WritePagesOptions {
   /** The task runs during the copy (pre-dump). */
   running: boolean;
+  /** The pagemap's id (pagemap-<id>.img): the pid as the tree's PID namespace sees it (default: the pid). */
+  imageId?: number;
   signal?: AbortSignal | undefined;
   onProgress?: (bytesDone: number) => void;
 }
@@ -28,8 +30,11 @@ export interface PageSink {
    * (local files: preparePagesFile). Optional; only a hint.
    */
   reserve?(bytes: number): void;
-  /** Begin the task's pagemap; true when the destination has the parent image pages may refer to. */
-  open(pid: number, prevImagesDir: string | undefined): Promise<boolean>;
+  /**
+   * Begin the task's pagemap (`id`: its pid in the images); true when the destination has the
+   * parent image pages may refer to.
+   */
+  open(id: number, prevImagesDir: string | undefined): Promise<boolean>;
   /** Copy the planned pages from the task and record the whole pagemap. */
   writePages(pid: number, plan: MemoryPlan, opts: WritePagesOptions): Promise<{ pagesWritten: number }>;
   /** Make the pages part of the image (rename into place; page server: CLOSE and its reply). */
@@ -81,7 +86,7 @@ export function localPageSink(dir: string, allocPagesId?: () => number): PageSin
       const res = await writePages(pid, plan.copy, dir, pagesId, opts.onProgress, opts.signal, opts.running, file);
       written.push(`pages-${pagesId}.img`);
       if (res.pagesGone > 0) log().info(`${res.pagesGone} pages were unmapped during the copy (zeros written)`);
-      pending.push({ pid, plan, pagesId });
+      pending.push({ pid: opts.imageId ?? pid, plan, pagesId });
       return { pagesWritten: res.pagesWritten };
     },
     async commit() {

@@ -23,6 +23,7 @@
  * Images: pagemap-<pid>.img and pages-<n>.img per process, inventory.img, stats-dump, `parent`.
  */
 
+import { treePids } from './pid-ns.js';
 import { mkdir, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { TaskError } from '../errors.js';
@@ -169,6 +170,8 @@ interface ProcessPreDump {
 export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
   const { pid } = opts;
   const { tree, namespaces } = checkDumpable(pid, opts.fileOptions, opts.namespaces);
+  // The images (and the layouts) hold the pids as the tree's PID namespace sees them.
+  const pids = treePids(pid, namespaces.own.has('pid'));
   log().debug(`Pre-dump of ${pid}: checked (${tree.length} process(es))`);
   await mkdir(opts.imagesDir, { recursive: true, mode: 0o700 });
   const dir = opts.imagesDir;
@@ -233,17 +236,17 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
           isThpEligible: false,
         }),
       );
-      const parent = await sink.open(p, opts.prevImagesDir);
+      const parent = await sink.open(pids.vpid(p), opts.prevImagesDir);
       const isReused = parent && opts.pidfdStore?.isReusedSinceParent(p, opts.prevImagesDir) === true;
       const known = parent && !isReused ? parentKnown(decodeKnown(tracker.state), sink, opts.prevImagesDir, dir) : null;
       plan = await planMemory(p, vmas, tracker, known);
-      const st = readStat(p);
-      if (st === null) throw new TaskError(p, `Task ${p} exited while being dumped`);
+      const groups = pids.groupsOf(p);
+      if (groups === null) throw new TaskError(p, `Task ${p} exited while being dumped`);
       layout = {
-        pid: p,
-        ppid,
-        pgid: st.pgrp,
-        sid: st.session,
+        pid: pids.vpid(p),
+        ppid: pids.vpid(ppid),
+        pgid: groups.pgid,
+        sid: groups.sid,
         anonVmas: vmas
           .filter((v) => (v.status & VMA_AREA.ANON_PRIVATE) !== 0 && (v.prot & PROT.WRITE) !== 0)
           .map((v) => ({ start: v.start, end: v.end })),
@@ -260,6 +263,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpStats> {
     await reserving;
     const tMem = nowUs();
     const written = await sink.writePages(p, plan, {
+      imageId: pids.vpid(p),
       running: true,
       signal: opts.signal,
       onProgress: (bytes) => opts.onProgress?.('memory', bytes, total),

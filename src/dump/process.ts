@@ -14,7 +14,6 @@ import { log } from '../log.js';
 import { pagesBytes } from '../mem/dump-pages.js';
 import type * as TrackModule from '../mem/track/index.js';
 import type { DirtyTracker } from '../mem/track/index.js';
-import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
 import { dumpFiles } from '../files/index.js';
 import type { FileImageSink } from '../files/image-sink.js';
@@ -24,6 +23,7 @@ import { dumpTaskCore, dumpThread } from './core.js';
 import type { FrozenTask } from './freeze.js';
 import { kobjIds } from './ids.js';
 import type { TreeNamespaces } from './namespaces.js';
+import type { TreePids } from './pid-ns.js';
 import { decodeKnown, planMemory } from './memory.js';
 import { completeMm, dumpMm, dumpMmShmem, MM_CALLS, pathFileEntry, type MmPreRead } from './mm.js';
 import { parentKnown, type PageSink } from './page-sink.js';
@@ -60,6 +60,8 @@ export interface ProcessDumpContext {
   sysvShm: Map<number, SysvUse>;
   /** The tree's namespaces (namespaces.ts): which are its own, for the ids. */
   namespaces: TreeNamespaces;
+  /** The tree's pids as its PID namespace sees them: those of the images. */
+  pids: TreePids;
   /** Add an image to the batch written once every process is dumped. */
   add(name: string, kind: string, entries: ImageToWrite['entries']): void;
   /** files.img: every process's file entries (its mappings' files, then its fds'). */
@@ -114,7 +116,8 @@ export async function dumpProcess(task: FrozenTask, index: number, ctx: ProcessD
     tracker.markLastCollect();
   }
   log().debug('dump: memory plan');
-  const hasParent = await sink.open(tp, opts.prevImagesDir);
+  const vp = ctx.pids.vpid(tp);
+  const hasParent = await sink.open(vp, opts.prevImagesDir);
   const isReused = hasParent && opts.pidfdStore?.isReusedSinceParent(tp, opts.prevImagesDir) === true;
   const known =
     hasParent && tracker !== null && !isReused
@@ -129,6 +132,7 @@ export async function dumpProcess(task: FrozenTask, index: number, ctx: ProcessD
   opts.signal?.addEventListener('abort', onAbort, { once: true });
   const copying = sink
     .writePages(tp, plan, {
+      imageId: vp,
       running: false,
       signal: copyAbort.signal,
       onProgress: (done) => opts.onProgress?.('memory', done, totalBytes),
@@ -138,7 +142,14 @@ export async function dumpProcess(task: FrozenTask, index: number, ctx: ProcessD
   copying.catch(() => undefined); // awaited below, or before the sink is discarded
 
   log().debug('dump: files');
-  const fileCtx = { allocId, images, options: ctx.fileOptions, shared: ctx.filesShared, addEntry: ctx.addEntry };
+  const fileCtx = {
+    allocId,
+    images,
+    options: ctx.fileOptions,
+    shared: ctx.filesShared,
+    addEntry: ctx.addEntry,
+    vpid: ctx.pids.vpid,
+  };
   const files = await dumpFiles(tp, task.leader, fileCtx);
   await dumpDeletedMappings(tp, mm.deleted, { ...fileCtx, pid: tp, injector: task.leader });
   // Shared memory contents, after the fds: a mapped memfd may be open as an fd too.
@@ -151,7 +162,7 @@ export async function dumpProcess(task: FrozenTask, index: number, ctx: ProcessD
 
   log().debug('dump: task core');
   // The mm's injected calls go in the task core's batch: one resumption of the task for both.
-  const { tc: taskCore, extra: mmResults } = dumpTaskCore(tp, task.leader, MM_CALLS);
+  const { tc: taskCore, extra: mmResults } = dumpTaskCore(tp, task.leader, MM_CALLS, ctx.pids.vpid);
   // A process in a group stop (SIGSTOP, Ctrl-Z) when seized comes back stopped, as in CRIU.
   if (task.leader.seizeState === 'group-stop') taskCore['task_state'] = TASK_STATE.STOPPED;
   completeMm(mm, mmResults);
@@ -165,22 +176,22 @@ export async function dumpProcess(task: FrozenTask, index: number, ctx: ProcessD
     }
     const core: ImageEntry = { mtype: 1, thread_info: t.thread_info, thread_core: t.thread_core };
     if (inj.tid === task.leader.tid) core['tc'] = taskCore;
-    add(`core-${inj.tid}.img`, 'CORE', [core]);
+    add(`core-${ctx.pids.vpid(inj.tid)}.img`, 'CORE', [core]);
   }
   const ids = kobjIds(index, ctx.namespaces.own);
-  add(`mm-${tp}.img`, 'MM', [mm.entry]);
+  add(`mm-${vp}.img`, 'MM', [mm.entry]);
   add(`fdinfo-${Number(ids.task['files_id'])}.img`, 'FDINFO', files.fdinfo);
-  add(`fs-${tp}.img`, 'FS', [fsEntry]);
-  add(`ids-${tp}.img`, 'IDS', [ids.task]);
+  add(`fs-${vp}.img`, 'FS', [fsEntry]);
+  add(`ids-${vp}.img`, 'IDS', [ids.task]);
   ctx.fileEntries.push(...mm.files, ...files.files);
-  const st = readStat(tp);
-  if (st === null) throw new TaskError(tp, `Task ${tp} exited while being dumped`);
+  const groups = ctx.pids.groupsOf(tp);
+  if (groups === null) throw new TaskError(tp, `Task ${tp} exited while being dumped`);
   ctx.pstree.push({
-    pid: tp,
-    ppid: task.ppid,
-    pgid: st.pgrp,
-    sid: st.session,
-    threads: task.threads.map((t) => t.tid).sort((a, b) => (a === tp ? -1 : b === tp ? 1 : a - b)),
+    pid: vp,
+    ppid: ctx.pids.vpid(task.ppid),
+    pgid: groups.pgid,
+    sid: groups.sid,
+    threads: task.threads.map((t) => ctx.pids.vpid(t.tid)).sort((a, b) => (a === vp ? -1 : b === vp ? 1 : a - b)),
   });
   const pages = await copying;
   stats.pagesScanned += plan.pagesScanned;

@@ -89,7 +89,12 @@ export function fileLockRefusal(input: FdDumpInput, options: FileOptions): strin
  * The file_lock_entry records of the locks fd `input` shows, not recorded yet (`seen` holds the
  * keys of those recorded, for the whole dump): `fileId` is the description's id in files.img.
  */
-export function fileLockEntries(input: FdDumpInput, fileId: number, seen: Set<string>): ImageEntry[] {
+export function fileLockEntries(
+  input: FdDumpInput,
+  fileId: number,
+  seen: Set<string>,
+  vpid: (hostPid: number) => number = (p) => p,
+): ImageEntry[] {
   const entries: ImageEntry[] = [];
   for (const l of parseLockLines(input.fdinfo.raw)) {
     const flag = KINDS.get(l.kind);
@@ -101,7 +106,7 @@ export function fileLockEntries(input: FdDumpInput, fileId: number, seen: Set<st
     entries.push({
       flag,
       type: l.type === 'WRITE' ? F_WRLCK : F_RDLCK,
-      pid: input.pid,
+      pid: vpid(input.pid), // as the tree's PID namespace sees it
       fd: input.fd,
       start: l.start,
       len: l.end === null ? 0n : l.end + 1n - l.start,

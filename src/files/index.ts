@@ -129,6 +129,7 @@ export async function dumpFiles(
         input,
         id,
         sharedEntry(full.shared, FILE_LOCKS_SEEN, () => new Set<string>()),
+        ctx.vpid,
       ))
         await full.addEntry('FILE_LOCKS', lock);
     }

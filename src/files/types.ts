@@ -114,6 +114,8 @@ export interface FileDumpContext {
   shared: Map<string, unknown>;
   /** Where per-object images go (ghost files, memfd contents). */
   images?: FileImageSink;
+  /** A pid of criu's as the tree's PID namespace sees it (absent: the same). */
+  vpid?: (hostPid: number) => number;
 }
 
 export interface FileRestoreContext {

@@ -147,8 +147,13 @@ async function pidReleased(pid: number, timeoutMs = 10_000): Promise<void> {
 /** The real `criu restore -D IMAGES -d ARGS...` once `pid` is free; resolves once the task is back. */
 export async function criuRestore(t: Test, pid: number, images: string, args: readonly string[] = []): Promise<void> {
   await pidReleased(pid);
+  if (await criuRestoreDetached(t, images, args)) await waitPid(pid);
+}
+
+/** The real `criu restore -D IMAGES -d ARGS...`; whether it succeeded (a pass or fail of `t`). */
+export async function criuRestoreDetached(t: Test, images: string, args: readonly string[] = []): Promise<boolean> {
   const log = path.join(images, 'restore.log');
   const status = await realCriu(['restore', '-D', images, '-d', '-v4', '-o', 'restore.log', ...args], images);
   t.equal(status, 0, status === 0 ? 'criu 3.17 restore' : `criu 3.17 restore: ${logErrors(log)}`);
-  if (status === 0) await waitPid(pid);
+  return status === 0;
 }
