@@ -175,7 +175,7 @@ export function inheritKeyOf(entry: ImageEntry): string[] {
  */
 export class TreeFiles {
   /** File id -> the process it was restored in first and one of its fds there. */
-  readonly placed = new Map<number, { pid: number; fd: number }>();
+  readonly placed = new Map<number, { pid: number; hostPid: number; fd: number }>();
   readonly shared = new Map<string, unknown>();
 }
 
@@ -256,7 +256,8 @@ export async function restoreFiles(
     }
     if (!targets.some((t) => t.fd === tmp)) injector.syscallOrThrow('close', [BigInt(tmp)]);
     placed.set(id, targets[0]?.fd ?? tmp);
-    if (elsewhere === undefined && targets[0] !== undefined) tree?.placed.set(id, { pid: ctx.pid, fd: targets[0].fd });
+    if (elsewhere === undefined && targets[0] !== undefined)
+      tree?.placed.set(id, { pid: ctx.pid, hostPid: ctx.hostPid ?? ctx.pid, fd: targets[0].fd });
     injector.resetScratch();
   }
   // The fds are in place: the locks this process held are taken again.

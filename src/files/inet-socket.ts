@@ -239,8 +239,13 @@ function endpointOf(family: number, words: readonly number[], port: number): str
 /** ctx.shared key: task `pid`'s fds whose connections were put in repair mode by this dump. */
 const tcpRepairsKey = (pid: number): string => `tcp-repairs:${pid}`;
 
-function tcpRepairsOf(shared: Map<string, unknown>, pid: number): { fds: number[] } {
-  return sharedEntry(shared, tcpRepairsKey(pid), () => ({ fds: [] as number[] }));
+/**
+ * Task `pid`'s connections this dump put in repair mode (`fds`), and whose lock table they are
+ * in (`lockPid`: the task as the images know it, as the restore lifts it: in a tree with a PID
+ * namespace of its own, its pid there).
+ */
+function tcpRepairsOf(shared: Map<string, unknown>, pid: number, lockPid = pid): { fds: number[]; lockPid: number } {
+  return sharedEntry(shared, tcpRepairsKey(pid), () => ({ fds: [] as number[], lockPid }));
 }
 
 /**
@@ -248,7 +253,7 @@ function tcpRepairsOf(shared: Map<string, unknown>, pid: number): { fds: number[
  * repair mode off on its connections, the network lock lifted. Failures are logged, not thrown.
  */
 export function releaseTcpRepair(shared: Map<string, unknown>, pid: number): void {
-  const r = shared.get(tcpRepairsKey(pid)) as { fds: number[] } | undefined;
+  const r = shared.get(tcpRepairsKey(pid)) as { fds: number[]; lockPid: number } | undefined;
   if (r === undefined) return;
   shared.delete(tcpRepairsKey(pid));
   let pidfd = -1;
@@ -268,7 +273,7 @@ export function releaseTcpRepair(shared: Map<string, unknown>, pid: number): voi
     if (pidfd >= 0) sys.close(pidfd);
   }
   try {
-    unlock(pid);
+    unlock(r.lockPid);
   } catch (err) {
     log().error(String(err));
   }
@@ -337,7 +342,11 @@ export function endRestoreLocks(pids: Iterable<number>, isRestored: boolean): vo
 
 /** Lift the dump's locks of those of `pids` this dump locked (the tree killed once it runs elsewhere). */
 export function unlockDumpedConnections(shared: Map<string, unknown>, pids: readonly number[]): void {
-  const locked = pids.filter((pid) => shared.delete(tcpRepairsKey(pid)));
+  const locked: number[] = [];
+  for (const pid of pids) {
+    const r = shared.get(tcpRepairsKey(pid)) as { lockPid: number } | undefined;
+    if (r !== undefined && shared.delete(tcpRepairsKey(pid))) locked.push(r.lockPid);
+  }
   if (locked.length === 0) return;
   try {
     unlockTables(locked, ['dump']);
@@ -393,8 +402,9 @@ export const inetSocketFile: FdKindModule = {
     }
     if (conns.size === 0) return;
     // Before any connection is read (dump); lifted by releaseTcpRepair or unlockDumpedConnections.
-    tcpRepairsOf(ctx.shared, ctx.pid);
-    lockConnections(ctx.pid, [...conns.values()]);
+    const lockPid = ctx.vpid?.(ctx.pid) ?? ctx.pid;
+    tcpRepairsOf(ctx.shared, ctx.pid, lockPid);
+    lockConnections(lockPid, [...conns.values()]);
     log().info(`Network lock: ${conns.size} TCP connection(s) of task ${ctx.pid} locked`);
   },
 

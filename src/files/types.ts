@@ -119,7 +119,13 @@ export interface FileDumpContext {
 }
 
 export interface FileRestoreContext {
+  /** The process as the images (and its own PID namespace) know it: for calls made inside it. */
   pid: number;
+  /**
+   * The process as criu sees it (its /proc, pidfd_open by criu; the task's own paths under /proc
+   * too, as /proc is criu's); absent: `pid`. They differ in a tree with a PID namespace of its own.
+   */
+  hostPid?: number;
   /** The options of this restore (absent: all off). */
   options?: FileOptions;
   /** Attached to the task being rebuilt: every fd is created by calls run inside it. */
@@ -141,8 +147,8 @@ export interface FileRestoreContext {
   tree?: {
     /** State shared by the restores of all the tree's processes, for kind modules. */
     shared: Map<string, unknown>;
-    /** Where a file id was restored in the tree: the process and one of its fds there. */
-    fdOfFileId(id: number): { pid: number; fd: number } | undefined;
+    /** Where a file id was restored in the tree: the process (both pids) and one of its fds there. */
+    fdOfFileId(id: number): { pid: number; hostPid: number; fd: number } | undefined;
     /** Open in the target the description of fd `fd` of process `pid` of the tree; its fd number here. */
     takeFrom(pid: number, fd: number): number;
   };

@@ -187,7 +187,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let rootStub: Stub;
   try {
     await opts.onAction?.('pre-restore', undefined);
-    for (const t of [...(skeleton === undefined ? img.tree : []), ...img.zombies]) await waitForFreePid(t.pid);
+    // In a new PID namespace every pid is free.
+    if (!namespaces.isPidOwn)
+      for (const t of [...(skeleton === undefined ? img.tree : []), ...img.zombies]) await waitForFreePid(t.pid);
     rootSkeleton = fromSkeleton(img);
     rootStub =
       rootSkeleton?.stub ??
@@ -206,6 +208,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     img: t,
     stub,
     threads: [],
+    threadTids: [],
     // In a tree, a deleted file recreated for one process (a ghost) is the one the others map
     // and open too: one table of them for all, emptied once every process has its files.
     filesShared: new Map<string, unknown>(img.tree.length > 1 ? [[GHOSTS_MATERIALIZED, treeGhosts]] : []),
@@ -238,7 +241,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // Sessions and groups before the children exist: they inherit them (tree.ts). A skeleton's
     // processes are in theirs already. Memory too, parents first: a child forked once its
     // parent's memory is restored keeps what they shared copy-on-write (mm.ts inheritMemory).
-    namespaces.enter(pid);
+    namespaces.enter(rootStub.pid);
     if (rootSkeleton === undefined) leadAsDumped(rootStub, img.pstree);
     namespaces.setIpcLimits();
     namespaces.inIpc(() => sysv.create());
@@ -285,7 +288,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const p of procs) completeProcess(p, ctx);
     namespaces.inIpc(() => sysv.finish());
     // The tree is whole, not yet running: a failed post-restore action kills it (below).
-    await opts.onAction?.('post-restore', pid);
+    await opts.onAction?.('post-restore', rootStub.pid);
   } catch (err) {
     skeleton?.abort(); // what the restore has not taken from it yet
     try {
@@ -294,6 +297,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       // The rest of the cleanup goes on (in a namespace of the tree's own they end with it anyway).
       log().warn(`Cannot remove the System V segments the failed restore made: ${String(cleanupErr)}`);
     }
+    // The root last: the init of a PID namespace of the tree's own takes the others with it.
     for (const z of zombieStubs) killStub(z.pid);
     for (const p of [...procs].reverse()) {
       for (const inj of [...p.threads, p.stub.injector]) {
@@ -303,7 +307,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
           // the task is killed below anyway
         }
       }
-      killStub(p.img.pid);
+      killStub(p.stub.pid);
       removeMaterializedGhosts(p.filesShared);
     }
     namespaces.close();
@@ -312,10 +316,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   }
   namespaces.close();
   endRestoreLocks(connections.keys(), true);
-  await runLoggedAction(opts.onAction, 'pre-resume', pid);
+  // From here on the root as criu sees it (it is 1 in a PID namespace of the tree's own).
+  const hostPid = rootStub.pid;
+  await runLoggedAction(opts.onAction, 'pre-resume', hostPid);
   // -s/--leave-stopped, or a process that was stopped when dumped: the stop is queued before the
   // threads go, so they stop at once.
-  for (const p of procs) if (opts.isLeftStopped === true || isDumpedStopped(p.img)) sys.kill(p.img.pid, SIGSTOP);
+  for (const p of procs) if (opts.isLeftStopped === true || isDumpedStopped(p.img)) sys.kill(p.stub.pid, SIGSTOP);
   // Each leader first: a process-directed signal that came during the restore (blocked until now
   // in every thread) then goes to it, as the kernel prefers the main thread for such signals.
   for (const p of procs) {
@@ -327,9 +333,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const restoreUs = nowUs() - t0;
   const pagesRestored = procs.reduce((n, p) => n + p.pagesRestored, 0);
   const nrThreads = img.tree.reduce((n, t) => n + t.threads.length, 0);
-  await runLoggedAction(opts.onAction, 'post-resume', pid);
+  await runLoggedAction(opts.onAction, 'post-resume', hostPid);
   log().info(
-    `Restored task ${pid} (${procs.length} process(es), ${nrThreads} thread(s), ${pagesRestored} pages) in ${restoreUs} us`,
+    `Restored task ${hostPid} (${procs.length} process(es), ${nrThreads} thread(s), ${pagesRestored} pages) in ${restoreUs} us`,
   );
   if (log().isEnabled(4)) log().debug(`Injected calls so far: ${JSON.stringify(injectedCallCounts())}`);
   await writeImage(path.join(img.dir, 'stats-restore'), 'STATS', [
@@ -347,7 +353,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   ]).catch((err: unknown) => log().warn(`Cannot write stats-restore: ${String(err)}`));
   // Last of what goes into the images directory: a script that waits for the pidfile may then
   // move or remove it.
-  if (opts.pidfile !== undefined) await writeFile(opts.pidfile, `${pid}\n`);
+  if (opts.pidfile !== undefined) await writeFile(opts.pidfile, `${hostPid}\n`);
   if (opts.autoDedup === true) {
     try {
       let bytes = 0;
@@ -357,12 +363,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       log().warn(`auto-dedup: cannot punch the restored pages: ${String(err)}`);
     }
   }
-  opts.onRunning?.(pid);
-  if (opts.isDetached) return { pid };
-  const res = await sys.waitpidAsync(pid, 0, -1);
+  opts.onRunning?.(hostPid);
+  if (opts.isDetached) return { pid: hostPid };
+  const res = await sys.waitpidAsync(hostPid, 0, -1);
   const status = res?.status ?? 0;
-  if ((status & 0x7f) === 0) return { pid, exit: { code: (status >> 8) & 0xff } };
-  return { pid, exit: { signal: status & 0x7f } };
+  if ((status & 0x7f) === 0) return { pid: hostPid, exit: { code: (status >> 8) & 0xff } };
+  return { pid: hostPid, exit: { signal: status & 0x7f } };
 }
 
 /**

@@ -16,20 +16,23 @@ import { closeSync, existsSync, readlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { TaskError, UnsupportedError } from '../errors.js';
 import { imageFileName, readImage, type ImageEntry } from '../images/index.js';
-import { CLONE_NEWIPC, CLONE_NEWUTS } from '../kernel/constants.js';
+import { CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUTS } from '../kernel/constants.js';
 import { log } from '../log.js';
 import { IPC_VAR_SYSCTLS, NS_KINDS, whatOf, type NsKind } from '../dump/namespaces.js';
 import { inNamespace, openNamespace } from '../sys/namespaces.js';
 import { makeMsgQueues, makeSemSets, type SysvRecord } from './sysv-ipc.js';
 import { single, type RestoreImages } from './images.js';
 
-const CLONE_FLAG: Partial<Record<NsKind, bigint>> = { uts: CLONE_NEWUTS, ipc: CLONE_NEWIPC };
+const CLONE_FLAG: Partial<Record<NsKind, bigint>> = { uts: CLONE_NEWUTS, ipc: CLONE_NEWIPC, pid: CLONE_NEWPID };
 
-/** The clone flags of a root stub whose tree has namespaces of `kinds` of its own (uts, ipc). */
+/**
+ * The clone flags of a migration skeleton's root stub whose tree has namespaces of `kinds` of
+ * its own (uts, ipc; a PID namespace's skeleton is not made yet).
+ */
 export function namespaceCloneFlags(kinds: readonly string[]): bigint {
   let flags = 0n;
   for (const kind of kinds) {
-    const flag = CLONE_FLAG[kind as NsKind];
+    const flag = kind === 'pid' ? undefined : CLONE_FLAG[kind as NsKind];
     if (flag === undefined) throw new UnsupportedError('namespace', `criu-ts cannot make a ${kind} namespace`);
     flags |= flag;
   }
@@ -41,6 +44,8 @@ export class RestoredNamespaces {
   private readonly fds = new Map<'uts' | 'ipc', number>();
 
   private constructor(
+    /** A PID namespace of the tree's own: its root is 1 there (CLONE_NEWPID). */
+    readonly isPidOwn: boolean,
     private readonly uts: ImageEntry | undefined,
     private readonly ipcVar: ImageEntry | undefined,
     private readonly semSets: readonly SysvRecord[],
@@ -59,10 +64,16 @@ export class RestoredNamespaces {
       if (CLONE_FLAG[kind] === undefined)
         throw new UnsupportedError(
           'namespace',
-          `Cannot restore the tree of ${img.pid}: it had a ${whatOf(kind)} namespace of its own, which criu-ts cannot restore yet (only uts and ipc)`,
+          `Cannot restore the tree of ${img.pid}: it had a ${whatOf(kind)} namespace of its own, which criu-ts cannot restore yet (only uts, ipc and pid)`,
         );
       own.push(kind);
     }
+    // The init of the new PID namespace is 1 there: so must the root be in the images.
+    if (own.includes('pid') && img.pid !== 1)
+      throw new UnsupportedError(
+        'namespace',
+        `Cannot restore the tree of ${img.pid}: it had a PID namespace of its own, whose init (the root) must be 1 in the images`,
+      );
     for (const t of img.tree.slice(1))
       for (const kind of NS_KINDS) {
         const field = `${kind}_ns_id`;
@@ -83,6 +94,7 @@ export class RestoredNamespaces {
       );
     };
     return new RestoredNamespaces(
+      own.includes('pid'),
       own.includes('uts') ? await entryOf('UTSNS', Number(img.ids['uts_ns_id'])) : undefined,
       own.includes('ipc') ? await entryOf('IPC_VAR', ipcId) : undefined,
       await records('IPCNS_SEM'),
@@ -92,7 +104,11 @@ export class RestoredNamespaces {
 
   /** The clone flags of the root's stub. */
   get cloneFlags(): bigint {
-    return (this.uts === undefined ? 0n : CLONE_NEWUTS) | (this.ipcVar === undefined ? 0n : CLONE_NEWIPC);
+    return (
+      (this.uts === undefined ? 0n : CLONE_NEWUTS) |
+      (this.ipcVar === undefined ? 0n : CLONE_NEWIPC) |
+      (this.isPidOwn ? CLONE_NEWPID : 0n)
+    );
   }
 
   private isOwn(kind: 'uts' | 'ipc'): boolean {

@@ -21,6 +21,7 @@ import { restoreCreds } from './creds.js';
 import type { SysvSegments } from './sysv-shm.js';
 import { restoreMemfdMappings, restoreMemory, restoreMmFields, restoreVdso, type SharedObjects } from './mm.js';
 import { threadScratch, THREAD_SCRATCH_BYTES, type Stub } from './stub.js';
+import { hostTaskOf } from './tree.js';
 import type { Prefilled } from './mm.js';
 import type { RestoreOptions } from './index.js';
 import {
@@ -45,6 +46,8 @@ export interface Restoring {
   stub: Stub;
   /** Its other threads, once created. */
   threads: Injector[];
+  /** Their tids as the images know them (the same but in a PID namespace of the tree's own). */
+  threadTids: number[];
   /** Its files' shared state (kind modules), and the ghosts they materialized. */
   filesShared: Map<string, unknown>;
   /** The files' finishing work (closing what they kept for later files), once all have theirs. */
@@ -114,7 +117,7 @@ export async function restoreProcess(p: Restoring, ctx: ProcessRestoreContext): 
   const leader = p.stub.injector;
   const tc = t.cores.get(t.pid)?.['tc'] as ImageEntry;
   log().debug('restore: vdso');
-  restoreVdso(leader, t.mm, t.pid);
+  restoreVdso(leader, t.mm, p.stub.pid);
   log().debug('restore: mm fields');
   restoreMmFields(leader, t.mm, fileName(Number(t.mm['exe_file_id'])));
   log().debug('restore: files');
@@ -124,6 +127,7 @@ export async function restoreProcess(p: Restoring, ctx: ProcessRestoreContext): 
     t.fdinfo,
     {
       pid: t.pid,
+      hostPid: p.stub.pid,
       imagesDir: img.dir,
       options: { isShellJob: opts.isShellJob === true, isTcpClose: opts.isTcpClose === true },
       shared: p.filesShared,
@@ -138,7 +142,7 @@ export async function restoreProcess(p: Restoring, ctx: ProcessRestoreContext): 
   const tree = ctx.treeFiles;
   await restoreMemfdMappings(
     leader,
-    t.pid,
+    p.stub.pid,
     t.mm,
     img.files,
     t.fdinfo,
@@ -156,13 +160,14 @@ export async function restoreProcess(p: Restoring, ctx: ProcessRestoreContext): 
   log().debug('restore: signals');
   restoreSigactions(leader, tc);
   restoreTimers(leader, tc);
-  restoreRlimits(t.pid, tc);
+  restoreRlimits(p.stub.pid, tc);
   log().debug('restore: threads');
   for (const tid of t.threads) {
     if (tid === t.pid) continue;
-    const inj = createThread(leader, t.pid, tid);
+    const inj = createThread(leader, p.stub, tid);
     inj.useScratch(threadScratch(p.stub.scratch, p.threads.length), THREAD_SCRATCH_BYTES);
     p.threads.push(inj);
+    p.threadTids.push(tid);
   }
 }
 
@@ -177,8 +182,11 @@ export function completeProcess(p: Restoring, ctx: ProcessRestoreContext): void 
   const tc = t.cores.get(t.pid)?.['tc'] as ImageEntry;
   log().debug(`restore: per-thread state of ${t.pid}`);
   const all = [leader, ...p.threads];
+  // Each thread's core, by its tid in the images.
+  const coreOf = (inj: Injector): ImageEntry =>
+    t.cores.get(inj === leader ? t.pid : (p.threadTids[p.threads.indexOf(inj)] as number)) as ImageEntry;
   for (const inj of all) {
-    const core = t.cores.get(inj.tid) as ImageEntry;
+    const core = coreOf(inj);
     restoreThreadMisc(inj, core);
     restorePendingSignals(
       inj,
@@ -188,21 +196,17 @@ export function completeProcess(p: Restoring, ctx: ProcessRestoreContext): void 
   }
   restorePendingSignals(leader, tc['signals_s'] as ImageEntry | undefined, true);
   // Seccomp last: suspended for the tracer (PTRACE_O_SUSPEND_SECCOMP) until the task is let go.
-  for (const inj of all)
-    restoreSeccomp(inj, t.cores.get(inj.tid)?.['thread_core'] as ImageEntry | undefined, img.seccompFilters);
+  for (const inj of all) restoreSeccomp(inj, coreOf(inj)['thread_core'] as ImageEntry | undefined, img.seccompFilters);
   // Credentials after everything that needs root in the task.
   for (const inj of all)
-    restoreCreds(
-      inj,
-      (t.cores.get(inj.tid)?.['thread_core'] as ImageEntry | undefined)?.['creds'] as ImageEntry | undefined,
-    );
+    restoreCreds(inj, (coreOf(inj)['thread_core'] as ImageEntry | undefined)?.['creds'] as ImageEntry | undefined);
   // Last call through the scratch area: remove it (the call returns into nothing, but the
   // thread is stopped at the syscall exit and gets its own registers before it runs).
   log().debug('restore: scratch removal');
   leader.syscallOrThrow('munmap', [p.stub.scratch + PAGE, p.stub.scratchBytes - PAGE]);
   leader.syscallOrThrow('munmap', [p.stub.scratch, PAGE]);
   for (const inj of all) {
-    const core = t.cores.get(inj.tid) as ImageEntry;
+    const core = coreOf(inj);
     restoreFpu(inj.tid, core);
     const regs = dumpedRegisters(core);
     let insn: Buffer = Buffer.alloc(0);
@@ -219,8 +223,12 @@ export function completeProcess(p: Restoring, ctx: ProcessRestoreContext): void 
   }
 }
 
-/** clone3 a thread with `tid` inside the task; the kernel attaches it to us stopped. */
-function createThread(leader: Injector, pid: number, tid: number): Injector {
+/**
+ * clone3 a thread with `tid` (as the images know it) inside the task of `stub`; the kernel
+ * attaches it to us stopped.
+ */
+function createThread(leader: Injector, stub: Stub, tid: number): Injector {
+  const pid = stub.vpid;
   const tidArr = Buffer.alloc(4);
   tidArr.writeInt32LE(tid, 0);
   const tidAddr = leader.pushData(tidArr);
@@ -233,7 +241,8 @@ function createThread(leader: Injector, pid: number, tid: number): Injector {
   const got = leader.syscallOrThrow('clone3', [leader.pushData(args), 88n]);
   leader.resetScratch();
   if (Number(got) !== tid) throw new TaskError(pid, `Thread ${tid} was created as ${got}`);
-  const st = sys.waitpid(tid, __WALL, 5000);
+  const host = stub.pid === stub.vpid ? tid : hostTaskOf(`/proc/${stub.pid}/task/`, tid);
+  const st = sys.waitpid(host, __WALL, 5000);
   if (st === null) throw new TaskError(pid, `Thread ${tid} did not stop after its creation`);
-  return Injector.adopt(pid, tid, leader.syscallSite);
+  return Injector.adopt(stub.pid, host, leader.syscallSite);
 }

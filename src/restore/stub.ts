@@ -15,6 +15,7 @@ import { TaskError, isErrno } from '../errors.js';
 import { findPackageFile } from '../package-files.js';
 import { Injector } from '../inject/injector.js';
 import {
+  CLONE_NEWPID,
   PF_EXITING,
   PTRACE_O_SUSPEND_SECCOMP,
   PTRACE_O_TRACECLONE,
@@ -70,7 +71,13 @@ export function findHole(used: readonly { start: bigint; end: bigint }[], size: 
 }
 
 export interface Stub {
+  /** As criu sees it (ptrace, /proc, kill). */
   pid: number;
+  /**
+   * As the images and its own PID namespace know it: `pid`, but in a tree with a PID namespace
+   * of its own (the root is 1 there).
+   */
+  vpid: number;
   injector: Injector;
   scratch: bigint;
   scratchBytes: bigint;
@@ -89,9 +96,11 @@ export async function startStub(
 ): Promise<Stub> {
   let child: number;
   const until = Date.now() + DYING_HOLDER_WAIT_MS;
+  // The init of a new PID namespace is 1 there by itself; its pid here is the kernel's choice.
+  const isNewPidNs = ((options.cloneFlags ?? 0n) & CLONE_NEWPID) !== 0n;
   for (;;) {
     try {
-      child = cloneStub(pid, options.isSibling === true, options.cloneFlags ?? 0n);
+      child = cloneStub(isNewPidNs ? null : pid, options.isSibling === true, options.cloneFlags ?? 0n);
       break;
     } catch (err) {
       if (!isErrno(err, 'EEXIST')) throw new TaskError(pid, `Cannot create task ${pid}`, { cause: err });
@@ -103,7 +112,7 @@ export async function startStub(
       await sleep(5);
     }
   }
-  return emptyStub(pid, child, layout, nrThreads, options);
+  return emptyStub(pid, child, layout, nrThreads, { ...options, isNewPidNs });
 }
 
 /** How long restore waits for an exiting task to let go of the PID to restore. */
@@ -141,13 +150,13 @@ function pidHolder(pid: number): 'none' | 'exiting' | 'live' {
 }
 
 /** `nsFlags`: CLONE_NEW* of the namespaces the tree gets of its own (restore/namespaces.ts). */
-function cloneStub(pid: number, isSibling: boolean, nsFlags: bigint): number {
+function cloneStub(pid: number | null, isSibling: boolean, nsFlags: bigint): number {
   return sys.clone3Exec({
     flags: (isSibling ? CLONE_PARENT : 0n) | nsFlags,
     // clone3 refuses an exit signal with CLONE_PARENT: the child then signals our parent with
     // our own exit signal, as a sibling of ours would.
     exitSignal: isSibling ? 0 : SIGCHLD,
-    setTid: [pid],
+    setTid: pid === null ? [] : [pid],
     path: stubPath(),
     argv: ['criu-stub'],
     envp: [],
@@ -161,11 +170,15 @@ function emptyStub(
   child: number,
   layout: readonly { start: bigint; end: bigint }[],
   nrThreads: number,
-  options: { isSibling?: boolean },
+  options: { isSibling?: boolean; isNewPidNs?: boolean },
 ): Stub {
   const SCRATCH_BYTES = scratchBytes(nrThreads);
   try {
-    if (options.isSibling === true) {
+    if (options.isNewPidNs === true) {
+      // A PID namespace's init ignores the SIGSTOP it sends itself: the stub goes on into its
+      // pause loop, where it is seized (below) once it runs its own code.
+      if (!waitInPause(child, 5000)) throw new TaskError(pid, `The restore stub ${child} did not start`);
+    } else if (options.isSibling === true) {
       // Not our child: its stop is seen in /proc, not by waitpid.
       if (!waitStopped(child, 5000)) throw new TaskError(pid, `The restore stub ${child} did not start`);
     } else {
@@ -175,7 +188,7 @@ function emptyStub(
     }
     // Out of its stop first (SIGCONT with the default action is not queued), so that the task
     // is not left in a group stop when it is let go.
-    sys.kill(child, SIGCONT);
+    if (options.isNewPidNs !== true) sys.kill(child, SIGCONT);
     // Threads and child processes it is made to create are attached at birth (tree.ts).
     const injector = Injector.attach(child, {
       ptraceOptions: PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK | PTRACE_O_SUSPEND_SECCOMP,
@@ -209,7 +222,13 @@ function emptyStub(
       for (const m of stubMaps.filter((v) => v.start < TASK_SIZE))
         injector.syscallOrThrow('munmap', [m.start, m.end - m.start]);
       injector.syscallOrThrow('close_range', [0n, 0xffff_ffffn, 0n]);
-      return { pid: child, injector, scratch, scratchBytes: SCRATCH_BYTES };
+      return {
+        pid: child,
+        vpid: options.isNewPidNs === true ? 1 : pid,
+        injector,
+        scratch,
+        scratchBytes: SCRATCH_BYTES,
+      };
     } catch (err) {
       injector.release();
       throw err;
@@ -217,6 +236,25 @@ function emptyStub(
   } catch (err) {
     killStub(child);
     throw err;
+  }
+}
+
+/**
+ * Wait (polling /proc) until the stub `pid` runs its own code, in pause(2) (its name is the
+ * stub's and /proc/PID/syscall says pause); false after `timeoutMs` or if it is gone.
+ */
+function waitInPause(pid: number, timeoutMs: number): boolean {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const isStub = readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'criu-stub';
+      if (isStub && readFileSync(`/proc/${pid}/syscall`, 'utf8').split(' ')[0] === String(SYSCALLS_X86_64.pause))
+        return true;
+    } catch {
+      return false;
+    }
+    if (Date.now() > until) return false;
+    sleepMs(1);
   }
 }
 

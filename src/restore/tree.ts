@@ -16,6 +16,7 @@
  * (images.ts checkTree).
  */
 
+import { readdirSync, readFileSync } from 'node:fs';
 import { TaskError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import { Injector } from '../inject/injector.js';
@@ -24,6 +25,7 @@ import { SYSCALLS_X86_64 } from '../kernel/syscalls.js';
 import { log } from '../log.js';
 import { pollSync } from '../sys/wait.js';
 import { readStat } from '../proc/stat.js';
+import { readStatus } from '../proc/status.js';
 import * as sys from '../sys/native.js';
 import { LEADER_SCRATCH_BYTES, type Stub } from './stub.js';
 
@@ -52,17 +54,32 @@ export function forkStub(parent: Stub, pid: number): Stub {
     inj.resetScratch();
   }
   if (Number(got) !== pid) throw new TaskError(pid, `Process ${pid} was created as ${got}`);
-  const st = sys.waitpid(pid, __WALL, 5000);
+  // clone3 answers with the pid of the parent's namespace; criu works with its own.
+  const host = parent.pid === parent.vpid ? pid : hostTaskOf(`/proc/${parent.pid}/task/${parent.pid}/children`, pid);
+  const st = sys.waitpid(host, __WALL, 5000);
   if (st === null) throw new TaskError(pid, `Process ${pid} did not stop after its creation`);
-  const injector = Injector.adopt(pid, pid, parent.scratch);
+  const injector = Injector.adopt(host, host, parent.scratch);
   injector.useScratch(parent.scratch + PAGE, LEADER_SCRATCH_BYTES);
-  return { pid, injector, scratch: parent.scratch, scratchBytes: parent.scratchBytes };
+  return { pid: host, vpid: pid, injector, scratch: parent.scratch, scratchBytes: parent.scratchBytes };
+}
+
+/**
+ * The task criu sees as the one its PID namespace calls `vpid`, among those `list` names: a
+ * /proc file of pids ("children") or a /proc directory of them ("task/").
+ */
+export function hostTaskOf(list: string, vpid: number): number {
+  const pids = list.endsWith('/')
+    ? readdirSync(list).map(Number)
+    : readFileSync(list, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  const found = pids.find((p) => readStatus(p)?.nsPid.at(-1) === vpid);
+  if (found === undefined) throw new TaskError(vpid, `Cannot find task ${vpid} of the new PID namespace in ${list}`);
+  return found;
 }
 
 /** Right after its birth: make the process the leader of its session or group if it was one. */
 export function leadAsDumped(stub: Stub, pstree: ImageEntry): void {
-  if (Number(pstree['sid']) === stub.pid) stub.injector.syscallOrThrow('setsid', []);
-  else if (Number(pstree['pgid']) === stub.pid) stub.injector.syscallOrThrow('setpgid', [0n, 0n]);
+  if (Number(pstree['sid']) === stub.vpid) stub.injector.syscallOrThrow('setsid', []);
+  else if (Number(pstree['pgid']) === stub.vpid) stub.injector.syscallOrThrow('setpgid', [0n, 0n]);
 }
 
 /**
@@ -74,7 +91,7 @@ export function joinGroups(tree: readonly { stub: Stub; pstree: ImageEntry }[]):
   const root = tree[0];
   if (root === undefined) return;
   const rootGroup = Number(root.pstree['pgid']);
-  const pids = new Set(tree.map((t) => t.stub.pid));
+  const pids = new Set(tree.map((t) => t.stub.vpid));
   for (const t of tree.slice(1)) {
     const dumped = Number(t.pstree['pgid']);
     const want = pids.has(dumped) || dumped !== rootGroup ? dumped : currentGroup(root.stub.pid);
@@ -82,10 +99,11 @@ export function joinGroups(tree: readonly { stub: Stub; pstree: ImageEntry }[]):
   }
 }
 
+/** The process group of process `pid` (criu's pid), as its own PID namespace sees it. */
 function currentGroup(pid: number): number {
-  const st = readStat(pid);
-  if (st === null) throw new TaskError(pid, `Process ${pid} is gone during the restore`);
-  return st.pgrp;
+  const group = readStatus(pid)?.nsPgid.at(-1);
+  if (group === undefined) throw new TaskError(pid, `Process ${pid} is gone during the restore`);
+  return group;
 }
 
 /**

@@ -10,9 +10,10 @@
  * Here: the images as crit reads them (the tree's own ids, utsns, ipcns-var, the segments in the
  * namespace's ipcns-shm, the semaphores and messages), nothing of it in this machine's names or segments before or after the
  * restore; `--namespaces uts,ipc` giving a task that shares criu's a copy of its own; images whose
- * tree had a PID namespace of its own refused by the restore in one line, with no process made;
- * and the same tree migrated between two hosts by criu-migrate.
- * The dump's refusals (network, mount, PID namespaces, nested ones) are in failures.test.ts.
+ * tree had a PID namespace of its own but whose root is not 1 there refused by the restore in one
+ * line, with no process made; and the same tree migrated between two hosts by criu-migrate.
+ * PID namespaces: pid-ns.test.ts. The dump's refusals (network, mount namespaces, nested ones)
+ * are in failures.test.ts.
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
@@ -131,29 +132,33 @@ t.test("--namespaces uts,ipc: a task sharing criu's gets a copy of its own", { s
   });
 });
 
-t.test('a restore refuses a tree that had a PID namespace of its own, in one line', { skip: needsRoot }, async (t) => {
-  const dir = t.testdir();
-  const w = await startWorkload('cr_state', dir, []);
-  t.teardown(() => w.kill());
-  const images = path.join(dir, 'img');
-  const d = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '-R']);
-  t.equal(d.status, 0, `dump -R: ${d.stderr}`);
-  // As a CRIU dump of a task in a PID namespace of its own writes it.
-  const idsFile = path.join(images, `ids-${w.pid}.img`);
-  const ids = (await readImage(idsFile, 'IDS')).records[0]?.entry as ImageEntry;
-  await writeImage(idsFile, 'IDS', [{ entry: { ...ids, pid_ns_id: 11 } }]);
-  const before = readFileSync(idsFile);
-  const r = await criuWatched(['restore', '-D', images], w.pid);
-  t.equal(r.status, 1, 'restore exits 1');
-  t.match(
-    r.stderr,
-    /Cannot restore the tree of \d+: it had a PID namespace of its own, which criu-ts cannot restore yet/,
-  );
-  t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
-  t.same(r.children, [], 'no process was made');
-  t.same(readFileSync(idsFile), before, 'the images are as they were');
-  await endExpectPass(t, w);
-});
+t.test(
+  'a restore refuses a PID namespace whose root is not 1 in the images, in one line',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const w = await startWorkload('cr_state', dir, []);
+    t.teardown(() => w.kill());
+    const images = path.join(dir, 'img');
+    const d = await criuAsync(['dump', '-t', String(w.pid), '-D', images, '-R']);
+    t.equal(d.status, 0, `dump -R: ${d.stderr}`);
+    // A PID namespace of its own, but the root's pid is not 1 (not its init).
+    const idsFile = path.join(images, `ids-${w.pid}.img`);
+    const ids = (await readImage(idsFile, 'IDS')).records[0]?.entry as ImageEntry;
+    await writeImage(idsFile, 'IDS', [{ entry: { ...ids, pid_ns_id: 11 } }]);
+    const before = readFileSync(idsFile);
+    const r = await criuWatched(['restore', '-D', images], w.pid);
+    t.equal(r.status, 1, 'restore exits 1');
+    t.match(
+      r.stderr,
+      /Cannot restore the tree of \d+: it had a PID namespace of its own, whose init \(the root\) must be 1 in the images/,
+    );
+    t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+    t.same(r.children, [], 'no process was made');
+    t.same(readFileSync(idsFile), before, 'the images are as they were');
+    await endExpectPass(t, w);
+  },
+);
 
 t.test('criu-migrate moves cr_sysvshm with its UTS and IPC namespaces', { skip: needsRoot }, async (t) => {
   const { dstStderr } = await migrateCheck(t, 'cr_sysvshm', ['ns'], ['-v3']);
