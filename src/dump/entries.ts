@@ -16,7 +16,12 @@ export function nowUs(): number {
  * The inventory; `rootIds` is criu's own task_kobj_ids_entry (ids.ts). `isTcpClose`: dumped with
  * --tcp-close, which the restore then needs too (as in CRIU).
  */
-export function inventoryEntry(rootIds: ImageEntry, isTcpClose = false): ImageEntry {
+/** A new dump's run id (the inventory's dump_criu_run_id): unique on this host. */
+export function newRunId(): string {
+  return `criu-ts-${process.pid}-${Date.now()}-${Math.floor(Math.random() * 1e9)}`;
+}
+
+export function inventoryEntry(rootIds: ImageEntry, isTcpClose = false, runId = newRunId()): ImageEntry {
   return {
     ...(isTcpClose ? { tcp_close: true } : {}),
     img_version: 2,
@@ -24,7 +29,7 @@ export function inventoryEntry(rootIds: ImageEntry, isTcpClose = false): ImageEn
     root_ids: rootIds,
     ns_per_id: true,
     lsmtype: 0,
-    dump_criu_run_id: `criu-ts-${process.pid}-${Date.now()}-${Math.floor(Math.random() * 1e9)}`,
+    dump_criu_run_id: runId,
   };
 }
 

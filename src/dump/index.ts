@@ -35,6 +35,7 @@ import { localImageSink, type FileImageSink } from '../files/image-sink.js';
 import type { FileOptions } from '../files/types.js';
 import { removeLinkRemaps } from '../files/link-remap.js';
 import { unlockDumpedConnections } from '../files/inet-socket.js';
+import { nsLockId } from '../files/net-lock.js';
 import { dumpCpuinfo } from '../cpuinfo/index.js';
 import type { DirtyTracker } from '../mem/track/index.js';
 import { dedupChain } from '../mem/dedup.js';
@@ -45,7 +46,7 @@ import { killTree, resumeTree, stopTree, type FrozenTask } from './freeze.js';
 import { preReadMm, type MmPreRead } from './mm.js';
 import { dumpSeccomp } from './seccomp.js';
 import { localPageSink, removeNew, type PageSink } from './page-sink.js';
-import { dumpStatsEntry, inventoryEntry, noDumpStats, nowUs, type DumpStats } from './entries.js';
+import { dumpStatsEntry, inventoryEntry, newRunId, noDumpStats, nowUs, type DumpStats } from './entries.js';
 import { kobjIds, rootIds } from './ids.js';
 import { dumpSysvShm, removeSysvShm } from './sysv-shm.js';
 import { dumpMsgQueues, dumpSemSets } from './sysv-ipc.js';
@@ -147,6 +148,8 @@ function throwIfAborted(signal: AbortSignal | undefined): void {
 
 /** Dump process `pid` and its descendants into `imagesDir`. Returns the statistics written to stats-dump. */
 export async function dump(opts: DumpOptions): Promise<DumpResult> {
+  /** This dump's run id: in the inventory, and naming the network lock's tables of a PID namespace. */
+  const runId = newRunId();
   const { pid } = opts;
   await opts.onAction?.('pre-dump', pid);
   const durability = { isDurable: opts.isDurable !== false };
@@ -257,6 +260,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     throwIfAborted(opts.signal);
     // The images hold the pids as the tree's PID namespace sees them (pid-ns.ts).
     const pids = treePids(pid, namespaces.own.has('pid'));
+    // Its network lock's tables are named by the run (another tree's processes have its pids).
+    const lockId = pids.isOwn ? (p: number): string => nsLockId(runId, pids.vpid(p)) : undefined;
     let nextId = 1;
     const extraImages = new Map<string, { entry: ImageEntry; extra?: Uint8Array }[]>();
     const batch: ImageToWrite[] = [];
@@ -292,6 +297,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       sysvShm: new Map(),
       namespaces,
       pids,
+      ...(lockId === undefined ? {} : { lockId }),
       add,
       fileEntries: [],
       pstree: [],
@@ -356,7 +362,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         {
           path: path.join(dir, 'inventory.img'),
           kind: 'INVENTORY',
-          entries: [inventoryEntry(rootIds(), opts.fileOptions?.isTcpClose === true)],
+          entries: [inventoryEntry(rootIds(), opts.fileOptions?.isTcpClose === true, runId)],
         },
       ],
       durability,

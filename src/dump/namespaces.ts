@@ -27,7 +27,7 @@ import { closeSync, readFileSync } from 'node:fs';
 import { UnsupportedError } from '../errors.js';
 import type { ImageEntry } from '../images/index.js';
 import { readNamespaces, type NsLink } from '../proc/misc.js';
-import { readProcDir } from '../proc/read.js';
+import { readProcDir, readProcLink } from '../proc/read.js';
 import { readStat } from '../proc/stat.js';
 import { readStatus } from '../proc/status.js';
 import { PF_EXITING } from '../kernel/constants.js';
@@ -134,6 +134,16 @@ function checkPidNamespace(root: number, pids: readonly number[], refuse: (why: 
         'dump the namespace from its init',
     );
   const level = rootIds.length - 1;
+  // Every process of the namespace is the init's descendant, but one that joined it (setns): it
+  // would be killed with the tree and not come back.
+  const ns = readProcLink(`/proc/${root}/ns/pid`);
+  const members = new Set(pids);
+  for (const name of readProcDir('/proc') ?? []) {
+    const other = Number(name);
+    if (!Number.isInteger(other) || members.has(other)) continue;
+    if (ns !== null && pidNsOf(other) === ns)
+      refuse(`process ${other} is in its PID namespace without being of the tree (it joined it with setns)`);
+  }
   for (const pid of pids) {
     const st = readStatus(pid);
     if (st === null) continue; // gone meanwhile: the freeze finds out
@@ -146,6 +156,15 @@ function checkPidNamespace(root: number, pids: readonly number[], refuse: (why: 
           `the ${what} leader of process ${pid} is outside the tree's PID namespace; ` +
             'start its init as a session leader there (setsid)',
         );
+  }
+}
+
+/** The PID namespace link of process `pid`; null when gone or not ours to read (EACCES: init's). */
+function pidNsOf(pid: number): string | null {
+  try {
+    return readProcLink(`/proc/${pid}/ns/pid`);
+  } catch {
+    return null;
   }
 }
 

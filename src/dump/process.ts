@@ -62,6 +62,8 @@ export interface ProcessDumpContext {
   namespaces: TreeNamespaces;
   /** The tree's pids as its PID namespace sees them: those of the images. */
   pids: TreePids;
+  /** The network lock's table of a process (absent: its pid; net-lock.ts). */
+  lockId?: (hostPid: number) => string;
   /** Add an image to the batch written once every process is dumped. */
   add(name: string, kind: string, entries: ImageToWrite['entries']): void;
   /** files.img: every process's file entries (its mappings' files, then its fds'). */
@@ -149,6 +151,7 @@ export async function dumpProcess(task: FrozenTask, index: number, ctx: ProcessD
     shared: ctx.filesShared,
     addEntry: ctx.addEntry,
     vpid: ctx.pids.vpid,
+    ...(ctx.lockId === undefined ? {} : { lockId: ctx.lockId }),
   };
   const files = await dumpFiles(tp, task.leader, fileCtx);
   await dumpDeletedMappings(tp, mm.deleted, { ...fileCtx, pid: tp, injector: task.leader });

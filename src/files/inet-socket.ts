@@ -68,7 +68,15 @@ import {
   setSockOptInTask,
 } from './sk-opts.js';
 import { imageSinkOf } from './image-sink.js';
-import { lockConnections, lockTables, unlock, unlockTables, type LockedConnection } from './net-lock.js';
+import {
+  lockConnections,
+  lockTables,
+  unlock,
+  unlockTables,
+  type LockedConnection,
+  type LockId,
+  type LockOwner,
+} from './net-lock.js';
 import {
   dumpTcpStream,
   endTcpRepair,
@@ -244,7 +252,11 @@ const tcpRepairsKey = (pid: number): string => `tcp-repairs:${pid}`;
  * in (`lockPid`: the task as the images know it, as the restore lifts it: in a tree with a PID
  * namespace of its own, its pid there).
  */
-function tcpRepairsOf(shared: Map<string, unknown>, pid: number, lockPid = pid): { fds: number[]; lockPid: number } {
+function tcpRepairsOf(
+  shared: Map<string, unknown>,
+  pid: number,
+  lockPid: LockId = pid,
+): { fds: number[]; lockPid: LockId } {
   return sharedEntry(shared, tcpRepairsKey(pid), () => ({ fds: [] as number[], lockPid }));
 }
 
@@ -253,7 +265,7 @@ function tcpRepairsOf(shared: Map<string, unknown>, pid: number, lockPid = pid):
  * repair mode off on its connections, the network lock lifted. Failures are logged, not thrown.
  */
 export function releaseTcpRepair(shared: Map<string, unknown>, pid: number): void {
-  const r = shared.get(tcpRepairsKey(pid)) as { fds: number[]; lockPid: number } | undefined;
+  const r = shared.get(tcpRepairsKey(pid)) as { fds: number[]; lockPid: LockId } | undefined;
   if (r === undefined) return;
   shared.delete(tcpRepairsKey(pid));
   let pidfd = -1;
@@ -323,18 +335,32 @@ export function imagedConnections(
  * address but not yet the socket (the destination of a live migration, to which the address
  * moved). On a failure, what was locked is unlocked again.
  */
-export function lockRestoreConnections(conns: ImagedConnections): void {
-  lockTables(conns, 'restore'); // one nft transaction: nothing is locked when it fails
+export function lockRestoreConnections(conns: ImagedConnections, idOf: LockIdOf = (_owner, pid) => pid): void {
+  const byId = new Map([...conns].map(([pid, list]) => [idOf('restore', pid), list] as const));
+  lockTables(byId, 'restore'); // one nft transaction: nothing is locked when it fails
 }
+
+/** The table of process `pid` of the images locked by `owner` (the pid itself, but in a PID namespace). */
+export type LockIdOf = (owner: LockOwner, pid: number) => LockId;
 
 /**
  * Lift the locks of `pids` once their connections are back (`isRestored`: the restore's own and
  * the dump's), or when the restore failed (only its own: a dump's lock stays for another try, as
  * in CRIU). Failures are logged.
  */
-export function endRestoreLocks(pids: Iterable<number>, isRestored: boolean): void {
+export function endRestoreLocks(
+  pids: Iterable<number>,
+  isRestored: boolean,
+  idOf: LockIdOf = (_owner, pid) => pid,
+): void {
+  const list = [...pids];
   try {
-    unlockTables(pids, isRestored ? ['restore', 'dump'] : ['restore']);
+    // Names differ by owner in a PID namespace: a run of unlockTables each.
+    for (const owner of isRestored ? (['restore', 'dump'] as const) : (['restore'] as const))
+      unlockTables(
+        list.map((pid) => idOf(owner, pid)),
+        [owner],
+      );
   } catch (err) {
     log().error(String(err));
   }
@@ -342,9 +368,9 @@ export function endRestoreLocks(pids: Iterable<number>, isRestored: boolean): vo
 
 /** Lift the dump's locks of those of `pids` this dump locked (the tree killed once it runs elsewhere). */
 export function unlockDumpedConnections(shared: Map<string, unknown>, pids: readonly number[]): void {
-  const locked: number[] = [];
+  const locked: LockId[] = [];
   for (const pid of pids) {
-    const r = shared.get(tcpRepairsKey(pid)) as { lockPid: number } | undefined;
+    const r = shared.get(tcpRepairsKey(pid)) as { lockPid: LockId } | undefined;
     if (r !== undefined && shared.delete(tcpRepairsKey(pid))) locked.push(r.lockPid);
   }
   if (locked.length === 0) return;
@@ -402,7 +428,7 @@ export const inetSocketFile: FdKindModule = {
     }
     if (conns.size === 0) return;
     // Before any connection is read (dump); lifted by releaseTcpRepair or unlockDumpedConnections.
-    const lockPid = ctx.vpid?.(ctx.pid) ?? ctx.pid;
+    const lockPid = ctx.lockId?.(ctx.pid) ?? ctx.pid;
     tcpRepairsOf(ctx.shared, ctx.pid, lockPid);
     lockConnections(lockPid, [...conns.values()]);
     log().info(`Network lock: ${conns.size} TCP connection(s) of task ${ctx.pid} locked`);

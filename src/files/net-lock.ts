@@ -9,6 +9,7 @@
  */
 
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { UnsupportedError } from '../errors.js';
 import { NETWORK_LOCK_EXEMPT } from './tcp-peer-segment.js';
 
@@ -28,8 +29,23 @@ export interface LockedConnection {
  */
 export type LockOwner = 'dump' | 'restore';
 
-const tableOf = (pid: number, owner: LockOwner): string =>
-  owner === 'dump' ? `criu-ts-${pid}` : `criu-ts-restore-${pid}`;
+/**
+ * What names a process's table: its pid, or for a tree with a PID namespace of its own (whose
+ * pids other such trees have too) nsLockId of the run and its pid there.
+ */
+export type LockId = number | string;
+
+const tableOf = (id: LockId, owner: LockOwner): string =>
+  owner === 'dump' ? `criu-ts-${id}` : `criu-ts-restore-${id}`;
+
+/**
+ * The LockId of process `vpid` of a tree with a PID namespace of its own, locked by the run
+ * `runId` (a dump's: the inventory's dump_criu_run_id, which the restore reads back; a restore's
+ * own): a short digest of the run, then the pid.
+ */
+export function nsLockId(runId: string, vpid: number): string {
+  return `${createHash('sha256').update(runId).digest('hex').slice(0, 12)}-${vpid}`;
+}
 
 function nft(args: readonly string[], input?: string): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync('nft', args, { input, encoding: 'utf8' });
@@ -49,12 +65,12 @@ function nft(args: readonly string[], input?: string): { status: number | null; 
  * Drop the peers' packets of `conns` (and ours to them) until unlock(pid, owner): in the table of
  * task `pid` (made if need be).
  */
-export function lockConnections(pid: number, conns: readonly LockedConnection[], owner: LockOwner = 'dump'): void {
-  lockTables(new Map([[pid, conns]]), owner);
+export function lockConnections(id: LockId, conns: readonly LockedConnection[], owner: LockOwner = 'dump'): void {
+  lockTables(new Map([[id, conns]]), owner);
 }
 
 /** lockConnections of several tasks' connections, with one nft run for all. */
-export function lockTables(byPid: ReadonlyMap<number, readonly LockedConnection[]>, owner: LockOwner): void {
+export function lockTables(byPid: ReadonlyMap<LockId, readonly LockedConnection[]>, owner: LockOwner): void {
   const script: string[] = [];
   for (const [pid, conns] of byPid) {
     if (conns.length === 0) continue;
@@ -92,8 +108,8 @@ function onTheWire(c: LockedConnection): LockedConnection {
 }
 
 /** Lift the lock of task `pid` made by `owner` (nothing when there is none). */
-export function unlock(pid: number, owner: LockOwner = 'dump'): void {
-  const r = nft(['delete', 'table', 'inet', tableOf(pid, owner)]);
+export function unlock(id: LockId, owner: LockOwner = 'dump'): void {
+  const r = nft(['delete', 'table', 'inet', tableOf(id, owner)]);
   if (r.status !== 0 && !/No such file or directory/.test(r.stderr))
     throw new UnsupportedError('network-lock', `Cannot lift the network lock with nft: ${r.stderr}`);
 }
@@ -104,7 +120,7 @@ export function unlock(pid: number, owner: LockOwner = 'dump'): void {
  * gone meanwhile fails the whole transaction), each table on its own; the first error is thrown
  * once all were tried.
  */
-export function unlockTables(pids: Iterable<number>, owners: readonly LockOwner[]): void {
+export function unlockTables(pids: Iterable<LockId>, owners: readonly LockOwner[]): void {
   const wanted = [...pids].flatMap((pid) => owners.map((owner) => ({ pid, owner, table: tableOf(pid, owner) })));
   const eachAlone = (): void => {
     let first: unknown;

@@ -116,6 +116,8 @@ export interface FileDumpContext {
   images?: FileImageSink;
   /** A pid of criu's as the tree's PID namespace sees it (absent: the same). */
   vpid?: (hostPid: number) => number;
+  /** What names a process's network lock table (net-lock.ts; absent: its pid). */
+  lockId?: (hostPid: number) => string;
 }
 
 export interface FileRestoreContext {

@@ -61,6 +61,8 @@ export interface RestoreImages extends TaskImages {
   rootIds: ImageEntry | undefined;
   /** Dumped with --tcp-close: the connections' state is not in the images. */
   isTcpClose: boolean;
+  /** The dump's run id (inventory dump_criu_run_id), when it wrote one. */
+  runId: string | undefined;
 }
 
 async function entries(dir: string, name: string, kind: string): Promise<ImageEntry[]> {
@@ -136,6 +138,7 @@ export async function loadImages(dir: string, opts: LoadOptions = {}): Promise<R
     seccompFilters,
     rootIds: inventory['root_ids'] as ImageEntry | undefined,
     isTcpClose: inventory['tcp_close'] === true,
+    runId: typeof inventory['dump_criu_run_id'] === 'string' ? inventory['dump_criu_run_id'] : undefined,
     extras: async (kind) => {
       const known = extraCache.get(kind);
       if (known !== undefined) return known;

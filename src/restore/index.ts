@@ -34,7 +34,15 @@ import * as sys from '../sys/native.js';
 import { SIGSTOP, WNOHANG, __WALL } from '../kernel/constants.js';
 import { TreeFiles } from '../files/index.js';
 import { checkTtyRestore } from '../files/tty.js';
-import { endRestoreLocks, finishTcpRepairs, imagedConnections, lockRestoreConnections } from '../files/inet-socket.js';
+import {
+  endRestoreLocks,
+  finishTcpRepairs,
+  imagedConnections,
+  lockRestoreConnections,
+  type LockIdOf,
+} from '../files/inet-socket.js';
+import { nsLockId } from '../files/net-lock.js';
+import { newRunId } from '../dump/entries.js';
 import { removeMaterializedGhosts } from '../files/vma-ghost.js';
 import { GHOSTS_MATERIALIZED } from '../files/ghost.js';
 import { loadImages, type TaskImages } from './images.js';
@@ -160,7 +168,13 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       'The images were dumped with --tcp-close (without the TCP connections): restore them with --tcp-close',
     );
   const connections = imagedConnections(img.tree, img.files);
-  if (opts.isTcpClose !== true) lockRestoreConnections(connections);
+  // A tree with a PID namespace of its own has pids other trees have too: its tables are named
+  // by the run (the dump's, from the inventory; this restore's own).
+  const restoreRunId = newRunId();
+  const lockIdOf: LockIdOf | undefined = namespaces.isPidOwn
+    ? (owner, p) => nsLockId(owner === 'dump' ? (img.runId ?? '') : restoreRunId, p)
+    : undefined;
+  if (opts.isTcpClose !== true) lockRestoreConnections(connections, lockIdOf);
   /** The restore failed: the caller's hook first (it gives moved addresses back), then its locks go. */
   const failed = (): void => {
     try {
@@ -168,7 +182,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     } catch (hookErr) {
       log().error(`The restore's failure hook failed: ${String(hookErr)}`);
     }
-    endRestoreLocks(connections.keys(), false);
+    endRestoreLocks(connections.keys(), false, lockIdOf);
   };
 
   /** A process's stub and memory from the skeleton (prepareFinal: its scratch area out of the way). */
@@ -315,7 +329,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     throw err;
   }
   namespaces.close();
-  endRestoreLocks(connections.keys(), true);
+  endRestoreLocks(connections.keys(), true, lockIdOf);
   // From here on the root as criu sees it (it is 1 in a PID namespace of the tree's own).
   const hostPid = rootStub.pid;
   await runLoggedAction(opts.onAction, 'pre-resume', hostPid);

@@ -182,9 +182,9 @@ export function completeProcess(p: Restoring, ctx: ProcessRestoreContext): void 
   const tc = t.cores.get(t.pid)?.['tc'] as ImageEntry;
   log().debug(`restore: per-thread state of ${t.pid}`);
   const all = [leader, ...p.threads];
-  // Each thread's core, by its tid in the images.
-  const coreOf = (inj: Injector): ImageEntry =>
-    t.cores.get(inj === leader ? t.pid : (p.threadTids[p.threads.indexOf(inj)] as number)) as ImageEntry;
+  // Each thread's tid in the images (its own PID namespace's), and its core.
+  const tidOf = (inj: Injector): number => (inj === leader ? t.pid : (p.threadTids[p.threads.indexOf(inj)] as number));
+  const coreOf = (inj: Injector): ImageEntry => t.cores.get(tidOf(inj)) as ImageEntry;
   for (const inj of all) {
     const core = coreOf(inj);
     restoreThreadMisc(inj, core);
@@ -192,9 +192,10 @@ export function completeProcess(p: Restoring, ctx: ProcessRestoreContext): void 
       inj,
       (core['thread_core'] as ImageEntry | undefined)?.['signals_p'] as ImageEntry | undefined,
       false,
+      { pid: t.pid, tid: tidOf(inj) },
     );
   }
-  restorePendingSignals(leader, tc['signals_s'] as ImageEntry | undefined, true);
+  restorePendingSignals(leader, tc['signals_s'] as ImageEntry | undefined, true, { pid: t.pid, tid: t.pid });
   // Seccomp last: suspended for the tracer (PTRACE_O_SUSPEND_SECCOMP) until the task is let go.
   for (const inj of all) restoreSeccomp(inj, coreOf(inj)['thread_core'] as ImageEntry | undefined, img.seccompFilters);
   // Credentials after everything that needs root in the task.
@@ -241,7 +242,7 @@ function createThread(leader: Injector, stub: Stub, tid: number): Injector {
   const got = leader.syscallOrThrow('clone3', [leader.pushData(args), 88n]);
   leader.resetScratch();
   if (Number(got) !== tid) throw new TaskError(pid, `Thread ${tid} was created as ${got}`);
-  const host = stub.pid === stub.vpid ? tid : hostTaskOf(`/proc/${stub.pid}/task/`, tid);
+  const host = stub.isInOwnPidNs ? hostTaskOf(`/proc/${stub.pid}/task/`, tid) : tid;
   const st = sys.waitpid(host, __WALL, 5000);
   if (st === null) throw new TaskError(pid, `Thread ${tid} did not stop after its creation`);
   return Injector.adopt(stub.pid, host, leader.syscallSite);

@@ -78,6 +78,8 @@ export interface Stub {
    * of its own (the root is 1 there).
    */
   vpid: number;
+  /** In the tree's own PID namespace: criu finds the tasks it makes there by NSpid. */
+  isInOwnPidNs: boolean;
   injector: Injector;
   scratch: bigint;
   scratchBytes: bigint;
@@ -225,6 +227,7 @@ function emptyStub(
       return {
         pid: child,
         vpid: options.isNewPidNs === true ? 1 : pid,
+        isInOwnPidNs: options.isNewPidNs === true,
         injector,
         scratch,
         scratchBytes: SCRATCH_BYTES,

@@ -155,15 +155,23 @@ export function restoreThreadMisc(inj: Injector, core: ImageEntry): void {
   inj.resetScratch();
 }
 
-/** Queue the dumped pending signals again (the task queues them to itself, so any si_code goes). */
-export function restorePendingSignals(inj: Injector, queue: ImageEntry | undefined, isShared: boolean): void {
+/**
+ * Queue the dumped pending signals again (the task queues them to itself, so any si_code goes).
+ * `self`: the thread as its own PID namespace knows it (the images' pid and tid).
+ */
+export function restorePendingSignals(
+  inj: Injector,
+  queue: ImageEntry | undefined,
+  isShared: boolean,
+  self: { pid: number; tid: number } = { pid: inj.pid, tid: inj.tid },
+): void {
   const signals = (queue?.['signals'] as ImageEntry[] | undefined) ?? [];
   for (const s of signals) {
     const info = s['siginfo'] as Uint8Array;
     const signo = Buffer.from(info).readInt32LE(0);
     const addr = inj.pushData(Buffer.from(info));
-    if (isShared) inj.syscallOrThrow('rt_sigqueueinfo', [BigInt(inj.pid), BigInt(signo), addr]);
-    else inj.syscallOrThrow('rt_tgsigqueueinfo', [BigInt(inj.pid), BigInt(inj.tid), BigInt(signo), addr]);
+    if (isShared) inj.syscallOrThrow('rt_sigqueueinfo', [BigInt(self.pid), BigInt(signo), addr]);
+    else inj.syscallOrThrow('rt_tgsigqueueinfo', [BigInt(self.pid), BigInt(self.tid), BigInt(signo), addr]);
     inj.resetScratch();
   }
 }

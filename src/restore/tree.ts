@@ -55,12 +55,19 @@ export function forkStub(parent: Stub, pid: number): Stub {
   }
   if (Number(got) !== pid) throw new TaskError(pid, `Process ${pid} was created as ${got}`);
   // clone3 answers with the pid of the parent's namespace; criu works with its own.
-  const host = parent.pid === parent.vpid ? pid : hostTaskOf(`/proc/${parent.pid}/task/${parent.pid}/children`, pid);
+  const host = parent.isInOwnPidNs ? hostTaskOf(`/proc/${parent.pid}/task/${parent.pid}/children`, pid) : pid;
   const st = sys.waitpid(host, __WALL, 5000);
   if (st === null) throw new TaskError(pid, `Process ${pid} did not stop after its creation`);
   const injector = Injector.adopt(host, host, parent.scratch);
   injector.useScratch(parent.scratch + PAGE, LEADER_SCRATCH_BYTES);
-  return { pid: host, vpid: pid, injector, scratch: parent.scratch, scratchBytes: parent.scratchBytes };
+  return {
+    pid: host,
+    vpid: pid,
+    isInOwnPidNs: parent.isInOwnPidNs,
+    injector,
+    scratch: parent.scratch,
+    scratchBytes: parent.scratchBytes,
+  };
 }
 
 /**

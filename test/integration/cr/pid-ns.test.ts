@@ -8,7 +8,9 @@
  * same way (both), and cr_tree (four processes sharing pipes, sockets, memory, a memfd and a file, with
  * a thread) passes its checks after a dump and restore by criu-ts in its namespace. A dump of a
  * process of such a namespace that is not its init, or of an init whose session leader is
- * outside it, is refused in one line, the tree running on.
+ * outside it, or one a process joined from outside, is refused in one line, the tree running
+ * on. Two such trees dumped with TCP
+ * connections at once each have their own network lock, though both roots are 1.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -67,22 +69,29 @@ async function startInPidNs(t: Test, argv: readonly string[], isSessionLeader = 
   sh.unref();
   const pid = await hostPidOf(argv);
   t.teardown(() => {
-    for (const p of pidsOf(argv)) process.kill(p, 'SIGKILL');
+    for (const p of pidsOf(argv)) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        // gone meanwhile (children die with their init)
+      }
+    }
   });
   t.equal(innerPid(pid), 1, `pid 1 in its namespace (${pid} here)`);
   return pid;
 }
 
-/** cr_fpu as the init of a PID namespace of its own (startInPidNs), once READY. */
+/** cr_fpu (or `fixture`) as the init of a PID namespace of its own (startInPidNs), once READY. */
 async function startFpu(
   t: Test,
   dir: string,
   isSessionLeader = true,
+  fixture = 'cr_fpu',
 ): Promise<{ pid: number; argv: string[]; out: string }> {
   const out = path.join(dir, 'report.txt');
-  const argv = [fixturePath('cr_fpu'), out];
+  const argv = [fixturePath(fixture), out];
   const pid = await startInPidNs(t, argv, isSessionLeader);
-  await poll(() => existsSync(out) && /READY 1 /.test(readFileSync(out, 'utf8')), 'READY 1', 10_000);
+  await poll(() => existsSync(out) && /READY 1\b/.test(readFileSync(out, 'utf8')), 'READY 1', 10_000);
   return { pid, argv, out };
 }
 
@@ -90,6 +99,11 @@ async function startFpu(
 async function passes(t: Test, out: string, what: string): Promise<void> {
   await poll(() => /PASS|FAIL/.test(readFileSync(out, 'utf8')), 'the verdict', 10_000);
   t.match(readFileSync(out, 'utf8'), /PASS/, what);
+}
+
+/** `nft list tables`. */
+function nftTablesText(): string {
+  return execFileSync('nft', ['list', 'tables'], { encoding: 'utf8' });
 }
 
 /** The pstree entries of a dump as [pid, ppid, pgid, sid, threads...]. */
@@ -155,6 +169,27 @@ for (const by of RESTORERS)
     },
   );
 
+t.test(
+  'cr_basic as the init of its PID namespace (a thread, a pending signal, timers): criu-ts restores it',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const { pid, argv, out } = await startFpu(t, dir, true, 'cr_basic');
+    const images = path.join(dir, 'img');
+    const d = await criuAsync(['dump', '-t', String(pid), '-D', images]);
+    t.equal(d.status, 0, d.stderr);
+    await waitGone(pid);
+    t.same(await pstreeOf(images), [[1, 0, 1, 1, 1, 2]], 'pstree: pid 1 and its thread 2');
+    const restored = await restoreBy(t, 'criu-ts', images, argv);
+    if (restored === undefined) return;
+    t.equal(innerPid(restored), 1, 'pid 1 again');
+    process.kill(restored, 'SIGTERM');
+    // It checks its memory, files, pipe, handlers, its pending SIGUSR2, itimer, limits, its
+    // thread (tid 2 there, its name), its pid.
+    await passes(t, out, 'its state is as it was');
+  },
+);
+
 for (const [i, by] of RESTORERS.entries())
   t.test(
     `a shell and its two children in a PID namespace: ${by} restores them as 1, 2 and 3`,
@@ -165,7 +200,8 @@ for (const [i, by] of RESTORERS.entries())
       const pid = await startInPidNs(t, argv);
       const childrenOf = (p: number): number[] =>
         readFileSync(`/proc/${p}/task/${p}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-      await poll(() => childrenOf(pid).length === 2, 'the two sleeps', 10_000);
+      const isSleep = (c: number): boolean => readFileSync(`/proc/${c}/cmdline`, 'utf8').startsWith('sleep\0');
+      await poll(() => childrenOf(pid).length === 2 && childrenOf(pid).every(isSleep), 'the two sleeps', 10_000);
       /** Each child of the shell: its pid in the namespace and its command line. */
       const tree = (p: number): string[] =>
         childrenOf(p)
@@ -258,10 +294,48 @@ t.test(
   },
 );
 
+t.test(
+  'two trees in PID namespaces of their own, both pid 1, with TCP connections: each keeps its own network lock',
+  { skip: needsRoot },
+  async (t) => {
+    const dir = t.testdir();
+    const trees = await Promise.all(
+      ['a', 'b'].map(async (name) => {
+        const out = path.join(dir, `${name}.txt`);
+        const argv = [fixturePath('cr_state'), 'tcp-conn', out];
+        const pid = await startInPidNs(t, argv);
+        await poll(() => existsSync(out) && /READY 1\n/.test(readFileSync(out, 'utf8')), `${name} READY 1`, 10_000);
+        return { name, out, argv, pid, images: path.join(dir, name) };
+      }),
+    );
+    const locks = (): string[] => [...nftTablesText().matchAll(/table inet (criu-ts-\S+)/g)].map((m) => m[1] as string);
+    const before = new Set(locks());
+    const lockOf: string[] = [];
+    for (const tree of trees) {
+      const d = await criuAsync(['dump', '-t', String(tree.pid), '-D', tree.images, '--tcp-established']);
+      t.equal(d.status, 0, d.stderr);
+      await waitGone(tree.pid);
+      const made = locks().filter((l) => !before.has(l) && !lockOf.includes(l));
+      t.equal(made.length, 1, `${tree.name}'s dump made one lock table: ${made.join(' ')}`);
+      lockOf.push(made[0] ?? '?');
+    }
+    t.not(lockOf[0], lockOf[1], 'one table each, though both roots are 1');
+    for (const [i, tree] of trees.entries()) {
+      const restored = await restoreBy(t, 'criu-ts', tree.images, tree.argv);
+      if (restored === undefined) return;
+      t.notOk(locks().includes(lockOf[i] as string), `${tree.name}'s restore lifted its lock`);
+      if (i === 0) t.ok(locks().includes(lockOf[1] as string), "and left the other tree's");
+      process.kill(restored, 'SIGTERM');
+      await poll(() => /PASS|FAIL/.test(readFileSync(tree.out, 'utf8')), 'the verdict', 10_000);
+      t.match(readFileSync(tree.out, 'utf8'), /PASS/, `${tree.name}'s connection carries its bytes`);
+    }
+  },
+);
+
 t.test('dump refuses a process of a PID namespace that is not its init', { skip: needsRoot }, async (t) => {
-  const argv = ['sh', '-c', 'sleep 3603 & wait'];
+  const argv = ['sh', '-c', 'sleep 3621 & wait'];
   const pid = await startInPidNs(t, argv);
-  const child = await hostPidOf(['sleep', '3603'], false);
+  const child = await hostPidOf(['sleep', '3621'], false);
   const dir = t.testdir();
   const d = await criuAsync(['dump', '-t', String(child), '-D', path.join(dir, 'img')]);
   t.equal(d.status, 1, 'dump exits 1');
@@ -271,6 +345,31 @@ t.test('dump refuses a process of a PID namespace that is not its init', { skip:
   t.match(readStatus(child)?.state, /S/, 'the child sleeps on, untouched');
   t.equal(readStatus(child)?.tracerPid, 0, 'not traced');
   t.ok(existsSync(`/proc/${pid}`), 'its init too');
+});
+
+t.test('dump refuses a PID namespace that a process joined from outside (setns)', { skip: needsRoot }, async (t) => {
+  const pid = await startInPidNs(t, ['sh', '-c', 'sleep 3611 & wait']);
+  const joiner = spawn('nsenter', ['-t', String(pid), '-p', '--', 'sleep', '3612'], { stdio: 'ignore' });
+  t.teardown(() => {
+    for (const p of pidsOf(['sleep', '3612'])) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        // gone meanwhile
+      }
+    }
+    joiner.kill('SIGKILL');
+  });
+  const joined = await hostPidOf(['sleep', '3612'], false);
+  t.ok((innerPid(joined) ?? 0) > 1, 'the joiner has a pid in the namespace');
+  const d = await criuAsync(['dump', '-t', String(pid), '-D', path.join(t.testdir(), 'img')]);
+  t.equal(d.status, 1, 'dump exits 1');
+  t.match(
+    d.stderr,
+    new RegExp(`process ${joined} is in its PID namespace without being of the tree \\(it joined it with setns\\)`),
+  );
+  t.equal(d.stderr.trim().split('\n').length, 1, `one line: ${d.stderr}`);
+  t.equal(readStatus(pid)?.tracerPid, 0, 'the tree runs on, not traced');
 });
 
 t.test('dump refuses an init whose session leader is outside its PID namespace', { skip: needsRoot }, async (t) => {
