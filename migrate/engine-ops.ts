@@ -323,9 +323,11 @@ export class EngineOps {
       }));
       return { pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, anonVmas, fileVmas };
     });
-    // The namespaces first: a tree in a PID namespace of its own has other pids in its layouts.
-    const cloneFlags = namespaceCloneFlags(namespaces.split(',').filter((k) => k !== ''));
-    if (layouts[0]?.pid !== pid) throw new UsageError(`The pre-dumped tree is not ${pid}'s`);
+    const kinds = namespaces.split(',').filter((k) => k !== '');
+    const cloneFlags = namespaceCloneFlags(kinds);
+    // A tree in a PID namespace of its own has its pids there in its layouts: its root is 1.
+    if (layouts[0]?.pid !== (kinds.includes('pid') ? 1 : pid))
+      throw new UsageError(`The pre-dumped tree is not ${pid}'s`);
     let sk = this.skeletons.get(pid);
     if (sk !== undefined && (!sk.fits(layouts) || sk.cloneFlags !== cloneFlags)) {
       log().info(`agent: the tree of ${pid} changed since the last pre-dump: its skeleton is made again`);

@@ -25,14 +25,11 @@ import { single, type RestoreImages } from './images.js';
 
 const CLONE_FLAG: Partial<Record<NsKind, bigint>> = { uts: CLONE_NEWUTS, ipc: CLONE_NEWIPC, pid: CLONE_NEWPID };
 
-/**
- * The clone flags of a migration skeleton's root stub whose tree has namespaces of `kinds` of
- * its own (uts, ipc; a PID namespace's skeleton is not made yet).
- */
+/** The clone flags of a migration skeleton's root stub whose tree has namespaces of `kinds` of its own. */
 export function namespaceCloneFlags(kinds: readonly string[]): bigint {
   let flags = 0n;
   for (const kind of kinds) {
-    const flag = kind === 'pid' ? undefined : CLONE_FLAG[kind as NsKind];
+    const flag = CLONE_FLAG[kind as NsKind];
     if (flag === undefined) throw new UnsupportedError('namespace', `criu-ts cannot make a ${kind} namespace`);
     flags |= flag;
   }

@@ -34,6 +34,7 @@
  * learns them from the source), not from the images: a pre-dump writes only what CRIU's does.
  */
 
+import { CLONE_NEWPID } from '../kernel/constants.js';
 import path from 'node:path';
 import { O_RDONLY, O_RDWR } from '../kernel/constants.js';
 import { TaskError } from '../errors.js';
@@ -111,7 +112,8 @@ export class Skeleton {
         throw new TaskError(p.pid, `The parent of ${p.pid} (${p.ppid}) comes after it, or not at all`);
     });
     // A skeleton made again (the tree changed) waits for the last one's processes to be reaped.
-    for (const p of processes) await waitForFreePid(p.pid);
+    // In a new PID namespace every pid is free.
+    if (((options.cloneFlags ?? 0n) & CLONE_NEWPID) === 0n) for (const p of processes) await waitForFreePid(p.pid);
     const stub = await startStub(
       root.pid,
       processes.flatMap((p) => [...p.anonVmas, ...p.fileVmas]),
@@ -284,13 +286,13 @@ export class SkeletonTask {
     // Kept ranges: only the new contents; added ranges: all their pages, wherever in the chain.
     const wanted = normalize([...intersect(present, subtract(kept, cow)), ...added]);
     const all = await chain.sources();
-    let filled = await fillPages(this.pid, clipSources(all, wanted));
+    let filled = await fillPages(this.stub.pid, clipSources(all, wanted));
     let shared = 0;
     if (cow.length > 0) {
       // The parent's pages this process does not have (never touched, or dropped) go.
       for (const r of subtract(cow, await chain.coverage()))
         inj.syscallOrThrow('madvise', [pageAddr(r.start), len(r), MADV_DONTNEED]);
-      const got = await fillChangedPages(this.pid, clipSources(all, cow));
+      const got = await fillChangedPages(this.stub.pid, clipSources(all, cow));
       filled += got.written;
       shared = got.compared - got.written;
     }
@@ -334,7 +336,7 @@ export class SkeletonTask {
         inj.resetScratch();
       }
       try {
-        st = statSync(`/proc/${this.pid}/fd/${fd}`, { bigint: true }); // the file its VMAs map
+        st = statSync(`/proc/${this.stub.pid}/fd/${fd}`, { bigint: true }); // the file its VMAs map
       } catch (err) {
         inj.syscallOrThrow('close', [BigInt(fd)]);
         throw err;
@@ -390,7 +392,7 @@ export class SkeletonTask {
     } catch {
       // gone already
     }
-    killStub(this.pid);
+    killStub(this.stub.pid);
   }
 
   private assertLive(): void {

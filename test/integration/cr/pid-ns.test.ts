@@ -9,7 +9,8 @@
  * a thread) passes its checks after a dump and restore by criu-ts in its namespace. A dump of a
  * process of such a namespace that is not its init, or of an init whose session leader is
  * outside it, or one a process joined from outside, is refused in one line, the tree running
- * on. Two such trees dumped with TCP
+ * on. criu-migrate moves such trees (cr_basic, cr_tree) between two simulated hosts (pid 1 again
+ * on DST). Two such trees dumped with TCP
  * connections at once each have their own network lock, though both roots are 1.
  */
 import { execFileSync } from 'node:child_process';
@@ -21,6 +22,7 @@ import { readStatus } from '../../../src/proc/status.js';
 import { criuAsync, poll, sleep, waitGone } from '../../helpers/cr.js';
 import { fixturePath } from '../../helpers/fixture.js';
 import { criuRestoreDetached, realCriuMissing } from '../../helpers/real-criu.js';
+import { hostPair, runMigrate, tokenFile } from '../../helpers/migrate.js';
 import { spawn } from 'node:child_process';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (namespaces, ptrace)';
@@ -331,6 +333,39 @@ t.test(
     }
   },
 );
+
+// cr_tree makes itself a session leader (setsid) in its namespace.
+for (const { fixture, setsid } of [
+  { fixture: 'cr_basic', setsid: 'setsid' },
+  { fixture: 'cr_tree', setsid: '' },
+])
+  t.test(
+    `criu-migrate moves ${fixture} with its PID namespace: pid 1 there on DST, its check passes`,
+    { skip: needsRoot },
+    async (t) => {
+      const { src, dst, dir, a, b } = await hostPair(t);
+      const report = path.join(dir, 'report.txt');
+      const bin = fixturePath(fixture);
+      const started = await src.exec(
+        `unshare --pid --fork ${setsid} '${bin}' '${report}' </dev/null >/dev/null 2>&1 &`,
+      );
+      t.equal(started.status, 0, started.stderr);
+      await poll(() => existsSync(report) && /READY 1\n/.test(readFileSync(report, 'utf8')), 'READY 1', 10_000);
+      // The init: the oldest process running it (cr_tree's children run it too).
+      const pid = Number((await src.exec(`pgrep -o -f '^${bin} ${report}$'`)).stdout.trim());
+      t.ok(pid > 1, `the init of its PID namespace is ${pid} on SRC`);
+      const r = await runMigrate(['--json', '--token-file', tokenFile(dir), a.target, b.target, String(pid)]);
+      if (!t.equal(r.status, 0, `criu-migrate: ${r.stderr}`)) return;
+      const dstPid = (JSON.parse(r.stdout) as Record<string, number>)['dst_pid'] as number;
+      const nsPid = await dst.exec(`grep NSpid /proc/${dstPid}/status`);
+      t.match(nsPid.stdout, /\t1\n$/, `pid 1 in a new PID namespace on DST (${dstPid} there)`);
+      t.not((await src.exec(`test -e /proc/${pid}`)).status, 0, 'gone from SRC');
+      t.equal((await dst.exec(`kill -TERM ${dstPid}`)).status, 0);
+      await poll(() => /PASS|FAIL/.test(readFileSync(report, 'utf8')), 'the verdict', 20_000);
+      t.match(readFileSync(report, 'utf8'), /PASS/, 'its state is as it was (each process checks its own)');
+      t.notMatch(readFileSync(report, 'utf8'), /FAIL/);
+    },
+  );
 
 t.test('dump refuses a process of a PID namespace that is not its init', { skip: needsRoot }, async (t) => {
   const argv = ['sh', '-c', 'sleep 3621 & wait'];

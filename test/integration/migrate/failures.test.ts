@@ -442,27 +442,3 @@ t.test('an SRC agent that stops before DST answered leaves the source stopped', 
   await s.src.exec(`kill -CONT ${s.w.pid}`);
   await sourceIntact(t, s.src, s.w);
 });
-
-t.test('a tree in a PID namespace of its own is refused, the source running on', { skip: needsRoot }, async (t) => {
-  const [src, dst] = await simHosts(['src', 'dst'], { t });
-  if (src === undefined || dst === undefined) throw new Error('no hosts');
-  const dir = t.testdir();
-  const a = await startAgent(t, src, dir);
-  const b = await startAgent(t, dst, dir);
-  const report = path.join(dir, 'report.txt');
-  const bin = fixturePath('cr_fpu');
-  const started = await src.exec(`unshare --pid --fork setsid '${bin}' '${report}' </dev/null >/dev/null 2>&1 &`);
-  t.equal(started.status, 0, started.stderr);
-  await poll(() => existsSync(report) && /READY 1 /.test(readFileSync(report, 'utf8')), 'READY 1', 10_000);
-  const pid = Number((await src.exec(`pgrep -f '^${bin} ${report}$'`)).stdout.trim());
-  t.ok(pid > 1, `the init of its PID namespace is ${pid} on SRC`);
-  const r = await runMigrate(['--token-file', tokenFile(dir), a.target, b.target, String(pid)]);
-  t.not(r.status, 0, 'criu-migrate fails');
-  t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
-  t.match(r.stderr, /Migration failed .*pid namespace.*the source runs on/);
-  const state = await src.exec(`grep -E '^(State|TracerPid)' /proc/${pid}/status`);
-  t.match(state.stdout, /State:\s+S .*\nTracerPid:\s+0/s, 'running, not traced');
-  await src.exec(`kill -TERM ${pid}`);
-  await poll(() => /PASS|FAIL/.test(readFileSync(report, 'utf8')), 'the verdict', 10_000);
-  t.match(readFileSync(report, 'utf8'), /PASS/, 'its check passes');
-});
