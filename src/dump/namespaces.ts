@@ -134,14 +134,15 @@ function checkPidNamespace(root: number, pids: readonly number[], refuse: (why: 
         'dump the namespace from its init',
     );
   const level = rootIds.length - 1;
-  // Every process of the namespace is the init's descendant, but one that joined it (setns): it
-  // would be killed with the tree and not come back.
+  // Every process of the namespace is the init's descendant (a zombie or a child forked since the
+  // tree was read too), but one that joined it (setns): it would be killed with the tree and not
+  // come back.
   const ns = readProcLink(`/proc/${root}/ns/pid`);
   const members = new Set(pids);
   for (const name of readProcDir('/proc') ?? []) {
     const other = Number(name);
     if (!Number.isInteger(other) || members.has(other)) continue;
-    if (ns !== null && pidNsOf(other) === ns)
+    if (ns !== null && pidNsOf(other) === ns && !isDescendant(other, root))
       refuse(`process ${other} is in its PID namespace without being of the tree (it joined it with setns)`);
   }
   for (const pid of pids) {
@@ -157,6 +158,15 @@ function checkPidNamespace(root: number, pids: readonly number[], refuse: (why: 
             'start its init as a session leader there (setsid)',
         );
   }
+}
+
+/** Whether process `pid` descends from `root` (by its parents; false once gone). */
+function isDescendant(pid: number, root: number): boolean {
+  for (let p = readStatus(pid)?.ppid, steps = 0; p !== undefined && p > 0 && steps < 4096; steps++) {
+    if (p === root) return true;
+    p = readStatus(p)?.ppid;
+  }
+  return false;
 }
 
 /** The PID namespace link of process `pid`; null when gone or not ours to read (EACCES: init's). */

@@ -2,14 +2,16 @@
  * The tree's own namespaces (src/dump/namespaces.ts), made again: as CRIU decides it, a kind whose
  * id in the root's ids-<pid>.img differs from the dumping criu's (the inventory's root_ids) was
  * the tree's own, and the root's stub is cloned into a new namespace of that kind
- * (CLONE_NEWUTS, CLONE_NEWIPC); its children inherit it. Then, from this thread entering the new
- * namespace for a moment (sys/namespaces.ts):
+ * (CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID); its children inherit it. A PID namespace needs
+ * nothing more (the root is 1 there, the others get their pids by clone3 set_tid: stub.ts,
+ * tree.ts). Then, from this thread entering the new namespace for a moment (sys/namespaces.ts):
  *   - uts: the host and domain names of utsns-<id>.img, written to /proc/sys/kernel;
  *   - ipc: the IPC sysctls of ipcns-var-<id>.img written, then the System V shared memory
  *     segments (sysv-shm.ts, through inIpc), semaphore sets and message queues (sysv-ipc.ts)
  *     made there, and last the *_next_id sysctls (making an object moves them).
- * Refused in one line before any process exists: another kind of the tree's own (PID, network,
- * mount...), a process whose namespaces are not the root's, a missing namespace image.
+ * Refused in one line before any process exists: another kind of the tree's own (network,
+ * mount...), a PID namespace whose root is not 1 in the images, a process whose namespaces are
+ * not the root's, a missing namespace image.
  */
 
 import { closeSync, existsSync, readlinkSync, writeFileSync } from 'node:fs';

@@ -1,7 +1,8 @@
 /**
  * Restoring while the pages still arrive: the destination side of a live migration.
  *
- * A Skeleton is the restore stub (stub.ts), started with the migrating task's PID as soon as the
+ * A Skeleton is the restore stub (stub.ts), started with the migrating task's PID (1 in a new PID
+ * namespace when the tree had one of its own) as soon as the
  * first pre-dump has arrived, into which each pre-dump's pages are read while the task still runs
  * on the source: its private anonymous VMAs are mapped (read-write) at their addresses and filled
  * from the pages images, iteration after iteration (only what changed is read again). The final
@@ -95,7 +96,7 @@ export class Skeleton {
   }
 
   /**
-   * Start the root's stub as its PID (free here), in its session and group; the other processes
+   * Start the root's stub as its PID (free here, or 1 in a new PID namespace), in its session and group; the other processes
    * are forked from their parents' stubs at the first apply (apply says why). With isSibling the
    * root is a child of this process's parent (who reaps it), as `criu restore -S` makes it.
    * `processes` come parents first. On failure nothing is left.

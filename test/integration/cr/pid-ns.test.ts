@@ -9,7 +9,7 @@
  * a thread) passes its checks after a dump and restore by criu-ts in its namespace. A dump of a
  * process of such a namespace that is not its init, or of an init whose session leader is
  * outside it, or one a process joined from outside, is refused in one line, the tree running
- * on. criu-migrate moves such trees (cr_basic, cr_tree) between two simulated hosts (pid 1 again
+ * on. A zombie comes back a zombie with its pid there. criu-migrate moves such trees (cr_basic, cr_tree) between two simulated hosts (pid 1 again
  * on DST). Two such trees dumped with TCP
  * connections at once each have their own network lock, though both roots are 1.
  */
@@ -343,7 +343,7 @@ for (const { fixture, setsid } of [
     `criu-migrate moves ${fixture} with its PID namespace: pid 1 there on DST, its check passes`,
     { skip: needsRoot },
     async (t) => {
-      const { src, dst, dir, a, b } = await hostPair(t);
+      const { src, dst, dir, a, b } = await hostPair(t, ['-v4']);
       const report = path.join(dir, 'report.txt');
       const bin = fixturePath(fixture);
       const started = await src.exec(
@@ -360,12 +360,43 @@ for (const { fixture, setsid } of [
       const nsPid = await dst.exec(`grep NSpid /proc/${dstPid}/status`);
       t.match(nsPid.stdout, /\t1\n$/, `pid 1 in a new PID namespace on DST (${dstPid} there)`);
       t.not((await src.exec(`test -e /proc/${pid}`)).status, 0, 'gone from SRC');
+      // The pre-copy went into a skeleton in the new namespace, which the final restore took.
+      t.match(b.stderr(), /Pre-copy pages-1: \d+ pages read into task/, "DST's skeleton took the pre-copy");
+      t.notMatch(b.stderr(), /is not the pre-copied one/, 'and the final restore took the skeleton');
       t.equal((await dst.exec(`kill -TERM ${dstPid}`)).status, 0);
       await poll(() => /PASS|FAIL/.test(readFileSync(report, 'utf8')), 'the verdict', 20_000);
       t.match(readFileSync(report, 'utf8'), /PASS/, 'its state is as it was (each process checks its own)');
       t.notMatch(readFileSync(report, 'utf8'), /FAIL/);
     },
   );
+
+t.test('a zombie of a PID namespace comes back a zombie, with its pid there', { skip: needsRoot }, async (t) => {
+  const dir = t.testdir({ 'zombie.py': 'import os, time\nif os.fork() == 0:\n    os._exit(3)\ntime.sleep(3641)\n' });
+  const argv = ['/usr/bin/python3', path.join(dir, 'zombie.py')];
+  const pid = await startInPidNs(t, argv);
+  const childrenOf = (p: number): number[] =>
+    readFileSync(`/proc/${p}/task/${p}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  await poll(() => childrenOf(pid).some((c) => readStatus(c)?.state === 'Z'), 'the zombie', 10_000);
+  const zombie = innerPid(childrenOf(pid)[0] as number);
+  const images = path.join(dir, 'img');
+  const d = await criuAsync(['dump', '-t', String(pid), '-D', images]);
+  t.equal(d.status, 0, d.stderr);
+  await waitGone(pid);
+  t.same(
+    (await pstreeOf(images)).map((e) => e.slice(0, 2)),
+    [
+      [1, 0],
+      [zombie, 1],
+    ],
+    'pstree: the init and its zombie, as the namespace saw them',
+  );
+  const restored = await restoreBy(t, 'criu-ts', images, argv);
+  if (restored === undefined) return;
+  t.equal(innerPid(restored), 1, 'pid 1 again');
+  const [child] = childrenOf(restored);
+  t.equal(readStatus(child as number)?.state, 'Z', 'its child is a zombie again');
+  t.equal(innerPid(child as number), zombie, `with its pid there (${zombie})`);
+});
 
 t.test('dump refuses a process of a PID namespace that is not its init', { skip: needsRoot }, async (t) => {
   const argv = ['sh', '-c', 'sleep 3621 & wait'];
