@@ -234,10 +234,13 @@ export class AgentOps {
           await this.dirPath(p.dir, false),
           p.processes,
           p.namespaces,
+          migrationOf(p.dir),
         )) as R;
       }
-      case 'skeleton-abort':
-        return { isDone: this.engine.skeletonAbort((params as ParamsOf<'skeleton-abort'>).pid) } as R;
+      case 'skeleton-abort': {
+        const p = params as ParamsOf<'skeleton-abort'>;
+        return { isDone: this.engine.skeletonAbort(p.pid, p.id) } as R;
+      }
       case 'restore-final': {
         const p = params as ParamsOf<'restore-final'>;
         const dir = await this.dirPath(p.dir, false);
@@ -249,7 +252,15 @@ export class AgentOps {
           );
         this.restoring.add(id);
         try {
-          const r = await this.engine.restoreFinal(dir, p.pid, p.images, p.serverId, p.addresses, p.tcpClose === true);
+          const r = await this.engine.restoreFinal(
+            dir,
+            p.pid,
+            p.images,
+            p.serverId,
+            p.addresses,
+            p.tcpClose === true,
+            id,
+          );
           this.setEnd(id, { state: 'running', pid: r.pid });
           return r as R;
         } finally {

@@ -26,6 +26,7 @@
  * restore was never asked for, which DST then refuses, and the source runs on.
  */
 
+import { randomBytes } from 'node:crypto';
 import { CriuError, describeError } from '../src/errors.js';
 import { log } from '../src/log.js';
 import type { Agent } from './agent-api.js';
@@ -91,7 +92,8 @@ const nowMs = (): number => Number(process.hrtime.bigint()) / 1e6;
 export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
   const { src, dst, pid } = opts;
   const policy = { ...DEFAULT_POLICY, ...opts.policy };
-  const id = `m-${pid}-${Date.now().toString(36)}`;
+  // Unique even for two controllers started in the same millisecond for the same pid (two sources).
+  const id = `m-${pid}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
   const emit = opts.onEvent ?? (() => undefined);
   const t0 = nowMs();
   const history: IterationRecord[] = [];
@@ -256,7 +258,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateSummary> {
     await src.call('source-end', { pid, action: 'resume' }).catch((e: unknown) => {
       log().error(`migrate: cannot resume the source: ${describeError(e)}`);
     });
-    await dst.call('skeleton-abort', { pid }).catch(() => undefined);
+    await dst.call('skeleton-abort', { pid, id }).catch(() => undefined);
     if (opts.keepImages !== true) await cleanup(src, dst, id);
     const code = err instanceof CriuError ? err.code : 'ETASK';
     throw new CriuError(code, `Migration failed (${step}): ${describeError(err)}; the source runs on`, { cause: err });

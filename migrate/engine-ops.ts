@@ -89,6 +89,9 @@ export interface DumpHow {
   isSkipInFlight?: boolean;
 }
 
+/** A skeleton's key: its migration (the images dir's first segment) and the source's pid. */
+const skeletonKey = (migration: string, pid: number): string => `${migration}:${pid}`;
+
 export class EngineOps {
   /** The frozen sources by root pid: the tree, parents first. */
   private readonly frozen = new Map<
@@ -100,10 +103,14 @@ export class EngineOps {
       endConnections: (how: 'resumed' | 'killed') => void;
     }
   >();
-  private readonly skeletons = new Map<number, Skeleton>();
+  /**
+   * By skeletonKey: the migration and the source's pid (two sources may have the same pids; a
+   * tree in a PID namespace of its own needs none free here).
+   */
+  private readonly skeletons = new Map<string, Skeleton>();
   /** Skeletons being made (Skeleton.create waits), and those aborted meanwhile. */
-  private readonly creating = new Set<number>();
-  private readonly abortedWhileCreating = new Set<number>();
+  private readonly creating = new Set<string>();
+  private readonly abortedWhileCreating = new Set<string>();
   private isClosed = false;
   private readonly servers = new Map<number, { server: PageServer; done: Promise<PageServerSummary> }>();
   private nextServerId = 1;
@@ -309,7 +316,9 @@ export class EngineOps {
     dir: string,
     processes: readonly ProcessWire[],
     namespaces = '',
+    migration = '',
   ): Promise<{ pagesFilled: number }> {
+    const key = skeletonKey(migration, pid);
     await this.warming;
     const layouts: ProcessLayout[] = processes.map((p) => {
       const anonVmas: { start: bigint; end: bigint }[] = [];
@@ -328,32 +337,32 @@ export class EngineOps {
     // A tree in a PID namespace of its own has its pids there in its layouts: its root is 1.
     if (layouts[0]?.pid !== (kinds.includes('pid') ? 1 : pid))
       throw new UsageError(`The pre-dumped tree is not ${pid}'s`);
-    let sk = this.skeletons.get(pid);
+    let sk = this.skeletons.get(key);
     if (sk !== undefined && (!sk.fits(layouts) || sk.cloneFlags !== cloneFlags)) {
       log().info(`agent: the tree of ${pid} changed since the last pre-dump: its skeleton is made again`);
-      this.skeletonAbort(pid);
+      this.skeletonAbort(pid, migration);
       sk = undefined;
     }
     if (sk === undefined) {
       // The agent is the restored task's parent and reaps it (restoreFinal); were the task a
       // sibling instead, its parent would be whoever started the agent, which may never reap it.
       // Made asynchronously (it may wait for its PIDs): an abort or close meanwhile is seen after.
-      this.creating.add(pid);
+      this.creating.add(key);
       try {
         sk = await Skeleton.create(layouts, { cloneFlags });
       } finally {
-        this.creating.delete(pid);
+        this.creating.delete(key);
       }
-      if (this.isClosed || this.abortedWhileCreating.delete(pid)) {
+      if (this.isClosed || this.abortedWhileCreating.delete(key)) {
         sk.abort();
         throw new TaskError(pid, `The skeleton of ${pid} was aborted while it was being made`);
       }
-      this.skeletons.set(pid, sk);
+      this.skeletons.set(key, sk);
     }
     try {
       return { pagesFilled: (await sk.apply(dir, layouts)).pagesFilled };
     } catch (err) {
-      this.skeletonAbort(pid);
+      this.skeletonAbort(pid, migration);
       throw err;
     }
   }
@@ -370,11 +379,12 @@ export class EngineOps {
     serverId?: number,
     addresses: readonly string[] = [],
     isTcpClose = false,
+    migration = '',
   ): Promise<{ pid: number; restoreUs: number; pagesReceived: number; bytes: number }> {
     await this.warming;
     const t0 = process.hrtime.bigint();
-    const sk = this.skeletons.get(pid);
-    this.skeletons.delete(pid);
+    const sk = this.skeletons.get(skeletonKey(migration, pid));
+    this.skeletons.delete(skeletonKey(migration, pid));
     const taken: HostAddress[] = [];
     // A failed restore gives the addresses back before it lifts its connections' locks: a
     // client's packet meanwhile must not meet this host holding the address without the socket.
@@ -421,13 +431,22 @@ export class EngineOps {
     }
   }
 
-  skeletonAbort(pid: number): boolean {
-    if (this.creating.has(pid)) this.abortedWhileCreating.add(pid);
-    const sk = this.skeletons.get(pid);
-    if (sk === undefined) return false;
-    this.skeletons.delete(pid);
-    sk.abort();
-    return true;
+  /** Kill the skeleton of `pid` of `migration` (without one: those of `pid` of any migration). */
+  skeletonAbort(pid: number, migration?: string): boolean {
+    const keys =
+      migration === undefined
+        ? [...this.skeletons.keys(), ...this.creating].filter((k) => k.endsWith(`:${pid}`))
+        : [skeletonKey(migration, pid)];
+    let isDone = false;
+    for (const key of keys) {
+      if (this.creating.has(key)) this.abortedWhileCreating.add(key);
+      const sk = this.skeletons.get(key);
+      if (sk === undefined) continue;
+      this.skeletons.delete(key);
+      sk.abort();
+      isDone = true;
+    }
+    return isDone;
   }
 
   /** Stop everything: servers closed, skeletons killed, frozen sources resumed (never left frozen). */
@@ -435,7 +454,11 @@ export class EngineOps {
     this.isClosed = true;
     for (const { server } of this.servers.values()) server.close();
     this.servers.clear();
-    for (const pid of [...this.skeletons.keys()]) this.skeletonAbort(pid);
+    for (const [key, sk] of [...this.skeletons]) {
+      this.skeletons.delete(key);
+      sk.abort();
+    }
+    for (const key of this.creating) this.abortedWhileCreating.add(key);
     for (const [pid, f] of this.frozen) {
       try {
         void f.endTracking().catch(() => undefined);

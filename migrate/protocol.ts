@@ -301,7 +301,8 @@ export interface Ops {
     params: { pid: number; dir: string; processes: ProcessWire[]; namespaces?: string };
     result: { pagesFilled: number };
   };
-  'skeleton-abort': { params: PidParams; result: { isDone: boolean } };
+  /** `id`: the migration (without: the skeletons of `pid` of every migration). */
+  'skeleton-abort': { params: { pid: number; id?: string }; result: { isDone: boolean } };
   'restore-final': {
     params: RestoreFinalParams;
     result: { pid: number; restoreUs: number; pagesReceived: number; bytes: number };
@@ -513,7 +514,7 @@ const PARAM_SHAPES: Record<OpName, Shape> = {
   'receive-pages': { dir: req('string'), port: req('number'), address: opt('string'), prevDir: opt('string') },
   'receive-wait': { serverId: req('number'), timeoutMs: opt('number') },
   'skeleton-apply': { pid: req('number'), dir: req('string'), processes: req('processes'), namespaces: opt('string') },
-  'skeleton-abort': { pid: req('number') },
+  'skeleton-abort': { pid: req('number'), id: opt('string') },
   'restore-final': {
     pid: req('number'),
     dir: req('string'),

@@ -9,7 +9,8 @@
  * a thread) passes its checks after a dump and restore by criu-ts in its namespace. A dump of a
  * process of such a namespace that is not its init, or of an init whose session leader is
  * outside it, or one a process joined from outside, is refused in one line, the tree running
- * on. A zombie comes back a zombie with its pid there. criu-migrate moves such trees (cr_basic, cr_tree) between two simulated hosts (pid 1 again
+ * on. A zombie comes back a zombie with its pid there. Two sources migrate trees with the same
+ * pid to one DST at once, each into its own skeleton. criu-migrate moves such trees (cr_basic, cr_tree) between two simulated hosts (pid 1 again
  * on DST). Two such trees dumped with TCP
  * connections at once each have their own network lock, though both roots are 1.
  */
@@ -22,7 +23,8 @@ import { readStatus } from '../../../src/proc/status.js';
 import { criuAsync, poll, sleep, waitGone } from '../../helpers/cr.js';
 import { fixturePath } from '../../helpers/fixture.js';
 import { criuRestoreDetached, realCriuMissing } from '../../helpers/real-criu.js';
-import { hostPair, runMigrate, tokenFile } from '../../helpers/migrate.js';
+import { hostPair, runMigrate, startAgent, tokenFile } from '../../helpers/migrate.js';
+import { simHosts } from '../../../migrate/sim-hosts.js';
 import { spawn } from 'node:child_process';
 
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root (namespaces, ptrace)';
@@ -98,8 +100,14 @@ async function startFpu(
 }
 
 /** cr_fpu's verdict in `out` (after a SIGTERM) is PASS. */
-async function passes(t: Test, out: string, what: string): Promise<void> {
-  await poll(() => /PASS|FAIL/.test(readFileSync(out, 'utf8')), 'the verdict', 10_000);
+async function passes(t: Test, out: string, what: string, pid?: number): Promise<void> {
+  try {
+    await poll(() => /PASS|FAIL/.test(readFileSync(out, 'utf8')), 'the verdict', 20_000);
+  } catch (err) {
+    // Say where the process is, if it never answered.
+    const st = pid === undefined ? undefined : readStatus(pid);
+    throw new Error(`${String(err)} (${st === null || st === undefined ? 'gone' : `state ${st.state}`})`);
+  }
   t.match(readFileSync(out, 'utf8'), /PASS/, what);
 }
 
@@ -167,7 +175,7 @@ for (const by of RESTORERS)
       if (restored === undefined) return;
       t.equal(innerPid(restored), 1, 'pid 1 again, in a new PID namespace');
       process.kill(restored, 'SIGTERM');
-      await passes(t, out, 'its registers are as they were');
+      await passes(t, out, 'its registers are as they were', restored);
     },
   );
 
@@ -188,7 +196,7 @@ t.test(
     process.kill(restored, 'SIGTERM');
     // It checks its memory, files, pipe, handlers, its pending SIGUSR2, itimer, limits, its
     // thread (tid 2 there, its name), its pid.
-    await passes(t, out, 'its state is as it was');
+    await passes(t, out, 'its state is as it was', restored);
   },
 );
 
@@ -260,7 +268,7 @@ for (const by of RESTORERS)
       if (restored === undefined) return;
       t.equal(innerPid(restored), 1, 'pid 1 again');
       process.kill(restored, 'SIGTERM');
-      await passes(t, out, 'its registers are as they were');
+      await passes(t, out, 'its registers are as they were', restored);
     },
   );
 
@@ -397,6 +405,48 @@ t.test('a zombie of a PID namespace comes back a zombie, with its pid there', { 
   t.equal(readStatus(child as number)?.state, 'Z', 'its child is a zombie again');
   t.equal(innerPid(child as number), zombie, `with its pid there (${zombie})`);
 });
+
+t.test(
+  'two sources migrate trees with the same pid, each in its PID namespace, to one DST at once',
+  { skip: needsRoot },
+  async (t) => {
+    const hosts = await simHosts(['src', 'src2', 'dst'], { t });
+    const [src1, src2, dst] = hosts;
+    if (src1 === undefined || src2 === undefined || dst === undefined) throw new Error('no hosts');
+    const dir = t.testdir();
+    const agents = await Promise.all(hosts.map((h) => startAgent(t, h, dir)));
+    const bin = fixturePath('cr_basic');
+    // The same pid on both sources: each host's PID namespace counts from 20000 here.
+    const sources = await Promise.all(
+      [src1, src2].map(async (h) => {
+        const report = path.join(dir, `${h.name}.txt`);
+        const r = await h.exec(
+          `echo 19999 > /proc/sys/kernel/ns_last_pid; unshare --pid --fork setsid '${bin}' '${report}' </dev/null >/dev/null 2>&1 &`,
+        );
+        t.equal(r.status, 0, r.stderr);
+        await poll(() => existsSync(report) && /READY 1\n/.test(readFileSync(report, 'utf8')), 'READY 1', 10_000);
+        const pid = Number((await h.exec(`pgrep -o -f '^${bin} ${report}$'`)).stdout.trim());
+        return { host: h, report, pid };
+      }),
+    );
+    t.equal(sources[0]?.pid, sources[1]?.pid, `the same pid on both sources (${sources[0]?.pid})`);
+    const dstAgent = agents[2]?.target as string;
+    const runs = await Promise.all(
+      sources.map((s, i) =>
+        runMigrate(['--json', '--token-file', tokenFile(dir), agents[i]?.target as string, dstAgent, String(s.pid)]),
+      ),
+    );
+    for (const [i, s] of sources.entries()) {
+      const r = runs[i] as Awaited<ReturnType<typeof runMigrate>>;
+      if (!t.equal(r.status, 0, `${s.host.name}'s criu-migrate: ${r.stderr}`)) continue;
+      const dstPid = (JSON.parse(r.stdout) as Record<string, number>)['dst_pid'] as number;
+      t.equal((await dst.exec(`kill -TERM ${dstPid}`)).status, 0, `${s.host.name}'s tree runs on DST`);
+      await poll(() => /PASS|FAIL/.test(readFileSync(s.report, 'utf8')), 'the verdict', 20_000);
+      t.match(readFileSync(s.report, 'utf8'), /PASS/, `${s.host.name}'s tree has its own memory on DST`);
+      t.notMatch(readFileSync(s.report, 'utf8'), /FAIL/);
+    }
+  },
+);
 
 t.test('dump refuses a process of a PID namespace that is not its init', { skip: needsRoot }, async (t) => {
   const argv = ['sh', '-c', 'sleep 3621 & wait'];
