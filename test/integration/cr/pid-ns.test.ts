@@ -106,7 +106,9 @@ async function passes(t: Test, out: string, what: string, pid?: number): Promise
   } catch (err) {
     // Say where the process is, if it never answered.
     const st = pid === undefined ? undefined : readStatus(pid);
-    throw new Error(`${String(err)} (${st === null || st === undefined ? 'gone' : `state ${st.state}`})`);
+    throw new Error(`${String(err)} (${st === null || st === undefined ? 'gone' : `state ${st.state}`})`, {
+      cause: err,
+    });
   }
   t.match(readFileSync(out, 'utf8'), /PASS/, what);
 }
