@@ -11,11 +11,12 @@
  *   - ipc: the IPC sysctls, in ipcns-var-<id>.img; the System V shared memory segments the tree
  *     attaches (sysv-shm.ts, read in the namespace), in ipcns-shm-<id>.img; its semaphore sets
  *     and message queues (sysv-ipc.ts), in ipcns-sem-<id>.img and ipcns-msg-<id>.img.
- * `--namespaces` (`-n`) asks for a kind even when the root shares it with criu: it is then dumped
- * all the same, and the restore gives the tree a new one with what was dumped, as CRIU's `-n`
- * did (uts and ipc only). Any other kind of its own (network, mount, user, cgroup, time), asked for or found,
- * is refused in one line before anything is frozen, as is a process or thread in another
- * namespace than the root's, or a task that unshared a PID or time namespace for its children.
+ * `--namespaces` (`-n`) asks for a kind even when the root shares it with criu (uts and ipc only):
+ * it is then dumped all the same, and the restore gives the tree a new one with what was dumped,
+ * as CRIU's `-n` did. Any other kind of its own (network, mount, user, cgroup, time), asked for
+ * or found, is refused in one line before anything is frozen, as is a process or thread in
+ * another namespace than the root's, or a task that unshared a PID or time namespace for its
+ * children.
  *
  * The values are read through the namespace itself: this thread enters it for a moment
  * (sys/namespaces.ts), as /proc/sys and /proc/sysvipc show the reader's.

@@ -23,7 +23,7 @@ export interface TreePids {
 }
 
 /** The identity: a tree in criu's PID namespace. */
-export const CRIU_PIDS: TreePids = {
+const CRIU_PIDS: TreePids = {
   isOwn: false,
   vpid: (pid) => pid,
   groupsOf(pid) {

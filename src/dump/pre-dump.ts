@@ -23,7 +23,6 @@
  * Images: pagemap-<pid>.img and pages-<n>.img per process, inventory.img, stats-dump, `parent`.
  */
 
-import { treePids } from './pid-ns.js';
 import { mkdir, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { TaskError } from '../errors.js';
@@ -47,6 +46,7 @@ import { openTracker, sweepStaleTracking, type DirtyTracker } from '../mem/track
 import { checkTreeFds, checkTreeMemory, readDumpTree, type TreeMember } from './tree.js';
 import { copyBuffers } from '../mem/buffer-pool.js';
 import { isSmallCopy, pagesBytes } from '../mem/dump-pages.js';
+import { treePids } from './pid-ns.js';
 
 export interface PreDumpOptions {
   pid: number;

@@ -108,7 +108,7 @@ export const fifoFile: FdKindModule = {
       const key = `fifo:${pipeId}`;
       if (!ctx.shared.has(key)) {
         const pd = await findPipeData(ctx, 'FIFO_DATA', pipeId);
-        if (pd !== undefined && !holdsAlready(ctx.hostPid ?? ctx.pid, both, path, pd.data))
+        if (pd !== undefined && !holdsAlready(ctx.hostPid, both, path, pd.data))
           fillPipeInTask(injector, both, pd.sizeBytes, pd.data);
         ctx.shared.set(key, true);
       }

@@ -257,7 +257,7 @@ export async function restoreFiles(
     if (!targets.some((t) => t.fd === tmp)) injector.syscallOrThrow('close', [BigInt(tmp)]);
     placed.set(id, targets[0]?.fd ?? tmp);
     if (elsewhere === undefined && targets[0] !== undefined)
-      tree?.placed.set(id, { pid: ctx.pid, hostPid: ctx.hostPid ?? ctx.pid, fd: targets[0].fd });
+      tree?.placed.set(id, { pid: ctx.pid, hostPid: ctx.hostPid, fd: targets[0].fd });
     injector.resetScratch();
   }
   // The fds are in place: the locks this process held are taken again.

@@ -141,7 +141,7 @@ export function restoreLinked(
   const first = firstOwners.get(remap.remapId);
   const firstFd = first === undefined ? undefined : ctx.fdOfFileId(first);
   if (firstFd !== undefined) return openInTask(ctx.injector, `/proc/self/fd/${firstFd}`, flags);
-  const root = `/proc/${ctx.hostPid ?? ctx.pid}/root`;
+  const root = `/proc/${ctx.hostPid}/root`;
   // Under its own name again, so that the task sees "<name> (deleted)" as at dump; when the name
   // is taken (or its directory gone), the hidden one will do.
   let isRelinked = false;

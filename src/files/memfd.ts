@@ -230,7 +230,7 @@ export const memfdFile: FdKindModule = {
         }
       }
       byInode.set(inodeId, id);
-      ctx.tree?.shared.set(`memfd:${inodeId}`, { pid: ctx.hostPid ?? ctx.pid, fileId: id } satisfies TreeMemfd);
+      ctx.tree?.shared.set(`memfd:${inodeId}`, { pid: ctx.hostPid, fileId: id } satisfies TreeMemfd);
     }
     try {
       seekInTask(ctx.injector, fd, BigInt(memfd['pos'] as bigint));
@@ -252,7 +252,7 @@ async function createMemfd(inodeId: number, ctx: FileRestoreContext): Promise<nu
   const ret = ctx.injector.syscall(NR.memfd_create, [nameAddr, BigInt(MFD_ALLOW_SEALING)]);
   if (ret < 0n && ret >= -4095n) throw taskSyscallError('memfd_create', ret, [`"${name}"`, MFD_ALLOW_SEALING]);
   const fd = Number(ret);
-  const pidfd = sys.pidfdOpen(ctx.hostPid ?? ctx.pid, 0);
+  const pidfd = sys.pidfdOpen(ctx.hostPid, 0);
   let local = -1;
   try {
     local = sys.pidfdGetfd(pidfd, fd, 0);

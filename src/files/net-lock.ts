@@ -70,11 +70,11 @@ export function lockConnections(id: LockId, conns: readonly LockedConnection[], 
 }
 
 /** lockConnections of several tasks' connections, with one nft run for all. */
-export function lockTables(byPid: ReadonlyMap<LockId, readonly LockedConnection[]>, owner: LockOwner): void {
+export function lockTables(byId: ReadonlyMap<LockId, readonly LockedConnection[]>, owner: LockOwner): void {
   const script: string[] = [];
-  for (const [pid, conns] of byPid) {
+  for (const [id, conns] of byId) {
     if (conns.length === 0) continue;
-    const table = tableOf(pid, owner);
+    const table = tableOf(id, owner);
     script.push(
       `add table inet ${table}`,
       `add chain inet ${table} input { type filter hook input priority -150 ; policy accept ; }`,
@@ -120,13 +120,13 @@ export function unlock(id: LockId, owner: LockOwner = 'dump'): void {
  * gone meanwhile fails the whole transaction), each table on its own; the first error is thrown
  * once all were tried.
  */
-export function unlockTables(pids: Iterable<LockId>, owners: readonly LockOwner[]): void {
-  const wanted = [...pids].flatMap((pid) => owners.map((owner) => ({ pid, owner, table: tableOf(pid, owner) })));
+export function unlockTables(ids: Iterable<LockId>, owners: readonly LockOwner[]): void {
+  const wanted = [...ids].flatMap((id) => owners.map((owner) => ({ id, owner, table: tableOf(id, owner) })));
   const eachAlone = (): void => {
     let first: unknown;
     for (const w of wanted) {
       try {
-        unlock(w.pid, w.owner);
+        unlock(w.id, w.owner);
       } catch (err) {
         first ??= err;
       }

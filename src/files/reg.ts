@@ -176,7 +176,7 @@ export const regFile: FdKindModule = {
           ? openInTask(ctx.injector, name, flags)
           : await restoreGhost(id, ghostId, name, flags, ctx);
     try {
-      checkOpened(ctx.hostPid ?? ctx.pid, fd, reg, ghostId !== undefined);
+      checkOpened(ctx.hostPid, fd, reg, ghostId !== undefined);
       seekInTask(ctx.injector, fd, BigInt(reg['pos'] as bigint));
       restoreFown(ctx.injector, fd, reg['fown'] as ImageEntry | undefined);
     } catch (err) {

@@ -125,9 +125,9 @@ export interface FileRestoreContext {
   pid: number;
   /**
    * The process as criu sees it (its /proc, pidfd_open by criu; the task's own paths under /proc
-   * too, as /proc is criu's); absent: `pid`. They differ in a tree with a PID namespace of its own.
+   * too, as /proc is criu's): `pid` but in a tree with a PID namespace of its own.
    */
-  hostPid?: number;
+  hostPid: number;
   /** The options of this restore (absent: all off). */
   options?: FileOptions;
   /** Attached to the task being rebuilt: every fd is created by calls run inside it. */

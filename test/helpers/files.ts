@@ -71,6 +71,7 @@ export async function restoreOneFd(
   try {
     const ctx: FileRestoreContext = {
       pid,
+      hostPid: pid,
       injector,
       imagesDir: '/nonexistent',
       entriesOf: async (kind) => dumped.extras.get(kind) ?? [],

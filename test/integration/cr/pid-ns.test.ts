@@ -86,7 +86,7 @@ async function startInPidNs(t: Test, argv: readonly string[], isSessionLeader = 
 }
 
 /** cr_fpu (or `fixture`) as the init of a PID namespace of its own (startInPidNs), once READY. */
-async function startFpu(
+async function startInit(
   t: Test,
   dir: string,
   isSessionLeader = true,
@@ -147,13 +147,32 @@ async function restoreBy(t: Test, by: Restorer, images: string, argv: readonly s
   return Number(readFileSync(pidfile, 'utf8'));
 }
 
+/**
+ * Restore `images` with `by`: the root is 1 again, and after a SIGTERM its verdict in `out`
+ * (every process's) is PASS.
+ */
+async function restoreAndPass(
+  t: Test,
+  by: Restorer,
+  images: string,
+  argv: readonly string[],
+  out: string,
+  what: string,
+): Promise<void> {
+  const restored = await restoreBy(t, by, images, argv);
+  if (restored === undefined) return;
+  t.equal(innerPid(restored), 1, 'pid 1 again, in a new PID namespace');
+  process.kill(restored, 'SIGTERM');
+  await passes(t, out, what, restored);
+}
+
 for (const by of RESTORERS)
   t.test(
     `cr_fpu as the init of its PID namespace: dumped as pid 1, ${by} restores it there`,
     { skip: skipFor(by) },
     async (t) => {
       const dir = t.testdir();
-      const { pid, argv, out } = await startFpu(t, dir);
+      const { pid, argv, out } = await startInit(t, dir);
       const images = path.join(dir, 'img');
       const d = await criuAsync(['dump', '-t', String(pid), '-D', images]);
       t.equal(d.status, 0, d.stderr);
@@ -173,11 +192,7 @@ for (const by of RESTORERS)
         };
         t.same(shown.entries, [{ pid: 1, ppid: 0, pgid: 1, sid: 1, threads: [1] }], "Debian's crit reads it so");
       }
-      const restored = await restoreBy(t, by, images, argv);
-      if (restored === undefined) return;
-      t.equal(innerPid(restored), 1, 'pid 1 again, in a new PID namespace');
-      process.kill(restored, 'SIGTERM');
-      await passes(t, out, 'its registers are as they were', restored);
+      await restoreAndPass(t, by, images, argv, out, 'its registers are as they were');
     },
   );
 
@@ -186,19 +201,15 @@ t.test(
   { skip: needsRoot },
   async (t) => {
     const dir = t.testdir();
-    const { pid, argv, out } = await startFpu(t, dir, true, 'cr_basic');
+    const { pid, argv, out } = await startInit(t, dir, true, 'cr_basic');
     const images = path.join(dir, 'img');
     const d = await criuAsync(['dump', '-t', String(pid), '-D', images]);
     t.equal(d.status, 0, d.stderr);
     await waitGone(pid);
     t.same(await pstreeOf(images), [[1, 0, 1, 1, 1, 2]], 'pstree: pid 1 and its thread 2');
-    const restored = await restoreBy(t, 'criu-ts', images, argv);
-    if (restored === undefined) return;
-    t.equal(innerPid(restored), 1, 'pid 1 again');
-    process.kill(restored, 'SIGTERM');
     // It checks its memory, files, pipe, handlers, its pending SIGUSR2, itimer, limits, its
     // thread (tid 2 there, its name), its pid.
-    await passes(t, out, 'its state is as it was', restored);
+    await restoreAndPass(t, 'criu-ts', images, argv, out, 'its state is as it was');
   },
 );
 
@@ -253,7 +264,7 @@ for (const by of RESTORERS)
     { skip: skipFor(by) },
     async (t) => {
       const dir = t.testdir();
-      const { pid, argv, out } = await startFpu(t, dir);
+      const { pid, argv, out } = await startInit(t, dir);
       const pre = await criuAsync(['pre-dump', '-t', String(pid), '-D', path.join(dir, 'd1')]);
       t.equal(pre.status, 0, pre.stderr);
       t.ok(existsSync(path.join(dir, 'd1', 'pagemap-1.img')), "the pre-dump's pagemap-1.img");
@@ -266,11 +277,7 @@ for (const by of RESTORERS)
         'pages left to the parent',
       );
       await waitGone(pid);
-      const restored = await restoreBy(t, by, images, argv);
-      if (restored === undefined) return;
-      t.equal(innerPid(restored), 1, 'pid 1 again');
-      process.kill(restored, 'SIGTERM');
-      await passes(t, out, 'its registers are as they were', restored);
+      await restoreAndPass(t, by, images, argv, out, 'its registers are as they were');
     },
   );
 
@@ -295,13 +302,8 @@ t.test(
       ['1', tree?.[1], tree?.[2], tree?.[3]].map(Number).sort(),
       'pstree: R, A, B and G as the namespace saw them',
     );
-    const restored = await restoreBy(t, 'criu-ts', images, argv);
-    if (restored === undefined) return;
-    t.equal(innerPid(restored), 1, 'R is pid 1 again');
-    process.kill(restored, 'SIGTERM');
-    await poll(() => /PASS|FAIL/.test(readFileSync(out, 'utf8')), 'the verdict', 10_000);
     // Each process checks its pid, parent, group and session, memory, files and its peers'.
-    t.match(readFileSync(out, 'utf8'), /PASS/, 'R, A, B and G pass their checks');
+    await restoreAndPass(t, 'criu-ts', images, argv, out, 'R, A, B and G pass their checks');
     t.notMatch(readFileSync(out, 'utf8'), /FAIL/);
   },
 );
@@ -492,7 +494,7 @@ t.test('dump refuses a PID namespace that a process joined from outside (setns)'
 
 t.test('dump refuses an init whose session leader is outside its PID namespace', { skip: needsRoot }, async (t) => {
   const dir = t.testdir();
-  const { pid, out } = await startFpu(t, dir, false);
+  const { pid, out } = await startInit(t, dir, false);
   const d = await criuAsync(['dump', '-t', String(pid), '-D', path.join(dir, 'img')]);
   t.equal(d.status, 1, 'dump exits 1');
   t.match(

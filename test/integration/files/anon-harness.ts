@@ -72,6 +72,7 @@ export async function restoreFds(pid: number, set: DumpedSet): Promise<void> {
   const fdOf = new Map<number, number>();
   const ctx: FileRestoreContext = {
     pid,
+    hostPid: pid,
     injector,
     imagesDir: '/nonexistent',
     entriesOf: async (kind) => set.extras.get(kind) ?? [],

@@ -88,6 +88,7 @@ export async function restoreFromDir(pid: number, dumped: readonly DumpedFile[],
   try {
     const ctx: FileRestoreContext = {
       pid,
+      hostPid: pid,
       injector,
       imagesDir: dir,
       entriesOf: async (kind) => {
